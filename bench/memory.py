@@ -1,0 +1,70 @@
+"""Peak-memory measurement helpers for the benchmarks.
+
+CPU: the op runs in a fresh spawned process; just before the call we reset the kernel's RSS
+high-water mark (``echo 5 > /proc/self/clear_refs``) and read the RSS, after it we read the
+high-water mark (``VmHWM``), so the difference is everything the call held at its peak (its
+output included). CUDA: ``torch.cuda.max_memory_allocated``.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+from typing import Callable
+
+import torch
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _child(make_inputs: Callable, run: Callable, queue) -> None:
+    # No warm-up call: its output would raise the high-water mark and hide the measured call.
+    inputs = make_inputs()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    before = _status_bytes("VmRSS")
+    high_before = _status_bytes("VmHWM")
+    out = run(*inputs)
+    high_after = _status_bytes("VmHWM")
+    in_bytes = sum(t.numel() * t.element_size() for t in inputs if isinstance(t, torch.Tensor))
+    queue.put(dict(before=before, high_before=high_before, high_after=high_after,
+                   input_bytes=in_bytes, output_bytes=out.numel() * out.element_size()))
+
+
+def cpu_peak(make_inputs: Callable, run: Callable) -> dict:
+    """Peak extra host memory of ``run(*make_inputs())``, measured in a fresh process.
+
+    Returns a dict with ``input_bytes``, ``output_bytes``, ``extra_bytes`` (peak RSS growth during
+    the call, output included) and ``ratio`` = (input + extra) / (input + output): 1.0 means the
+    call needed nothing beyond its output. The functions must be picklable (module level).
+    """
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(make_inputs, run, queue))
+    proc.start()
+    res = queue.get(timeout=3600)
+    proc.join()
+    if res["high_after"] <= res["high_before"]:
+        raise RuntimeError("the call did not raise the RSS high-water mark: the measurement is void")
+    extra = res["high_after"] - res["before"]
+    res["extra_bytes"] = extra
+    res["ratio"] = (res["input_bytes"] + extra) / (res["input_bytes"] + res["output_bytes"])
+    return res
+
+
+def cuda_peak(run: Callable, *inputs) -> dict:
+    """Peak extra device memory of ``run(*inputs)`` (output included) and the same ratio."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = run(*inputs)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    in_bytes = sum(t.numel() * t.element_size() for t in inputs if isinstance(t, torch.Tensor))
+    out_bytes = out.numel() * out.element_size()
+    return dict(input_bytes=in_bytes, output_bytes=out_bytes, extra_bytes=extra,
+                ratio=(in_bytes + extra) / (in_bytes + out_bytes))

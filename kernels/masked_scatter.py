@@ -1,0 +1,370 @@
+"""Masked, windowed patch scatter-add (the overlap-add step after an inverse FFT).
+
+``masked_scatter_add(dest, src, offset, patch_shape, mask, window, weight)``
+crops ``src[..., :pd, :ph, :pw]`` (``src`` is e.g. a padded ``irfftn`` output),
+multiplies by ``mask`` and ``window`` and adds the result into ``dest`` at
+``offset`` (voxels outside the volume are skipped) - one fused read-modify-write
+pass over the patch region.  If ``weight`` (``(D, H, W)``) is given, ``window``
+(ones if None) is added to it at the same place, which gives the normaliser for
+overlapping patches.
+
+Layout (Liger-Kernel style): ``_masked_scatter_forward_kernel`` /
+``_masked_scatter_backward_kernel`` (Triton), launchers
+``masked_scatter_add_forward`` / ``masked_scatter_add_backward`` and pure
+PyTorch twins ``masked_scatter_add_ref`` / ``masked_scatter_add_backward_ref``.
+
+A single patch never covers a voxel twice, so the scatter needs no atomics and
+is deterministic.  ``inplace=True`` mutates ``dest``/``weight`` (no autograd);
+the default returns new contiguous tensors.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .masked_gather import _as_triple, _check_like, _check_tensor, _chunks, _device_ctx, _overlap, _tile
+
+__all__ = [
+    "masked_scatter_add_forward",
+    "masked_scatter_add_backward",
+    "masked_scatter_add_ref",
+    "masked_scatter_add_backward_ref",
+    "check_masked_scatter_args",
+]
+
+
+def check_masked_scatter_args(dest, src, offset, patch_shape, mask=None, window=None, weight=None):
+    """Validate and normalise; returns ``(offset, patch_shape)`` triples."""
+    _check_tensor(dest, "dest", 5)
+    _check_tensor(src, "src", 5)
+    if src.dtype != dest.dtype:
+        raise TypeError(f"src must have the same dtype as dest ({dest.dtype}), got {src.dtype}")
+    if src.device != dest.device:
+        raise ValueError(f"src must be on the same device as dest ({dest.device}), got {src.device}")
+    offset = _as_triple(offset, "offset")
+    patch = _as_triple(patch_shape, "patch_shape", positive=True)
+    B, C = dest.shape[:2]
+    if tuple(src.shape[:2]) != (B, C):
+        raise ValueError(f"src must have the same (B, C) as dest ({B}, {C}), got {tuple(src.shape[:2])}")
+    if any(P < p for P, p in zip(src.shape[2:], patch)):
+        raise ValueError(f"src spatial shape must be >= patch_shape {patch} in every dim, got {tuple(src.shape[2:])}")
+    if mask is not None:
+        _check_like(mask, "mask", dest, "dest", patch)
+    if window is not None:
+        _check_like(window, "window", dest, "dest", patch)
+    if weight is not None:
+        _check_like(weight, "weight", dest, "dest", dest.shape[2:])
+    return offset, patch
+
+
+def _check_grad_out(grad_out, dest_like_shape, src):
+    _check_tensor(grad_out, "grad_out", 5)
+    if grad_out.dtype != src.dtype or grad_out.device != src.device:
+        raise ValueError(f"grad_out must match src's dtype/device ({src.dtype}, {src.device}), "
+                         f"got ({grad_out.dtype}, {grad_out.device})")
+    if tuple(grad_out.shape[:2]) != tuple(src.shape[:2]):
+        raise ValueError(f"grad_out must have src's (B, C) {tuple(src.shape[:2])}, got {tuple(grad_out.shape[:2])}")
+
+
+def _no_internal_overlap(t: torch.Tensor, name: str) -> None:
+    if any(st == 0 and n > 1 for st, n in zip(t.stride(), t.shape)):
+        raise ValueError(f"{name} is written in place and must not be an expanded (stride-0) view")
+
+
+def _add_window_(weight: torch.Tensor, offset, patch, window: Optional[torch.Tensor]) -> None:
+    """weight[o + p] += window[p] (1 if None) on the in-volume part, in place (torch ops)."""
+    ov = _overlap(offset, patch, weight.shape)
+    if ov is None:
+        return
+    ps = tuple(slice(a, b) for a, b in ov)
+    vs = tuple(slice(o + a, o + b) for o, (a, b) in zip(offset, ov))
+    weight[vs] += window[ps] if window is not None else 1
+
+
+# --------------------------------------------------------------------------- #
+# Triton kernels
+# --------------------------------------------------------------------------- #
+@triton.jit
+def _masked_scatter_forward_kernel(
+    dest_ptr, src_ptr, mask_ptr, win_ptr, wt_ptr,
+    C, D, H, W,
+    sd_b, sd_c, sd_d, sd_h, sd_w,
+    ss_b, ss_c, ss_d, ss_h, ss_w,
+    sm_d, sm_h, sm_w,
+    sw_d, sw_h, sw_w,
+    st_d, st_h, st_w,
+    od, oh, ow,
+    pd, ph, pw,
+    n_wb, bc_start,
+    HAS_MASK: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
+    # In place: dest[b, c, o + p] += src[b, c, p] * mask[p] * window[p] on the
+    # patch tiles (axis 0) for one (b, c) (axis 1); the (b, c) == 0 programs also
+    # add the window into the weight map.
+    pid = tl.program_id(0).to(tl.int64)
+    bc = tl.program_id(1).to(tl.int64) + bc_start
+    rb = pid // n_wb
+    wb = pid % n_wb
+    b = bc // C
+    c = bc % C
+
+    r = rb * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    k = wb * BLOCK_W + tl.arange(0, BLOCK_W).to(tl.int64)
+    i = r // ph
+    j = r % ph
+    d = od + i
+    h = oh + j
+    w = ow + k
+    row_in = (i < pd) & (d >= 0) & (d < D) & (h >= 0) & (h < H)
+    col_in = (k < pw) & (w >= 0) & (w < W)
+    inside = row_in[:, None] & col_in[None, :]
+
+    x = tl.load(src_ptr + b * ss_b + c * ss_c + (i * ss_d + j * ss_h)[:, None] + (k * ss_w)[None, :],
+                mask=inside, other=0)
+    if HAS_MASK:
+        x = x * tl.load(mask_ptr + (i * sm_d + j * sm_h)[:, None] + (k * sm_w)[None, :], mask=inside, other=0)
+    if HAS_WINDOW:
+        win = tl.load(win_ptr + (i * sw_d + j * sw_h)[:, None] + (k * sw_w)[None, :], mask=inside, other=0)
+        x = x * win
+    dp = dest_ptr + b * sd_b + c * sd_c + (d * sd_d + h * sd_h)[:, None] + (w * sd_w)[None, :]
+    y = tl.load(dp, mask=inside, other=0) + x
+    tl.store(dp, y, mask=inside)
+    if HAS_WEIGHT:
+        if bc == 0:
+            tp = wt_ptr + (d * st_d + h * st_h)[:, None] + (w * st_w)[None, :]
+            wt = tl.load(tp, mask=inside, other=0)
+            if HAS_WINDOW:
+                wt = wt + win
+            else:
+                wt = wt + 1
+            tl.store(tp, wt, mask=inside)
+
+
+@triton.jit
+def _masked_scatter_backward_kernel(
+    gout_ptr, src_ptr, mask_ptr, win_ptr, gsrc_ptr, gmask_ptr,
+    BC, C, D, H, W,
+    sg_b, sg_c, sg_d, sg_h, sg_w,
+    ss_b, ss_c, ss_d, ss_h, ss_w,
+    sm_d, sm_h, sm_w,
+    sw_d, sw_h, sw_w,
+    od, oh, ow,
+    pd, ph, pw,
+    Pd, Ph, Pw,
+    n_wb, bc_start, bc_per_prog,
+    HAS_MASK: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    NEED_GS: tl.constexpr,
+    NEED_GM: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
+    # Tiles cover the whole padded (Pd*Ph, Pw) src grid so grad_src's zero
+    # padding is written here too (no separate memset).  grad_src is the masked
+    # gather of grad_out; grad_mask reduces over all (b, c) inside one program.
+    pid = tl.program_id(0).to(tl.int64)
+    bc_lo = tl.program_id(1).to(tl.int64) * bc_per_prog + bc_start
+    bc_hi = tl.minimum(bc_lo + bc_per_prog, BC)
+    rb = pid // n_wb
+    wb = pid % n_wb
+
+    r = rb * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    k = wb * BLOCK_W + tl.arange(0, BLOCK_W).to(tl.int64)
+    i = r // Ph
+    j = r % Ph
+    d = od + i
+    h = oh + j
+    w = ow + k
+    row_patch = (i < pd) & (j < ph)
+    col_patch = k < pw
+    row_in = row_patch & (d >= 0) & (d < D) & (h >= 0) & (h < H)
+    col_in = col_patch & (w >= 0) & (w < W)
+    inside = row_in[:, None] & col_in[None, :]
+    store_mask = (i < Pd)[:, None] & (k < Pw)[None, :]
+
+    if HAS_MASK:
+        m = tl.load(mask_ptr + (i * sm_d + j * sm_h)[:, None] + (k * sm_w)[None, :], mask=inside, other=0)
+    if HAS_WINDOW:
+        win = tl.load(win_ptr + (i * sw_d + j * sw_h)[:, None] + (k * sw_w)[None, :], mask=inside, other=0)
+    acc = tl.full([BLOCK_R, BLOCK_W], 0, dtype=gout_ptr.dtype.element_ty)
+    g_sp = (d * sg_d + h * sg_h)[:, None] + (w * sg_w)[None, :]
+    s_sp = (i * ss_d + j * ss_h)[:, None] + (k * ss_w)[None, :]
+    gs_sp = (r * Pw)[:, None] + k[None, :]
+    for bc in range(bc_lo, bc_hi):
+        b = bc // C
+        c = bc % C
+        g = tl.load(gout_ptr + b * sg_b + c * sg_c + g_sp, mask=inside, other=0)
+        if HAS_WINDOW:
+            g = g * win
+        if NEED_GS:
+            gs = g
+            if HAS_MASK:
+                gs = g * m
+            tl.store(gsrc_ptr + bc * Pd * Ph * Pw + gs_sp, gs, mask=store_mask)
+        if NEED_GM:
+            s = tl.load(src_ptr + b * ss_b + c * ss_c + s_sp, mask=inside, other=0)
+            acc += g * s
+    if NEED_GM:
+        tl.store(gmask_ptr + ((i * ph + j) * pw)[:, None] + k[None, :], acc,
+                 mask=row_patch[:, None] & col_patch[None, :])
+
+
+# --------------------------------------------------------------------------- #
+# launchers
+# --------------------------------------------------------------------------- #
+def masked_scatter_add_forward(dest: torch.Tensor, src: torch.Tensor, offset, patch_shape,
+                               mask: Optional[torch.Tensor] = None, window: Optional[torch.Tensor] = None,
+                               weight: Optional[torch.Tensor] = None, inplace: bool = False):
+    """Triton launcher. Returns ``(out, out_weight | None)``.
+
+    ``inplace=False``: ``out``/``out_weight`` are new contiguous tensors (one copy of
+    ``dest``/``weight`` + the fused patch update).  ``inplace=True``: ``dest`` and
+    ``weight`` are updated in place and returned (no autograd).
+    """
+    offset, patch = check_masked_scatter_args(dest, src, offset, patch_shape, mask, window, weight)
+    if inplace:
+        _no_internal_overlap(dest, "dest")
+        if weight is not None:
+            _no_internal_overlap(weight, "weight")
+        out, out_w = dest, weight
+    else:
+        out = dest.clone(memory_format=torch.contiguous_format)
+        out_w = weight.clone(memory_format=torch.contiguous_format) if weight is not None else None
+    B, C, D, H, W = dest.shape
+    if B * C == 0 or _overlap(offset, patch, (D, H, W)) is None:
+        if out_w is not None:
+            # the weight map is updated once per patch, independent of (B, C)
+            _add_window_(out_w, offset, patch, window)
+        return out, out_w
+    m = mask if mask is not None else src
+    win = window if window is not None else src
+    wt = out_w if out_w is not None else out
+    zeros3 = (0, 0, 0)
+    br, bw, nw = _tile(patch[0] * patch[1], patch[2])
+    n_wb = triton.cdiv(patch[2], bw)
+    n_tiles = triton.cdiv(patch[0] * patch[1], br) * n_wb
+    with _device_ctx(dest):
+        for start, count in _chunks(B * C):
+            _masked_scatter_forward_kernel[(n_tiles, count)](
+                out, src, m, win, wt, C, D, H, W,
+                *out.stride(), *src.stride(),
+                *(mask.stride() if mask is not None else zeros3),
+                *(window.stride() if window is not None else zeros3),
+                *(out_w.stride() if out_w is not None else zeros3),
+                *offset, *patch, n_wb, start,
+                HAS_MASK=mask is not None, HAS_WINDOW=window is not None, HAS_WEIGHT=out_w is not None,
+                BLOCK_R=br, BLOCK_W=bw, num_warps=nw,
+            )
+    return out, out_w
+
+
+def masked_scatter_add_backward(grad_out: torch.Tensor, src: torch.Tensor, offset, patch_shape,
+                                mask: Optional[torch.Tensor] = None, window: Optional[torch.Tensor] = None,
+                                need_src_grad: bool = True, need_mask_grad: bool = False):
+    """Triton launcher of the backward w.r.t. ``src`` and ``mask``.
+
+    Returns ``(grad_src | None, grad_mask | None)`` with ``grad_src`` (shape of
+    ``src``, contiguous) ``= pad(grad_out[patch] * window * mask)`` and
+    ``grad_mask = sum_{b,c} grad_out[patch] * window * src[..., :pd, :ph, :pw]``.
+    (``grad_dest = grad_out`` and ``grad_weight = grad_out_weight`` are identities.)
+    """
+    _check_tensor(grad_out, "grad_out", 5)
+    offset, patch = check_masked_scatter_args(grad_out, src, offset, patch_shape, mask, window)
+    B, C, D, H, W = grad_out.shape
+    Pd, Ph, Pw = src.shape[2:]
+    gs = torch.empty((B, C, Pd, Ph, Pw), dtype=src.dtype, device=src.device) if need_src_grad else None
+    gm = torch.empty(patch, dtype=src.dtype, device=src.device) if need_mask_grad else None
+    if not (need_src_grad or need_mask_grad):
+        return gs, gm
+    if B * C == 0 or _overlap(offset, patch, (D, H, W)) is None:
+        for t in (gs, gm):
+            if t is not None:
+                t.zero_()
+        return gs, gm
+    m = mask if mask is not None else src
+    win = window if window is not None else src
+    zeros3 = (0, 0, 0)
+    br, bw, nw = _tile(Pd * Ph, Pw)
+    n_wb = triton.cdiv(Pw, bw)
+    n_tiles = triton.cdiv(Pd * Ph, br) * n_wb
+    per_prog = B * C if need_mask_grad else 1
+    chunks = [(0, 1)] if need_mask_grad else list(_chunks(B * C))
+    with _device_ctx(src):
+        for start, count in chunks:
+            _masked_scatter_backward_kernel[(n_tiles, count)](
+                grad_out, src, m, win, gs if gs is not None else src, gm if gm is not None else src,
+                B * C, C, D, H, W,
+                *grad_out.stride(), *src.stride(),
+                *(mask.stride() if mask is not None else zeros3),
+                *(window.stride() if window is not None else zeros3),
+                *offset, *patch, Pd, Ph, Pw, n_wb, start, per_prog,
+                HAS_MASK=mask is not None, HAS_WINDOW=window is not None,
+                NEED_GS=need_src_grad, NEED_GM=need_mask_grad,
+                BLOCK_R=br, BLOCK_W=bw, num_warps=nw,
+            )
+    return gs, gm
+
+
+# --------------------------------------------------------------------------- #
+# pure PyTorch twins
+# --------------------------------------------------------------------------- #
+def masked_scatter_add_ref(dest: torch.Tensor, src: torch.Tensor, offset, patch_shape,
+                           mask: Optional[torch.Tensor] = None, window: Optional[torch.Tensor] = None,
+                           weight: Optional[torch.Tensor] = None, inplace: bool = False):
+    """Reference twin of :func:`masked_scatter_add_forward` (differentiable by autograd
+    when ``inplace=False``)."""
+    offset, patch = check_masked_scatter_args(dest, src, offset, patch_shape, mask, window, weight)
+    if inplace:
+        out, out_w = dest, weight
+    else:
+        out = dest.clone(memory_format=torch.contiguous_format)
+        out_w = weight.clone(memory_format=torch.contiguous_format) if weight is not None else None
+    ov = _overlap(offset, patch, dest.shape[2:])
+    if ov is None:
+        return out, out_w
+    (a0, a1), (b0, b1), (c0, c1) = ov
+    od, oh, ow = offset
+    ps = (slice(a0, a1), slice(b0, b1), slice(c0, c1))
+    vs = (slice(od + a0, od + a1), slice(oh + b0, oh + b1), slice(ow + c0, ow + c1))
+    x = src[(slice(None), slice(None)) + ps]
+    if mask is not None:
+        x = x * mask[ps]
+    if window is not None:
+        x = x * window[ps]
+    out[(slice(None), slice(None)) + vs] += x
+    if out_w is not None:
+        _add_window_(out_w, offset, patch, window)
+    return out, out_w
+
+
+def masked_scatter_add_backward_ref(grad_out: torch.Tensor, src: torch.Tensor, offset, patch_shape,
+                                    mask: Optional[torch.Tensor] = None, window: Optional[torch.Tensor] = None,
+                                    need_src_grad: bool = True, need_mask_grad: bool = False):
+    """Reference twin of :func:`masked_scatter_add_backward`."""
+    _check_tensor(grad_out, "grad_out", 5)
+    offset, patch = check_masked_scatter_args(grad_out, src, offset, patch_shape, mask, window)
+    gs = src.new_zeros(src.shape) if need_src_grad else None
+    gm = src.new_zeros(patch) if need_mask_grad else None
+    ov = _overlap(offset, patch, grad_out.shape[2:])
+    if ov is None:
+        return gs, gm
+    (a0, a1), (b0, b1), (c0, c1) = ov
+    od, oh, ow = offset
+    ps = (slice(a0, a1), slice(b0, b1), slice(c0, c1))
+    vs = (slice(None), slice(None), slice(od + a0, od + a1), slice(oh + b0, oh + b1), slice(ow + c0, ow + c1))
+    g = grad_out[vs]
+    if window is not None:
+        g = g * window[ps]
+    if need_src_grad:
+        gs[(slice(None), slice(None)) + ps] = g * mask[ps] if mask is not None else g
+    if need_mask_grad:
+        gm[ps] = (g * src[(slice(None), slice(None)) + ps]).sum(dim=(0, 1))
+    return gs, gm

@@ -1,0 +1,405 @@
+"""Cone-beam acquisition geometry: circular trajectories and per-view vectors (ASTRA ``cone_vec``).
+
+Conventions (the same as ASTRA's 3D cone-beam code, see ``docs/geometry.md``):
+
+- World coordinates ``(x, y, z)`` in mm; the circular trajectory rotates about the ``z`` axis.
+- A volume is an array ``[z, y, x]`` of shape ``vol_shape = (D, H, W)``; voxel ``(k, j, i)`` has its
+  centre at ``x = ox + (i - (W-1)/2) sx`` (likewise ``y``, ``z``); ``voxel_size = (sz, sy, sx)``
+  and ``vol_offset = (oz, oy, ox)`` are given in that same array order.
+- View ``p`` is 12 numbers ``(src, det, u, v)``: source position, detector centre, and the
+  vectors from one detector pixel to the next along a row (``u``, columns) and along a column
+  (``v``, rows). Pixel ``(r, c)`` of a ``rows x cols`` detector sits at
+  ``det + (c - (cols-1)/2) u + (r - (rows-1)/2) v``.
+- Measurements are ``(B, C, n_views, rows, cols)`` (deepinv's ``TomographyWithAstra`` uses
+  ``(B, C, rows, n_views, cols)``; :func:`unrolled3d.physics.to_astra_layout` converts).
+- A circular view at angle ``a`` (radians) is ``src = (sin a, -cos a, 0) * source_origin``,
+  ``det = (-sin a, cos a, 0) * origin_detector + off_u * u_hat + off_v * z_hat``,
+  ``u = (cos a, sin a, 0) * du``, ``v = (0, 0, dv)``, as ``astra.geom_2vec`` gives.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["ConeBeamGeometry", "CircularTrajectory"]
+
+
+def _positive_ints(name: str, value: Any, n: int) -> tuple[int, ...]:
+    if isinstance(value, (int, np.integer)):
+        value = (int(value),) * n
+    try:
+        seq = tuple(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of {n} positive integers, got {value!r}") from None
+    if len(seq) != n or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in seq):
+        raise TypeError(f"{name} must be a sequence of {n} positive integers, got {value!r}")
+    if any(v <= 0 for v in seq):
+        raise ValueError(f"{name} must be positive, got {seq}")
+    return tuple(int(v) for v in seq)
+
+
+def _finite_floats(name: str, value: Any, n: int, positive: bool = False) -> tuple[float, ...]:
+    if isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
+        value = (float(value),) * n
+    try:
+        seq = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number or a sequence of {n} numbers, got {value!r}") from None
+    if len(seq) != n:
+        raise ValueError(f"{name} must have {n} entries, got {len(seq)}")
+    if not all(math.isfinite(v) for v in seq):
+        raise ValueError(f"{name} must be finite, got {seq}")
+    if positive and any(v <= 0 for v in seq):
+        raise ValueError(f"{name} must be positive, got {seq}")
+    return seq
+
+
+def _finite_positive(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class CircularTrajectory:
+    """Parameters of a circular trajectory, kept for FDK (which needs them exactly).
+
+    Attributes
+    ----------
+    angles : tuple of float
+        Source angles in radians, one per view.
+    source_origin, origin_detector : float
+        Distances source -> rotation axis and rotation axis -> detector, mm.
+    det_spacing : (float, float)
+        Pixel pitch ``(dv, du)`` in mm.
+    det_offset : (float, float)
+        Detector centre shift ``(off_v, off_u)`` in mm along ``v`` and ``u``.
+    scan : str
+        ``"full"`` (2 pi) or ``"short"`` (pi plus the fan angle; FDK applies Parker weights).
+    """
+
+    angles: tuple[float, ...]
+    source_origin: float
+    origin_detector: float
+    det_spacing: tuple[float, float]
+    det_offset: tuple[float, float]
+    scan: str
+
+
+class ConeBeamGeometry:
+    """Cone-beam CT geometry: per-view vectors, detector and volume description.
+
+    Parameters
+    ----------
+    vectors : array-like, shape (n_views, 12)
+        ASTRA ``cone_vec`` rows ``(src_x, src_y, src_z, det_x, det_y, det_z, u_x, u_y, u_z,
+        v_x, v_y, v_z)`` in mm (world ``(x, y, z)``).
+    det_shape : (int, int)
+        Detector ``(rows, cols)``.
+    vol_shape : (int, int, int)
+        Volume ``(D, H, W)`` = ``(z, y, x)`` voxels.
+    voxel_size : float or (float, float, float)
+        ``(sz, sy, sx)`` in mm.
+    vol_offset : (float, float, float)
+        World position ``(oz, oy, ox)`` of the volume centre, mm.
+
+    Use :meth:`circular` for circular scans and :meth:`from_vectors` for measured trajectories.
+    """
+
+    def __init__(
+        self,
+        vectors: Any,
+        det_shape: Sequence[int],
+        vol_shape: Sequence[int],
+        voxel_size: float | Sequence[float] = 1.0,
+        vol_offset: Sequence[float] = (0.0, 0.0, 0.0),
+        *,
+        trajectory: CircularTrajectory | None = None,
+    ) -> None:
+        if isinstance(vectors, torch.Tensor):
+            vectors = vectors.detach().cpu().numpy()
+        try:
+            vec = np.array(vectors, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"vectors must be a numeric array of shape (n_views, 12), got {type(vectors)}") from None
+        if vec.ndim != 2 or vec.shape[1] != 12 or vec.shape[0] < 1:
+            raise ValueError(f"vectors must have shape (n_views >= 1, 12), got {vec.shape}")
+        if not np.isfinite(vec).all():
+            raise ValueError("vectors must be finite (found NaN or inf)")
+        self.det_shape = _positive_ints("det_shape", det_shape, 2)
+        self.vol_shape = _positive_ints("vol_shape", vol_shape, 3)
+        self.voxel_size = _finite_floats("voxel_size", voxel_size, 3, positive=True)
+        self.vol_offset = _finite_floats("vol_offset", vol_offset, 3)
+        self._check_views(vec)
+        vec.setflags(write=False)
+        self.vectors = vec
+        self.trajectory = trajectory
+        self._device_views: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def circular(
+        cls,
+        n_views: int,
+        source_origin: float,
+        origin_detector: float,
+        det_shape: Sequence[int],
+        det_spacing: float | Sequence[float],
+        vol_shape: Sequence[int],
+        voxel_size: float | Sequence[float] = 1.0,
+        vol_offset: Sequence[float] = (0.0, 0.0, 0.0),
+        det_offset: Sequence[float] = (0.0, 0.0),
+        angles: Sequence[float] | np.ndarray | torch.Tensor | None = None,
+        scan: str = "full",
+        start_angle: float = 0.0,
+    ) -> "ConeBeamGeometry":
+        """A circular trajectory about the ``z`` axis.
+
+        Parameters
+        ----------
+        n_views : int
+            Number of projections.
+        source_origin, origin_detector : float
+            Distances (mm) from the source to the rotation axis and from the axis to the detector.
+        det_shape : (int, int)
+            Detector ``(rows, cols)``.
+        det_spacing : float or (float, float)
+            Pixel pitch ``(dv, du)`` in mm.
+        vol_shape, voxel_size, vol_offset
+            See the class docstring.
+        det_offset : (float, float)
+            Detector shift ``(off_v, off_u)`` in mm (e.g. an off-centre detector).
+        angles : array-like of n_views floats, optional
+            Source angles in radians. Default: ``n_views`` equispaced angles over ``2 pi`` for a
+            full scan, over ``pi + 2 * fan_half_angle`` for a short scan, from ``start_angle``.
+        scan : {"full", "short"}
+            Scan range, used by the default angles and by FDK (Parker weights for "short").
+        """
+        if isinstance(n_views, bool) or not isinstance(n_views, (int, np.integer)) or n_views < 1:
+            raise ValueError(f"n_views must be a positive integer, got {n_views!r}")
+        sod = _finite_positive("source_origin", source_origin)
+        odd = _finite_positive("origin_detector", origin_detector)
+        rows, cols = _positive_ints("det_shape", det_shape, 2)
+        dv, du = _finite_floats("det_spacing", det_spacing, 2, positive=True)
+        off_v, off_u = _finite_floats("det_offset", det_offset, 2)
+        if scan not in ("full", "short"):
+            raise ValueError(f"scan must be 'full' or 'short', got {scan!r}")
+        start = float(start_angle)
+        if not math.isfinite(start):
+            raise ValueError(f"start_angle must be finite, got {start_angle!r}")
+        if angles is None:
+            if scan == "full":
+                span = 2 * math.pi
+            else:
+                half_width = 0.5 * cols * du + abs(off_u)
+                span = math.pi + 2 * math.atan(half_width / (sod + odd))
+            ang = start + span * np.arange(n_views, dtype=np.float64) / n_views
+        else:
+            if isinstance(angles, torch.Tensor):
+                angles = angles.detach().cpu().numpy()
+            ang = np.asarray(angles, dtype=np.float64).reshape(-1)
+            if ang.shape[0] != n_views:
+                raise ValueError(f"angles has {ang.shape[0]} entries but n_views is {n_views}")
+            if not np.isfinite(ang).all():
+                raise ValueError("angles must be finite (found NaN or inf)")
+        s, c = np.sin(ang), np.cos(ang)
+        zeros, ones = np.zeros_like(ang), np.ones_like(ang)
+        u_hat = np.stack([c, s, zeros], 1)
+        z_hat = np.stack([zeros, zeros, ones], 1)
+        vec = np.concatenate(
+            [
+                np.stack([s, -c, zeros], 1) * sod,
+                np.stack([-s, c, zeros], 1) * odd + off_u * u_hat + off_v * z_hat,
+                u_hat * du,
+                z_hat * dv,
+            ],
+            axis=1,
+        )
+        traj = CircularTrajectory(tuple(float(a) for a in ang), sod, odd, (dv, du), (off_v, off_u), scan)
+        return cls(vec, (rows, cols), vol_shape, voxel_size, vol_offset, trajectory=traj)
+
+    @classmethod
+    def from_vectors(
+        cls,
+        vectors: Any,
+        det_shape: Sequence[int],
+        vol_shape: Sequence[int],
+        voxel_size: float | Sequence[float] = 1.0,
+        vol_offset: Sequence[float] = (0.0, 0.0, 0.0),
+    ) -> "ConeBeamGeometry":
+        """A measured per-view geometry in ASTRA's ``cone_vec`` convention (e.g. the Walnut data)."""
+        return cls(vectors, det_shape, vol_shape, voxel_size, vol_offset)
+
+    # ------------------------------------------------------------------ validation
+    def _check_views(self, vec: np.ndarray) -> None:
+        src, det, u, v = vec[:, 0:3], vec[:, 3:6], vec[:, 6:9], vec[:, 9:12]
+        if (np.linalg.norm(u, axis=1) == 0).any() or (np.linalg.norm(v, axis=1) == 0).any():
+            raise ValueError("vectors: the detector pixel vectors u and v must be non-zero in every view")
+        normal = np.cross(u, v)
+        if (np.linalg.norm(normal, axis=1) < 1e-12 * np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1)).any():
+            raise ValueError("vectors: the detector vectors u and v are parallel in some view")
+        # The projector integrates along whole lines: the volume must lie between source and
+        # detector, so the source must be outside the volume's bounding sphere.
+        centre = np.array(self.vol_offset[::-1])  # (x, y, z)
+        half_diag = 0.5 * math.sqrt(sum((n * s) ** 2 for n, s in zip(self.vol_shape, self.voxel_size)))
+        dist = np.linalg.norm(src - centre, axis=1)
+        if (dist <= half_diag).any():
+            raise ValueError(
+                f"the source comes within the volume's bounding sphere (radius {half_diag:.3g} mm, closest "
+                f"source distance {dist.min():.3g} mm): shrink the volume or move the source away"
+            )
+        # Along the principal ray the volume centre must lie between source and detector plane.
+        n_hat = normal / np.linalg.norm(normal, axis=1, keepdims=True)
+        n_hat *= np.where(((det - src) * n_hat).sum(1) < 0, -1.0, 1.0)[:, None]
+        depth_det = ((det - src) * n_hat).sum(1)
+        depth_vol = ((centre - src) * n_hat).sum(1)
+        if ((depth_vol <= 0) | (depth_vol >= depth_det)).any():
+            raise ValueError("vectors: in some view the volume centre is not between the source and the detector")
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def n_views(self) -> int:
+        return int(self.vectors.shape[0])
+
+    @property
+    def is_circular(self) -> bool:
+        return self.trajectory is not None
+
+    @property
+    def sino_shape(self) -> tuple[int, int, int]:
+        """Measurement shape ``(n_views, rows, cols)`` (without batch and channel)."""
+        return (self.n_views, *self.det_shape)
+
+    @property
+    def vol_geom(self) -> list[float]:
+        """``[sz, sy, sx, oz, oy, ox]`` as the C++ ops take it."""
+        return [*self.voxel_size, *self.vol_offset]
+
+    def views_tensor(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The ``(n_views, 12)`` float64 vectors on ``device`` (cached per device)."""
+        key = str(torch.device(device))
+        if key not in self._device_views:
+            self._device_views[key] = torch.from_numpy(np.array(self.vectors)).to(device)
+        return self._device_views[key]
+
+    def source_positions(self) -> np.ndarray:
+        """Source positions, ``(n_views, 3)`` world ``(x, y, z)`` mm."""
+        return np.array(self.vectors[:, 0:3])
+
+    def pixel_positions(self) -> np.ndarray:
+        """Detector pixel centres, ``(n_views, rows, cols, 3)`` world ``(x, y, z)`` mm."""
+        rows, cols = self.det_shape
+        det, u, v = self.vectors[:, 3:6], self.vectors[:, 6:9], self.vectors[:, 9:12]
+        cu = np.arange(cols) - 0.5 * (cols - 1)
+        cv = np.arange(rows) - 0.5 * (rows - 1)
+        return (
+            det[:, None, None, :]
+            + cu[None, None, :, None] * u[:, None, None, :]
+            + cv[None, :, None, None] * v[:, None, None, :]
+        )
+
+    # ------------------------------------------------------------------ derived geometries
+    def restrict(self, offset: Sequence[int], shape: Sequence[int]) -> "ConeBeamGeometry":
+        """The geometry of the sub-volume ``[k0:k0+pd, j0:j0+ph, i0:i0+pw]`` (same views).
+
+        The patch operator ``A S^T`` is the same projector on this smaller volume: its cost
+        grows with the patch, not with the full volume.
+
+        Parameters
+        ----------
+        offset : (int, int, int)
+            Start index ``(k0, j0, i0)`` of the patch in the full volume.
+        shape : (int, int, int)
+            Patch shape ``(pd, ph, pw)``; the patch must lie inside the volume.
+        """
+        shape = _positive_ints("shape", shape, 3)
+        try:
+            off = tuple(int(o) for o in offset)
+        except (TypeError, ValueError):
+            raise TypeError(f"offset must be 3 integers, got {offset!r}") from None
+        if len(off) != 3:
+            raise ValueError(f"offset must be 3 integers, got {offset!r}")
+        for o, p, n, axis in zip(off, shape, self.vol_shape, "zyx"):
+            if o < 0 or o + p > n:
+                raise ValueError(f"patch [{o}, {o + p}) along {axis} lies outside the volume of size {n}")
+        centre = tuple(
+            oo + (o + 0.5 * (p - 1) - 0.5 * (n - 1)) * s
+            for o, p, n, s, oo in zip(off, shape, self.vol_shape, self.voxel_size, self.vol_offset)
+        )
+        return ConeBeamGeometry(self.vectors, self.det_shape, shape, self.voxel_size, centre, trajectory=self.trajectory)
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable description (exact: floats are kept as Python floats)."""
+        d: dict[str, Any] = {
+            "vectors": self.vectors.tolist(),
+            "det_shape": list(self.det_shape),
+            "vol_shape": list(self.vol_shape),
+            "voxel_size": list(self.voxel_size),
+            "vol_offset": list(self.vol_offset),
+        }
+        if self.trajectory is not None:
+            t = self.trajectory
+            d["trajectory"] = {
+                "angles": list(t.angles),
+                "source_origin": t.source_origin,
+                "origin_detector": t.origin_detector,
+                "det_spacing": list(t.det_spacing),
+                "det_offset": list(t.det_offset),
+                "scan": t.scan,
+            }
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ConeBeamGeometry":
+        """Inverse of :meth:`to_dict`."""
+        if not isinstance(d, dict):
+            raise TypeError(f"expected a dict as written by to_dict(), got {type(d)}")
+        missing = {"vectors", "det_shape", "vol_shape", "voxel_size", "vol_offset"} - set(d)
+        if missing:
+            raise ValueError(f"geometry description lacks {sorted(missing)}")
+        traj = None
+        if d.get("trajectory") is not None:
+            t = d["trajectory"]
+            traj = CircularTrajectory(
+                tuple(float(a) for a in t["angles"]), float(t["source_origin"]), float(t["origin_detector"]),
+                tuple(t["det_spacing"]), tuple(t["det_offset"]), str(t["scan"]),
+            )
+        return cls(d["vectors"], d["det_shape"], d["vol_shape"], d["voxel_size"], d["vol_offset"], trajectory=traj)
+
+    def fingerprint(self) -> str:
+        """A short hash of the geometry (vectors rounded to 1 nm), to match fitted operators."""
+        d = self.to_dict()
+        d.pop("trajectory", None)
+        d["vectors"] = np.round(self.vectors, 6).tolist()
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ConeBeamGeometry):
+            return NotImplemented
+        return (
+            self.det_shape == other.det_shape
+            and self.vol_shape == other.vol_shape
+            and self.voxel_size == other.voxel_size
+            and self.vol_offset == other.vol_offset
+            and np.array_equal(self.vectors, other.vectors)
+        )
+
+    __hash__ = None  # mutable caches inside; compare with == or fingerprint()
+
+    def __repr__(self) -> str:
+        kind = f"circular {self.trajectory.scan} scan" if self.trajectory else "vector"
+        return (
+            f"ConeBeamGeometry({kind}, n_views={self.n_views}, det_shape={self.det_shape}, "
+            f"vol_shape={self.vol_shape}, voxel_size={self.voxel_size}, vol_offset={self.vol_offset})"
+        )

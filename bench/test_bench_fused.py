@@ -8,17 +8,20 @@ Run on a GPU::
     python -m pytest bench/test_bench_fused.py --benchmark-only \
         --benchmark-columns=mean,stddev,rounds --benchmark-json=out/bench_fused.json
 
-Each timed round runs the op ``REPS`` times back to back and then synchronises
-(so per-op Python/dispatch overhead overlaps GPU work as in a real pipeline);
-``benchmark.extra_info`` holds per-op time, achieved GB/s (bytes read + written
-by the op, counted at the minimum the op must move, divided by per-op time) and
-the peak extra GPU memory of one call (``torch.cuda.max_memory_allocated`` minus
-what was allocated before it).  On a CPU-only machine every CUDA benchmark is
+Each timed round replays a CUDA graph of ``REPS`` back-to-back calls, so the
+timing is the GPU work alone (at these sizes one eager call costs more host
+time - validation, custom-op dispatch, Triton launch - than GPU time).
+``benchmark.extra_info`` holds the GPU time per op, achieved GB/s (bytes read +
+written by the op, counted at the minimum the op must move, divided by that
+time), the eager host-inclusive time per call (and its GB/s), and the peak extra
+GPU memory of one eager call (``torch.cuda.max_memory_allocated`` minus what was
+allocated before it).  On a CPU-only machine every CUDA benchmark is
 skipped with a reason; only a small CPU timing of the reference twins runs.
 """
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -113,10 +116,39 @@ def cuda_problem():
     torch.cuda.empty_cache()
 
 
+def _capture(fn, reps):
+    """CUDA graph of ``reps`` back-to-back calls: replaying it times the GPU work alone."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            fn()
+    return graph
+
+
+def _host_inclusive_per_op(fn, reps, trials=5):
+    """Best wall time per call of ``reps`` eager calls + one sync (Python/dispatch/launch included)."""
+    best = float("inf")
+    for _ in range(trials):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return best
+
+
 @requires_cuda
 @pytest.mark.parametrize("impl", ["triton", "torch_eager"])
 @pytest.mark.parametrize("op", OPS)
 def test_bench_cuda(benchmark, cuda_problem, op, impl):
+    """Timed: replay of a CUDA graph of REPS calls (GPU time); extra_info adds the
+    eager host-inclusive time per call and the peak extra memory of one call."""
     p = cuda_problem
     fn = (triton_calls if impl == "triton" else eager_calls)(p)[op]
     with torch.no_grad():
@@ -127,18 +159,23 @@ def test_bench_cuda(benchmark, cuda_problem, op, impl):
         fn()
         torch.cuda.synchronize()
         peak_extra = torch.cuda.max_memory_allocated() - before
+        peak_total = torch.cuda.max_memory_allocated()
+        host_per_op = _host_inclusive_per_op(fn, REPS)
+        graph = _capture(fn, REPS)
 
-        def run():
-            for _ in range(REPS):
-                fn()
+        def replay():
+            graph.replay()
             torch.cuda.synchronize()
 
-        benchmark.pedantic(run, rounds=15, iterations=1, warmup_rounds=2)
+        benchmark.pedantic(replay, rounds=20, iterations=1, warmup_rounds=2)
+    del graph
     per_op = benchmark.stats.stats.mean / REPS
     benchmark.extra_info.update(
         impl=impl, op=op, device=torch.cuda.get_device_name(), reps_per_round=REPS,
-        per_op_ms=per_op * 1e3, bytes_moved=p.bytes[op], GB_per_s=p.bytes[op] / per_op / 1e9,
-        peak_extra_mem_MiB=peak_extra / 2 ** 20, max_memory_allocated_MiB=torch.cuda.max_memory_allocated() / 2 ** 20,
+        gpu_ms_per_op=per_op * 1e3, bytes_moved=p.bytes[op], GB_per_s=p.bytes[op] / per_op / 1e9,
+        eager_host_inclusive_ms_per_op=host_per_op * 1e3,
+        eager_GB_per_s=p.bytes[op] / host_per_op / 1e9,
+        peak_extra_mem_MiB=peak_extra / 2 ** 20, max_memory_allocated_MiB=peak_total / 2 ** 20,
         problem=f"patch {PATCH}^3 at {OFFSET} in {VOL}^3 float32, pad {PAD}^3",
     )
     assert per_op > 0

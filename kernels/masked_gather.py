@@ -53,6 +53,11 @@ Triple = Tuple[int, int, int]
 # --------------------------------------------------------------------------- #
 def _as_triple(value, name: str, *, positive: bool = False) -> Triple:
     """Normalise a 3-sequence of Python ints; raise TypeError/ValueError otherwise."""
+    if type(value) in (tuple, list) and len(value) == 3 and all(type(v) is int for v in value):
+        out = tuple(value)  # fast path (this runs on every call)
+        if positive and (out[0] <= 0 or out[1] <= 0 or out[2] <= 0):
+            raise ValueError(f"{name} entries must be positive, got {out}")
+        return out
     if isinstance(value, torch.Tensor) or not isinstance(value, Sequence) or isinstance(value, str):
         raise TypeError(f"{name} must be a tuple/list of 3 ints, got {type(value).__name__}")
     if len(value) != 3:
@@ -116,7 +121,10 @@ def _chunks(n: int, size: Optional[int] = None) -> Iterator[Tuple[int, int]]:
 
 
 def _device_ctx(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+    """Make ``t``'s GPU current for the launch (no-op on CPU or if it already is)."""
+    if t.is_cuda and t.device.index != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
 
 
 def is_interpreted(kernel) -> bool:

@@ -84,9 +84,25 @@ def _inner_contig(t: torch.Tensor) -> torch.Tensor:
     return t if ok else t.contiguous()
 
 
+_SCALE_CACHE: "dict[tuple, torch.Tensor]" = {}
+_SCALE_CACHE_SIZE = 32
+
+
 def _scale_tensor(scale: float, spec: torch.Tensor) -> torch.Tensor:
+    """One-element tensor holding ``scale`` in the data's real dtype, cached per
+    (value, dtype, device) so repeated calls launch no fill kernel.  Never cached
+    while a CUDA graph is being captured (the fill would only run at replay)."""
     rdt = torch.float32 if spec.dtype == torch.complex64 else torch.float64
-    return torch.full((1,), scale, dtype=rdt, device=spec.device)
+    key = (float.hex(scale), rdt, spec.device)
+    t = _SCALE_CACHE.get(key)
+    if t is not None:
+        return t
+    t = torch.full((1,), scale, dtype=rdt, device=spec.device)
+    if not (spec.is_cuda and torch.cuda.is_current_stream_capturing()):
+        if len(_SCALE_CACHE) >= _SCALE_CACHE_SIZE:
+            _SCALE_CACHE.pop(next(iter(_SCALE_CACHE)))
+        _SCALE_CACHE[key] = t
+    return t
 
 
 # --------------------------------------------------------------------------- #

@@ -1,0 +1,383 @@
+r"""Learned diagonal-circulant approximation of a normal operator ``A^T A``.
+
+``H = diag(m) F^-1 diag(lam) F diag(m)`` ("sandwich", the paper's default), the one-sided
+``diag(m) F^-1 diag(lam) F`` or its symmetrised version ``(H + H^*)/2``. ``m`` is a spatial mask
+``(D, H, W)``; ``lam`` the rFFT (half-spectrum ``(2D, 2H, W + 1)``) of a real convolution kernel on
+a grid twice the volume, so that the convolution is linear (no wrap-around) on the volume.
+
+Restriction to a patch (:meth:`DiagCirculantWrapper.restrict`): ``m`` is cropped to the patch and
+the kernel to the lags a patch can see, ``|lag| <= patch - 1`` on each axis, then transformed on
+the patch's own doubled grid ``2 * patch``. Two voxels of a patch are never further apart than
+that, so the patch operator equals ``S H S^T`` exactly (tested), at the cost of FFTs on the patch
+grid instead of the volume grid.
+
+The fused kernels of :mod:`unrolled3d.ops.fused` carry the passes around the FFTs: masked gather
+into the padded buffer, spectral filter with the scaling, masked crop.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Callable, Sequence
+
+import torch
+from deepinv.physics import LinearPhysics
+from tqdm.auto import tqdm
+
+from .io_utils import atomic_path
+from .ops.fused import masked_gather, masked_scatter_add, spectral_filter
+
+__all__ = ["DiagCirculantWrapper", "DiagCirculantPatch", "apply_diag_circulant", "VARIANTS"]
+
+VARIANTS = ("sandwich", "one_sided", "symmetric")
+
+
+def _shape3(name: str, value: Any) -> tuple[int, int, int]:
+    try:
+        t = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be 3 integers, got {value!r}") from None
+    if len(t) != 3 or any(v <= 0 for v in t):
+        raise ValueError(f"{name} must be 3 positive integers, got {value!r}")
+    return t
+
+
+def apply_diag_circulant(
+    x: torch.Tensor, mask: torch.Tensor, lam: torch.Tensor, variant: str = "sandwich", scale: float = 1.0
+) -> torch.Tensor:
+    """Apply ``scale * H`` to ``x`` of shape ``(B, C, *s)`` with ``mask`` ``s`` and ``lam`` of the
+    rFFT of the doubled grid ``(2 s0, 2 s1, s2 + 1)``."""
+    shape = tuple(x.shape[-3:])
+    pad = tuple(2 * s for s in shape)
+    dims = (-3, -2, -1)
+
+    def conv(buf: torch.Tensor, conj: bool = False) -> torch.Tensor:
+        filt = lam.conj() if conj and lam.is_complex() else lam
+        return torch.fft.irfftn(spectral_filter(torch.fft.rfftn(buf, dim=dims), filt, scale), s=pad, dim=dims)
+
+    def crop(buf: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+        out, _ = masked_scatter_add(torch.zeros_like(x), buf, (0, 0, 0), shape, mask=m)
+        return out
+
+    if variant == "sandwich":
+        return crop(conv(masked_gather(x, (0, 0, 0), shape, pad, mask)), mask)
+    one_sided = crop(conv(masked_gather(x, (0, 0, 0), shape, pad, None)), mask)
+    if variant == "one_sided":
+        return one_sided
+    adjoint = crop(conv(masked_gather(x, (0, 0, 0), shape, pad, mask), conj=True), None)
+    return 0.5 * (one_sided + adjoint)
+
+
+class _DiagCirculantBase(LinearPhysics):
+    """Shared ``A_adjoint_A`` / data-gradient logic of the full-volume and patch operators."""
+
+    def _params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def A_adjoint_A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        """``scaling * H x`` for ``x`` of shape ``[B, C, *img_shape]``."""
+        mask, lam = self._params()
+        if not isinstance(x, torch.Tensor) or x.ndim != 5:
+            raise ValueError(f"x must be a 5-D tensor [B, C, D, H, W], got {getattr(x, 'shape', type(x))}")
+        if tuple(x.shape[-3:]) != tuple(mask.shape):
+            raise ValueError(f"x has spatial shape {tuple(x.shape[-3:])}, this operator acts on {tuple(mask.shape)}")
+        if x.dtype != mask.dtype or x.device != mask.device:
+            raise TypeError(f"x is {x.dtype} on {x.device}, the operator is {mask.dtype} on {mask.device}")
+        return apply_diag_circulant(x, mask, lam, self.variant, self.scaling)
+
+    def data_gradient(self, x: torch.Tensor, Aty: torch.Tensor) -> torch.Tensor:
+        """Gradient of ``0.5 ||A x - y||^2`` with ``A^T A`` replaced by ``scaling * H``:
+        ``scaling * H x - A^T y`` (``Aty`` precomputed, same shape as ``x``)."""
+        if Aty.shape != x.shape:
+            raise ValueError(f"Aty has shape {tuple(Aty.shape)}, x has {tuple(x.shape)}")
+        return self.A_adjoint_A(x) - Aty
+
+
+class DiagCirculantWrapper(_DiagCirculantBase):
+    r"""Wrap a ``LinearPhysics`` and approximate its normal operator by ``scaling * H(m, lam)``.
+
+    :param deepinv.physics.LinearPhysics physics: the operator ``A`` (e.g. :class:`ConeBeamCT`).
+    :param tuple img_size: volume shape ``(D, H, W)`` (a leading channel, ``(1, D, H, W)``, is accepted).
+    :param float scaling: ``H`` approximates ``A^T A / scaling``: pass ``||A||^2`` if ``A`` is not
+        normalised, so that ``m`` and ``lam`` are of order one.
+    :param str variant: ``"sandwich"`` (``m F^-1 lam F m``), ``"one_sided"`` (``m F^-1 lam F``) or
+        ``"symmetric"`` (``(H + H^*) / 2`` of the one-sided form).
+    :param torch.device device: device of ``m`` and ``lam``.
+    :param torch.dtype dtype: real dtype of ``m`` (``lam`` is the matching complex type).
+
+    ``A``, ``A_adjoint`` are those of the wrapped physics; ``A_adjoint_A`` is ``scaling * H``.
+    Fit with :meth:`fit`, or pass ``spatial_mask`` / ``fourier_filter`` learned elsewhere.
+    """
+
+    def __init__(
+        self,
+        physics: LinearPhysics,
+        img_size: Sequence[int],
+        scaling: float = 1.0,
+        device: torch.device | str = "cpu",
+        variant: str = "sandwich",
+        dtype: torch.dtype = torch.float32,
+        spatial_mask: torch.Tensor | None = None,
+        fourier_filter: torch.Tensor | None = None,
+    ) -> None:
+        if not isinstance(physics, LinearPhysics):
+            raise TypeError(f"physics must be a deepinv LinearPhysics, got {type(physics).__name__}")
+        size = tuple(img_size)
+        if len(size) == 4 and size[0] == 1:
+            size = size[1:]
+        shape = _shape3("img_size", size)
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        scaling = float(scaling)
+        if not (scaling > 0 and math.isfinite(scaling)):
+            raise ValueError(f"scaling must be a finite positive number, got {scaling}")
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+        super().__init__(img_size=(1, *shape), device=device)
+        self.physics = physics
+        self.img_shape = shape
+        self.scaling = scaling
+        self.variant = variant
+        self.dtype = dtype
+        self.spatial_mask = torch.nn.Parameter(torch.ones(shape, dtype=dtype, device=device))
+        # lam is learned in the Fourier domain, as in the paper: its entries are all of similar size
+        # (for CT it behaves like 1/|frequency|), which suits Adam's per-coordinate steps; the
+        # spatial kernel decays over decades and does not. The inverse rFFT keeps H real.
+        cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+        self.fourier_filter = torch.nn.Parameter(
+            torch.zeros((2 * shape[0], 2 * shape[1], shape[2] + 1), dtype=cdtype, device=device))
+        self.fitted = False
+        if spatial_mask is not None or fourier_filter is not None:
+            self.set_parameters(spatial_mask=spatial_mask, fourier_filter=fourier_filter)
+
+    # ----------------------------------------------------------------- parameters
+    @property
+    def filter_shape(self) -> tuple[int, int, int]:
+        """Shape of ``fourier_filter``: rFFT of the doubled grid, ``(2D, 2H, W + 1)``."""
+        D, H, W = self.img_shape
+        return (2 * D, 2 * H, W + 1)
+
+    def set_parameters(self, spatial_mask: torch.Tensor | None = None,
+                       fourier_filter: torch.Tensor | None = None) -> "DiagCirculantWrapper":
+        """Load ``m`` (``img_shape``) and/or ``lam`` (``filter_shape``, real or complex)."""
+        with torch.no_grad():
+            if spatial_mask is not None:
+                if not isinstance(spatial_mask, torch.Tensor) or tuple(spatial_mask.shape) != self.img_shape:
+                    raise ValueError(f"spatial_mask must be a tensor of shape {self.img_shape}, "
+                                     f"got {getattr(spatial_mask, 'shape', type(spatial_mask))}")
+                if spatial_mask.is_complex():
+                    raise TypeError("spatial_mask must be real")
+                self.spatial_mask.copy_(spatial_mask)
+            if fourier_filter is not None:
+                if not isinstance(fourier_filter, torch.Tensor) or tuple(fourier_filter.shape) != self.filter_shape:
+                    raise ValueError(f"fourier_filter must be a tensor of shape {self.filter_shape} (rFFT of the "
+                                     f"doubled grid), got {getattr(fourier_filter, 'shape', type(fourier_filter))}")
+                self.fourier_filter.copy_(fourier_filter.to(self.fourier_filter.dtype))
+        self.fitted = True
+        return self
+
+    @property
+    def kernel(self) -> torch.Tensor:
+        """The real convolution kernel of ``lam`` on the doubled grid, lag 0 at index 0."""
+        return torch.fft.irfftn(self.fourier_filter, s=tuple(2 * s for s in self.img_shape))
+
+    def _params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.fitted:
+            raise RuntimeError("DiagCirculantWrapper has no parameters yet: call fit(), load() or set_parameters()")
+        return self.spatial_mask, self.fourier_filter
+
+    # ----------------------------------------------------------------- deepinv physics
+    def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.physics.A(x, **kwargs)
+
+    def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.physics.A_adjoint(y, **kwargs)
+
+    def A_dagger(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.physics.A_dagger(y, **kwargs)
+
+    # ----------------------------------------------------------------- patches
+    def restrict(self, offset: Sequence[int], shape: Sequence[int]) -> "DiagCirculantPatch":
+        """The approximation on the patch ``[o0:o0+p0, o1:o1+p1, o2:o2+p2]``.
+
+        ``m`` is cropped to the patch; the kernel is cropped to lags ``|l| <= p - 1`` (the only ones
+        two voxels of the patch can see) and transformed on the patch's doubled grid.
+        """
+        mask, _ = self._params()
+        shape = _shape3("shape", shape)
+        try:
+            off = tuple(int(o) for o in offset)
+        except (TypeError, ValueError):
+            raise TypeError(f"offset must be 3 integers, got {offset!r}") from None
+        if len(off) != 3:
+            raise ValueError(f"offset must be 3 integers, got {offset!r}")
+        for o, p, n, axis in zip(off, shape, self.img_shape, "DHW"):
+            if o < 0 or o + p > n:
+                raise ValueError(f"patch [{o}, {o + p}) along {axis} lies outside the volume of size {n}")
+        m_p = mask[off[0]:off[0] + shape[0], off[1]:off[1] + shape[1], off[2]:off[2] + shape[2]]
+        return DiagCirculantPatch(m_p, self._patch_filter(shape), self.scaling, self.variant, off)
+
+    def _patch_filter(self, shape: tuple[int, int, int]) -> torch.Tensor:
+        k = self.kernel
+        # lags -(p-1)..(p-1) of the big grid (negative lags wrap to the end), placed on a 2p grid
+        idx = [torch.cat([torch.arange(0, p, device=k.device), torch.arange(-(p - 1), 0, device=k.device) % (2 * n)])
+               for p, n in zip(shape, self.img_shape)]
+        small = k[idx[0]][:, idx[1]][:, :, idx[2]]  # (2p-1)^3 lags, in FFT order without the Nyquist lag
+        grid = torch.zeros(tuple(2 * p for p in shape), dtype=k.dtype, device=k.device)
+        pos = [torch.cat([torch.arange(0, p, device=k.device), torch.arange(p + 1, 2 * p, device=k.device)])
+               for p in shape]
+        grid[pos[0][:, None, None], pos[1][None, :, None], pos[2][None, None, :]] = small
+        return torch.fft.rfftn(grid)
+
+    # ----------------------------------------------------------------- fitting
+    def exact_normal(self, x: torch.Tensor) -> torch.Tensor:
+        """``A^T A x / scaling`` with the wrapped physics (the fitting target)."""
+        return self.physics.A_adjoint(self.physics.A(x)) / self.scaling
+
+    @torch.no_grad()
+    def init_from_psf(self) -> "DiagCirculantWrapper":
+        """``m = 1`` and ``lam`` from the point-spread function of ``A^T A / scaling`` at the centre."""
+        delta = torch.zeros((1, 1, *self.img_shape), dtype=self.dtype, device=self.spatial_mask.device)
+        c = tuple(s // 2 for s in self.img_shape)
+        delta[(0, 0, *c)] = 1.0
+        psf = self.exact_normal(delta)[0, 0]
+        grid = torch.zeros(tuple(2 * s for s in self.img_shape), dtype=self.dtype, device=psf.device)
+        grid[: self.img_shape[0], : self.img_shape[1], : self.img_shape[2]] = psf
+        self.spatial_mask.fill_(1.0)
+        grid = torch.roll(grid, shifts=tuple(-ci for ci in c), dims=(0, 1, 2))  # lag 0 to index 0
+        self.fourier_filter.copy_(torch.fft.rfftn(grid).to(self.fourier_filter.dtype))
+        self.fitted = True
+        return self
+
+    def fit(
+        self,
+        n_iter: int = 200,
+        batch_size: int = 1,
+        lr: float = 1e-2,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        fit_mask: bool = True,
+        n_probes: int | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = True,
+    ) -> list[float]:
+        r"""Fit ``m`` and ``lam`` by minimising ``E_x ||A^T A x / scaling - H x||^2``, ``x ~ N(0, I)``.
+
+        Each step draws ``batch_size`` fresh Gaussian probes (two projections each), so the
+        stochastic objective is the Frobenius distance itself; ``n_probes`` instead fixes a bank
+        of probes computed once (cheaper per step, but the fit may then overfit the bank: the
+        filter has 8x more unknowns than a volume). Starts from :meth:`init_from_psf` unless
+        parameters were set. The learning rate decays with a cosine schedule.
+
+        :param int n_iter: optimiser steps.
+        :param int batch_size: probes per step.
+        :param float lr: initial learning rate (Adam by default).
+        :param optimizer: ``callable(params, lr=...) -> torch.optim.Optimizer``.
+        :param bool fit_mask: learn ``m`` (``False``: the best unmasked circulant, ``m = 1``).
+        :param int n_probes: size of a fixed probe bank (default: fresh probes every step).
+        :return: relative error ``||A^T A x - H x|| / ||A^T A x||`` of each step's batch.
+        """
+        for name, v in (("n_iter", n_iter), ("batch_size", batch_size)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if n_probes is not None and (not isinstance(n_probes, int) or n_probes < batch_size):
+            raise ValueError(f"n_probes must be None or an integer >= batch_size ({batch_size}), got {n_probes!r}")
+        gen = generator or torch.Generator().manual_seed(0)
+        device = self.spatial_mask.device
+        if not self.fitted:
+            self.init_from_psf()
+        if not fit_mask:
+            with torch.no_grad():
+                self.spatial_mask.fill_(1.0)
+
+        def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+            x = torch.randn((n, 1, *self.img_shape), generator=gen, dtype=self.dtype).to(device)
+            with torch.no_grad():
+                return x, torch.cat([self.exact_normal(x[i : i + 1]) for i in range(n)])
+
+        bank = draw(n_probes) if n_probes is not None else None
+        params = [self.fourier_filter] + ([self.spatial_mask] if fit_mask else [])
+        opt = (optimizer or torch.optim.Adam)(params, lr=lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_iter)
+        history = []
+        bar = tqdm(range(n_iter), desc="fitting H", disable=not progress, leave=False)
+        for _ in bar:
+            if bank is None:
+                x, t = draw(batch_size)
+            else:
+                idx = torch.randperm(n_probes, generator=gen)[:batch_size].to(device)
+                x, t = bank[0][idx], bank[1][idx]
+            with torch.enable_grad():
+                opt.zero_grad(set_to_none=True)
+                hx = apply_diag_circulant(x, self.spatial_mask, self.fourier_filter, self.variant, 1.0)
+                loss = (hx - t).square().sum() / t.square().sum()
+                loss.backward()
+                opt.step()
+            sched.step()
+            history.append(float(loss.detach().sqrt()))
+            bar.set_postfix(rel_err=f"{history[-1]:.4f}")
+        return history
+
+    @torch.no_grad()
+    def relative_error(self, n_probes: int = 2, generator: torch.Generator | None = None) -> float:
+        """``||A^T A x / scaling - H x|| / ||A^T A x / scaling||`` on fresh Gaussian probes."""
+        gen = generator or torch.Generator().manual_seed(12345)
+        x = torch.randn((n_probes, 1, *self.img_shape), generator=gen, dtype=self.dtype).to(self.spatial_mask.device)
+        t = torch.cat([self.exact_normal(x[i : i + 1]) for i in range(n_probes)])
+        hx = apply_diag_circulant(x, *self._params(), self.variant, 1.0)
+        return float((hx - t).norm() / t.norm())
+
+    # ----------------------------------------------------------------- persistence
+    def _geometry_fingerprint(self) -> str | None:
+        g = getattr(self.physics, "geometry", None)
+        return g.fingerprint() if g is not None and hasattr(g, "fingerprint") else None
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``m``, ``lam`` and the geometry they belong to (atomically)."""
+        mask, lam = self._params()
+        state = {
+            "format": "unrolled3d.DiagCirculant/1",
+            "spatial_mask": mask.detach().cpu(),
+            "fourier_filter": lam.detach().cpu(),
+            "img_shape": list(self.img_shape),
+            "scaling": self.scaling,
+            "variant": self.variant,
+            "geometry_fingerprint": self._geometry_fingerprint(),
+        }
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+
+    def load(self, path: str | os.PathLike) -> "DiagCirculantWrapper":
+        """Load parameters saved by :meth:`save`; refuse those of another geometry or size."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != "unrolled3d.DiagCirculant/1":
+            raise ValueError(f"{path} is not a DiagCirculantWrapper file")
+        if tuple(state["img_shape"]) != self.img_shape:
+            raise ValueError(f"{path} holds an operator for a volume of {tuple(state['img_shape'])}, "
+                             f"this wrapper is {self.img_shape}")
+        mine = self._geometry_fingerprint()
+        if state["geometry_fingerprint"] != mine:
+            raise ValueError(f"{path} was fitted for geometry {state['geometry_fingerprint']}, this physics has "
+                             f"{mine}: refit the operator for this geometry")
+        if state["variant"] != self.variant or float(state["scaling"]) != self.scaling:
+            raise ValueError(f"{path} is a {state['variant']!r} operator with scaling {state['scaling']}, this "
+                             f"wrapper is {self.variant!r} with scaling {self.scaling}")
+        return self.set_parameters(state["spatial_mask"], state["fourier_filter"])
+
+
+class DiagCirculantPatch(_DiagCirculantBase):
+    """The restriction of a :class:`DiagCirculantWrapper` to one patch (see ``restrict``)."""
+
+    def __init__(self, mask: torch.Tensor, lam: torch.Tensor, scaling: float, variant: str,
+                 offset: tuple[int, int, int]) -> None:
+        super().__init__(img_size=(1, *mask.shape), device=mask.device)
+        self.mask, self.lam = mask, lam
+        self.scaling, self.variant, self.offset = scaling, variant, offset
+
+    def _params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mask, self.lam
+
+    def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        raise NotImplementedError("the patch approximation only provides A_adjoint_A (H), not A")
+
+    def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
+        raise NotImplementedError("the patch approximation only provides A_adjoint_A (H), not A^T")

@@ -2,13 +2,31 @@
 anisotropic voxels, vector geometry), and the float64 dot-product adjointness measure."""
 from __future__ import annotations
 
-import math
+import os
 
-import numpy as np
-import pytest
-import torch
 
-from unrolled3d.physics import ConeBeamGeometry
+def _nvidia_driver_present() -> bool:
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        return False
+    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia/version"))
+
+
+# Triton decides between compiling and interpreting a kernel when the kernel is decorated (when
+# unrolled3d.kernels is first imported), so the CPU interpreter must be chosen before any import
+# below. On a GPU machine the compiled kernels are tested instead. The interpreter is slow, so
+# outside tests/test_fused_ops.py (which selects the Triton path explicitly) the fused ops use
+# their PyTorch twins on the CPU.
+if not _nvidia_driver_present():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ.setdefault("UNROLLED3D_FUSED_BACKEND", "reference")
+
+import math  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from unrolled3d.physics import ConeBeamGeometry  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")

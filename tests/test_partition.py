@@ -1,0 +1,247 @@
+"""Domain partitioning: patch measurements, blending, sweeps, the H mode, distributed inference."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from deepinv.models import Reconstructor
+from deepinv.physics import LinearPhysics
+
+from unrolled3d.normal import DiagCirculantWrapper
+from unrolled3d.partition import (
+    NormalPatchPhysics, PartitionedReconstructor, ZeroPaddedPatchPhysics, blend_window, patch_grid,
+    patch_measurement,
+)
+from unrolled3d.physics import ConeBeamCT, ConeBeamGeometry
+
+F64 = torch.float64
+SHAPE = (10, 12, 11)
+
+
+def ct(shape=SHAPE, views=24) -> ConeBeamCT:
+    g = ConeBeamGeometry.circular(views, 60.0, 30.0, (16, 20), 1.3, shape, voxel_size=1.0)
+    return ConeBeamCT(g)
+
+
+class IdentityBase(Reconstructor):
+    def forward(self, y, physics, x_init=None, **kwargs):
+        return x_init
+
+
+class GradientStepBase(Reconstructor):
+    """One gradient step of the patch data term from the context: deterministic, non-trivial."""
+
+    def forward(self, y, physics, x_init=None, **kwargs):
+        if hasattr(physics, "data_gradient"):
+            return x_init - 0.01 * physics.data_gradient(x_init, y)
+        return x_init - 0.01 * physics.A_adjoint(physics.A(x_init) - y)
+
+
+class LeastSquaresBase(Reconstructor):
+    """Solves the patch least-squares problem min ||A_p x - y_p||^2 with CGLS from the context."""
+
+    def __init__(self, n_iter=200):
+        super().__init__()
+        self.n_iter = n_iter
+
+    def forward(self, y, physics, x_init=None, **kwargs):
+        x = x_init.clone()
+        r = y - physics.A(x)
+        s = physics.A_adjoint(r)
+        p, gamma = s.clone(), (s * s).sum()
+        for _ in range(self.n_iter):
+            if gamma < 1e-28:  # already solved (e.g. started from the exact patch)
+                break
+            q = physics.A(p)
+            alpha = gamma / (q * q).sum()
+            x, r = x + alpha * p, r - alpha * q
+            s = physics.A_adjoint(r)
+            gamma_new = (s * s).sum()
+            p, gamma = s + (gamma_new / gamma) * p, gamma_new
+        return x
+
+
+def _volume(shape=SHAPE, seed=0, dtype=F64):
+    return torch.rand((1, 1, *shape), generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+@pytest.mark.parametrize("shape, patch, stride", [((10, 12, 11), (4, 6, 5), (2, 3, 2)), ((9, 9, 9), (4, 4, 4), (3, 3, 3)),
+                                                  ((8, 8, 8), (8, 8, 8), (8, 8, 8))])
+def test_patch_grid_covers_the_volume(shape, patch, stride):
+    covered = torch.zeros(shape, dtype=torch.int32)
+    for o in patch_grid(shape, patch, stride):
+        assert all(0 <= oi and oi + p <= n for oi, p, n in zip(o, patch, shape))
+        covered[o[0]:o[0] + patch[0], o[1]:o[1] + patch[1], o[2]:o[2] + patch[2]] += 1
+    assert int(covered.min()) >= 1
+
+
+def test_blend_window_is_positive_and_tapers():
+    w = blend_window((6, 8, 5), (3, 4, 5), dtype=F64)
+    assert w.shape == (6, 8, 5) and float(w.min()) > 0
+    assert float(w.max()) <= 1.0 and float(w[0, 0, 2]) < 0.1
+    assert float(w[2:4, 3:5, 2].min()) > 0.8  # the centre of the patch weighs most
+    torch.testing.assert_close(w[:, :, 0], w[:, :, 4])  # no overlap along W: flat there
+
+
+@pytest.mark.parametrize("stride", [(3, 3, 3), (2, 4, 3), None])
+def test_identity_base_blends_back_to_the_input(stride):
+    physics = ct()
+    x = _volume()
+    y = physics.A(x)
+    rec = PartitionedReconstructor(IdentityBase(), SHAPE, (6, 8, 6), stride=stride, n_sweeps=2)
+    torch.testing.assert_close(rec(y, physics, x_init=x), x, rtol=1e-12, atol=1e-12)
+
+
+def test_patch_measurement_removes_the_context_exactly():
+    physics = ct()
+    x_true = _volume()
+    y = physics.A(x_true)
+    offset, shape = (2, 3, 4), (5, 6, 5)
+    # context right outside the patch, garbage inside: y_p must not depend on the garbage
+    x_ctx = x_true.clone()
+    x_ctx[..., 2:7, 3:9, 4:9] = 100 * torch.randn((1, 1, 5, 6, 5), dtype=F64)
+    patch_physics = physics.restrict(offset, shape)
+    y_p = patch_measurement(y - physics.A(x_ctx), patch_physics, x_ctx[..., 2:7, 3:9, 4:9])
+    torch.testing.assert_close(y_p, patch_physics.A(x_true[..., 2:7, 3:9, 4:9]), rtol=1e-9, atol=1e-9)
+
+
+class PlainPhysics(LinearPhysics):
+    """A physics without `restrict` (exercises the zero-padded generic patch operator)."""
+
+    def __init__(self, inner):
+        super().__init__(img_size=inner.img_size)
+        self.inner = inner
+
+    def A(self, x, **kw):
+        return self.inner.A(x)
+
+    def A_adjoint(self, y, **kw):
+        return self.inner.A_adjoint(y)
+
+    def A_dagger(self, y, **kw):
+        return self.inner.A_dagger(y)
+
+
+def test_generic_zero_padded_patch_operator_matches_restrict():
+    physics = ct()
+    generic = ZeroPaddedPatchPhysics(PlainPhysics(physics), SHAPE, (1, 2, 3), (4, 5, 6))
+    fast = physics.restrict((1, 2, 3), (4, 5, 6))
+    xp = torch.rand((1, 1, 4, 5, 6), dtype=F64)
+    y = torch.rand((1, 1, *physics.geometry.sino_shape), dtype=F64)
+    torch.testing.assert_close(generic.A(xp), fast.A(xp), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(generic.A_adjoint(y), fast.A_adjoint(y), rtol=1e-10, atol=1e-10)
+    x = _volume()
+    rec = PartitionedReconstructor(GradientStepBase(), SHAPE, (6, 8, 6), n_sweeps=1)
+    x0 = physics.A_dagger(physics.A(x))
+    torch.testing.assert_close(rec(physics.A(x), PlainPhysics(physics), x_init=x0),
+                               rec(physics.A(x), physics, x_init=x0), rtol=1e-9, atol=1e-9)
+
+
+def test_least_squares_patches_converge_to_the_full_solution_with_sweeps():
+    physics = ct(shape=(8, 8, 8), views=30)
+    x_true = _volume((8, 8, 8), seed=3)
+    y = physics.A(x_true)  # noiseless; A has full column rank here: the LS solution is x_true
+    rec = PartitionedReconstructor(LeastSquaresBase(), (8, 8, 8), (4, 8, 8), stride=(2, 4, 4))
+    x = physics.A_dagger(y)
+    errors = [float((x - x_true).norm() / x_true.norm())]
+    for _ in range(4):
+        x = rec(y, physics, x_init=x, n_sweeps=1)
+        errors.append(float((x - x_true).norm() / x_true.norm()))
+    print("relative error to the full least-squares solution per sweep:", ", ".join(f"{e:.2e}" for e in errors))
+    assert all(b < a for a, b in zip(errors, errors[1:]))
+    assert errors[-1] < 0.1 * errors[0]
+
+
+class ExactNormalWrapper(DiagCirculantWrapper):
+    """A DiagCirculantWrapper whose patch operator is exactly S A^T A S^T (to test the H mode's
+    bookkeeping independently of the approximation)."""
+
+    def restrict(self, offset, shape):
+        exact = self.physics.restrict(offset, shape)
+
+        class Exact:
+            def A_adjoint_A(_, x):
+                return exact.A_adjoint(exact.A(x))
+
+        return Exact()
+
+
+def test_normal_mode_gradient_equals_exact_patch_gradient_when_H_is_exact():
+    physics = ct()
+    x_true = _volume()
+    y = physics.A(x_true) + 0.01 * torch.randn((1, 1, *physics.geometry.sino_shape), dtype=F64)
+    wrapper = ExactNormalWrapper(physics, SHAPE, dtype=F64).init_from_psf()
+    x_ctx = physics.A_dagger(y)
+    rec = PartitionedReconstructor(GradientStepBase(), SHAPE, (6, 8, 6))
+    offset = (2, 2, 3)
+    exact = rec.reconstruct_patch(y, physics, x_ctx, offset)
+    normal = rec.reconstruct_patch(y, wrapper, x_ctx, offset, normal=wrapper)
+    torch.testing.assert_close(normal, exact, rtol=1e-9, atol=1e-9)
+
+
+def test_normal_mode_with_fourier_filter_and_spatial_mask_runs_end_to_end():
+    physics = ct()
+    x = _volume(dtype=torch.float32)
+    y = physics.A(x)
+    w = DiagCirculantWrapper(physics, SHAPE).init_from_psf()
+    rec = PartitionedReconstructor(GradientStepBase(), SHAPE, (6, 8, 6))
+    out = rec(y, w, fourier_filter=w.fourier_filter.detach(), spatial_mask=w.spatial_mask.detach())
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    physics_p = NormalPatchPhysics(w.restrict((0, 0, 0), (6, 8, 6)), x[..., :6, :8, :6])
+    with pytest.raises(NotImplementedError, match="no forward operator"):
+        physics_p.A(x[..., :6, :8, :6])
+
+
+def test_training_loss_uses_ground_truth_context():
+    physics = ct()
+    x_true = _volume()
+    y = physics.A(x_true)
+    rec = PartitionedReconstructor(LeastSquaresBase(n_iter=300), SHAPE, (5, 6, 5))
+    # noiseless data, exact context: the patch least-squares solution is the true patch
+    loss = rec.training_loss(y, physics, x_true, generator=torch.Generator().manual_seed(0))
+    assert float(loss) < 1e-8
+    assert rec.training_loss(y, physics, x_true, offset=(0, 0, 0)).requires_grad is False
+
+
+def _distributed_worker(rank, world, init_file, out_file):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    physics = ct()
+    x = _volume()
+    y = physics.A(x)
+    rec = PartitionedReconstructor(GradientStepBase(), SHAPE, (6, 8, 6))
+    out = rec(y, physics)
+    if rank == 0:
+        torch.save(out, out_file)
+    dist.destroy_process_group()
+
+
+def test_two_process_gloo_inference_equals_one_process(tmp_path):
+    physics = ct()
+    x = _volume()
+    y = physics.A(x)
+    single = PartitionedReconstructor(GradientStepBase(), SHAPE, (6, 8, 6))(y, physics)
+    out_file = tmp_path / "out.pt"
+    mp.spawn(_distributed_worker, args=(2, str(tmp_path / "init"), str(out_file)), nprocs=2, join=True)
+    torch.testing.assert_close(torch.load(out_file, weights_only=True), single, rtol=1e-10, atol=1e-12)
+
+
+def test_bad_input():
+    physics = ct()
+    with pytest.raises(ValueError, match="larger than the volume"):
+        PartitionedReconstructor(IdentityBase(), SHAPE, (11, 4, 4))
+    with pytest.raises(ValueError, match="stride"):
+        PartitionedReconstructor(IdentityBase(), SHAPE, (4, 4, 4), stride=(0, 2, 2))
+    with pytest.raises(ValueError, match="must not exceed"):
+        PartitionedReconstructor(IdentityBase(), SHAPE, (4, 4, 4), stride=(5, 2, 2))
+    with pytest.raises(TypeError, match="base_reconstructor"):
+        PartitionedReconstructor("base", SHAPE, (4, 4, 4))
+    rec = PartitionedReconstructor(IdentityBase(), (10, 12, 12), (4, 4, 4))
+    with pytest.raises(ValueError, match="physics acts on volumes"):
+        rec(torch.zeros(1, 1, *physics.geometry.sino_shape), physics)
+    with pytest.raises(TypeError, match="LinearPhysics"):
+        rec(torch.zeros(3), "physics")

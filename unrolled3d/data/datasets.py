@@ -1,0 +1,293 @@
+"""Volume datasets: synthetic phantoms made on the fly, and volumes stored in files.
+
+Every item is a ``float32`` tensor ``(1, D, H, W)`` (one channel), as the training loop and
+``torch.utils.data.DataLoader`` expect.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .phantoms import Ellipsoid, random_ellipsoids, shepp_logan_3d, voxelize
+
+__all__ = ["PhantomDataset", "VolumeFileDataset"]
+
+_NPY_SUFFIXES = (".npy",)
+_H5_SUFFIXES = (".h5", ".hdf5")
+
+
+def _shape3(name: str, value) -> tuple[int, int, int]:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = (value,) * 3
+    try:
+        t = tuple(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or 3 ints, got {value!r}") from None
+    if len(t) != 3 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in t):
+        raise TypeError(f"{name} must be an int or 3 ints, got {value!r}")
+    if any(v < 1 for v in t):
+        raise ValueError(f"{name} must be positive, got {t}")
+    return tuple(int(v) for v in t)
+
+
+def _index(i, n: int) -> int:
+    if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+        raise TypeError(f"dataset index must be an integer, got {i!r}")
+    i = int(i)
+    if i < 0:
+        i += n
+    if not 0 <= i < n:
+        raise IndexError(f"index {i} out of range for a dataset of {n} volumes")
+    return i
+
+
+class PhantomDataset(Dataset):
+    r"""Synthetic volumes generated on the fly, deterministically: item ``i`` is always the same.
+
+    Item ``i`` draws from a CPU generator seeded by ``(seed, i)`` (numpy ``SeedSequence``), so
+    it does not depend on the order of access, on workers, or on other items.
+
+    :param int length: number of items.
+    :param vol_shape: ``(D, H, W)`` (or one int).
+    :param str kind: ``"ellipsoids"`` (random foam/blob phantoms,
+        :func:`~unrolled3d.data.random_ellipsoids`) or ``"shepp_logan"`` (the 3D Shepp-Logan head,
+        randomly scaled in ``scale_range`` and rotated about ``z`` per item).
+    :param n_ellipsoids: number of ellipsoids, an int or an inclusive range ``(low, high)``.
+    :param int seed: dataset seed.
+    :param voxel_size: ``(sz, sy, sx)`` in mm (as for the geometry; default 1).
+    :param float fill: phantom radius as a fraction of the volume's smallest half extent.
+    :param value_range: densities of the random ellipsoids (``kind="ellipsoids"``).
+    :param float max_semi_axis: largest semi-axis as a fraction of the radius.
+    :param scale_range: random radius scale of the Shepp-Logan phantom.
+    :param int supersample: partial-volume sub-samples per voxel and axis (see :func:`voxelize`).
+    """
+
+    KINDS = ("ellipsoids", "shepp_logan")
+
+    def __init__(self, length: int, vol_shape: int | Sequence[int], kind: str = "ellipsoids",
+                 n_ellipsoids: int | Sequence[int] = (4, 12), seed: int = 0,
+                 voxel_size: float | Sequence[float] = 1.0, fill: float = 0.9,
+                 value_range: Sequence[float] = (0.1, 1.0), max_semi_axis: float = 0.4,
+                 scale_range: Sequence[float] = (0.8, 1.0), supersample: int = 1) -> None:
+        if isinstance(length, bool) or not isinstance(length, numbers.Integral) or length < 1:
+            raise ValueError(f"length must be a positive integer, got {length!r}")
+        kind = kind.replace("-", "_").lower() if isinstance(kind, str) else kind
+        if kind not in self.KINDS:
+            raise ValueError(f"kind must be one of {self.KINDS}, got {kind!r}")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        if isinstance(n_ellipsoids, numbers.Integral) and not isinstance(n_ellipsoids, bool):
+            n_range = (int(n_ellipsoids), int(n_ellipsoids))
+        else:
+            n_range = tuple(int(v) for v in n_ellipsoids)
+            if len(n_range) != 2:
+                raise ValueError(f"n_ellipsoids must be an int or (low, high), got {n_ellipsoids!r}")
+        if n_range[0] < 0 or n_range[0] > n_range[1]:
+            raise ValueError(f"n_ellipsoids must satisfy 0 <= low <= high, got {n_ellipsoids!r}")
+        if isinstance(voxel_size, numbers.Real):
+            voxel_size = (float(voxel_size),) * 3
+        voxel_size = tuple(float(v) for v in voxel_size)
+        if len(voxel_size) != 3 or not all(math.isfinite(v) and v > 0 for v in voxel_size):
+            raise ValueError(f"voxel_size must be a positive float or 3 of them, got {voxel_size!r}")
+        if not 0 < float(fill) <= 1:
+            raise ValueError(f"fill must be in (0, 1], got {fill!r}")
+        lo, hi = (float(v) for v in scale_range)
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range!r}")
+        self.length = int(length)
+        self.vol_shape = _shape3("vol_shape", vol_shape)
+        self.kind = kind
+        self.n_range = n_range
+        self.seed = int(seed)
+        self.voxel_size = voxel_size
+        self.fill = float(fill)
+        self.value_range = tuple(value_range)
+        self.max_semi_axis = float(max_semi_axis)
+        self.scale_range = (lo, hi)
+        self.supersample = supersample
+        self.radius = self.fill * 0.5 * min(n * s for n, s in zip(self.vol_shape, self.voxel_size))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def generator(self, i: int) -> torch.Generator:
+        """The CPU generator of item ``i`` (a fresh one, seeded by ``(seed, i)``)."""
+        state = np.random.SeedSequence([self.seed, _index(i, self.length)]).generate_state(2, dtype=np.uint32)
+        return torch.Generator(device="cpu").manual_seed(int(state[0]) << 32 | int(state[1]))
+
+    def phantom(self, i: int) -> list[Ellipsoid]:
+        """The analytic phantom (list of ellipsoids, world mm) of item ``i``."""
+        gen = self.generator(i)
+        if self.kind == "ellipsoids":
+            lo, hi = self.n_range
+            n = int(torch.randint(lo, hi + 1, (1,), generator=gen))
+            return random_ellipsoids(n, radius=self.radius, generator=gen, value_range=self.value_range,
+                                     max_semi_axis=self.max_semi_axis)
+        u = torch.rand(2, generator=gen, dtype=torch.float64).tolist()
+        scale = self.scale_range[0] + (self.scale_range[1] - self.scale_range[0]) * u[0]
+        alpha = 2 * math.pi * u[1]  # rotation about z: R' = Rz(alpha) R, centre' = Rz(alpha) centre
+        c, s = math.cos(alpha), math.sin(alpha)
+        out = []
+        for e in shepp_logan_3d(radius=self.radius * scale):
+            x, y, z = e.centre
+            phi, theta, psi = e.angles
+            out.append(Ellipsoid(value=e.value, centre=(c * x - s * y, s * x + c * y, z),
+                                 semi_axes=e.semi_axes, angles=(phi + alpha, theta, psi)))
+        return out
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        vol = voxelize(self.phantom(i), self.vol_shape, voxel_size=self.voxel_size, supersample=self.supersample)
+        return vol.unsqueeze(0)
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+    """``(shape, dtype, fortran_order, data offset)`` of a .npy file, read from its header."""
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:  # 2.0 and 3.0 share the 4-byte header length (3.0 only allows utf-8 field names)
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        except Exception as exc:  # numpy raises ValueError / EOFError / SyntaxError on bad headers
+            raise ValueError(f"{path}: not a valid .npy file (corrupt or truncated header): {exc}") from None
+        return tuple(shape), dtype, fortran, f.tell()
+
+
+def _check_volume(path, shape: tuple[int, ...], dtype: np.dtype, expected: tuple[int, int, int] | None) -> None:
+    if dtype.hasobject or dtype.kind not in "fiu":
+        raise TypeError(f"{path}: volumes must hold real numbers (float or integer), got dtype {dtype}")
+    if len(shape) == 4 and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) != 3:
+        raise ValueError(f"{path}: expected a volume of shape (D, H, W) or (1, D, H, W), got {shape}")
+    if expected is not None and tuple(shape) != expected:
+        raise ValueError(f"{path}: volume has shape {tuple(shape)}, expected {expected}")
+
+
+class VolumeFileDataset(Dataset):
+    r"""Volumes stored one per file: ``.npy`` (memory-mapped) or HDF5 (``.h5`` / ``.hdf5``, needs
+    ``h5py``), returned as ``float32`` tensors ``(1, D, H, W)``.
+
+    A file holds an array ``(D, H, W)`` or ``(1, D, H, W)`` of a real dtype. Headers are
+    checked when the dataset is made (``validate=True``): a ``.npy`` file shorter than its header
+    announces (truncated copy), a corrupt header, a wrong shape or dtype raise a ``ValueError`` /
+    ``TypeError`` naming the file, before training starts.
+
+    :param paths: list of files, or one directory (its ``*.npy``, ``*.h5``, ``*.hdf5``, sorted).
+    :param str key: dataset name inside HDF5 files (default: the file's only dataset).
+    :param vol_shape: required ``(D, H, W)`` of every volume (default: any, checked per file).
+    :param bool validate: check every file's header when the dataset is made.
+    :param bool check_finite: raise on NaN / inf values when an item is loaded.
+    """
+
+    def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike], key: str | None = None,
+                 vol_shape: int | Sequence[int] | None = None, validate: bool = True,
+                 check_finite: bool = True) -> None:
+        if isinstance(paths, (str, os.PathLike)):
+            root = Path(paths)
+            if root.is_dir():
+                paths = sorted(p for p in root.iterdir() if p.suffix.lower() in _NPY_SUFFIXES + _H5_SUFFIXES)
+            else:
+                paths = [root]
+        self.paths = [Path(p) for p in paths]
+        if not self.paths:
+            raise ValueError("VolumeFileDataset needs at least one file")
+        for p in self.paths:
+            if p.suffix.lower() not in _NPY_SUFFIXES + _H5_SUFFIXES:
+                raise ValueError(f"{p}: unsupported file type {p.suffix!r} (expected .npy, .h5 or .hdf5)")
+            if not p.is_file():
+                raise FileNotFoundError(f"volume file not found: {p}")
+        self.key = key
+        self.vol_shape = None if vol_shape is None else _shape3("vol_shape", vol_shape)
+        self.check_finite = bool(check_finite)
+        if validate:
+            for p in self.paths:
+                self._inspect(p)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    # ----------------------------------------------------------------- npy
+    def _inspect_npy(self, path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+        shape, dtype, _, offset = _npy_header(path)
+        _check_volume(path, shape, dtype, self.vol_shape)
+        need = offset + math.prod(shape) * dtype.itemsize
+        have = path.stat().st_size
+        if have < need:
+            raise ValueError(f"{path}: truncated .npy file: its header announces {shape} {dtype} "
+                             f"({need} bytes with the header), the file has {have} bytes")
+        return shape, dtype, offset
+
+    # ----------------------------------------------------------------- hdf5
+    @staticmethod
+    def _h5py():
+        try:
+            import h5py
+        except ImportError:
+            raise ImportError("reading HDF5 volumes needs h5py: pip install h5py") from None
+        return h5py
+
+    def _h5_dataset(self, f, path: Path):
+        h5py = self._h5py()
+        if self.key is not None:
+            if self.key not in f:
+                raise KeyError(f"{path}: no dataset {self.key!r} (has: {sorted(f.keys())})")
+            ds = f[self.key]
+        else:
+            names = [k for k in f.keys() if isinstance(f[k], h5py.Dataset)]
+            if len(names) != 1:
+                raise KeyError(f"{path}: pass key= to choose one of the datasets {names}")
+            ds = f[names[0]]
+        if not isinstance(ds, h5py.Dataset):
+            raise KeyError(f"{path}: {ds.name!r} is a group, not a dataset")
+        return ds
+
+    def _open_h5(self, path: Path):
+        h5py = self._h5py()
+        try:
+            return h5py.File(path, "r")
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot open HDF5 file (corrupt or truncated?): {exc}") from None
+
+    def _inspect(self, path: Path) -> None:
+        if path.suffix.lower() in _NPY_SUFFIXES:
+            self._inspect_npy(path)
+            return
+        with self._open_h5(path) as f:
+            ds = self._h5_dataset(f, path)
+            _check_volume(path, tuple(ds.shape), ds.dtype, self.vol_shape)
+
+    # ----------------------------------------------------------------- items
+    def load(self, i: int) -> np.ndarray:
+        """The raw array of item ``i`` (``.npy``: a read-only memory map)."""
+        path = self.paths[_index(i, len(self.paths))]
+        if path.suffix.lower() in _NPY_SUFFIXES:
+            self._inspect_npy(path)
+            try:
+                return np.load(path, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError, EOFError) as exc:
+                raise ValueError(f"{path}: cannot read .npy volume (corrupt or truncated?): {exc}") from None
+        with self._open_h5(path) as f:
+            ds = self._h5_dataset(f, path)
+            _check_volume(path, tuple(ds.shape), ds.dtype, self.vol_shape)
+            try:
+                return ds[()]
+            except OSError as exc:
+                raise ValueError(f"{path}: cannot read HDF5 dataset (corrupt or truncated?): {exc}") from None
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        arr = self.load(i)
+        vol = torch.from_numpy(np.array(arr, dtype=np.float32, copy=True))
+        if vol.ndim == 3:
+            vol = vol.unsqueeze(0)
+        if self.check_finite and not bool(torch.isfinite(vol).all()):
+            raise ValueError(f"{self.paths[_index(i, len(self.paths))]}: volume holds NaN or inf values")
+        return vol

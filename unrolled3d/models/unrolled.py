@@ -1,0 +1,212 @@
+r"""Unrolled proximal gradient descent with learned denoisers, memory-lean options included."""
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import numbers
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from deepinv.models import Reconstructor
+from torch import nn
+from torch.utils.checkpoint import checkpoint as _checkpoint
+
+from .unet3d import UNet3D
+
+__all__ = ["UnrolledPGD", "SigmaAdapter", "deepinv_denoiser"]
+
+
+class SigmaAdapter(nn.Module):
+    r"""Make a deepinv denoiser ``D(x, sigma)`` usable as a plain ``D(x)`` module.
+
+    :param nn.Module denoiser: e.g. ``deepinv.models.DRUNet(dim=3, pretrained=None)``.
+    :param float sigma: noise level passed to it (> 0).
+    :param bool learn_sigma: make ``sigma`` a trained parameter (stored as ``log sigma``).
+    """
+
+    def __init__(self, denoiser: nn.Module, sigma: float = 0.05, learn_sigma: bool = False) -> None:
+        super().__init__()
+        if not isinstance(denoiser, nn.Module):
+            raise TypeError(f"denoiser must be a torch.nn.Module, got {type(denoiser).__name__}")
+        sigma = _positive_float("sigma", sigma)
+        self.denoiser = denoiser
+        log_sigma = torch.tensor(math.log(sigma))
+        if learn_sigma:
+            self.log_sigma = nn.Parameter(log_sigma)
+        else:
+            self.register_buffer("log_sigma", log_sigma)
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        return self.log_sigma.exp()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.denoiser(x, self.sigma.to(x.dtype))
+
+
+def deepinv_denoiser(name: str = "drunet", sigma: float = 0.05, **kwargs) -> nn.Module:
+    """A randomly initialised 3D deepinv denoiser, ready for :class:`UnrolledPGD`.
+
+    ``"drunet"``: ``DRUNet(1, 1, dim=3, pretrained=None, **kwargs)`` wrapped in a
+    :class:`SigmaAdapter` (its forward needs ``sigma``; it pads odd sizes itself);
+    ``"unet"``: ``UNet(1, 1, dim=3, **kwargs)`` (sigma-free). Both exist in deepinv >= 0.5.
+    """
+    import deepinv
+
+    if name == "drunet":
+        kwargs.setdefault("pretrained", None)
+        return SigmaAdapter(deepinv.models.DRUNet(1, 1, dim=3, **kwargs), sigma=sigma)
+    if name == "unet":
+        return deepinv.models.UNet(1, 1, dim=3, **kwargs)
+    raise ValueError(f"unknown deepinv denoiser {name!r}: expected 'drunet' or 'unet'")
+
+
+def _positive_float(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+    return value
+
+
+def _needs_sigma(module: nn.Module) -> bool:
+    """True when ``module.forward`` has a required ``sigma`` argument (deepinv's DRUNet, DnCNN...)."""
+    try:
+        params = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    p = params.get("sigma")
+    return p is not None and p.default is inspect.Parameter.empty
+
+
+def _as_denoiser(module, where: str) -> nn.Module:
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"{where} must be a torch.nn.Module, got {type(module).__name__}")
+    return SigmaAdapter(module) if _needs_sigma(module) else module
+
+
+def _inv_softplus(value: float) -> float:
+    """``s`` with ``softplus(s) = value`` (``log(expm1(value))``, stable for large values)."""
+    return value + math.log(-math.expm1(-value))
+
+
+def _autocast_dtype(device: torch.device, amp) -> torch.dtype:
+    if isinstance(amp, torch.dtype):
+        return amp
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
+
+
+class UnrolledPGD(Reconstructor):
+    r"""Unrolled proximal gradient descent ``x_{k+1} = D_k(x_k - eta_k grad f(x_k))``.
+
+    ``grad f(x) = A^T (A x - y)``, or ``physics.data_gradient(x, y)`` when the physics provides
+    one (e.g. :class:`unrolled3d.partition.NormalPatchPhysics`, where ``y`` is ``b = S A^T y_p`` and
+    the gradient ``H_p x - b``). The start point is ``x_init`` or ``physics.A_dagger(y)``.
+
+    :param denoiser: ``None`` (a :class:`UNet3D`), one ``nn.Module`` or a list of ``n_iter``
+        modules (one per iteration, implies ``shared=False``). Modules whose ``forward`` needs a
+        ``sigma`` (deepinv's ``DRUNet(dim=3, pretrained=None)``) are wrapped in a
+        :class:`SigmaAdapter`; deepinv's ``UNet(dim=3)`` works as is.
+    :param int n_iter: number of unrolled iterations ``K >= 1``.
+    :param float step_size: initial step ``eta_k > 0``; ``eta_k = softplus(theta_k)`` with
+        ``theta_k`` learned. Gradient descent on ``||A x - y||^2 / 2`` is stable for
+        ``eta < 2 / L`` with ``L = ||A^T A||``, so take ``step_size ~ 1 / L`` (``1`` for a
+        ``ConeBeamCT(..., normalize=True)``, whose ``||A^T A|| = 1``).
+    :param bool shared: one denoiser for all iterations (``True``) or ``n_iter`` independent
+        deep copies of it (``False``).
+    :param bool learn_step: train the step sizes (otherwise they are fixed buffers).
+    :param bool checkpoint: recompute each iteration in the backward pass
+        (``torch.utils.checkpoint``, non re-entrant): activation memory of one iteration instead
+        of ``K``, for one extra forward.
+    :param amp: run the denoiser under ``torch.autocast`` (``True``: bfloat16 on CPU, bfloat16 or
+        float16 on CUDA; or a ``torch.dtype``); its output is cast back to the input dtype and the
+        data step stays in the input precision.
+
+    Shapes: ``y`` as ``physics`` measures, ``x`` ``[B, C, D, H, W]``.
+    """
+
+    def __init__(self, denoiser: nn.Module | Sequence[nn.Module] | None = None, n_iter: int = 5,
+                 step_size: float = 1.0, shared: bool = True, learn_step: bool = True,
+                 checkpoint: bool = False, amp: bool | torch.dtype = False) -> None:
+        super().__init__()
+        if isinstance(n_iter, bool) or not isinstance(n_iter, numbers.Integral):
+            raise TypeError(f"n_iter must be an integer, got {n_iter!r}")
+        if n_iter < 1:
+            raise ValueError(f"n_iter must be >= 1, got {n_iter}")
+        self.n_iter = int(n_iter)
+        step_size = _positive_float("step_size", step_size)
+        if not isinstance(amp, (bool, torch.dtype)):
+            raise TypeError(f"amp must be a bool or a torch.dtype, got {amp!r}")
+        if isinstance(amp, torch.dtype) and amp not in (torch.float16, torch.bfloat16):
+            raise ValueError(f"amp dtype must be torch.float16 or torch.bfloat16, got {amp}")
+
+        if isinstance(denoiser, (list, tuple, nn.ModuleList)):
+            mods = list(denoiser)
+            if shared and len(mods) != 1:
+                raise ValueError(f"a list of {len(mods)} denoisers is one per iteration: pass shared=False "
+                                 f"(or a single module for shared=True)")
+            if not shared and len(mods) != self.n_iter:
+                raise ValueError(f"shared=False needs one denoiser per iteration: got {len(mods)} for n_iter={self.n_iter}")
+            mods = [_as_denoiser(m, f"denoiser[{i}]") for i, m in enumerate(mods)]
+        else:
+            base = UNet3D() if denoiser is None else _as_denoiser(denoiser, "denoiser")
+            mods = [base] if shared else [base] + [copy.deepcopy(base) for _ in range(self.n_iter - 1)]
+        self.shared = bool(shared)
+        self.denoisers = nn.ModuleList(mods)
+
+        theta = torch.full((self.n_iter,), _inv_softplus(step_size))
+        self.learn_step = bool(learn_step)
+        if self.learn_step:
+            self.step_param = nn.Parameter(theta)
+        else:
+            self.register_buffer("step_param", theta)
+        self.checkpoint = bool(checkpoint)
+        self.amp = amp
+
+    # ------------------------------------------------------------------ pieces
+    @property
+    def step_sizes(self) -> torch.Tensor:
+        """The current ``eta_k = softplus(theta_k)``, shape ``(n_iter,)``."""
+        return F.softplus(self.step_param)
+
+    def denoiser(self, k: int) -> nn.Module:
+        """The denoiser of iteration ``k``."""
+        return self.denoisers[0 if self.shared else k]
+
+    @staticmethod
+    def data_gradient(x: torch.Tensor, y: torch.Tensor, physics) -> torch.Tensor:
+        """``physics.data_gradient(x, y)`` if available, else ``A^T (A x - y)``."""
+        grad = getattr(physics, "data_gradient", None)
+        if callable(grad):
+            return grad(x, y)
+        return physics.A_adjoint(physics.A(x) - y)
+
+    def _denoise(self, k: int, z: torch.Tensor) -> torch.Tensor:
+        net = self.denoiser(k)
+        if self.amp is False:
+            return net(z)
+        with torch.autocast(device_type=z.device.type, dtype=_autocast_dtype(z.device, self.amp)):
+            out = net(z)
+        return out.to(z.dtype)
+
+    def iteration(self, k: int, x: torch.Tensor, y: torch.Tensor, physics) -> torch.Tensor:
+        """One step ``D_k(x - eta_k grad f(x))``."""
+        eta = F.softplus(self.step_param[k]).to(x.dtype)
+        return self._denoise(k, x - eta * self.data_gradient(x, y, physics))
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, y: torch.Tensor, physics, x_init: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """Reconstruct ``[B, C, D, H, W]`` from ``y`` (start: ``x_init`` or ``physics.A_dagger(y)``)."""
+        x = physics.A_dagger(y) if x_init is None else x_init
+        use_ckpt = self.checkpoint and torch.is_grad_enabled()
+        for k in range(self.n_iter):
+            if use_ckpt:
+                x = _checkpoint(self.iteration, k, x, y, physics, use_reentrant=False)
+            else:
+                x = self.iteration(k, x, y, physics)
+        return x

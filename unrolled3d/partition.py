@@ -1,0 +1,296 @@
+r"""Domain partitioning: reconstruct a volume patch by patch with the data step intact.
+
+``x = S^T x_patch + Sbar^T x_ctx``: a patch sees the measurements with the context removed,
+``y_p = y - A Sbar^T x_ctx``, and the operator ``A S^T``. Computed as
+``y_p = (y - A x_ctx) + A_p x_ctx[p]``: one full projection per sweep (the residual) and one
+patch projection per patch, whose cost grows with the patch, not the volume.
+
+With a :class:`~unrolled3d.normal.DiagCirculantWrapper` (or ``fourier_filter``/``spatial_mask``)
+the patch's data step uses the restricted ``H`` instead: the patch problem becomes the normal
+equation ``H_p x_p = S A^T y_p``, with ``S A^T y_p = S A^T (y - A x_ctx) + H_p x_ctx[p]`` (one full
+backprojection per sweep, none per patch).
+
+Inference sweeps a grid of overlapping patches (stride half the patch by default) and blends
+them with a smooth window (``sum w x / sum w``) through the fused scatter kernel; each sweep uses
+the previous one as context (the first uses ``x_init`` or ``A_dagger(y)``). Training draws random
+patch positions with the ground truth as context (:meth:`PartitionedReconstructor.training_loss`).
+Patches can be spread over ``torch.distributed`` ranks (each rank blends its share; the sums are
+all-reduced).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+from deepinv.models import Reconstructor
+from deepinv.physics import LinearPhysics
+from tqdm.auto import tqdm
+
+from .normal import DiagCirculantWrapper
+from .ops.fused import masked_scatter_add, masked_scatter_add_
+
+__all__ = [
+    "PartitionedReconstructor", "patch_grid", "blend_window", "patch_measurement", "ZeroPaddedPatchPhysics",
+    "NormalPatchPhysics",
+]
+
+
+def _triple(name: str, value, positive: bool = True) -> tuple[int, int, int]:
+    if isinstance(value, int):
+        value = (value,) * 3
+    try:
+        t = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an int or 3 ints, got {value!r}") from None
+    if len(t) != 3:
+        raise ValueError(f"{name} must have 3 entries (D, H, W), got {value!r}")
+    if positive and any(v <= 0 for v in t):
+        raise ValueError(f"{name} must be positive, got {t}")
+    return t
+
+
+def patch_grid(img_shape: Sequence[int], patch_shape: Sequence[int], stride: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Start offsets of a grid of patches covering the volume (the last patch on each axis is
+    flush with the volume's end, so strides that do not divide the volume still cover it)."""
+    axes = []
+    for n, p, s in zip(img_shape, patch_shape, stride):
+        starts = list(range(0, n - p + 1, s))
+        if starts[-1] + p < n:
+            starts.append(n - p)
+        axes.append(starts)
+    return [(a, b, c) for a in axes[0] for b in axes[1] for c in axes[2]]
+
+
+def blend_window(patch_shape: Sequence[int], stride: Sequence[int], dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """Separable blending window ``(pd, ph, pw)``: flat, with a sin^2 taper over the overlap
+    ``p - s`` at both ends of each axis; positive everywhere so that ``sum w`` never vanishes."""
+    ws = []
+    for p, s in zip(patch_shape, stride):
+        w = torch.ones(p, dtype=torch.float64)
+        ov = p - s
+        if ov > 0:
+            i = torch.arange(ov, dtype=torch.float64)
+            ramp = torch.sin(0.5 * math.pi * (i + 0.5) / ov) ** 2
+            w[:ov] = torch.minimum(w[:ov], ramp)
+            w[p - ov:] = torch.minimum(w[p - ov:], ramp.flip(0))
+        ws.append(w)
+    return (ws[0][:, None, None] * ws[1][None, :, None] * ws[2][None, None, :]).to(dtype=dtype, device=device)
+
+
+def _crop(x: torch.Tensor, offset: Sequence[int], shape: Sequence[int]) -> torch.Tensor:
+    return x[..., offset[0]:offset[0] + shape[0], offset[1]:offset[1] + shape[1], offset[2]:offset[2] + shape[2]]
+
+
+class ZeroPaddedPatchPhysics(LinearPhysics):
+    """``A S^T`` for any ``LinearPhysics`` without a ``restrict`` method: the patch is embedded in
+    a zero volume (costs a full-volume operator per call; ``ConeBeamCT`` has a cheap restrict)."""
+
+    def __init__(self, physics: LinearPhysics, img_shape: Sequence[int], offset: Sequence[int],
+                 shape: Sequence[int]) -> None:
+        super().__init__(img_size=(1, *shape))
+        self.physics, self.img_shape, self.offset, self.shape = physics, tuple(img_shape), tuple(offset), tuple(shape)
+
+    def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        full = x.new_zeros((*x.shape[:2], *self.img_shape))
+        _crop(full, self.offset, self.shape).copy_(x)
+        return self.physics.A(full, **kwargs)
+
+    def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
+        return _crop(self.physics.A_adjoint(y, **kwargs), self.offset, self.shape)
+
+
+class NormalPatchPhysics(LinearPhysics):
+    """The patch problem in normal-equation form ``H_p x = b`` (``b = S A^T y_p`` is passed as the
+    measurement). Provides ``A_adjoint_A`` (= ``H_p``), ``data_gradient(x, b) = H_p x - b`` and
+    ``A_dagger(b)`` = the context patch (a start point); ``A`` itself is not available."""
+
+    def __init__(self, patch_operator, x_start: torch.Tensor) -> None:
+        super().__init__(img_size=tuple(x_start.shape[1:]))
+        self.patch_operator, self.x_start = patch_operator, x_start
+
+    def A_adjoint_A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.patch_operator.A_adjoint_A(x)
+
+    def data_gradient(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.patch_operator.A_adjoint_A(x) - b
+
+    def A_dagger(self, b: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.x_start
+
+    def A(self, x, **kwargs):
+        raise NotImplementedError("the normal-operator patch physics has no forward operator A (only H)")
+
+    def A_adjoint(self, y, **kwargs):
+        raise NotImplementedError("the normal-operator patch physics has no A^T (only H)")
+
+
+def _restrict_exact(physics: LinearPhysics, img_shape, offset, shape) -> LinearPhysics:
+    if hasattr(physics, "restrict") and not isinstance(physics, DiagCirculantWrapper):
+        return physics.restrict(offset, shape)
+    inner = physics.physics if isinstance(physics, DiagCirculantWrapper) else physics
+    if hasattr(inner, "restrict"):
+        return inner.restrict(offset, shape)
+    return ZeroPaddedPatchPhysics(inner, img_shape, offset, shape)
+
+
+def patch_measurement(residual: torch.Tensor, patch_physics: LinearPhysics, x_ctx_patch: torch.Tensor) -> torch.Tensor:
+    """``y_p = y - A Sbar^T x_ctx = (y - A x_ctx) + A_p x_ctx[p]`` from the sweep's residual."""
+    return residual + patch_physics.A(x_ctx_patch)
+
+
+class PartitionedReconstructor(Reconstructor):
+    r"""Reconstruct a volume patch by patch with any patch-level ``deepinv`` reconstructor.
+
+    :param deepinv.models.Reconstructor base_reconstructor: solves a patch problem
+        ``base(y_p, physics_p)`` (e.g. :class:`unrolled3d.models.UnrolledPGD`); if its ``forward``
+        accepts ``x_init``, it receives the context patch as a start point.
+    :param tuple img_size: volume shape ``(D, H, W)`` (or ``(C, D, H, W)``).
+    :param tuple patch_size: patch shape, each at most the volume's.
+    :param tuple stride: grid step, ``1 <= stride <= patch`` (default: half the patch).
+    :param int n_sweeps: sweeps at inference (each uses the previous as context; default 2).
+    :param bool progress: show a progress bar over patches.
+    """
+
+    def __init__(self, base_reconstructor: torch.nn.Module, img_size: Sequence[int], patch_size: Sequence[int],
+                 stride: Sequence[int] | None = None, n_sweeps: int = 2, progress: bool = False) -> None:
+        super().__init__()
+        if not isinstance(base_reconstructor, torch.nn.Module):
+            raise TypeError(f"base_reconstructor must be a torch.nn.Module (a deepinv Reconstructor), "
+                            f"got {type(base_reconstructor).__name__}")
+        size = tuple(img_size)
+        if len(size) == 4:
+            size = size[1:]
+        self.img_shape = _triple("img_size", size)
+        self.patch_shape = _triple("patch_size", patch_size)
+        for n, p, axis in zip(self.img_shape, self.patch_shape, "DHW"):
+            if p > n:
+                raise ValueError(f"patch_size {self.patch_shape} is larger than the volume {self.img_shape} along {axis}")
+        if stride is None:
+            stride = tuple(max(1, p // 2) for p in self.patch_shape)
+        self.stride = _triple("stride", stride)
+        for s, p in zip(self.stride, self.patch_shape):
+            if s > p:
+                raise ValueError(f"stride {self.stride} must not exceed patch_size {self.patch_shape} (gaps)")
+        if not isinstance(n_sweeps, int) or n_sweeps < 1:
+            raise ValueError(f"n_sweeps must be a positive integer, got {n_sweeps!r}")
+        self.base = base_reconstructor
+        self.n_sweeps = n_sweeps
+        self.progress = progress
+        self._base_takes_x_init = "x_init" in inspect.signature(base_reconstructor.forward).parameters
+
+    # ----------------------------------------------------------------- helpers
+    def patches(self) -> list[tuple[int, int, int]]:
+        """The inference grid of patch offsets."""
+        return patch_grid(self.img_shape, self.patch_shape, self.stride)
+
+    def _check(self, y: torch.Tensor, physics: LinearPhysics) -> None:
+        if not isinstance(physics, LinearPhysics):
+            raise TypeError(f"physics must be a deepinv LinearPhysics, got {type(physics).__name__}")
+        size = getattr(physics, "img_size", None)
+        if size is not None and tuple(size)[-3:] != self.img_shape:
+            raise ValueError(f"physics acts on volumes of {tuple(size)[-3:]}, the reconstructor on {self.img_shape}")
+
+    def _normal_operator(self, physics, fourier_filter, spatial_mask) -> DiagCirculantWrapper | None:
+        if fourier_filter is None and spatial_mask is None:
+            return physics if isinstance(physics, DiagCirculantWrapper) else None
+        if isinstance(physics, DiagCirculantWrapper):
+            wrapper = physics
+        else:
+            wrapper = DiagCirculantWrapper(physics, self.img_shape,
+                                           device=(spatial_mask if spatial_mask is not None else fourier_filter).device)
+        return wrapper.set_parameters(spatial_mask=spatial_mask, fourier_filter=fourier_filter)
+
+    def _solve_patch(self, y_p, physics_p, x_start):
+        if self._base_takes_x_init:
+            return self.base(y_p, physics_p, x_init=x_start)
+        return self.base(y_p, physics_p)
+
+    def reconstruct_patch(self, y: torch.Tensor, physics: LinearPhysics, x_ctx: torch.Tensor,
+                          offset: Sequence[int], residual: torch.Tensor | None = None,
+                          normal: DiagCirculantWrapper | None = None) -> torch.Tensor:
+        """Solve one patch at ``offset`` given the context ``x_ctx`` (full volume).
+
+        ``residual`` is ``y - A x_ctx`` (exact mode) or ``A^T (y - A x_ctx)`` (``H`` mode); it is
+        computed when not given (callers sweeping many patches compute it once).
+        """
+        shape = self.patch_shape
+        ctx_p = _crop(x_ctx, offset, shape)
+        if normal is None:
+            if residual is None:
+                residual = y - physics.A(x_ctx)
+            physics_p = _restrict_exact(physics, self.img_shape, offset, shape)
+            return self._solve_patch(patch_measurement(residual, physics_p, ctx_p), physics_p, ctx_p)
+        if residual is None:
+            residual = normal.A_adjoint(y - normal.A(x_ctx))
+        h_p = normal.restrict(offset, shape)
+        b = _crop(residual, offset, shape) + h_p.A_adjoint_A(ctx_p)
+        return self._solve_patch(b, NormalPatchPhysics(h_p, ctx_p), ctx_p)
+
+    # ----------------------------------------------------------------- inference
+    def forward(self, y: torch.Tensor, physics: LinearPhysics, fourier_filter: torch.Tensor | None = None,
+                spatial_mask: torch.Tensor | None = None, x_init: torch.Tensor | None = None,
+                n_sweeps: int | None = None, **kwargs) -> torch.Tensor:
+        r"""Partitioned reconstruction ``[B, C, D, H, W]`` of the measurements ``y``.
+
+        :param torch.Tensor y: measurements of ``physics``.
+        :param deepinv.physics.LinearPhysics physics: the full operator (or a ``DiagCirculantWrapper``).
+        :param torch.Tensor fourier_filter: ``lam`` of a fitted diagonal-circulant ``H`` (optional).
+        :param torch.Tensor spatial_mask: ``m`` of a fitted ``H`` (optional).
+        :param torch.Tensor x_init: context of the first sweep (default ``physics.A_dagger(y)``).
+        :param int n_sweeps: override the number of sweeps.
+        """
+        self._check(y, physics)
+        normal = self._normal_operator(physics, fourier_filter, spatial_mask)
+        x = physics.A_dagger(y) if x_init is None else x_init
+        if tuple(x.shape[-3:]) != self.img_shape:
+            raise ValueError(f"x_init has spatial shape {tuple(x.shape[-3:])}, expected {self.img_shape}")
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+        window = blend_window(self.patch_shape, self.stride, dtype=x.dtype, device=x.device)
+        offsets = self.patches()[rank::world]
+        for sweep in range(n_sweeps or self.n_sweeps):
+            residual = y - physics.A(x)
+            if normal is not None:
+                residual = normal.A_adjoint(residual)
+            out = torch.zeros_like(x)
+            weight = torch.zeros(self.img_shape, dtype=x.dtype, device=x.device)
+            bar = tqdm(offsets, desc=f"sweep {sweep + 1}", disable=not self.progress or rank != 0, leave=False)
+            for offset in bar:
+                x_p = self.reconstruct_patch(y, physics, x, offset, residual, normal)
+                if torch.is_grad_enabled() and x_p.requires_grad:
+                    out, weight = masked_scatter_add(out, x_p, offset, self.patch_shape, window=window, weight=weight)
+                else:
+                    masked_scatter_add_(out, x_p.detach(), offset, self.patch_shape, window=window, weight=weight)
+            if world > 1:
+                dist.all_reduce(out)
+                dist.all_reduce(weight)
+            x = out / weight
+        return x
+
+    # ----------------------------------------------------------------- training
+    def random_offset(self, generator: torch.Generator | None = None) -> tuple[int, int, int]:
+        """A uniformly random patch position inside the volume."""
+        return tuple(int(torch.randint(0, n - p + 1, (1,), generator=generator))
+                     for n, p in zip(self.img_shape, self.patch_shape))
+
+    def training_loss(self, y: torch.Tensor, physics: LinearPhysics, x_true: torch.Tensor,
+                      generator: torch.Generator | None = None, offset: Sequence[int] | None = None,
+                      fourier_filter: torch.Tensor | None = None, spatial_mask: torch.Tensor | None = None,
+                      ) -> torch.Tensor:
+        r"""``L_PART``: MSE between the patch reconstruction with ground-truth context and ``S x*``.
+
+        The patch position is drawn at random (``generator``) unless ``offset`` is given.
+        """
+        self._check(y, physics)
+        if x_true.shape[-3:] != self.img_shape:
+            raise ValueError(f"x_true has spatial shape {tuple(x_true.shape[-3:])}, expected {self.img_shape}")
+        offset = tuple(offset) if offset is not None else self.random_offset(generator)
+        normal = self._normal_operator(physics, fourier_filter, spatial_mask)
+        with torch.no_grad():
+            residual = y - physics.A(x_true)
+            if normal is not None:
+                residual = normal.A_adjoint(residual)
+        x_p = self.reconstruct_patch(y, physics, x_true, offset, residual, normal)
+        return torch.nn.functional.mse_loss(x_p, _crop(x_true, offset, self.patch_shape))

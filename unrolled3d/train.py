@@ -1,0 +1,316 @@
+r"""Training loop of a :class:`~unrolled3d.partition.PartitionedReconstructor` with ``L_PART``.
+
+Each step draws ``batch_size`` volumes from the dataset, simulates ``y = A x + noise`` and
+minimises the patch loss with ground-truth context
+(:meth:`~unrolled3d.partition.PartitionedReconstructor.training_loss`, a random patch per volume).
+All randomness of the loop (volume index, noise, patch position) comes from one CPU
+``torch.Generator`` seeded by ``TrainConfig.seed``; the global torch RNG (used e.g. by dropout)
+is seeded too. Checkpoints are written atomically and hold every state needed to continue
+bit-for-bit: after ``resume=True`` the next step's loss is identical to the uninterrupted run's
+(on the same hardware, thread count and library versions).
+
+Example::
+
+    rec = PartitionedReconstructor(UnrolledPGD(UNet3D(base=8), n_iter=5), (128,) * 3, (48,) * 3)
+    cfg = TrainConfig(steps=2000, lr=1e-4, out_dir="runs/a", checkpoint_every=100, noise_std=0.01)
+    history = train(rec, physics, PhantomDataset(1000, (128,) * 3), cfg, resume=True)
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .io_utils import atomic_path
+from .metrics import psnr
+
+__all__ = ["TrainConfig", "train", "evaluate", "latest_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = 1
+_CKPT_RE = re.compile(r"^checkpoint_(\d+)\.pt$")
+# fields whose change between a run and its resumption breaks the "identical continuation"
+_RESUME_FIELDS = ("steps", "lr", "min_lr", "batch_size", "lr_schedule", "weight_decay", "grad_clip", "seed",
+                  "noise_std")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Hyper-parameters of :func:`train`.
+
+    :param int steps: optimiser steps in total (a resumed run continues up to this).
+    :param float lr: Adam learning rate (peak of the schedule).
+    :param int batch_size: volumes per step (gradients accumulated one volume at a time, each
+        with its own random patch; the loss is their mean).
+    :param str lr_schedule: ``"cosine"`` (cosine annealing from ``lr`` to ``min_lr`` over
+        ``steps``) or ``"constant"``.
+    :param float min_lr: final learning rate of the cosine schedule.
+    :param float weight_decay: Adam's L2 weight decay.
+    :param float grad_clip: clip the gradient norm to this (``None``: no clipping).
+    :param int seed: seed of the data generator and of the global torch RNG.
+    :param float noise_std: standard deviation of the Gaussian noise added to ``A x`` (absolute,
+        in the units of ``physics.A``; ``physics``' own noise model is not used).
+    :param int checkpoint_every: write a checkpoint every this many steps (0: only at the end).
+    :param int keep_checkpoints: how many recent checkpoints to keep (>= 1).
+    :param int val_every: validate every this many steps (0: never).
+    :param str out_dir: checkpoint directory (``None``: no checkpoints, no resumption).
+    :param bool progress: show a tqdm progress bar with the loss.
+    """
+
+    steps: int = 1000
+    lr: float = 1e-4
+    batch_size: int = 1
+    lr_schedule: str = "cosine"
+    min_lr: float = 0.0
+    weight_decay: float = 0.0
+    grad_clip: float | None = None
+    seed: int = 0
+    noise_std: float = 0.0
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    val_every: int = 0
+    out_dir: str | os.PathLike | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        def integer(name, minimum):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+                raise ValueError(f"TrainConfig.{name} must be an integer >= {minimum}, got {v!r}")
+
+        def real(name, positive):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
+                    or (positive and v == 0):
+                raise ValueError(f"TrainConfig.{name} must be a finite number {'> 0' if positive else '>= 0'}, got {v!r}")
+
+        integer("steps", 1)
+        integer("batch_size", 1)
+        integer("seed", 0)
+        integer("checkpoint_every", 0)
+        integer("keep_checkpoints", 1)
+        integer("val_every", 0)
+        real("lr", True)
+        real("min_lr", False)
+        real("weight_decay", False)
+        real("noise_std", False)
+        if self.grad_clip is not None:
+            real("grad_clip", True)
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"TrainConfig.lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Primitive values only (``out_dir`` as a string), as stored in checkpoints."""
+        d = dataclasses.asdict(self)
+        d["out_dir"] = None if self.out_dir is None else str(self.out_dir)
+        return d
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _as_batch(x: torch.Tensor) -> torch.Tensor:
+    """A dataset item ``(1, D, H, W)`` (or ``(D, H, W)``) -> ``[1, 1, D, H, W]``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"dataset items must be tensors, got {type(x).__name__}")
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim == 4:
+        x = x[None]
+    if x.ndim != 5:
+        raise ValueError(f"expected a volume (1, D, H, W) or [B, 1, D, H, W], got shape {tuple(x.shape)}")
+    return x
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint of the highest step in ``out_dir`` (``None`` when there is none)."""
+    d = Path(out_dir)
+    if not d.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _CKPT_RE.match(p.name))]
+    return max(found)[1] if found else None
+
+
+def _checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
+    return sorted((int(m.group(1)), p) for p in out_dir.iterdir() if (m := _CKPT_RE.match(p.name)))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a training checkpoint safely (``torch.load(..., weights_only=True)``) on the CPU."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not an unrolled3d training checkpoint (format {CHECKPOINT_FORMAT})")
+    return state
+
+
+def _rng_state(gen: torch.Generator) -> dict[str, Any]:
+    cuda = []
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        cuda = torch.cuda.get_rng_state_all()
+    return {"data": gen.get_state(), "torch": torch.get_rng_state(), "cuda": cuda}
+
+
+def _set_rng_state(gen: torch.Generator, state: dict[str, Any]) -> None:
+    gen.set_state(state["data"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@torch.no_grad()
+def evaluate(rec: torch.nn.Module, physics, val_data: Sequence[tuple[torch.Tensor, torch.Tensor | None]]
+             ) -> dict[str, float]:
+    """Full (partitioned) reconstructions of ``val_data``: mean PSNR (dB) and MSE.
+
+    ``val_data`` is a list of ``(x, y)``: ``x`` ``[1, 1, D, H, W]`` (or ``(1, D, H, W)``) and its
+    measurements ``y`` (``None``: ``physics.A(x)``).
+    """
+    was_training = rec.training
+    rec.eval()
+    device = _model_device(rec)
+    psnrs, mses = [], []
+    try:
+        for x, y in val_data:
+            x = _as_batch(x).to(device)
+            y = physics.A(x) if y is None else y.to(device)
+            x_hat = rec(y, physics)
+            psnrs.append(psnr(x_hat, x))
+            mses.append(float((x_hat.double() - x.double()).square().mean()))
+    finally:
+        rec.train(was_training)
+    return {"psnr": sum(psnrs) / len(psnrs), "mse": sum(mses) / len(mses)}
+
+
+# ---------------------------------------------------------------------------------- train
+def train(rec: torch.nn.Module, physics, dataset, config: TrainConfig | None = None, resume: bool = False,
+          val_data: Sequence[tuple[torch.Tensor, torch.Tensor | None]] | None = None,
+          callback: Callable[[int, float], None] | None = None,
+          loss_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    r"""Train ``rec`` (a :class:`~unrolled3d.partition.PartitionedReconstructor`) with ``L_PART``.
+
+    :param rec: the model; trained in place, on the device of its parameters.
+    :param physics: the full-volume operator (a deepinv ``LinearPhysics``, e.g. ``ConeBeamCT``).
+    :param dataset: indexable volumes ``(1, D, H, W)`` (e.g.
+        :class:`~unrolled3d.data.datasets.PhantomDataset`).
+    :param TrainConfig config: hyper-parameters (default ``TrainConfig()``).
+    :param bool resume: continue from the latest checkpoint in ``config.out_dir`` (starts
+        afresh when there is none). The continuation is identical to an uninterrupted run.
+    :param val_data: list of ``(x, y)`` for validation every ``config.val_every`` steps.
+    :param callback: ``callback(step, loss)`` after each step (and its checkpoint); raising
+        from it stops training (the checkpoints written so far remain valid).
+    :param dict loss_kwargs: extra arguments of ``training_loss`` (e.g. ``fourier_filter``).
+    :returns: ``{"losses": [...] (one per step, all steps so far), "val": [{"step", "psnr",
+        "mse"}, ...], "step": last step, "checkpoint": last checkpoint path or None,
+        "resumed_from": step or None, "time_s": wall time of this call}``.
+    """
+    cfg = TrainConfig() if config is None else config
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(cfg).__name__}")
+    if not hasattr(rec, "training_loss"):
+        raise TypeError(f"rec must provide training_loss (a PartitionedReconstructor), got {type(rec).__name__}")
+    if len(dataset) < 1:
+        raise ValueError("the dataset is empty")
+    if resume and cfg.out_dir is None:
+        raise ValueError("resume=True needs config.out_dir (where the checkpoints are)")
+    if cfg.val_every and not val_data:
+        raise ValueError("config.val_every > 0 needs val_data")
+    out_dir = None if cfg.out_dir is None else Path(cfg.out_dir)
+    loss_kwargs = dict(loss_kwargs or {})
+    t0 = time.perf_counter()
+    device = _model_device(rec)
+
+    params = [p for p in rec.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.lr_schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps, eta_min=cfg.min_lr)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+
+    start, losses, val_hist, resumed_from, last_ckpt = 0, [], [], None, None
+    ckpt = latest_checkpoint(out_dir) if resume else None
+    if ckpt is not None:
+        state = load_checkpoint(ckpt)
+        saved = state.get("config", {})
+        changed = [k for k in _RESUME_FIELDS if k in saved and saved[k] != getattr(cfg, k)]
+        if changed:
+            warnings.warn(f"resuming {ckpt} with changed settings {changed}: the run will not be identical "
+                          f"to an uninterrupted one", stacklevel=2)
+        rec.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        _set_rng_state(gen, state["rng"])
+        start = resumed_from = int(state["step"])
+        losses = [float(v) for v in state["losses"]]
+        val_hist = [dict(v) for v in state["val"]]
+        last_ckpt = ckpt
+    else:
+        torch.manual_seed(cfg.seed)
+
+    def save(step: int) -> Path:
+        state = {
+            "format": CHECKPOINT_FORMAT, "step": step, "model": rec.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "rng": _rng_state(gen), "losses": list(losses),
+            "val": [dict(v) for v in val_hist], "config": cfg.to_dict(),
+        }
+        path = out_dir / f"checkpoint_{step:08d}.pt"
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+        for _, old in _checkpoints(out_dir)[:-cfg.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+        return path
+
+    rec.train()
+    with tqdm(total=cfg.steps, initial=start, desc="train", disable=not cfg.progress, dynamic_ncols=True) as bar:
+        for step in range(start + 1, cfg.steps + 1):
+            opt.zero_grad(set_to_none=True)
+            total = 0.0
+            for _ in range(cfg.batch_size):
+                i = int(torch.randint(len(dataset), (1,), generator=gen))
+                x = _as_batch(dataset[i]).to(device=device, dtype=torch.float32)
+                with torch.no_grad():
+                    y = physics.A(x)
+                    if cfg.noise_std > 0:
+                        y = y + cfg.noise_std * torch.randn(y.shape, generator=gen, dtype=y.dtype).to(y.device)
+                loss = rec.training_loss(y, physics, x, generator=gen, **loss_kwargs)
+                (loss / cfg.batch_size).backward()
+                total += float(loss.detach())
+            loss_value = total / cfg.batch_size
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"non-finite training loss {loss_value} at step {step}")
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+            losses.append(loss_value)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.3e}", lr=f"{opt.param_groups[0]['lr']:.2e}")
+
+            if cfg.val_every and step % cfg.val_every == 0:
+                metrics = evaluate(rec, physics, val_data)
+                val_hist.append({"step": step, **metrics})
+                bar.write(f"step {step}: val PSNR {metrics['psnr']:.2f} dB")
+            if out_dir is not None and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
+                                        or step == cfg.steps):
+                last_ckpt = save(step)
+            if callback is not None:
+                callback(step, loss_value)
+
+    return {"losses": losses, "val": val_hist, "step": len(losses),
+            "checkpoint": None if last_ckpt is None else str(last_ckpt), "resumed_from": resumed_from,
+            "time_s": time.perf_counter() - t0}

@@ -178,6 +178,8 @@ def evaluate(rec: torch.nn.Module, physics, val_data: Sequence[tuple[torch.Tenso
     ``val_data`` is a list of ``(x, y)``: ``x`` ``[1, 1, D, H, W]`` (or ``(1, D, H, W)``) and its
     measurements ``y`` (``None``: ``physics.A(x)``).
     """
+    if not val_data:
+        raise ValueError("val_data is empty")
     was_training = rec.training
     rec.eval()
     device = _model_device(rec)

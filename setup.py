@@ -78,7 +78,7 @@ def _extension():
 setup(
     packages=[
         "unrolled3d", "unrolled3d.physics", "unrolled3d.data", "unrolled3d.ops", "unrolled3d.models",
-        "unrolled3d.kernels",
+        "unrolled3d.kernels", "unrolled3d.mri",
     ],
     package_dir={"unrolled3d.kernels": "kernels"},
     ext_modules=[_extension()],

@@ -17,7 +17,8 @@ from .data import shepp_logan_3d, voxelize
 from .io_utils import atomic_path
 from .metrics import psnr
 from .ops import cone_project
-from .physics import ConeBeamGeometry, fdk
+from .physics import fdk
+from .physics.presets import standard_cone_beam
 
 __all__ = ["DemoResult", "run_demo", "save_slices_png"]
 
@@ -105,10 +106,7 @@ def run_demo(
         raise ValueError(f"noise must be a finite non-negative number, got {noise}")
     t = {}
     gen = torch.Generator().manual_seed(seed)
-    det = (int(size * 1.25), int(size * 1.5))
-    geoms = {
-        n: ConeBeamGeometry.circular(n, 4.0 * size, 2.0 * size, det, 1.5, (size,) * 3) for n in (n_views, n_views_sparse)
-    }
+    geoms = {n: standard_cone_beam(size, n) for n in (n_views, n_views_sparse)}
     t0 = time.perf_counter()
     truth = voxelize(shepp_logan_3d(radius=0.45 * size), (size,) * 3, supersample=2)
     t["phantom"] = time.perf_counter() - t0

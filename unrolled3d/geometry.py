@@ -27,6 +27,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ._validation import check_patch
+
 __all__ = ["ConeBeamGeometry", "CircularTrajectory"]
 
 
@@ -322,16 +324,7 @@ class ConeBeamGeometry:
         shape : (int, int, int)
             Patch shape ``(pd, ph, pw)``; the patch must lie inside the volume.
         """
-        shape = _positive_ints("shape", shape, 3)
-        try:
-            off = tuple(int(o) for o in offset)
-        except (TypeError, ValueError):
-            raise TypeError(f"offset must be 3 integers, got {offset!r}") from None
-        if len(off) != 3:
-            raise ValueError(f"offset must be 3 integers, got {offset!r}")
-        for o, p, n, axis in zip(off, shape, self.vol_shape, "zyx"):
-            if o < 0 or o + p > n:
-                raise ValueError(f"patch [{o}, {o + p}) along {axis} lies outside the volume of size {n}")
+        off, shape = check_patch(offset, shape, self.vol_shape, axes="zyx")
         centre = tuple(
             oo + (o + 0.5 * (p - 1) - 0.5 * (n - 1)) * s
             for o, p, n, s, oo in zip(off, shape, self.vol_shape, self.voxel_size, self.vol_offset)

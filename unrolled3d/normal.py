@@ -18,28 +18,19 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from deepinv.physics import LinearPhysics
 from tqdm.auto import tqdm
 
+from ._validation import check_patch, int_triple
 from .io_utils import atomic_path
 from .ops.fused import masked_gather, masked_scatter_add, spectral_filter
 
 __all__ = ["DiagCirculantWrapper", "DiagCirculantPatch", "apply_diag_circulant", "VARIANTS"]
 
 VARIANTS = ("sandwich", "one_sided", "symmetric")
-
-
-def _shape3(name: str, value: Any) -> tuple[int, int, int]:
-    try:
-        t = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be 3 integers, got {value!r}") from None
-    if len(t) != 3 or any(v <= 0 for v in t):
-        raise ValueError(f"{name} must be 3 positive integers, got {value!r}")
-    return t
 
 
 def apply_diag_circulant(
@@ -125,7 +116,7 @@ class DiagCirculantWrapper(_DiagCirculantBase):
         size = tuple(img_size)
         if len(size) == 4 and size[0] == 1:
             size = size[1:]
-        shape = _shape3("img_size", size)
+        shape = int_triple("img_size", size)
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         scaling = float(scaling)
@@ -204,16 +195,7 @@ class DiagCirculantWrapper(_DiagCirculantBase):
         two voxels of the patch can see) and transformed on the patch's doubled grid.
         """
         mask, _ = self._params()
-        shape = _shape3("shape", shape)
-        try:
-            off = tuple(int(o) for o in offset)
-        except (TypeError, ValueError):
-            raise TypeError(f"offset must be 3 integers, got {offset!r}") from None
-        if len(off) != 3:
-            raise ValueError(f"offset must be 3 integers, got {offset!r}")
-        for o, p, n, axis in zip(off, shape, self.img_shape, "DHW"):
-            if o < 0 or o + p > n:
-                raise ValueError(f"patch [{o}, {o + p}) along {axis} lies outside the volume of size {n}")
+        off, shape = check_patch(offset, shape, self.img_shape)
         m_p = mask[off[0]:off[0] + shape[0], off[1]:off[1] + shape[1], off[2]:off[2] + shape[2]]
         return DiagCirculantPatch(m_p, self._patch_filter(shape), self.scaling, self.variant, off)
 

@@ -29,6 +29,7 @@ from deepinv.models import Reconstructor
 from deepinv.physics import LinearPhysics
 from tqdm.auto import tqdm
 
+from ._validation import int_triple
 from .normal import DiagCirculantWrapper
 from .ops.fused import masked_scatter_add, masked_scatter_add_
 
@@ -36,20 +37,6 @@ __all__ = [
     "PartitionedReconstructor", "patch_grid", "blend_window", "patch_measurement", "ZeroPaddedPatchPhysics",
     "NormalPatchPhysics",
 ]
-
-
-def _triple(name: str, value, positive: bool = True) -> tuple[int, int, int]:
-    if isinstance(value, int):
-        value = (value,) * 3
-    try:
-        t = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be an int or 3 ints, got {value!r}") from None
-    if len(t) != 3:
-        raise ValueError(f"{name} must have 3 entries (D, H, W), got {value!r}")
-    if positive and any(v <= 0 for v in t):
-        raise ValueError(f"{name} must be positive, got {t}")
-    return t
 
 
 def patch_grid(img_shape: Sequence[int], patch_shape: Sequence[int], stride: Sequence[int]) -> list[tuple[int, int, int]]:
@@ -163,14 +150,14 @@ class PartitionedReconstructor(Reconstructor):
         size = tuple(img_size)
         if len(size) == 4:
             size = size[1:]
-        self.img_shape = _triple("img_size", size)
-        self.patch_shape = _triple("patch_size", patch_size)
+        self.img_shape = int_triple("img_size", size, allow_scalar=True)
+        self.patch_shape = int_triple("patch_size", patch_size, allow_scalar=True)
         for n, p, axis in zip(self.img_shape, self.patch_shape, "DHW"):
             if p > n:
                 raise ValueError(f"patch_size {self.patch_shape} is larger than the volume {self.img_shape} along {axis}")
         if stride is None:
             stride = tuple(max(1, p // 2) for p in self.patch_shape)
-        self.stride = _triple("stride", stride)
+        self.stride = int_triple("stride", stride, allow_scalar=True)
         for s, p in zip(self.stride, self.patch_shape):
             if s > p:
                 raise ValueError(f"stride {self.stride} must not exceed patch_size {self.patch_shape} (gaps)")

@@ -1,0 +1,99 @@
+"""The command line, end to end on tiny sizes, and its failures (non-zero exit, one-line reason)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from unrolled3d.cli import main
+from unrolled3d.files import load_measurements, load_model
+
+
+def run(*argv) -> tuple[int, str, str]:
+    proc = subprocess.run([sys.executable, "-m", "unrolled3d.cli", *argv], capture_output=True, text=True, timeout=600)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    assert main(["simulate", "--size", "20", "--views", "10", "--out", str(d / "m.pt"), "--quiet"]) == 0
+    (d / "c.toml").write_text("[geometry]\nsize = 20\nviews = 10\n[model]\nn_iter = 2\nbase = 4\n"
+                              "[partition]\npatch = 10\n[train]\nsteps = 2\ncheckpoint_every = 1\n")
+    assert main(["train", str(d / "c.toml"), "--out-dir", str(d / "run"), "--quiet"]) == 0
+    return d
+
+
+def test_simulate_writes_measurements_with_geometry(workdir):
+    y, g, x, meta = load_measurements(workdir / "m.pt")
+    assert y.shape == (1, 1, *g.sino_shape) and x.shape == (1, 1, 20, 20, 20) and meta["phantom"] == "shepp-logan"
+
+
+def test_reconstruct_fdk_json(workdir, capsys):
+    assert main(["reconstruct", str(workdir / "m.pt"), "--out", str(workdir / "fdk.npy"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["psnr"] > 15 and np.load(workdir / "fdk.npy").shape == (20, 20, 20)
+    assert json.loads((workdir / "fdk.json").read_text())["voxel_size_zyx_mm"] == [1.0, 1.0, 1.0]
+
+
+def test_train_writes_a_loadable_model_with_its_command_and_resumes(workdir, capsys):
+    state, config = load_model(workdir / "run" / "model.pt")
+    assert config["command"].startswith("unrolled3d train") and any(k.startswith("base.") for k in state)
+    assert main(["train", str(workdir / "c.toml"), "--out-dir", str(workdir / "run"), "--resume", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 2
+
+
+def test_reconstruct_unrolled_and_with_normal_operator(workdir, capsys):
+    assert main(["fit-normal", str(workdir / "m.pt"), "--iters", "2", "--out", str(workdir / "h.pt"), "--quiet"]) == 0
+    for extra in ([], ["--normal", str(workdir / "h.pt")]):
+        assert main(["reconstruct", str(workdir / "m.pt"), "--method", "unrolled", "--weights",
+                     str(workdir / "run" / "model.pt"), "--out", str(workdir / "u.pt"), "--json", *extra]) == 0
+        assert np.isfinite(json.loads(capsys.readouterr().out)["psnr"])
+        assert torch.load(workdir / "u.pt", weights_only=True)["volume"].shape == (20, 20, 20)
+
+
+def test_demo_quick(tmp_path):
+    code, out, err = run("demo", "--quick", "--out", str(tmp_path / "d.png"), "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert (tmp_path / "d.png").stat().st_size > 10_000 and res["psnr_fdk_dense"] > res["psnr_fdk_sparse"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["reconstruct", "missing.pt", "--out", "x.npy"], "does not exist"),
+    (["reconstruct", "{corrupt}", "--out", "x.npy"], "not a readable"),
+    (["reconstruct", "{m}", "--device", "tpu", "--out", "x.npy"], "device"),
+    (["reconstruct", "{m}", "--method", "unrolled", "--weights", "{model}", "--patch-size", "64", "--out", "x.npy"],
+     "larger than the volume"),
+    (["reconstruct", "{m}", "--method", "unrolled", "--out", "x.npy"], "needs --weights"),
+    (["reconstruct", "{m}", "--out", "x.tif"], "must end in .npy or .pt"),
+    (["train", "{badcfg}", "--out-dir", "r"], "unknown keys"),
+    (["fit-normal", "{model}", "--out", "h.pt"], "not an unrolled3d measurements file"),
+])
+def test_failures_exit_non_zero_with_a_reason(workdir, tmp_path, capsys, argv, message):
+    (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage")
+    (tmp_path / "bad.toml").write_text("[train]\nstepz = 3\n")
+    subst = {"{corrupt}": str(tmp_path / "corrupt.pt"), "{m}": str(workdir / "m.pt"),
+             "{model}": str(workdir / "run" / "model.pt"), "{badcfg}": str(tmp_path / "bad.toml")}
+    argv = [subst.get(a, a) for a in argv]
+    argv = [a if not a.endswith(("x.npy", "x.tif")) else str(tmp_path / a) for a in argv]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code != 0 and message in err, (code, err)
+    assert len([line for line in err.splitlines() if line.startswith("unrolled3d")]) == 1
+
+
+def test_every_command_has_help(capsys):
+    for cmd in ["demo", "simulate", "fit-normal", "train", "reconstruct", "info"]:
+        with pytest.raises(SystemExit) as exc:
+            main([cmd, "--help"])
+        assert exc.value.code == 0 and "usage" in capsys.readouterr().out
+
+
+def test_console_script_runs_as_a_process():
+    code, out, _ = run("info", "--json")
+    assert code == 0 and json.loads(out)["cpp_cpu"] is True

@@ -1,0 +1,105 @@
+r"""Readers for multi-coil 3D k-space.
+
+Returned layout: complex ``(N_c, D, H, W)`` -- coils first, then the two phase-encode axes
+``(D, H)``, readout ``W`` last; the zero frequency at index ``n // 2`` of each axis (centred, as
+:class:`~unrolled3d.mri.MultiCoilMRI3D` produces and expects). Use :func:`as_measurement` to
+get the operator's real ``(1, 2, N_c, D, H, W)`` layout.
+
+Files stored slice-major, like fastMRI's ``(slices, coils, H, W)``, are read with
+``coil_axis=1`` (the axes are moved, nothing is transformed: fastMRI's slice axis is in image
+space, a 2D multi-slice acquisition; FFT it along ``D`` yourself only if that is what you
+want). Complex data is required (HDF5 compound ``{r, i}`` as written by h5py / fastMRI, or a
+complex ``.npy``).
+
+Errors: missing file -> ``FileNotFoundError``; missing dataset -> ``KeyError`` (listing the
+keys present); wrong number of axes -> ``ValueError``; real/integer data -> ``TypeError``;
+truncated or corrupt file -> :class:`KspaceFileError` (a ``ValueError``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .physics import from_complex_image
+
+__all__ = ["read_kspace_h5", "read_kspace_npy", "as_measurement", "KspaceFileError"]
+
+
+class KspaceFileError(ValueError):
+    """The file exists but cannot be read as k-space (truncated, corrupt, not the right format)."""
+
+
+def _finish(arr: np.ndarray, source: str, coil_axis: int, dtype: torch.dtype | None) -> torch.Tensor:
+    if not np.iscomplexobj(arr):
+        raise TypeError(f"{source}: k-space must be complex, got dtype {arr.dtype} (store complex64/complex128)")
+    if arr.ndim != 4:
+        raise ValueError(f"{source}: k-space must have 4 axes (N_c, D, H, W) (or (D, N_c, H, W) with coil_axis=1), "
+                         f"got shape {arr.shape}")
+    if coil_axis not in (0, 1):
+        raise ValueError(f"coil_axis must be 0 ((N_c, D, H, W)) or 1 ((D, N_c, H, W), fastMRI-like), got {coil_axis!r}")
+    if coil_axis == 1:
+        arr = np.moveaxis(arr, 1, 0)
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    if dtype is not None:
+        if not dtype.is_complex:
+            raise TypeError(f"dtype must be complex, got {dtype}")
+        t = t.to(dtype)
+    return t
+
+
+def _existing(path) -> Path:
+    p = Path(os.fspath(path))
+    if not p.is_file():
+        raise FileNotFoundError(f"no k-space file at {p}")
+    return p
+
+
+def read_kspace_h5(path: str | os.PathLike, key: str = "kspace", coil_axis: int = 0,
+                   dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Read complex k-space from dataset ``key`` of an HDF5 file -> ``(N_c, D, H, W)`` complex tensor.
+
+    :param coil_axis: 0 if the file stores ``(N_c, D, H, W)``; 1 for ``(D, N_c, H, W)`` (fastMRI order).
+    :param dtype: cast to this complex dtype (default: as stored).
+    """
+    import h5py
+
+    p = _existing(path)
+    try:
+        f = h5py.File(p, "r")
+    except OSError as err:
+        raise KspaceFileError(f"{p}: cannot open as HDF5 (truncated, corrupt or not HDF5): {err}") from None
+    with f:
+        if key not in f:
+            raise KeyError(f"{p}: no dataset {key!r}; the file has {sorted(f.keys())}")
+        ds = f[key]
+        if not isinstance(ds, h5py.Dataset):
+            raise KeyError(f"{p}: {key!r} is a group, not a dataset")
+        try:
+            arr = ds[()]
+        except (OSError, ValueError) as err:
+            raise KspaceFileError(f"{p}: cannot read dataset {key!r} (truncated or corrupt): {err}") from None
+    return _finish(np.asarray(arr), f"{p}[{key!r}]", coil_axis, dtype)
+
+
+def read_kspace_npy(path: str | os.PathLike, coil_axis: int = 0, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Read complex k-space from a ``.npy`` file -> ``(N_c, D, H, W)`` complex tensor (no pickles)."""
+    p = _existing(path)
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as err:
+        raise KspaceFileError(f"{p}: cannot read as .npy (truncated, corrupt or not .npy): {err}") from None
+    if not isinstance(arr, np.ndarray):  # an .npz archive
+        arr.close()
+        raise KspaceFileError(f"{p}: is an .npz archive, expected a single .npy array")
+    return _finish(arr, str(p), coil_axis, dtype)
+
+
+def as_measurement(kspace: torch.Tensor) -> torch.Tensor:
+    """Complex ``(N_c, D, H, W)`` -> the operator's real ``(1, 2, N_c, D, H, W)`` (a view)."""
+    if not isinstance(kspace, torch.Tensor) or not kspace.is_complex() or kspace.ndim != 4:
+        raise ValueError(f"kspace must be a complex (N_c, D, H, W) tensor, got "
+                         f"{getattr(kspace, 'dtype', type(kspace))} {tuple(getattr(kspace, 'shape', ()))}")
+    return from_complex_image(kspace[None])

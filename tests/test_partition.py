@@ -245,3 +245,16 @@ def test_bad_input():
         rec(torch.zeros(1, 1, *physics.geometry.sino_shape), physics)
     with pytest.raises(TypeError, match="LinearPhysics"):
         rec(torch.zeros(3), "physics")
+
+
+def test_training_start_point_is_fdk_not_the_true_patch():
+    # With an identity base the loss is the error of the start point: it must be FDK's (> 0),
+    # or training would hand the network the answer.
+    physics = ct()
+    x_true = _volume()
+    y = physics.A(x_true)
+    rec = PartitionedReconstructor(IdentityBase(), SHAPE, (5, 6, 5))
+    loss = rec.training_loss(y, physics, x_true, offset=(2, 3, 3))
+    fdk_patch = physics.A_dagger(y)[..., 2:7, 3:9, 3:8]
+    torch.testing.assert_close(loss, torch.nn.functional.mse_loss(fdk_patch, x_true[..., 2:7, 3:9, 3:8]))
+    assert float(loss) > 1e-4

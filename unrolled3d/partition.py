@@ -197,24 +197,27 @@ class PartitionedReconstructor(Reconstructor):
 
     def reconstruct_patch(self, y: torch.Tensor, physics: LinearPhysics, x_ctx: torch.Tensor,
                           offset: Sequence[int], residual: torch.Tensor | None = None,
-                          normal: DiagCirculantWrapper | None = None) -> torch.Tensor:
+                          normal: DiagCirculantWrapper | None = None,
+                          x_start: torch.Tensor | None = None) -> torch.Tensor:
         """Solve one patch at ``offset`` given the context ``x_ctx`` (full volume).
 
         ``residual`` is ``y - A x_ctx`` (exact mode) or ``A^T (y - A x_ctx)`` (``H`` mode); it is
-        computed when not given (callers sweeping many patches compute it once).
+        computed when not given (callers sweeping many patches compute it once). ``x_start`` is
+        the base's start point on the patch (default: the context's patch, the current estimate).
         """
         shape = self.patch_shape
         ctx_p = _crop(x_ctx, offset, shape)
+        start = ctx_p if x_start is None else x_start
         if normal is None:
             if residual is None:
                 residual = y - physics.A(x_ctx)
             physics_p = _restrict_exact(physics, self.img_shape, offset, shape)
-            return self._solve_patch(patch_measurement(residual, physics_p, ctx_p), physics_p, ctx_p)
+            return self._solve_patch(patch_measurement(residual, physics_p, ctx_p), physics_p, start)
         if residual is None:
             residual = normal.A_adjoint(y - normal.A(x_ctx))
         h_p = normal.restrict(offset, shape)
         b = _crop(residual, offset, shape) + h_p.A_adjoint_A(ctx_p)
-        return self._solve_patch(b, NormalPatchPhysics(h_p, ctx_p), ctx_p)
+        return self._solve_patch(b, NormalPatchPhysics(h_p, start), start)
 
     # ----------------------------------------------------------------- inference
     def forward(self, y: torch.Tensor, physics: LinearPhysics, fourier_filter: torch.Tensor | None = None,
@@ -265,10 +268,13 @@ class PartitionedReconstructor(Reconstructor):
     def training_loss(self, y: torch.Tensor, physics: LinearPhysics, x_true: torch.Tensor,
                       generator: torch.Generator | None = None, offset: Sequence[int] | None = None,
                       fourier_filter: torch.Tensor | None = None, spatial_mask: torch.Tensor | None = None,
-                      ) -> torch.Tensor:
+                      x_start: torch.Tensor | None = None) -> torch.Tensor:
         r"""``L_PART``: MSE between the patch reconstruction with ground-truth context and ``S x*``.
 
-        The patch position is drawn at random (``generator``) unless ``offset`` is given.
+        The patch position is drawn at random (``generator``) unless ``offset`` is given. The
+        context (outside the patch) is the ground truth, but the base starts from
+        ``x_start[p]`` (default ``physics.A_dagger(y)``, FDK), as the first inference sweep does:
+        starting from the true patch would hand the network the answer.
         """
         self._check(y, physics)
         if x_true.shape[-3:] != self.img_shape:
@@ -279,5 +285,7 @@ class PartitionedReconstructor(Reconstructor):
             residual = y - physics.A(x_true)
             if normal is not None:
                 residual = normal.A_adjoint(residual)
-        x_p = self.reconstruct_patch(y, physics, x_true, offset, residual, normal)
+            start_full = physics.A_dagger(y) if x_start is None else x_start
+        x_p = self.reconstruct_patch(y, physics, x_true, offset, residual, normal,
+                                     x_start=_crop(start_full, offset, self.patch_shape))
         return torch.nn.functional.mse_loss(x_p, _crop(x_true, offset, self.patch_shape))

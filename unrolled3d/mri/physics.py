@@ -174,7 +174,8 @@ class _MRICore(LinearPhysics):
             raise ValueError(f"{name} has spatial shape {tuple(x.shape[-3:])}, the operator acts on {tuple(shape)}")
         return to_complex_image(x)
 
-    def _kspace(self, y: torch.Tensor, name: str = "y") -> torch.Tensor:
+    def _kspace(self, y: torch.Tensor, name: str = "y") -> tuple[torch.Tensor, bool]:
+        """Validated complex view/copy of ``y`` and whether it is a private copy."""
         core = self._core()
         if not isinstance(y, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor (B, 2, N_c, D, H, W), got {type(y).__name__}")
@@ -189,7 +190,8 @@ class _MRICore(LinearPhysics):
             raise ValueError(f"{name} has {y.shape[2]} coils, the operator has {self.n_coils} (coil_maps)")
         if tuple(y.shape[-3:]) != core._vol_shape:
             raise ValueError(f"{name} has k-space shape {tuple(y.shape[-3:])}, the mask is {core._vol_shape}")
-        return to_complex_image(y)
+        yc = to_complex_image(y)
+        return yc, yc.data_ptr() != y.data_ptr()
 
     # -- the pipeline; `offset`/`shape` select a patch (None: the full volume)
     def _crop(self, t: torch.Tensor, offset, shape) -> torch.Tensor:
@@ -206,34 +208,58 @@ class _MRICore(LinearPhysics):
         self._crop(buf, offset, shape).copy_(prod)
         return buf
 
+    @staticmethod
+    def _grad_mode(*ts: torch.Tensor) -> bool:
+        return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+
+    @classmethod
+    def _apply_kmask(cls, k: torch.Tensor, m: torch.Tensor, inplace: bool) -> torch.Tensor:
+        """``k * m`` for a real or complex diagonal ``m``; a real ``m`` multiplies the interleaved
+        real view (a complex ``* real`` would first convert ``m`` to a complex temporary)."""
+        if m.is_complex():
+            return k.mul_(m) if inplace else k * m
+        if inplace:
+            torch.view_as_real(k).mul_(m[..., None])
+            return k
+        return torch.view_as_complex(torch.view_as_real(k) * m[..., None])
+
     def _forward(self, xc: torch.Tensor, offset=None, shape=None) -> torch.Tensor:
         smaps, kmask, _ = self._operands(xc.real.dtype)
         n = smaps.shape[0]
         chunks = _chunks(n, self.coil_chunk)
         if len(chunks) == 1:
             k = torch.fft.fftn(self._coil_images(xc, smaps, 0, n, offset, shape), dim=_DIMS, norm="ortho")
-            return k.mul_(kmask)
+            return self._apply_kmask(k, kmask, inplace=True)  # fftn's backward does not need its output
         out = xc.new_empty((xc.shape[0], n, *self._core()._vol_shape))
         for c0, c1 in chunks:
-            out[:, c0:c1] = torch.fft.fftn(self._coil_images(xc, smaps, c0, c1, offset, shape), dim=_DIMS,
-                                           norm="ortho").mul_(kmask)
+            k = torch.fft.fftn(self._coil_images(xc, smaps, c0, c1, offset, shape), dim=_DIMS, norm="ortho")
+            out[:, c0:c1] = self._apply_kmask(k, kmask, inplace=True)
         return out
 
-    @staticmethod
-    def _combine(z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """``sum_c conj(s_c) z_c`` over dim 1 (in place on ``z`` when autograd allows)."""
-        if torch.is_grad_enabled() and (z.requires_grad or s.requires_grad):
+    @classmethod
+    def _combine(cls, z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """``sum_c conj(s_c) z_c`` over dim 1. Without autograd: in place on ``z`` as
+        ``conj(sum_c s_c conj(z_c))``, so that ``conj(s)`` is never materialised."""
+        if cls._grad_mode(z, s):
             return (z * s.conj()).sum(1)
-        return z.mul_(s.conj()).sum(1)
+        return z.conj_physical_().mul_(s).sum(1).conj_physical_()
 
-    def _adjoint(self, yc: torch.Tensor, offset=None, shape=None) -> torch.Tensor:
+    @classmethod
+    def _accumulate(cls, out: torch.Tensor | None, part: torch.Tensor) -> torch.Tensor:
+        if out is None:
+            return part
+        return out + part if cls._grad_mode(out, part) else out.add_(part)
+
+    def _adjoint(self, yc: torch.Tensor, offset=None, shape=None, owned: bool = False) -> torch.Tensor:
+        """``owned``: ``yc`` is a private copy (of a planar input) that may be overwritten."""
         smaps, kmask, _ = self._operands(yc.real.dtype)
         kconj = kmask.conj() if kmask.is_complex() else kmask
+        inplace = owned and not self._grad_mode(yc)
         out = None
         for c0, c1 in _chunks(smaps.shape[0], self.coil_chunk):
-            z = torch.fft.ifftn(yc[:, c0:c1] * kconj, dim=_DIMS, norm="ortho")
+            z = torch.fft.ifftn(self._apply_kmask(yc[:, c0:c1], kconj, inplace=inplace), dim=_DIMS, norm="ortho")
             part = self._combine(self._crop(z, offset, shape), self._crop(smaps[c0:c1], offset, shape))
-            out = part if out is None else out + part
+            out = self._accumulate(out, part)
         return out
 
     def _normal(self, xc: torch.Tensor, offset=None, shape=None) -> torch.Tensor:
@@ -241,9 +267,9 @@ class _MRICore(LinearPhysics):
         out = None
         for c0, c1 in _chunks(smaps.shape[0], self.coil_chunk):
             k = torch.fft.fftn(self._coil_images(xc, smaps, c0, c1, offset, shape), dim=_DIMS, norm="ortho")
-            z = torch.fft.ifftn(k.mul_(mask2), dim=_DIMS, norm="ortho")
+            z = torch.fft.ifftn(self._apply_kmask(k, mask2, inplace=True), dim=_DIMS, norm="ortho")
             part = self._combine(self._crop(z, offset, shape), self._crop(smaps[c0:c1], offset, shape))
-            out = part if out is None else out + part
+            out = self._accumulate(out, part)
         return out
 
     def noise(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -346,7 +372,8 @@ class MultiCoilMRI3D(_MRICore):
                   **kwargs) -> torch.Tensor:
         """``(B, 2, N_c, D, H, W) -> (B, 2, D, H, W)``: ``sum_c conj(S_c) F^-1 (M y_c)``."""
         self.update_parameters(mask=mask, coil_maps=coil_maps)
-        return from_complex_image(self._adjoint(self._kspace(y)))
+        yc, owned = self._kspace(y)
+        return from_complex_image(self._adjoint(yc, owned=owned))
 
     def A_adjoint_A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         """Fused ``A^H A x = sum_c conj(S_c) F^-1 M^2 F S_c x`` (no k-space in real layout)."""
@@ -399,7 +426,8 @@ class MultiCoilMRI3DPatch(_MRICore):
         return from_complex_image(self._forward(self._image(x, self.shape), self.offset, self.shape))
 
     def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
-        return from_complex_image(self._adjoint(self._kspace(y), self.offset, self.shape))
+        yc, owned = self._kspace(y)
+        return from_complex_image(self._adjoint(yc, self.offset, self.shape, owned=owned))
 
     def A_adjoint_A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         return from_complex_image(self._normal(self._image(x, self.shape), self.offset, self.shape))

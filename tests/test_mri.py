@@ -2,7 +2,6 @@
 readers, and exact domain partitioning with the MRI operator."""
 from __future__ import annotations
 
-import math
 
 import h5py
 import numpy as np
@@ -419,7 +418,15 @@ def test_gradient_step_base_on_mri_is_exact_and_matches_the_generic_patch_operat
     rec = PartitionedReconstructor(GradientStepBase(), physics.img_size, (6, 8, 6), n_sweeps=1)
     # ground-truth context + noiseless data: every patch gradient vanishes, the sweep returns x_true
     torch.testing.assert_close(rec(y, physics, x_init=x_true), x_true, rtol=1e-10, atol=1e-10)
-    assert float(rec.training_loss(y, physics, x_true, offset=(1, 2, 1))) < 1e-20
+    # L_PART: ground-truth context; from the true patch the step is a no-op, from the zero-filled
+    # start it is one exact gradient step on ||A S^T x_p - y_p||^2 with y_p = A S^T x_true[p]
+    assert float(rec.training_loss(y, physics, x_true, offset=(1, 2, 1), x_start=x_true)) < 1e-20
+    sl = (..., slice(1, 7), slice(2, 10), slice(1, 7))
+    patch = physics.restrict((1, 2, 1), (6, 8, 6))
+    start = physics.A_dagger(y)[sl]
+    step = start - 0.5 * patch.A_adjoint(patch.A(start) - patch.A(x_true[sl]))
+    torch.testing.assert_close(rec.training_loss(y, physics, x_true, offset=(1, 2, 1)),
+                               torch.nn.functional.mse_loss(step, x_true[sl]), rtol=1e-10, atol=1e-14)
     x0 = physics.A_dagger(y)
     out = rec(y, physics, x_init=x0)
     assert float((out - x_true).norm()) < float((x0 - x_true).norm())  # a gradient step helps

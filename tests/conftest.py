@@ -26,6 +26,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from deepinv.physics import LinearPhysics  # noqa: E402
+
 from unrolled3d.physics import ConeBeamGeometry  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -70,3 +72,29 @@ def adjoint_gap(Ax: torch.Tensor, y: torch.Tensor, x: torch.Tensor, Aty: torch.T
     lhs = (Ax.double() * y.double()).sum()
     rhs = (x.double() * Aty.double()).sum()
     return float((lhs - rhs).abs() / (Ax.double().norm() * y.double().norm()))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP oversubscription on shared CPUs (100x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class PlainPhysics(LinearPhysics):
+    """A physics without `restrict` (exercises the generic zero-padded patch operator)."""
+
+    def __init__(self, inner):
+        super().__init__(img_size=inner.img_size)
+        self.inner = inner
+
+    def A(self, x, **kw):
+        return self.inner.A(x)
+
+    def A_adjoint(self, y, **kw):
+        return self.inner.A_adjoint(y)
+
+    def A_dagger(self, y, **kw):
+        return self.inner.A_dagger(y)

@@ -19,6 +19,7 @@ from unrolled3d.mri import (
     root_sum_of_squares, to_complex_image, variable_density_mask, zero_filled,
 )
 from unrolled3d.partition import PartitionedReconstructor, ZeroPaddedPatchPhysics, patch_measurement
+from conftest import PlainPhysics
 
 torch.set_num_threads(1)
 
@@ -368,20 +369,6 @@ class GradientStepBase(Reconstructor):
 
     def forward(self, y, physics, x_init=None, **kwargs):
         return x_init - 0.5 * physics.A_adjoint(physics.A(x_init) - y)
-
-
-class PlainPhysics(LinearPhysics):
-    """The MRI operator without `restrict` (exercises the generic zero-padded patch operator)."""
-
-    def __init__(self, inner):
-        super().__init__(img_size=inner.img_size)
-        self.inner = inner
-
-    def A(self, x, **kw):
-        return self.inner.A(x)
-
-    def A_adjoint(self, y, **kw):
-        return self.inner.A_adjoint(y)
 
 
 PSHAPE = (10, 12, 8)

@@ -15,6 +15,7 @@ from unrolled3d.partition import (
     patch_measurement,
 )
 from unrolled3d.physics import ConeBeamCT, ConeBeamGeometry
+from conftest import PlainPhysics
 
 F64 = torch.float64
 SHAPE = (10, 12, 11)
@@ -105,23 +106,6 @@ def test_patch_measurement_removes_the_context_exactly():
     patch_physics = physics.restrict(offset, shape)
     y_p = patch_measurement(y - physics.A(x_ctx), patch_physics, x_ctx[..., 2:7, 3:9, 4:9])
     torch.testing.assert_close(y_p, patch_physics.A(x_true[..., 2:7, 3:9, 4:9]), rtol=1e-9, atol=1e-9)
-
-
-class PlainPhysics(LinearPhysics):
-    """A physics without `restrict` (exercises the zero-padded generic patch operator)."""
-
-    def __init__(self, inner):
-        super().__init__(img_size=inner.img_size)
-        self.inner = inner
-
-    def A(self, x, **kw):
-        return self.inner.A(x)
-
-    def A_adjoint(self, y, **kw):
-        return self.inner.A_adjoint(y)
-
-    def A_dagger(self, y, **kw):
-        return self.inner.A_dagger(y)
 
 
 def test_generic_zero_padded_patch_operator_matches_restrict():

@@ -189,8 +189,16 @@ def test_amp_runs_denoiser_in_bfloat16_and_returns_input_dtype():
     assert seen and all(d == torch.bfloat16 for d in seen)
     ref = fp32(y, CountingPhysics())
     assert float((out - ref).detach().norm() / ref.detach().norm()) < 5e-2
-    out.square().mean().backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in amp.parameters())
+    # Gradients through the autocast region, with oneDNN off: its bfloat16 conv3d weight gradient
+    # on the CPU (torch 2.14.1) now and then returns non-finite entries for the 2x2x2 feature maps
+    # of the deepest level while the bias gradient (same grad_output) and every other layer are
+    # finite -- seen in CI and in about 1 of 4 local runs after the fused-op tests, never with
+    # oneDNN off. It is upstream, CPU-only (GPU autocast does not use oneDNN).
+    with torch.backends.mkldnn.flags(enabled=False):
+        out = amp(y, CountingPhysics())
+        out.square().mean().backward()
+    bad = [n for n, p in amp.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not bad, bad
     explicit = UnrolledPGD(nn.Identity(), n_iter=1, amp=torch.bfloat16)
     assert explicit(y, CountingPhysics()).dtype == torch.float32
 

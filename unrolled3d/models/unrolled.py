@@ -125,7 +125,9 @@ class UnrolledPGD(Reconstructor):
         of ``K``, for one extra forward.
     :param amp: run the denoiser under ``torch.autocast`` (``True``: bfloat16 on CPU, bfloat16 or
         float16 on CUDA; or a ``torch.dtype``); its output is cast back to the input dtype and the
-        data step stays in the input precision.
+        data step stays in the input precision. On the CPU, oneDNN's bfloat16 conv3d weight
+        gradient (torch 2.14) has returned non-finite entries for 2x2x2 feature maps; train on
+        the CPU in float32, or with ``torch.backends.mkldnn.flags(enabled=False)``.
 
     Shapes: ``y`` as ``physics`` measures, ``x`` ``[B, C, D, H, W]``.
     """

@@ -11,14 +11,21 @@ from ..ops.projector import cone_backproject, cone_project
 from .fdk import fdk
 from ..geometry import ConeBeamGeometry
 
-__all__ = ["ConeBeamCT", "to_astra_layout", "from_astra_layout"]
+__all__ = ["ConeBeamCT", "to_astra_layout", "from_astra_layout", "LAYOUTS", "SOLVER_KEYWORDS"]
+
+LAYOUTS = ("views", "astra")
+#: keywords of ``LinearPhysics.A_dagger`` / ``deepinv.optim.linear.least_squares`` that ask for
+#: a least-squares solve rather than FDK.
+SOLVER_KEYWORDS = frozenset({"solver", "tol", "max_iter", "verbose", "init", "z", "gamma", "parallel_dim",
+                             "AAT", "ATA"})
 
 
 class ConeBeamCT(LinearPhysics):
     r"""Cone-beam X-ray transform ``y = N(A x)`` with an exactly matched adjoint.
 
     ``A`` is the C++/CUDA Joseph projector (:func:`unrolled3d.ops.cone_project`), ``A^T`` its
-    exact transpose, ``A_dagger`` FDK (or deepinv's least-squares solver with ``fdk=False``).
+    exact transpose. ``A_dagger`` is FDK by default and deepinv's least-squares solver when asked
+    for one (``fbp=False`` or any of deepinv's solver keywords, see :meth:`A_dagger`).
 
     :param ConeBeamGeometry geometry: acquisition and volume geometry.
     :param deepinv.physics.NoiseModel noise_model: noise on the measurements (default none).
@@ -27,8 +34,11 @@ class ConeBeamCT(LinearPhysics):
         ``||A^T A|| = 1``; ``A_dagger`` compensates.
     :param str fdk_window: ramp filter window of ``A_dagger`` (see :func:`unrolled3d.physics.fdk`).
     :param torch.device, str device: device of the buffers.
+    :param str layout: measurement layout, ``"views"`` (default): ``[B, C, n_views, rows, cols]``,
+        contiguous per view, as the projector writes it; ``"astra"``: deepinv's and ASTRA's
+        ``[B, C, rows, n_views, cols]`` (a transposed view of the same memory).
 
-    Shapes: ``x`` is ``[B, C, D, H, W]``, ``y`` is ``[B, C, n_views, rows, cols]``.
+    Shapes: ``x`` is ``[B, C, D, H, W]``, ``y`` as ``layout`` says.
     """
 
     def __init__(
@@ -38,10 +48,13 @@ class ConeBeamCT(LinearPhysics):
         normalize: bool = False,
         fdk_window: str = "ram-lak",
         device: torch.device | str = "cpu",
+        layout: str = "views",
         **kwargs,
     ) -> None:
         if not isinstance(geometry, ConeBeamGeometry):
             raise TypeError(f"geometry must be a ConeBeamGeometry, got {type(geometry).__name__}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         super().__init__(
             img_size=(1, *geometry.vol_shape),
             noise_model=noise_model if noise_model is not None else ZeroNoise(),
@@ -49,6 +62,7 @@ class ConeBeamCT(LinearPhysics):
             **kwargs,
         )
         self.geometry = geometry
+        self.layout = layout
         self.fdk_window = fdk_window
         self.normalize = bool(normalize)
         self.register_buffer("operator_norm", torch.tensor(1.0, dtype=torch.float64, device=device))
@@ -70,19 +84,57 @@ class ConeBeamCT(LinearPhysics):
             return t
         return t * float(self.operator_norm) ** power
 
+    @property
+    def measurement_shape(self) -> tuple[int, int, int]:
+        """``y``'s shape without batch and channel: ``(n_views, rows, cols)`` or, for the
+        ``"astra"`` layout, ``(rows, n_views, cols)``."""
+        views, rows, cols = self.geometry.sino_shape
+        return (views, rows, cols) if self.layout == "views" else (rows, views, cols)
+
+    def _to_views(self, y: torch.Tensor) -> torch.Tensor:
+        """``y`` in this operator's layout -> the projector's ``[B, C, n_views, rows, cols]``."""
+        if y.ndim != 5 or tuple(y.shape[2:]) != self.measurement_shape:
+            raise ValueError(f"y must have shape [B, C, {', '.join(map(str, self.measurement_shape))}] "
+                             f"({self.layout!r} layout), got {tuple(y.shape)}")
+        return y if self.layout == "views" else y.transpose(2, 3)
+
+    def _from_views(self, y: torch.Tensor) -> torch.Tensor:
+        return y if self.layout == "views" else y.transpose(2, 3)
+
     def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        """Projection ``[B, C, D, H, W] -> [B, C, n_views, rows, cols]``."""
-        return self._scale(cone_project(x, self.geometry), -1)
+        """Projection ``[B, C, D, H, W] -> y`` (shape: see ``layout``)."""
+        return self._from_views(self._scale(cone_project(x, self.geometry), -1))
 
     def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
-        """Exact adjoint (backprojection) ``[B, C, n_views, rows, cols] -> [B, C, D, H, W]``."""
-        return self._scale(cone_backproject(y, self.geometry), -1)
+        """Exact adjoint (backprojection) ``y -> [B, C, D, H, W]``."""
+        return self._scale(cone_backproject(self._to_views(y), self.geometry), -1)
 
-    def A_dagger(self, y: torch.Tensor, fdk: bool = True, **kwargs) -> torch.Tensor:
-        """FDK reconstruction (default) or, with ``fdk=False``, deepinv's least-squares solve."""
-        if not fdk:
-            return super().A_dagger(y, **kwargs)
-        return self._scale(_fdk(y, self.geometry, window=kwargs.get("window", self.fdk_window)), 1)
+    def fbp(self, y: torch.Tensor, window: str | None = None) -> torch.Tensor:
+        """FDK reconstruction ``y -> [B, C, D, H, W]`` (inverts the normalisation, if any)."""
+        views = self._to_views(y)
+        return self._scale(_fdk(views, self.geometry, window=window or self.fdk_window), 1)
+
+    def A_dagger(self, y: torch.Tensor, fbp: bool | None = None, **kwargs) -> torch.Tensor:
+        """Pseudo-inverse: FDK, or deepinv's least-squares solve when one is asked for.
+
+        :param torch.Tensor y: measurements.
+        :param bool fbp: ``True``: FDK (:meth:`fbp`); ``False``: least squares
+            (:meth:`deepinv.physics.LinearPhysics.A_dagger`, whose keywords ``solver``, ``tol``,
+            ``max_iter``, ``verbose``, ... pass through). ``None`` (default): FDK, unless one of
+            deepinv's solver keywords is given, in which case least squares -- so generic deepinv
+            code calling ``A_dagger(y, solver="lsqr", ...)`` gets the least-squares solution.
+        :param str window: FDK ramp window (FDK only).
+        """
+        solver_keys = sorted(k for k in kwargs if k in SOLVER_KEYWORDS)
+        if fbp is None:
+            fbp = not solver_keys
+        if fbp:
+            if solver_keys:
+                raise ValueError(f"A_dagger: fbp=True (FDK) takes no least-squares solver keywords, got {solver_keys}")
+            return self.fbp(y, window=kwargs.get("window"))
+        if "window" in kwargs:
+            raise ValueError("A_dagger: 'window' is an FDK option, but a least-squares solve was asked for")
+        return super().A_dagger(y, **kwargs)
 
     def restrict(self, offset: Sequence[int], shape: Sequence[int]) -> "ConeBeamCT":
         """The patch operator ``A S^T``: the same scan seen by the sub-volume at ``offset``.
@@ -90,7 +142,7 @@ class ConeBeamCT(LinearPhysics):
         Shares the normalisation (``operator_norm``) of this operator, has no noise model.
         """
         patch = ConeBeamCT(self.geometry.restrict(offset, shape), fdk_window=self.fdk_window,
-                           device=self.operator_norm.device)
+                           device=self.operator_norm.device, layout=self.layout)
         patch.normalize = self.normalize
         patch.operator_norm.copy_(self.operator_norm)
         return patch

@@ -111,7 +111,7 @@ class ConeBeamCT(LinearPhysics):
 
     def fbp(self, y: torch.Tensor, window: str | None = None) -> torch.Tensor:
         """FDK reconstruction ``y -> [B, C, D, H, W]`` (inverts the normalisation, if any)."""
-        views = self._to_views(y)
+        views = self._to_views(y).contiguous()  # FDK's filtering runs along rows of each view
         return self._scale(_fdk(views, self.geometry, window=window or self.fdk_window), 1)
 
     def A_dagger(self, y: torch.Tensor, fbp: bool | None = None, **kwargs) -> torch.Tensor:

@@ -81,6 +81,8 @@ setup(
         "unrolled3d.kernels", "unrolled3d.mri",
     ],
     package_dir={"unrolled3d.kernels": "kernels"},
+    # the demo's trained weights and the configuration that trained them
+    package_data={"unrolled3d": ["weights/*.pt", "weights/*.toml", "weights/*.md"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

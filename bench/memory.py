@@ -12,13 +12,7 @@ from typing import Callable
 
 import torch
 
-
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024  # reported in kB
-    raise RuntimeError(f"/proc/self/status has no {field}")
+from unrolled3d.memory import reset_peak_rss, status_bytes as _status_bytes
 
 
 def _fix_allocator() -> None:
@@ -36,8 +30,8 @@ def _child(make_inputs: Callable, run: Callable, queue) -> None:
     # No warm-up call: its output would raise the high-water mark and hide the measured call.
     inputs = make_inputs()
     _fix_allocator()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
+    if not reset_peak_rss():  # VmHWM := current RSS
+        raise RuntimeError("cannot reset the RSS high-water mark (/proc/self/clear_refs)")
     before = _status_bytes("VmRSS")
     high_before = _status_bytes("VmHWM")
     out = run(*inputs)

@@ -11,6 +11,10 @@ import torch
 
 from unrolled3d.cli import main
 from unrolled3d.files import load_measurements, load_model
+from unrolled3d.volume_io import read_volume, write_volume
+from unrolled3d.walnut import read_walnut
+
+from test_walnut import make_scan  # the tiny synthetic Walnut scan (tests/ is on sys.path under pytest)
 
 
 def run(*argv) -> tuple[int, str, str]:
@@ -25,6 +29,11 @@ def workdir(tmp_path_factory):
     (d / "c.toml").write_text("[geometry]\nsize = 20\nviews = 10\n[model]\nn_iter = 2\nbase = 4\n"
                               "[partition]\npatch = 10\n[train]\nsteps = 2\ncheckpoint_every = 1\n")
     assert main(["train", str(d / "c.toml"), "--out-dir", str(d / "run"), "--quiet"]) == 0
+    write_volume(d / "phantom.h5", torch.rand(6, 7, 8, generator=torch.Generator().manual_seed(0)), (0.8, 1.0, 0.9))
+    make_scan(d / "Walnut1" / "Projections" / "tubeV2")
+    bad = d / "bad_walnut"
+    make_scan(bad)
+    (bad / "scan_geom_corrected.geom").write_text("\n".join(" ".join(["1"] * 12) for _ in range(3)) + "\n")
     return d
 
 
@@ -38,6 +47,47 @@ def test_reconstruct_fdk_json(workdir, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["psnr"] > 15 and np.load(workdir / "fdk.npy").shape == (20, 20, 20)
     assert json.loads((workdir / "fdk.json").read_text())["voxel_size_zyx_mm"] == [1.0, 1.0, 1.0]
+
+
+def test_reconstruct_output_format_follows_the_extension(workdir, capsys):
+    ref = workdir / "ref.npy"
+    assert main(["reconstruct", str(workdir / "m.pt"), "--output", str(ref), "--quiet"]) == 0
+    expected, _ = read_volume(ref)
+    for ext in (".nii.gz", ".nii", ".h5", ".hdf5", ".tif", ".tiff", ".pt"):
+        out = workdir / f"fdk{ext}"
+        assert main(["reconstruct", str(workdir / "m.pt"), "--output", str(out), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["out"] == str(out)
+        vol, vs = read_volume(out)
+        assert vol.shape == (20, 20, 20) and torch.equal(vol, expected) and vs == (1.0, 1.0, 1.0)
+
+
+def test_simulate_from_a_volume_file_keeps_shape_and_voxel_size(workdir):
+    out = workdir / "from_volume.pt"
+    assert main(["simulate", "--volume", str(workdir / "phantom.h5"), "--views", "8", "--noise", "0",
+                 "--output", str(out), "--quiet"]) == 0
+    y, g, x, meta = load_measurements(out)
+    vol, vs = read_volume(workdir / "phantom.h5")
+    assert g.vol_shape == (6, 7, 8) and g.voxel_size == (0.8, 1.0, 0.9) and torch.equal(x[0, 0], vol)
+    assert meta["volume"] == str(workdir / "phantom.h5") and y.shape == (1, 1, *g.sino_shape)
+    # the detector sees the whole volume: its border pixels stay dark, the centre does not
+    border = torch.cat([y[..., 0, :].flatten(), y[..., -1, :].flatten(), y[..., :, 0].flatten(), y[..., :, -1].flatten()])
+    assert float(border.abs().max()) == 0.0 and float(y.max()) > 1.0
+
+
+def test_import_walnut_writes_measurements_that_reconstruct(workdir, capsys):
+    folder = workdir / "Walnut1" / "Projections" / "tubeV2"
+    out = workdir / "walnut.pt"
+    assert main(["import-walnut", str(folder), "--output", str(out), "--view-step", "2", "--vol-shape", "8", "8", "8",
+                 "--voxel-size", "1", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["sino_shape"] == [1, 1, 6, 16, 20] and res["vol_shape"] == [8, 8, 8]
+    y, g, x, meta = load_measurements(out)
+    y_ref, g_ref = read_walnut(folder, vol_shape=(8, 8, 8), voxel_size=1.0, view_step=2)
+    assert torch.equal(y, y_ref) and g == g_ref and x is None
+    assert meta["source"] == "walnut" and meta["view_step"] == 2
+    assert main(["reconstruct", str(out), "--output", str(workdir / "walnut_fdk.nii.gz"), "--quiet"]) == 0
+    vol, vs = read_volume(workdir / "walnut_fdk.nii.gz")
+    assert vol.shape == (8, 8, 8) and torch.isfinite(vol).all() and vs == (1.0, 1.0, 1.0)
 
 
 def test_train_writes_a_loadable_model_with_its_command_and_resumes(workdir, capsys):
@@ -70,7 +120,17 @@ def test_demo_quick(tmp_path):
     (["reconstruct", "{m}", "--method", "unrolled", "--weights", "{model}", "--patch-size", "64", "--out", "x.npy"],
      "larger than the volume"),
     (["reconstruct", "{m}", "--method", "unrolled", "--out", "x.npy"], "needs --weights"),
-    (["reconstruct", "{m}", "--out", "x.tif"], "must end in .npy or .pt"),
+    (["reconstruct", "{m}", "--out", "x.xyz"], "supported endings are .npy"),
+    (["simulate", "--volume", "missing.h5", "--out", "x.pt"], "does not exist"),
+    (["simulate", "--volume", "{corrupt}", "--out", "x.pt"], "not a readable .pt volume"),
+    (["simulate", "--volume", "{vol}", "--phantom", "ellipsoids", "--out", "x.pt"], "replaces --phantom"),
+    (["simulate", "--volume", "{model}", "--out", "x.pt"], "expected a dict with a tensor 'volume'"),
+    (["import-walnut", "nowhere", "--output", "x.pt"], "does not exist"),
+    (["import-walnut", "{badwalnut}", "--output", "x.pt"], "3 rows but there are 13 projections"),
+    (["import-walnut", "{walnut}", "--output", "x.pt", "--view-step", "0"], "view_step must be a positive"),
+    (["import-walnut", "{walnut}", "--output", "x.pt", "--vol-shape", "8", "8", "0"], "vol_shape must be positive"),
+    (["import-walnut", "{walnut}", "--output", "x.pt", "--vol-shape", "200", "200", "200",
+      "--voxel-size", "1"], "bounding sphere"),
     (["train", "{badcfg}", "--out-dir", "r"], "unknown keys"),
     (["fit-normal", "{model}", "--out", "h.pt"], "not an unrolled3d measurements file"),
 ])
@@ -78,9 +138,11 @@ def test_failures_exit_non_zero_with_a_reason(workdir, tmp_path, capsys, argv, m
     (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage")
     (tmp_path / "bad.toml").write_text("[train]\nstepz = 3\n")
     subst = {"{corrupt}": str(tmp_path / "corrupt.pt"), "{m}": str(workdir / "m.pt"),
-             "{model}": str(workdir / "run" / "model.pt"), "{badcfg}": str(tmp_path / "bad.toml")}
+             "{model}": str(workdir / "run" / "model.pt"), "{badcfg}": str(tmp_path / "bad.toml"),
+             "{vol}": str(workdir / "phantom.h5"), "{walnut}": str(workdir / "Walnut1" / "Projections" / "tubeV2"),
+             "{badwalnut}": str(workdir / "bad_walnut")}
     argv = [subst.get(a, a) for a in argv]
-    argv = [a if not a.endswith(("x.npy", "x.tif")) else str(tmp_path / a) for a in argv]
+    argv = [a if not a.endswith(("x.npy", "x.xyz", "x.pt")) else str(tmp_path / a) for a in argv]
     code = main(argv)
     err = capsys.readouterr().err
     assert code != 0 and message in err, (code, err)
@@ -88,7 +150,7 @@ def test_failures_exit_non_zero_with_a_reason(workdir, tmp_path, capsys, argv, m
 
 
 def test_every_command_has_help(capsys):
-    for cmd in ["demo", "simulate", "fit-normal", "train", "reconstruct", "info"]:
+    for cmd in ["demo", "simulate", "fit-normal", "train", "reconstruct", "import-walnut", "info"]:
         with pytest.raises(SystemExit) as exc:
             main([cmd, "--help"])
         assert exc.value.code == 0 and "usage" in capsys.readouterr().out

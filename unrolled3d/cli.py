@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Sequence
 
 __all__ = ["main"]
@@ -13,16 +12,14 @@ __all__ = ["main"]
 def _demo(args: argparse.Namespace) -> int:
     from .demo import as_dict, result_table, run_demo
 
-    size, views, sparse = (32, 60, 20) if args.quick else (args.size, args.views, args.sparse_views)
-    t0 = time.perf_counter()
-    result = run_demo(size=size, n_views=views, n_views_sparse=sparse, noise=args.noise, out=args.out,
-                      seed=args.seed, progress=not (args.quiet or args.json))
-    elapsed = time.perf_counter() - t0
+    size, n_volumes = (24, 1) if args.quick else (args.size, args.volumes)
+    result = run_demo(weights=args.weights, size=size, n_volumes=n_volumes, seed=args.seed, out=args.out,
+                      progress=not (args.quiet or args.json))
     if args.json:
-        print(json.dumps({**as_dict(result), "wall_seconds": round(elapsed, 2)}))
+        print(json.dumps({**as_dict(result), "wall_seconds": round(result.seconds, 2)}))
     elif not args.quiet:
         print(result_table(result))
-        print(f"demo finished in {elapsed:.1f} s")
+        print(f"demo finished in {result.seconds:.1f} s")
     return 0
 
 
@@ -48,27 +45,30 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="print nothing but errors")
         p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
 
-    p = sub.add_parser("demo", help="simulate a cone-beam scan of a phantom and reconstruct it (CPU, no downloads)")
-    p.add_argument("--size", type=int, default=128, help="volume edge in voxels (default 128)")
-    p.add_argument("--views", type=int, default=180, help="views of the dense scan (default 180)")
-    p.add_argument("--sparse-views", type=int, default=30, help="views of the sparse scan (default 30)")
-    p.add_argument("--noise", type=float, default=0.01, help="Gaussian noise relative to the largest line integral")
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("demo", help="sparse-view cone-beam CT of held-out phantoms: FDK vs the shipped "
+                                    "partitioned unrolled network (CPU, no downloads)")
+    p.add_argument("--weights", help="model file from `unrolled3d train` (default: the shipped demo weights)")
+    p.add_argument("--size", type=int, help="volume edge in voxels (default: the training size)")
+    p.add_argument("--volumes", type=int, default=2, help="held-out phantoms to score (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the measurement noise")
     p.add_argument("--out", default="unrolled3d_demo.png", help="PNG of orthogonal slices (default %(default)s)")
-    p.add_argument("--quick", action="store_true", help="a tiny run (32^3) for smoke tests")
+    p.add_argument("--quick", action="store_true", help="a tiny run (one 24^3 volume) for smoke tests")
     common(p)
     p.set_defaults(func=_demo)
 
     from . import cli_commands as cc
 
-    p = sub.add_parser("simulate", help="phantom + standard cone-beam scan -> measurements file (.pt)")
-    p.add_argument("--phantom", choices=["shepp-logan", "ellipsoids"], default="shepp-logan")
-    p.add_argument("--size", type=int, default=64, help="volume edge in voxels")
+    p = sub.add_parser("simulate", help="phantom (or a volume file) + cone-beam scan -> measurements file (.pt)")
+    p.add_argument("--phantom", choices=["shepp-logan", "ellipsoids"], help="analytic phantom (default shepp-logan)")
+    p.add_argument("--size", type=int, help="phantom volume edge in voxels (default 64)")
+    p.add_argument("--volume", metavar="FILE",
+                   help="use this volume as the phantom (.npy, .nii, .nii.gz, .h5, .hdf5, .tif, .tiff, .pt; "
+                        "its voxel size is kept) instead of --phantom/--size")
     p.add_argument("--views", type=int, default=30)
     p.add_argument("--short-scan", action="store_true")
     p.add_argument("--noise", type=float, default=0.01, help="Gaussian noise relative to the largest line integral")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="measurements file (.pt)")
+    p.add_argument("--output", "--out", dest="out", required=True, metavar="FILE", help="measurements file (.pt)")
     common(p)
     p.set_defaults(func=cc.simulate)
 
@@ -87,16 +87,32 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cc.train_cmd)
 
-    p = sub.add_parser("reconstruct", help="measurements -> volume (.npy or .pt): FDK or partitioned unrolled")
+    p = sub.add_parser("reconstruct", help="measurements -> volume file: FDK or partitioned unrolled")
     p.add_argument("measurements")
     p.add_argument("--method", choices=["fdk", "unrolled"], default="fdk")
     p.add_argument("--weights", help="model file written by `unrolled3d train` (method unrolled)")
     p.add_argument("--patch-size", type=int, help="override the model's patch edge")
     p.add_argument("--normal", help="operator file from `unrolled3d fit-normal`: use H on the patches")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", required=True)
+    p.add_argument("--output", "--out", dest="out", required=True, metavar="FILE",
+                   help="volume file; the ending picks the format: .npy (+ .json voxel size), .nii, .nii.gz, "
+                        ".h5, .hdf5, .tif, .tiff, .pt (the scan's voxel size is stored)")
     common(p)
     p.set_defaults(func=cc.reconstruct)
+
+    p = sub.add_parser("import-walnut", help="a Walnut CBCT orbit folder (e.g. Walnut1/Projections/tubeV2) "
+                                             "-> measurements file (.pt)")
+    p.add_argument("folder", help="folder with di000000.tif, io00000[01].tif, scan_NNNNNN.tif and the .geom files")
+    p.add_argument("--output", "--out", dest="out", required=True, metavar="FILE", help="measurements file (.pt)")
+    p.add_argument("--view-step", type=int, default=1, help="keep every N-th view (default 1: all 1200)")
+    p.add_argument("--vol-shape", type=int, nargs=3, default=[501, 501, 501], metavar=("D", "H", "W"),
+                   help="reconstruction volume in voxels (default 501 501 501, as the data set's authors)")
+    p.add_argument("--voxel-size", type=float, default=0.1, metavar="S", help="cubic voxel edge in mm (default 0.1)")
+    p.add_argument("--binning", type=int, default=1, help="average B x B detector pixels (default 1: none)")
+    p.add_argument("--geometry-file", default="scan_geom_corrected.geom",
+                   help="geometry file in the folder (default %(default)s; or scan_geom_original.geom)")
+    common(p)
+    p.set_defaults(func=cc.import_walnut)
 
     p = sub.add_parser("info", help="which backends (C++ CPU, CUDA, Triton) this installation has, and why not")
     common(p)
@@ -111,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError) as exc:
+    # OSError covers FileNotFoundError and write failures (permissions, full disk).
+    except (ValueError, TypeError, OSError, ImportError, RuntimeError) as exc:
         print(f"unrolled3d {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

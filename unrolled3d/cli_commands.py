@@ -10,12 +10,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["simulate", "fit_normal", "reconstruct", "train_cmd", "build_model", "DEFAULT_TRAIN_CONFIG"]
+__all__ = ["simulate", "fit_normal", "reconstruct", "train_cmd", "import_walnut", "build_model",
+           "scan_for_volume", "DEFAULT_TRAIN_CONFIG"]
 
 DEFAULT_TRAIN_CONFIG: dict[str, dict[str, Any]] = {
     "geometry": {"size": 48, "views": 30},
     "phantoms": {"kind": "ellipsoids", "seed": 0},
-    "model": {"n_iter": 5, "base": 8, "depth": 2},
+    "model": {"n_iter": 5, "base": 8, "depth": 2, "shared": True},
     "partition": {"patch": 24},
     "train": {"steps": 300, "lr": 1e-3, "noise_std": 0.01, "seed": 0, "checkpoint_every": 50},
 }
@@ -40,20 +41,82 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
         print(text)
 
 
+def scan_for_volume(vol_shape, voxel_size, n_views: int, scan: str = "full"):
+    """A circular cone-beam scan that sees the whole of a given volume (``simulate --volume``).
+
+    The proportions of :func:`unrolled3d.physics.presets.standard_cone_beam`, scaled to the
+    volume's largest physical extent ``L`` (mm): source-axis ``4 L``, axis-detector ``2 L``,
+    detector pixels of 1.5 times the smallest voxel edge (the magnification), and enough of them
+    that the shadow of the volume's bounding cylinder ends at least one pixel before the edge.
+    """
+    import math
+
+    from .geometry import ConeBeamGeometry
+
+    (d, h, w), (sz, sy, sx) = vol_shape, voxel_size
+    extent = max(d * sz, h * sy, w * sx)
+    sod, odd = 4.0 * extent, 2.0 * extent
+    pitch = 1.5 * min(voxel_size)
+    r_xy, half_z = 0.5 * math.hypot(h * sy, w * sx), 0.5 * d * sz
+    # Half-widths of the shadow on the detector: in-plane tangent to the cylinder, and its
+    # top edge at the point closest to the source (largest magnification).
+    half_u = r_xy * (sod + odd) / math.sqrt(sod**2 - r_xy**2)
+    half_v = half_z * (sod + odd) / (sod - r_xy)
+    # Even counts: ceil(half / pitch) pixels on each side of the centre cover the shadow, plus
+    # one empty pixel at each edge.
+    det = (2 * math.ceil(half_v / pitch) + 2, 2 * math.ceil(half_u / pitch) + 2)
+    return ConeBeamGeometry.circular(n_views, sod, odd, det, pitch, vol_shape, voxel_size=voxel_size, scan=scan)
+
+
 def simulate(args: argparse.Namespace) -> int:
     from .data import random_ellipsoids, shepp_logan_3d, voxelize
     from .files import save_measurements
     from .ops import cone_project
     from .physics.presets import standard_cone_beam
 
-    g = standard_cone_beam(args.size, args.views, scan="short" if args.short_scan else "full")
-    radius = 0.45 * args.size
-    ell = shepp_logan_3d(radius) if args.phantom == "shepp-logan" else random_ellipsoids(10, radius, seed=args.seed)
-    x = voxelize(ell, g.vol_shape, supersample=2)[None, None]
+    scan = "short" if args.short_scan else "full"
+    if args.volume is not None:
+        from .volume_io import read_volume
+
+        if args.phantom is not None or args.size is not None:
+            raise ValueError("--volume replaces --phantom and --size: give one or the other")
+        vol, voxel_size = read_volume(args.volume)
+        if not torch.isfinite(vol).all():
+            raise ValueError(f"{args.volume}: the volume contains NaN or inf")
+        g = scan_for_volume(tuple(vol.shape), voxel_size, args.views, scan)
+        x = vol.to(torch.float32)[None, None]
+        source = {"volume": str(args.volume)}
+    else:
+        size = 64 if args.size is None else args.size
+        phantom = args.phantom or "shepp-logan"
+        g = standard_cone_beam(size, args.views, scan=scan)
+        radius = 0.45 * size
+        ell = shepp_logan_3d(radius) if phantom == "shepp-logan" else random_ellipsoids(10, radius, seed=args.seed)
+        x = voxelize(ell, g.vol_shape, supersample=2)[None, None]
+        source = {"phantom": phantom}
     y = cone_project(x, g)
     y = y + args.noise * float(y.max()) * torch.randn(y.shape, generator=torch.Generator().manual_seed(args.seed))
-    save_measurements(args.out, y, g, x_true=x, meta={"phantom": args.phantom, "noise": args.noise})
+    save_measurements(args.out, y, g, x_true=x, meta={**source, "noise": args.noise})
     _emit(args, {"out": args.out, "sino_shape": list(y.shape)}, f"wrote {args.out}: measurements {tuple(y.shape)}")
+    return 0
+
+
+def import_walnut(args: argparse.Namespace) -> int:
+    """A Walnut CBCT orbit folder -> our measurements file (line integrals + geometry)."""
+    from .files import save_measurements
+    from .walnut import read_walnut
+
+    t0 = time.perf_counter()
+    y, g = read_walnut(args.folder, geometry_file=args.geometry_file, vol_shape=tuple(args.vol_shape),
+                       voxel_size=args.voxel_size, view_step=args.view_step, binning=args.binning)
+    meta = {"source": "walnut", "folder": str(args.folder), "geometry_file": args.geometry_file,
+            "view_step": args.view_step, "binning": args.binning}
+    save_measurements(args.out, y, g, meta=meta)
+    seconds = time.perf_counter() - t0
+    _emit(args, {"out": args.out, "sino_shape": list(y.shape), "vol_shape": list(g.vol_shape),
+                 "voxel_size": list(g.voxel_size), "seconds": round(seconds, 3)},
+          f"wrote {args.out}: {g.n_views} views of {g.det_shape[0]} x {g.det_shape[1]} pixels, "
+          f"volume {g.vol_shape} of {g.voxel_size[0]:g} mm voxels ({seconds:.1f} s)")
     return 0
 
 
@@ -79,16 +142,21 @@ def build_model(config: dict[str, Any], img_shape) -> torch.nn.Module:
     from .partition import PartitionedReconstructor
 
     m, p = config["model"], config["partition"]
-    model = UnrolledPGD(UNet3D(base=int(m["base"]), depth=int(m["depth"])), n_iter=int(m["n_iter"]), step_size=1.0)
+    shared = bool(m.get("shared", True))  # files written before the key existed had shared denoisers
+    # shared=False: one denoiser per iteration, all starting from the same initial weights
+    model = UnrolledPGD(UNet3D(base=int(m["base"]), depth=int(m["depth"])), n_iter=int(m["n_iter"]),
+                        step_size=1.0, shared=shared)
     return PartitionedReconstructor(model, img_shape, (int(p["patch"]),) * 3)
 
 
 def reconstruct(args: argparse.Namespace) -> int:
-    from .files import load_measurements, load_model, save_volume
+    from .files import load_measurements, load_model
     from .metrics import psnr
     from .normal import DiagCirculantWrapper
     from .physics import ConeBeamCT
+    from .volume_io import volume_format, write_volume
 
+    volume_format(args.out)  # an unknown output type fails now, not after the reconstruction
     device = _device(args.device)
     y, g, x_true, _ = load_measurements(args.measurements)
     physics = ConeBeamCT(g, normalize=args.method == "unrolled", device=device)
@@ -113,7 +181,7 @@ def reconstruct(args: argparse.Namespace) -> int:
         with torch.no_grad():
             x = rec(y / float(physics.operator_norm), target)
     seconds = time.perf_counter() - t0
-    save_volume(args.out, x[0, 0], g.voxel_size)
+    write_volume(args.out, x[0, 0], g.voxel_size)  # format from the extension, the scan's voxel size
     payload = {"out": args.out, "seconds": round(seconds, 3), "method": args.method}
     if x_true is not None:
         payload["psnr"] = psnr(x.cpu(), x_true)

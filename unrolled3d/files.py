@@ -14,6 +14,7 @@ import torch
 
 from .geometry import ConeBeamGeometry
 from .io_utils import atomic_path
+from .volume_io import read_volume, write_volume
 
 __all__ = ["save_measurements", "load_measurements", "save_volume", "load_volume", "save_model", "load_model"]
 
@@ -57,36 +58,13 @@ def load_measurements(path) -> tuple[torch.Tensor, ConeBeamGeometry, torch.Tenso
 
 
 def save_volume(path, volume: torch.Tensor, voxel_size=(1.0, 1.0, 1.0)) -> None:
-    """A ``(D, H, W)`` volume as ``.npy`` (plus ``.json`` sidecar with the voxel size) or ``.pt``."""
-    path = Path(path)
-    vol = volume.detach().cpu().reshape(volume.shape[-3:])
-    if path.suffix == ".npy":
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, vol.numpy())
-        with atomic_path(path.with_suffix(".json")) as tmp:
-            tmp.write_text(json.dumps({"voxel_size_zyx_mm": list(voxel_size), "shape": list(vol.shape)}))
-    elif path.suffix == ".pt":
-        with atomic_path(path) as tmp:
-            torch.save({"volume": vol, "voxel_size": torch.tensor(voxel_size)}, tmp)
-    else:
-        raise ValueError(f"volume files must end in .npy or .pt, got {path.name}")
+    """A ``(D, H, W)`` volume; the ending picks the format (see :func:`unrolled3d.volume_io.write_volume`)."""
+    write_volume(path, volume.detach().cpu().reshape(volume.shape[-3:]), voxel_size)
 
 
 def load_volume(path) -> tuple[torch.Tensor, tuple[float, float, float]]:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"volume file {path} does not exist")
-    if path.suffix == ".npy":
-        try:
-            vol = torch.from_numpy(np.load(path))
-        except Exception as exc:
-            raise ValueError(f"{path} is not a readable .npy volume ({exc})") from None
-        side = path.with_suffix(".json")
-        vs = tuple(json.loads(side.read_text())["voxel_size_zyx_mm"]) if side.exists() else (1.0, 1.0, 1.0)
-        return vol, vs
-    state = _load_pt(path, "volume")
-    return state["volume"], tuple(float(v) for v in state["voxel_size"])
+    """``(volume (D, H, W), voxel_size (sz, sy, sx) mm)`` (see :func:`unrolled3d.volume_io.read_volume`)."""
+    return read_volume(path)
 
 
 def save_model(path, model: torch.nn.Module, config: dict[str, Any]) -> None:

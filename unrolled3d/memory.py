@@ -1,0 +1,51 @@
+"""Host memory of the running process, from Linux's ``/proc/self/status``.
+
+``PeakRSS`` measures the peak resident set size during a block: it resets the kernel's
+high-water mark (``echo 5 > /proc/self/clear_refs``) on entry and reads ``VmHWM`` on exit. Where
+``/proc`` is missing or read-only (not Linux, some containers) the figures are ``None``.
+"""
+from __future__ import annotations
+
+__all__ = ["status_bytes", "reset_peak_rss", "PeakRSS"]
+
+
+def status_bytes(field: str) -> int:
+    """A memory field of ``/proc/self/status`` (``"VmRSS"``, ``"VmHWM"``, ...) in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def reset_peak_rss() -> bool:
+    """Reset the RSS high-water mark to the current RSS; ``False`` where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakRSS:
+    """Context manager: ``peak_mib`` is the process's peak RSS (MiB) inside the block.
+
+    Example::
+
+        with PeakRSS() as mem:
+            run()
+        print(mem.peak_mib)
+    """
+
+    def __init__(self) -> None:
+        self.peak_mib: float | None = None
+        self._ok = False
+
+    def __enter__(self) -> "PeakRSS":
+        self._ok = reset_peak_rss()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._ok:
+            self.peak_mib = status_bytes("VmHWM") / 2**20

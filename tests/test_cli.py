@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+from unrolled3d.budget import parse_bytes
 import torch
 
 from unrolled3d.cli import main
@@ -106,11 +109,27 @@ def test_reconstruct_unrolled_and_with_normal_operator(workdir, capsys):
         assert torch.load(workdir / "u.pt", weights_only=True)["volume"].shape == (20, 20, 20)
 
 
+def test_reconstruct_with_a_memory_budget_picks_a_patch_that_fits(workdir, capsys):
+    picks = {}
+    for budget in ("40M", "4G"):
+        assert main(["reconstruct", str(workdir / "m.pt"), "--method", "unrolled", "--weights",
+                     str(workdir / "run" / "model.pt"), "--memory-budget", budget, "--out", str(workdir / "b.npy"),
+                     "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert np.isfinite(out["psnr"]) and out["predicted_peak_mib"] <= parse_bytes(budget) / 2**20
+        picks[budget] = out["patch"]
+    assert picks["4G"] == 20  # everything fits: one patch, the whole volume
+    assert picks["40M"] <= picks["4G"]
+
+
 def test_demo_quick(tmp_path):
     code, out, err = run("demo", "--quick", "--out", str(tmp_path / "d.png"), "--json")
     assert code == 0, err
     res = json.loads(out)
-    assert (tmp_path / "d.png").stat().st_size > 10_000 and res["psnr_fdk_dense"] > res["psnr_fdk_sparse"]
+    assert (tmp_path / "d.png").stat().st_size > 10_000
+    assert set(res["methods"]) == {"FDK", "partitioned unrolled"}
+    for m in res["methods"].values():
+        assert len(m["psnr"]) == 1 and np.isfinite(m["mean_psnr"]) and 0 < m["mean_ssim"] <= 1
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -120,6 +139,10 @@ def test_demo_quick(tmp_path):
     (["reconstruct", "{m}", "--method", "unrolled", "--weights", "{model}", "--patch-size", "64", "--out", "x.npy"],
      "larger than the volume"),
     (["reconstruct", "{m}", "--method", "unrolled", "--out", "x.npy"], "needs --weights"),
+    (["reconstruct", "{m}", "--method", "unrolled", "--weights", "{model}", "--memory-budget", "1k", "--out", "x.npy"],
+     "too small"),
+    (["reconstruct", "{m}", "--method", "unrolled", "--weights", "{model}", "--memory-budget", "lots",
+      "--out", "x.npy"], "memory budget must look like"),
     (["reconstruct", "{m}", "--out", "x.xyz"], "supported endings are .npy"),
     (["simulate", "--volume", "missing.h5", "--out", "x.pt"], "does not exist"),
     (["simulate", "--volume", "{corrupt}", "--out", "x.pt"], "not a readable .pt volume"),
@@ -159,3 +182,13 @@ def test_every_command_has_help(capsys):
 def test_console_script_runs_as_a_process():
     code, out, _ = run("info", "--json")
     assert code == 0 and json.loads(out)["cpp_cpu"] is True
+
+
+def test_bench_runs_a_suite_and_writes_the_report(tmp_path, capsys):
+    assert main(["bench", "--suite", "projector", "--select", "cpu_projector and forward and cpp and 64",
+                 "--results", str(tmp_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    data = json.loads(Path(out["results"][0]).read_text())
+    assert [b["name"] for b in data["benchmarks"]] == ["test_cpu_projector[forward-cpp-64]"]
+    report = (tmp_path / "report.md").read_text()
+    assert "### Projector, CPU" in report and "| forward | 64 | cpp |" in report

@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["fdk", "unrolled"], default="fdk")
     p.add_argument("--weights", help="model file written by `unrolled3d train` (method unrolled)")
     p.add_argument("--patch-size", type=int, help="override the model's patch edge")
+    p.add_argument("--memory-budget", metavar="SIZE",
+                   help="pick the largest patch whose reconstruction fits SIZE (e.g. 512M, 2G; GPU memory on "
+                        "a GPU, resident memory on the CPU), measured on trial patches")
     p.add_argument("--normal", help="operator file from `unrolled3d fit-normal`: use H on the patches")
     p.add_argument("--device", default="cpu")
     p.add_argument("--output", "--out", dest="out", required=True, metavar="FILE",
@@ -113,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="geometry file in the folder (default %(default)s; or scan_geom_original.geom)")
     common(p)
     p.set_defaults(func=cc.import_walnut)
+
+    p = sub.add_parser("bench", help="run the benchmark suites (pytest-benchmark) and write bench/results/report.md")
+    p.add_argument("--suite", nargs="+", default=["all"],
+                   help=f"suites to run: {', '.join(cc.BENCH_SUITES)} or all (default all; takes long)")
+    p.add_argument("--select", "-k", metavar="EXPR", help="pytest -k expression to run only some cases")
+    p.add_argument("--results", help="folder for <suite>_<device>.json and report.md (default bench/results)")
+    p.add_argument("--bench-dir", help="the bench/ folder of a source checkout (default: beside the package)")
+    common(p)
+    p.set_defaults(func=cc.bench_cmd)
 
     p = sub.add_parser("info", help="which backends (C++ CPU, CUDA, Triton) this installation has, and why not")
     common(p)

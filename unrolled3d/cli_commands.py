@@ -150,6 +150,7 @@ def build_model(config: dict[str, Any], img_shape) -> torch.nn.Module:
 
 
 def reconstruct(args: argparse.Namespace) -> int:
+    from .budget import choose_patch, measure_peak, parse_bytes
     from .files import load_measurements, load_model
     from .metrics import psnr
     from .normal import DiagCirculantWrapper
@@ -157,6 +158,7 @@ def reconstruct(args: argparse.Namespace) -> int:
     from .volume_io import volume_format, write_volume
 
     volume_format(args.out)  # an unknown output type fails now, not after the reconstruction
+    budget_info = None
     device = _device(args.device)
     y, g, x_true, _ = load_measurements(args.measurements)
     physics = ConeBeamCT(g, normalize=args.method == "unrolled", device=device)
@@ -178,11 +180,29 @@ def reconstruct(args: argparse.Namespace) -> int:
         target = physics
         if args.normal is not None:
             target = DiagCirculantWrapper(physics, g.vol_shape, device=device).load(args.normal)
+        y_n = y / float(physics.operator_norm)
+        if args.memory_budget is not None:
+            if args.patch_size is not None:
+                raise ValueError("give either --patch-size or --memory-budget, not both")
+            choice = choose_patch(rec, y_n, target, parse_bytes(args.memory_budget))
+            rec = type(rec)(rec.base, g.vol_shape, (choice.patch,) * 3)
+            budget_info = {"patch": choice.patch, "predicted_peak_mib": round(choice.predicted_bytes / 2**20, 1)}
+            if not args.quiet and not args.json:
+                print(f"memory budget {args.memory_budget}: patches of {choice.patch}^3 "
+                      f"(predicted peak {budget_info['predicted_peak_mib']:.0f} MiB)")
+            t0 = time.perf_counter()  # the choice's trial runs are not part of the reconstruction time
         with torch.no_grad():
-            x = rec(y / float(physics.operator_norm), target)
+            if args.memory_budget is None:
+                x = rec(y_n, target)
+            else:  # measure the real run's peak, to set against the prediction
+                held: dict[str, torch.Tensor] = {}
+                peak = measure_peak(lambda: held.setdefault("x", rec(y_n, target)), device)
+                x = held["x"]
     seconds = time.perf_counter() - t0
     write_volume(args.out, x[0, 0], g.voxel_size)  # format from the extension, the scan's voxel size
     payload = {"out": args.out, "seconds": round(seconds, 3), "method": args.method}
+    if budget_info:
+        payload.update(budget_info, measured_peak_mib=round(peak / 2**20, 1))
     if x_true is not None:
         payload["psnr"] = psnr(x.cpu(), x_true)
     _emit(args, payload, f"wrote {args.out} ({args.method}, {seconds:.1f} s"
@@ -229,4 +249,62 @@ def train_cmd(args: argparse.Namespace) -> int:
     save_model(model_path, rec, {**cfg, "command": " ".join(["unrolled3d", *args.argv])})
     _emit(args, {"model": str(model_path), "steps": log["step"], "final_loss": log["losses"][-1]},
           f"wrote {model_path} after {log['step']} steps (last loss {log['losses'][-1]:.3e})")
+    return 0
+
+
+#: ``unrolled3d bench`` suites: name -> file in the source checkout's bench/ folder
+BENCH_SUITES = {
+    "projector": "test_bench_projector.py", "fused": "test_bench_fused.py", "normal": "test_bench_normal.py",
+    "partition": "test_bench_partition.py", "mri": "test_bench_mri.py", "compat": "test_bench_compat.py",
+}
+
+
+def _device_tag() -> str:
+    if not torch.cuda.is_available():
+        return "cpu"
+    name = torch.cuda.get_device_name().lower()
+    return "cuda_" + next((w for w in name.replace("-", " ").split() if any(c.isdigit() for c in w)), "gpu")
+
+
+def bench_cmd(args: argparse.Namespace) -> int:
+    """Run pytest-benchmark suites from bench/ and render bench/results/report.md."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    from .io_utils import atomic_path
+
+    root = Path(args.bench_dir) if args.bench_dir else Path(__file__).resolve().parents[1] / "bench"
+    if not (root / "report.py").exists():
+        raise FileNotFoundError(f"no benchmark suite in {root}: the suites live in the source checkout's bench/ "
+                                "folder (pass --bench-dir)")
+    results = Path(args.results) if args.results else root / "results"
+    suites = list(BENCH_SUITES) if args.suite == ["all"] else args.suite
+    unknown = [s for s in suites if s not in BENCH_SUITES]
+    if unknown:
+        raise ValueError(f"unknown suite(s) {unknown}; choose from {', '.join(BENCH_SUITES)} or all")
+    tag = _device_tag()
+    written = []
+    for suite in suites:
+        target = results / f"{suite}_{tag}.json"
+        with atomic_path(target) as tmp:
+            cmd = [sys.executable, "-m", "pytest", str(root / BENCH_SUITES[suite]), f"--benchmark-json={tmp}",
+                   "-p", "no:cacheprovider", "-q" if not (args.quiet or args.json) else "-qq"]
+            if args.select:
+                cmd += ["-k", args.select]
+            quiet = args.quiet or args.json
+            proc = subprocess.run(cmd, cwd=root.parent, env={**os.environ},
+                                  stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT if quiet else None,
+                                  text=True)
+            if proc.returncode != 0:
+                tail = (proc.stdout or "")[-2000:] if quiet else ""
+                raise RuntimeError(f"benchmark suite {suite!r} failed (pytest exit {proc.returncode}) {tail}".strip())
+        written.append(str(target))
+    spec = importlib.util.spec_from_file_location("unrolled3d_bench_report", root / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    report.main(results)
+    _emit(args, {"results": written, "report": str(results / "report.md")},
+          "\n".join(f"wrote {w}" for w in written) + f"\nwrote {results / 'report.md'}")
     return 0

@@ -112,9 +112,11 @@ def quality_table(path: Path) -> str:
         return ""
     q = json.loads(path.read_text())
     c = q["config"]
-    rows = ["| method | mean PSNR (dB) | training time (s) |", "|---|---|---|"]
+    rows = ["| method | mean PSNR (dB) | mean SSIM | training time (s) |", "|---|---|---|---|"]
     for name, r in q["methods"].items():
-        rows.append(f"| {name} | {r['mean_psnr']:.2f} | {r.get('train_seconds', 0):.0f} |")
+        ssim = f"{r['mean_ssim']:.3f}" if "mean_ssim" in r else "-"
+        train_s = f"{r['train_seconds']:.0f}" if "train_seconds" in r else "-"
+        rows.append(f"| {name} | {r['mean_psnr']:.2f} | {ssim} | {train_s} |")
     return (f"### Quality on {c['n_test']} held-out random-ellipsoid phantoms ({c['size']}^3, {c['views']} views, "
             f"noise {c['noise']}, patch {c['patch']}^3, {c['steps']} training steps each; "
             f"relative error of H: {q['H_relative_error']:.3f})\n\n" + "\n".join(rows) + "\n")

@@ -226,3 +226,54 @@ def test_volume_file_dataset_hdf5(tmp_path):
     (tmp_path / "bad.h5").write_bytes(b"not hdf5" * 16)
     with pytest.raises(ValueError, match="HDF5"):
         VolumeFileDataset([tmp_path / "bad.h5"], key="volume")
+
+
+# ------------------------------------------------------------------------------------ data parallel
+def _ddp_worker(rank, world, init_file, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        g = ConeBeamGeometry.circular(12, 64.0, 32.0, (24, 28), 1.5, (N, N, N))
+        physics = ConeBeamCT(g, normalize=True)
+    data = PhantomDataset(16, (N, N, N), n_ellipsoids=(3, 8), seed=1)
+    rec = make_rec(seed=rank)  # different initial weights per rank: train() must broadcast rank 0's
+    cfg = TrainConfig(steps=1, lr=1e-3, seed=5, noise_std=0.01, progress=False,
+                      out_dir=str(out_dir / "ckpt"), checkpoint_every=1)
+    # this rank's gradient of the first step, from the same draws train() makes (seed + rank)
+    ref = make_rec(seed=0)
+    gen = torch.Generator().manual_seed(cfg.seed + rank)
+    torch.manual_seed(cfg.seed)
+    i = int(torch.randint(len(data), (1,), generator=gen))
+    x = data[i][None]
+    y = physics.A(x)
+    y = y + cfg.noise_std * torch.randn(y.shape, generator=gen)
+    ref.train()
+    ref.training_loss(y, physics, x, generator=gen).backward()
+    local = {n: p.grad.clone() for n, p in ref.named_parameters()}
+    train(rec, physics, data, cfg)
+    torch.save({"local": local, "before": dict(make_rec(seed=0).named_parameters()),
+                "after": {n: p.detach().clone() for n, p in rec.named_parameters()}},
+               out_dir / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_rank_training_averages_gradients(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), tmp_path), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    lr, eps = 1e-3, 1e-8
+    n_differ = 0
+    for name, p0 in r0["before"].items():
+        # Adam's first step is lr * g / (|g| + eps) with g the mean of the two ranks' gradients
+        g = 0.5 * (r0["local"][name] + r1["local"][name])
+        expected = p0 - lr * g / (g.abs() + eps)
+        torch.testing.assert_close(r0["after"][name], expected, rtol=1e-5, atol=1e-7, msg=name)
+        torch.testing.assert_close(r1["after"][name], r0["after"][name], rtol=0, atol=0, msg=name)
+        n_differ += int((torch.sign(r0["local"][name]) != torch.sign(g)).sum())
+    assert n_differ > 0  # a rank's own gradient would have given another step: the test can fail
+    ckpt = load_checkpoint(latest_checkpoint(tmp_path / "ckpt"))
+    assert isinstance(ckpt["rng"], list) and len(ckpt["rng"]) == 2  # one RNG state per rank

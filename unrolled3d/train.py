@@ -9,6 +9,12 @@ is seeded too. Checkpoints are written atomically and hold every state needed to
 bit-for-bit: after ``resume=True`` the next step's loss is identical to the uninterrupted run's
 (on the same hardware, thread count and library versions).
 
+Data parallel: when ``torch.distributed`` is initialised (e.g. under ``torchrun``), every rank
+draws its own volumes, noise and patches (generator seeded with ``seed + rank``), starts from rank
+0's weights, and averages gradients over ranks after each step (the effective batch is ``world *
+batch_size``); rank 0 writes the checkpoints, which hold every rank's RNG state so that a resumed
+run with the same number of ranks continues identically.
+
 Example::
 
     rec = PartitionedReconstructor(UnrolledPGD(UNet3D(base=8), n_iter=5), (128,) * 3, (48,) * 3)
@@ -27,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .io_utils import atomic_path
@@ -115,7 +122,8 @@ class TrainConfig:
 
 # ---------------------------------------------------------------------------------- helpers
 def _as_batch(x: torch.Tensor) -> torch.Tensor:
-    """A dataset item ``(1, D, H, W)`` (or ``(D, H, W)``) -> ``[1, 1, D, H, W]``."""
+    """A dataset item ``(C, D, H, W)`` (or ``(D, H, W)``) -> ``[1, C, D, H, W]`` (``C = 1`` for CT,
+    ``C = 2`` for complex MRI images as real, imaginary channels)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"dataset items must be tensors, got {type(x).__name__}")
     if x.ndim == 3:
@@ -123,7 +131,7 @@ def _as_batch(x: torch.Tensor) -> torch.Tensor:
     if x.ndim == 4:
         x = x[None]
     if x.ndim != 5:
-        raise ValueError(f"expected a volume (1, D, H, W) or [B, 1, D, H, W], got shape {tuple(x.shape)}")
+        raise ValueError(f"expected a volume (C, D, H, W) or [B, C, D, H, W], got shape {tuple(x.shape)}")
     return x
 
 
@@ -156,6 +164,26 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
+def _dist_rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _average_over_ranks(params: Sequence[torch.nn.Parameter]) -> None:
+    """All-reduce the gradients (one flat buffer) and divide by the number of ranks."""
+    world = dist.get_world_size()
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
+
+
 def _rng_state(gen: torch.Generator) -> dict[str, Any]:
     cuda = []
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -171,12 +199,14 @@ def _set_rng_state(gen: torch.Generator, state: dict[str, Any]) -> None:
 
 
 @torch.no_grad()
-def evaluate(rec: torch.nn.Module, physics, val_data: Sequence[tuple[torch.Tensor, torch.Tensor | None]]
-             ) -> dict[str, float]:
+def evaluate(rec: torch.nn.Module, physics, val_data: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
+             metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None) -> dict[str, float]:
     """Full (partitioned) reconstructions of ``val_data``: mean PSNR (dB) and MSE.
 
-    ``val_data`` is a list of ``(x, y)``: ``x`` ``[1, 1, D, H, W]`` (or ``(1, D, H, W)``) and its
-    measurements ``y`` (``None``: ``physics.A(x)``).
+    ``val_data`` is a list of ``(x, y)``: ``x`` ``[1, C, D, H, W]`` (or ``(C, D, H, W)``) and its
+    measurements ``y`` (``None``: ``physics.A(x)``). ``metric(x_hat, x)`` replaces the PSNR over
+    all channels (:func:`unrolled3d.metrics.psnr`), e.g. :func:`unrolled3d.metrics.magnitude_psnr`
+    for complex MRI images; the MSE is over all channels.
     """
     if not val_data:
         raise ValueError("val_data is empty")
@@ -189,7 +219,7 @@ def evaluate(rec: torch.nn.Module, physics, val_data: Sequence[tuple[torch.Tenso
             x = _as_batch(x).to(device)
             y = physics.A(x) if y is None else y.to(device)
             x_hat = rec(y, physics)
-            psnrs.append(psnr(x_hat, x))
+            psnrs.append(psnr(x_hat, x) if metric is None else float(metric(x_hat, x)))
             mses.append(float((x_hat.double() - x.double()).square().mean()))
     finally:
         rec.train(was_training)
@@ -200,7 +230,8 @@ def evaluate(rec: torch.nn.Module, physics, val_data: Sequence[tuple[torch.Tenso
 def train(rec: torch.nn.Module, physics, dataset, config: TrainConfig | None = None, resume: bool = False,
           val_data: Sequence[tuple[torch.Tensor, torch.Tensor | None]] | None = None,
           callback: Callable[[int, float], None] | None = None,
-          loss_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+          loss_kwargs: dict[str, Any] | None = None,
+          val_metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None) -> dict[str, Any]:
     r"""Train ``rec`` (a :class:`~unrolled3d.partition.PartitionedReconstructor`) with ``L_PART``.
 
     :param rec: the model; trained in place, on the device of its parameters.
@@ -214,6 +245,8 @@ def train(rec: torch.nn.Module, physics, dataset, config: TrainConfig | None = N
     :param callback: ``callback(step, loss)`` after each step (and its checkpoint); raising
         from it stops training (the checkpoints written so far remain valid).
     :param dict loss_kwargs: extra arguments of ``training_loss`` (e.g. ``fourier_filter``).
+    :param val_metric: ``metric(x_hat, x)`` of the validation (default: PSNR over all channels;
+        :func:`unrolled3d.metrics.magnitude_psnr` for complex MRI images).
     :returns: ``{"losses": [...] (one per step, all steps so far), "val": [{"step", "psnr",
         "mse"}, ...], "step": last step, "checkpoint": last checkpoint path or None,
         "resumed_from": step or None, "time_s": wall time of this call}``.
@@ -242,7 +275,14 @@ def train(rec: torch.nn.Module, physics, dataset, config: TrainConfig | None = N
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps, eta_min=cfg.min_lr)
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    # Data parallel (torch.distributed initialised, e.g. under torchrun): every rank draws its own
+    # volumes, noise and patches (seed + rank), gradients are averaged over ranks after each step
+    # (the effective batch is world * batch_size), rank 0 writes the checkpoints.
+    rank, world = _dist_rank_world()
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed + rank)
+    if world > 1:
+        for t in rec.state_dict().values():
+            dist.broadcast(t, src=0)  # identical start on every rank
 
     start, losses, val_hist, resumed_from, last_ckpt = 0, [], [], None, None
     ckpt = latest_checkpoint(out_dir) if resume else None
@@ -256,7 +296,12 @@ def train(rec: torch.nn.Module, physics, dataset, config: TrainConfig | None = N
         rec.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        _set_rng_state(gen, state["rng"])
+        rng = state["rng"]
+        if isinstance(rng, list):  # one state per rank (written by a data-parallel run)
+            if len(rng) != world:
+                raise ValueError(f"{ckpt} was written by {len(rng)} ranks, this run has {world}")
+            rng = rng[rank]
+        _set_rng_state(gen, rng)
         start = resumed_from = int(state["step"])
         losses = [float(v) for v in state["losses"]]
         val_hist = [dict(v) for v in state["val"]]
@@ -265,12 +310,19 @@ def train(rec: torch.nn.Module, physics, dataset, config: TrainConfig | None = N
         torch.manual_seed(cfg.seed)
 
     def save(step: int) -> Path:
+        rng: Any = _rng_state(gen)
+        if world > 1:
+            gathered: list[Any] = [None] * world
+            dist.all_gather_object(gathered, rng)
+            rng = gathered
+        path = out_dir / f"checkpoint_{step:08d}.pt"
+        if rank != 0:
+            return path
         state = {
             "format": CHECKPOINT_FORMAT, "step": step, "model": rec.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "rng": _rng_state(gen), "losses": list(losses),
+            "scheduler": sched.state_dict(), "rng": rng, "losses": list(losses),
             "val": [dict(v) for v in val_hist], "config": cfg.to_dict(),
         }
-        path = out_dir / f"checkpoint_{step:08d}.pt"
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
         for _, old in _checkpoints(out_dir)[:-cfg.keep_checkpoints]:
@@ -278,7 +330,8 @@ def train(rec: torch.nn.Module, physics, dataset, config: TrainConfig | None = N
         return path
 
     rec.train()
-    with tqdm(total=cfg.steps, initial=start, desc="train", disable=not cfg.progress, dynamic_ncols=True) as bar:
+    with tqdm(total=cfg.steps, initial=start, desc="train", disable=not cfg.progress or rank != 0,
+              dynamic_ncols=True) as bar:
         for step in range(start + 1, cfg.steps + 1):
             opt.zero_grad(set_to_none=True)
             total = 0.0
@@ -293,6 +346,11 @@ def train(rec: torch.nn.Module, physics, dataset, config: TrainConfig | None = N
                 (loss / cfg.batch_size).backward()
                 total += float(loss.detach())
             loss_value = total / cfg.batch_size
+            if world > 1:
+                _average_over_ranks(params)
+                mean = torch.tensor([loss_value], dtype=torch.float64)
+                dist.all_reduce(mean)
+                loss_value = float(mean) / world
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"non-finite training loss {loss_value} at step {step}")
             if cfg.grad_clip is not None:
@@ -304,7 +362,7 @@ def train(rec: torch.nn.Module, physics, dataset, config: TrainConfig | None = N
             bar.set_postfix(loss=f"{loss_value:.3e}", lr=f"{opt.param_groups[0]['lr']:.2e}")
 
             if cfg.val_every and step % cfg.val_every == 0:
-                metrics = evaluate(rec, physics, val_data)
+                metrics = evaluate(rec, physics, val_data, metric=val_metric)
                 val_hist.append({"step": step, **metrics})
                 bar.write(f"step {step}: val PSNR {metrics['psnr']:.2f} dB")
             if out_dir is not None and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0)

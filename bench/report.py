@@ -107,6 +107,43 @@ def partition_plot(benchmarks: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def throughput_plot(series: dict[str, list[dict]], fused: list[dict], path: Path) -> None:
+    """Left: projector throughput (GUPS) per implementation and size; right: fused-op speed-ups."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ax = axes[0]
+    for label, benchmarks in series.items():
+        for direction, marker in (("forward", "o-"), ("back", "s--")):
+            pts = sorted((b["extra_info"]["size"], b["extra_info"]["gups"], b["extra_info"]["impl"])
+                         for b in benchmarks if b["extra_info"]["direction"] == direction)
+            for impl in sorted({p[2] for p in pts}):
+                xy = [(n, g) for n, g, i in pts if i == impl]
+                ax.plot([n for n, _ in xy], [g for _, g in xy], marker, label=f"{label} {impl} {direction}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("volume edge n (n^3 voxels, n views)")
+    ax.set_ylabel("GUPS (voxel x view updates / ns)")
+    ax.set_title("projector throughput")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    by: dict[str, dict] = {}
+    for b in fused:
+        op, impl = b["name"].split("[")[1].rstrip("]").rsplit("-", 1)
+        by.setdefault(op, {})[impl] = b["extra_info"]["gpu_ms_per_op"]
+    ops = [op for op in sorted(by) if {"triton", "torch_eager"} <= set(by[op])]
+    ax.barh(ops, [by[op]["torch_eager"] / by[op]["triton"] for op in ops])
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_xlabel("speed-up of the fused Triton op over PyTorch eager (H200)")
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def quality_table(path: Path) -> str:
     if not path.exists():
         return ""
@@ -166,6 +203,9 @@ def main(results: Path | None = None) -> str:
         out.append(partition_table(part))
         partition_plot(part, RESULTS / "partition_memory.png")
         out.append("![memory vs volume size](partition_memory.png)\n")
+    if cpu or gpu or fused:
+        throughput_plot({"CPU": cpu, "H200": gpu}, fused, RESULTS / "throughput.png")
+        out.append("![projector throughput and fused-op speed-ups](throughput.png)\n")
     compat = _load("compat_cpu.json")
     if compat:
         out.append(compat_table(compat, f"CPU ({_machine('compat_cpu.json')})"))

@@ -138,11 +138,16 @@ class PartitionedReconstructor(Reconstructor):
     :param tuple patch_size: patch shape, each at most the volume's.
     :param tuple stride: grid step, ``1 <= stride <= patch`` (default: half the patch).
     :param int n_sweeps: sweeps at inference (each uses the previous as context; default 2).
+    :param str sweep_start: where each patch's base starts in later sweeps: ``"initial"``
+        (default) the first sweep's context (``x_init`` or ``A_dagger(y)``), as in training
+        (``training_loss`` starts from ``A_dagger(y)``), so that later sweeps only refresh the
+        context; ``"current"`` the latest estimate (for iterative bases that refine it).
     :param bool progress: show a progress bar over patches.
     """
 
     def __init__(self, base_reconstructor: torch.nn.Module, img_size: Sequence[int], patch_size: Sequence[int],
-                 stride: Sequence[int] | None = None, n_sweeps: int = 2, progress: bool = False) -> None:
+                 stride: Sequence[int] | None = None, n_sweeps: int = 2, progress: bool = False,
+                 sweep_start: str = "initial") -> None:
         super().__init__()
         if not isinstance(base_reconstructor, torch.nn.Module):
             raise TypeError(f"base_reconstructor must be a torch.nn.Module (a deepinv Reconstructor), "
@@ -165,6 +170,9 @@ class PartitionedReconstructor(Reconstructor):
             raise ValueError(f"n_sweeps must be a positive integer, got {n_sweeps!r}")
         self.base = base_reconstructor
         self.n_sweeps = n_sweeps
+        if sweep_start not in ("initial", "current"):
+            raise ValueError(f"sweep_start must be 'initial' or 'current', got {sweep_start!r}")
+        self.sweep_start = sweep_start
         self.progress = progress
         self._base_takes_x_init = "x_init" in inspect.signature(base_reconstructor.forward).parameters
 
@@ -186,8 +194,15 @@ class PartitionedReconstructor(Reconstructor):
         if isinstance(physics, DiagCirculantWrapper):
             wrapper = physics
         else:
-            wrapper = DiagCirculantWrapper(physics, self.img_shape,
-                                           device=(spatial_mask if spatial_mask is not None else fourier_filter).device)
+            ref = spatial_mask if spatial_mask is not None else fourier_filter
+            W = self.img_shape[2]
+            # a full-spectrum filter (last axis 2W, not W + 1) is a complex-image H; else ask the physics
+            complex_images = None
+            if fourier_filter is not None and W > 1 and fourier_filter.shape[-1] in (W + 1, 2 * W):
+                complex_images = fourier_filter.shape[-1] == 2 * W
+            wrapper = DiagCirculantWrapper(physics, self.img_shape, device=ref.device,
+                                           dtype=ref.real.dtype if ref.is_complex() else ref.dtype,
+                                           complex_images=complex_images)
         return wrapper.set_parameters(spatial_mask=spatial_mask, fourier_filter=fourier_filter)
 
     def _solve_patch(self, y_p, physics_p, x_start):
@@ -240,6 +255,7 @@ class PartitionedReconstructor(Reconstructor):
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
         window = blend_window(self.patch_shape, self.stride, dtype=x.dtype, device=x.device)
         offsets = self.patches()[rank::world]
+        first = x  # start point of every patch when sweep_start == "initial" (as in training)
         for sweep in range(n_sweeps or self.n_sweeps):
             residual = y - physics.A(x)
             if normal is not None:
@@ -248,7 +264,8 @@ class PartitionedReconstructor(Reconstructor):
             weight = torch.zeros(self.img_shape, dtype=x.dtype, device=x.device)
             bar = tqdm(offsets, desc=f"sweep {sweep + 1}", disable=not self.progress or rank != 0, leave=False)
             for offset in bar:
-                x_p = self.reconstruct_patch(y, physics, x, offset, residual, normal)
+                start = None if self.sweep_start == "current" else _crop(first, offset, self.patch_shape)
+                x_p = self.reconstruct_patch(y, physics, x, offset, residual, normal, x_start=start)
                 if torch.is_grad_enabled() and x_p.requires_grad:
                     out, weight = masked_scatter_add(out, x_p, offset, self.patch_shape, window=window, weight=weight)
                 else:

@@ -26,7 +26,9 @@ from unrolled3d.metrics import psnr, ssim
 from unrolled3d.models import UNet3D, UnrolledPGD
 from unrolled3d.normal import DiagCirculantWrapper
 from unrolled3d.partition import PartitionedReconstructor
+from unrolled3d.files import load_model
 from unrolled3d.physics import ConeBeamCT, ConeBeamGeometry
+from unrolled3d.physics.presets import standard_cone_beam
 from unrolled3d.train import TrainConfig, train
 
 
@@ -41,14 +43,22 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", nargs="*", help="train only these cases (keys of the cases table)")
     ap.add_argument("--n-test", type=int, default=4)
+    ap.add_argument("--geometry", choices=["bench", "standard"], default="bench",
+                    help="bench: n x 1.25n detector; standard: standard_cone_beam (the demo's scan)")
+    ap.add_argument("--exact-weights", help="model file from `unrolled3d train` (same scan and settings) used "
+                                            "for the exact case instead of training it again")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "quality_cbct.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # denormals slow CPU convolutions several-fold
     n, p = args.size, args.patch
-    g = ConeBeamGeometry.circular(args.views, 4.0 * n, 2.0 * n, (n, int(1.25 * n)), 1.5, (n, n, n))
+    if args.geometry == "standard":
+        g = standard_cone_beam(n, args.views)
+    else:
+        g = ConeBeamGeometry.circular(args.views, 4.0 * n, 2.0 * n, (n, int(1.25 * n)), 1.5, (n, n, n))
     physics = ConeBeamCT(g, normalize=True)
-    train_set = PhantomDataset(10_000, (n, n, n), seed=0)
+    # as `unrolled3d train` draws them (the shipped demo weights were trained on this set)
+    train_set = PhantomDataset(100_000, (n, n, n), seed=0)
     test_set = PhantomDataset(args.n_test, (n, n, n), seed=999)  # held out: another seed
     gen = torch.Generator().manual_seed(123)
     tests = []
@@ -82,9 +92,20 @@ def main() -> None:
         model = UnrolledPGD(UNet3D(base=8, depth=2), n_iter=5, step_size=1.0, shared=False)
         rec = PartitionedReconstructor(model, (n, n, n), case["patch"], n_sweeps=2)
         cfg = TrainConfig(steps=args.steps, lr=args.lr, seed=0, noise_std=args.noise, progress=False)
-        t0 = time.perf_counter()
-        log = train(rec, case["physics"], train_set, cfg)
-        train_s = time.perf_counter() - t0
+        if args.exact_weights and name == "partitioned (exact A S^T)":
+            state, config = load_model(args.exact_weights)
+            trained = (config["geometry"]["size"], config["geometry"]["views"], config["partition"]["patch"],
+                       config["train"]["steps"], config["train"]["lr"], config["train"]["noise_std"],
+                       config["model"]["shared"])
+            if trained != (n, args.views, p, args.steps, args.lr, args.noise, False) or args.geometry != "standard":
+                raise SystemExit(f"--exact-weights were trained on other settings: {trained}")
+            rec.load_state_dict(state)
+            log, train_s = {"losses": [float("nan")] * 2}, float("nan")
+            results["exact_weights"] = {"file": args.exact_weights, "command": config["command"]}
+        else:
+            t0 = time.perf_counter()
+            log = train(rec, case["physics"], train_set, cfg)
+            train_s = time.perf_counter() - t0
         with torch.no_grad():
             t0 = time.perf_counter()
             recs = [rec(y, case["physics"]) for _, y in tests]

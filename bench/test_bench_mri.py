@@ -17,12 +17,15 @@ is not silently reused by it; the high-water mark is reset after that (bench/mem
 fixes glibc's mmap threshold at 1 MiB so that the RSS follows the live tensors (see
 ``_child_fixed_mmap_threshold``); the figures are thus close to the peak of live allocations.
 
-Diagonal-circulant ``H`` for MRI: ``DiagCirculantWrapper`` fits real single-channel volumes
-``(B, 1, D, H, W)``; ``A^H A`` of complex MRI acts on ``(re, im)`` jointly (a 2x2 block of
-real operators whose off-diagonal blocks vanish only for point-symmetric masks and real maps).
-``test_mri_h_on_the_real_block`` fits ``H`` on the real-to-real block only (an adapter that
-feeds ``(x, 0)`` and keeps ``Re A^H``) and reports its error and the size of the neglected
-cross block: a complex-aware wrapper (complex ``lam``, or the 2x2 block) is still to be done.
+Diagonal-circulant ``H`` for MRI (``test_cpu_mri_patch_normal_H``): the complex
+``DiagCirculantWrapper`` (complex kernel, full-FFT ``lam``) fitted to ``A^H A`` of the n^3 volume
+(n = 64 and 128, 8 and 16 coils, same mask: acceleration 8, 16x16 calibration), then, on a
+centred p^3 patch (p = 32; also p = 64 at n = 128): time and peak memory of ``A`` (full volume),
+the exact patch normal operator ``S A^H A S^T`` (``MultiCoilMRI3D.restrict``, all coils at once
+and ``coil_chunk=1``) and ``H_p`` (``restrict``), the speed ratio best-exact / ``H_p`` and ``H``'s
+relative error on the patch ``||S A^H A S^T x - H_p x|| / ||S A^H A S^T x||`` (Gaussian ``x``) and
+on the volume. The fit runs once per (n, coils) in the parent, before the timings; the memory
+children load the saved ``H``.
 
 Run: ``.venv/bin/python -m pytest bench/test_bench_mri.py --benchmark-json bench/results/mri_cpu.json``
 """
@@ -31,10 +34,13 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 import torch
-from deepinv.physics import LinearPhysics, MultiCoilMRI
+from deepinv.physics import MultiCoilMRI
 
 from memory import cpu_peak
 from unrolled3d.mri import MultiCoilMRI3D, birdcage_maps, from_complex_image, variable_density_mask
@@ -146,37 +152,111 @@ def test_cpu_mri_operator(benchmark, n, n_coils, impl, op, chunk):
           f"(in {mem['input_bytes'] / 2**20:.1f}, out {mem['output_bytes'] / 2**20:.1f} MiB)")
 
 
-class _RealBlock(LinearPhysics):
-    """The real-to-real block of a complex MRI operator as a single-channel real physics:
-    ``A_r x = A (x, 0)``, ``A_r^T y = Re A^H y`` (so ``A_r^T A_r = Re A^H A (x, 0)``)."""
-
-    def __init__(self, inner: MultiCoilMRI3D):
-        super().__init__(img_size=(1, *inner.img_shape))
-        self.inner = inner
-
-    def A(self, x, **kw):
-        return self.inner.A(torch.cat([x, torch.zeros_like(x)], dim=1))
-
-    def A_adjoint(self, y, **kw):
-        return self.inner.A_adjoint(y)[:, :1]
+# ----------------------------------------------------------------------------- diagonal-circulant H
+H_SIZES = [64, 128]
+H_COILS = [8, 16]
+H_PATCHES = {64: [32], 128: [32, 64]}
+H_FIT = {64: 150, 128: 100}  # Adam steps, lr 5e-2, one fresh complex Gaussian probe per step
+H_CASES = [("A", None), ("patch_AHA", None), ("patch_AHA", 1), ("patch_H", None)]
+H_PARAMS = [(n, c, p, op, chunk) for n in H_SIZES for c in H_COILS for p in H_PATCHES[n] for op, chunk in H_CASES
+            if op != "A" or p == H_PATCHES[n][0]]  # A does not depend on the patch: timed once per (n, coils)
+_H_TIMES: dict = {}  # (n, coils, patch, op, chunk) -> min seconds, for the speed ratio
 
 
-def test_mri_h_on_the_real_block():
-    """Fit the diagonal-circulant H on Re A^H A (x, 0) (32^3, 8 coils, R = 8) and report its error
-    and the neglected cross block ||Im A^H A (x, 0)|| / ||A^H A (x, 0)|| (not a speed benchmark)."""
-    n = 32
-    shape = (n, n, n)
-    physics = MultiCoilMRI3D(variable_density_mask(shape, 4.0, (8, 8), seed=0, kind="poisson"),
-                             birdcage_maps(8, shape))
-    block = _RealBlock(physics)
-    wrapper = DiagCirculantWrapper(block, shape).init_from_psf()
-    g = torch.Generator().manual_seed(5)
-    x = torch.randn(1, 1, *shape, generator=g)
-    err_psf = wrapper.relative_error(n_probes=2, generator=torch.Generator().manual_seed(7))
-    wrapper.fit(n_iter=40, lr=1e-2, progress=False)
-    err_fit = wrapper.relative_error(n_probes=2, generator=torch.Generator().manual_seed(7))
-    full = physics.A_adjoint_A(torch.cat([x, torch.zeros_like(x)], dim=1))
-    cross = float(full[:, 1].norm() / full.norm())
-    print(f"\nH on the real block of MRI A^H A (32^3, 8 coils, R=4): rel. error PSF init {err_psf:.3f}, "
-          f"fitted {err_fit:.3f}; neglected cross block {cross:.3f} of ||A^H A (x, 0)||")
-    assert 0 < err_fit <= err_psf + 1e-6 and 0 <= cross < 1
+@functools.lru_cache(maxsize=None)
+def _h_dir() -> Path:
+    """Where the fitted H files go (created on first use, in the parent process only)."""
+    return Path(tempfile.mkdtemp(prefix="u3d_bench_mri_H_"))
+
+
+def _h_offset(n: int, p: int) -> tuple[int, int, int]:
+    return ((n - p) // 2,) * 3
+
+
+@functools.lru_cache(maxsize=None)
+def _fitted_h(n: int, n_coils: int):
+    """The complex diagonal-circulant H fitted to ``A^H A`` (saved for the memory children)."""
+    physics = _physics(n, n_coils, "ours", None)
+    wrapper = DiagCirculantWrapper(physics, (n, n, n))
+    assert wrapper.complex_images
+    t0 = time.perf_counter()
+    history = wrapper.fit(n_iter=H_FIT[n], lr=5e-2, progress=False)
+    fit_s = time.perf_counter() - t0
+    path = _h_dir() / f"h_{n}_{n_coils}.pt"
+    wrapper.save(path)
+    info = dict(fit_steps=H_FIT[n], fit_seconds=fit_s, fit_first_last=[history[0], history[-1]],
+                rel_error_H_volume=wrapper.relative_error(n_probes=1))
+    return wrapper, str(path), info
+
+
+def _h_patch_op(n, n_coils, p, op, chunk, h_path):
+    offset, shape = _h_offset(n, p), (p, p, p)
+    if op == "patch_H":
+        wrapper = DiagCirculantWrapper(_physics(n, n_coils, "ours", None), (n, n, n)).load(h_path)
+        return wrapper.restrict(offset, shape)
+    return _physics(n, n_coils, "ours", chunk).restrict(offset, shape)
+
+
+def _h_inputs(n, p, op):
+    g = torch.Generator().manual_seed(2)
+    return (torch.randn(1, 2, *((n,) * 3 if op == "A" else (p,) * 3), generator=g),)
+
+
+def _h_apply(operator, op, t):
+    with torch.no_grad():
+        return operator.A(t) if op == "A" else operator.A_adjoint_A(t)
+
+
+@functools.lru_cache(maxsize=None)
+def _h_child_operator(n, n_coils, p, op, chunk, h_path):
+    return _physics(n, n_coils, "ours", chunk) if op == "A" else _h_patch_op(n, n_coils, p, op, chunk, h_path)
+
+
+def _h_child_inputs(n, n_coils, p, op, chunk, h_path):
+    _child_fixed_mmap_threshold()
+    operator = _h_child_operator(n, n_coils, p, op, chunk, h_path)  # built (and H loaded) before the call
+    inputs = _h_inputs(n, p, op)
+    _h_apply(operator, op, *inputs)  # warm-up (FFT plans), output dropped
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    return inputs
+
+
+def _h_child_run(n, n_coils, p, op, chunk, h_path, t):
+    return _h_apply(_h_child_operator(n, n_coils, p, op, chunk, h_path), op, t)
+
+
+@pytest.mark.parametrize("n, n_coils, p, op, chunk", H_PARAMS,
+                         ids=[f"{n}-{c}coils-patch{p}-{o}-{ch or 'all'}" for n, c, p, o, ch in H_PARAMS])
+def test_cpu_mri_patch_normal_H(benchmark, n, n_coils, p, op, chunk):
+    """``A`` (full volume), the exact patch normal operator ``S A^H A S^T`` and the fitted complex
+    ``H`` on the same patch: time, peak memory, and H's relative error on the patch."""
+    wrapper, h_path, fit_info = _fitted_h(n, n_coils)
+    operator = _physics(n, n_coils, "ours", chunk) if op == "A" else _h_patch_op(n, n_coils, p, op, chunk, h_path)
+    (t,) = _h_inputs(n, p, op)
+    benchmark.group = f"cpu-mri-H-{n}-{n_coils}coils-patch{p}"
+    benchmark.pedantic(_h_apply, args=(operator, op, t), rounds=3, iterations=1, warmup_rounds=1)
+    info = dict(size=n, n_coils=n_coils, patch=p, patch_offset=_h_offset(n, p), op=op, chunk=chunk or "all",
+                device="cpu", threads=torch.get_num_threads(), acceleration=8, **fit_info)
+    _H_TIMES[(n, n_coils, p, op, chunk)] = benchmark.stats.stats.min
+    if op == "patch_H":
+        exact = _physics(n, n_coils, "ours", None).restrict(_h_offset(n, p), (p, p, p))
+        ref = _h_apply(exact, "AHA", t)
+        info["rel_error_H_patch"] = float((_h_apply(operator, op, t) - ref).norm() / ref.norm())
+        t0 = time.perf_counter()
+        wrapper._patch_filters.clear()
+        wrapper.restrict(_h_offset(n, p), (p, p, p))
+        info["restrict_first_seconds"] = time.perf_counter() - t0  # full-grid kernel iFFT + patch FFT, once per shape
+        exact_times = [_H_TIMES.get((n, n_coils, p, "patch_AHA", c)) for c in (None, 1)]
+        exact_times = [v for v in exact_times if v is not None]
+        if exact_times:
+            info["speedup_vs_best_exact"] = min(exact_times) / benchmark.stats.stats.min
+    mem = cpu_peak(functools.partial(_h_child_inputs, n, n_coils, p, op, chunk, h_path),
+                   functools.partial(_h_child_run, n, n_coils, p, op, chunk, h_path))
+    info.update({f"mem_{k}": v for k, v in mem.items()})
+    benchmark.extra_info.update(info)
+    extra = "".join(f", {k} {info[k]:.4g}" for k in ("rel_error_H_patch", "speedup_vs_best_exact") if k in info)
+    print(f"\n{op:10s} n={n} coils={n_coils} patch={p} chunk={chunk or 'all'}: "
+          f"min {benchmark.stats.stats.min * 1e3:.1f} ms, peak extra {mem['extra_bytes'] / 2**20:.1f} MiB{extra}")

@@ -75,3 +75,26 @@ def ssim(estimate: torch.Tensor, truth: torch.Tensor, data_range: float | None =
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
     return float(s.mean())
+
+
+def magnitude_psnr(estimate: torch.Tensor, truth: torch.Tensor, peak: float | None = None) -> float:
+    """PSNR in dB of the magnitude images of complex volumes (MRI).
+
+    ``10 log10(peak^2 / mean((|estimate| - |truth|)^2))`` over every voxel (and batch item), with
+    ``|x| = sqrt(re^2 + im^2)`` and ``peak = max |truth|`` by default.
+
+    Parameters
+    ----------
+    estimate, truth : torch.Tensor
+        Real ``[B, 2, D, H, W]`` (channels real, imaginary), same shape.
+    peak : float, optional
+        Peak magnitude; default the truth's maximum magnitude.
+    """
+    if estimate.shape != truth.shape:
+        raise ValueError(f"estimate has shape {tuple(estimate.shape)} but truth has {tuple(truth.shape)}")
+    if truth.ndim < 2 or truth.shape[1] != 2 or truth.is_complex():
+        raise ValueError(f"magnitude_psnr expects real [B, 2, ...] tensors (real, imaginary channels), "
+                         f"got {truth.dtype} of shape {tuple(truth.shape)}")
+    mag_est = torch.linalg.vector_norm(estimate.double(), dim=1)
+    mag_true = torch.linalg.vector_norm(truth.double(), dim=1)
+    return psnr(mag_est, mag_true, data_range=float(mag_true.max()) if peak is None else float(peak))

@@ -1,21 +1,31 @@
-r"""Learned diagonal-circulant approximation of a normal operator ``A^T A``.
+r"""Learned diagonal-circulant approximation of a normal operator ``A^T A`` (or ``A^H A``).
 
 ``H = diag(m) F^-1 diag(lam) F diag(m)`` ("sandwich", the paper's default), the one-sided
-``diag(m) F^-1 diag(lam) F`` or its symmetrised version ``(H + H^*)/2``. ``m`` is a spatial mask
-``(D, H, W)``; ``lam`` the rFFT (half-spectrum ``(2D, 2H, W + 1)``) of a real convolution kernel on
-a grid twice the volume, so that the convolution is linear (no wrap-around) on the volume.
+``diag(m) F^-1 diag(lam) F`` or its symmetrised version ``(H + H^*)/2``. ``m`` is a real spatial
+mask ``(D, H, W)``; ``lam`` the spectrum of a convolution kernel on a grid twice the volume, so
+that the convolution is linear (no wrap-around) on the volume:
+
+* real images (CT, ``(B, 1, D, H, W)``): a real kernel, ``lam`` its rFFT half-spectrum
+  ``(2D, 2H, W + 1)``; each channel is filtered independently;
+* complex images (MRI, ``(B, 2, D, H, W)`` with real/imaginary channels, see
+  :mod:`unrolled3d.normal_complex`): a complex kernel, ``lam`` its full FFT ``(2D, 2H, 2W)``, and
+  ``H`` acts on ``re + i im`` as one complex image. Chosen automatically for
+  :class:`unrolled3d.mri.MultiCoilMRI3D` (and deepinv's MRI operators) or ``img_size`` with 2
+  channels (``complex_images=None``).
 
 Restriction to a patch (:meth:`DiagCirculantWrapper.restrict`): ``m`` is cropped to the patch and
 the kernel to the lags a patch can see, ``|lag| <= patch - 1`` on each axis, then transformed on
-the patch's own doubled grid ``2 * patch``. Two voxels of a patch are never further apart than
-that, so the patch operator equals ``S H S^T`` exactly (tested), at the cost of FFTs on the patch
-grid instead of the volume grid.
+the patch's own doubled grid ``2 * patch`` (rFFT or full FFT as above). Two voxels of a patch are
+never further apart than that, so the patch operator equals ``S H S^T`` exactly (tested), at the
+cost of FFTs on the patch grid instead of the volume grid.
 
 The fused kernels of :mod:`unrolled3d.ops.fused` carry the passes around the FFTs: masked gather
-into the padded buffer, spectral filter with the scaling, masked crop.
+into the padded buffer, spectral filter with the scaling, masked crop (for complex images on
+interleaved real views of the complex storage).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from typing import Callable, Sequence
@@ -26,6 +36,7 @@ from tqdm.auto import tqdm
 
 from ._validation import check_patch, int_triple
 from .io_utils import atomic_path
+from .normal_complex import apply_diag_circulant_complex
 from .ops.fused import masked_gather, masked_scatter_add, spectral_filter
 
 __all__ = ["DiagCirculantWrapper", "DiagCirculantPatch", "apply_diag_circulant", "VARIANTS"]
@@ -34,10 +45,18 @@ VARIANTS = ("sandwich", "one_sided", "symmetric")
 
 
 def apply_diag_circulant(
-    x: torch.Tensor, mask: torch.Tensor, lam: torch.Tensor, variant: str = "sandwich", scale: float = 1.0
+    x: torch.Tensor, mask: torch.Tensor, lam: torch.Tensor, variant: str = "sandwich", scale: float = 1.0,
+    complex_images: bool = False,
 ) -> torch.Tensor:
-    """Apply ``scale * H`` to ``x`` of shape ``(B, C, *s)`` with ``mask`` ``s`` and ``lam`` of the
-    rFFT of the doubled grid ``(2 s0, 2 s1, s2 + 1)``."""
+    """Apply ``scale * H`` to ``x`` of shape ``(B, C, *s)`` with ``mask`` ``s``.
+
+    Real images (``complex_images=False``): each channel filtered by the real kernel whose rFFT
+    on the doubled grid is ``lam`` ``(2 s0, 2 s1, s2 + 1)``. Complex images: ``x`` is
+    ``(B, 2, *s)`` (real, imaginary) and ``lam`` the full FFT ``(2 s0, 2 s1, 2 s2)`` of a complex
+    kernel (:func:`unrolled3d.normal_complex.apply_diag_circulant_complex`).
+    """
+    if complex_images:
+        return apply_diag_circulant_complex(x, mask, lam, variant, scale)
     shape = tuple(x.shape[-3:])
     pad = tuple(2 * s for s in shape)
     dims = (-3, -2, -1)
@@ -62,6 +81,8 @@ def apply_diag_circulant(
 class _DiagCirculantBase(LinearPhysics):
     """Shared ``A_adjoint_A`` / data-gradient logic of the full-volume and patch operators."""
 
+    complex_images: bool = False
+
     def _params(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
@@ -74,7 +95,10 @@ class _DiagCirculantBase(LinearPhysics):
             raise ValueError(f"x has spatial shape {tuple(x.shape[-3:])}, this operator acts on {tuple(mask.shape)}")
         if x.dtype != mask.dtype or x.device != mask.device:
             raise TypeError(f"x is {x.dtype} on {x.device}, the operator is {mask.dtype} on {mask.device}")
-        return apply_diag_circulant(x, mask, lam, self.variant, self.scaling)
+        if self.complex_images and x.shape[1] != 2:
+            raise ValueError(f"this operator acts on complex images [B, 2, D, H, W] (real, imaginary channels), "
+                             f"got {x.shape[1]} channels (shape {tuple(x.shape)})")
+        return apply_diag_circulant(x, mask, lam, self.variant, self.scaling, self.complex_images)
 
     def data_gradient(self, x: torch.Tensor, Aty: torch.Tensor) -> torch.Tensor:
         """Gradient of ``0.5 ||A x - y||^2`` with ``A^T A`` replaced by ``scaling * H``:
@@ -84,17 +108,72 @@ class _DiagCirculantBase(LinearPhysics):
         return self.A_adjoint_A(x) - Aty
 
 
+@contextlib.contextmanager
+def _recording_grad(params: Sequence[torch.nn.Parameter]):
+    """Make ``params`` require grad inside the block (the fit), then restore their flags."""
+    was = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, was):
+            p.requires_grad_(flag)
+
+
+def _is_complex_physics(physics: LinearPhysics) -> bool:
+    """Operators known to act on complex images in the ``(B, 2, ...)`` real layout."""
+    from deepinv.physics.mri import MRIMixin
+
+    from .mri.physics import MultiCoilMRI3D, MultiCoilMRI3DPatch
+
+    return isinstance(physics, (MultiCoilMRI3D, MultiCoilMRI3DPatch, MRIMixin))
+
+
+def _image_layout(physics: LinearPhysics, img_size: Sequence[int], complex_images: bool | None
+                  ) -> tuple[tuple[int, int, int], bool]:
+    """``(D, H, W)`` and whether the images are complex, from ``img_size`` (3 entries, or 4 with a
+    leading channel count 1 = real, 2 = complex) and the physics (see the class docstring)."""
+    if complex_images is not None and not isinstance(complex_images, bool):
+        raise TypeError(f"complex_images must be None, True or False, got {complex_images!r}")
+    try:
+        size = tuple(img_size)
+    except TypeError:
+        raise TypeError(f"img_size must be (D, H, W) or (C, D, H, W), got {img_size!r}") from None
+    channels = None
+    if len(size) == 4:
+        channels, size = size[0], size[1:]
+        if channels not in (1, 2):
+            raise ValueError(f"img_size {tuple(img_size)} has {channels} channels: expected 1 (real images) "
+                             f"or 2 (complex images as real, imaginary channels)")
+    shape = int_triple("img_size", size)
+    if channels is not None and complex_images is not None and complex_images != (channels == 2):
+        raise ValueError(f"complex_images={complex_images} contradicts img_size {tuple(img_size)} "
+                         f"({channels} channel{'s' if channels > 1 else ''})")
+    if complex_images is None:
+        complex_images = channels == 2 if channels is not None else _is_complex_physics(physics)
+    return shape, complex_images
+
+
 class DiagCirculantWrapper(_DiagCirculantBase):
     r"""Wrap a ``LinearPhysics`` and approximate its normal operator by ``scaling * H(m, lam)``.
 
-    :param deepinv.physics.LinearPhysics physics: the operator ``A`` (e.g. :class:`ConeBeamCT`).
-    :param tuple img_size: volume shape ``(D, H, W)`` (a leading channel, ``(1, D, H, W)``, is accepted).
+    :param deepinv.physics.LinearPhysics physics: the operator ``A`` (e.g. :class:`ConeBeamCT`,
+        :class:`unrolled3d.mri.MultiCoilMRI3D`).
+    :param tuple img_size: volume shape ``(D, H, W)``, or ``(C, D, H, W)`` with ``C = 1`` (real
+        images) or ``C = 2`` (complex images).
     :param float scaling: ``H`` approximates ``A^T A / scaling``: pass ``||A||^2`` if ``A`` is not
         normalised, so that ``m`` and ``lam`` are of order one.
     :param str variant: ``"sandwich"`` (``m F^-1 lam F m``), ``"one_sided"`` (``m F^-1 lam F``) or
         ``"symmetric"`` (``(H + H^*) / 2`` of the one-sided form).
     :param torch.device device: device of ``m`` and ``lam``.
     :param torch.dtype dtype: real dtype of ``m`` (``lam`` is the matching complex type).
+    :param complex_images: ``True``: images are complex ``(B, 2, D, H, W)`` (real, imaginary
+        channels), ``H`` is a complex convolution (complex kernel, full-FFT ``lam`` of shape
+        ``(2D, 2H, 2W)``). ``False``: real images ``(B, C, D, H, W)``, real kernel, rFFT ``lam``
+        ``(2D, 2H, W + 1)``. ``None`` (default): complex when ``img_size`` has 2 channels, or, for
+        a 3-entry ``img_size``, when ``physics`` is an MRI operator
+        (:class:`~unrolled3d.mri.MultiCoilMRI3D`, its patches, deepinv's ``MRI``/``MultiCoilMRI``).
 
     ``A``, ``A_adjoint`` are those of the wrapped physics; ``A_adjoint_A`` is ``scaling * H``.
     Fit with :meth:`fit`, or pass ``spatial_mask`` / ``fourier_filter`` learned elsewhere.
@@ -110,13 +189,11 @@ class DiagCirculantWrapper(_DiagCirculantBase):
         dtype: torch.dtype = torch.float32,
         spatial_mask: torch.Tensor | None = None,
         fourier_filter: torch.Tensor | None = None,
+        complex_images: bool | None = None,
     ) -> None:
         if not isinstance(physics, LinearPhysics):
             raise TypeError(f"physics must be a deepinv LinearPhysics, got {type(physics).__name__}")
-        size = tuple(img_size)
-        if len(size) == 4 and size[0] == 1:
-            size = size[1:]
-        shape = int_triple("img_size", size)
+        shape, complex_images = _image_layout(physics, img_size, complex_images)
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         scaling = float(scaling)
@@ -124,29 +201,42 @@ class DiagCirculantWrapper(_DiagCirculantBase):
             raise ValueError(f"scaling must be a finite positive number, got {scaling}")
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-        super().__init__(img_size=(1, *shape), device=device)
+        self.complex_images = complex_images
+        super().__init__(img_size=(self.channels, *shape), device=device)
         self.physics = physics
         self.img_shape = shape
         self.scaling = scaling
         self.variant = variant
         self.dtype = dtype
-        self.spatial_mask = torch.nn.Parameter(torch.ones(shape, dtype=dtype, device=device))
+        # m and lam are Parameters (state_dict, .to()) that record no gradient outside fit(): H is
+        # fitted to A^T A, not trained with the network, and a lam without autograd lets restrict()
+        # reuse one patch filter for every patch. requires_grad_() makes them trainable end to end.
+        self.spatial_mask = torch.nn.Parameter(torch.ones(shape, dtype=dtype, device=device), requires_grad=False)
         # lam is learned in the Fourier domain, as in the paper: its entries are all of similar size
         # (for CT it behaves like 1/|frequency|), which suits Adam's per-coordinate steps; the
-        # spatial kernel decays over decades and does not. The inverse rFFT keeps H real.
+        # spatial kernel decays over decades and does not. Real images: the inverse rFFT keeps H
+        # real. Complex images: the full spectrum of a complex kernel (H is C-linear, like A^H A).
         cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
-        self.fourier_filter = torch.nn.Parameter(
-            torch.zeros((2 * shape[0], 2 * shape[1], shape[2] + 1), dtype=cdtype, device=device))
+        self.fourier_filter = torch.nn.Parameter(torch.zeros(self.filter_shape, dtype=cdtype, device=device),
+                                                 requires_grad=False)
         self.fitted = False
+        # patch filters by patch shape: they do not depend on the patch position (see _patch_filter)
+        self._patch_filters: dict[tuple[int, int, int], tuple[tuple, torch.Tensor]] = {}
         if spatial_mask is not None or fourier_filter is not None:
             self.set_parameters(spatial_mask=spatial_mask, fourier_filter=fourier_filter)
 
     # ----------------------------------------------------------------- parameters
     @property
+    def channels(self) -> int:
+        """Image channels the operator is built for: 2 for complex images, 1 for real ones."""
+        return 2 if self.complex_images else 1
+
+    @property
     def filter_shape(self) -> tuple[int, int, int]:
-        """Shape of ``fourier_filter``: rFFT of the doubled grid, ``(2D, 2H, W + 1)``."""
+        """Shape of ``fourier_filter``: rFFT of the doubled grid, ``(2D, 2H, W + 1)`` (real
+        images), or full FFT ``(2D, 2H, 2W)`` (complex images)."""
         D, H, W = self.img_shape
-        return (2 * D, 2 * H, W + 1)
+        return (2 * D, 2 * H, 2 * W if self.complex_images else W + 1)
 
     def set_parameters(self, spatial_mask: torch.Tensor | None = None,
                        fourier_filter: torch.Tensor | None = None) -> "DiagCirculantWrapper":
@@ -161,7 +251,8 @@ class DiagCirculantWrapper(_DiagCirculantBase):
                 self.spatial_mask.copy_(spatial_mask)
             if fourier_filter is not None:
                 if not isinstance(fourier_filter, torch.Tensor) or tuple(fourier_filter.shape) != self.filter_shape:
-                    raise ValueError(f"fourier_filter must be a tensor of shape {self.filter_shape} (rFFT of the "
+                    kind = "full FFT" if self.complex_images else "rFFT"
+                    raise ValueError(f"fourier_filter must be a tensor of shape {self.filter_shape} ({kind} of the "
                                      f"doubled grid), got {getattr(fourier_filter, 'shape', type(fourier_filter))}")
                 self.fourier_filter.copy_(fourier_filter.to(self.fourier_filter.dtype))
         self.fitted = True
@@ -169,8 +260,24 @@ class DiagCirculantWrapper(_DiagCirculantBase):
 
     @property
     def kernel(self) -> torch.Tensor:
-        """The real convolution kernel of ``lam`` on the doubled grid, lag 0 at index 0."""
+        """The convolution kernel of ``lam`` on the doubled grid ``(2D, 2H, 2W)``, lag 0 at index 0
+        (real for real images, complex for complex images)."""
+        if self.complex_images:
+            return torch.fft.ifftn(self.fourier_filter)
         return torch.fft.irfftn(self.fourier_filter, s=tuple(2 * s for s in self.img_shape))
+
+    @torch.no_grad()
+    def make_self_adjoint(self) -> "DiagCirculantWrapper":
+        """Replace the sandwich ``H`` by ``(H + H^*) / 2`` in place: ``lam <- Re(lam)`` (the kernel's
+        Hermitian part, ``(k(l) + conj(k(-l))) / 2``; for real images its even part).
+
+        Only for ``variant="sandwich"`` (``"symmetric"`` is self-adjoint by construction).
+        """
+        if self.variant != "sandwich":
+            raise ValueError(f"make_self_adjoint applies to the 'sandwich' variant, this wrapper is {self.variant!r}")
+        self._params()
+        self.fourier_filter.imag.zero_()
+        return self
 
     def _params(self) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.fitted:
@@ -197,9 +304,31 @@ class DiagCirculantWrapper(_DiagCirculantBase):
         mask, _ = self._params()
         off, shape = check_patch(offset, shape, self.img_shape)
         m_p = mask[off[0]:off[0] + shape[0], off[1]:off[1] + shape[1], off[2]:off[2] + shape[2]]
-        return DiagCirculantPatch(m_p, self._patch_filter(shape), self.scaling, self.variant, off)
+        return DiagCirculantPatch(m_p, self._patch_filter(shape), self.scaling, self.variant, off,
+                                  complex_images=self.complex_images)
 
     def _patch_filter(self, shape: tuple[int, int, int]) -> torch.Tensor:
+        """Spectrum of the kernel cropped to the lags of a ``shape`` patch, on its doubled grid.
+
+        The same for every patch of that shape (the convolution is shift-invariant; only ``m``
+        depends on the position), so it is cached per shape while ``lam`` is unchanged (its
+        version counter and storage) and no gradient to ``lam`` is being recorded: a partitioned
+        sweep then pays the full-grid inverse FFT of the kernel once, not once per patch.
+        """
+        lam = self.fourier_filter
+        tracking = torch.is_grad_enabled() and lam.requires_grad
+        key = (lam._version, lam.data_ptr(), lam.device, lam.dtype)
+        if not tracking:
+            hit = self._patch_filters.get(shape)
+            if hit is not None and hit[0] == key:
+                return hit[1]
+        out = self._compute_patch_filter(shape)
+        if not tracking:
+            self._patch_filters = {s: v for s, v in self._patch_filters.items() if v[0] == key}
+            self._patch_filters[shape] = (key, out)
+        return out
+
+    def _compute_patch_filter(self, shape: tuple[int, int, int]) -> torch.Tensor:
         k = self.kernel
         # lags -(p-1)..(p-1) of the big grid (negative lags wrap to the end), placed on a 2p grid
         idx = [torch.cat([torch.arange(0, p, device=k.device), torch.arange(-(p - 1), 0, device=k.device) % (2 * n)])
@@ -209,25 +338,31 @@ class DiagCirculantWrapper(_DiagCirculantBase):
         pos = [torch.cat([torch.arange(0, p, device=k.device), torch.arange(p + 1, 2 * p, device=k.device)])
                for p in shape]
         grid[pos[0][:, None, None], pos[1][None, :, None], pos[2][None, None, :]] = small
-        return torch.fft.rfftn(grid)
+        return torch.fft.fftn(grid) if self.complex_images else torch.fft.rfftn(grid)
 
     # ----------------------------------------------------------------- fitting
     def exact_normal(self, x: torch.Tensor) -> torch.Tensor:
-        """``A^T A x / scaling`` with the wrapped physics (the fitting target)."""
+        """``A^T A x / scaling`` (``A^H A`` for complex images) with the wrapped physics (the fitting target)."""
         return self.physics.A_adjoint(self.physics.A(x)) / self.scaling
 
     @torch.no_grad()
     def init_from_psf(self) -> "DiagCirculantWrapper":
-        """``m = 1`` and ``lam`` from the point-spread function of ``A^T A / scaling`` at the centre."""
-        delta = torch.zeros((1, 1, *self.img_shape), dtype=self.dtype, device=self.spatial_mask.device)
+        """``m = 1`` and ``lam`` from the point-spread function of ``A^T A / scaling`` at the centre.
+
+        Complex images: the response to a real unit impulse is the complex kernel (``A^H A`` is
+        C-linear), transformed with the full FFT.
+        """
+        delta = torch.zeros((1, self.channels, *self.img_shape), dtype=self.dtype, device=self.spatial_mask.device)
         c = tuple(s // 2 for s in self.img_shape)
         delta[(0, 0, *c)] = 1.0
-        psf = self.exact_normal(delta)[0, 0]
-        grid = torch.zeros(tuple(2 * s for s in self.img_shape), dtype=self.dtype, device=psf.device)
+        out = self.exact_normal(delta)
+        psf = torch.complex(out[0, 0], out[0, 1]) if self.complex_images else out[0, 0]
+        grid = torch.zeros(tuple(2 * s for s in self.img_shape), dtype=psf.dtype, device=psf.device)
         grid[: self.img_shape[0], : self.img_shape[1], : self.img_shape[2]] = psf
         self.spatial_mask.fill_(1.0)
         grid = torch.roll(grid, shifts=tuple(-ci for ci in c), dims=(0, 1, 2))  # lag 0 to index 0
-        self.fourier_filter.copy_(torch.fft.rfftn(grid).to(self.fourier_filter.dtype))
+        spec = torch.fft.fftn(grid) if self.complex_images else torch.fft.rfftn(grid)
+        self.fourier_filter.copy_(spec.to(self.fourier_filter.dtype))
         self.fitted = True
         return self
 
@@ -272,7 +407,8 @@ class DiagCirculantWrapper(_DiagCirculantBase):
                 self.spatial_mask.fill_(1.0)
 
         def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-            x = torch.randn((n, 1, *self.img_shape), generator=gen, dtype=self.dtype).to(device)
+            # complex images: re and im i.i.d. N(0, 1), a circular complex Gaussian probe
+            x = torch.randn((n, self.channels, *self.img_shape), generator=gen, dtype=self.dtype).to(device)
             with torch.no_grad():
                 return x, torch.cat([self.exact_normal(x[i : i + 1]) for i in range(n)])
 
@@ -282,36 +418,43 @@ class DiagCirculantWrapper(_DiagCirculantBase):
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_iter)
         history = []
         bar = tqdm(range(n_iter), desc="fitting H", disable=not progress, leave=False)
-        for _ in bar:
-            if bank is None:
-                x, t = draw(batch_size)
-            else:
-                idx = torch.randperm(n_probes, generator=gen)[:batch_size].to(device)
-                x, t = bank[0][idx], bank[1][idx]
-            with torch.enable_grad():
-                opt.zero_grad(set_to_none=True)
-                hx = apply_diag_circulant(x, self.spatial_mask, self.fourier_filter, self.variant, 1.0)
-                loss = (hx - t).square().sum() / t.square().sum()
-                loss.backward()
-                opt.step()
-            sched.step()
-            history.append(float(loss.detach().sqrt()))
-            bar.set_postfix(rel_err=f"{history[-1]:.4f}")
+        with _recording_grad(params):
+            for _ in bar:
+                if bank is None:
+                    x, t = draw(batch_size)
+                else:
+                    idx = torch.randperm(n_probes, generator=gen)[:batch_size].to(device)
+                    x, t = bank[0][idx], bank[1][idx]
+                with torch.enable_grad():
+                    opt.zero_grad(set_to_none=True)
+                    hx = apply_diag_circulant(x, self.spatial_mask, self.fourier_filter, self.variant, 1.0,
+                                              self.complex_images)
+                    loss = (hx - t).square().sum() / t.square().sum()
+                    loss.backward()
+                    opt.step()
+                sched.step()
+                history.append(float(loss.detach().sqrt()))
+                bar.set_postfix(rel_err=f"{history[-1]:.4f}")
         return history
 
     @torch.no_grad()
     def relative_error(self, n_probes: int = 2, generator: torch.Generator | None = None) -> float:
         """``||A^T A x / scaling - H x|| / ||A^T A x / scaling||`` on fresh Gaussian probes."""
         gen = generator or torch.Generator().manual_seed(12345)
-        x = torch.randn((n_probes, 1, *self.img_shape), generator=gen, dtype=self.dtype).to(self.spatial_mask.device)
+        x = torch.randn((n_probes, self.channels, *self.img_shape), generator=gen,
+                        dtype=self.dtype).to(self.spatial_mask.device)
         t = torch.cat([self.exact_normal(x[i : i + 1]) for i in range(n_probes)])
-        hx = apply_diag_circulant(x, *self._params(), self.variant, 1.0)
+        hx = apply_diag_circulant(x, *self._params(), self.variant, 1.0, self.complex_images)
         return float((hx - t).norm() / t.norm())
 
     # ----------------------------------------------------------------- persistence
     def _geometry_fingerprint(self) -> str | None:
+        """The CT geometry's fingerprint, or the physics' own (MRI: mask and coil maps), or None."""
         g = getattr(self.physics, "geometry", None)
-        return g.fingerprint() if g is not None and hasattr(g, "fingerprint") else None
+        if g is not None and hasattr(g, "fingerprint"):
+            return g.fingerprint()
+        own = getattr(self.physics, "fingerprint", None)
+        return own() if callable(own) else None
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``m``, ``lam`` and the geometry they belong to (atomically)."""
@@ -323,6 +466,7 @@ class DiagCirculantWrapper(_DiagCirculantBase):
             "img_shape": list(self.img_shape),
             "scaling": self.scaling,
             "variant": self.variant,
+            "complex_images": self.complex_images,
             "geometry_fingerprint": self._geometry_fingerprint(),
         }
         with atomic_path(path) as tmp:
@@ -336,6 +480,11 @@ class DiagCirculantWrapper(_DiagCirculantBase):
         if tuple(state["img_shape"]) != self.img_shape:
             raise ValueError(f"{path} holds an operator for a volume of {tuple(state['img_shape'])}, "
                              f"this wrapper is {self.img_shape}")
+        saved_complex = bool(state.get("complex_images", False))  # files from before complex images: real
+        if saved_complex != self.complex_images:
+            kinds = {True: "complex", False: "real"}
+            raise ValueError(f"{path} holds an operator for {kinds[saved_complex]} images, this wrapper is for "
+                             f"{kinds[self.complex_images]} images")
         mine = self._geometry_fingerprint()
         if state["geometry_fingerprint"] != mine:
             raise ValueError(f"{path} was fitted for geometry {state['geometry_fingerprint']}, this physics has "
@@ -350,8 +499,9 @@ class DiagCirculantPatch(_DiagCirculantBase):
     """The restriction of a :class:`DiagCirculantWrapper` to one patch (see ``restrict``)."""
 
     def __init__(self, mask: torch.Tensor, lam: torch.Tensor, scaling: float, variant: str,
-                 offset: tuple[int, int, int]) -> None:
-        super().__init__(img_size=(1, *mask.shape), device=mask.device)
+                 offset: tuple[int, int, int], complex_images: bool = False) -> None:
+        self.complex_images = bool(complex_images)
+        super().__init__(img_size=(2 if self.complex_images else 1, *mask.shape), device=mask.device)
         self.mask, self.lam = mask, lam
         self.scaling, self.variant, self.offset = scaling, variant, offset
 

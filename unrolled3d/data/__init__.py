@@ -1,4 +1,5 @@
-"""Synthetic data: analytic ellipsoid phantoms (Shepp-Logan, balls, random blobs)."""
+"""Synthetic data: analytic ellipsoid phantoms (Shepp-Logan, balls, random blobs), complex MRI volumes."""
+from .complex_phantoms import ComplexPhantomDataset, smooth_phase
 from .phantoms import (
     Ellipsoid,
     ball,
@@ -10,11 +11,13 @@ from .phantoms import (
 )
 
 __all__ = [
+    "ComplexPhantomDataset",
     "Ellipsoid",
     "ball",
     "line_integrals",
     "phantom_volume_integral",
     "random_ellipsoids",
     "shepp_logan_3d",
+    "smooth_phase",
     "voxelize",
 ]

@@ -48,14 +48,15 @@ Patches: :meth:`MultiCoilMRI3D.restrict` gives ``A S^T`` (the patch embedded in 
 to every k-space sample -- only the coil-map products shrink to the patch. It plugs into
 :class:`unrolled3d.partition.PartitionedReconstructor` (exact mode, tested).
 
-Not supported yet: the diagonal-circulant ``H`` (:class:`unrolled3d.normal.DiagCirculantWrapper`)
-fits real single-channel volumes; ``A^H A`` here acts on ``(re, im)`` jointly (its off-diagonal
-real blocks vanish only for point-symmetric masks and real maps). Fitting ``H`` on the
-real-to-real block alone (bench/test_bench_mri.py) leaves a large error and ignores a cross
-block of comparable size: ``H`` for complex MRI needs a complex-aware wrapper.
+Diagonal-circulant ``H``: :class:`unrolled3d.normal.DiagCirculantWrapper` detects this operator
+and approximates ``A^H A`` by a *complex* ``m * (k (*) (m * z))`` (complex kernel ``k``, full-FFT
+spectrum, see :mod:`unrolled3d.normal_complex`); its patch operator costs one FFT pair on the
+patch's doubled grid instead of one per coil on the volume grid. :meth:`MultiCoilMRI3D.fingerprint`
+ties a saved ``H`` to the mask and coil maps it was fitted for.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Sequence
 
@@ -402,6 +403,17 @@ class MultiCoilMRI3D(_MRICore):
         if cg:
             return cg_sense(y, self, n_iter=n_iter, tol=tol, lam=lam)
         return zero_filled(y, self)
+
+    def fingerprint(self) -> str:
+        """A short hash of the sampling mask and the coil maps (their float32/complex64 values),
+        to match operators fitted for this acquisition (e.g. a saved
+        :class:`~unrolled3d.normal.DiagCirculantWrapper`). Conservative: the same maps computed in
+        another precision may hash differently (then the operator is refitted, never misused)."""
+        h = hashlib.sha256()
+        h.update(repr((self._vol_shape, self.n_coils)).encode())
+        h.update(self.mask.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        h.update(torch.view_as_real(self.coil_maps.detach().to("cpu", torch.complex64)).contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def sum_of_squares(self) -> torch.Tensor:
         """``sum_c |S_c|^2`` ``(D, H, W)`` (real; 1 for normalised maps)."""

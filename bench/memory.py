@@ -12,24 +12,14 @@ from typing import Callable
 
 import torch
 
-from unrolled3d.memory import reset_peak_rss, status_bytes as _status_bytes
-
-
-def _fix_allocator() -> None:
-    """Make glibc return large blocks to the OS at once (fixed mmap threshold of 128 KiB) and trim
-    the heap, so that memory freed earlier in the process cannot hide the call's allocations."""
-    import ctypes
-
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-    libc.malloc_trim(0)
+from unrolled3d.memory import reset_peak_rss, status_bytes as _status_bytes, trim_heap
 
 
 def _child(make_inputs: Callable, run: Callable, queue) -> None:
-    _fix_allocator()
+    trim_heap()
     # No warm-up call: its output would raise the high-water mark and hide the measured call.
     inputs = make_inputs()
-    _fix_allocator()
+    trim_heap()
     if not reset_peak_rss():  # VmHWM := current RSS
         raise RuntimeError("cannot reset the RSS high-water mark (/proc/self/clear_refs)")
     before = _status_bytes("VmRSS")

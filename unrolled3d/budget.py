@@ -15,7 +15,6 @@ before: on the GPU ``torch.cuda.max_memory_allocated``, on the CPU the resident 
 """
 from __future__ import annotations
 
-import ctypes
 import math
 import re
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .memory import reset_peak_rss, status_bytes
+from .memory import reset_peak_rss, status_bytes, trim_heap
 
 __all__ = ["parse_bytes", "PatchChoice", "choose_patch", "measure_peak"]
 
@@ -44,16 +43,6 @@ def parse_bytes(text: str | int | float) -> int:
     return int(value * _UNITS[unit])
 
 
-def _trim_heap() -> None:
-    """Return freed heap to the OS so that RSS peaks measure new allocations (glibc only)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD: large blocks are mmap'd and unmapped when freed
-        libc.malloc_trim(0)
-    except OSError:
-        pass
-
-
 def measure_peak(fn: Callable[[], object], device: torch.device) -> int:
     """Peak extra memory (bytes) of ``fn()`` on ``device`` (its result included)."""
     if device.type == "cuda":
@@ -64,7 +53,7 @@ def measure_peak(fn: Callable[[], object], device: torch.device) -> int:
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - before
     else:
-        _trim_heap()
+        trim_heap()
         if not reset_peak_rss():
             raise RuntimeError("cannot measure host memory here (/proc/self/clear_refs is not writable)")
         before = status_bytes("VmRSS")

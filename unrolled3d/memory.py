@@ -6,7 +6,7 @@ high-water mark (``echo 5 > /proc/self/clear_refs``) on entry and reads ``VmHWM`
 """
 from __future__ import annotations
 
-__all__ = ["status_bytes", "reset_peak_rss", "PeakRSS"]
+__all__ = ["status_bytes", "reset_peak_rss", "trim_heap", "PeakRSS"]
 
 
 def status_bytes(field: str) -> int:
@@ -16,6 +16,19 @@ def status_bytes(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024  # reported in kB
     raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def trim_heap() -> None:
+    """Make glibc return freed and future large blocks to the OS (fixed mmap threshold of 128 KiB,
+    heap trimmed), so that RSS peaks measure new allocations; a no-op without glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    libc.malloc_trim(0)
 
 
 def reset_peak_rss() -> bool:

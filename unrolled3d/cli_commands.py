@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 __all__ = ["simulate", "fit_normal", "reconstruct", "train_cmd", "import_walnut", "build_model",
-           "scan_for_volume", "DEFAULT_TRAIN_CONFIG"]
+           "DEFAULT_TRAIN_CONFIG"]
 
 DEFAULT_TRAIN_CONFIG: dict[str, dict[str, Any]] = {
     "geometry": {"size": 48, "views": 30},
@@ -41,38 +41,11 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
         print(text)
 
 
-def scan_for_volume(vol_shape, voxel_size, n_views: int, scan: str = "full"):
-    """A circular cone-beam scan that sees the whole of a given volume (``simulate --volume``).
-
-    The proportions of :func:`unrolled3d.physics.presets.standard_cone_beam`, scaled to the
-    volume's largest physical extent ``L`` (mm): source-axis ``4 L``, axis-detector ``2 L``,
-    detector pixels of 1.5 times the smallest voxel edge (the magnification), and enough of them
-    that the shadow of the volume's bounding cylinder ends at least one pixel before the edge.
-    """
-    import math
-
-    from .geometry import ConeBeamGeometry
-
-    (d, h, w), (sz, sy, sx) = vol_shape, voxel_size
-    extent = max(d * sz, h * sy, w * sx)
-    sod, odd = 4.0 * extent, 2.0 * extent
-    pitch = 1.5 * min(voxel_size)
-    r_xy, half_z = 0.5 * math.hypot(h * sy, w * sx), 0.5 * d * sz
-    # Half-widths of the shadow on the detector: in-plane tangent to the cylinder, and its
-    # top edge at the point closest to the source (largest magnification).
-    half_u = r_xy * (sod + odd) / math.sqrt(sod**2 - r_xy**2)
-    half_v = half_z * (sod + odd) / (sod - r_xy)
-    # Even counts: ceil(half / pitch) pixels on each side of the centre cover the shadow, plus
-    # one empty pixel at each edge.
-    det = (2 * math.ceil(half_v / pitch) + 2, 2 * math.ceil(half_u / pitch) + 2)
-    return ConeBeamGeometry.circular(n_views, sod, odd, det, pitch, vol_shape, voxel_size=voxel_size, scan=scan)
-
-
 def simulate(args: argparse.Namespace) -> int:
     from .data import random_ellipsoids, shepp_logan_3d, voxelize
     from .files import save_measurements
     from .ops import cone_project
-    from .physics.presets import standard_cone_beam
+    from .physics.presets import scan_for_volume, standard_cone_beam
 
     scan = "short" if args.short_scan else "full"
     if args.volume is not None:
@@ -269,7 +242,6 @@ def _device_tag() -> str:
 def bench_cmd(args: argparse.Namespace) -> int:
     """Run pytest-benchmark suites from bench/ and render bench/results/report.md."""
     import importlib.util
-    import os
     import subprocess
     import sys
 
@@ -294,7 +266,7 @@ def bench_cmd(args: argparse.Namespace) -> int:
             if args.select:
                 cmd += ["-k", args.select]
             quiet = args.quiet or args.json
-            proc = subprocess.run(cmd, cwd=root.parent, env={**os.environ},
+            proc = subprocess.run(cmd, cwd=root.parent,
                                   stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT if quiet else None,
                                   text=True)
             if proc.returncode != 0:

@@ -22,3 +22,7 @@ for suite in projector fused normal; do
   timeout 100 python3 -m pytest -q -p no:cacheprovider "bench/test_bench_${suite}.py" -k "cuda" \
     --benchmark-json "$OUT/${suite}_cuda.json" --benchmark-columns=min,mean,rounds 2>&1 | tail -25
 done
+# partitioned vs full unrolled, memory and time of a training step (to 512^3) and of inference
+# (to 256^3); full unrolled is expected to run out of memory at the large sizes (recorded as oom)
+timeout 240 python3 -m pytest -q -p no:cacheprovider bench/test_bench_partition.py -k "cuda" \
+  --benchmark-json "$OUT/partition_cuda.json" --benchmark-columns=min,mean,rounds 2>&1 | tail -25

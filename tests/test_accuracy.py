@@ -145,8 +145,18 @@ def test_fdk_without_padding_and_float32():
     assert abs(float(x_nopad[0, 0, 28:36, 28:36, 28:36].mean()) - 1.0) < 0.05
 
 
+def test_fdk_slabs_do_not_change_the_result():
+    # the backprojection in slabs of 1, 5 or all 64 z-slices: the same per-voxel arithmetic
+    g, y = _ball_scan("short", 60)
+    whole = fdk(y, g, slab_voxels=64 * 64 * 64)
+    for slab_voxels in (1, 5 * 64 * 64 + 7):
+        torch.testing.assert_close(fdk(y, g, slab_voxels=slab_voxels), whole, rtol=0, atol=0)
+
+
 def test_fdk_bad_input():
     g, y = _ball_scan("full", 30)
+    with pytest.raises(ValueError, match="slab_voxels"):
+        fdk(y, g, slab_voxels=0)
     with pytest.raises(ValueError, match="window"):
         fdk(y, g, window="boxcar")
     with pytest.raises(ValueError, match="scan"):

@@ -242,3 +242,35 @@ def test_training_start_point_is_fdk_not_the_true_patch():
     fdk_patch = physics.A_dagger(y)[..., 2:7, 3:9, 3:8]
     torch.testing.assert_close(loss, torch.nn.functional.mse_loss(fdk_patch, x_true[..., 2:7, 3:9, 3:8]))
     assert float(loss) > 1e-4
+
+
+@pytest.mark.parametrize("scan", ["full", "short"])
+def test_patch_pseudo_inverse_is_the_crop_of_the_full_one(scan):
+    # FDK on the patch's geometry (patch-sized temporaries) vs the crop of the whole-volume FDK
+    if scan == "full":
+        physics = ct()
+    else:  # 200 deg: Parker weights, which depend on the views only, not on the voxels
+        g = ConeBeamGeometry.circular(24, 60.0, 30.0, (16, 20), 1.3, SHAPE, voxel_size=1.0,
+                                      angles=torch.linspace(0, 200, 24).deg2rad().tolist(), scan="short")
+        physics = ConeBeamCT(g)
+    y = physics.A(_volume())
+    for offset, shape in (((2, 3, 3), (5, 6, 5)), ((0, 0, 0), SHAPE), ((9, 0, 10), (1, 12, 1))):
+        sl = tuple(slice(o, o + p) for o, p in zip(offset, shape))
+        torch.testing.assert_close(physics.A_dagger_patch(y, offset, shape), physics.A_dagger(y)[(..., *sl)],
+                                   rtol=1e-10, atol=1e-12)
+
+
+def test_training_loss_in_H_mode_equals_the_inference_patch_solve():
+    # training forms only patch-sized images (S A^T r by the restricted backprojection, FDK on the
+    # patch); the inference path backprojects the whole residual and crops: the same loss
+    physics = ct()
+    x_true = _volume()
+    y = physics.A(x_true) + 0.01 * torch.randn(physics.A(x_true).shape, generator=torch.Generator().manual_seed(5),
+                                               dtype=F64)
+    w = DiagCirculantWrapper(physics, SHAPE, dtype=F64).init_from_psf()
+    rec = PartitionedReconstructor(GradientStepBase(), SHAPE, (5, 6, 5))
+    offset, sl = (2, 3, 3), (slice(2, 7), slice(3, 9), slice(3, 8))
+    residual_full = w.A_adjoint(y - w.A(x_true))
+    expected_p = rec.reconstruct_patch(y, w, x_true, offset, residual_full, w, x_start=physics.A_dagger(y)[(..., *sl)])
+    expected = torch.nn.functional.mse_loss(expected_p, x_true[(..., *sl)])
+    torch.testing.assert_close(rec.training_loss(y, w, x_true, offset=offset), expected, rtol=1e-10, atol=1e-14)

@@ -266,6 +266,11 @@ class TomographyWithAstra(ConeBeamCT):
         """Least squares (deepinv's solver, keywords pass through) or, with ``fbp=True``, FDK."""
         return super().A_dagger(y, fbp=fbp, **kwargs)
 
+    def A_dagger_patch(self, y: torch.Tensor, offset, shape) -> torch.Tensor:
+        """``S A_dagger(y)`` with deepinv's default (least squares, a whole-volume solve)."""
+        sl = tuple(slice(o, o + p) for o, p in zip(offset, shape))
+        return self.A_dagger(y)[(..., *sl)]
+
     # ------------------------------------------------------------------ deepinv's read-only properties
     @property
     def geometry_type(self) -> str:

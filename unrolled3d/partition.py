@@ -230,8 +230,12 @@ class PartitionedReconstructor(Reconstructor):
             return self._solve_patch(patch_measurement(residual, physics_p, ctx_p), physics_p, start)
         if residual is None:
             residual = normal.A_adjoint(y - normal.A(x_ctx))
-        h_p = normal.restrict(offset, shape)
-        b = _crop(residual, offset, shape) + h_p.A_adjoint_A(ctx_p)
+        return self._solve_normal_patch(_crop(residual, offset, shape), normal, offset, ctx_p, start)
+
+    def _solve_normal_patch(self, residual_p: torch.Tensor, normal: DiagCirculantWrapper, offset, ctx_p, start):
+        """H mode: solve ``H_p x_p = S A^T y_p`` with ``S A^T y_p = S A^T (y - A x_ctx) + H_p x_ctx[p]``."""
+        h_p = normal.restrict(offset, self.patch_shape)
+        b = residual_p + h_p.A_adjoint_A(ctx_p)
         return self._solve_patch(b, NormalPatchPhysics(h_p, start), start)
 
     # ----------------------------------------------------------------- inference
@@ -297,12 +301,24 @@ class PartitionedReconstructor(Reconstructor):
         if x_true.shape[-3:] != self.img_shape:
             raise ValueError(f"x_true has spatial shape {tuple(x_true.shape[-3:])}, expected {self.img_shape}")
         offset = tuple(offset) if offset is not None else self.random_offset(generator)
+        shape = self.patch_shape
         normal = self._normal_operator(physics, fourier_filter, spatial_mask)
+        inner = physics.physics if isinstance(physics, DiagCirculantWrapper) else physics
+        # Only the patch is reconstructed, so only patch-sized images are formed: the start point
+        # and (H mode) the backprojected residual are computed on the patch alone where the
+        # physics allows it, which keeps the step's memory flat in the volume size.
         with torch.no_grad():
             residual = y - physics.A(x_true)
-            if normal is not None:
-                residual = normal.A_adjoint(residual)
-            start_full = physics.A_dagger(y) if x_start is None else x_start
-        x_p = self.reconstruct_patch(y, physics, x_true, offset, residual, normal,
-                                     x_start=_crop(start_full, offset, self.patch_shape))
-        return torch.nn.functional.mse_loss(x_p, _crop(x_true, offset, self.patch_shape))
+            if x_start is not None:
+                start = _crop(x_start, offset, shape)
+            elif hasattr(inner, "A_dagger_patch"):
+                start = inner.A_dagger_patch(y, offset, shape)
+            else:
+                start = _crop(physics.A_dagger(y), offset, shape)
+            if normal is not None:  # S A^T r = (A S^T)^T r
+                residual_p = _restrict_exact(normal.physics, self.img_shape, offset, shape).A_adjoint(residual)
+        if normal is None:
+            x_p = self.reconstruct_patch(y, physics, x_true, offset, residual, None, x_start=start)
+        else:
+            x_p = self._solve_normal_patch(residual_p, normal, offset, _crop(x_true, offset, shape), start)
+        return torch.nn.functional.mse_loss(x_p, _crop(x_true, offset, shape))

@@ -14,6 +14,8 @@ import torch
 
 from unrolled3d.cli import main
 from unrolled3d.files import load_measurements, load_model
+from unrolled3d.normal import DiagCirculantWrapper
+from unrolled3d.physics import ConeBeamCT
 from unrolled3d.volume_io import read_volume, write_volume
 from unrolled3d.walnut import read_walnut
 
@@ -102,7 +104,12 @@ def test_train_writes_a_loadable_model_with_its_command_and_resumes(workdir, cap
 
 def test_reconstruct_unrolled_and_with_normal_operator(workdir, capsys):
     assert main(["fit-normal", str(workdir / "m.pt"), "--iters", "2", "--out", str(workdir / "h.pt"), "--quiet"]) == 0
-    for extra in ([], ["--normal", str(workdir / "h.pt")]):
+    assert main(["fit-normal", str(workdir / "m.pt"), "--iters", "2", "--kernel-radius", "4",
+                 "--out", str(workdir / "h4.pt"), "--quiet"]) == 0
+    # the operator file carries its kernel radius: reconstruct rebuilds the wrapper from it
+    assert DiagCirculantWrapper.from_file(workdir / "h4.pt", ConeBeamCT(load_measurements(workdir / "m.pt")[1])
+                                          ).kernel_radius == (4, 4, 4)
+    for extra in ([], ["--normal", str(workdir / "h.pt")], ["--normal", str(workdir / "h4.pt")]):
         assert main(["reconstruct", str(workdir / "m.pt"), "--method", "unrolled", "--weights",
                      str(workdir / "run" / "model.pt"), "--out", str(workdir / "u.pt"), "--json", *extra]) == 0
         assert np.isfinite(json.loads(capsys.readouterr().out)["psnr"])
@@ -156,6 +163,9 @@ def test_demo_quick(tmp_path):
       "--voxel-size", "1"], "bounding sphere"),
     (["train", "{badcfg}", "--out-dir", "r"], "unknown keys"),
     (["fit-normal", "{model}", "--out", "h.pt"], "not an unrolled3d measurements file"),
+    (["fit-normal", "{m}", "--kernel-radius", "-2", "--out", "h.pt"], "kernel_radius must be None, a non-negative"),
+    (["reconstruct", "{m}", "--method", "unrolled", "--weights", "{model}", "--normal", "{model}",
+      "--out", "x.pt"], "is not a DiagCirculantWrapper file"),
 ])
 def test_failures_exit_non_zero_with_a_reason(workdir, tmp_path, capsys, argv, message):
     (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage")

@@ -219,9 +219,10 @@ def test_init_from_psf_is_exact_for_a_shift_invariant_complex_operator():
     torch.testing.assert_close(w.fourier_filter.detach().real, physics.g_spec.abs() ** 2, rtol=1e-10, atol=1e-10)
 
 
-def test_fit_recovers_an_exactly_diag_circulant_complex_operator():
+@pytest.mark.parametrize("kernel_radius", [None, 1])  # the kernel |g|^2 has lags -1..1: radius 1 holds it
+def test_fit_recovers_an_exactly_diag_circulant_complex_operator(kernel_radius):
     physics = _synthetic()
-    w = DiagCirculantWrapper(physics, (2, 6, 7, 5), dtype=F64)
+    w = DiagCirculantWrapper(physics, (2, 6, 7, 5), dtype=F64, kernel_radius=kernel_radius)
     history = w.fit(n_iter=600, batch_size=2, lr=5e-2, progress=False)
     err = w.relative_error(n_probes=3)
     print(f"synthetic complex H: relative error {history[0]:.3e} (PSF init) -> {err:.3e} after fit")
@@ -397,3 +398,72 @@ def test_bad_input():
         w.restrict((0, 0, 0), (3, 3, 3)).A_adjoint_A(torch.zeros(1, 3, 3, 3, 3))
     with pytest.raises(ValueError, match="sandwich"):
         DiagCirculantWrapper(physics, shape, variant="symmetric").init_from_psf().make_self_adjoint()
+
+
+def _lag_box(shape, radius):
+    """1 where every doubled-grid lag |l_i| <= r_i (written out per index, independently of the package)."""
+    box = torch.zeros(tuple(2 * n for n in shape), dtype=F64)
+    for i, j, k in itertools.product(*(range(2 * n) for n in shape)):
+        lags = [min(a, 2 * n - a) for a, n in zip((i, j, k), shape)]
+        box[i, j, k] = float(all(lag <= r for lag, r in zip(lags, radius)))
+    return box
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_kernel_radius_truncates_the_kernel_and_patches_use_smaller_grids(variant):
+    shape, radius = (9, 8, 7), (2, 3, 1)
+    w = DiagCirculantWrapper(_mri(shape, dtype=F64), shape, dtype=F64, variant=variant, scaling=1.5,
+                             kernel_radius=radius)
+    m, k = 1 + torch.rand(shape, generator=_gen(21), dtype=F64), _crandn(18, 16, 14, seed=22)
+    w.set_parameters(m, torch.fft.fftn(k))
+    # truth: the dense operator of the kernel cut to the lag box
+    x = torch.randn((2, 2, *shape), generator=_gen(23), dtype=F64)
+    dense = _dense_H(k * _lag_box(shape, radius), m, variant)
+    torch.testing.assert_close(w.A_adjoint_A(x), 1.5 * _apply_dense(dense, x), rtol=1e-10, atol=1e-10)
+    for offset, pshape in (((2, 1, 3), (6, 6, 4)), ((0, 0, 0), (9, 8, 7)), ((3, 2, 1), (2, 3, 5))):
+        patch = w.restrict(offset, pshape)
+        # the grid holds p + min(r, p - 1) + 1 (rounded up to a 2-3-5-smooth size), not 2p
+        expected_grid = {(6, 6, 4): (9, 10, 6), (9, 8, 7): (12, 12, 9), (2, 3, 5): (4, 6, 8)}[pshape]
+        assert patch.grid == expected_grid and tuple(patch.lam.shape) == expected_grid
+        xp = torch.randn((2, 2, *pshape), generator=_gen(24), dtype=F64)
+        full = torch.zeros((2, 2, *shape), dtype=F64)
+        sl = tuple(slice(o, o + p) for o, p in zip(offset, pshape))
+        full[(..., *sl)] = xp
+        torch.testing.assert_close(patch.A_adjoint_A(xp), w.A_adjoint_A(full)[(..., *sl)], rtol=1e-12, atol=1e-12)
+
+
+def test_kernel_radius_on_real_images_restricts_exactly():
+    shape, radius = (9, 8, 10), 2
+    ct = ConeBeamCT(ConeBeamGeometry.circular(6, 40.0, 20.0, (10, 12), 1.5, shape))
+    w = DiagCirculantWrapper(ct, shape, dtype=F64, kernel_radius=radius)
+    k = torch.randn((18, 16, 20), generator=_gen(31), dtype=F64)
+    w.set_parameters(1 + torch.rand(shape, generator=_gen(32), dtype=F64), torch.fft.rfftn(k))
+    # the kernel it uses is k on the lag box, zero elsewhere
+    torch.testing.assert_close(w.kernel, k * _lag_box(shape, (radius,) * 3), rtol=1e-12, atol=1e-12)
+    offset, pshape = (2, 1, 3), (5, 4, 6)
+    patch = w.restrict(offset, pshape)
+    assert patch.grid == (8, 8, 9)
+    xp = torch.randn((2, 1, *pshape), generator=_gen(33), dtype=F64)
+    full = torch.zeros((2, 1, *shape), dtype=F64)
+    full[..., 2:7, 1:5, 3:9] = xp
+    torch.testing.assert_close(patch.A_adjoint_A(xp), w.A_adjoint_A(full)[..., 2:7, 1:5, 3:9], rtol=1e-12, atol=1e-12)
+
+
+def test_kernel_radius_after_fit_persistence_and_bad_values(tmp_path):
+    shape = (8, 8, 8)
+    physics = _mri(shape)
+    w = DiagCirculantWrapper(physics, shape, kernel_radius=3)
+    w.fit(n_iter=5, progress=False)
+    box = _lag_box(shape, (3, 3, 3)).to(torch.float32)
+    assert float(w.kernel.abs().mul(1 - box).max()) == 0.0  # nothing beyond the radius, after fitting
+    w.save(tmp_path / "h.pt")
+    x = torch.randn(1, 2, *shape)
+    torch.testing.assert_close(DiagCirculantWrapper(physics, shape, kernel_radius=3).load(tmp_path / "h.pt")
+                               .A_adjoint_A(x), w.A_adjoint_A(x))
+    with pytest.raises(ValueError, match="kernel_radius"):
+        DiagCirculantWrapper(physics, shape).load(tmp_path / "h.pt")
+    # a radius of n - 1 or more is every lag: the same as no radius
+    assert DiagCirculantWrapper(physics, shape, kernel_radius=(7, 9, 100)).kernel_radius is None
+    for bad in (-1, 1.5, (1, 2), True, "3"):
+        with pytest.raises(ValueError, match="kernel_radius"):
+            DiagCirculantWrapper(physics, shape, kernel_radius=bad)

@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("measurements", help="file written by `unrolled3d simulate`")
     p.add_argument("--iters", type=int, default=200)
     p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--kernel-radius", type=int, default=None, metavar="VOXELS",
+                   help="cut H's kernel to lags |l| <= VOXELS: smaller FFT grids on patches, larger error "
+                        "(default: every lag)")
     p.add_argument("--out", required=True, help="operator file (.pt)")
     common(p)
     p.set_defaults(func=cc.fit_normal)

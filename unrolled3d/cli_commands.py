@@ -100,7 +100,7 @@ def fit_normal(args: argparse.Namespace) -> int:
 
     _, g, _, _ = load_measurements(args.measurements)
     physics = ConeBeamCT(g, normalize=True)
-    w = DiagCirculantWrapper(physics, g.vol_shape)
+    w = DiagCirculantWrapper(physics, g.vol_shape, kernel_radius=args.kernel_radius)
     hist = w.fit(n_iter=args.iters, lr=args.lr, progress=not (args.quiet or args.json))
     err = w.relative_error()
     w.save(args.out)
@@ -152,7 +152,10 @@ def reconstruct(args: argparse.Namespace) -> int:
         rec.to(device).eval()
         target = physics
         if args.normal is not None:
-            target = DiagCirculantWrapper(physics, g.vol_shape, device=device).load(args.normal)
+            target = DiagCirculantWrapper.from_file(args.normal, physics, device=device)
+            if target.img_shape != tuple(g.vol_shape):
+                raise ValueError(f"--normal {args.normal} is for a {target.img_shape} volume, the measurements "
+                                 f"are of a {tuple(g.vol_shape)} volume")
         y_n = y / float(physics.operator_norm)
         if args.memory_budget is not None:
             if args.patch_size is not None:

@@ -46,19 +46,23 @@ VARIANTS = ("sandwich", "one_sided", "symmetric")
 
 def apply_diag_circulant(
     x: torch.Tensor, mask: torch.Tensor, lam: torch.Tensor, variant: str = "sandwich", scale: float = 1.0,
-    complex_images: bool = False,
+    complex_images: bool = False, grid: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Apply ``scale * H`` to ``x`` of shape ``(B, C, *s)`` with ``mask`` ``s``.
 
     Real images (``complex_images=False``): each channel filtered by the real kernel whose rFFT
-    on the doubled grid is ``lam`` ``(2 s0, 2 s1, s2 + 1)``. Complex images: ``x`` is
-    ``(B, 2, *s)`` (real, imaginary) and ``lam`` the full FFT ``(2 s0, 2 s1, 2 s2)`` of a complex
-    kernel (:func:`unrolled3d.normal_complex.apply_diag_circulant_complex`).
+    on the zero-padded grid ``G`` is ``lam`` ``(G0, G1, G2 // 2 + 1)``. Complex images: ``x`` is
+    ``(B, 2, *s)`` (real, imaginary) and ``lam`` the full FFT ``G`` of a complex kernel
+    (:func:`unrolled3d.normal_complex.apply_diag_circulant_complex`). ``grid`` is ``G``, by
+    default the doubled grid ``2 s``; a smaller one is exact for a kernel of lags ``|l| <= r``
+    when ``G >= s + r`` (no lag of the patch wraps onto another).
     """
-    if complex_images:
-        return apply_diag_circulant_complex(x, mask, lam, variant, scale)
     shape = tuple(x.shape[-3:])
-    pad = tuple(2 * s for s in shape)
+    pad = tuple(2 * s for s in shape) if grid is None else tuple(int(g) for g in grid)
+    if len(pad) != 3 or any(g < s for g, s in zip(pad, shape)):
+        raise ValueError(f"grid must be 3 sizes >= the image shape {shape}, got {grid}")
+    if complex_images:
+        return apply_diag_circulant_complex(x, mask, lam, variant, scale, pad)
     dims = (-3, -2, -1)
 
     def conv(buf: torch.Tensor, conj: bool = False) -> torch.Tensor:
@@ -82,6 +86,7 @@ class _DiagCirculantBase(LinearPhysics):
     """Shared ``A_adjoint_A`` / data-gradient logic of the full-volume and patch operators."""
 
     complex_images: bool = False
+    grid: tuple[int, int, int] | None = None  # FFT grid of lam; None: the doubled image grid
 
     def _params(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -98,7 +103,7 @@ class _DiagCirculantBase(LinearPhysics):
         if self.complex_images and x.shape[1] != 2:
             raise ValueError(f"this operator acts on complex images [B, 2, D, H, W] (real, imaginary channels), "
                              f"got {x.shape[1]} channels (shape {tuple(x.shape)})")
-        return apply_diag_circulant(x, mask, lam, self.variant, self.scaling, self.complex_images)
+        return apply_diag_circulant(x, mask, lam, self.variant, self.scaling, self.complex_images, self.grid)
 
     def data_gradient(self, x: torch.Tensor, Aty: torch.Tensor) -> torch.Tensor:
         """Gradient of ``0.5 ||A x - y||^2`` with ``A^T A`` replaced by ``scaling * H``:
@@ -106,6 +111,40 @@ class _DiagCirculantBase(LinearPhysics):
         if Aty.shape != x.shape:
             raise ValueError(f"Aty has shape {tuple(Aty.shape)}, x has {tuple(x.shape)}")
         return self.A_adjoint_A(x) - Aty
+
+
+def _check_kernel_radius(radius, shape: tuple[int, int, int]) -> tuple[int, int, int] | None:
+    if radius is None:
+        return None
+    r = (radius,) * 3 if isinstance(radius, int) and not isinstance(radius, bool) else radius
+    try:
+        r = tuple(r)
+    except TypeError:
+        r = ()
+    if len(r) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in r):
+        raise ValueError(f"kernel_radius must be None, a non-negative int or 3 of them, got {radius!r}")
+    # lags beyond n - 1 never meet two voxels of the volume: cap, so that 'no radius' has one spelling
+    r = tuple(min(v, n - 1) for v, n in zip(r, shape))
+    return None if r == tuple(n - 1 for n in shape) else r
+
+
+def _smooth_size(n: int) -> int:
+    """Smallest integer >= n whose prime factors are 2, 3 and 5 (fast FFT sizes)."""
+    while True:
+        m = n
+        for f in (2, 3, 5):
+            while m % f == 0:
+                m //= f
+        if m == 1:
+            return n
+        n += 1
+
+
+def _read_state(path: str | os.PathLike) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != "unrolled3d.DiagCirculant/1":
+        raise ValueError(f"{path} is not a DiagCirculantWrapper file")
+    return state
 
 
 @contextlib.contextmanager
@@ -168,6 +207,12 @@ class DiagCirculantWrapper(_DiagCirculantBase):
         ``"symmetric"`` (``(H + H^*) / 2`` of the one-sided form).
     :param torch.device device: device of ``m`` and ``lam``.
     :param torch.dtype dtype: real dtype of ``m`` (``lam`` is the matching complex type).
+    :param kernel_radius: ``None`` (default): the kernel may use every lag of the doubled grid.
+        An int or ``(r0, r1, r2)``: the kernel is restricted to lags ``|l_i| <= r_i``, in the fit
+        and in use, so a patch of size ``p`` is filtered on a grid of about ``p + min(r, p - 1)``
+        per axis instead of ``2p`` (the paper's "restricting the size of the underlying
+        convolution kernel"). Worth it where the normal operator's point-spread function is
+        compact, e.g. Cartesian MRI, and where patches are a large fraction of the volume.
     :param complex_images: ``True``: images are complex ``(B, 2, D, H, W)`` (real, imaginary
         channels), ``H`` is a complex convolution (complex kernel, full-FFT ``lam`` of shape
         ``(2D, 2H, 2W)``). ``False``: real images ``(B, C, D, H, W)``, real kernel, rFFT ``lam``
@@ -190,6 +235,7 @@ class DiagCirculantWrapper(_DiagCirculantBase):
         spatial_mask: torch.Tensor | None = None,
         fourier_filter: torch.Tensor | None = None,
         complex_images: bool | None = None,
+        kernel_radius: int | Sequence[int] | None = None,
     ) -> None:
         if not isinstance(physics, LinearPhysics):
             raise TypeError(f"physics must be a deepinv LinearPhysics, got {type(physics).__name__}")
@@ -202,6 +248,7 @@ class DiagCirculantWrapper(_DiagCirculantBase):
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"dtype must be float32 or float64, got {dtype}")
         self.complex_images = complex_images
+        self.kernel_radius = _check_kernel_radius(kernel_radius, shape)
         super().__init__(img_size=(self.channels, *shape), device=device)
         self.physics = physics
         self.img_shape = shape
@@ -260,11 +307,29 @@ class DiagCirculantWrapper(_DiagCirculantBase):
 
     @property
     def kernel(self) -> torch.Tensor:
-        """The convolution kernel of ``lam`` on the doubled grid ``(2D, 2H, 2W)``, lag 0 at index 0
-        (real for real images, complex for complex images)."""
-        if self.complex_images:
-            return torch.fft.ifftn(self.fourier_filter)
-        return torch.fft.irfftn(self.fourier_filter, s=tuple(2 * s for s in self.img_shape))
+        """The convolution kernel of ``H`` on the doubled grid ``(2D, 2H, 2W)``, lag 0 at index 0
+        (real for real images, complex for complex images), zero beyond ``kernel_radius``."""
+        return self._kernel_of(self.fourier_filter)
+
+    def _kernel_of(self, lam: torch.Tensor) -> torch.Tensor:
+        k = torch.fft.ifftn(lam) if self.complex_images else torch.fft.irfftn(lam, s=tuple(2 * s for s in self.img_shape))
+        return k if self.kernel_radius is None else k * self._lag_window(k)
+
+    def _lag_window(self, like: torch.Tensor) -> torch.Tensor:
+        """0/1 box over the doubled grid: 1 at lags ``|l_i| <= r_i`` (negative lags at the end)."""
+        axes = []
+        for n, r in zip(self.img_shape, self.kernel_radius):
+            lag = torch.arange(2 * n, device=like.device)
+            lag = torch.minimum(lag, 2 * n - lag)  # |lag| of each FFT index
+            axes.append((lag <= r).to(like.real.dtype))
+        return axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+
+    def _effective_filter(self, lam: torch.Tensor) -> torch.Tensor:
+        """``lam`` with its kernel cut to ``kernel_radius`` (``lam`` itself without a radius)."""
+        if self.kernel_radius is None:
+            return lam
+        k = self._kernel_of(lam)
+        return torch.fft.fftn(k) if self.complex_images else torch.fft.rfftn(k)
 
     @torch.no_grad()
     def make_self_adjoint(self) -> "DiagCirculantWrapper":
@@ -275,14 +340,17 @@ class DiagCirculantWrapper(_DiagCirculantBase):
         """
         if self.variant != "sandwich":
             raise ValueError(f"make_self_adjoint applies to the 'sandwich' variant, this wrapper is {self.variant!r}")
-        self._params()
+        self._require_fitted()
         self.fourier_filter.imag.zero_()
         return self
 
-    def _params(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _require_fitted(self) -> None:
         if not self.fitted:
             raise RuntimeError("DiagCirculantWrapper has no parameters yet: call fit(), load() or set_parameters()")
-        return self.spatial_mask, self.fourier_filter
+
+    def _params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self._require_fitted()
+        return self.spatial_mask, self._effective_filter(self.fourier_filter)
 
     # ----------------------------------------------------------------- deepinv physics
     def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -301,11 +369,18 @@ class DiagCirculantWrapper(_DiagCirculantBase):
         ``m`` is cropped to the patch; the kernel is cropped to lags ``|l| <= p - 1`` (the only ones
         two voxels of the patch can see) and transformed on the patch's doubled grid.
         """
-        mask, _ = self._params()
+        self._require_fitted()
+        mask = self.spatial_mask
         off, shape = check_patch(offset, shape, self.img_shape)
         m_p = mask[off[0]:off[0] + shape[0], off[1]:off[1] + shape[1], off[2]:off[2] + shape[2]]
         return DiagCirculantPatch(m_p, self._patch_filter(shape), self.scaling, self.variant, off,
-                                  complex_images=self.complex_images)
+                                  complex_images=self.complex_images, grid=self.patch_grid(shape))
+
+    def patch_grid(self, shape: Sequence[int]) -> tuple[int, int, int]:
+        """FFT grid of a ``shape`` patch: ``2p`` per axis, or, with ``kernel_radius``, the smallest
+        2-3-5-smooth size ``>= p + min(r, p - 1) + 1`` (no lag of the patch wraps onto another)."""
+        radius = self.kernel_radius or tuple(p - 1 for p in shape)
+        return tuple(_smooth_size(p + min(r, p - 1) + 1) for p, r in zip(shape, radius))
 
     def _patch_filter(self, shape: tuple[int, int, int]) -> torch.Tensor:
         """Spectrum of the kernel cropped to the lags of a ``shape`` patch, on its doubled grid.
@@ -330,14 +405,14 @@ class DiagCirculantWrapper(_DiagCirculantBase):
 
     def _compute_patch_filter(self, shape: tuple[int, int, int]) -> torch.Tensor:
         k = self.kernel
-        # lags -(p-1)..(p-1) of the big grid (negative lags wrap to the end), placed on a 2p grid
-        idx = [torch.cat([torch.arange(0, p, device=k.device), torch.arange(-(p - 1), 0, device=k.device) % (2 * n)])
-               for p, n in zip(shape, self.img_shape)]
-        small = k[idx[0]][:, idx[1]][:, :, idx[2]]  # (2p-1)^3 lags, in FFT order without the Nyquist lag
-        grid = torch.zeros(tuple(2 * p for p in shape), dtype=k.dtype, device=k.device)
-        pos = [torch.cat([torch.arange(0, p, device=k.device), torch.arange(p + 1, 2 * p, device=k.device)])
-               for p in shape]
-        grid[pos[0][:, None, None], pos[1][None, :, None], pos[2][None, None, :]] = small
+        sizes = self.patch_grid(shape)
+        radius = [min(r, p - 1) for p, r in zip(shape, self.kernel_radius or tuple(p - 1 for p in shape))]
+        # lags -r..r of the big grid (negative lags wrap to its end) to the same lags of the patch grid
+        src = [torch.arange(-r, r + 1, device=k.device) % (2 * n) for r, n in zip(radius, self.img_shape)]
+        dst = [torch.arange(-r, r + 1, device=k.device) % g for r, g in zip(radius, sizes)]
+        grid = torch.zeros(sizes, dtype=k.dtype, device=k.device)
+        grid[dst[0][:, None, None], dst[1][None, :, None], dst[2][None, None, :]] = \
+            k[src[0][:, None, None], src[1][None, :, None], src[2][None, None, :]]
         return torch.fft.fftn(grid) if self.complex_images else torch.fft.rfftn(grid)
 
     # ----------------------------------------------------------------- fitting
@@ -427,8 +502,8 @@ class DiagCirculantWrapper(_DiagCirculantBase):
                     x, t = bank[0][idx], bank[1][idx]
                 with torch.enable_grad():
                     opt.zero_grad(set_to_none=True)
-                    hx = apply_diag_circulant(x, self.spatial_mask, self.fourier_filter, self.variant, 1.0,
-                                              self.complex_images)
+                    hx = apply_diag_circulant(x, self.spatial_mask, self._effective_filter(self.fourier_filter),
+                                              self.variant, 1.0, self.complex_images)
                     loss = (hx - t).square().sum() / t.square().sum()
                     loss.backward()
                     opt.step()
@@ -467,6 +542,7 @@ class DiagCirculantWrapper(_DiagCirculantBase):
             "scaling": self.scaling,
             "variant": self.variant,
             "complex_images": self.complex_images,
+            "kernel_radius": None if self.kernel_radius is None else list(self.kernel_radius),
             "geometry_fingerprint": self._geometry_fingerprint(),
         }
         with atomic_path(path) as tmp:
@@ -474,9 +550,22 @@ class DiagCirculantWrapper(_DiagCirculantBase):
 
     def load(self, path: str | os.PathLike) -> "DiagCirculantWrapper":
         """Load parameters saved by :meth:`save`; refuse those of another geometry or size."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or state.get("format") != "unrolled3d.DiagCirculant/1":
-            raise ValueError(f"{path} is not a DiagCirculantWrapper file")
+        return self._load_state(_read_state(path), path)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, physics: LinearPhysics,
+                  device: torch.device | str = "cpu") -> "DiagCirculantWrapper":
+        """The wrapper saved in ``path`` (size, variant, scaling, image kind and kernel radius as
+        saved) around ``physics``, which must be the acquisition it was fitted for."""
+        state = _read_state(path)
+        radius = state.get("kernel_radius")
+        wrapper = cls(physics, tuple(state["img_shape"]), scaling=float(state["scaling"]), device=device,
+                      variant=state["variant"], dtype=state["spatial_mask"].dtype,
+                      complex_images=bool(state.get("complex_images", False)),
+                      kernel_radius=None if radius is None else tuple(radius))
+        return wrapper._load_state(state, path)
+
+    def _load_state(self, state: dict, path: str | os.PathLike) -> "DiagCirculantWrapper":
         if tuple(state["img_shape"]) != self.img_shape:
             raise ValueError(f"{path} holds an operator for a volume of {tuple(state['img_shape'])}, "
                              f"this wrapper is {self.img_shape}")
@@ -485,6 +574,10 @@ class DiagCirculantWrapper(_DiagCirculantBase):
             kinds = {True: "complex", False: "real"}
             raise ValueError(f"{path} holds an operator for {kinds[saved_complex]} images, this wrapper is for "
                              f"{kinds[self.complex_images]} images")
+        saved_radius = state.get("kernel_radius")
+        if (None if saved_radius is None else tuple(saved_radius)) != self.kernel_radius:
+            raise ValueError(f"{path} holds an operator with kernel_radius {saved_radius}, this wrapper has "
+                             f"{self.kernel_radius}")
         mine = self._geometry_fingerprint()
         if state["geometry_fingerprint"] != mine:
             raise ValueError(f"{path} was fitted for geometry {state['geometry_fingerprint']}, this physics has "
@@ -499,8 +592,10 @@ class DiagCirculantPatch(_DiagCirculantBase):
     """The restriction of a :class:`DiagCirculantWrapper` to one patch (see ``restrict``)."""
 
     def __init__(self, mask: torch.Tensor, lam: torch.Tensor, scaling: float, variant: str,
-                 offset: tuple[int, int, int], complex_images: bool = False) -> None:
+                 offset: tuple[int, int, int], complex_images: bool = False,
+                 grid: tuple[int, int, int] | None = None) -> None:
         self.complex_images = bool(complex_images)
+        self.grid = grid
         super().__init__(img_size=(2 if self.complex_images else 1, *mask.shape), device=mask.device)
         self.mask, self.lam = mask, lam
         self.scaling, self.variant, self.offset = scaling, variant, offset

@@ -50,7 +50,8 @@ def _interleave_mask(m: torch.Tensor) -> torch.Tensor:
 
 
 def apply_diag_circulant_complex(x: torch.Tensor, mask: torch.Tensor, lam: torch.Tensor,
-                                 variant: str = "sandwich", scale: float = 1.0) -> torch.Tensor:
+                                 variant: str = "sandwich", scale: float = 1.0,
+                                 grid: tuple[int, int, int] | None = None) -> torch.Tensor:
     """Apply ``scale * H`` to complex images.
 
     Parameters
@@ -60,13 +61,15 @@ def apply_diag_circulant_complex(x: torch.Tensor, mask: torch.Tensor, lam: torch
     mask : torch.Tensor
         Real ``(D, H, W)``, same dtype as ``x``.
     lam : torch.Tensor
-        Complex full spectrum ``(2D, 2H, 2W)`` (``torch.fft.fftn`` of the kernel on the doubled
-        grid, lag 0 at index 0), or real (a Hermitian kernel).
+        Complex full spectrum ``grid`` (``torch.fft.fftn`` of the kernel on the zero-padded grid,
+        lag 0 at index 0), or real (a Hermitian kernel).
     variant : str
         ``"sandwich"`` (``m F^-1 lam F m``), ``"one_sided"`` (``m F^-1 lam F``) or
         ``"symmetric"`` (``(H + H^*) / 2`` of the one-sided form).
     scale : float
         Real factor.
+    grid : tuple of int, optional
+        FFT grid ``(G0, G1, G2)``, each ``>=`` the image size; default the doubled grid.
 
     Returns
     -------
@@ -76,11 +79,12 @@ def apply_diag_circulant_complex(x: torch.Tensor, mask: torch.Tensor, lam: torch
     D, H, W = (int(s) for s in x.shape[-3:])
     v = to_interleaved(x)                       # (B, 1, D, H, 2W)
     m2 = _interleave_mask(mask)                 # (D, H, 2W)
-    shape, pad = (D, H, 2 * W), (2 * D, 2 * H, 4 * W)
+    G0, G1, G2 = grid if grid is not None else (2 * D, 2 * H, 2 * W)
+    shape, pad = (D, H, 2 * W), (G0, G1, 2 * G2)
 
     def gather(masked: bool) -> torch.Tensor:
-        buf = masked_gather(v, (0, 0, 0), shape, pad, m2 if masked else None)  # (B, 1, 2D, 2H, 4W)
-        return torch.view_as_complex(buf.unflatten(-1, (2 * W, 2)))             # (B, 1, 2D, 2H, 2W)
+        buf = masked_gather(v, (0, 0, 0), shape, pad, m2 if masked else None)  # (B, 1, G0, G1, 2 G2)
+        return torch.view_as_complex(buf.unflatten(-1, (G2, 2)))                # (B, 1, G0, G1, G2)
 
     def conv(masked_input: bool, conj: bool = False) -> torch.Tensor:
         # each padded buffer is dropped as soon as the next is made: without autograd at most two
@@ -89,7 +93,7 @@ def apply_diag_circulant_complex(x: torch.Tensor, mask: torch.Tensor, lam: torch
         filt = lam.conj() if conj and lam.is_complex() else lam
         spec = torch.fft.fftn(gather(masked_input), dim=_DIMS)
         spec = spectral_filter(spec, filt, scale)
-        return torch.view_as_real(torch.fft.ifftn(spec, dim=_DIMS)).flatten(-2)  # (B, 1, 2D, 2H, 4W)
+        return torch.view_as_real(torch.fft.ifftn(spec, dim=_DIMS)).flatten(-2)  # (B, 1, G0, G1, 2 G2)
 
     def crop(buf: torch.Tensor, masked: bool) -> torch.Tensor:
         out, _ = masked_scatter_add(v.new_zeros(v.shape), buf, (0, 0, 0), shape, mask=m2 if masked else None)

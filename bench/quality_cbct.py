@@ -48,6 +48,9 @@ def main() -> None:
     ap.add_argument("--exact-weights", help="model file from `unrolled3d train` (same scan and settings) used "
                                             "for the exact case instead of training it again")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "quality_cbct.json"))
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the methods already in --out (same problem settings required) and add or replace "
+                         "the ones trained now, so cases run at different times land in one table")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # denormals slow CPU convolutions several-fold
@@ -67,11 +70,13 @@ def main() -> None:
         y = physics.A(x) + args.noise * torch.randn(physics.A(x).shape, generator=gen)
         tests.append((x, y))
 
-    t0 = time.perf_counter()
-    normal = DiagCirculantWrapper(physics, (n, n, n))
-    fit_hist = normal.fit(n_iter=150, lr=1e-2, progress=False)
-    fit_s = time.perf_counter() - t0
-    h_err = normal.relative_error()
+    normal, h_err, fit_s, fit_hist = None, None, None, [None]
+    if not args.only or "partitioned (H)" in args.only:
+        t0 = time.perf_counter()
+        normal = DiagCirculantWrapper(physics, (n, n, n))
+        fit_hist = normal.fit(n_iter=150, lr=1e-2, progress=False)
+        fit_s = time.perf_counter() - t0
+        h_err = normal.relative_error()
 
     results = {"config": vars(args), "H_relative_error": h_err, "H_fit_seconds": fit_s,
                "H_fit_first_last": [fit_hist[0], fit_hist[-1]], "methods": {}}
@@ -79,7 +84,6 @@ def main() -> None:
         recs = [physics.A_dagger(y, window=window) for _, y in tests]
         results["methods"][name] = {"psnr": [psnr(r, x) for r, (x, _) in zip(recs, tests)],
                                     "ssim": [ssim(r, x) for r, (x, _) in zip(recs, tests)]}
-
     cases = {
         "full unrolled": dict(patch=(n, n, n), physics=physics),
         "partitioned (exact A S^T)": dict(patch=(p, p, p), physics=physics),
@@ -115,12 +119,50 @@ def main() -> None:
                                     "train_seconds": train_s, "inference_seconds": infer_s,
                                     "loss_first_last": [log["losses"][0], log["losses"][-1]]}
         print(f"{name}: PSNR {sum(scores) / len(scores):.2f} dB (train {train_s:.0f} s)", flush=True)
+    # read only now, so that a run started earlier in parallel and finished since is merged too
+    earlier = _earlier_results(args) if args.merge else None
+    if earlier is not None:
+        # the FDK scores pin down the held-out volumes and their noise: equal scores, same test set
+        for name in ("FDK", "FDK (Hann window)"):
+            # (to 1e-6 dB: another thread count may change the last bits of the FDK sums)
+            if any(abs(a - b) > 1e-6 for a, b in zip(earlier["methods"][name]["psnr"],
+                                                      results["methods"][name]["psnr"], strict=True)):
+                raise SystemExit(f"--merge: {args.out} was scored on other test data ({name} PSNR differs)")
+        runs = earlier.get("runs", [{"config": earlier["config"], "methods": sorted(
+            m for m in earlier["methods"] if not m.startswith("FDK"))}])
+        if args.only is not None and "partitioned (H)" not in args.only:
+            # the H model in the table is the earlier run's: keep the fit it was trained with
+            for key in ("H_relative_error", "H_fit_seconds", "H_fit_first_last"):
+                results[key] = earlier[key]
+        if "exact_weights" in earlier and not args.exact_weights:
+            results["exact_weights"] = earlier["exact_weights"]
+        results["methods"] = {**earlier["methods"], **results["methods"]}
+        results["runs"] = runs + [{"config": vars(args), "methods": sorted(
+            m for m in cases if not args.only or m in args.only)}]
+
     for name, r in results["methods"].items():
         r["mean_psnr"] = sum(r["psnr"]) / len(r["psnr"])
         r["mean_ssim"] = sum(r["ssim"]) / len(r["ssim"])
     print(json.dumps({k: round(v["mean_psnr"], 2) for k, v in results["methods"].items()}))
     with atomic_path(args.out) as tmp:
         tmp.write_text(json.dumps(results, indent=1))
+
+
+# settings that define the problem and the training budget: runs merged into one table must share them
+_PROBLEM_KEYS = ("size", "patch", "views", "steps", "noise", "lr", "n_test", "geometry")
+
+
+def _earlier_results(args: argparse.Namespace) -> dict | None:
+    """The results already in ``args.out``, checked to be for the same problem; None if absent."""
+    out = Path(args.out)
+    if not out.exists():
+        return None
+    earlier = json.loads(out.read_text())
+    now = vars(args)
+    differ = [k for k in _PROBLEM_KEYS if earlier["config"].get(k) != now[k]]
+    if differ:
+        raise SystemExit(f"--merge: {out} has other settings for {differ}; refusing to mix them in one table")
+    return earlier
 
 
 if __name__ == "__main__":

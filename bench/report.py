@@ -75,13 +75,32 @@ def normal_table(benchmarks: list[dict], label: str) -> str:
     return f"### Normal operator on a patch, {label}\n\n" + "\n".join(rows) + "\n"
 
 
-def partition_table(benchmarks: list[dict]) -> str:
-    rows = ["| step | mode | volume | time (s) | peak extra memory (MiB) |", "|---|---|---|---|---|"]
+def _mib(e: dict) -> str:
+    return "out of memory" if e.get("oom") else f"{e['peak_extra_mib']:.0f}"
+
+
+def partition_table(benchmarks: list[dict], label: str) -> str:
+    rows = ["| step | mode | volume | time (s) | peak extra memory (MiB) | full / this |", "|---|---|---|---|---|---|"]
+    peak = {(b["extra_info"]["kind"], b["extra_info"]["mode"], b["extra_info"]["size"]): b["extra_info"]
+            for b in benchmarks}
     for b in sorted(benchmarks, key=lambda b: (b["extra_info"]["kind"], b["extra_info"]["mode"], b["extra_info"]["size"])):
         e = b["extra_info"]
-        rows.append(f"| {e['kind']} | {e['mode']} | {e['size']}^3 | {b['stats']['min']:.2f} | {e['peak_extra_mib']:.0f} |")
-    return ("### Full vs partitioned unrolled network (K=5, UNet3D base 8; patch 32^3; 30 views; CPU)\n\n"
-            + "\n".join(rows) + "\n")
+        full = peak.get((e["kind"], "full", e["size"]))
+        ratio = (f"{full['peak_extra_mib'] / e['peak_extra_mib']:.1f}x" if full and not full.get("oom")
+                 and not e.get("oom") and e["mode"] != "full" else "-")
+        time_s = "-" if e.get("oom") else f"{b['stats']['min']:.2f}"
+        rows.append(f"| {e['kind']} | {e['mode']} | {e['size']}^3 | {time_s} | {_mib(e)} | {ratio} |")
+    notes = []
+    for kind in ("train", "inference"):
+        for mode in ("partitioned_exact", "partitioned_H"):
+            pts = sorted((e["size"], e["peak_extra_mib"]) for (k, m, _), e in peak.items()
+                         if k == kind and m == mode and not e.get("oom"))
+            if len(pts) > 1:
+                lo, hi = min(v for _, v in pts), max(v for _, v in pts)
+                notes.append(f"- {kind}, {mode}: peak from {pts[0][0]}^3 to {pts[-1][0]}^3 spans "
+                             f"{lo:.0f}-{hi:.0f} MiB (max/min {hi / lo:.2f}x)")
+    return (f"### Full vs partitioned unrolled network (K=5, UNet3D base 8; patch 32^3; 30 views; {label})\n\n"
+            + "\n".join(rows) + "\n\n" + "\n".join(notes) + "\n")
 
 
 def partition_plot(benchmarks: list[dict], path: Path) -> None:
@@ -94,7 +113,8 @@ def partition_plot(benchmarks: list[dict], path: Path) -> None:
     for ax, kind in zip(axes, ["train", "inference"]):
         for mode in ["full", "partitioned_exact", "partitioned_H"]:
             pts = sorted((b["extra_info"]["size"], b["extra_info"]["peak_extra_mib"]) for b in benchmarks
-                         if b["extra_info"]["kind"] == kind and b["extra_info"]["mode"] == mode)
+                         if b["extra_info"]["kind"] == kind and b["extra_info"]["mode"] == mode
+                         and not b["extra_info"].get("oom"))
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=mode)
         ax.set_xlabel("volume edge (voxels)")
@@ -105,6 +125,25 @@ def partition_plot(benchmarks: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def mri_h_table(benchmarks: list[dict], label: str) -> str:
+    """Exact patch ``A^H A`` vs the fitted complex H (and H with a cut kernel) on the same patch."""
+    rows = ["| volume | coils | patch | operator | FFT grid | time (ms) | vs best exact | error on patch |",
+            "|---|---|---|---|---|---|---|---|"]
+    for b in sorted(benchmarks, key=lambda b: (b["extra_info"]["size"], b["extra_info"]["n_coils"],
+                                               b["extra_info"]["patch"], b["extra_info"]["op"])):
+        e = b["extra_info"]
+        if not e["op"].startswith("patch"):
+            continue
+        name = {"patch_AHA": f"exact S A^H A S^T (coil chunk {e['chunk']})", "patch_H": "H",
+                "patch_H_radius": f"H, kernel radius {e.get('kernel_radius')}"}[e["op"]]
+        grid = "x".join(str(g) for g in e["fft_grid"]) if "fft_grid" in e else "-"
+        speed = f"{e['speedup_vs_best_exact']:.1f}x" if "speedup_vs_best_exact" in e else "-"
+        err = f"{e['rel_error_H_patch']:.3f}" if "rel_error_H_patch" in e else "-"
+        rows.append(f"| {e['size']}^3 | {e['n_coils']} | {e['patch']}^3 | {name} | {grid} | "
+                    f"{b['stats']['min'] * 1e3:.1f} | {speed} | {err} |")
+    return f"### MRI: H vs the exact patch normal operator, {label}\n\n" + "\n".join(rows) + "\n"
 
 
 def throughput_plot(series: dict[str, list[dict]], fused: list[dict], path: Path) -> None:
@@ -149,7 +188,8 @@ def quality_table(path: Path) -> str:
         return ""
     q = json.loads(path.read_text())
     c = q["config"]
-    rows = ["| method | mean PSNR (dB) | mean SSIM | training time (s) |", "|---|---|---|---|"]
+    fdk = q["methods"]["FDK"]["mean_psnr"]
+    rows = ["| method | mean PSNR (dB) | vs FDK (dB) | mean SSIM | training time (s) |", "|---|---|---|---|---|"]
     for name, r in q["methods"].items():
         ssim = f"{r['mean_ssim']:.3f}" if "mean_ssim" in r else "-"
         t = r.get("train_seconds")
@@ -159,10 +199,16 @@ def quality_table(path: Path) -> str:
             train_s = "shipped demo weights"
         else:
             train_s = f"{t:.0f}"
-        rows.append(f"| {name} | {r['mean_psnr']:.2f} | {ssim} | {train_s} |")
+        gain = "-" if name == "FDK" else f"{r['mean_psnr'] - fdk:+.2f}"
+        rows.append(f"| {name} | {r['mean_psnr']:.2f} | {gain} | {ssim} | {train_s} |")
+    runs = q.get("runs")
+    merged = ("" if not runs else "\nMerged from runs with the same problem and budget: " + "; ".join(
+        f"{', '.join(r['methods'])} ({r['config']['threads']} thread(s))" for r in runs) + ".\n")
+    h_err = q.get("H_relative_error")
     return (f"### Quality on {c['n_test']} held-out random-ellipsoid phantoms ({c['size']}^3, {c['views']} views, "
-            f"noise {c['noise']}, patch {c['patch']}^3, {c['steps']} training steps each; "
-            f"relative error of H: {q['H_relative_error']:.3f})\n\n" + "\n".join(rows) + "\n")
+            f"noise {c['noise']}, patch {c['patch']}^3, {c['steps']} training steps each"
+            + (f"; relative error of H: {h_err:.3f}" if h_err is not None else "") + ")\n\n"
+            + "\n".join(rows) + "\n" + merged)
 
 
 def _first(*names: str) -> str:
@@ -206,9 +252,16 @@ def main(results: Path | None = None) -> str:
         out.append(normal_table(gpu_normal, "NVIDIA H200"))
     part = _load("partition_cpu.json")
     if part:
-        out.append(partition_table(part))
+        out.append(partition_table(part, f"CPU ({_machine('partition_cpu.json')})"))
         partition_plot(part, RESULTS / "partition_memory.png")
         out.append("![memory vs volume size](partition_memory.png)\n")
+    for name in sorted(p.name for p in RESULTS.glob("partition_cuda*.json")):
+        gpu_part = _load(name)
+        if gpu_part:
+            out.append(partition_table(gpu_part, f"GPU ({gpu_part[0]['extra_info'].get('device', '?')})"))
+    mri_h = [b for b in _load("mri_cpu.json") if b["name"].startswith("test_cpu_mri_patch_normal_H")]
+    if mri_h:
+        out.append(mri_h_table(mri_h, f"CPU ({_machine('mri_cpu.json')}, 1 thread)"))
     if cpu or gpu or fused:
         throughput_plot({"CPU": cpu, "H200": gpu}, fused, RESULTS / "throughput.png")
         out.append("![projector throughput and fused-op speed-ups](throughput.png)\n")

@@ -211,8 +211,10 @@ class DiagCirculantWrapper(_DiagCirculantBase):
         An int or ``(r0, r1, r2)``: the kernel is restricted to lags ``|l_i| <= r_i``, in the fit
         and in use, so a patch of size ``p`` is filtered on a grid of about ``p + min(r, p - 1)``
         per axis instead of ``2p`` (the paper's "restricting the size of the underlying
-        convolution kernel"). Worth it where the normal operator's point-spread function is
-        compact, e.g. Cartesian MRI, and where patches are a large fraction of the volume.
+        convolution kernel"). Worth it only where the normal operator's point-spread function is
+        compact and patches are a large fraction of the volume; incoherently undersampled MRI
+        spreads its aliasing over every lag (measured in ``docs/partitioning.md``). The
+        whole-volume ``H`` then pays one more FFT pair of the doubled grid per call (the cut).
     :param complex_images: ``True``: images are complex ``(B, 2, D, H, W)`` (real, imaginary
         channels), ``H`` is a complex convolution (complex kernel, full-FFT ``lam`` of shape
         ``(2D, 2H, 2W)``). ``False``: real images ``(B, C, D, H, W)``, real kernel, rFFT ``lam``
@@ -367,7 +369,8 @@ class DiagCirculantWrapper(_DiagCirculantBase):
         """The approximation on the patch ``[o0:o0+p0, o1:o1+p1, o2:o2+p2]``.
 
         ``m`` is cropped to the patch; the kernel is cropped to lags ``|l| <= p - 1`` (the only ones
-        two voxels of the patch can see) and transformed on the patch's doubled grid.
+        two voxels of the patch can see; ``|l| <= min(r, p - 1)`` with a ``kernel_radius``) and
+        transformed on the patch's grid (:meth:`patch_grid`).
         """
         self._require_fitted()
         mask = self.spatial_mask
@@ -379,8 +382,13 @@ class DiagCirculantWrapper(_DiagCirculantBase):
     def patch_grid(self, shape: Sequence[int]) -> tuple[int, int, int]:
         """FFT grid of a ``shape`` patch: ``2p`` per axis, or, with ``kernel_radius``, the smallest
         2-3-5-smooth size ``>= p + min(r, p - 1) + 1`` (no lag of the patch wraps onto another)."""
-        radius = self.kernel_radius or tuple(p - 1 for p in shape)
-        return tuple(_smooth_size(p + min(r, p - 1) + 1) for p, r in zip(shape, radius))
+        return tuple(_smooth_size(p + r + 1) for p, r in zip(shape, self._patch_radius(shape)))
+
+    def _patch_radius(self, shape: Sequence[int]) -> list[int]:
+        """Largest lag of the kernel a ``shape`` patch uses, per axis."""
+        if self.kernel_radius is None:
+            return [p - 1 for p in shape]
+        return [min(r, p - 1) for p, r in zip(shape, self.kernel_radius)]
 
     def _patch_filter(self, shape: tuple[int, int, int]) -> torch.Tensor:
         """Spectrum of the kernel cropped to the lags of a ``shape`` patch, on its doubled grid.
@@ -405,8 +413,7 @@ class DiagCirculantWrapper(_DiagCirculantBase):
 
     def _compute_patch_filter(self, shape: tuple[int, int, int]) -> torch.Tensor:
         k = self.kernel
-        sizes = self.patch_grid(shape)
-        radius = [min(r, p - 1) for p, r in zip(shape, self.kernel_radius or tuple(p - 1 for p in shape))]
+        sizes, radius = self.patch_grid(shape), self._patch_radius(shape)
         # lags -r..r of the big grid (negative lags wrap to its end) to the same lags of the patch grid
         src = [torch.arange(-r, r + 1, device=k.device) % (2 * n) for r, n in zip(radius, self.img_shape)]
         dst = [torch.arange(-r, r + 1, device=k.device) % g for r, g in zip(radius, sizes)]

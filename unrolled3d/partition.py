@@ -29,6 +29,7 @@ from deepinv.models import Reconstructor
 from deepinv.physics import LinearPhysics
 from tqdm.auto import tqdm
 
+from ._distributed import rank_and_world
 from ._validation import int_triple
 from .normal import DiagCirculantWrapper
 from .ops.fused import masked_scatter_add, masked_scatter_add_
@@ -114,10 +115,13 @@ class NormalPatchPhysics(LinearPhysics):
         raise NotImplementedError("the normal-operator patch physics has no A^T (only H)")
 
 
+def _unwrap(physics: LinearPhysics) -> LinearPhysics:
+    """The exact operator behind a ``DiagCirculantWrapper`` (any other physics: itself)."""
+    return physics.physics if isinstance(physics, DiagCirculantWrapper) else physics
+
+
 def _restrict_exact(physics: LinearPhysics, img_shape, offset, shape) -> LinearPhysics:
-    if hasattr(physics, "restrict") and not isinstance(physics, DiagCirculantWrapper):
-        return physics.restrict(offset, shape)
-    inner = physics.physics if isinstance(physics, DiagCirculantWrapper) else physics
+    inner = _unwrap(physics)
     if hasattr(inner, "restrict"):
         return inner.restrict(offset, shape)
     return ZeroPaddedPatchPhysics(inner, img_shape, offset, shape)
@@ -256,7 +260,7 @@ class PartitionedReconstructor(Reconstructor):
         x = physics.A_dagger(y) if x_init is None else x_init
         if tuple(x.shape[-3:]) != self.img_shape:
             raise ValueError(f"x_init has spatial shape {tuple(x.shape[-3:])}, expected {self.img_shape}")
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+        rank, world = rank_and_world()
         window = blend_window(self.patch_shape, self.stride, dtype=x.dtype, device=x.device)
         offsets = self.patches()[rank::world]
         first = x  # start point of every patch when sweep_start == "initial" (as in training)
@@ -303,7 +307,7 @@ class PartitionedReconstructor(Reconstructor):
         offset = tuple(offset) if offset is not None else self.random_offset(generator)
         shape = self.patch_shape
         normal = self._normal_operator(physics, fourier_filter, spatial_mask)
-        inner = physics.physics if isinstance(physics, DiagCirculantWrapper) else physics
+        inner = _unwrap(physics)
         # Only the patch is reconstructed, so only patch-sized images are formed: the start point
         # and (H mode) the backprojected residual are computed on the patch alone where the
         # physics allows it, which keeps the step's memory flat in the volume size.

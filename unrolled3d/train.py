@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from ._distributed import rank_and_world
 from .io_utils import atomic_path
 from .metrics import psnr
 
@@ -164,12 +165,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
-def _dist_rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _average_over_ranks(params: Sequence[torch.nn.Parameter]) -> None:
     """All-reduce the gradients (one flat buffer) and divide by the number of ranks."""
     world = dist.get_world_size()
@@ -278,7 +273,7 @@ def train(rec: torch.nn.Module, physics, dataset, config: TrainConfig | None = N
     # Data parallel (torch.distributed initialised, e.g. under torchrun): every rank draws its own
     # volumes, noise and patches (seed + rank), gradients are averaged over ranks after each step
     # (the effective batch is world * batch_size), rank 0 writes the checkpoints.
-    rank, world = _dist_rank_world()
+    rank, world = rank_and_world()
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed + rank)
     if world > 1:
         for t in rec.state_dict().values():

@@ -1,0 +1,11 @@
+"""The process's place in a ``torch.distributed`` job (data-parallel training, patch-parallel inference)."""
+from __future__ import annotations
+
+import torch.distributed as dist
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world size)`` of the initialised default process group, ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1

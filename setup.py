@@ -77,8 +77,8 @@ def _extension():
 
 setup(
     packages=[
-        "unrolled3d", "unrolled3d.physics", "unrolled3d.data", "unrolled3d.ops", "unrolled3d.models",
-        "unrolled3d.kernels", "unrolled3d.mri",
+        "unrolled3d", "unrolled3d.cli", "unrolled3d.data", "unrolled3d.io", "unrolled3d.models", "unrolled3d.mri",
+        "unrolled3d.normal", "unrolled3d.ops", "unrolled3d.physics", "unrolled3d.kernels",
     ],
     package_dir={"unrolled3d.kernels": "kernels"},
     # the demo's trained weights and the configuration that trained them

@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 
 from unrolled3d.data.datasets import PhantomDataset
-from unrolled3d.io_utils import atomic_path
+from unrolled3d.io import atomic_path
 from unrolled3d.metrics import psnr, ssim
 from unrolled3d.models import UNet3D, UnrolledPGD
 from unrolled3d.normal import DiagCirculantWrapper
 from unrolled3d.partition import PartitionedReconstructor
-from unrolled3d.files import load_model
+from unrolled3d.io import load_model
 from unrolled3d.physics import ConeBeamCT, ConeBeamGeometry
 from unrolled3d.physics.presets import standard_cone_beam
 from unrolled3d.train import TrainConfig, train

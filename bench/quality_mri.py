@@ -36,7 +36,7 @@ import torch
 
 from unrolled3d.data import ComplexPhantomDataset
 from unrolled3d.data.datasets import PhantomDataset
-from unrolled3d.io_utils import atomic_path
+from unrolled3d.io import atomic_path
 from unrolled3d.metrics import magnitude_psnr
 from unrolled3d.models import UNet3D, UnrolledPGD
 from unrolled3d.mri import MultiCoilMRI3D, acceleration, birdcage_maps, cg_sense, variable_density_mask, zero_filled

@@ -1,4 +1,4 @@
-"""Overhead of the deepinv drop-in ``unrolled3d.compat.TomographyWithAstra`` over ``ConeBeamCT``.
+"""Overhead of the deepinv drop-in ``unrolled3d.physics.TomographyWithAstra`` over ``ConeBeamCT``.
 
 Run: ``.venv/bin/python -m pytest bench/test_bench_compat.py --benchmark-json bench/results/compat_cpu.json``.
 The adapter only transposes (a view) between deepinv's ``[B, C, rows, angles, cols]`` and the
@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from unrolled3d.compat import TomographyWithAstra
+from unrolled3d.physics import TomographyWithAstra
 from unrolled3d.physics import ConeBeamCT
 
 CUDA = torch.cuda.is_available()

@@ -27,14 +27,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from unrolled3d.ops import fused
+from unrolled3d import kernels
+from unrolled3d import ops as fused
 from unrolled3d.kernels import masked_gather as mg
 from unrolled3d.kernels import masked_scatter as ms
 from unrolled3d.kernels import spectral_filter as sf
 
 CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(
-    not CUDA or fused.kernels.INTERPRETED,
+    not CUDA or kernels.INTERPRETED,
     reason="Triton-vs-eager benchmarks need a CUDA GPU with compiled Triton kernels "
            "(CPU-only machine: only test_bench_reference_twins_cpu_small runs)")
 

@@ -5,19 +5,21 @@ Each module holds private ``@triton.jit`` kernels, plain launchers
 (``<op>_ref`` / ``<op>_backward_ref``) with identical semantics:
 
 * :mod:`.masked_gather`   - patch gather * mask into a zero-padded FFT buffer
-* :mod:`.spectral_filter` - ``spec * lam * scale`` on an rFFT half-spectrum
+* :mod:`.spectral_filter` - ``spec * lam * scale`` on an FFT spectrum
 * :mod:`.masked_scatter`  - crop * mask * window scatter-add (+ weight map)
 
-The autograd-aware, ``torch.library``-registered ops live in
-``unrolled3d.ops.fused``; use those unless you need a raw launcher.
+:mod:`._common` holds the launch helpers they share. The kernels are leaves: they import
+nothing from the rest of unrolled3d, and trust their arguments. The autograd-aware,
+``torch.library``-registered ops that validate those arguments live in :mod:`unrolled3d.ops`;
+use those unless you need a raw launcher.
 
 Triton decides at *decoration* time (i.e. when these modules are imported)
 whether kernels are compiled for a GPU or run by the CPU interpreter
-(``TRITON_INTERPRET=1``).  :data:`INTERPRETED` records which one happened.
+(``TRITON_INTERPRET=1``). :data:`INTERPRETED` records which one happened.
 """
 
 from . import masked_gather, masked_scatter, spectral_filter
-from .masked_gather import is_interpreted
+from ._common import is_interpreted
 
 #: True if the kernels were built for the Triton CPU interpreter (TRITON_INTERPRET=1
 #: was set before this package was imported).

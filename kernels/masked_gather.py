@@ -13,8 +13,9 @@ Layout (Liger-Kernel style):
 * ``masked_gather_ref`` / ``masked_gather_backward_ref``: pure PyTorch twins with
   exactly the same semantics (used on CPU and as the test oracle).
 
-This module also holds the small helpers shared by the other kernel modules
-(argument validation, patch/volume overlap, tile sizes).
+Arguments are trusted: ``offset``, ``patch_shape`` and ``pad_shape`` are sequences of three
+ints, tensors have the documented shapes (the registered op
+:func:`unrolled3d.ops.masked_gather` validates them once).
 
 The kernels use only ``tl`` builtins (no ``@triton.jit`` helpers from
 ``triton.language.standard`` such as ``tl.cdiv``/``tl.zeros``): those helpers are
@@ -24,140 +25,20 @@ whenever triton was imported before ``TRITON_INTERPRET=1`` was set.
 
 from __future__ import annotations
 
-import contextlib
-import numbers
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
+
+from ._common import chunks, device_ctx, overlap, tile
 
 __all__ = [
     "masked_gather_forward",
     "masked_gather_backward",
     "masked_gather_ref",
     "masked_gather_backward_ref",
-    "check_masked_gather_args",
 ]
-
-# CUDA limits grid axes 1 and 2 to 65535 programs; the batch*channel axis is
-# launched in chunks of at most this size.
-_MAX_GRID_YZ = 65535
-_REAL_DTYPES = (torch.float32, torch.float64)
-
-Triple = Tuple[int, int, int]
-
-
-# --------------------------------------------------------------------------- #
-# shared helpers (also imported by masked_scatter.py and spectral_filter.py)
-# --------------------------------------------------------------------------- #
-def _as_triple(value, name: str, *, positive: bool = False) -> Triple:
-    """Normalise a 3-sequence of Python ints; raise TypeError/ValueError otherwise."""
-    if type(value) in (tuple, list) and len(value) == 3 and all(type(v) is int for v in value):
-        out = tuple(value)  # fast path (this runs on every call)
-        if positive and (out[0] <= 0 or out[1] <= 0 or out[2] <= 0):
-            raise ValueError(f"{name} entries must be positive, got {out}")
-        return out
-    if isinstance(value, torch.Tensor) or not isinstance(value, Sequence) or isinstance(value, str):
-        raise TypeError(f"{name} must be a tuple/list of 3 ints, got {type(value).__name__}")
-    if len(value) != 3:
-        raise ValueError(f"{name} must have exactly 3 entries (d, h, w), got {len(value)}: {tuple(value)}")
-    out = []
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise TypeError(f"{name} entries must be ints, got {type(v).__name__} in {tuple(value)}")
-        out.append(int(v))
-    if positive and any(v <= 0 for v in out):
-        raise ValueError(f"{name} entries must be positive, got {tuple(out)}")
-    return (out[0], out[1], out[2])
-
-
-def _check_tensor(t, name: str, ndim: int, dtypes=_REAL_DTYPES) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
-    if t.dtype not in dtypes:
-        names = "/".join(str(d).replace("torch.", "") for d in dtypes)
-        raise TypeError(f"{name} must have dtype {names}, got {t.dtype}")
-
-
-def _check_like(t, name: str, ref: torch.Tensor, ref_name: str, shape) -> None:
-    """``t`` must be a tensor with ``ref``'s dtype and device and exactly ``shape``."""
-    _check_tensor(t, name, len(shape))
-    if t.dtype != ref.dtype:
-        raise TypeError(f"{name} must have the same dtype as {ref_name} ({ref.dtype}), got {t.dtype}")
-    if t.device != ref.device:
-        raise ValueError(f"{name} must be on the same device as {ref_name} ({ref.device}), got {t.device}")
-    if tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
-
-
-def _overlap(offset: Triple, patch: Triple, vol: Sequence[int]):
-    """Per-dim patch index ranges ``(p0, p1)`` whose voxel ``offset + p`` lies in
-    ``[0, vol)``; ``None`` if the patch misses the volume entirely."""
-    ranges = []
-    for o, p, n in zip(offset, patch, vol):
-        p0, p1 = max(0, -o), min(p, n - o)
-        if p1 <= p0:
-            return None
-        ranges.append((p0, p1))
-    return ranges
-
-
-def _tile(rows: int, cols: int, max_tile: int = 4096):
-    """(BLOCK_R, BLOCK_W, num_warps) for a 2-D [rows, cols] tile, <= max_tile elements."""
-    bw = min(triton.next_power_of_2(max(cols, 1)), 512)
-    br = max(1, min(triton.next_power_of_2(max(rows, 1)), max_tile // bw))
-    return br, bw, (8 if br * bw >= 2048 else 4)
-
-
-def _chunks(n: int, size: Optional[int] = None) -> Iterator[Tuple[int, int]]:
-    """(start, count) chunks of the (b, c) grid axis; ``size`` defaults to the
-    module-level ``_MAX_GRID_YZ`` (read at call time so tests can shrink it)."""
-    size = size or _MAX_GRID_YZ
-    for start in range(0, n, size):
-        yield start, min(size, n - start)
-
-
-def _device_ctx(t: torch.Tensor):
-    """Make ``t``'s GPU current for the launch (no-op on CPU or if it already is)."""
-    if t.is_cuda and t.device.index != torch.cuda.current_device():
-        return torch.cuda.device(t.device)
-    return contextlib.nullcontext()
-
-
-def is_interpreted(kernel) -> bool:
-    """True if ``kernel`` was decorated while TRITON_INTERPRET=1 (runs on CPU)."""
-    return type(kernel).__name__ == "InterpretedFunction"
-
-
-# --------------------------------------------------------------------------- #
-# validation
-# --------------------------------------------------------------------------- #
-def check_masked_gather_args(volume, offset, patch_shape, pad_shape, mask=None):
-    """Validate and normalise; returns ``(offset, patch_shape, pad_shape)`` triples."""
-    _check_tensor(volume, "volume", 5)
-    offset = _as_triple(offset, "offset")
-    patch = _as_triple(patch_shape, "patch_shape", positive=True)
-    pad = _as_triple(pad_shape, "pad_shape", positive=True)
-    if any(P < p for P, p in zip(pad, patch)):
-        raise ValueError(f"pad_shape must be >= patch_shape in every dim, got pad_shape={pad}, patch_shape={patch}")
-    if mask is not None:
-        _check_like(mask, "mask", volume, "volume", patch)
-    return offset, patch, pad
-
-
-def _check_grad_out(grad_out, volume, patch, name="grad_out"):
-    B, C = volume.shape[:2]
-    _check_tensor(grad_out, name, 5)
-    if grad_out.dtype != volume.dtype:
-        raise TypeError(f"{name} must have volume's dtype ({volume.dtype}), got {grad_out.dtype}")
-    if grad_out.device != volume.device:
-        raise ValueError(f"{name} must be on volume's device ({volume.device}), got {grad_out.device}")
-    if tuple(grad_out.shape[:2]) != (B, C) or any(P < p for P, p in zip(grad_out.shape[2:], patch)):
-        raise ValueError(f"{name} must have shape (B={B}, C={C}, Pd>={patch[0]}, Ph>={patch[1]}, Pw>={patch[2]}), "
-                         f"got {tuple(grad_out.shape)}")
 
 
 # --------------------------------------------------------------------------- #
@@ -278,18 +159,18 @@ def _masked_gather_backward_kernel(
 def masked_gather_forward(volume: torch.Tensor, offset, patch_shape, pad_shape,
                           mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Triton launcher. Returns a new contiguous ``(B, C, *pad_shape)`` tensor."""
-    offset, patch, pad = check_masked_gather_args(volume, offset, patch_shape, pad_shape, mask)
+    offset, patch, pad = tuple(offset), tuple(patch_shape), tuple(pad_shape)
     B, C, D, H, W = volume.shape
     out = torch.empty((B, C) + pad, dtype=volume.dtype, device=volume.device)
     if out.numel() == 0:
         return out
     m = mask if mask is not None else volume  # dummy pointer when HAS_MASK=False
     sm = mask.stride() if mask is not None else (0, 0, 0)
-    br, bw, nw = _tile(pad[0] * pad[1], pad[2])
+    br, bw, nw = tile(pad[0] * pad[1], pad[2])
     n_wb = triton.cdiv(pad[2], bw)
     n_tiles = triton.cdiv(pad[0] * pad[1], br) * n_wb
-    with _device_ctx(volume):
-        for start, count in _chunks(B * C):
+    with device_ctx(volume):
+        for start, count in chunks(B * C):
             _masked_gather_forward_kernel[(n_tiles, count)](
                 volume, m, out, C, D, H, W, *volume.stride(), *sm, *offset, *patch, *pad, n_wb, start,
                 HAS_MASK=mask is not None, BLOCK_R=br, BLOCK_W=bw, num_warps=nw,
@@ -307,15 +188,13 @@ def masked_gather_backward(grad_out: torch.Tensor, volume: torch.Tensor, offset,
     grad_out[b,c,i,j,k] * volume[b,c,od+i,oh+j,ow+k]`` (0 outside the volume).
     ``mask`` only enters ``grad_volume``; ``grad_mask`` may be requested with mask=None.
     """
-    pad = tuple(grad_out.shape[2:]) if isinstance(grad_out, torch.Tensor) and grad_out.ndim == 5 else (1, 1, 1)
-    offset, patch, _ = check_masked_gather_args(volume, offset, patch_shape, pad, mask)
-    _check_grad_out(grad_out, volume, patch)
+    offset, patch = tuple(offset), tuple(patch_shape)
     B, C, D, H, W = volume.shape
     gv = torch.zeros(volume.shape, dtype=volume.dtype, device=volume.device) if need_volume_grad else None
     gm = torch.empty(patch, dtype=volume.dtype, device=volume.device) if need_mask_grad else None
     if not (need_volume_grad or need_mask_grad):
         return gv, gm
-    if B * C == 0 or _overlap(offset, patch, (D, H, W)) is None:
+    if B * C == 0 or overlap(offset, patch, (D, H, W)) is None:
         if gm is not None:
             gm.zero_()
         return gv, gm
@@ -323,14 +202,14 @@ def masked_gather_backward(grad_out: torch.Tensor, volume: torch.Tensor, offset,
     sm = mask.stride() if mask is not None else (0, 0, 0)
     gvt = gv if gv is not None else volume
     gmt = gm if gm is not None else volume
-    br, bw, nw = _tile(patch[0] * patch[1], patch[2])
+    br, bw, nw = tile(patch[0] * patch[1], patch[2])
     n_wb = triton.cdiv(patch[2], bw)
     n_tiles = triton.cdiv(patch[0] * patch[1], br) * n_wb
     # mask grad: one program reduces over all (b, c); otherwise parallel over (b, c)
     per_prog = B * C if need_mask_grad else 1
-    chunks = [(0, 1)] if need_mask_grad else list(_chunks(B * C))
-    with _device_ctx(volume):
-        for start, count in chunks:
+    launches = [(0, 1)] if need_mask_grad else list(chunks(B * C))
+    with device_ctx(volume):
+        for start, count in launches:
             _masked_gather_backward_kernel[(n_tiles, count)](
                 grad_out, volume, gvt, gmt, m,
                 B * C, C, D, H, W,
@@ -348,10 +227,10 @@ def masked_gather_backward(grad_out: torch.Tensor, volume: torch.Tensor, offset,
 def masked_gather_ref(volume: torch.Tensor, offset, patch_shape, pad_shape,
                       mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Reference twin of :func:`masked_gather_forward` (differentiable by autograd)."""
-    offset, patch, pad = check_masked_gather_args(volume, offset, patch_shape, pad_shape, mask)
+    offset, patch, pad = tuple(offset), tuple(patch_shape), tuple(pad_shape)
     B, C = volume.shape[:2]
     out = volume.new_zeros((B, C) + pad)
-    ov = _overlap(offset, patch, volume.shape[2:])
+    ov = overlap(offset, patch, volume.shape[2:])
     if ov is None:
         return out
     (a0, a1), (b0, b1), (c0, c1) = ov
@@ -367,12 +246,10 @@ def masked_gather_backward_ref(grad_out: torch.Tensor, volume: torch.Tensor, off
                                mask: Optional[torch.Tensor] = None, need_volume_grad: bool = True,
                                need_mask_grad: bool = False):
     """Reference twin of :func:`masked_gather_backward`."""
-    pad = tuple(grad_out.shape[2:]) if isinstance(grad_out, torch.Tensor) and grad_out.ndim == 5 else (1, 1, 1)
-    offset, patch, _ = check_masked_gather_args(volume, offset, patch_shape, pad, mask)
-    _check_grad_out(grad_out, volume, patch)
+    offset, patch = tuple(offset), tuple(patch_shape)
     gv = volume.new_zeros(volume.shape) if need_volume_grad else None
     gm = volume.new_zeros(patch) if need_mask_grad else None
-    ov = _overlap(offset, patch, volume.shape[2:])
+    ov = overlap(offset, patch, volume.shape[2:])
     if ov is None:
         return gv, gm
     (a0, a1), (b0, b1), (c0, c1) = ov

@@ -15,7 +15,8 @@ PyTorch twins ``masked_scatter_add_ref`` / ``masked_scatter_add_backward_ref``.
 
 A single patch never covers a voxel twice, so the scatter needs no atomics and
 is deterministic.  ``inplace=True`` mutates ``dest``/``weight`` (no autograd);
-the default returns new contiguous tensors.
+the default returns new contiguous tensors. Arguments are trusted (validated once by
+:func:`unrolled3d.ops.masked_scatter_add`).
 """
 
 from __future__ import annotations
@@ -26,58 +27,19 @@ import torch
 import triton
 import triton.language as tl
 
-from .masked_gather import _as_triple, _check_like, _check_tensor, _chunks, _device_ctx, _overlap, _tile
+from ._common import chunks, device_ctx, overlap, tile
 
 __all__ = [
     "masked_scatter_add_forward",
     "masked_scatter_add_backward",
     "masked_scatter_add_ref",
     "masked_scatter_add_backward_ref",
-    "check_masked_scatter_args",
 ]
-
-
-def check_masked_scatter_args(dest, src, offset, patch_shape, mask=None, window=None, weight=None):
-    """Validate and normalise; returns ``(offset, patch_shape)`` triples."""
-    _check_tensor(dest, "dest", 5)
-    _check_tensor(src, "src", 5)
-    if src.dtype != dest.dtype:
-        raise TypeError(f"src must have the same dtype as dest ({dest.dtype}), got {src.dtype}")
-    if src.device != dest.device:
-        raise ValueError(f"src must be on the same device as dest ({dest.device}), got {src.device}")
-    offset = _as_triple(offset, "offset")
-    patch = _as_triple(patch_shape, "patch_shape", positive=True)
-    B, C = dest.shape[:2]
-    if tuple(src.shape[:2]) != (B, C):
-        raise ValueError(f"src must have the same (B, C) as dest ({B}, {C}), got {tuple(src.shape[:2])}")
-    if any(P < p for P, p in zip(src.shape[2:], patch)):
-        raise ValueError(f"src spatial shape must be >= patch_shape {patch} in every dim, got {tuple(src.shape[2:])}")
-    if mask is not None:
-        _check_like(mask, "mask", dest, "dest", patch)
-    if window is not None:
-        _check_like(window, "window", dest, "dest", patch)
-    if weight is not None:
-        _check_like(weight, "weight", dest, "dest", dest.shape[2:])
-    return offset, patch
-
-
-def _check_grad_out(grad_out, dest_like_shape, src):
-    _check_tensor(grad_out, "grad_out", 5)
-    if grad_out.dtype != src.dtype or grad_out.device != src.device:
-        raise ValueError(f"grad_out must match src's dtype/device ({src.dtype}, {src.device}), "
-                         f"got ({grad_out.dtype}, {grad_out.device})")
-    if tuple(grad_out.shape[:2]) != tuple(src.shape[:2]):
-        raise ValueError(f"grad_out must have src's (B, C) {tuple(src.shape[:2])}, got {tuple(grad_out.shape[:2])}")
-
-
-def _no_internal_overlap(t: torch.Tensor, name: str) -> None:
-    if any(st == 0 and n > 1 for st, n in zip(t.stride(), t.shape)):
-        raise ValueError(f"{name} is written in place and must not be an expanded (stride-0) view")
 
 
 def _add_window_(weight: torch.Tensor, offset, patch, window: Optional[torch.Tensor]) -> None:
     """weight[o + p] += window[p] (1 if None) on the in-volume part, in place (torch ops)."""
-    ov = _overlap(offset, patch, weight.shape)
+    ov = overlap(offset, patch, weight.shape)
     if ov is None:
         return
     ps = tuple(slice(a, b) for a, b in ov)
@@ -229,17 +191,14 @@ def masked_scatter_add_forward(dest: torch.Tensor, src: torch.Tensor, offset, pa
     ``dest``/``weight`` + the fused patch update).  ``inplace=True``: ``dest`` and
     ``weight`` are updated in place and returned (no autograd).
     """
-    offset, patch = check_masked_scatter_args(dest, src, offset, patch_shape, mask, window, weight)
+    offset, patch = tuple(offset), tuple(patch_shape)
     if inplace:
-        _no_internal_overlap(dest, "dest")
-        if weight is not None:
-            _no_internal_overlap(weight, "weight")
         out, out_w = dest, weight
     else:
         out = dest.clone(memory_format=torch.contiguous_format)
         out_w = weight.clone(memory_format=torch.contiguous_format) if weight is not None else None
     B, C, D, H, W = dest.shape
-    if B * C == 0 or _overlap(offset, patch, (D, H, W)) is None:
+    if B * C == 0 or overlap(offset, patch, (D, H, W)) is None:
         if out_w is not None:
             # the weight map is updated once per patch, independent of (B, C)
             _add_window_(out_w, offset, patch, window)
@@ -248,11 +207,11 @@ def masked_scatter_add_forward(dest: torch.Tensor, src: torch.Tensor, offset, pa
     win = window if window is not None else src
     wt = out_w if out_w is not None else out
     zeros3 = (0, 0, 0)
-    br, bw, nw = _tile(patch[0] * patch[1], patch[2])
+    br, bw, nw = tile(patch[0] * patch[1], patch[2])
     n_wb = triton.cdiv(patch[2], bw)
     n_tiles = triton.cdiv(patch[0] * patch[1], br) * n_wb
-    with _device_ctx(dest):
-        for start, count in _chunks(B * C):
+    with device_ctx(dest):
+        for start, count in chunks(B * C):
             _masked_scatter_forward_kernel[(n_tiles, count)](
                 out, src, m, win, wt, C, D, H, W,
                 *out.stride(), *src.stride(),
@@ -276,15 +235,14 @@ def masked_scatter_add_backward(grad_out: torch.Tensor, src: torch.Tensor, offse
     ``grad_mask = sum_{b,c} grad_out[patch] * window * src[..., :pd, :ph, :pw]``.
     (``grad_dest = grad_out`` and ``grad_weight = grad_out_weight`` are identities.)
     """
-    _check_tensor(grad_out, "grad_out", 5)
-    offset, patch = check_masked_scatter_args(grad_out, src, offset, patch_shape, mask, window)
+    offset, patch = tuple(offset), tuple(patch_shape)
     B, C, D, H, W = grad_out.shape
     Pd, Ph, Pw = src.shape[2:]
     gs = torch.empty((B, C, Pd, Ph, Pw), dtype=src.dtype, device=src.device) if need_src_grad else None
     gm = torch.empty(patch, dtype=src.dtype, device=src.device) if need_mask_grad else None
     if not (need_src_grad or need_mask_grad):
         return gs, gm
-    if B * C == 0 or _overlap(offset, patch, (D, H, W)) is None:
+    if B * C == 0 or overlap(offset, patch, (D, H, W)) is None:
         for t in (gs, gm):
             if t is not None:
                 t.zero_()
@@ -292,13 +250,13 @@ def masked_scatter_add_backward(grad_out: torch.Tensor, src: torch.Tensor, offse
     m = mask if mask is not None else src
     win = window if window is not None else src
     zeros3 = (0, 0, 0)
-    br, bw, nw = _tile(Pd * Ph, Pw)
+    br, bw, nw = tile(Pd * Ph, Pw)
     n_wb = triton.cdiv(Pw, bw)
     n_tiles = triton.cdiv(Pd * Ph, br) * n_wb
     per_prog = B * C if need_mask_grad else 1
-    chunks = [(0, 1)] if need_mask_grad else list(_chunks(B * C))
-    with _device_ctx(src):
-        for start, count in chunks:
+    launches = [(0, 1)] if need_mask_grad else list(chunks(B * C))
+    with device_ctx(src):
+        for start, count in launches:
             _masked_scatter_backward_kernel[(n_tiles, count)](
                 grad_out, src, m, win, gs if gs is not None else src, gm if gm is not None else src,
                 B * C, C, D, H, W,
@@ -321,13 +279,13 @@ def masked_scatter_add_ref(dest: torch.Tensor, src: torch.Tensor, offset, patch_
                            weight: Optional[torch.Tensor] = None, inplace: bool = False):
     """Reference twin of :func:`masked_scatter_add_forward` (differentiable by autograd
     when ``inplace=False``)."""
-    offset, patch = check_masked_scatter_args(dest, src, offset, patch_shape, mask, window, weight)
+    offset, patch = tuple(offset), tuple(patch_shape)
     if inplace:
         out, out_w = dest, weight
     else:
         out = dest.clone(memory_format=torch.contiguous_format)
         out_w = weight.clone(memory_format=torch.contiguous_format) if weight is not None else None
-    ov = _overlap(offset, patch, dest.shape[2:])
+    ov = overlap(offset, patch, dest.shape[2:])
     if ov is None:
         return out, out_w
     (a0, a1), (b0, b1), (c0, c1) = ov
@@ -349,11 +307,10 @@ def masked_scatter_add_backward_ref(grad_out: torch.Tensor, src: torch.Tensor, o
                                     mask: Optional[torch.Tensor] = None, window: Optional[torch.Tensor] = None,
                                     need_src_grad: bool = True, need_mask_grad: bool = False):
     """Reference twin of :func:`masked_scatter_add_backward`."""
-    _check_tensor(grad_out, "grad_out", 5)
-    offset, patch = check_masked_scatter_args(grad_out, src, offset, patch_shape, mask, window)
+    offset, patch = tuple(offset), tuple(patch_shape)
     gs = src.new_zeros(src.shape) if need_src_grad else None
     gm = src.new_zeros(patch) if need_mask_grad else None
-    ov = _overlap(offset, patch, grad_out.shape[2:])
+    ov = overlap(offset, patch, grad_out.shape[2:])
     if ov is None:
         return gs, gm
     (a0, a1), (b0, b1), (c0, c1) = ov

@@ -16,61 +16,29 @@ Backward (PyTorch's complex-gradient convention, checked against autograd of
 dtype: Triton would pass a Python float as fp32, which is too coarse for
 float64/complex128 data.
 
+Arguments are trusted (validated once by :func:`unrolled3d.ops.spectral_filter`).
 Inputs whose inner three dims are not contiguous are copied by the launchers
 (``B``/``C`` may have any strides); outputs are always new contiguous tensors.
 """
 
 from __future__ import annotations
 
-import numbers
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from .masked_gather import _check_tensor, _chunks, _device_ctx
+from ._common import chunks, device_ctx
 
 __all__ = [
     "spectral_filter_forward",
     "spectral_filter_backward",
     "spectral_filter_ref",
     "spectral_filter_backward_ref",
-    "check_spectral_filter_args",
 ]
 
-_COMPLEX_DTYPES = (torch.complex64, torch.complex128)
-_LAM_DTYPES = {
-    torch.complex64: (torch.float32, torch.complex64),
-    torch.complex128: (torch.float64, torch.complex128),
-}
 _BLOCK = 1024
-
-
-def check_spectral_filter_args(spec, lam, scale=1.0) -> float:
-    """Validate ``spec``/``lam``/``scale``; returns ``float(scale)``."""
-    _check_tensor(spec, "spec", 5, _COMPLEX_DTYPES)
-    if not isinstance(lam, torch.Tensor):
-        raise TypeError(f"lam must be a torch.Tensor, got {type(lam).__name__}")
-    allowed = _LAM_DTYPES[spec.dtype]
-    if lam.dtype not in allowed:
-        raise TypeError(f"lam must have dtype {allowed[0]} or {allowed[1]} to match spec ({spec.dtype}), got {lam.dtype}")
-    if lam.device != spec.device:
-        raise ValueError(f"lam must be on the same device as spec ({spec.device}), got {lam.device}")
-    if tuple(lam.shape) != tuple(spec.shape[2:]):
-        raise ValueError(f"lam must have shape (Pd, Ph, Q) = {tuple(spec.shape[2:])} (spec's last three dims), "
-                         f"got {tuple(lam.shape)}")
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-        raise TypeError(f"scale must be a real Python number, got {type(scale).__name__}")
-    return float(scale)
-
-
-def _check_grad_out(grad_out, spec):
-    if not isinstance(grad_out, torch.Tensor):
-        raise TypeError(f"grad_out must be a torch.Tensor, got {type(grad_out).__name__}")
-    if grad_out.dtype != spec.dtype or grad_out.device != spec.device or grad_out.shape != spec.shape:
-        raise ValueError(f"grad_out must match spec's shape/dtype/device {tuple(spec.shape)}/{spec.dtype}/{spec.device}, "
-                         f"got {tuple(grad_out.shape)}/{grad_out.dtype}/{grad_out.device}")
 
 
 def _inner_contig(t: torch.Tensor) -> torch.Tensor:
@@ -200,7 +168,7 @@ def _spectral_filter_backward_kernel(
 # --------------------------------------------------------------------------- #
 def spectral_filter_forward(spec: torch.Tensor, lam: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """Triton launcher: new contiguous ``spec * lam * scale``."""
-    scale = check_spectral_filter_args(spec, lam, scale)
+    scale = float(scale)
     spec = _inner_contig(spec)
     lam = _inner_contig(lam)
     B, C = spec.shape[:2]
@@ -212,8 +180,8 @@ def spectral_filter_forward(spec: torch.Tensor, lam: torch.Tensor, scale: float 
     lam_r = torch.view_as_real(lam) if lam.is_complex() else lam
     sc = _scale_tensor(scale, spec)
     grid0 = triton.cdiv(N, _BLOCK)
-    with _device_ctx(spec):
-        for start, count in _chunks(B * C):
+    with device_ctx(spec):
+        for start, count in chunks(B * C):
             _spectral_filter_forward_kernel[(grid0, count)](
                 spec_r, lam_r, out_r, sc, N, C, spec_r.stride(0), spec_r.stride(1), start,
                 LAM_COMPLEX=lam.is_complex(), BLOCK=_BLOCK, num_warps=8,
@@ -224,8 +192,7 @@ def spectral_filter_forward(spec: torch.Tensor, lam: torch.Tensor, scale: float 
 def spectral_filter_backward(grad_out: torch.Tensor, spec: torch.Tensor, lam: torch.Tensor, scale: float = 1.0,
                              need_spec_grad: bool = True, need_lam_grad: bool = True):
     """Triton launcher of the backward. Returns ``(grad_spec | None, grad_lam | None)``."""
-    scale = check_spectral_filter_args(spec, lam, scale)
-    _check_grad_out(grad_out, spec)
+    scale = float(scale)
     grad_out, spec, lam = _inner_contig(grad_out), _inner_contig(spec), _inner_contig(lam)
     B, C = spec.shape[:2]
     N = spec.shape[2] * spec.shape[3] * spec.shape[4]
@@ -244,9 +211,9 @@ def spectral_filter_backward(grad_out: torch.Tensor, spec: torch.Tensor, lam: to
     gl_r = torch.view_as_real(gl_t) if gl_t.is_complex() else gl_t
     sc = _scale_tensor(scale, spec)
     per_prog = B * C if need_lam_grad else 1
-    chunks = [(0, 1)] if need_lam_grad else list(_chunks(B * C))
-    with _device_ctx(spec):
-        for start, count in chunks:
+    launches = [(0, 1)] if need_lam_grad else list(chunks(B * C))
+    with device_ctx(spec):
+        for start, count in launches:
             _spectral_filter_backward_kernel[(triton.cdiv(N, _BLOCK), count)](
                 g_r, spec_r, lam_r, gs_r, gl_r, sc,
                 N, B * C, C, g_r.stride(0), g_r.stride(1), spec_r.stride(0), spec_r.stride(1), start, per_prog,
@@ -261,15 +228,12 @@ def spectral_filter_backward(grad_out: torch.Tensor, spec: torch.Tensor, lam: to
 # --------------------------------------------------------------------------- #
 def spectral_filter_ref(spec: torch.Tensor, lam: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """Reference twin (differentiable by autograd): ``spec * lam * scale``."""
-    scale = check_spectral_filter_args(spec, lam, scale)
     return (spec * lam * scale).contiguous()
 
 
 def spectral_filter_backward_ref(grad_out: torch.Tensor, spec: torch.Tensor, lam: torch.Tensor, scale: float = 1.0,
                                  need_spec_grad: bool = True, need_lam_grad: bool = True):
     """Reference twin of :func:`spectral_filter_backward`."""
-    scale = check_spectral_filter_args(spec, lam, scale)
-    _check_grad_out(grad_out, spec)
     gs = (grad_out * torch.conj_physical(lam) * scale).contiguous() if need_spec_grad else None
     gl: Optional[torch.Tensor] = None
     if need_lam_grad:

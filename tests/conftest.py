@@ -14,7 +14,7 @@ def _nvidia_driver_present() -> bool:
 # Triton decides between compiling and interpreting a kernel when the kernel is decorated (when
 # unrolled3d.kernels is first imported), so the CPU interpreter must be chosen before any import
 # below. On a GPU machine the compiled kernels are tested instead. The interpreter is slow, so
-# outside tests/test_fused_ops.py (which selects the Triton path explicitly) the fused ops use
+# outside the fused-op tests (test_masked_gather.py, ..., which select the Triton path explicitly) the fused ops use
 # their PyTorch twins on the CPU.
 if not _nvidia_driver_present():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -13,11 +13,11 @@ from unrolled3d.budget import parse_bytes
 import torch
 
 from unrolled3d.cli import main
-from unrolled3d.files import load_measurements, load_model
+from unrolled3d.io import load_measurements, load_model
 from unrolled3d.normal import DiagCirculantWrapper
 from unrolled3d.physics import ConeBeamCT
-from unrolled3d.volume_io import read_volume, write_volume
-from unrolled3d.walnut import read_walnut
+from unrolled3d.io import read_volume, write_volume
+from unrolled3d.data.walnut import read_walnut
 
 from test_walnut import make_scan  # the tiny synthetic Walnut scan (tests/ is on sys.path under pytest)
 
@@ -163,7 +163,7 @@ def test_demo_quick(tmp_path):
       "--voxel-size", "1"], "bounding sphere"),
     (["train", "{badcfg}", "--out-dir", "r"], "unknown keys"),
     (["fit-normal", "{model}", "--out", "h.pt"], "not an unrolled3d measurements file"),
-    (["fit-normal", "{m}", "--kernel-radius", "-2", "--out", "h.pt"], "kernel_radius must be None, a non-negative"),
+    (["fit-normal", "{m}", "--kernel-radius", "-2", "--out", "h.pt"], "kernel_radius must be >= 0"),
     (["reconstruct", "{m}", "--method", "unrolled", "--weights", "{model}", "--normal", "{model}",
       "--out", "x.pt"], "is not a DiagCirculantWrapper file"),
 ])

@@ -1,4 +1,4 @@
-"""The deepinv drop-in: ``unrolled3d.compat.TomographyWithAstra`` and ``ConeBeamCT`` checked by
+"""The deepinv drop-in: ``unrolled3d.physics.TomographyWithAstra`` and ``ConeBeamCT`` checked by
 deepinv's own physics tests (imported from the deepinv wheel, not copied), by ASTRA's own
 geometry code, and against ASTRA's CPU fan-beam projector."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import deepinv.tests.test_physics as deepinv_tests
-from unrolled3d.compat import TomographyWithAstra, cone_beam_geometry_from_deepinv
+from unrolled3d.physics import TomographyWithAstra, cone_beam_geometry_from_deepinv
 from unrolled3d.physics import ConeBeamCT, ConeBeamGeometry
 
 astra = pytest.importorskip("astra")
@@ -260,7 +260,7 @@ def test_readme_swap_is_one_import_line_and_runs():
     before, after = _readme_blocks()
     diff = [(a, b) for a, b in zip(before.splitlines(), after.splitlines()) if a != b]
     assert len(before.splitlines()) == len(after.splitlines()) and len(diff) == 1, diff
-    assert "import TomographyWithAstra" in diff[0][0] and "unrolled3d.compat" in diff[0][1]
+    assert "import TomographyWithAstra" in diff[0][0] and "from unrolled3d.physics import" in diff[0][1]
     namespace: dict = {}
     exec(compile(after, "README.md (after)", "exec"), namespace)  # noqa: S102 -- our own README
     x, x_hat = namespace["x"], namespace["x_hat"]

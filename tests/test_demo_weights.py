@@ -7,9 +7,10 @@ from pathlib import Path
 import torch
 
 from unrolled3d.cli import build_parser
-from unrolled3d.cli_commands import DEFAULT_TRAIN_CONFIG, _merge, build_model
-from unrolled3d.demo import DEFAULT_WEIGHTS
-from unrolled3d.files import load_model
+from unrolled3d.cli.commands import DEFAULT_TRAIN_CONFIG, _merge
+from unrolled3d.models import build_model
+from unrolled3d.cli.demo import DEFAULT_WEIGHTS
+from unrolled3d.io import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

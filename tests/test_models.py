@@ -39,6 +39,9 @@ class CountingPhysics:
         self.calls += 1
         return x - y
 
+    def A_adjoint_A(self, x):  # the rest of unrolled3d.protocols.NormalEquationPhysics
+        return x
+
     def A(self, x):
         raise AssertionError("A must not be called when data_gradient exists")
 

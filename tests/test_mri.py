@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from deepinv.models import Reconstructor
-from deepinv.physics import GaussianNoise, LinearPhysics, MultiCoilMRI
+from deepinv.physics import GaussianNoise, MultiCoilMRI
 
 from unrolled3d.data.phantoms import ball, voxelize
 from unrolled3d.models import UnrolledPGD
@@ -18,7 +18,8 @@ from unrolled3d.mri import (
     centred_fft_phases, estimate_coil_maps, from_complex_image, read_kspace_h5, read_kspace_npy,
     root_sum_of_squares, to_complex_image, variable_density_mask, zero_filled,
 )
-from unrolled3d.partition import PartitionedReconstructor, ZeroPaddedPatchPhysics, patch_measurement
+from unrolled3d.partition import PartitionedReconstructor, patch_measurement
+from unrolled3d.physics import ZeroPaddedPatchPhysics
 from conftest import PlainPhysics
 
 torch.set_num_threads(1)

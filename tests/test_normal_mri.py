@@ -13,7 +13,7 @@ from deepinv.physics import LinearPhysics, MultiCoilMRI
 from unrolled3d.models import UNet3D, UnrolledPGD
 from unrolled3d.mri import MultiCoilMRI3D, birdcage_maps, from_complex_image, to_complex_image, variable_density_mask
 from unrolled3d.normal import VARIANTS, DiagCirculantWrapper, apply_diag_circulant
-from unrolled3d.normal_complex import from_interleaved, to_interleaved
+from unrolled3d.normal import from_interleaved, to_interleaved
 from unrolled3d.partition import PartitionedReconstructor
 from unrolled3d.physics import ConeBeamCT, ConeBeamGeometry
 
@@ -84,7 +84,7 @@ def test_complex_H_equals_the_dense_complex_convolution(variant, shape):
 def test_complex_H_through_the_triton_kernels(variant):
     """The interleaved views go through the Triton kernels too (compiled on a GPU, the interpreter
     on the CPU: conftest sets TRITON_INTERPRET=1 there)."""
-    from unrolled3d.ops import fused
+    from unrolled3d import ops as fused
 
     shape = (3, 2, 3)
     k = _crandn(6, 4, 6, seed=50)
@@ -337,8 +337,9 @@ def test_partitioned_H_mode_on_mri():
     out = rec(y, w, x_init=x0)
     assert out.shape == x.shape and torch.isfinite(out).all()
     assert float((out - x).norm()) < float((x0 - x).norm())
-    # fourier_filter / spatial_mask passed to the reconstructor build the same complex wrapper
-    out2 = rec(y, physics, x_init=x0, fourier_filter=w.fourier_filter.detach(), spatial_mask=w.spatial_mask.detach())
+    # fourier_filter / spatial_mask passed with an unfitted wrapper (the paper's API) give the same volume
+    blank = DiagCirculantWrapper(physics, shape, dtype=F64)
+    out2 = rec(y, blank, x_init=x0, fourier_filter=w.fourier_filter.detach(), spatial_mask=w.spatial_mask.detach())
     torch.testing.assert_close(out2, out, rtol=1e-12, atol=1e-12)
 
 
@@ -464,6 +465,6 @@ def test_kernel_radius_after_fit_persistence_and_bad_values(tmp_path):
         DiagCirculantWrapper(physics, shape).load(tmp_path / "h.pt")
     # a radius of n - 1 or more is every lag: the same as no radius
     assert DiagCirculantWrapper(physics, shape, kernel_radius=(7, 9, 100)).kernel_radius is None
-    for bad in (-1, 1.5, (1, 2), True, "3"):
-        with pytest.raises(ValueError, match="kernel_radius"):
+    for bad, error in ((-1, ValueError), ((1, 2), ValueError), (1.5, TypeError), (True, TypeError), ("3", TypeError)):
+        with pytest.raises(error, match="kernel_radius"):
             DiagCirculantWrapper(physics, shape, kernel_radius=bad)

@@ -1,20 +1,17 @@
 """Domain partitioning: patch measurements, blending, sweeps, the H mode, distributed inference."""
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 from deepinv.models import Reconstructor
-from deepinv.physics import LinearPhysics
 
 from unrolled3d.normal import DiagCirculantWrapper
 from unrolled3d.partition import (
-    NormalPatchPhysics, PartitionedReconstructor, ZeroPaddedPatchPhysics, blend_window, patch_grid,
-    patch_measurement,
+    PartitionedReconstructor, blend_window, patch_grid, patch_measurement,
 )
-from unrolled3d.physics import ConeBeamCT, ConeBeamGeometry
+from unrolled3d.physics import ConeBeamCT, ConeBeamGeometry, ZeroPaddedPatchPhysics
 from conftest import PlainPhysics
 
 F64 = torch.float64
@@ -145,9 +142,21 @@ class ExactNormalWrapper(DiagCirculantWrapper):
     def restrict(self, offset, shape):
         exact = self.physics.restrict(offset, shape)
 
-        class Exact:
+        class Exact:  # unrolled3d.protocols.NormalEquationPhysics, and the patch operator's with_start
+            start = None
+
             def A_adjoint_A(_, x):
                 return exact.A_adjoint(exact.A(x))
+
+            def data_gradient(_, x, b):
+                return _.A_adjoint_A(x) - b
+
+            def A_dagger(_, b):
+                return _.start
+
+            def with_start(_, x):
+                _.start = x
+                return _
 
         return Exact()
 
@@ -173,7 +182,17 @@ def test_normal_mode_with_fourier_filter_and_spatial_mask_runs_end_to_end():
     rec = PartitionedReconstructor(GradientStepBase(), SHAPE, (6, 8, 6))
     out = rec(y, w, fourier_filter=w.fourier_filter.detach(), spatial_mask=w.spatial_mask.detach())
     assert out.shape == x.shape and torch.isfinite(out).all()
-    physics_p = NormalPatchPhysics(w.restrict((0, 0, 0), (6, 8, 6)), x[..., :6, :8, :6])
+    # the paper's API: an unfitted wrapper plus the parameters per call gives the same volume, and
+    # the per-call parameters do not overwrite the caller's wrapper
+    blank = DiagCirculantWrapper(physics, SHAPE)
+    out2 = rec(y, blank, fourier_filter=w.fourier_filter.detach(), spatial_mask=w.spatial_mask.detach())
+    torch.testing.assert_close(out2, out, rtol=0, atol=0)
+    assert not blank.fitted and float(blank.fourier_filter.abs().max()) == 0.0
+    # the parameters of H need a wrapper: a bare physics is refused, not silently wrapped
+    with pytest.raises(TypeError, match="DiagCirculantWrapper"):
+        rec(y, physics, fourier_filter=w.fourier_filter.detach())
+    physics_p = w.restrict((0, 0, 0), (6, 8, 6)).with_start(x[..., :6, :8, :6])
+    assert physics_p.A_dagger(None) is not None
     with pytest.raises(NotImplementedError, match="no forward operator"):
         physics_p.A(x[..., :6, :8, :6])
 

@@ -20,7 +20,7 @@ import torch
 
 from unrolled3d.geometry import ConeBeamGeometry
 from unrolled3d.ops import cone_project
-from unrolled3d.walnut import DEFAULT_EPS, raw_to_detector, read_walnut, walnut_views
+from unrolled3d.data.walnut import DEFAULT_EPS, raw_to_detector, read_walnut, walnut_views
 
 N_VIEWS, DET, VOL = 12, (16, 20), (8, 8, 8)
 

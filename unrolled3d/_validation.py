@@ -1,37 +1,138 @@
-"""Argument checks shared by the geometry, the normal operator and the partitioning."""
+"""Argument checks shared by every public entry point of unrolled3d.
+
+One module, so that every function refuses bad input with the same words: a ``TypeError`` when
+the kind of value is wrong (a float or a bool where an integer is meant, a list where a tensor
+is meant), a ``ValueError`` when the value is of the right kind but out of range; both name the
+argument. Nothing is silently rounded, truncated or broadcast. Checks run once, at the public
+boundary; the registered ops' inner kernels and the Triton launchers trust their callers.
+"""
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, Sequence
 
-__all__ = ["int_triple", "check_patch"]
+import torch
+
+__all__ = [
+    "integer", "real", "int_tuple", "int_triple", "real_tuple", "check_patch", "check_tensor", "check_like",
+]
+
+REAL_DTYPES = (torch.float32, torch.float64)
+
+
+def _scalar(value: Any) -> Any:
+    """A one-element tensor as its Python number (other values unchanged)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.requires_grad:
+        return value.item()
+    return value
+
+
+def integer(name: str, value: Any, minimum: int | None = None) -> int:
+    """An integer (Python or NumPy, not a bool, not a float), at least ``minimum`` if given."""
+    value = _scalar(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        what = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
+def real(name: str, value: Any, positive: bool = False, nonnegative: bool = False) -> float:
+    """A finite real number (not a bool or a string); ``> 0`` if ``positive``, ``>= 0`` if
+    ``nonnegative``."""
+    value = _scalar(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if positive and v <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    if nonnegative and v < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return v
+
+
+def _sequence(name: str, value: Any, n: int, what: str, allow_scalar: bool, scalar_type: type) -> tuple:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().reshape(-1).tolist() if value.dim() > 0 else value.item()
+    if allow_scalar and isinstance(value, scalar_type) and not isinstance(value, bool):
+        return (value,) * n
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) and not hasattr(value, "__iter__"):
+        raise TypeError(f"{name} must be a sequence of {n} {what}, got {value!r}")
+    seq = tuple(value)
+    if len(seq) != n:
+        raise ValueError(f"{name} must have {n} entries, got {len(seq)}: {value!r}")
+    return seq
+
+
+def int_tuple(name: str, value: Any, n: int, minimum: int | None = 1, allow_scalar: bool = False) -> tuple[int, ...]:
+    """``n`` integers (each at least ``minimum``); one integer is repeated ``n`` times if
+    ``allow_scalar``. Floats and bools are refused, not truncated."""
+    seq = _sequence(name, value, n, "integers", allow_scalar, numbers.Integral)
+    out = []
+    for v in seq:
+        v = _scalar(v)
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{name} must contain integers, got {value!r}")
+        out.append(int(v))
+    if minimum is not None and any(v < minimum for v in out):
+        raise ValueError(f"{name} must be {'positive' if minimum == 1 else f'>= {minimum}'}, got {tuple(out)}")
+    return tuple(out)
 
 
 def int_triple(name: str, value: Any, allow_scalar: bool = False) -> tuple[int, int, int]:
-    """Three positive integers (``(D, H, W)``-like); a single int is repeated if ``allow_scalar``."""
-    if allow_scalar and isinstance(value, int) and not isinstance(value, bool):
-        value = (value,) * 3
-    try:
-        t = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be 3 integers, got {value!r}") from None
-    if len(t) != 3:
-        raise ValueError(f"{name} must have 3 entries (D, H, W), got {value!r}")
-    if any(v <= 0 for v in t):
-        raise ValueError(f"{name} must be positive, got {t}")
-    return t
+    """Three positive integers (``(D, H, W)``-like)."""
+    return int_tuple(name, value, 3, 1, allow_scalar)  # type: ignore[return-value]
+
+
+def real_tuple(name: str, value: Any, n: int, positive: bool = False, allow_scalar: bool = False
+               ) -> tuple[float, ...]:
+    """``n`` finite real numbers (positive if asked); one number is repeated if ``allow_scalar``."""
+    seq = _sequence(name, value, n, "numbers", allow_scalar, numbers.Real)
+    out = []
+    for v in seq:
+        v = _scalar(v)
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):  # numpy scalars are numbers.Real
+            raise TypeError(f"{name} must contain real numbers, got {value!r}")
+        out.append(float(v))
+    if not all(math.isfinite(v) for v in out):
+        raise ValueError(f"{name} must be finite, got {tuple(out)}")
+    if positive and any(v <= 0 for v in out):
+        raise ValueError(f"{name} must be positive, got {tuple(out)}")
+    return tuple(out)
 
 
 def check_patch(offset: Any, shape: Any, vol_shape: Sequence[int], axes: str = "DHW"
                 ) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """Validate a patch ``[offset, offset + shape)`` lying inside ``vol_shape``; return both as ints."""
+    """A patch ``[offset, offset + shape)`` lying inside ``vol_shape``; both returned as int triples."""
     shape = int_triple("shape", shape)
-    try:
-        off = tuple(int(o) for o in offset)
-    except (TypeError, ValueError):
-        raise TypeError(f"offset must be 3 integers, got {offset!r}") from None
-    if len(off) != 3:
-        raise ValueError(f"offset must be 3 integers, got {offset!r}")
+    off = int_tuple("offset", offset, 3, minimum=None)
     for o, p, n, axis in zip(off, shape, vol_shape, axes):
         if o < 0 or o + p > n:
             raise ValueError(f"patch [{o}, {o + p}) along {axis} lies outside the volume of size {n}")
-    return off, shape
+    return off, shape  # type: ignore[return-value]
+
+
+def check_tensor(t: Any, name: str, ndim: int | None = None, dtypes: Sequence[torch.dtype] = REAL_DTYPES) -> None:
+    """``t`` is a tensor of ``ndim`` dimensions (any if ``None``) and one of ``dtypes``."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    if t.dtype not in dtypes:
+        names = "/".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must have dtype {names}, got {t.dtype}")
+
+
+def check_like(t: Any, name: str, ref: torch.Tensor, ref_name: str, shape: Sequence[int]) -> None:
+    """``t`` is a tensor with ``ref``'s dtype and device and exactly ``shape``."""
+    check_tensor(t, name, len(shape))
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{name} must have the same dtype as {ref_name} ({ref.dtype}), got {t.dtype}")
+    if t.device != ref.device:
+        raise ValueError(f"{name} must be on the same device as {ref_name} ({ref.device}), got {t.device}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")

@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ._validation import integer
 from .memory import reset_peak_rss, status_bytes, trim_heap
 
 __all__ = ["parse_bytes", "PatchChoice", "choose_patch", "measure_peak"]
@@ -65,7 +66,15 @@ def measure_peak(fn: Callable[[], object], device: torch.device) -> int:
 
 @dataclass
 class PatchChoice:
-    """The patch chosen for a budget and the figures behind the choice (bytes)."""
+    """The patch chosen for a budget and the figures behind the choice (bytes).
+
+    Examples
+    --------
+    >>> from unrolled3d.budget import PatchChoice
+    >>> c = PatchChoice(patch=8, predicted_bytes=0, start_bytes=100, buffers_bytes=10, patch_model=(5.0, 1.0))
+    >>> c.predict(2), c.predict(10)    # max(start, buffers + a + b p^3)
+    (100, 1015)
+    """
 
     patch: int
     predicted_bytes: int
@@ -103,10 +112,7 @@ def choose_patch(rec, y: torch.Tensor, physics, budget_bytes: int, candidates: S
     ValueError
         If even the smallest candidate does not fit; the message gives what it needs.
     """
-    from .partition import PartitionedReconstructor
-
-    if not isinstance(budget_bytes, int) or budget_bytes <= 0:
-        raise ValueError(f"budget_bytes must be a positive int, got {budget_bytes!r}")
+    budget_bytes = integer("budget_bytes", budget_bytes, 1)
     shape = rec.img_shape
     n = min(shape)
     if candidates is None:
@@ -124,7 +130,7 @@ def choose_patch(rec, y: torch.Tensor, physics, budget_bytes: int, candidates: S
         residual = y.clone()  # y - A x_ctx with a zero context: a measurement-sized array, as in a sweep
 
         def patch_peak(p: int) -> int:
-            one = PartitionedReconstructor(rec.base, shape, (p, p, p))
+            one = rec.with_patch_size((p, p, p))
             return measure(lambda: one.reconstruct_patch(y, physics, x_ctx, (0, 0, 0), residual), device)
 
         p1 = candidates[0]

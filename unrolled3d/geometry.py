@@ -27,49 +27,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ._validation import check_patch
+from ._validation import check_patch, int_tuple, integer, real, real_tuple
 
 __all__ = ["ConeBeamGeometry", "CircularTrajectory"]
-
-
-def _positive_ints(name: str, value: Any, n: int) -> tuple[int, ...]:
-    if isinstance(value, (int, np.integer)):
-        value = (int(value),) * n
-    try:
-        seq = tuple(value)
-    except TypeError:
-        raise TypeError(f"{name} must be a sequence of {n} positive integers, got {value!r}") from None
-    if len(seq) != n or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in seq):
-        raise TypeError(f"{name} must be a sequence of {n} positive integers, got {value!r}")
-    if any(v <= 0 for v in seq):
-        raise ValueError(f"{name} must be positive, got {seq}")
-    return tuple(int(v) for v in seq)
-
-
-def _finite_floats(name: str, value: Any, n: int, positive: bool = False) -> tuple[float, ...]:
-    if isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
-        value = (float(value),) * n
-    try:
-        seq = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number or a sequence of {n} numbers, got {value!r}") from None
-    if len(seq) != n:
-        raise ValueError(f"{name} must have {n} entries, got {len(seq)}")
-    if not all(math.isfinite(v) for v in seq):
-        raise ValueError(f"{name} must be finite, got {seq}")
-    if positive and any(v <= 0 for v in seq):
-        raise ValueError(f"{name} must be positive, got {seq}")
-    return seq
-
-
-def _finite_positive(name: str, value: Any) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
-    return v
 
 
 @dataclass(frozen=True)
@@ -88,6 +48,14 @@ class CircularTrajectory:
         Detector centre shift ``(off_v, off_u)`` in mm along ``v`` and ``u``.
     scan : str
         ``"full"`` (2 pi) or ``"short"`` (pi plus the fan angle; FDK applies Parker weights).
+
+    Examples
+    --------
+    >>> from unrolled3d.geometry import ConeBeamGeometry
+    >>> g = ConeBeamGeometry.circular(4, 200.0, 100.0, (16, 16), 1.5, (8, 8, 8), scan="short")
+    >>> t = g.trajectory
+    >>> t.scan, len(t.angles), t.source_origin
+    ('short', 4, 200.0)
     """
 
     angles: tuple[float, ...]
@@ -116,6 +84,16 @@ class ConeBeamGeometry:
         World position ``(oz, oy, ox)`` of the volume centre, mm.
 
     Use :meth:`circular` for circular scans and :meth:`from_vectors` for measured trajectories.
+
+    Examples
+    --------
+    >>> from unrolled3d.geometry import ConeBeamGeometry
+    >>> g = ConeBeamGeometry.circular(n_views=30, source_origin=200.0, origin_detector=100.0,
+    ...                               det_shape=(40, 48), det_spacing=1.5, vol_shape=(32, 32, 32))
+    >>> g.sino_shape, g.vectors.shape
+    ((30, 40, 48), (30, 12))
+    >>> g.restrict((0, 8, 8), (16, 16, 16)).vol_offset    # the patch's centre, mm
+    (-8.0, 0.0, 0.0)
     """
 
     def __init__(
@@ -138,10 +116,10 @@ class ConeBeamGeometry:
             raise ValueError(f"vectors must have shape (n_views >= 1, 12), got {vec.shape}")
         if not np.isfinite(vec).all():
             raise ValueError("vectors must be finite (found NaN or inf)")
-        self.det_shape = _positive_ints("det_shape", det_shape, 2)
-        self.vol_shape = _positive_ints("vol_shape", vol_shape, 3)
-        self.voxel_size = _finite_floats("voxel_size", voxel_size, 3, positive=True)
-        self.vol_offset = _finite_floats("vol_offset", vol_offset, 3)
+        self.det_shape = int_tuple("det_shape", det_shape, 2, allow_scalar=True)
+        self.vol_shape = int_tuple("vol_shape", vol_shape, 3, allow_scalar=True)
+        self.voxel_size = real_tuple("voxel_size", voxel_size, 3, positive=True, allow_scalar=True)
+        self.vol_offset = real_tuple("vol_offset", vol_offset, 3, allow_scalar=True)
         self._check_views(vec)
         vec.setflags(write=False)
         self.vectors = vec
@@ -187,13 +165,12 @@ class ConeBeamGeometry:
         scan : {"full", "short"}
             Scan range, used by the default angles and by FDK (Parker weights for "short").
         """
-        if isinstance(n_views, bool) or not isinstance(n_views, (int, np.integer)) or n_views < 1:
-            raise ValueError(f"n_views must be a positive integer, got {n_views!r}")
-        sod = _finite_positive("source_origin", source_origin)
-        odd = _finite_positive("origin_detector", origin_detector)
-        rows, cols = _positive_ints("det_shape", det_shape, 2)
-        dv, du = _finite_floats("det_spacing", det_spacing, 2, positive=True)
-        off_v, off_u = _finite_floats("det_offset", det_offset, 2)
+        n_views = integer("n_views", n_views, 1)
+        sod = real("source_origin", source_origin, positive=True)
+        odd = real("origin_detector", origin_detector, positive=True)
+        rows, cols = int_tuple("det_shape", det_shape, 2, allow_scalar=True)
+        dv, du = real_tuple("det_spacing", det_spacing, 2, positive=True, allow_scalar=True)
+        off_v, off_u = real_tuple("det_offset", det_offset, 2, allow_scalar=True)
         if scan not in ("full", "short"):
             raise ValueError(f"scan must be 'full' or 'short', got {scan!r}")
         start = float(start_angle)

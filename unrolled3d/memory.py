@@ -44,11 +44,13 @@ def reset_peak_rss() -> bool:
 class PeakRSS:
     """Context manager: ``peak_mib`` is the process's peak RSS (MiB) inside the block.
 
-    Example::
-
-        with PeakRSS() as mem:
-            run()
-        print(mem.peak_mib)
+    Examples
+    --------
+    >>> from unrolled3d.memory import PeakRSS
+    >>> with PeakRSS() as mem:
+    ...     block = bytearray(64 * 2**20)
+    >>> mem.peak_mib is None or mem.peak_mib >= 64     # None where /proc cannot be reset
+    True
     """
 
     def __init__(self) -> None:

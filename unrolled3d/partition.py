@@ -30,14 +30,12 @@ from deepinv.physics import LinearPhysics
 from tqdm.auto import tqdm
 
 from ._distributed import rank_and_world
-from ._validation import int_triple
+from ._validation import int_triple, integer
 from .normal import DiagCirculantWrapper
-from .ops.fused import masked_scatter_add, masked_scatter_add_
+from .ops import masked_scatter_add, masked_scatter_add_
+from .physics.patch import crop, patch_start, restrict
 
-__all__ = [
-    "PartitionedReconstructor", "patch_grid", "blend_window", "patch_measurement", "ZeroPaddedPatchPhysics",
-    "NormalPatchPhysics",
-]
+__all__ = ["PartitionedReconstructor", "patch_grid", "blend_window", "patch_measurement"]
 
 
 def patch_grid(img_shape: Sequence[int], patch_shape: Sequence[int], stride: Sequence[int]) -> list[tuple[int, int, int]]:
@@ -68,63 +66,9 @@ def blend_window(patch_shape: Sequence[int], stride: Sequence[int], dtype=torch.
     return (ws[0][:, None, None] * ws[1][None, :, None] * ws[2][None, None, :]).to(dtype=dtype, device=device)
 
 
-def _crop(x: torch.Tensor, offset: Sequence[int], shape: Sequence[int]) -> torch.Tensor:
-    return x[..., offset[0]:offset[0] + shape[0], offset[1]:offset[1] + shape[1], offset[2]:offset[2] + shape[2]]
-
-
-class ZeroPaddedPatchPhysics(LinearPhysics):
-    """``A S^T`` for any ``LinearPhysics`` without a ``restrict`` method: the patch is embedded in
-    a zero volume (costs a full-volume operator per call; ``ConeBeamCT`` has a cheap restrict)."""
-
-    def __init__(self, physics: LinearPhysics, img_shape: Sequence[int], offset: Sequence[int],
-                 shape: Sequence[int]) -> None:
-        super().__init__(img_size=(1, *shape))
-        self.physics, self.img_shape, self.offset, self.shape = physics, tuple(img_shape), tuple(offset), tuple(shape)
-
-    def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        full = x.new_zeros((*x.shape[:2], *self.img_shape))
-        _crop(full, self.offset, self.shape).copy_(x)
-        return self.physics.A(full, **kwargs)
-
-    def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
-        return _crop(self.physics.A_adjoint(y, **kwargs), self.offset, self.shape)
-
-
-class NormalPatchPhysics(LinearPhysics):
-    """The patch problem in normal-equation form ``H_p x = b`` (``b = S A^T y_p`` is passed as the
-    measurement). Provides ``A_adjoint_A`` (= ``H_p``), ``data_gradient(x, b) = H_p x - b`` and
-    ``A_dagger(b)`` = the context patch (a start point); ``A`` itself is not available."""
-
-    def __init__(self, patch_operator, x_start: torch.Tensor) -> None:
-        super().__init__(img_size=tuple(x_start.shape[1:]))
-        self.patch_operator, self.x_start = patch_operator, x_start
-
-    def A_adjoint_A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        return self.patch_operator.A_adjoint_A(x)
-
-    def data_gradient(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.patch_operator.A_adjoint_A(x) - b
-
-    def A_dagger(self, b: torch.Tensor, **kwargs) -> torch.Tensor:
-        return self.x_start
-
-    def A(self, x, **kwargs):
-        raise NotImplementedError("the normal-operator patch physics has no forward operator A (only H)")
-
-    def A_adjoint(self, y, **kwargs):
-        raise NotImplementedError("the normal-operator patch physics has no A^T (only H)")
-
-
 def _unwrap(physics: LinearPhysics) -> LinearPhysics:
     """The exact operator behind a ``DiagCirculantWrapper`` (any other physics: itself)."""
     return physics.physics if isinstance(physics, DiagCirculantWrapper) else physics
-
-
-def _restrict_exact(physics: LinearPhysics, img_shape, offset, shape) -> LinearPhysics:
-    inner = _unwrap(physics)
-    if hasattr(inner, "restrict"):
-        return inner.restrict(offset, shape)
-    return ZeroPaddedPatchPhysics(inner, img_shape, offset, shape)
 
 
 def patch_measurement(residual: torch.Tensor, patch_physics: LinearPhysics, x_ctx_patch: torch.Tensor) -> torch.Tensor:
@@ -135,18 +79,42 @@ def patch_measurement(residual: torch.Tensor, patch_physics: LinearPhysics, x_ct
 class PartitionedReconstructor(Reconstructor):
     r"""Reconstruct a volume patch by patch with any patch-level ``deepinv`` reconstructor.
 
-    :param deepinv.models.Reconstructor base_reconstructor: solves a patch problem
+    Parameters
+    ----------
+    base_reconstructor : deepinv.models.Reconstructor
+        solves a patch problem
         ``base(y_p, physics_p)`` (e.g. :class:`unrolled3d.models.UnrolledPGD`); if its ``forward``
         accepts ``x_init``, it receives the context patch as a start point.
-    :param tuple img_size: volume shape ``(D, H, W)`` (or ``(C, D, H, W)``).
-    :param tuple patch_size: patch shape, each at most the volume's.
-    :param tuple stride: grid step, ``1 <= stride <= patch`` (default: half the patch).
-    :param int n_sweeps: sweeps at inference (each uses the previous as context; default 2).
-    :param str sweep_start: where each patch's base starts in later sweeps: ``"initial"``
+    img_size : tuple
+        volume shape ``(D, H, W)`` (or ``(C, D, H, W)``).
+    patch_size : tuple
+        patch shape, each at most the volume's.
+    stride : tuple
+        grid step, ``1 <= stride <= patch`` (default: half the patch).
+    n_sweeps : int
+        sweeps at inference (each uses the previous as context; default 2).
+    sweep_start : str
+        where each patch's base starts in later sweeps: ``"initial"``
         (default) the first sweep's context (``x_init`` or ``A_dagger(y)``), as in training
         (``training_loss`` starts from ``A_dagger(y)``), so that later sweeps only refresh the
         context; ``"current"`` the latest estimate (for iterative bases that refine it).
-    :param bool progress: show a progress bar over patches.
+    progress : bool
+        show a progress bar over patches.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from unrolled3d.models import UNet3D, UnrolledPGD
+    >>> from unrolled3d.partition import PartitionedReconstructor
+    >>> from unrolled3d.physics import ConeBeamCT, standard_cone_beam
+    >>> physics = ConeBeamCT(standard_cone_beam(8, 6), normalize=True)
+    >>> rec = PartitionedReconstructor(UnrolledPGD(UNet3D(base=4, depth=1), n_iter=1), (8, 8, 8), (4, 4, 4))
+    >>> len(rec.patches()), rec.stride                  # half-overlapping grid
+    (27, (2, 2, 2))
+    >>> with torch.no_grad():
+    ...     x_hat = rec(physics.A(torch.rand(1, 1, 8, 8, 8)), physics)
+    >>> x_hat.shape
+    torch.Size([1, 1, 8, 8, 8])
     """
 
     def __init__(self, base_reconstructor: torch.nn.Module, img_size: Sequence[int], patch_size: Sequence[int],
@@ -164,16 +132,15 @@ class PartitionedReconstructor(Reconstructor):
         for n, p, axis in zip(self.img_shape, self.patch_shape, "DHW"):
             if p > n:
                 raise ValueError(f"patch_size {self.patch_shape} is larger than the volume {self.img_shape} along {axis}")
+        self._default_stride = stride is None
         if stride is None:
             stride = tuple(max(1, p // 2) for p in self.patch_shape)
         self.stride = int_triple("stride", stride, allow_scalar=True)
         for s, p in zip(self.stride, self.patch_shape):
             if s > p:
                 raise ValueError(f"stride {self.stride} must not exceed patch_size {self.patch_shape} (gaps)")
-        if not isinstance(n_sweeps, int) or n_sweeps < 1:
-            raise ValueError(f"n_sweeps must be a positive integer, got {n_sweeps!r}")
         self.base = base_reconstructor
-        self.n_sweeps = n_sweeps
+        self.n_sweeps = integer("n_sweeps", n_sweeps, 1)
         if sweep_start not in ("initial", "current"):
             raise ValueError(f"sweep_start must be 'initial' or 'current', got {sweep_start!r}")
         self.sweep_start = sweep_start
@@ -181,6 +148,14 @@ class PartitionedReconstructor(Reconstructor):
         self._base_takes_x_init = "x_init" in inspect.signature(base_reconstructor.forward).parameters
 
     # ----------------------------------------------------------------- helpers
+    def with_patch_size(self, patch_size: Sequence[int] | int) -> "PartitionedReconstructor":
+        """The same reconstructor (base shared, not copied) on patches of ``patch_size``: the
+        default stride follows the new patch, an explicit stride is kept; sweeps, start rule and
+        progress are kept."""
+        return PartitionedReconstructor(self.base, self.img_shape, patch_size,
+                                        None if self._default_stride else self.stride, n_sweeps=self.n_sweeps,
+                                        progress=self.progress, sweep_start=self.sweep_start)
+
     def patches(self) -> list[tuple[int, int, int]]:
         """The inference grid of patch offsets."""
         return patch_grid(self.img_shape, self.patch_shape, self.stride)
@@ -193,21 +168,18 @@ class PartitionedReconstructor(Reconstructor):
             raise ValueError(f"physics acts on volumes of {tuple(size)[-3:]}, the reconstructor on {self.img_shape}")
 
     def _normal_operator(self, physics, fourier_filter, spatial_mask) -> DiagCirculantWrapper | None:
+        """The ``H`` of this call: ``physics`` itself if it is a :class:`DiagCirculantWrapper`, with
+        the call's ``fourier_filter``/``spatial_mask`` if given (the paper's API; the caller's
+        wrapper is not changed); ``None`` (exact patch operators) for any other physics."""
+        if not isinstance(physics, DiagCirculantWrapper):
+            if fourier_filter is not None or spatial_mask is not None:
+                raise TypeError("fourier_filter and spatial_mask are the parameters of a normal-operator "
+                                "approximation: wrap the physics in unrolled3d.normal.DiagCirculantWrapper and pass "
+                                f"that (got {type(physics).__name__})")
+            return None
         if fourier_filter is None and spatial_mask is None:
-            return physics if isinstance(physics, DiagCirculantWrapper) else None
-        if isinstance(physics, DiagCirculantWrapper):
-            wrapper = physics
-        else:
-            ref = spatial_mask if spatial_mask is not None else fourier_filter
-            W = self.img_shape[2]
-            # a full-spectrum filter (last axis 2W, not W + 1) is a complex-image H; else ask the physics
-            complex_images = None
-            if fourier_filter is not None and W > 1 and fourier_filter.shape[-1] in (W + 1, 2 * W):
-                complex_images = fourier_filter.shape[-1] == 2 * W
-            wrapper = DiagCirculantWrapper(physics, self.img_shape, device=ref.device,
-                                           dtype=ref.real.dtype if ref.is_complex() else ref.dtype,
-                                           complex_images=complex_images)
-        return wrapper.set_parameters(spatial_mask=spatial_mask, fourier_filter=fourier_filter)
+            return physics
+        return physics.with_parameters(spatial_mask=spatial_mask, fourier_filter=fourier_filter)
 
     def _solve_patch(self, y_p, physics_p, x_start):
         if self._base_takes_x_init:
@@ -225,22 +197,22 @@ class PartitionedReconstructor(Reconstructor):
         the base's start point on the patch (default: the context's patch, the current estimate).
         """
         shape = self.patch_shape
-        ctx_p = _crop(x_ctx, offset, shape)
+        ctx_p = crop(x_ctx, offset, shape)
         start = ctx_p if x_start is None else x_start
         if normal is None:
             if residual is None:
                 residual = y - physics.A(x_ctx)
-            physics_p = _restrict_exact(physics, self.img_shape, offset, shape)
+            physics_p = restrict(_unwrap(physics), self.img_shape, offset, shape)
             return self._solve_patch(patch_measurement(residual, physics_p, ctx_p), physics_p, start)
         if residual is None:
             residual = normal.A_adjoint(y - normal.A(x_ctx))
-        return self._solve_normal_patch(_crop(residual, offset, shape), normal, offset, ctx_p, start)
+        return self._solve_normal_patch(crop(residual, offset, shape), normal, offset, ctx_p, start)
 
     def _solve_normal_patch(self, residual_p: torch.Tensor, normal: DiagCirculantWrapper, offset, ctx_p, start):
         """H mode: solve ``H_p x_p = S A^T y_p`` with ``S A^T y_p = S A^T (y - A x_ctx) + H_p x_ctx[p]``."""
-        h_p = normal.restrict(offset, self.patch_shape)
+        h_p = normal.restrict(offset, self.patch_shape).with_start(start)
         b = residual_p + h_p.A_adjoint_A(ctx_p)
-        return self._solve_patch(b, NormalPatchPhysics(h_p, start), start)
+        return self._solve_patch(b, h_p, start)
 
     # ----------------------------------------------------------------- inference
     def forward(self, y: torch.Tensor, physics: LinearPhysics, fourier_filter: torch.Tensor | None = None,
@@ -248,12 +220,20 @@ class PartitionedReconstructor(Reconstructor):
                 n_sweeps: int | None = None, **kwargs) -> torch.Tensor:
         r"""Partitioned reconstruction ``[B, C, D, H, W]`` of the measurements ``y``.
 
-        :param torch.Tensor y: measurements of ``physics``.
-        :param deepinv.physics.LinearPhysics physics: the full operator (or a ``DiagCirculantWrapper``).
-        :param torch.Tensor fourier_filter: ``lam`` of a fitted diagonal-circulant ``H`` (optional).
-        :param torch.Tensor spatial_mask: ``m`` of a fitted ``H`` (optional).
-        :param torch.Tensor x_init: context of the first sweep (default ``physics.A_dagger(y)``).
-        :param int n_sweeps: override the number of sweeps.
+        Parameters
+        ----------
+        y : torch.Tensor
+            measurements of ``physics``.
+        physics : deepinv.physics.LinearPhysics
+            the full operator (or a ``DiagCirculantWrapper``).
+        fourier_filter : torch.Tensor
+            ``lam`` of a fitted diagonal-circulant ``H`` (optional).
+        spatial_mask : torch.Tensor
+            ``m`` of a fitted ``H`` (optional).
+        x_init : torch.Tensor
+            context of the first sweep (default ``physics.A_dagger(y)``).
+        n_sweeps : int
+            override the number of sweeps.
         """
         self._check(y, physics)
         normal = self._normal_operator(physics, fourier_filter, spatial_mask)
@@ -272,7 +252,7 @@ class PartitionedReconstructor(Reconstructor):
             weight = torch.zeros(self.img_shape, dtype=x.dtype, device=x.device)
             bar = tqdm(offsets, desc=f"sweep {sweep + 1}", disable=not self.progress or rank != 0, leave=False)
             for offset in bar:
-                start = None if self.sweep_start == "current" else _crop(first, offset, self.patch_shape)
+                start = None if self.sweep_start == "current" else crop(first, offset, self.patch_shape)
                 x_p = self.reconstruct_patch(y, physics, x, offset, residual, normal, x_start=start)
                 if torch.is_grad_enabled() and x_p.requires_grad:
                     out, weight = masked_scatter_add(out, x_p, offset, self.patch_shape, window=window, weight=weight)
@@ -313,16 +293,11 @@ class PartitionedReconstructor(Reconstructor):
         # physics allows it, which keeps the step's memory flat in the volume size.
         with torch.no_grad():
             residual = y - physics.A(x_true)
-            if x_start is not None:
-                start = _crop(x_start, offset, shape)
-            elif hasattr(inner, "A_dagger_patch"):
-                start = inner.A_dagger_patch(y, offset, shape)
-            else:
-                start = _crop(physics.A_dagger(y), offset, shape)
+            start = crop(x_start, offset, shape) if x_start is not None else patch_start(inner, y, offset, shape)
             if normal is not None:  # S A^T r = (A S^T)^T r
-                residual_p = _restrict_exact(normal.physics, self.img_shape, offset, shape).A_adjoint(residual)
+                residual_p = restrict(inner, self.img_shape, offset, shape).A_adjoint(residual)
         if normal is None:
             x_p = self.reconstruct_patch(y, physics, x_true, offset, residual, None, x_start=start)
         else:
-            x_p = self._solve_normal_patch(residual_p, normal, offset, _crop(x_true, offset, shape), start)
-        return torch.nn.functional.mse_loss(x_p, _crop(x_true, offset, shape))
+            x_p = self._solve_normal_patch(residual_p, normal, offset, crop(x_true, offset, shape), start)
+        return torch.nn.functional.mse_loss(x_p, crop(x_true, offset, shape))

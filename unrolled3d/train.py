@@ -15,11 +15,21 @@ draws its own volumes, noise and patches (generator seeded with ``seed + rank``)
 batch_size``); rank 0 writes the checkpoints, which hold every rank's RNG state so that a resumed
 run with the same number of ranks continues identically.
 
-Example::
+Examples
+--------
+Two steps on 8^3 phantoms with 4^3 patches (a real run: ``steps=2000, out_dir="runs/a",
+checkpoint_every=100`` and ``resume=True`` after an interruption):
 
-    rec = PartitionedReconstructor(UnrolledPGD(UNet3D(base=8), n_iter=5), (128,) * 3, (48,) * 3)
-    cfg = TrainConfig(steps=2000, lr=1e-4, out_dir="runs/a", checkpoint_every=100, noise_std=0.01)
-    history = train(rec, physics, PhantomDataset(1000, (128,) * 3), cfg, resume=True)
+>>> from unrolled3d.data import PhantomDataset
+>>> from unrolled3d.models import UNet3D, UnrolledPGD
+>>> from unrolled3d.partition import PartitionedReconstructor
+>>> from unrolled3d.physics import ConeBeamCT, standard_cone_beam
+>>> from unrolled3d.train import TrainConfig, train
+>>> physics = ConeBeamCT(standard_cone_beam(8, 6), normalize=True)
+>>> rec = PartitionedReconstructor(UnrolledPGD(UNet3D(base=4, depth=1), n_iter=2), (8, 8, 8), (4, 4, 4))
+>>> history = train(rec, physics, PhantomDataset(4, 8), TrainConfig(steps=2, lr=1e-3, progress=False))
+>>> len(history["losses"]), history["step"]
+(2, 2)
 """
 from __future__ import annotations
 
@@ -37,8 +47,10 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ._distributed import rank_and_world
-from .io_utils import atomic_path
+from ._validation import integer, real
+from .io.atomic import atomic_path
 from .metrics import psnr
+from .protocols import PatchTrainable
 
 __all__ = ["TrainConfig", "train", "evaluate", "latest_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT"]
 
@@ -53,23 +65,49 @@ _RESUME_FIELDS = ("steps", "lr", "min_lr", "batch_size", "lr_schedule", "weight_
 class TrainConfig:
     """Hyper-parameters of :func:`train`.
 
-    :param int steps: optimiser steps in total (a resumed run continues up to this).
-    :param float lr: Adam learning rate (peak of the schedule).
-    :param int batch_size: volumes per step (gradients accumulated one volume at a time, each
+    Parameters
+    ----------
+    steps : int
+        optimiser steps in total (a resumed run continues up to this).
+    lr : float
+        Adam learning rate (peak of the schedule).
+    batch_size : int
+        volumes per step (gradients accumulated one volume at a time, each
         with its own random patch; the loss is their mean).
-    :param str lr_schedule: ``"cosine"`` (cosine annealing from ``lr`` to ``min_lr`` over
+    lr_schedule : str
+        ``"cosine"`` (cosine annealing from ``lr`` to ``min_lr`` over
         ``steps``) or ``"constant"``.
-    :param float min_lr: final learning rate of the cosine schedule.
-    :param float weight_decay: Adam's L2 weight decay.
-    :param float grad_clip: clip the gradient norm to this (``None``: no clipping).
-    :param int seed: seed of the data generator and of the global torch RNG.
-    :param float noise_std: standard deviation of the Gaussian noise added to ``A x`` (absolute,
+    min_lr : float
+        final learning rate of the cosine schedule.
+    weight_decay : float
+        Adam's L2 weight decay.
+    grad_clip : float
+        clip the gradient norm to this (``None``: no clipping).
+    seed : int
+        seed of the data generator and of the global torch RNG.
+    noise_std : float
+        standard deviation of the Gaussian noise added to ``A x`` (absolute,
         in the units of ``physics.A``; ``physics``' own noise model is not used).
-    :param int checkpoint_every: write a checkpoint every this many steps (0: only at the end).
-    :param int keep_checkpoints: how many recent checkpoints to keep (>= 1).
-    :param int val_every: validate every this many steps (0: never).
-    :param str out_dir: checkpoint directory (``None``: no checkpoints, no resumption).
-    :param bool progress: show a tqdm progress bar with the loss.
+    checkpoint_every : int
+        write a checkpoint every this many steps (0: only at the end).
+    keep_checkpoints : int
+        how many recent checkpoints to keep (>= 1).
+    val_every : int
+        validate every this many steps (0: never).
+    out_dir : str
+        checkpoint directory (``None``: no checkpoints, no resumption).
+    progress : bool
+        show a tqdm progress bar with the loss.
+
+    Examples
+    --------
+    >>> from unrolled3d.train import TrainConfig
+    >>> TrainConfig(steps=100, lr=1e-3).to_dict()["lr_schedule"]
+    'cosine'
+    >>> TrainConfig(steps=0)
+    Traceback (most recent call last):
+        ...
+    ValueError: TrainConfig.steps must be a positive integer, got 0
     """
 
     steps: int = 1000
@@ -88,29 +126,14 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        def integer(name, minimum):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-                raise ValueError(f"TrainConfig.{name} must be an integer >= {minimum}, got {v!r}")
-
-        def real(name, positive):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
-                    or (positive and v == 0):
-                raise ValueError(f"TrainConfig.{name} must be a finite number {'> 0' if positive else '>= 0'}, got {v!r}")
-
-        integer("steps", 1)
-        integer("batch_size", 1)
-        integer("seed", 0)
-        integer("checkpoint_every", 0)
-        integer("keep_checkpoints", 1)
-        integer("val_every", 0)
-        real("lr", True)
-        real("min_lr", False)
-        real("weight_decay", False)
-        real("noise_std", False)
+        for name, minimum in (("steps", 1), ("batch_size", 1), ("seed", 0), ("checkpoint_every", 0),
+                              ("keep_checkpoints", 1), ("val_every", 0)):
+            integer(f"TrainConfig.{name}", getattr(self, name), minimum)
+        real("TrainConfig.lr", self.lr, positive=True)
+        for name in ("min_lr", "weight_decay", "noise_std"):
+            real(f"TrainConfig.{name}", getattr(self, name), nonnegative=True)
         if self.grad_clip is not None:
-            real("grad_clip", True)
+            real("TrainConfig.grad_clip", self.grad_clip, positive=True)
         if self.lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"TrainConfig.lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
 
@@ -229,27 +252,42 @@ def train(rec: torch.nn.Module, physics, dataset, config: TrainConfig | None = N
           val_metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None) -> dict[str, Any]:
     r"""Train ``rec`` (a :class:`~unrolled3d.partition.PartitionedReconstructor`) with ``L_PART``.
 
-    :param rec: the model; trained in place, on the device of its parameters.
-    :param physics: the full-volume operator (a deepinv ``LinearPhysics``, e.g. ``ConeBeamCT``).
-    :param dataset: indexable volumes ``(1, D, H, W)`` (e.g.
+    Parameters
+    ----------
+    rec
+        the model; trained in place, on the device of its parameters.
+    physics
+        the full-volume operator (a deepinv ``LinearPhysics``, e.g. ``ConeBeamCT``).
+    dataset
+        indexable volumes ``(1, D, H, W)`` (e.g.
         :class:`~unrolled3d.data.datasets.PhantomDataset`).
-    :param TrainConfig config: hyper-parameters (default ``TrainConfig()``).
-    :param bool resume: continue from the latest checkpoint in ``config.out_dir`` (starts
+    config : TrainConfig
+        hyper-parameters (default ``TrainConfig()``).
+    resume : bool
+        continue from the latest checkpoint in ``config.out_dir`` (starts
         afresh when there is none). The continuation is identical to an uninterrupted run.
-    :param val_data: list of ``(x, y)`` for validation every ``config.val_every`` steps.
-    :param callback: ``callback(step, loss)`` after each step (and its checkpoint); raising
+    val_data
+        list of ``(x, y)`` for validation every ``config.val_every`` steps.
+    callback
+        ``callback(step, loss)`` after each step (and its checkpoint); raising
         from it stops training (the checkpoints written so far remain valid).
-    :param dict loss_kwargs: extra arguments of ``training_loss`` (e.g. ``fourier_filter``).
-    :param val_metric: ``metric(x_hat, x)`` of the validation (default: PSNR over all channels;
+    loss_kwargs : dict
+        extra arguments of ``training_loss`` (e.g. ``fourier_filter``).
+    val_metric
+        ``metric(x_hat, x)`` of the validation (default: PSNR over all channels;
         :func:`unrolled3d.metrics.magnitude_psnr` for complex MRI images).
-    :returns: ``{"losses": [...] (one per step, all steps so far), "val": [{"step", "psnr",
-        "mse"}, ...], "step": last step, "checkpoint": last checkpoint path or None,
-        "resumed_from": step or None, "time_s": wall time of this call}``.
+
+    Returns
+    -------
+    dict
+        ``{"losses": [...] (one per step, all steps so far), "val": [{"step", "psnr", "mse"}, ...],
+        "step": last step, "checkpoint": last checkpoint path or None, "resumed_from": step or None,
+        "time_s": wall time of this call}``.
     """
     cfg = TrainConfig() if config is None else config
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(cfg).__name__}")
-    if not hasattr(rec, "training_loss"):
+    if not isinstance(rec, PatchTrainable):
         raise TypeError(f"rec must provide training_loss (a PartitionedReconstructor), got {type(rec).__name__}")
     if len(dataset) < 1:
         raise ValueError("the dataset is empty")

@@ -1,5 +1,14 @@
-"""Synthetic data: analytic ellipsoid phantoms (Shepp-Logan, balls, random blobs), complex MRI volumes."""
+"""Data: analytic phantoms made on the fly, datasets of phantoms and of volume files, and the
+reader of the Walnut cone-beam CT data.
+
+* :mod:`.phantoms` - ellipsoid phantoms (Shepp-Logan, balls, random blobs), their voxelisation
+  and exact line integrals;
+* :mod:`.complex_phantoms` - complex MRI volumes (magnitude times a smooth phase);
+* :mod:`.datasets` - :class:`PhantomDataset`, :class:`VolumeFileDataset`;
+* :mod:`.walnut` - the Walnut CBCT projections and geometry.
+"""
 from .complex_phantoms import ComplexPhantomDataset, smooth_phase
+from .datasets import PhantomDataset, VolumeFileDataset
 from .phantoms import (
     Ellipsoid,
     ball,
@@ -9,14 +18,19 @@ from .phantoms import (
     shepp_logan_3d,
     voxelize,
 )
+from .walnut import read_walnut, read_walnut_geometry
 
 __all__ = [
     "ComplexPhantomDataset",
     "Ellipsoid",
+    "PhantomDataset",
+    "VolumeFileDataset",
     "ball",
     "line_integrals",
     "phantom_volume_integral",
     "random_ellipsoids",
+    "read_walnut",
+    "read_walnut_geometry",
     "shepp_logan_3d",
     "smooth_phase",
     "voxelize",

@@ -31,10 +31,16 @@ def smooth_phase(shape: Sequence[int], generator: torch.Generator | None = None,
     every monomial of degree ``1..degree`` in the coordinates normalised to ``[-1, 1]``
     (coefficients ``U(-1, 1)``), and ``a ~ U(max_phase / 2, max_phase)`` the spatial phase range.
 
-    :param shape: ``(D, H, W)``.
-    :param torch.Generator generator: CPU generator (default: a fresh unseeded one).
-    :param float max_phase: largest ``|phi - phi0|`` (radians, ``>= 0``).
-    :param int degree: polynomial degree (``>= 1``).
+    Parameters
+    ----------
+    shape
+        ``(D, H, W)``.
+    generator : torch.Generator
+        CPU generator (default: a fresh unseeded one).
+    max_phase : float
+        largest ``|phi - phi0|`` (radians, ``>= 0``).
+    degree : int
+        polynomial degree (``>= 1``).
     """
     D, H, W = int_triple("shape", shape)
     if isinstance(max_phase, bool) or not isinstance(max_phase, numbers.Real) or not (0 <= max_phase < math.inf):
@@ -64,12 +70,25 @@ class ComplexPhantomDataset(Dataset):
     Item ``i`` is deterministic: its phase uses a generator seeded by ``(seed, i)`` (numpy
     ``SeedSequence``), independent of the access order and of the magnitude dataset's seed.
 
-    :param magnitudes: indexable real volumes ``(1, D, H, W)`` (e.g. ``PhantomDataset``).
-    :param int seed: seed of the phases.
-    :param float max_phase: spatial phase range, radians (see :func:`smooth_phase`).
-    :param int degree: degree of the phase polynomial.
+    Parameters
+    ----------
+    magnitudes
+        indexable real volumes ``(1, D, H, W)`` (e.g. ``PhantomDataset``).
+    seed : int
+        seed of the phases.
+    max_phase : float
+        spatial phase range, radians (see :func:`smooth_phase`).
+    degree : int
+        degree of the phase polynomial.
 
     Items: ``float32`` ``(2, D, H, W)``, channels (real, imaginary).
+
+    Examples
+    --------
+    >>> from unrolled3d.data import ComplexPhantomDataset, PhantomDataset
+    >>> volumes = ComplexPhantomDataset(PhantomDataset(2, 8), seed=0)
+    >>> volumes[0].shape                    # real and imaginary channels
+    torch.Size([2, 8, 8, 8])
     """
 
     def __init__(self, magnitudes: Dataset, seed: int = 0, max_phase: float = math.pi, degree: int = 2) -> None:

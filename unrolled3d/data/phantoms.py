@@ -26,11 +26,12 @@ Conventions (the same as :mod:`unrolled3d.physics.geometry` and ASTRA's 3D code)
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence, Union
 
 import torch
+
+from .._validation import int_triple, integer, real, real_tuple
 
 __all__ = [
     "Ellipsoid",
@@ -51,69 +52,6 @@ _MAX_POINTS_PER_CHUNK = 1 << 22
 # --------------------------------------------------------------------------------------------
 # Input validation helpers
 # --------------------------------------------------------------------------------------------
-def _finite_float(name: str, value: Any, positive: bool = False) -> float:
-    if isinstance(value, bool) or isinstance(value, (str, bytes)):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise TypeError(f"{name} must be a real number, got a tensor of shape {tuple(value.shape)}")
-        value = value.item()
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number, got {value!r}") from None
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    if positive and v <= 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
-    return v
-
-
-def _float_triple(name: str, value: Any, positive: bool = False, allow_scalar: bool = False) -> tuple[float, float, float]:
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().reshape(-1).tolist() if value.dim() > 0 else value.item()
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        if not allow_scalar:
-            raise TypeError(f"{name} must be a sequence of 3 numbers, got {value!r}")
-        value = (value,) * 3
-    if isinstance(value, (str, bytes)):
-        raise TypeError(f"{name} must be a sequence of 3 numbers, got {value!r}")
-    try:
-        seq = tuple(value)
-    except TypeError:
-        raise TypeError(f"{name} must be a sequence of 3 numbers, got {value!r}") from None
-    if len(seq) != 3:
-        raise ValueError(f"{name} must have 3 entries, got {len(seq)}: {value!r}")
-    out = []
-    for v in seq:
-        if isinstance(v, torch.Tensor) and v.numel() == 1:
-            v = v.item()
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):  # numpy scalars are numbers.Real
-            raise TypeError(f"{name} must contain real numbers, got {value!r}")
-        out.append(float(v))
-    if not all(math.isfinite(v) for v in out):
-        raise ValueError(f"{name} must be finite, got {tuple(out)}")
-    if positive and any(v <= 0 for v in out):
-        raise ValueError(f"{name} must be positive, got {tuple(out)}")
-    return (out[0], out[1], out[2])
-
-
-def _vol_shape(value: Any) -> tuple[int, int, int]:
-    if isinstance(value, torch.Tensor):
-        value = value.tolist()
-    try:
-        seq = tuple(value)
-    except TypeError:
-        raise TypeError(f"vol_shape must be a sequence of 3 positive integers (D, H, W), got {value!r}") from None
-    if len(seq) != 3:
-        raise ValueError(f"vol_shape must have 3 entries (D, H, W), got {len(seq)}: {value!r}")
-    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in seq):
-        raise TypeError(f"vol_shape must contain integers, got {value!r}")
-    if any(int(v) <= 0 for v in seq):
-        raise ValueError(f"vol_shape must be positive, got {value!r}")
-    return (int(seq[0]), int(seq[1]), int(seq[2]))
-
-
 def _ellipsoid_list(ellipsoids: Any) -> list["Ellipsoid"]:
     if isinstance(ellipsoids, Ellipsoid):
         return [ellipsoids]
@@ -156,6 +94,15 @@ class Ellipsoid:
     -----
     A world point ``p`` is inside iff ``|diag(1/a, 1/b, 1/c) @ R.T @ (p - centre)| <= 1``
     (the ellipsoid is closed). All fields are stored as tuples of Python floats.
+
+    Examples
+    --------
+    >>> from unrolled3d.data import Ellipsoid, voxelize
+    >>> e = Ellipsoid(1.0, centre=(0.0, 0.0, 0.0), semi_axes=(3.0, 2.0, 1.0))
+    >>> round(e.volume, 3)                  # 4/3 pi a b c
+    25.133
+    >>> voxelize([e], (8, 8, 8)).shape
+    torch.Size([8, 8, 8])
     """
 
     value: float
@@ -164,10 +111,10 @@ class Ellipsoid:
     angles: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "value", _finite_float("value", self.value))
-        object.__setattr__(self, "centre", _float_triple("centre", self.centre))
-        object.__setattr__(self, "semi_axes", _float_triple("semi_axes", self.semi_axes, positive=True))
-        object.__setattr__(self, "angles", _float_triple("angles", self.angles))
+        object.__setattr__(self, "value", real("value", self.value))
+        object.__setattr__(self, "centre", real_tuple("centre", self.centre, 3))
+        object.__setattr__(self, "semi_axes", real_tuple("semi_axes", self.semi_axes, 3, positive=True))
+        object.__setattr__(self, "angles", real_tuple("angles", self.angles, 3))
 
     def rotation_matrix(self) -> torch.Tensor:
         """Body-to-world rotation ``R = Rz(phi) @ Ry(theta) @ Rz(psi)``.
@@ -262,7 +209,7 @@ def shepp_logan_3d(radius: float = 1.0, modified: bool = True) -> list[Ellipsoid
         Densities are dimensionless relative values; multiply them (e.g. by 0.02 /mm for
         water-like attenuation) as needed.
     """
-    r = _finite_float("radius", radius, positive=True)
+    r = real("radius", radius, positive=True)
     if not isinstance(modified, (bool, int)):
         raise TypeError(f"modified must be a bool, got {modified!r}")
     s = r / _SHEPP_LOGAN_EXTENT
@@ -296,8 +243,8 @@ def ball(radius: float, value: float = 1.0, centre: Sequence[float] = (0.0, 0.0,
     list of Ellipsoid
         One ellipsoid with semi-axes ``(radius, radius, radius)``.
     """
-    r = _finite_float("radius", radius, positive=True)
-    return [Ellipsoid(value=value, centre=_float_triple("centre", centre), semi_axes=(r, r, r))]
+    r = real("radius", radius, positive=True)
+    return [Ellipsoid(value=value, centre=real_tuple("centre", centre, 3), semi_axes=(r, r, r))]
 
 
 def random_ellipsoids(
@@ -339,13 +286,9 @@ def random_ellipsoids(
     list of Ellipsoid
         Length ``n``.
     """
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise TypeError(f"n must be an integer, got {n!r}")
-    n = int(n)
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    r = _finite_float("radius", radius, positive=True)
-    m = _finite_float("max_semi_axis", max_semi_axis, positive=True)
+    n = integer("n", n, 0)
+    r = real("radius", radius, positive=True)
+    m = real("max_semi_axis", max_semi_axis, positive=True)
     if m >= 1.0:
         raise ValueError(f"max_semi_axis must be < 1 (a fraction of radius), got {max_semi_axis!r}")
     try:
@@ -354,16 +297,14 @@ def random_ellipsoids(
         raise TypeError(f"value_range must be a pair (low, high), got {value_range!r}") from None
     if len(vr) != 2:
         raise ValueError(f"value_range must be a pair (low, high), got {value_range!r}")
-    lo = _finite_float("value_range", vr[0])
-    hi = _finite_float("value_range", vr[1])
+    lo = real("value_range", vr[0])
+    hi = real("value_range", vr[1])
     if lo > hi:
         raise ValueError(f"value_range must satisfy low <= high, got {value_range!r}")
     if seed is not None and generator is not None:
         raise ValueError("give either seed or generator, not both")
     if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"seed must be an integer, got {seed!r}")
-        generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        generator = torch.Generator(device="cpu").manual_seed(integer("seed", seed))
     elif generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if n == 0:
@@ -446,14 +387,10 @@ def voxelize(
         ``x = ox + (i - (W-1)/2) sx``, ``y = oy + (j - (H-1)/2) sy``, ``z = oz + (k - (D-1)/2) sz``.
     """
     ells = _ellipsoid_list(ellipsoids)
-    D, H, W = _vol_shape(vol_shape)
-    sz, sy, sx = _float_triple("voxel_size", voxel_size, positive=True, allow_scalar=True)
-    oz, oy, ox = _float_triple("vol_offset", vol_offset)
-    if isinstance(supersample, bool) or not isinstance(supersample, numbers.Integral):
-        raise TypeError(f"supersample must be an integer, got {supersample!r}")
-    s = int(supersample)
-    if s < 1:
-        raise ValueError(f"supersample must be >= 1, got {supersample!r}")
+    D, H, W = int_triple("vol_shape", vol_shape)
+    sz, sy, sx = real_tuple("voxel_size", voxel_size, 3, positive=True, allow_scalar=True)
+    oz, oy, ox = real_tuple("vol_offset", vol_offset, 3)
+    s = integer("supersample", supersample, 1)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     device = torch.device(device)

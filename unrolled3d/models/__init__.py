@@ -1,5 +1,7 @@
-"""Learned models: a small 3D UNet denoiser and unrolled proximal gradient descent."""
+"""Learned models: a small 3D UNet denoiser, unrolled proximal gradient descent, and the model a
+training configuration describes."""
+from .config import build_model
 from .unet3d import UNet3D
 from .unrolled import SigmaAdapter, UnrolledPGD, deepinv_denoiser
 
-__all__ = ["UNet3D", "UnrolledPGD", "SigmaAdapter", "deepinv_denoiser"]
+__all__ = ["UNet3D", "UnrolledPGD", "SigmaAdapter", "deepinv_denoiser", "build_model"]

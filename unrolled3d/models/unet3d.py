@@ -2,21 +2,14 @@
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._validation import integer
+
 __all__ = ["UNet3D"]
-
-
-def _int_arg(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def _groups(channels: int, max_groups: int = 8) -> int:
@@ -48,26 +41,43 @@ class UNet3D(nn.Module):
     Any spatial size works: the input is padded (edge replication) to a multiple of ``2**depth``
     along each axis and the output is cropped back.
 
-    :param int in_channels: input channels ``C``.
-    :param int out_channels: output channels (must equal ``in_channels`` when ``residual``).
-    :param int base: channels of the first level.
-    :param int depth: number of down-sampling steps (``0`` gives a plain conv net).
-    :param bool residual: return ``x + net(x)`` (the net learns a correction).
-    :param str norm: ``None`` (default: no normalisation, so a patch's output does not depend on
+    Parameters
+    ----------
+    in_channels : int
+        input channels ``C``.
+    out_channels : int
+        output channels (must equal ``in_channels`` when ``residual``).
+    base : int
+        channels of the first level.
+    depth : int
+        number of down-sampling steps (``0`` gives a plain conv net).
+    residual : bool
+        return ``x + net(x)`` (the net learns a correction).
+    norm : str
+        ``None`` (default: no normalisation, so a patch's output does not depend on
         statistics of the whole patch, which keeps overlapping patches consistent) or ``"group"``
         (GroupNorm).
-    :param str up: ``"transpose"`` (default) or ``"trilinear"``.
+    up : str
+        ``"transpose"`` (default) or ``"trilinear"``.
 
     Shapes: ``x`` is ``[B, C_in, D, H, W]``, the output ``[B, C_out, D, H, W]``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from unrolled3d.models import UNet3D
+    >>> net = UNet3D(base=4, depth=1)
+    >>> net(torch.zeros(1, 1, 5, 6, 7)).shape           # any size: odd sizes are padded inside
+    torch.Size([1, 1, 5, 6, 7])
     """
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, base: int = 8, depth: int = 2,
                  residual: bool = True, norm: str | None = None, up: str = "transpose") -> None:
         super().__init__()
-        self.in_channels = _int_arg("in_channels", in_channels, 1)
-        self.out_channels = _int_arg("out_channels", out_channels, 1)
-        self.base = _int_arg("base", base, 1)
-        self.depth = _int_arg("depth", depth, 0)
+        self.in_channels = integer("in_channels", in_channels, 1)
+        self.out_channels = integer("out_channels", out_channels, 1)
+        self.base = integer("base", base, 1)
+        self.depth = integer("depth", depth, 0)
         if norm not in (None, "group"):
             raise ValueError(f"norm must be None or 'group', got {norm!r}")
         if up not in ("transpose", "trilinear"):

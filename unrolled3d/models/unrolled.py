@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-import numbers
 from typing import Sequence
 
 import torch
@@ -13,6 +12,8 @@ from deepinv.models import Reconstructor
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from .._validation import integer, real
+from ..protocols import NormalEquationPhysics
 from .unet3d import UNet3D
 
 __all__ = ["UnrolledPGD", "SigmaAdapter", "deepinv_denoiser"]
@@ -21,16 +22,31 @@ __all__ = ["UnrolledPGD", "SigmaAdapter", "deepinv_denoiser"]
 class SigmaAdapter(nn.Module):
     r"""Make a deepinv denoiser ``D(x, sigma)`` usable as a plain ``D(x)`` module.
 
-    :param nn.Module denoiser: e.g. ``deepinv.models.DRUNet(dim=3, pretrained=None)``.
-    :param float sigma: noise level passed to it (> 0).
-    :param bool learn_sigma: make ``sigma`` a trained parameter (stored as ``log sigma``).
+    Parameters
+    ----------
+    denoiser : nn.Module
+        e.g. ``deepinv.models.DRUNet(dim=3, pretrained=None)``.
+    sigma : float
+        noise level passed to it (> 0).
+    learn_sigma : bool
+        make ``sigma`` a trained parameter (stored as ``log sigma``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from unrolled3d.models import SigmaAdapter
+    >>> class Shrink(torch.nn.Module):
+    ...     def forward(self, x, sigma):
+    ...         return x / (1 + sigma)
+    >>> SigmaAdapter(Shrink(), sigma=1.0)(torch.ones(2))
+    tensor([0.5000, 0.5000])
     """
 
     def __init__(self, denoiser: nn.Module, sigma: float = 0.05, learn_sigma: bool = False) -> None:
         super().__init__()
         if not isinstance(denoiser, nn.Module):
             raise TypeError(f"denoiser must be a torch.nn.Module, got {type(denoiser).__name__}")
-        sigma = _positive_float("sigma", sigma)
+        sigma = real("sigma", sigma, positive=True)
         self.denoiser = denoiser
         log_sigma = torch.tensor(math.log(sigma))
         if learn_sigma:
@@ -61,15 +77,6 @@ def deepinv_denoiser(name: str = "drunet", sigma: float = 0.05, **kwargs) -> nn.
     if name == "unet":
         return deepinv.models.UNet(1, 1, dim=3, **kwargs)
     raise ValueError(f"unknown deepinv denoiser {name!r}: expected 'drunet' or 'unet'")
-
-
-def _positive_float(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be finite and > 0, got {value!r}")
-    return value
 
 
 def _needs_sigma(module: nn.Module) -> bool:
@@ -105,43 +112,58 @@ class UnrolledPGD(Reconstructor):
     r"""Unrolled proximal gradient descent ``x_{k+1} = D_k(x_k - eta_k grad f(x_k))``.
 
     ``grad f(x) = A^T (A x - y)``, or ``physics.data_gradient(x, y)`` when the physics provides
-    one (e.g. :class:`unrolled3d.partition.NormalPatchPhysics`, where ``y`` is ``b = S A^T y_p`` and
+    one (e.g. :class:`unrolled3d.normal.DiagCirculantPatch`, where ``y`` is ``b = S A^T y_p`` and
     the gradient ``H_p x - b``). The start point is ``x_init`` or ``physics.A_dagger(y)``.
 
-    :param denoiser: ``None`` (a :class:`UNet3D`), one ``nn.Module`` or a list of ``n_iter``
+    Parameters
+    ----------
+    denoiser
+        ``None`` (a :class:`UNet3D`), one ``nn.Module`` or a list of ``n_iter``
         modules (one per iteration, implies ``shared=False``). Modules whose ``forward`` needs a
         ``sigma`` (deepinv's ``DRUNet(dim=3, pretrained=None)``) are wrapped in a
         :class:`SigmaAdapter`; deepinv's ``UNet(dim=3)`` works as is.
-    :param int n_iter: number of unrolled iterations ``K >= 1``.
-    :param float step_size: initial step ``eta_k > 0``; ``eta_k = softplus(theta_k)`` with
+    n_iter : int
+        number of unrolled iterations ``K >= 1``.
+    step_size : float
+        initial step ``eta_k > 0``; ``eta_k = softplus(theta_k)`` with
         ``theta_k`` learned. Gradient descent on ``||A x - y||^2 / 2`` is stable for
         ``eta < 2 / L`` with ``L = ||A^T A||``, so take ``step_size ~ 1 / L`` (``1`` for a
         ``ConeBeamCT(..., normalize=True)``, whose ``||A^T A|| = 1``).
-    :param bool shared: one denoiser for all iterations (``True``) or ``n_iter`` independent
+    shared : bool
+        one denoiser for all iterations (``True``) or ``n_iter`` independent
         deep copies of it (``False``).
-    :param bool learn_step: train the step sizes (otherwise they are fixed buffers).
-    :param bool checkpoint: recompute each iteration in the backward pass
+    learn_step : bool
+        train the step sizes (otherwise they are fixed buffers).
+    checkpoint : bool
+        recompute each iteration in the backward pass
         (``torch.utils.checkpoint``, non re-entrant): activation memory of one iteration instead
         of ``K``, for one extra forward.
-    :param amp: run the denoiser under ``torch.autocast`` (``True``: bfloat16 on CPU, bfloat16 or
+    amp
+        run the denoiser under ``torch.autocast`` (``True``: bfloat16 on CPU, bfloat16 or
         float16 on CUDA; or a ``torch.dtype``); its output is cast back to the input dtype and the
         data step stays in the input precision. On the CPU, oneDNN's bfloat16 conv3d weight
         gradient (torch 2.14) has returned non-finite entries for 2x2x2 feature maps; train on
         the CPU in float32, or with ``torch.backends.mkldnn.flags(enabled=False)``.
 
     Shapes: ``y`` as ``physics`` measures, ``x`` ``[B, C, D, H, W]``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from unrolled3d.models import UNet3D, UnrolledPGD
+    >>> from unrolled3d.physics import ConeBeamCT, standard_cone_beam
+    >>> physics = ConeBeamCT(standard_cone_beam(8, 6), normalize=True)
+    >>> net = UnrolledPGD(UNet3D(base=4, depth=1), n_iter=2)
+    >>> net(physics.A(torch.rand(1, 1, 8, 8, 8)), physics).shape
+    torch.Size([1, 1, 8, 8, 8])
     """
 
     def __init__(self, denoiser: nn.Module | Sequence[nn.Module] | None = None, n_iter: int = 5,
                  step_size: float = 1.0, shared: bool = True, learn_step: bool = True,
                  checkpoint: bool = False, amp: bool | torch.dtype = False) -> None:
         super().__init__()
-        if isinstance(n_iter, bool) or not isinstance(n_iter, numbers.Integral):
-            raise TypeError(f"n_iter must be an integer, got {n_iter!r}")
-        if n_iter < 1:
-            raise ValueError(f"n_iter must be >= 1, got {n_iter}")
-        self.n_iter = int(n_iter)
-        step_size = _positive_float("step_size", step_size)
+        self.n_iter = integer("n_iter", n_iter, 1)
+        step_size = real("step_size", step_size, positive=True)
         if not isinstance(amp, (bool, torch.dtype)):
             raise TypeError(f"amp must be a bool or a torch.dtype, got {amp!r}")
         if isinstance(amp, torch.dtype) and amp not in (torch.float16, torch.bfloat16):
@@ -182,10 +204,10 @@ class UnrolledPGD(Reconstructor):
 
     @staticmethod
     def data_gradient(x: torch.Tensor, y: torch.Tensor, physics) -> torch.Tensor:
-        """``physics.data_gradient(x, y)`` if available, else ``A^T (A x - y)``."""
-        grad = getattr(physics, "data_gradient", None)
-        if callable(grad):
-            return grad(x, y)
+        """``physics.data_gradient(x, y)`` for a problem in normal-equation form
+        (:class:`unrolled3d.protocols.NormalEquationPhysics`), else ``A^T (A x - y)``."""
+        if isinstance(physics, NormalEquationPhysics):
+            return physics.data_gradient(x, y)
         return physics.A_adjoint(physics.A(x) - y)
 
     def _denoise(self, k: int, z: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import torch
 
-from .._validation import int_triple
+from .._validation import int_triple, integer
 from .physics import to_complex_image
 from .sampling import calibration_slices
 
@@ -39,16 +39,22 @@ def birdcage_maps(n_coils: int, shape: Sequence[int], radius: float = 1.5, n_rin
                   device: torch.device | str = "cpu") -> torch.Tensor:
     """Smooth complex coil maps ``(n_coils, D, H, W)`` with ``sum_c |S_c|^2 = 1``.
 
-    :param int n_coils: number of coils (>= 1).
-    :param shape: volume ``(D, H, W)``; ``D`` is the ring axis.
-    :param float radius: ring radius in normalised units (the volume spans ``[-1, 1]`` per axis;
+    Parameters
+    ----------
+    n_coils : int
+        number of coils (>= 1).
+    shape
+        volume ``(D, H, W)``; ``D`` is the ring axis.
+    radius : float
+        ring radius in normalised units (the volume spans ``[-1, 1]`` per axis;
         > ``sqrt(2)`` keeps every coil outside the volume's corners).
-    :param int n_rings: rings along ``D`` (default: 2 when ``n_coils >= 8`` is even, else 1);
+    n_rings : int
+        rings along ``D`` (default: 2 when ``n_coils >= 8`` is even, else 1);
         ``n_coils`` must be a multiple of it. Rings sit at ``z`` spread over ``[-ring_spacing/2, ring_spacing/2]``.
-    :param dtype: complex dtype of the result.
+    dtype
+        complex dtype of the result.
     """
-    if isinstance(n_coils, bool) or not isinstance(n_coils, int) or n_coils < 1:
-        raise ValueError(f"n_coils must be a positive integer, got {n_coils!r}")
+    n_coils = integer("n_coils", n_coils, 1)
     D, H, W = int_triple("shape", shape)
     if not (isinstance(dtype, torch.dtype) and dtype.is_complex):
         raise TypeError(f"dtype must be a complex torch.dtype, got {dtype!r}")
@@ -86,14 +92,23 @@ def _hann(n: int, dtype, device) -> torch.Tensor:
 def estimate_coil_maps(kspace: torch.Tensor, calib: Sequence[int], threshold: float = 0.0) -> torch.Tensor:
     """Coil maps from the fully sampled calibration block (low-resolution method, not ESPIRiT).
 
-    :param torch.Tensor kspace: complex ``(N_c, D, H, W)``, or real ``(B, 2, N_c, D, H, W)`` in
+    Parameters
+    ----------
+    kspace : torch.Tensor
+        complex ``(N_c, D, H, W)``, or real ``(B, 2, N_c, D, H, W)`` in
         :class:`~unrolled3d.mri.MultiCoilMRI3D`'s layout (then the maps are ``(B, N_c, D, H, W)``).
-    :param calib: calibration block ``(c_D, c_H)`` (phase-encode plane; the fully sampled readout
+    calib
+        calibration block ``(c_D, c_H)`` (phase-encode plane; the fully sampled readout
         is windowed over ``max(c_D, c_H)`` samples) or ``(c_D, c_H, c_W)``; centred at ``n // 2``
         as :func:`~unrolled3d.mri.variable_density_mask` places it.
-    :param float threshold: zero the maps where the root-sum-of-squares of the low-resolution
+    threshold : float
+        zero the maps where the root-sum-of-squares of the low-resolution
         images is below ``threshold * max`` (default 0: keep every voxel).
-    :returns: complex maps with ``sum_c |S_c|^2 = 1`` wherever the low-resolution signal is non-zero.
+
+    Returns
+    -------
+    torch.Tensor
+        Complex maps with ``sum_c |S_c|^2 = 1`` wherever the low-resolution signal is non-zero.
     """
     if not isinstance(kspace, torch.Tensor):
         raise TypeError(f"kspace must be a torch.Tensor, got {type(kspace).__name__}")

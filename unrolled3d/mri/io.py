@@ -29,7 +29,21 @@ __all__ = ["read_kspace_h5", "read_kspace_npy", "as_measurement", "KspaceFileErr
 
 
 class KspaceFileError(ValueError):
-    """The file exists but cannot be read as k-space (truncated, corrupt, not the right format)."""
+    """The file exists but cannot be read as k-space (truncated, corrupt, not the right format).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from unrolled3d.mri import KspaceFileError, read_kspace_npy
+    >>> path = os.path.join(tempfile.mkdtemp(), "k.npy")
+    >>> with open(path, "wb") as f:
+    ...     _ = f.write(b"not a NumPy file")
+    >>> try:
+    ...     read_kspace_npy(path)
+    ... except KspaceFileError as err:
+    ...     print(type(err).__name__, isinstance(err, ValueError))
+    KspaceFileError True
+    """
 
 
 def _finish(arr: np.ndarray, source: str, coil_axis: int, dtype: torch.dtype | None) -> torch.Tensor:
@@ -61,8 +75,12 @@ def read_kspace_h5(path: str | os.PathLike, key: str = "kspace", coil_axis: int 
                    dtype: torch.dtype | None = None) -> torch.Tensor:
     """Read complex k-space from dataset ``key`` of an HDF5 file -> ``(N_c, D, H, W)`` complex tensor.
 
-    :param coil_axis: 0 if the file stores ``(N_c, D, H, W)``; 1 for ``(D, N_c, H, W)`` (fastMRI order).
-    :param dtype: cast to this complex dtype (default: as stored).
+    Parameters
+    ----------
+    coil_axis
+        0 if the file stores ``(N_c, D, H, W)``; 1 for ``(D, N_c, H, W)`` (fastMRI order).
+    dtype
+        cast to this complex dtype (default: as stored).
     """
     import h5py
 

@@ -50,7 +50,7 @@ to every k-space sample -- only the coil-map products shrink to the patch. It pl
 
 Diagonal-circulant ``H``: :class:`unrolled3d.normal.DiagCirculantWrapper` detects this operator
 and approximates ``A^H A`` by a *complex* ``m * (k (*) (m * z))`` (complex kernel ``k``, full-FFT
-spectrum, see :mod:`unrolled3d.normal_complex`); its patch operator costs one FFT pair on the
+spectrum, see :mod:`unrolled3d.normal.functional`); its patch operator costs one FFT pair on the
 patch's doubled grid instead of one per coil on the volume grid. :meth:`MultiCoilMRI3D.fingerprint`
 ties a saved ``H`` to the mask and coil maps it was fitted for.
 """
@@ -65,7 +65,8 @@ import torch
 from deepinv.physics import LinearPhysics
 from deepinv.physics.noise import NoiseModel, ZeroNoise
 
-from .._validation import check_patch
+from .._validation import check_patch, integer
+from .recon import cg_sense, zero_filled_from
 
 __all__ = ["MultiCoilMRI3D", "MultiCoilMRI3DPatch", "centred_fft_phases", "to_complex_image", "from_complex_image"]
 
@@ -152,6 +153,8 @@ def _check_coil_maps(coil_maps) -> torch.Tensor:
 class _MRICore(LinearPhysics):
     """Shared validation and FFT pipeline of the full and the patch operator."""
 
+    #: images are complex, (B, 2, D, H, W) real and imaginary channels (unrolled3d.protocols.ImageKind)
+    complex_images = True
     # set by subclasses
     _vol_shape: tuple[int, int, int]
     coil_chunk: int | None
@@ -296,20 +299,38 @@ class _MRICore(LinearPhysics):
 class MultiCoilMRI3D(_MRICore):
     r"""3D Cartesian multi-coil MRI ``y = M F S x`` (see the module docstring for conventions).
 
-    :param torch.Tensor mask: real sampling mask ``(D, H, W)`` (0/1 or real weights); the
+    Parameters
+    ----------
+    mask : torch.Tensor
+        real sampling mask ``(D, H, W)`` (0/1 or real weights); the
         readout is the last axis (masks from :func:`unrolled3d.mri.variable_density_mask` are
         constant along it, but any 3D pattern is accepted).
-    :param torch.Tensor coil_maps: complex sensitivities ``(N_c, D, H, W)`` (e.g.
+    coil_maps : torch.Tensor
+        complex sensitivities ``(N_c, D, H, W)`` (e.g.
         :func:`unrolled3d.mri.birdcage_maps`, normalised so that ``sum_c |S_c|^2 = 1``).
-    :param torch.device, str device: device of the buffers.
-    :param deepinv.physics.NoiseModel noise_model: noise on k-space (applied, then masked).
-    :param int coil_chunk: coils per FFT batch in ``A``, ``A_adjoint`` and ``A_adjoint_A``
+    device : torch.device, str
+        device of the buffers.
+    noise_model : deepinv.physics.NoiseModel
+        noise on k-space (applied, then masked).
+    coil_chunk : int
+        coils per FFT batch in ``A``, ``A_adjoint`` and ``A_adjoint_A``
         (``None``: all at once; smaller values bound the working memory).
 
     The real dtype of the operator follows ``coil_maps`` (complex64 -> float32); inputs of
     another precision are computed in their own precision (the maps are cast per call).
     ``A_dagger`` is the zero-filled reconstruction ``sum_c conj(S_c) F^-1 y_c / sum_c |S_c|^2``
     (``= A^H y`` for normalised maps) unless ``cg=True`` (CG-SENSE, :func:`unrolled3d.mri.cg_sense`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from unrolled3d.mri import MultiCoilMRI3D, birdcage_maps, variable_density_mask
+    >>> physics = MultiCoilMRI3D(variable_density_mask((8, 8, 8), acceleration=2), birdcage_maps(4, (8, 8, 8)))
+    >>> x = torch.randn(1, 2, 8, 8, 8)                  # real and imaginary channels
+    >>> y = physics.A(x); y.shape                        # coils on the third axis
+    torch.Size([1, 2, 4, 8, 8, 8])
+    >>> float(physics.adjointness_test(x.double())) < 1e-5
+    True
     """
 
     def __init__(self, mask: torch.Tensor, coil_maps: torch.Tensor, device: torch.device | str = "cpu",
@@ -318,8 +339,7 @@ class MultiCoilMRI3D(_MRICore):
         if tuple(mask.shape) != tuple(coil_maps.shape[1:]):
             raise ValueError(f"mask has shape {tuple(mask.shape)} but coil_maps has spatial shape "
                              f"{tuple(coil_maps.shape[1:])}; both must be (D, H, W)")
-        if coil_chunk is not None and (isinstance(coil_chunk, bool) or not isinstance(coil_chunk, int) or coil_chunk < 1):
-            raise ValueError(f"coil_chunk must be None or a positive integer, got {coil_chunk!r}")
+        coil_chunk = None if coil_chunk is None else integer("coil_chunk", coil_chunk, 1)
         self._vol_shape = tuple(int(s) for s in mask.shape)
         super().__init__(img_size=(2, *self._vol_shape),
                          noise_model=noise_model if noise_model is not None else ZeroNoise(), device=device, **kwargs)
@@ -398,11 +418,9 @@ class MultiCoilMRI3D(_MRICore):
     def A_dagger(self, y: torch.Tensor, cg: bool = False, n_iter: int = 50, tol: float = 1e-6, lam: float = 0.0,
                  **kwargs) -> torch.Tensor:
         """Zero-filled reconstruction (default) or CG-SENSE (``cg=True``, see :func:`cg_sense`)."""
-        from .recon import cg_sense, zero_filled
-
         if cg:
             return cg_sense(y, self, n_iter=n_iter, tol=tol, lam=lam)
-        return zero_filled(y, self)
+        return zero_filled_from(self.A_adjoint(y), self._sos)
 
     def fingerprint(self) -> str:
         """A short hash of the sampling mask and the coil maps (their float32/complex64 values),
@@ -414,6 +432,14 @@ class MultiCoilMRI3D(_MRICore):
         h.update(self.mask.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
         h.update(torch.view_as_real(self.coil_maps.detach().to("cpu", torch.complex64)).contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
+
+    def A_dagger_patch(self, y: torch.Tensor, offset: Sequence[int], shape: Sequence[int]) -> torch.Tensor:
+        """The zero-filled reconstruction (the default ``A_dagger``) on the patch at ``offset`` only,
+        ``(B, 2, *shape)``: equal to its crop, with patch-sized image buffers (the k-space
+        transforms still span the whole volume)."""
+        patch = self.restrict(offset, shape)
+        x = patch.A_adjoint(y)
+        return zero_filled_from(x, patch._crop(self._sos, patch.offset, patch.shape))
 
     def sum_of_squares(self) -> torch.Tensor:
         """``sum_c |S_c|^2`` ``(D, H, W)`` (real; 1 for normalised maps)."""
@@ -434,6 +460,15 @@ class MultiCoilMRI3DPatch(_MRICore):
 
     Images ``(B, 2, *shape)``, k-space as the parent's ``(B, 2, N_c, D, H, W)``. ``A_dagger`` is
     the zero-filled patch image (``A^H y`` cropped).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from unrolled3d.mri import MultiCoilMRI3D, birdcage_maps, variable_density_mask
+    >>> physics = MultiCoilMRI3D(variable_density_mask((8, 8, 8), acceleration=2), birdcage_maps(4, (8, 8, 8)))
+    >>> patch = physics.restrict((2, 0, 4), (4, 8, 4))
+    >>> patch.A_adjoint(physics.A(torch.randn(1, 2, 8, 8, 8))).shape
+    torch.Size([1, 2, 4, 8, 4])
     """
 
     def __init__(self, parent: MultiCoilMRI3D, offset: tuple[int, int, int], shape: tuple[int, int, int]) -> None:

@@ -3,26 +3,52 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["zero_filled", "cg_sense"]
+from .._validation import integer, real
+
+__all__ = ["zero_filled", "zero_filled_from", "cg_sense", "CoilCombined"]
+
+
+@runtime_checkable
+class CoilCombined(Protocol):
+    """A multi-coil physics that reports ``sum_c |S_c|^2`` (e.g. :class:`unrolled3d.mri.MultiCoilMRI3D`).
+
+    Examples
+    --------
+    >>> from unrolled3d.mri import MultiCoilMRI3D
+    >>> from unrolled3d.mri.recon import CoilCombined
+    >>> issubclass(MultiCoilMRI3D, CoilCombined)
+    True
+    """
+
+    def sum_of_squares(self) -> torch.Tensor:
+        """``sum_c |S_c|^2``, real ``(D, H, W)``."""
+        ...
+
+
+def zero_filled_from(x: torch.Tensor, sos: torch.Tensor) -> torch.Tensor:
+    """``x / sos`` where ``sos > 0`` and 0 elsewhere (``x = A^H y``, ``sos = sum_c |S_c|^2``);
+    ``x`` itself when the maps are normalised (``sos = 1``)."""
+    s = sos.to(x.dtype)
+    if bool(((s - 1).abs() <= 1e-6).all()):
+        return x  # normalised maps: A^H y exactly
+    return torch.where(s > 0, x / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(x))
 
 
 def zero_filled(y: torch.Tensor, physics) -> torch.Tensor:
     """Zero-filled coil-combined image ``sum_c conj(S_c) F^-1 y_c / sum_c |S_c|^2`` ``(B, 2, D, H, W)``.
 
     For maps normalised to ``sum_c |S_c|^2 = 1`` this is ``A^H y``; voxels where every map
-    vanishes are 0. Physics without ``sum_of_squares`` (e.g. deepinv's) give plain ``A^H y``.
+    vanishes are 0. A physics that is not :class:`CoilCombined` (e.g. deepinv's) gives plain
+    ``A^H y``.
     """
     x = physics.A_adjoint(y)
-    sos = getattr(physics, "sum_of_squares", None)
-    if sos is None:
+    if not isinstance(physics, CoilCombined):
         return x
-    s = sos().to(x.dtype)
-    if bool(((s - 1).abs() <= 1e-6).all()):
-        return x  # normalised maps: A^H y exactly
-    return torch.where(s > 0, x / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(x))
+    return zero_filled_from(x, physics.sum_of_squares())
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -37,19 +63,26 @@ def cg_sense(y: torch.Tensor, physics, n_iter: int = 50, tol: float = 1e-6, lam:
     The complex system is solved in the real ``(B, 2, ...)`` representation with the inner
     product ``Re <a, b>``, for which ``A^H A`` is self-adjoint positive semi-definite.
 
-    :param y: k-space ``(B, 2, N_c, D, H, W)``.
-    :param physics: a :class:`~unrolled3d.mri.MultiCoilMRI3D` (or any linear physics with
+    Parameters
+    ----------
+    y
+        k-space ``(B, 2, N_c, D, H, W)``.
+    physics
+        a :class:`~unrolled3d.mri.MultiCoilMRI3D` (or any linear physics with
         ``A_adjoint`` and ``A_adjoint_A``).
-    :param int n_iter: maximal iterations.
-    :param float tol: stop when ``||r|| <= tol * ||A^H y||`` for every batch item.
-    :param float lam: Tikhonov weight ``>= 0``.
-    :param x0: start (default zeros).
-    :param bool return_info: also return ``{"iterations": k, "relative_residual": (B,) tensor}``.
+    n_iter : int
+        maximal iterations.
+    tol : float
+        stop when ``||r|| <= tol * ||A^H y||`` for every batch item.
+    lam : float
+        Tikhonov weight ``>= 0``.
+    x0
+        start (default zeros).
+    return_info : bool
+        also return ``{"iterations": k, "relative_residual": (B,) tensor}``.
     """
-    if isinstance(n_iter, bool) or not isinstance(n_iter, numbers.Integral) or n_iter < 1:
-        raise ValueError(f"n_iter must be a positive integer, got {n_iter!r}")
-    if not (isinstance(tol, numbers.Real) and tol >= 0):
-        raise ValueError(f"tol must be a real number >= 0, got {tol!r}")
+    n_iter = integer("n_iter", n_iter, 1)
+    tol = real("tol", tol, nonnegative=True)
     if not (isinstance(lam, numbers.Real) and math.isfinite(lam) and lam >= 0):
         raise ValueError(f"lam must be a finite real number >= 0, got {lam!r}")
 

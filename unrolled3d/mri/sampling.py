@@ -95,14 +95,22 @@ def variable_density_mask(shape: Sequence[int], acceleration: float = 8.0, calib
                           dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """A 0/1 mask ``(D, H, W)`` undersampling the phase-encode plane ``(D, H)``, constant along ``W``.
 
-    :param shape: ``(D, H, W)``.
-    :param float acceleration: ``R >= 1``; the mask has exactly ``round(D H / R)`` phase-encode lines.
-    :param calib: ``(c_D, c_H)`` fully sampled centred calibration block (``(0, 0)``: none; default
+    Parameters
+    ----------
+    shape
+        ``(D, H, W)``.
+    acceleration : float
+        ``R >= 1``; the mask has exactly ``round(D H / R)`` phase-encode lines.
+    calib
+        ``(c_D, c_H)`` fully sampled centred calibration block (``(0, 0)``: none; default
         ``min(24, n // 4)`` per axis, i.e. 24x24 from 96x96 phase-encode planes up).
-    :param int seed: random seed (masks are reproducible).
-    :param str kind: ``"poisson"`` (variable-radius dart throwing) or ``"random"`` (variable-density
+    seed : int
+        random seed (masks are reproducible).
+    kind : str
+        ``"poisson"`` (variable-radius dart throwing) or ``"random"`` (variable-density
         random draw), see the module docstring.
-    :param float slope: density falloff, ``density ~ (1 + slope * rho)^-2`` (``0``: uniform).
+    slope : float
+        density falloff, ``density ~ (1 + slope * rho)^-2`` (``0``: uniform).
     """
     D, H, W = int_triple("shape", shape)
     if isinstance(acceleration, bool) or not isinstance(acceleration, numbers.Real) or not math.isfinite(acceleration):

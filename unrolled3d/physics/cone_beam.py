@@ -1,17 +1,16 @@
 """``ConeBeamCT``: the cone-beam projector pair as a ``deepinv.physics.LinearPhysics``."""
 from __future__ import annotations
 
-from typing import Sequence
-
 import warnings
+from typing import Sequence
 
 import torch
 from deepinv.physics import LinearPhysics
 from deepinv.physics.noise import NoiseModel, ZeroNoise
 
+from ..geometry import ConeBeamGeometry
 from ..ops.projector import cone_backproject, cone_project
 from .fdk import fdk
-from ..geometry import ConeBeamGeometry
 
 __all__ = ["ConeBeamCT", "to_astra_layout", "from_astra_layout", "LAYOUTS", "SOLVER_KEYWORDS"]
 
@@ -29,19 +28,43 @@ class ConeBeamCT(LinearPhysics):
     exact transpose. ``A_dagger`` is FDK by default and deepinv's least-squares solver when asked
     for one (``fbp=False`` or any of deepinv's solver keywords, see :meth:`A_dagger`).
 
-    :param ConeBeamGeometry geometry: acquisition and volume geometry.
-    :param deepinv.physics.NoiseModel noise_model: noise on the measurements (default none).
-    :param bool normalize: if ``True``, divide ``A`` by its spectral norm ``||A||`` (estimated
+    Parameters
+    ----------
+    geometry : ConeBeamGeometry
+        acquisition and volume geometry.
+    noise_model : deepinv.physics.NoiseModel
+        noise on the measurements (default none).
+    normalize : bool
+        if ``True``, divide ``A`` by its spectral norm ``||A||`` (estimated
         once, deterministically, by Lanczos on ``A^T A`` to about 1e-6, and stored in the
         ``operator_norm`` buffer) so that ``||A^T A|| = 1``; ``A_dagger`` compensates.
-    :param str fdk_window: ramp filter window of ``A_dagger`` (see :func:`unrolled3d.physics.fdk`).
-    :param torch.device, str device: device of the buffers.
-    :param str layout: measurement layout, ``"views"`` (default): ``[B, C, n_views, rows, cols]``,
+    fdk_window : str
+        ramp filter window of ``A_dagger`` (see :func:`unrolled3d.physics.fdk`).
+    device : torch.device, str
+        device of the buffers.
+    layout : str
+        measurement layout, ``"views"`` (default): ``[B, C, n_views, rows, cols]``,
         contiguous per view, as the projector writes it; ``"astra"``: deepinv's and ASTRA's
         ``[B, C, rows, n_views, cols]`` (a transposed view of the same memory).
 
     Shapes: ``x`` is ``[B, C, D, H, W]``, ``y`` as ``layout`` says.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from unrolled3d.physics import ConeBeamCT, standard_cone_beam
+    >>> physics = ConeBeamCT(standard_cone_beam(8, 10))
+    >>> x = torch.rand(1, 1, 8, 8, 8, dtype=torch.float64)
+    >>> y = physics.A(x); y.shape                       # [B, C, views, rows, cols]
+    torch.Size([1, 1, 10, 10, 12])
+    >>> float(physics.adjointness_test(x)) < 1e-12      # an exact transpose
+    True
+    >>> physics.A_dagger(y).shape                       # FDK
+    torch.Size([1, 1, 8, 8, 8])
     """
+
+    #: images are real (unrolled3d.protocols.ImageKind)
+    complex_images = False
 
     def __init__(
         self,
@@ -154,13 +177,18 @@ class ConeBeamCT(LinearPhysics):
     def A_dagger(self, y: torch.Tensor, fbp: bool | None = None, **kwargs) -> torch.Tensor:
         """Pseudo-inverse: FDK, or deepinv's least-squares solve when one is asked for.
 
-        :param torch.Tensor y: measurements.
-        :param bool fbp: ``True``: FDK (:meth:`fbp`); ``False``: least squares
+        Parameters
+        ----------
+        y : torch.Tensor
+            measurements.
+        fbp : bool
+            ``True``: FDK (:meth:`fbp`); ``False``: least squares
             (:meth:`deepinv.physics.LinearPhysics.A_dagger`, whose keywords ``solver``, ``tol``,
             ``max_iter``, ``verbose``, ... pass through). ``None`` (default): FDK, unless one of
             deepinv's solver keywords is given, in which case least squares -- so generic deepinv
             code calling ``A_dagger(y, solver="lsqr", ...)`` gets the least-squares solution.
-        :param str window: FDK ramp window (FDK only).
+        window : str
+            FDK ramp window (FDK only).
         """
         solver_keys = sorted(k for k in kwargs if k in SOLVER_KEYWORDS)
         if fbp is None:
@@ -172,6 +200,15 @@ class ConeBeamCT(LinearPhysics):
         if "window" in kwargs:
             raise ValueError("A_dagger: 'window' is an FDK option, but a least-squares solve was asked for")
         return super().A_dagger(y, **kwargs)
+
+    def fingerprint(self) -> str:
+        """The geometry's fingerprint (:meth:`unrolled3d.geometry.ConeBeamGeometry.fingerprint`)."""
+        return self.geometry.fingerprint()
+
+    def normalize_measurements(self, y: torch.Tensor) -> torch.Tensor:
+        """Line integrals of the raw projector (e.g. a measurements file) in this operator's units:
+        ``y / ||A||`` when ``normalize=True``, ``y`` itself otherwise."""
+        return self._scale(y, -1)
 
     def A_dagger_patch(self, y: torch.Tensor, offset: Sequence[int], shape: Sequence[int]) -> torch.Tensor:
         """``S A_dagger(y)``: the default pseudo-inverse (FDK) on the patch at ``offset`` only.

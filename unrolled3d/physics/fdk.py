@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..geometry import ConeBeamGeometry
+from ..ops.projector import check_sinogram
 
 __all__ = ["fdk", "ramp_filter_response", "FDK_WINDOWS"]
 
@@ -161,7 +162,6 @@ def fdk(
     torch.Tensor
         ``(B, C, D, H, W)`` in the same units as the phantom (e.g. 1/mm).
     """
-    from ..ops.projector import check_sinogram  # late import: ops needs the compiled extension
 
     check_sinogram(sino, geometry)
     rows, cols = geometry.det_shape

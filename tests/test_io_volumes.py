@@ -10,8 +10,8 @@ import pytest
 import tifffile
 import torch
 
-from unrolled3d import files
-from unrolled3d.volume_io import SUPPORTED_EXTENSIONS, read_volume, write_volume
+import unrolled3d.io as files
+from unrolled3d.io import SUPPORTED_EXTENSIONS, read_volume, write_volume
 
 EXTS = [".npy", ".nii", ".nii.gz", ".h5", ".hdf5", ".tif", ".tiff", ".pt"]
 SHAPE = (3, 5, 7)  # (D, H, W): every axis distinct, so a transposition cannot pass unnoticed

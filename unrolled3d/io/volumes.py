@@ -8,7 +8,7 @@ extension                     layout
 ============================  ====================================================================
 ``.npy``                      the array as is; voxel size in a sidecar ``<name>.json``
                               (``{"voxel_size_zyx_mm": [sz, sy, sx], "shape": [D, H, W]}``, the
-                              same sidecar as :func:`unrolled3d.files.save_volume`); no sidecar on
+                              same sidecar as :func:`unrolled3d.io.save_volume`); no sidecar on
                               reading means 1 mm voxels.
 ``.nii``, ``.nii.gz``         NIfTI-1 (nibabel). NIfTI's data array is indexed ``(i, j, k)`` with
                               ``i`` varying fastest; we store ``i = x`` (W), ``j = y`` (H),
@@ -28,7 +28,7 @@ extension                     layout
                               it but with ImageJ metadata (``spacing`` for ``sz``, X/YResolution
                               for ``sx``/``sy``, as Fiji writes them) use those; otherwise 1 mm.
 ``.pt``                       ``torch.save({"volume": tensor, "voxel_size": tensor(sz, sy, sx)})``,
-                              the format :func:`unrolled3d.files.save_volume` writes.
+                              the format :func:`unrolled3d.io.save_volume` writes.
 ============================  ====================================================================
 
 Values: float32 and float64 volumes round-trip exactly in every format. Other real dtypes are
@@ -37,7 +37,7 @@ dtype (integers, float16, bool). NIfTI-1 keeps the zooms as float32: the reader 
 shortest decimal that rounds to that float32, so decimal voxel sizes such as 0.1 or 0.1496 come
 back exactly, and any other value to float32 precision (about 6e-8 relative).
 
-Writes are atomic (:func:`unrolled3d.io_utils.atomic_path`): a temporary file beside the target,
+Writes are atomic (:func:`unrolled3d.io.atomic_path`): a temporary file beside the target,
 renamed over it on success, so a crash never leaves a half-written volume. Readers check what
 they read and raise ``ValueError`` naming the file and the problem (truncated or corrupt file,
 wrong number of dimensions, missing dataset, non-numeric dtype), ``FileNotFoundError`` for a
@@ -57,7 +57,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .io_utils import atomic_path
+from .atomic import atomic_path
 
 __all__ = ["read_volume", "write_volume", "volume_format", "SUPPORTED_EXTENSIONS"]
 

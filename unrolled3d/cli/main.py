@@ -1,38 +1,16 @@
-"""The ``unrolled3d`` command line."""
+"""The ``unrolled3d`` command line: the parser, and the dispatch to :mod:`unrolled3d.cli.commands`.
+
+Nothing here imports torch before the arguments are parsed, so ``--help`` answers at once.
+"""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Sequence
 
+from .bench import BENCH_SUITES
+
 __all__ = ["main"]
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from .demo import as_dict, result_table, run_demo
-
-    size, n_volumes = (24, 1) if args.quick else (args.size, args.volumes)
-    result = run_demo(weights=args.weights, size=size, n_volumes=n_volumes, seed=args.seed, out=args.out,
-                      progress=not (args.quiet or args.json))
-    if args.json:
-        print(json.dumps({**as_dict(result), "wall_seconds": round(result.seconds, 2)}))
-    elif not args.quiet:
-        print(result_table(result))
-        print(f"demo finished in {result.seconds:.1f} s")
-    return 0
-
-
-def _info(args: argparse.Namespace) -> int:
-    from . import __version__, backends
-
-    info = {"version": __version__, **backends()}
-    if args.json:
-        print(json.dumps(info))
-    else:
-        for k, v in info.items():
-            print(f"{k:18s} {v}")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,9 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="unrolled3d_demo.png", help="PNG of orthogonal slices (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="a tiny run (one 24^3 volume) for smoke tests")
     common(p)
-    p.set_defaults(func=_demo)
-
-    from . import cli_commands as cc
+    p.set_defaults(command_name="demo")
 
     p = sub.add_parser("simulate", help="phantom (or a volume file) + cone-beam scan -> measurements file (.pt)")
     p.add_argument("--phantom", choices=["shepp-logan", "ellipsoids"], help="analytic phantom (default shepp-logan)")
@@ -70,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", "--out", dest="out", required=True, metavar="FILE", help="measurements file (.pt)")
     common(p)
-    p.set_defaults(func=cc.simulate)
+    p.set_defaults(command_name="simulate")
 
     p = sub.add_parser("fit-normal", help="fit and save the diagonal-circulant H for a measurement file's geometry")
     p.add_argument("measurements", help="file written by `unrolled3d simulate`")
@@ -81,14 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: every lag)")
     p.add_argument("--out", required=True, help="operator file (.pt)")
     common(p)
-    p.set_defaults(func=cc.fit_normal)
+    p.set_defaults(command_name="fit_normal")
 
     p = sub.add_parser("train", help="train a partitioned unrolled network from a TOML config (resumable)")
     p.add_argument("config", help="TOML file; sections [geometry] [phantoms] [model] [partition] [train]")
     p.add_argument("--out-dir", required=True, help="checkpoints and model.pt go here")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out-dir")
     common(p)
-    p.set_defaults(func=cc.train_cmd)
+    p.set_defaults(command_name="train_cmd")
 
     p = sub.add_parser("reconstruct", help="measurements -> volume file: FDK or partitioned unrolled")
     p.add_argument("measurements")
@@ -104,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="volume file; the ending picks the format: .npy (+ .json voxel size), .nii, .nii.gz, "
                         ".h5, .hdf5, .tif, .tiff, .pt (the scan's voxel size is stored)")
     common(p)
-    p.set_defaults(func=cc.reconstruct)
+    p.set_defaults(command_name="reconstruct")
 
     p = sub.add_parser("import-walnut", help="a Walnut CBCT orbit folder (e.g. Walnut1/Projections/tubeV2) "
                                              "-> measurements file (.pt)")
@@ -118,20 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--geometry-file", default="scan_geom_corrected.geom",
                    help="geometry file in the folder (default %(default)s; or scan_geom_original.geom)")
     common(p)
-    p.set_defaults(func=cc.import_walnut)
+    p.set_defaults(command_name="import_walnut")
 
     p = sub.add_parser("bench", help="run the benchmark suites (pytest-benchmark) and write bench/results/report.md")
     p.add_argument("--suite", nargs="+", default=["all"],
-                   help=f"suites to run: {', '.join(cc.BENCH_SUITES)} or all (default all; takes long)")
+                   help=f"suites to run: {', '.join(BENCH_SUITES)} or all (default all; takes long)")
     p.add_argument("--select", "-k", metavar="EXPR", help="pytest -k expression to run only some cases")
     p.add_argument("--results", help="folder for <suite>_<device>.json and report.md (default bench/results)")
     p.add_argument("--bench-dir", help="the bench/ folder of a source checkout (default: beside the package)")
     common(p)
-    p.set_defaults(func=cc.bench_cmd)
+    p.set_defaults(command_name="bench_cmd")
 
     p = sub.add_parser("info", help="which backends (C++ CPU, CUDA, Triton) this installation has, and why not")
     common(p)
-    p.set_defaults(func=_info)
+    p.set_defaults(command_name="info")
     return parser
 
 
@@ -142,16 +118,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv
     import torch
 
+    from . import commands
+
     # Denormal floats (e.g. blending weights times tiny activations) make CPU convolutions several
     # times slower (5x measured on the demo's inference); flushing them to zero costs no accuracy here.
     torch.set_flush_denormal(True)
     try:
-        return args.func(args)
+        return getattr(commands, args.command_name)(args)
     # OSError covers FileNotFoundError and write failures (permissions, full disk).
     except (ValueError, TypeError, OSError, ImportError, RuntimeError) as exc:
         print(f"unrolled3d {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -16,16 +16,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .data.datasets import PhantomDataset
-from .io_utils import atomic_path
-from .memory import PeakRSS
-from .metrics import psnr, ssim
-from .physics import ConeBeamCT
-from .physics.presets import standard_cone_beam
+from .._validation import integer
+from ..data import PhantomDataset
+from ..io import atomic_path, load_model
+from ..memory import PeakRSS
+from ..metrics import psnr, ssim
+from ..models import build_model
+from ..physics import ConeBeamCT, standard_cone_beam
 
 __all__ = ["DemoResult", "run_demo", "save_slices_png", "result_table", "DEFAULT_WEIGHTS"]
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "demo_ct.pt"
 #: added to the training configuration's phantom seed: the demo's phantoms are held out
 HELD_OUT_SEED_OFFSET = 1_000_003
@@ -51,6 +52,16 @@ class MethodResult:
 
 @dataclass
 class DemoResult:
+    """What ``unrolled3d demo`` measured: the scan, the scores of each method, where the figure is.
+
+    Examples
+    --------
+    >>> from unrolled3d.cli.demo import DemoResult, MethodResult, result_table
+    >>> r = DemoResult(48, 30, 0.02, 1, 24, {"FDK": MethodResult([25.0], [0.35], 0.1)}, "w.pt", "", "demo.png")
+    >>> print(result_table(r).splitlines()[2])
+    FDK             25.00      0.350  0.1       n/a
+    """
+
     size: int
     n_views: int
     noise_std: float
@@ -123,11 +134,7 @@ def run_demo(weights: str | Path | None = None, size: int | None = None, n_volum
     out : path
         PNG of orthogonal slices: truth / FDK / unrolled, with PSNR and SSIM.
     """
-    from .cli_commands import build_model
-    from .files import load_model
-
-    if not isinstance(n_volumes, int) or n_volumes < 1:
-        raise ValueError(f"n_volumes must be a positive integer, got {n_volumes!r}")
+    n_volumes = integer("n_volumes", n_volumes, 1)
     t_start = time.perf_counter()
     path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
     state, config = load_model(path)

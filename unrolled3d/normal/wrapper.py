@@ -1,172 +1,59 @@
-r"""Learned diagonal-circulant approximation of a normal operator ``A^T A`` (or ``A^H A``).
+r"""``DiagCirculantWrapper``: a physics whose normal operator is the learned approximation ``H``.
 
-``H = diag(m) F^-1 diag(lam) F diag(m)`` ("sandwich", the paper's default), the one-sided
-``diag(m) F^-1 diag(lam) F`` or its symmetrised version ``(H + H^*)/2``. ``m`` is a real spatial
-mask ``(D, H, W)``; ``lam`` the spectrum of a convolution kernel on a grid twice the volume, so
-that the convolution is linear (no wrap-around) on the volume:
+``A`` and ``A^T`` are those of the wrapped physics; ``A_adjoint_A`` is ``scaling * H(m, lam)``
+(:mod:`unrolled3d.normal.functional`). The wrapper owns the parameters (``spatial_mask``,
+``fourier_filter``), their kernel cut (``kernel_radius``), their restriction to patches
+(:meth:`DiagCirculantWrapper.restrict`, the per-shape filter cache), their fit
+(:mod:`unrolled3d.normal.fit`) and their file format.
 
-* real images (CT, ``(B, 1, D, H, W)``): a real kernel, ``lam`` its rFFT half-spectrum
-  ``(2D, 2H, W + 1)``; each channel is filtered independently;
-* complex images (MRI, ``(B, 2, D, H, W)`` with real/imaginary channels, see
-  :mod:`unrolled3d.normal_complex`): a complex kernel, ``lam`` its full FFT ``(2D, 2H, 2W)``, and
-  ``H`` acts on ``re + i im`` as one complex image. Chosen automatically for
-  :class:`unrolled3d.mri.MultiCoilMRI3D` (and deepinv's MRI operators) or ``img_size`` with 2
-  channels (``complex_images=None``).
-
-Restriction to a patch (:meth:`DiagCirculantWrapper.restrict`): ``m`` is cropped to the patch and
-the kernel to the lags a patch can see, ``|lag| <= patch - 1`` on each axis, then transformed on
-the patch's own doubled grid ``2 * patch`` (rFFT or full FFT as above). Two voxels of a patch are
-never further apart than that, so the patch operator equals ``S H S^T`` exactly (tested), at the
-cost of FFTs on the patch grid instead of the volume grid.
-
-The fused kernels of :mod:`unrolled3d.ops.fused` carry the passes around the FFTs: masked gather
-into the padded buffer, spectral filter with the scaling, masked crop (for complex images on
-interleaved real views of the complex storage).
+Restriction to a patch: ``m`` is cropped to the patch and the kernel to the lags a patch can see,
+``|lag| <= patch - 1`` on each axis, then transformed on the patch's own doubled grid
+``2 * patch`` (rFFT, or full FFT for complex images). Two voxels of a patch are never further
+apart than that, so the patch operator equals ``S H S^T`` exactly (tested), at the cost of FFTs on
+the patch grid instead of the volume grid.
 """
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 from typing import Callable, Sequence
 
 import torch
 from deepinv.physics import LinearPhysics
-from tqdm.auto import tqdm
+from deepinv.physics.mri import MRIMixin
 
-from ._validation import check_patch, int_triple
-from .io_utils import atomic_path
-from .normal_complex import apply_diag_circulant_complex
-from .ops.fused import masked_gather, masked_scatter_add, spectral_filter
+from .._validation import check_patch, int_triple, int_tuple, real
+from ..io.atomic import atomic_path
+from ..protocols import Fingerprinted, ImageKind
+from . import fit as _fit
+from .functional import VARIANTS, smooth_size
+from .patch import DiagCirculantOperator, DiagCirculantPatch
 
-__all__ = ["DiagCirculantWrapper", "DiagCirculantPatch", "apply_diag_circulant", "VARIANTS"]
+__all__ = ["DiagCirculantWrapper", "FILE_FORMAT"]
 
-VARIANTS = ("sandwich", "one_sided", "symmetric")
-
-
-def apply_diag_circulant(
-    x: torch.Tensor, mask: torch.Tensor, lam: torch.Tensor, variant: str = "sandwich", scale: float = 1.0,
-    complex_images: bool = False, grid: Sequence[int] | None = None,
-) -> torch.Tensor:
-    """Apply ``scale * H`` to ``x`` of shape ``(B, C, *s)`` with ``mask`` ``s``.
-
-    Real images (``complex_images=False``): each channel filtered by the real kernel whose rFFT
-    on the zero-padded grid ``G`` is ``lam`` ``(G0, G1, G2 // 2 + 1)``. Complex images: ``x`` is
-    ``(B, 2, *s)`` (real, imaginary) and ``lam`` the full FFT ``G`` of a complex kernel
-    (:func:`unrolled3d.normal_complex.apply_diag_circulant_complex`). ``grid`` is ``G``, by
-    default the doubled grid ``2 s``; a smaller one is exact for a kernel of lags ``|l| <= r``
-    when ``G >= s + r`` (no lag of the patch wraps onto another).
-    """
-    shape = tuple(x.shape[-3:])
-    pad = tuple(2 * s for s in shape) if grid is None else tuple(int(g) for g in grid)
-    if len(pad) != 3 or any(g < s for g, s in zip(pad, shape)):
-        raise ValueError(f"grid must be 3 sizes >= the image shape {shape}, got {grid}")
-    if complex_images:
-        return apply_diag_circulant_complex(x, mask, lam, variant, scale, pad)
-    dims = (-3, -2, -1)
-
-    def conv(buf: torch.Tensor, conj: bool = False) -> torch.Tensor:
-        filt = lam.conj() if conj and lam.is_complex() else lam
-        return torch.fft.irfftn(spectral_filter(torch.fft.rfftn(buf, dim=dims), filt, scale), s=pad, dim=dims)
-
-    def crop(buf: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
-        out, _ = masked_scatter_add(torch.zeros_like(x), buf, (0, 0, 0), shape, mask=m)
-        return out
-
-    if variant == "sandwich":
-        return crop(conv(masked_gather(x, (0, 0, 0), shape, pad, mask)), mask)
-    one_sided = crop(conv(masked_gather(x, (0, 0, 0), shape, pad, None)), mask)
-    if variant == "one_sided":
-        return one_sided
-    adjoint = crop(conv(masked_gather(x, (0, 0, 0), shape, pad, mask), conj=True), None)
-    return 0.5 * (one_sided + adjoint)
-
-
-class _DiagCirculantBase(LinearPhysics):
-    """Shared ``A_adjoint_A`` / data-gradient logic of the full-volume and patch operators."""
-
-    complex_images: bool = False
-    grid: tuple[int, int, int] | None = None  # FFT grid of lam; None: the doubled image grid
-
-    def _params(self) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
-    def A_adjoint_A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        """``scaling * H x`` for ``x`` of shape ``[B, C, *img_shape]``."""
-        mask, lam = self._params()
-        if not isinstance(x, torch.Tensor) or x.ndim != 5:
-            raise ValueError(f"x must be a 5-D tensor [B, C, D, H, W], got {getattr(x, 'shape', type(x))}")
-        if tuple(x.shape[-3:]) != tuple(mask.shape):
-            raise ValueError(f"x has spatial shape {tuple(x.shape[-3:])}, this operator acts on {tuple(mask.shape)}")
-        if x.dtype != mask.dtype or x.device != mask.device:
-            raise TypeError(f"x is {x.dtype} on {x.device}, the operator is {mask.dtype} on {mask.device}")
-        if self.complex_images and x.shape[1] != 2:
-            raise ValueError(f"this operator acts on complex images [B, 2, D, H, W] (real, imaginary channels), "
-                             f"got {x.shape[1]} channels (shape {tuple(x.shape)})")
-        return apply_diag_circulant(x, mask, lam, self.variant, self.scaling, self.complex_images, self.grid)
-
-    def data_gradient(self, x: torch.Tensor, Aty: torch.Tensor) -> torch.Tensor:
-        """Gradient of ``0.5 ||A x - y||^2`` with ``A^T A`` replaced by ``scaling * H``:
-        ``scaling * H x - A^T y`` (``Aty`` precomputed, same shape as ``x``)."""
-        if Aty.shape != x.shape:
-            raise ValueError(f"Aty has shape {tuple(Aty.shape)}, x has {tuple(x.shape)}")
-        return self.A_adjoint_A(x) - Aty
+#: the ``format`` entry of a saved operator file
+FILE_FORMAT = "unrolled3d.DiagCirculant/1"
 
 
 def _check_kernel_radius(radius, shape: tuple[int, int, int]) -> tuple[int, int, int] | None:
     if radius is None:
         return None
-    r = (radius,) * 3 if isinstance(radius, int) and not isinstance(radius, bool) else radius
-    try:
-        r = tuple(r)
-    except TypeError:
-        r = ()
-    if len(r) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in r):
-        raise ValueError(f"kernel_radius must be None, a non-negative int or 3 of them, got {radius!r}")
+    r = int_tuple("kernel_radius", radius, 3, minimum=0, allow_scalar=True)
     # lags beyond n - 1 never meet two voxels of the volume: cap, so that 'no radius' has one spelling
     r = tuple(min(v, n - 1) for v, n in zip(r, shape))
     return None if r == tuple(n - 1 for n in shape) else r
 
 
-def _smooth_size(n: int) -> int:
-    """Smallest integer >= n whose prime factors are 2, 3 and 5 (fast FFT sizes)."""
-    while True:
-        m = n
-        for f in (2, 3, 5):
-            while m % f == 0:
-                m //= f
-        if m == 1:
-            return n
-        n += 1
-
-
 def _read_state(path: str | os.PathLike) -> dict:
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != "unrolled3d.DiagCirculant/1":
+    if not isinstance(state, dict) or state.get("format") != FILE_FORMAT:
         raise ValueError(f"{path} is not a DiagCirculantWrapper file")
     return state
 
 
-@contextlib.contextmanager
-def _recording_grad(params: Sequence[torch.nn.Parameter]):
-    """Make ``params`` require grad inside the block (the fit), then restore their flags."""
-    was = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(True)
-    try:
-        yield
-    finally:
-        for p, flag in zip(params, was):
-            p.requires_grad_(flag)
-
-
 def _is_complex_physics(physics: LinearPhysics) -> bool:
-    """Operators known to act on complex images in the ``(B, 2, ...)`` real layout."""
-    from deepinv.physics.mri import MRIMixin
-
-    from .mri.physics import MultiCoilMRI3D, MultiCoilMRI3DPatch
-
-    return isinstance(physics, (MultiCoilMRI3D, MultiCoilMRI3DPatch, MRIMixin))
+    """Operators that declare complex images (:class:`unrolled3d.protocols.ImageKind`, e.g.
+    :class:`unrolled3d.mri.MultiCoilMRI3D`), and deepinv's MRI operators."""
+    return isinstance(physics, MRIMixin) or (isinstance(physics, ImageKind) and bool(physics.complex_images))
 
 
 def _image_layout(physics: LinearPhysics, img_size: Sequence[int], complex_images: bool | None
@@ -175,10 +62,9 @@ def _image_layout(physics: LinearPhysics, img_size: Sequence[int], complex_image
     leading channel count 1 = real, 2 = complex) and the physics (see the class docstring)."""
     if complex_images is not None and not isinstance(complex_images, bool):
         raise TypeError(f"complex_images must be None, True or False, got {complex_images!r}")
-    try:
-        size = tuple(img_size)
-    except TypeError:
-        raise TypeError(f"img_size must be (D, H, W) or (C, D, H, W), got {img_size!r}") from None
+    if isinstance(img_size, (str, bytes)) or not hasattr(img_size, "__len__"):
+        raise TypeError(f"img_size must be (D, H, W) or (C, D, H, W), got {img_size!r}")
+    size = tuple(img_size)
     channels = None
     if len(size) == 4:
         channels, size = size[0], size[1:]
@@ -194,20 +80,29 @@ def _image_layout(physics: LinearPhysics, img_size: Sequence[int], complex_image
     return shape, complex_images
 
 
-class DiagCirculantWrapper(_DiagCirculantBase):
+class DiagCirculantWrapper(DiagCirculantOperator):
     r"""Wrap a ``LinearPhysics`` and approximate its normal operator by ``scaling * H(m, lam)``.
 
-    :param deepinv.physics.LinearPhysics physics: the operator ``A`` (e.g. :class:`ConeBeamCT`,
+    Parameters
+    ----------
+    physics : deepinv.physics.LinearPhysics
+        the operator ``A`` (e.g. :class:`ConeBeamCT`,
         :class:`unrolled3d.mri.MultiCoilMRI3D`).
-    :param tuple img_size: volume shape ``(D, H, W)``, or ``(C, D, H, W)`` with ``C = 1`` (real
+    img_size : tuple
+        volume shape ``(D, H, W)``, or ``(C, D, H, W)`` with ``C = 1`` (real
         images) or ``C = 2`` (complex images).
-    :param float scaling: ``H`` approximates ``A^T A / scaling``: pass ``||A||^2`` if ``A`` is not
+    scaling : float
+        ``H`` approximates ``A^T A / scaling``: pass ``||A||^2`` if ``A`` is not
         normalised, so that ``m`` and ``lam`` are of order one.
-    :param str variant: ``"sandwich"`` (``m F^-1 lam F m``), ``"one_sided"`` (``m F^-1 lam F``) or
+    variant : str
+        ``"sandwich"`` (``m F^-1 lam F m``), ``"one_sided"`` (``m F^-1 lam F``) or
         ``"symmetric"`` (``(H + H^*) / 2`` of the one-sided form).
-    :param torch.device device: device of ``m`` and ``lam``.
-    :param torch.dtype dtype: real dtype of ``m`` (``lam`` is the matching complex type).
-    :param kernel_radius: ``None`` (default): the kernel may use every lag of the doubled grid.
+    device : torch.device
+        device of ``m`` and ``lam``.
+    dtype : torch.dtype
+        real dtype of ``m`` (``lam`` is the matching complex type).
+    kernel_radius
+        ``None`` (default): the kernel may use every lag of the doubled grid.
         An int or ``(r0, r1, r2)``: the kernel is restricted to lags ``|l_i| <= r_i``, in the fit
         and in use, so a patch of size ``p`` is filtered on a grid of about ``p + min(r, p - 1)``
         per axis instead of ``2p`` (the paper's "restricting the size of the underlying
@@ -215,7 +110,8 @@ class DiagCirculantWrapper(_DiagCirculantBase):
         compact and patches are a large fraction of the volume; incoherently undersampled MRI
         spreads its aliasing over every lag (measured in ``docs/partitioning.md``). The
         whole-volume ``H`` then pays one more FFT pair of the doubled grid per call (the cut).
-    :param complex_images: ``True``: images are complex ``(B, 2, D, H, W)`` (real, imaginary
+    complex_images
+        ``True``: images are complex ``(B, 2, D, H, W)`` (real, imaginary
         channels), ``H`` is a complex convolution (complex kernel, full-FFT ``lam`` of shape
         ``(2D, 2H, 2W)``). ``False``: real images ``(B, C, D, H, W)``, real kernel, rFFT ``lam``
         ``(2D, 2H, W + 1)``. ``None`` (default): complex when ``img_size`` has 2 channels, or, for
@@ -224,6 +120,19 @@ class DiagCirculantWrapper(_DiagCirculantBase):
 
     ``A``, ``A_adjoint`` are those of the wrapped physics; ``A_adjoint_A`` is ``scaling * H``.
     Fit with :meth:`fit`, or pass ``spatial_mask`` / ``fourier_filter`` learned elsewhere.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from unrolled3d.normal import DiagCirculantWrapper
+    >>> from unrolled3d.physics import ConeBeamCT, standard_cone_beam
+    >>> physics = ConeBeamCT(standard_cone_beam(8, 10), normalize=True)
+    >>> H = DiagCirculantWrapper(physics, (8, 8, 8))
+    >>> errors = H.fit(n_iter=5, progress=False)       # E ||A^T A x - H x||^2 over Gaussian probes
+    >>> H.relative_error() < 1
+    True
+    >>> H.restrict((0, 2, 4), (4, 4, 4)).A_adjoint_A(torch.rand(1, 1, 4, 4, 4)).shape
+    torch.Size([1, 1, 4, 4, 4])
     """
 
     def __init__(
@@ -244,9 +153,7 @@ class DiagCirculantWrapper(_DiagCirculantBase):
         shape, complex_images = _image_layout(physics, img_size, complex_images)
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-        scaling = float(scaling)
-        if not (scaling > 0 and math.isfinite(scaling)):
-            raise ValueError(f"scaling must be a finite positive number, got {scaling}")
+        scaling = real("scaling", scaling, positive=True)
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"dtype must be float32 or float64, got {dtype}")
         self.complex_images = complex_images
@@ -307,6 +214,17 @@ class DiagCirculantWrapper(_DiagCirculantBase):
         self.fitted = True
         return self
 
+    def with_parameters(self, spatial_mask: torch.Tensor | None = None,
+                        fourier_filter: torch.Tensor | None = None) -> "DiagCirculantWrapper":
+        """A new wrapper of the same physics and settings holding these parameters (those not given
+        are copied from this wrapper); this wrapper is left unchanged."""
+        out = DiagCirculantWrapper(self.physics, (self.channels, *self.img_shape), self.scaling,
+                                   self.spatial_mask.device, self.variant, self.dtype,
+                                   complex_images=self.complex_images, kernel_radius=self.kernel_radius)
+        if self.fitted:
+            out.set_parameters(self.spatial_mask, self.fourier_filter)
+        return out.set_parameters(spatial_mask=spatial_mask, fourier_filter=fourier_filter)
+
     @property
     def kernel(self) -> torch.Tensor:
         """The convolution kernel of ``H`` on the doubled grid ``(2D, 2H, 2W)``, lag 0 at index 0
@@ -326,7 +244,7 @@ class DiagCirculantWrapper(_DiagCirculantBase):
             axes.append((lag <= r).to(like.real.dtype))
         return axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
 
-    def _effective_filter(self, lam: torch.Tensor) -> torch.Tensor:
+    def effective_filter(self, lam: torch.Tensor) -> torch.Tensor:
         """``lam`` with its kernel cut to ``kernel_radius`` (``lam`` itself without a radius)."""
         if self.kernel_radius is None:
             return lam
@@ -352,7 +270,10 @@ class DiagCirculantWrapper(_DiagCirculantBase):
 
     def _params(self) -> tuple[torch.Tensor, torch.Tensor]:
         self._require_fitted()
-        return self.spatial_mask, self._effective_filter(self.fourier_filter)
+        return self.spatial_mask, self.effective_filter(self.fourier_filter)
+
+    def _grid(self) -> tuple[int, int, int]:
+        return tuple(2 * s for s in self.img_shape)
 
     # ----------------------------------------------------------------- deepinv physics
     def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -382,7 +303,7 @@ class DiagCirculantWrapper(_DiagCirculantBase):
     def patch_grid(self, shape: Sequence[int]) -> tuple[int, int, int]:
         """FFT grid of a ``shape`` patch: ``2p`` per axis, or, with ``kernel_radius``, the smallest
         2-3-5-smooth size ``>= p + min(r, p - 1) + 1`` (no lag of the patch wraps onto another)."""
-        return tuple(_smooth_size(p + r + 1) for p, r in zip(shape, self._patch_radius(shape)))
+        return tuple(smooth_size(p + r + 1) for p, r in zip(shape, self._patch_radius(shape)))
 
     def _patch_radius(self, shape: Sequence[int]) -> list[int]:
         """Largest lag of the kernel a ``shape`` patch uses, per axis."""
@@ -422,43 +343,19 @@ class DiagCirculantWrapper(_DiagCirculantBase):
             k[src[0][:, None, None], src[1][None, :, None], src[2][None, None, :]]
         return torch.fft.fftn(grid) if self.complex_images else torch.fft.rfftn(grid)
 
-    # ----------------------------------------------------------------- fitting
+    # ----------------------------------------------------------------- fitting (see unrolled3d.normal.fit)
     def exact_normal(self, x: torch.Tensor) -> torch.Tensor:
         """``A^T A x / scaling`` (``A^H A`` for complex images) with the wrapped physics (the fitting target)."""
-        return self.physics.A_adjoint(self.physics.A(x)) / self.scaling
+        return _fit.exact_normal(self, x)
 
-    @torch.no_grad()
     def init_from_psf(self) -> "DiagCirculantWrapper":
-        """``m = 1`` and ``lam`` from the point-spread function of ``A^T A / scaling`` at the centre.
+        """``m = 1`` and ``lam`` from the point-spread function of ``A^T A / scaling`` at the centre."""
+        return _fit.init_from_psf(self)
 
-        Complex images: the response to a real unit impulse is the complex kernel (``A^H A`` is
-        C-linear), transformed with the full FFT.
-        """
-        delta = torch.zeros((1, self.channels, *self.img_shape), dtype=self.dtype, device=self.spatial_mask.device)
-        c = tuple(s // 2 for s in self.img_shape)
-        delta[(0, 0, *c)] = 1.0
-        out = self.exact_normal(delta)
-        psf = torch.complex(out[0, 0], out[0, 1]) if self.complex_images else out[0, 0]
-        grid = torch.zeros(tuple(2 * s for s in self.img_shape), dtype=psf.dtype, device=psf.device)
-        grid[: self.img_shape[0], : self.img_shape[1], : self.img_shape[2]] = psf
-        self.spatial_mask.fill_(1.0)
-        grid = torch.roll(grid, shifts=tuple(-ci for ci in c), dims=(0, 1, 2))  # lag 0 to index 0
-        spec = torch.fft.fftn(grid) if self.complex_images else torch.fft.rfftn(grid)
-        self.fourier_filter.copy_(spec.to(self.fourier_filter.dtype))
-        self.fitted = True
-        return self
-
-    def fit(
-        self,
-        n_iter: int = 200,
-        batch_size: int = 1,
-        lr: float = 1e-2,
-        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
-        fit_mask: bool = True,
-        n_probes: int | None = None,
-        generator: torch.Generator | None = None,
-        progress: bool = True,
-    ) -> list[float]:
+    def fit(self, n_iter: int = 200, batch_size: int = 1, lr: float = 1e-2,
+            optimizer: Callable[..., torch.optim.Optimizer] | None = None, fit_mask: bool = True,
+            n_probes: int | None = None, generator: torch.Generator | None = None, progress: bool = True
+            ) -> list[float]:
         r"""Fit ``m`` and ``lam`` by minimising ``E_x ||A^T A x / scaling - H x||^2``, ``x ~ N(0, I)``.
 
         Each step draws ``batch_size`` fresh Gaussian probes (two projections each), so the
@@ -467,76 +364,41 @@ class DiagCirculantWrapper(_DiagCirculantBase):
         filter has 8x more unknowns than a volume). Starts from :meth:`init_from_psf` unless
         parameters were set. The learning rate decays with a cosine schedule.
 
-        :param int n_iter: optimiser steps.
-        :param int batch_size: probes per step.
-        :param float lr: initial learning rate (Adam by default).
-        :param optimizer: ``callable(params, lr=...) -> torch.optim.Optimizer``.
-        :param bool fit_mask: learn ``m`` (``False``: the best unmasked circulant, ``m = 1``).
-        :param int n_probes: size of a fixed probe bank (default: fresh probes every step).
-        :return: relative error ``||A^T A x - H x|| / ||A^T A x||`` of each step's batch.
+        Parameters
+        ----------
+        n_iter : int
+            Optimiser steps.
+        batch_size : int
+            Probes per step.
+        lr : float
+            Initial learning rate (Adam by default).
+        optimizer : callable, optional
+            ``optimizer(params, lr=...) -> torch.optim.Optimizer``.
+        fit_mask : bool
+            Learn ``m`` (``False``: the best unmasked circulant, ``m = 1``).
+        n_probes : int, optional
+            Size of a fixed probe bank (default: fresh probes every step).
+        generator : torch.Generator, optional
+            Source of the probes (default: seeded with 0).
+        progress : bool
+            Show a progress bar with the current error.
+
+        Returns
+        -------
+        list of float
+            Relative error ``||A^T A x - H x|| / ||A^T A x||`` of each step's batch.
         """
-        for name, v in (("n_iter", n_iter), ("batch_size", batch_size)):
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if n_probes is not None and (not isinstance(n_probes, int) or n_probes < batch_size):
-            raise ValueError(f"n_probes must be None or an integer >= batch_size ({batch_size}), got {n_probes!r}")
-        gen = generator or torch.Generator().manual_seed(0)
-        device = self.spatial_mask.device
-        if not self.fitted:
-            self.init_from_psf()
-        if not fit_mask:
-            with torch.no_grad():
-                self.spatial_mask.fill_(1.0)
+        return _fit.fit(self, n_iter, batch_size, lr, optimizer, fit_mask, n_probes, generator, progress)
 
-        def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-            # complex images: re and im i.i.d. N(0, 1), a circular complex Gaussian probe
-            x = torch.randn((n, self.channels, *self.img_shape), generator=gen, dtype=self.dtype).to(device)
-            with torch.no_grad():
-                return x, torch.cat([self.exact_normal(x[i : i + 1]) for i in range(n)])
-
-        bank = draw(n_probes) if n_probes is not None else None
-        params = [self.fourier_filter] + ([self.spatial_mask] if fit_mask else [])
-        opt = (optimizer or torch.optim.Adam)(params, lr=lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_iter)
-        history = []
-        bar = tqdm(range(n_iter), desc="fitting H", disable=not progress, leave=False)
-        with _recording_grad(params):
-            for _ in bar:
-                if bank is None:
-                    x, t = draw(batch_size)
-                else:
-                    idx = torch.randperm(n_probes, generator=gen)[:batch_size].to(device)
-                    x, t = bank[0][idx], bank[1][idx]
-                with torch.enable_grad():
-                    opt.zero_grad(set_to_none=True)
-                    hx = apply_diag_circulant(x, self.spatial_mask, self._effective_filter(self.fourier_filter),
-                                              self.variant, 1.0, self.complex_images)
-                    loss = (hx - t).square().sum() / t.square().sum()
-                    loss.backward()
-                    opt.step()
-                sched.step()
-                history.append(float(loss.detach().sqrt()))
-                bar.set_postfix(rel_err=f"{history[-1]:.4f}")
-        return history
-
-    @torch.no_grad()
     def relative_error(self, n_probes: int = 2, generator: torch.Generator | None = None) -> float:
         """``||A^T A x / scaling - H x|| / ||A^T A x / scaling||`` on fresh Gaussian probes."""
-        gen = generator or torch.Generator().manual_seed(12345)
-        x = torch.randn((n_probes, self.channels, *self.img_shape), generator=gen,
-                        dtype=self.dtype).to(self.spatial_mask.device)
-        t = torch.cat([self.exact_normal(x[i : i + 1]) for i in range(n_probes)])
-        hx = apply_diag_circulant(x, *self._params(), self.variant, 1.0, self.complex_images)
-        return float((hx - t).norm() / t.norm())
+        return _fit.relative_error(self, n_probes, generator)
 
     # ----------------------------------------------------------------- persistence
     def _geometry_fingerprint(self) -> str | None:
-        """The CT geometry's fingerprint, or the physics' own (MRI: mask and coil maps), or None."""
-        g = getattr(self.physics, "geometry", None)
-        if g is not None and hasattr(g, "fingerprint"):
-            return g.fingerprint()
-        own = getattr(self.physics, "fingerprint", None)
-        return own() if callable(own) else None
+        """The acquisition's fingerprint (CT geometry; MRI mask and coil maps), or ``None`` for a
+        physics that does not offer one (:class:`unrolled3d.protocols.Fingerprinted`)."""
+        return self.physics.fingerprint() if isinstance(self.physics, Fingerprinted) else None
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``m``, ``lam`` and the geometry they belong to (atomically)."""
@@ -595,23 +457,3 @@ class DiagCirculantWrapper(_DiagCirculantBase):
         return self.set_parameters(state["spatial_mask"], state["fourier_filter"])
 
 
-class DiagCirculantPatch(_DiagCirculantBase):
-    """The restriction of a :class:`DiagCirculantWrapper` to one patch (see ``restrict``)."""
-
-    def __init__(self, mask: torch.Tensor, lam: torch.Tensor, scaling: float, variant: str,
-                 offset: tuple[int, int, int], complex_images: bool = False,
-                 grid: tuple[int, int, int] | None = None) -> None:
-        self.complex_images = bool(complex_images)
-        self.grid = grid
-        super().__init__(img_size=(2 if self.complex_images else 1, *mask.shape), device=mask.device)
-        self.mask, self.lam = mask, lam
-        self.scaling, self.variant, self.offset = scaling, variant, offset
-
-    def _params(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.mask, self.lam
-
-    def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        raise NotImplementedError("the patch approximation only provides A_adjoint_A (H), not A")
-
-    def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
-        raise NotImplementedError("the patch approximation only provides A_adjoint_A (H), not A^T")

@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from unrolled3d.io_utils import atomic_path
+from unrolled3d.io import atomic_path
 
 
 def test_atomic_write_has_umask_permissions(tmp_path):

@@ -1,12 +1,12 @@
 """Drop-in replacements for deepinv classes, backed by unrolled3d's operators.
 
-``unrolled3d.compat.TomographyWithAstra`` takes the arguments of
+``unrolled3d.physics.TomographyWithAstra`` takes the arguments of
 ``deepinv.physics.TomographyWithAstra`` (deepinv 0.5) for 3D cone-beam scans and runs on the
 matched C++/CUDA projector pair, on the CPU or the GPU, with no ASTRA: a deepinv script changes
 one import line::
 
     # from deepinv.physics import TomographyWithAstra
-    from unrolled3d.compat import TomographyWithAstra
+    from unrolled3d.physics import TomographyWithAstra
 
 How deepinv's arguments map onto :class:`~unrolled3d.geometry.ConeBeamGeometry` (the mapping
 that deepinv's ``create_projection_geometry`` / ``create_object_geometry`` hand to ASTRA):
@@ -36,30 +36,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from .geometry import ConeBeamGeometry
-from .physics.cone_beam import ConeBeamCT
+from .._validation import int_tuple, real_tuple
+from ..geometry import ConeBeamGeometry
+from .cone_beam import ConeBeamCT
 
 __all__ = ["TomographyWithAstra", "cone_beam_geometry_from_deepinv"]
 
 _DEFAULT_RADII = {"source_radius": 80.0, "detector_radius": 20.0}
-
-
-def _triple(name: str, value: Any) -> tuple[float, float, float]:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return (float(value),) * 3
-    vals = tuple(float(v) for v in value)
-    if len(vals) != 3:
-        raise ValueError(f"{name} must be a float or a tuple (x, y, z) for a 3D volume, got {value!r}")
-    return vals
-
-
-def _pair(name: str, value: Any, kind: type = float) -> tuple:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return (kind(value),) * 2
-    vals = tuple(kind(v) for v in value)
-    if len(vals) != 2:
-        raise ValueError(f"{name} must be a scalar or a pair (rows/vertical, cols/horizontal), got {value!r}")
-    return vals
 
 
 def _volume_from_astra(object_geometry: Mapping[str, Any]) -> tuple[tuple[int, int, int], tuple, tuple]:
@@ -109,13 +92,13 @@ def cone_beam_geometry_from_deepinv(
             raise ValueError(f"bounding_box must be (min_x, max_x, min_y, max_y, min_z, max_z), got {bounding_box!r}")
         vol_shape, voxel, offset = _volume_from_box(size, box)
     else:
-        sx, sy, sz = _triple("pixel_spacing", pixel_spacing)
+        sx, sy, sz = real_tuple("pixel_spacing", pixel_spacing, 3, positive=True, allow_scalar=True)
         if min(sx, sy, sz) <= 0:
             raise ValueError(f"pixel_spacing must be positive, got {pixel_spacing!r}")
         vol_shape, voxel, offset = size, (sz, sy, sx), (0.0, 0.0, 0.0)
     if n_detector_pixels is None:  # deepinv's default
         n_detector_pixels = math.ceil(math.sqrt(2) * size[0])
-    det_shape = _pair("n_detector_pixels", n_detector_pixels, int)
+    det_shape = int_tuple("n_detector_pixels", n_detector_pixels, 2, allow_scalar=True)
     if geometry_vectors is not None:
         return ConeBeamGeometry.from_vectors(geometry_vectors, det_shape, vol_shape, voxel, offset)
 
@@ -141,7 +124,7 @@ def cone_beam_geometry_from_deepinv(
     scan = "full" if covered >= 0.99 * 360.0 else "short"
     return ConeBeamGeometry.circular(
         n_views=len(deg), scan=scan, source_origin=params["source_radius"], origin_detector=params["detector_radius"],
-        det_shape=det_shape, det_spacing=_pair("detector_spacing", detector_spacing), vol_shape=vol_shape,
+        det_shape=det_shape, det_spacing=real_tuple("detector_spacing", detector_spacing, 2, positive=True, allow_scalar=True), vol_shape=vol_shape,
         voxel_size=voxel, vol_offset=offset, angles=np.deg2rad(-deg),
     )
 
@@ -186,26 +169,53 @@ class TomographyWithAstra(ConeBeamCT):
     - ``A_dagger(y)`` is least squares, as in deepinv; ``A_dagger(y, fbp=True)`` or ``fbp(y)``
       is FDK (exact circular-scan weights; per-view weights for ``geometry_vectors``).
 
-    :param tuple img_size: ``(slices, rows, cols)``.
-    :param int, torch.Tensor angles: number of views uniformly spread over ``angular_range``, or
+    Parameters
+    ----------
+    img_size : tuple
+        ``(slices, rows, cols)``.
+    angles : int, torch.Tensor
+        number of views uniformly spread over ``angular_range``, or
         the view angles in degrees.
-    :param int, tuple n_detector_pixels: detector ``(rows, cols)`` (an int: square); default
+    n_detector_pixels : int, tuple
+        detector ``(rows, cols)`` (an int: square); default
         ``ceil(sqrt(2) * slices)`` as deepinv.
-    :param tuple angular_range: ``(start, stop)`` degrees, stop excluded.
-    :param float, tuple detector_spacing: ``(vertical, horizontal)`` pixel pitch.
-    :param float, tuple pixel_spacing: voxel ``(x, y, z)`` size.
-    :param tuple bounding_box: ``(min_x, max_x, min_y, max_y, min_z, max_z)``; overrides
+    angular_range : tuple
+        ``(start, stop)`` degrees, stop excluded.
+    detector_spacing : float, tuple
+        ``(vertical, horizontal)`` pixel pitch.
+    pixel_spacing : float, tuple
+        voxel ``(x, y, z)`` size.
+    bounding_box : tuple
+        ``(min_x, max_x, min_y, max_y, min_z, max_z)``; overrides
         ``pixel_spacing``.
-    :param str geometry_type: ``"conebeam"`` (the only type served).
-    :param dict geometry_parameters: ``{"source_radius", "detector_radius"}`` (default 80, 20).
-    :param torch.Tensor geometry_vectors: ``(n_views, 12)`` ASTRA ``cone_vec`` rows; override
+    geometry_type : str
+        ``"conebeam"`` (the only type served).
+    geometry_parameters : dict
+        ``{"source_radius", "detector_radius"}`` (default 80, 20).
+    geometry_vectors : torch.Tensor
+        ``(n_views, 12)`` ASTRA ``cone_vec`` rows; override
         ``angles``, ``detector_spacing`` and ``geometry_parameters``.
-    :param dict object_geometry, projection_geometry: ASTRA geometry dicts (``cone`` or
+    projection_geometry : dict object_geometry,
+        ASTRA geometry dicts (``cone`` or
         ``cone_vec``), read without ASTRA.
-    :param bool is_2d: must be ``False``/``None``.
-    :param bool normalize: divide ``A`` by ``||A||`` (the ``operator_norm`` buffer); ``None``
+    is_2d : bool
+        must be ``False``/``None``.
+    normalize : bool
+        divide ``A`` by ``||A||`` (the ``operator_norm`` buffer); ``None``
         warns and normalises, as deepinv does.
-    :param torch.device, str device: any device; default CUDA when available, else CPU.
+    device : torch.device, str
+        any device; default CUDA when available, else CPU.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from unrolled3d.physics import TomographyWithAstra
+    >>> physics = TomographyWithAstra(img_size=(8, 8, 8), angles=12, n_detector_pixels=(12, 12),
+    ...                               angular_range=(0, 360), geometry_type="conebeam",
+    ...                               geometry_parameters={"source_radius": 60.0, "detector_radius": 30.0},
+    ...                               normalize=False)
+    >>> physics.A(torch.rand(1, 1, 8, 8, 8)).shape      # [B, C, rows, angles, cols], as deepinv
+    torch.Size([1, 1, 12, 12, 12])
     """
 
     def __init__(

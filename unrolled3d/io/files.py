@@ -9,12 +9,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from .geometry import ConeBeamGeometry
-from .io_utils import atomic_path
-from .volume_io import read_volume, write_volume
+from ..geometry import ConeBeamGeometry
+from .atomic import atomic_path
+from .volumes import read_volume, write_volume
 
 __all__ = ["save_measurements", "load_measurements", "save_volume", "load_volume", "save_model", "load_model"]
 
@@ -58,12 +57,12 @@ def load_measurements(path) -> tuple[torch.Tensor, ConeBeamGeometry, torch.Tenso
 
 
 def save_volume(path, volume: torch.Tensor, voxel_size=(1.0, 1.0, 1.0)) -> None:
-    """A ``(D, H, W)`` volume; the ending picks the format (see :func:`unrolled3d.volume_io.write_volume`)."""
+    """A ``(D, H, W)`` volume; the ending picks the format (see :func:`unrolled3d.io.write_volume`)."""
     write_volume(path, volume.detach().cpu().reshape(volume.shape[-3:]), voxel_size)
 
 
 def load_volume(path) -> tuple[torch.Tensor, tuple[float, float, float]]:
-    """``(volume (D, H, W), voxel_size (sz, sy, sx) mm)`` (see :func:`unrolled3d.volume_io.read_volume`)."""
+    """``(volume (D, H, W), voxel_size (sz, sy, sx) mm)`` (see :func:`unrolled3d.io.read_volume`)."""
     return read_volume(path)
 
 

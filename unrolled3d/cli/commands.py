@@ -1,4 +1,4 @@
-"""Implementations of the ``unrolled3d`` subcommands other than ``demo`` and ``info``."""
+"""The ``unrolled3d`` subcommands: each takes the parsed arguments and returns the exit status."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["simulate", "fit_normal", "reconstruct", "train_cmd", "import_walnut", "build_model",
+from .bench import bench_cmd
+from .output import emit
+
+__all__ = ["demo", "info", "simulate", "fit_normal", "reconstruct", "train_cmd", "import_walnut", "bench_cmd",
            "DEFAULT_TRAIN_CONFIG"]
 
 DEFAULT_TRAIN_CONFIG: dict[str, dict[str, Any]] = {
@@ -34,22 +37,41 @@ def _device(name: str) -> torch.device:
     return dev
 
 
-def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
+def demo(args: argparse.Namespace) -> int:
+    from .demo import as_dict, result_table, run_demo
+
+    size, n_volumes = (24, 1) if args.quick else (args.size, args.volumes)
+    result = run_demo(weights=args.weights, size=size, n_volumes=n_volumes, seed=args.seed, out=args.out,
+                      progress=not (args.quiet or args.json))
     if args.json:
-        print(json.dumps(payload))
+        print(json.dumps({**as_dict(result), "wall_seconds": round(result.seconds, 2)}))
     elif not args.quiet:
-        print(text)
+        print(result_table(result))
+        print(f"demo finished in {result.seconds:.1f} s")
+    return 0
+
+
+def info(args: argparse.Namespace) -> int:
+    from .. import __version__, backends
+
+    info = {"version": __version__, **backends()}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        for k, v in info.items():
+            print(f"{k:18s} {v}")
+    return 0
 
 
 def simulate(args: argparse.Namespace) -> int:
-    from .data import random_ellipsoids, shepp_logan_3d, voxelize
-    from .files import save_measurements
-    from .ops import cone_project
-    from .physics.presets import scan_for_volume, standard_cone_beam
+    from ..data import random_ellipsoids, shepp_logan_3d, voxelize
+    from ..io import save_measurements
+    from ..ops import cone_project
+    from ..physics import scan_for_volume, standard_cone_beam
 
     scan = "short" if args.short_scan else "full"
     if args.volume is not None:
-        from .volume_io import read_volume
+        from ..io import read_volume
 
         if args.phantom is not None or args.size is not None:
             raise ValueError("--volume replaces --phantom and --size: give one or the other")
@@ -70,14 +92,14 @@ def simulate(args: argparse.Namespace) -> int:
     y = cone_project(x, g)
     y = y + args.noise * float(y.max()) * torch.randn(y.shape, generator=torch.Generator().manual_seed(args.seed))
     save_measurements(args.out, y, g, x_true=x, meta={**source, "noise": args.noise})
-    _emit(args, {"out": args.out, "sino_shape": list(y.shape)}, f"wrote {args.out}: measurements {tuple(y.shape)}")
+    emit(args, {"out": args.out, "sino_shape": list(y.shape)}, f"wrote {args.out}: measurements {tuple(y.shape)}")
     return 0
 
 
 def import_walnut(args: argparse.Namespace) -> int:
     """A Walnut CBCT orbit folder -> our measurements file (line integrals + geometry)."""
-    from .files import save_measurements
-    from .walnut import read_walnut
+    from ..data import read_walnut
+    from ..io import save_measurements
 
     t0 = time.perf_counter()
     y, g = read_walnut(args.folder, geometry_file=args.geometry_file, vol_shape=tuple(args.vol_shape),
@@ -86,7 +108,7 @@ def import_walnut(args: argparse.Namespace) -> int:
             "view_step": args.view_step, "binning": args.binning}
     save_measurements(args.out, y, g, meta=meta)
     seconds = time.perf_counter() - t0
-    _emit(args, {"out": args.out, "sino_shape": list(y.shape), "vol_shape": list(g.vol_shape),
+    emit(args, {"out": args.out, "sino_shape": list(y.shape), "vol_shape": list(g.vol_shape),
                  "voxel_size": list(g.voxel_size), "seconds": round(seconds, 3)},
           f"wrote {args.out}: {g.n_views} views of {g.det_shape[0]} x {g.det_shape[1]} pixels, "
           f"volume {g.vol_shape} of {g.voxel_size[0]:g} mm voxels ({seconds:.1f} s)")
@@ -94,9 +116,9 @@ def import_walnut(args: argparse.Namespace) -> int:
 
 
 def fit_normal(args: argparse.Namespace) -> int:
-    from .files import load_measurements
-    from .normal import DiagCirculantWrapper
-    from .physics import ConeBeamCT
+    from ..io import load_measurements
+    from ..normal import DiagCirculantWrapper
+    from ..physics import ConeBeamCT
 
     _, g, _, _ = load_measurements(args.measurements)
     physics = ConeBeamCT(g, normalize=True)
@@ -104,31 +126,18 @@ def fit_normal(args: argparse.Namespace) -> int:
     hist = w.fit(n_iter=args.iters, lr=args.lr, progress=not (args.quiet or args.json))
     err = w.relative_error()
     w.save(args.out)
-    _emit(args, {"out": args.out, "relative_error": err, "first_batch_error": hist[0]},
+    emit(args, {"out": args.out, "relative_error": err, "first_batch_error": hist[0]},
           f"wrote {args.out}: relative error of H {err:.4f} (started at {hist[0]:.4f})")
     return 0
 
 
-def build_model(config: dict[str, Any], img_shape) -> torch.nn.Module:
-    """The PartitionedReconstructor described by a ``train`` configuration."""
-    from .models import UNet3D, UnrolledPGD
-    from .partition import PartitionedReconstructor
-
-    m, p = config["model"], config["partition"]
-    shared = bool(m.get("shared", True))  # files written before the key existed had shared denoisers
-    # shared=False: one denoiser per iteration, all starting from the same initial weights
-    model = UnrolledPGD(UNet3D(base=int(m["base"]), depth=int(m["depth"])), n_iter=int(m["n_iter"]),
-                        step_size=1.0, shared=shared)
-    return PartitionedReconstructor(model, img_shape, (int(p["patch"]),) * 3)
-
-
 def reconstruct(args: argparse.Namespace) -> int:
-    from .budget import choose_patch, measure_peak, parse_bytes
-    from .files import load_measurements, load_model
-    from .metrics import psnr
-    from .normal import DiagCirculantWrapper
-    from .physics import ConeBeamCT
-    from .volume_io import volume_format, write_volume
+    from ..budget import choose_patch, measure_peak, parse_bytes
+    from ..io import load_measurements, load_model, volume_format, write_volume
+    from ..metrics import psnr
+    from ..models import build_model
+    from ..normal import DiagCirculantWrapper
+    from ..physics import ConeBeamCT
 
     volume_format(args.out)  # an unknown output type fails now, not after the reconstruction
     budget_info = None
@@ -138,16 +147,14 @@ def reconstruct(args: argparse.Namespace) -> int:
     y = y.to(device)
     t0 = time.perf_counter()
     if args.method == "fdk":
-        x = physics.A_dagger(y if not physics.normalize else y / float(physics.operator_norm))
+        x = physics.A_dagger(physics.normalize_measurements(y))
     else:
         if args.weights is None:
             raise ValueError("--method unrolled needs --weights (a model file written by `unrolled3d train`)")
         state, config = load_model(args.weights)
-        rec = build_model(config, g.vol_shape)
-        if args.patch_size is not None:
-            if any(args.patch_size > n for n in g.vol_shape):
-                raise ValueError(f"--patch-size {args.patch_size} is larger than the volume {g.vol_shape}")
-            rec = type(rec)(rec.base, g.vol_shape, (args.patch_size,) * 3)
+        if args.patch_size is not None and any(args.patch_size > n for n in g.vol_shape):
+            raise ValueError(f"--patch-size {args.patch_size} is larger than the volume {g.vol_shape}")
+        rec = build_model(config, g.vol_shape, patch=args.patch_size)
         rec.load_state_dict(state)
         rec.to(device).eval()
         target = physics
@@ -156,12 +163,12 @@ def reconstruct(args: argparse.Namespace) -> int:
             if target.img_shape != tuple(g.vol_shape):
                 raise ValueError(f"--normal {args.normal} is for a {target.img_shape} volume, the measurements "
                                  f"are of a {tuple(g.vol_shape)} volume")
-        y_n = y / float(physics.operator_norm)
+        y_n = physics.normalize_measurements(y)
         if args.memory_budget is not None:
             if args.patch_size is not None:
                 raise ValueError("give either --patch-size or --memory-budget, not both")
             choice = choose_patch(rec, y_n, target, parse_bytes(args.memory_budget))
-            rec = type(rec)(rec.base, g.vol_shape, (choice.patch,) * 3)
+            rec = rec.with_patch_size(choice.patch)
             budget_info = {"patch": choice.patch, "predicted_peak_mib": round(choice.predicted_bytes / 2**20, 1)}
             if not args.quiet and not args.json:
                 print(f"memory budget {args.memory_budget}: patches of {choice.patch}^3 "
@@ -181,7 +188,7 @@ def reconstruct(args: argparse.Namespace) -> int:
         payload.update(budget_info, measured_peak_mib=round(peak / 2**20, 1))
     if x_true is not None:
         payload["psnr"] = psnr(x.cpu(), x_true)
-    _emit(args, payload, f"wrote {args.out} ({args.method}, {seconds:.1f} s"
+    emit(args, payload, f"wrote {args.out} ({args.method}, {seconds:.1f} s"
                          + (f", PSNR {payload['psnr']:.2f} dB)" if "psnr" in payload else ")"))
     return 0
 
@@ -199,11 +206,11 @@ def _merge(base: dict, update: dict) -> dict:
 
 
 def train_cmd(args: argparse.Namespace) -> int:
-    from .data.datasets import PhantomDataset
-    from .files import save_model
-    from .physics import ConeBeamCT
-    from .physics.presets import standard_cone_beam
-    from .train import TrainConfig, train
+    from ..data import PhantomDataset
+    from ..io import save_model
+    from ..models import build_model
+    from ..physics import ConeBeamCT, standard_cone_beam
+    from ..train import TrainConfig, train
 
     path = Path(args.config)
     if not path.exists():
@@ -223,63 +230,8 @@ def train_cmd(args: argparse.Namespace) -> int:
     log = train(rec, physics, dataset, tcfg, resume=args.resume)
     model_path = out_dir / "model.pt"
     save_model(model_path, rec, {**cfg, "command": " ".join(["unrolled3d", *args.argv])})
-    _emit(args, {"model": str(model_path), "steps": log["step"], "final_loss": log["losses"][-1]},
+    emit(args, {"model": str(model_path), "steps": log["step"], "final_loss": log["losses"][-1]},
           f"wrote {model_path} after {log['step']} steps (last loss {log['losses'][-1]:.3e})")
     return 0
 
 
-#: ``unrolled3d bench`` suites: name -> file in the source checkout's bench/ folder
-BENCH_SUITES = {
-    "projector": "test_bench_projector.py", "fused": "test_bench_fused.py", "normal": "test_bench_normal.py",
-    "partition": "test_bench_partition.py", "mri": "test_bench_mri.py", "compat": "test_bench_compat.py",
-}
-
-
-def _device_tag() -> str:
-    if not torch.cuda.is_available():
-        return "cpu"
-    name = torch.cuda.get_device_name().lower()
-    return "cuda_" + next((w for w in name.replace("-", " ").split() if any(c.isdigit() for c in w)), "gpu")
-
-
-def bench_cmd(args: argparse.Namespace) -> int:
-    """Run pytest-benchmark suites from bench/ and render bench/results/report.md."""
-    import importlib.util
-    import subprocess
-    import sys
-
-    from .io_utils import atomic_path
-
-    root = Path(args.bench_dir) if args.bench_dir else Path(__file__).resolve().parents[1] / "bench"
-    if not (root / "report.py").exists():
-        raise FileNotFoundError(f"no benchmark suite in {root}: the suites live in the source checkout's bench/ "
-                                "folder (pass --bench-dir)")
-    results = Path(args.results) if args.results else root / "results"
-    suites = list(BENCH_SUITES) if args.suite == ["all"] else args.suite
-    unknown = [s for s in suites if s not in BENCH_SUITES]
-    if unknown:
-        raise ValueError(f"unknown suite(s) {unknown}; choose from {', '.join(BENCH_SUITES)} or all")
-    tag = _device_tag()
-    written = []
-    for suite in suites:
-        target = results / f"{suite}_{tag}.json"
-        with atomic_path(target) as tmp:
-            cmd = [sys.executable, "-m", "pytest", str(root / BENCH_SUITES[suite]), f"--benchmark-json={tmp}",
-                   "-p", "no:cacheprovider", "-q" if not (args.quiet or args.json) else "-qq"]
-            if args.select:
-                cmd += ["-k", args.select]
-            quiet = args.quiet or args.json
-            proc = subprocess.run(cmd, cwd=root.parent,
-                                  stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT if quiet else None,
-                                  text=True)
-            if proc.returncode != 0:
-                tail = (proc.stdout or "")[-2000:] if quiet else ""
-                raise RuntimeError(f"benchmark suite {suite!r} failed (pytest exit {proc.returncode}) {tail}".strip())
-        written.append(str(target))
-    spec = importlib.util.spec_from_file_location("unrolled3d_bench_report", root / "report.py")
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
-    report.main(results)
-    _emit(args, {"results": written, "report": str(results / "report.md")},
-          "\n".join(f"wrote {w}" for w in written) + f"\nwrote {results / 'report.md'}")
-    return 0

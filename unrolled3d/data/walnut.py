@@ -69,13 +69,13 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from ._validation import int_triple
-from .geometry import ConeBeamGeometry, _finite_floats
+from .._validation import int_triple, integer, real_tuple
+from ..geometry import ConeBeamGeometry
 
 __all__ = ["read_walnut", "read_walnut_geometry", "walnut_views", "raw_to_detector", "DEFAULT_EPS"]
 
@@ -120,22 +120,14 @@ def walnut_views(n_files: int, view_step: int = 1) -> list[tuple[int, int]]:
     list of (int, int)
         ``(k, n_files - 1 - k)`` for ``k = 0, view_step, ... < n_files - 1``.
     """
-    n_files = _positive_int("n_files", n_files)
-    view_step = _positive_int("view_step", view_step)
+    n_files = integer("n_files", n_files, 1)
+    view_step = integer("view_step", view_step, 1)
     if n_files < 2:
         raise ValueError(f"a Walnut scan needs at least 2 projections (the last repeats the first), got {n_files}")
     return [(k, n_files - 1 - k) for k in range(0, n_files - 1, view_step)]
 
 
 # --------------------------------------------------------------------------- checks
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a positive integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _read_image(path: Path) -> np.ndarray:
     """One raw 2D TIFF image as float64, with clear errors."""
     try:
@@ -254,10 +246,10 @@ def read_walnut(
     folder = Path(folder)
     # Argument errors first, before any file is read (and never blamed on the scan's files).
     vol_shape = int_triple("vol_shape", vol_shape)
-    voxel_size = _finite_floats("voxel_size", voxel_size, 3, positive=True)
-    vol_offset = _finite_floats("vol_offset", vol_offset, 3)
-    view_step = _positive_int("view_step", view_step)
-    binning = _positive_int("binning", binning)
+    voxel_size = real_tuple("voxel_size", voxel_size, 3, positive=True, allow_scalar=True)
+    vol_offset = real_tuple("vol_offset", vol_offset, 3, allow_scalar=True)
+    view_step = integer("view_step", view_step, 1)
+    binning = integer("binning", binning, 1)
     try:
         eps = float(eps)
     except (TypeError, ValueError):

@@ -1,0 +1,108 @@
+"""The layers of docs/architecture.md, checked on the source: every module imports, and no module
+imports what its layer may not (imports inside functions count too)."""
+import ast
+import importlib
+import importlib.util
+import pkgutil
+from pathlib import Path
+
+import pytest
+
+import unrolled3d
+
+ROOT = Path(unrolled3d.__file__).resolve().parent
+KERNELS = Path(importlib.import_module("unrolled3d.kernels").__file__).resolve().parent
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the package (``unrolled3d.kernels`` included) and its source file."""
+    found = {"unrolled3d": ROOT / "__init__.py"}
+    for m in pkgutil.walk_packages(unrolled3d.__path__, "unrolled3d."):
+        origin = Path(importlib.util.find_spec(m.name).origin)
+        if origin.suffix == ".py" and not m.name.endswith("__main__"):  # not the compiled extension
+            found[m.name] = origin
+    return found
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """The unrolled3d modules ``name`` imports (absolute names; ``from x import y`` counts x and x.y)."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            out.add(mod)
+            out.update(f"{mod}.{a.name}" for a in node.names)
+    # "unrolled3d" alone is the parent of a ``from .. import x``, whose x is counted
+    return {m for m in out if m != "unrolled3d" and m in MODULES}
+
+
+def _in(module: str, *layers: str) -> bool:
+    return any(module == layer or module.startswith(layer + ".") for layer in layers)
+
+
+def _within(*layers: str):
+    return lambda name: _in(name, *layers)
+
+
+# (what, which modules the rule applies to, which imports it forbids)
+RULES = [
+    ("kernels are leaves", _within("unrolled3d.kernels"), lambda m: not _in(m, "unrolled3d.kernels")),
+    ("leaf modules import at most the shared validators",
+     _within("unrolled3d._validation", "unrolled3d.protocols", "unrolled3d._distributed", "unrolled3d.memory",
+             "unrolled3d.metrics", "unrolled3d._build", "unrolled3d.geometry"),
+     lambda m: m != "unrolled3d._validation"),
+    ("ops hold tensors only: kernels, the geometry, the extension and validators",
+     _within("unrolled3d.ops"),
+     lambda m: not _in(m, "unrolled3d.ops", "unrolled3d.kernels", "unrolled3d.geometry", "unrolled3d._build",
+                       "unrolled3d._validation")),
+    ("physics knows no patches (partition), approximations, networks, training or files",
+     _within("unrolled3d.physics", "unrolled3d.mri"),
+     lambda m: _in(m, "unrolled3d.partition", "unrolled3d.normal", "unrolled3d.models", "unrolled3d.train",
+                   "unrolled3d.cli", "unrolled3d.budget", "unrolled3d.data", "unrolled3d.io")),
+    ("the normal-operator approximation knows no partition, networks or training",
+     _within("unrolled3d.normal"),
+     lambda m: _in(m, "unrolled3d.partition", "unrolled3d.models", "unrolled3d.train", "unrolled3d.cli",
+                   "unrolled3d.mri", "unrolled3d.physics")),
+    ("files and data know no operators beyond the geometry",
+     _within("unrolled3d.io", "unrolled3d.data"),
+     lambda m: _in(m, "unrolled3d.physics", "unrolled3d.mri", "unrolled3d.normal", "unrolled3d.partition",
+                   "unrolled3d.models", "unrolled3d.train", "unrolled3d.cli", "unrolled3d.ops")),
+    ("inference never imports training",
+     lambda name: not _in(name, "unrolled3d.train", "unrolled3d.cli"),
+     lambda m: _in(m, "unrolled3d.train")),
+    ("only the command line imports the command line",
+     lambda name: not _in(name, "unrolled3d.cli"),
+     lambda m: _in(m, "unrolled3d.cli")),
+]
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_every_module_imports(name):
+    importlib.import_module(name)
+
+
+@pytest.mark.parametrize("rule", range(len(RULES)), ids=[r[0] for r in RULES])
+def test_import_rules(rule):
+    what, applies, forbidden = RULES[rule]
+    broken = []
+    for name, path in MODULES.items():
+        if applies(name):
+            broken += [f"{name} -> {m}" for m in sorted(_imports(name, path)) if m != name and forbidden(m)]
+    assert not broken, f"{what}: {broken}"
+
+
+def test_the_rules_see_imports():
+    """The checker itself: it finds a relative import inside a function (so a rule can fail)."""
+    found = _imports("unrolled3d.cli.commands", MODULES["unrolled3d.cli.commands"])
+    assert "unrolled3d.train" in found and "unrolled3d.models" in found

@@ -1,0 +1,54 @@
+"""The model a ``unrolled3d train`` configuration describes, rebuilt for inference or training.
+
+A model file (:func:`unrolled3d.io.save_model`) holds the weights and the configuration; this
+module turns the configuration's ``[model]`` and ``[partition]`` sections back into the
+:class:`~unrolled3d.partition.PartitionedReconstructor` whose ``state_dict`` the weights are.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from ..partition import PartitionedReconstructor
+from .unet3d import UNet3D
+from .unrolled import UnrolledPGD
+
+__all__ = ["build_model"]
+
+
+def build_model(config: Mapping[str, Any], img_shape: Sequence[int], patch: int | None = None
+                ) -> PartitionedReconstructor:
+    """The partitioned unrolled network of a training configuration.
+
+    Parameters
+    ----------
+    config : mapping
+        With sections ``model`` (``n_iter``, ``base``, ``depth``, ``shared``) and ``partition``
+        (``patch``), as ``unrolled3d train`` writes them into the model file.
+    img_shape : sequence of 3 int
+        The volume ``(D, H, W)`` to reconstruct (any size: the network works on patches).
+    patch : int, optional
+        Patch edge instead of the configuration's.
+
+    Returns
+    -------
+    PartitionedReconstructor
+        Randomly initialised; load the weights with ``load_state_dict``.
+
+    Examples
+    --------
+    >>> from unrolled3d.models import build_model
+    >>> cfg = {"model": {"n_iter": 2, "base": 4, "depth": 1}, "partition": {"patch": 8}}
+    >>> build_model(cfg, (16, 16, 16)).patch_shape
+    (8, 8, 8)
+    """
+    try:
+        m, p = config["model"], config["partition"]
+        n_iter, base, depth, edge = int(m["n_iter"]), int(m["base"]), int(m["depth"]), int(p["patch"])
+    except KeyError as err:
+        raise ValueError(f"the model configuration lacks {err} (sections [model] n_iter, base, depth and "
+                         f"[partition] patch)") from None
+    shared = bool(m.get("shared", True))  # files written before the key existed had shared denoisers
+    # shared=False: one denoiser per iteration, all starting from the same initial weights
+    model = UnrolledPGD(UNet3D(base=base, depth=depth), n_iter=n_iter, step_size=1.0, shared=shared)
+    edge = edge if patch is None else patch
+    return PartitionedReconstructor(model, img_shape, (edge,) * 3)

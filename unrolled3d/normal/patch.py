@@ -1,0 +1,136 @@
+"""The operators that apply ``scaling * H``: a shared base and the patch operator.
+
+:class:`DiagCirculantPatch` is *the* patch operator of the normal-operator approximation, built
+by :meth:`unrolled3d.normal.DiagCirculantWrapper.restrict`: ``H`` restricted to one patch, with
+the patch problem in normal-equation form ``H_p x = b`` (see
+:class:`unrolled3d.protocols.NormalEquationPhysics`).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from deepinv.physics import LinearPhysics
+
+from .functional import diag_circulant
+
+__all__ = ["DiagCirculantOperator", "DiagCirculantPatch"]
+
+
+class DiagCirculantOperator(LinearPhysics):
+    """``A_adjoint_A = scaling * H`` and the data gradient of the normal equation ``H x = b``.
+
+    The base of :class:`~unrolled3d.normal.DiagCirculantWrapper` (the whole volume) and of
+    :class:`DiagCirculantPatch` (one patch). Subclasses provide ``_params() -> (mask, lam)``, the
+    FFT grid ``grid``, ``scaling``, ``variant`` and ``complex_images``.
+
+    Examples
+    --------
+    >>> from unrolled3d.normal import DiagCirculantOperator, DiagCirculantPatch
+    >>> issubclass(DiagCirculantPatch, DiagCirculantOperator)
+    True
+    """
+
+    complex_images: bool = False
+    scaling: float = 1.0
+    variant: str = "sandwich"
+
+    def _params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _grid(self) -> tuple[int, int, int]:
+        raise NotImplementedError
+
+    def A_adjoint_A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        """``scaling * H x`` for ``x`` of shape ``[B, C, *img_shape]`` (``C = 2`` for complex images)."""
+        mask, lam = self._params()
+        if not isinstance(x, torch.Tensor) or x.ndim != 5:
+            raise ValueError(f"x must be a 5-D tensor [B, C, D, H, W], got {getattr(x, 'shape', type(x))}")
+        if tuple(x.shape[-3:]) != tuple(mask.shape):
+            raise ValueError(f"x has spatial shape {tuple(x.shape[-3:])}, this operator acts on {tuple(mask.shape)}")
+        if x.dtype != mask.dtype or x.device != mask.device:
+            raise TypeError(f"x is {x.dtype} on {x.device}, the operator is {mask.dtype} on {mask.device}")
+        if self.complex_images and x.shape[1] != 2:
+            raise ValueError(f"this operator acts on complex images [B, 2, D, H, W] (real, imaginary channels), "
+                             f"got {x.shape[1]} channels (shape {tuple(x.shape)})")
+        return diag_circulant(x, mask, lam, self.variant, self.scaling, self.complex_images, self._grid())
+
+    def data_gradient(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Gradient of ``0.5 ||A x - y||^2`` with ``A^T A`` replaced by ``scaling * H``:
+        ``scaling * H x - b`` with ``b = A^T y`` (precomputed, shaped like ``x``)."""
+        if b.shape != x.shape:
+            raise ValueError(f"b (A^T y) has shape {tuple(b.shape)}, x has {tuple(x.shape)}")
+        return self.A_adjoint_A(x) - b
+
+
+class DiagCirculantPatch(DiagCirculantOperator):
+    """``S H S^T``: the approximation restricted to one patch, in normal-equation form.
+
+    Built by :meth:`unrolled3d.normal.DiagCirculantWrapper.restrict`. The measurement handed to a
+    reconstructor with this physics is ``b = S A^T y_p`` (the patch's backprojected data), and
+    ``A_adjoint_A`` is ``H_p``; ``A`` and ``A^T`` are not available (only their product is
+    approximated). ``A_dagger(b)`` is the start point given by :meth:`with_start` (the patch of the
+    context, or of the first estimate), as a partitioned sweep sets it.
+
+    Parameters
+    ----------
+    mask : torch.Tensor
+        ``m`` cropped to the patch, ``(pd, ph, pw)``.
+    lam : torch.Tensor
+        The kernel's spectrum on the patch's FFT grid (rFFT, or full FFT for complex images).
+    scaling : float
+        ``H`` approximates ``A^T A / scaling``.
+    variant : str
+        Form of ``H`` (:data:`unrolled3d.normal.VARIANTS`).
+    offset : tuple of 3 int
+        Position of the patch in the volume.
+    complex_images : bool
+        Images are complex ``(B, 2, ...)``.
+    grid : tuple of 3 int
+        The patch's FFT grid.
+    x_start : torch.Tensor, optional
+        ``[B, C, pd, ph, pw]``: what ``A_dagger`` returns.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from unrolled3d.normal import DiagCirculantPatch
+    >>> lam = torch.ones(4, 4, 3)                        # a unit impulse kernel on the 4^3 grid
+    >>> h = DiagCirculantPatch(torch.ones(2, 2, 2), lam, 1.0, "sandwich", (0, 0, 0), grid=(4, 4, 4))
+    >>> x = torch.randn(1, 1, 2, 2, 2)
+    >>> torch.allclose(h.A_adjoint_A(x), x, atol=1e-6), torch.equal(h.with_start(x).A_dagger(None), x)
+    (True, True)
+    """
+
+    def __init__(self, mask: torch.Tensor, lam: torch.Tensor, scaling: float, variant: str,
+                 offset: Sequence[int], complex_images: bool = False, grid: Sequence[int] | None = None,
+                 x_start: torch.Tensor | None = None) -> None:
+        self.complex_images = bool(complex_images)
+        super().__init__(img_size=(2 if self.complex_images else 1, *mask.shape), device=mask.device)
+        self.mask, self.lam = mask, lam
+        self.scaling, self.variant, self.offset = scaling, variant, tuple(offset)
+        self.grid = tuple(2 * s for s in mask.shape) if grid is None else tuple(grid)
+        self.x_start = x_start
+
+    def _params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mask, self.lam
+
+    def _grid(self) -> tuple[int, int, int]:
+        return self.grid
+
+    def with_start(self, x_start: torch.Tensor) -> "DiagCirculantPatch":
+        """The same operator with ``A_dagger`` returning ``x_start`` (tensors shared, not copied)."""
+        return DiagCirculantPatch(self.mask, self.lam, self.scaling, self.variant, self.offset, self.complex_images,
+                                  self.grid, x_start)
+
+    def A_dagger(self, b: torch.Tensor, **kwargs) -> torch.Tensor:
+        """The start point set by :meth:`with_start` (the patch problem's initial estimate)."""
+        if self.x_start is None:
+            raise ValueError("this patch operator has no start point: build it with with_start(x_start)")
+        return self.x_start
+
+    def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        raise NotImplementedError("the normal-operator patch physics has no forward operator A (only H = A^T A)")
+
+    def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
+        raise NotImplementedError("the normal-operator patch physics has no A^T (only H = A^T A)")

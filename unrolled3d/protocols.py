@@ -1,0 +1,160 @@
+"""The interfaces the layers of unrolled3d declare to each other.
+
+A physics, a patch operator or a model need not inherit from anything here: these are
+:class:`typing.Protocol` classes, checked with ``isinstance`` at run time (structurally: by the
+methods present), so deepinv's own classes and third-party ones take part when they offer the
+methods. They say what each layer may rely on:
+
+* :class:`Restrictable`, :class:`PatchStartPoint` and :class:`Fingerprinted`, together
+  :class:`PartitionablePhysics`: what a physics offers to be partitioned cheaply. Without
+  ``restrict`` the partitioned reconstructor falls back to a zero-padded full-volume operator
+  (:class:`unrolled3d.physics.ZeroPaddedPatchPhysics`), without ``A_dagger_patch`` to the crop
+  of the full ``A_dagger``; without ``fingerprint`` a saved normal-operator approximation
+  cannot check that it belongs to the acquisition.
+* :class:`NormalEquationPhysics`: a problem given as the normal equation ``H x = b`` instead
+  of ``A x = y`` (the patch problem of the normal-operator approximation): the unrolled
+  network's data step is ``data_gradient(x, b) = H x - b``.
+* :class:`ImageKind`: a physics that declares whether its images are complex (MRI: ``(B, 2, ...)``
+  real and imaginary channels), which selects the complex form of the approximation ``H``.
+* :class:`PatchTrainable`: a model trained with the partitioned loss ``L_PART``.
+
+Examples
+--------
+>>> from unrolled3d.physics import ConeBeamCT
+>>> from unrolled3d.protocols import PartitionablePhysics
+>>> issubclass(ConeBeamCT, PartitionablePhysics)
+True
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import torch
+
+__all__ = [
+    "Restrictable", "PatchStartPoint", "Fingerprinted", "PartitionablePhysics", "NormalEquationPhysics",
+    "ImageKind", "PatchTrainable",
+]
+
+
+@runtime_checkable
+class Restrictable(Protocol):
+    """A physics whose patch operator ``A S^T`` it builds itself.
+
+    Examples
+    --------
+    >>> from unrolled3d.protocols import Restrictable
+    >>> from unrolled3d.mri import MultiCoilMRI3D
+    >>> issubclass(MultiCoilMRI3D, Restrictable)
+    True
+    """
+
+    def restrict(self, offset: Sequence[int], shape: Sequence[int]) -> Any:
+        """The operator ``A S^T`` of the sub-volume ``[offset, offset + shape)`` (a deepinv
+        ``LinearPhysics`` acting on ``[B, C, *shape]``), whose cost should grow with the patch."""
+        ...
+
+
+@runtime_checkable
+class PatchStartPoint(Protocol):
+    """A physics that computes ``S A^dagger(y)`` (the start point on a patch) without forming
+    the whole volume.
+
+    Examples
+    --------
+    >>> from unrolled3d.protocols import PatchStartPoint
+    >>> from unrolled3d.physics import ConeBeamCT
+    >>> issubclass(ConeBeamCT, PatchStartPoint)
+    True
+    """
+
+    def A_dagger_patch(self, y: torch.Tensor, offset: Sequence[int], shape: Sequence[int]) -> torch.Tensor:
+        """``A_dagger(y)`` restricted to the patch, ``[B, C, *shape]``."""
+        ...
+
+
+@runtime_checkable
+class Fingerprinted(Protocol):
+    """A physics that can name its acquisition with a short stable hash.
+
+    Examples
+    --------
+    >>> from unrolled3d.protocols import Fingerprinted
+    >>> from unrolled3d.physics import ConeBeamCT
+    >>> issubclass(ConeBeamCT, Fingerprinted)
+    True
+    """
+
+    def fingerprint(self) -> str:
+        """A short hash of everything that defines the operator (geometry, sampling, coil maps)."""
+        ...
+
+
+@runtime_checkable
+class PartitionablePhysics(Restrictable, PatchStartPoint, Fingerprinted, Protocol):
+    """Everything a physics offers to be partitioned cheaply: ``restrict``, ``A_dagger_patch``
+    and ``fingerprint`` (see the module docstring for the fallbacks).
+
+    Examples
+    --------
+    >>> from unrolled3d.protocols import PartitionablePhysics
+    >>> from unrolled3d.mri import MultiCoilMRI3D
+    >>> issubclass(MultiCoilMRI3D, PartitionablePhysics)
+    True
+    """
+
+
+@runtime_checkable
+class NormalEquationPhysics(Protocol):
+    """A problem in normal-equation form ``H x = b``: the measurement handed to a reconstructor
+    is ``b`` (for a patch, ``S A^T y_p``), ``H`` stands for ``A^T A``.
+
+    Examples
+    --------
+    >>> from unrolled3d.protocols import NormalEquationPhysics
+    >>> from unrolled3d.normal import DiagCirculantPatch
+    >>> issubclass(DiagCirculantPatch, NormalEquationPhysics)
+    True
+    """
+
+    def A_adjoint_A(self, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """``H x``."""
+        ...
+
+    def data_gradient(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Gradient of the data term in ``x``: ``H x - b``."""
+        ...
+
+
+@runtime_checkable
+class ImageKind(Protocol):
+    """A physics that declares whether it acts on complex images ``(B, 2, ...)`` (real, imaginary
+    channels) or real ones (a data attribute: check it with ``isinstance``, not ``issubclass``).
+
+    Examples
+    --------
+    >>> from unrolled3d.protocols import ImageKind
+    >>> from unrolled3d.mri import MultiCoilMRI3D
+    >>> MultiCoilMRI3D.complex_images
+    True
+    """
+
+    complex_images: bool
+
+
+@runtime_checkable
+class PatchTrainable(Protocol):
+    """A model trained with the partitioned loss ``L_PART`` (one random patch per volume).
+
+    Examples
+    --------
+    >>> from unrolled3d.protocols import PatchTrainable
+    >>> from unrolled3d.partition import PartitionedReconstructor
+    >>> issubclass(PartitionedReconstructor, PatchTrainable)
+    True
+    """
+
+    def training_loss(self, y: torch.Tensor, physics: Any, x_true: torch.Tensor,
+                      generator: torch.Generator | None = None, **kwargs: Any) -> torch.Tensor:
+        """The loss of one training step on the measurements ``y`` of ``x_true``."""
+        ...

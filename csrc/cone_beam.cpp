@@ -2,18 +2,20 @@
 //
 // One forward projector (a gather along each ray) and three backprojectors that all visit
 // exactly the forward's (voxel, weight) pairs, so each is the transpose of the forward to rounding:
-//   "scatter" every thread owns a z-slab of the volume and re-traces every ray, clipped to its slab.
-//   "tile"    (CPU default) views are processed one at a time: the view's rays are set up once in a
-//             table (JosephLine per pixel, in parallel), then thin z-slabs ("tiles") are handed out to
-//             threads; each tile takes the rays whose footprint reaches it and splats them into its
-//             own voxels (joseph_traverse_box). No ray is set up twice, the slab in work fits in
-//             the cache, and the load balances over many tiles.
+//   "scatter" every thread owns a z-slab of the volume and re-traces every ray, clipped to its slab
+//             (the original backprojector, kept as the reference the others are tested against).
+//   "tile"    (CPU default) views are processed one at a time: the view's rays are set up once, in
+//             parallel, into a table (JosephLine per pixel); then every thread takes the rays whose
+//             footprint reaches its own z-slab ("tile") and splats them into it with
+//             joseph_traverse_box, two planes per SSE2 instruction. Compared with "scatter": no ray
+//             set-up is repeated per thread, rays that miss a slab cost one comparison, and the
+//             value is folded into the ray weight once.
 //   "gather"  one voxel at a time, the CUDA twin's code (joseph_gather) on the host: each voxel sums
 //             the table entries of the pixels in its footprint window. Exact, deterministic and
-//             tested here, but slower on a CPU than splatting: each candidate pixel costs a full
-//             weight evaluation, where a splat shares one plane crossing among four voxels.
-// None of them uses atomics; all are deterministic for a given thread count ("tile" and "gather"
-// for any thread count: each voxel's sum runs in a fixed order).
+//             tested here, but about 10x slower than "tile" on a CPU: each candidate pixel costs a
+//             full weight evaluation (with data-dependent branches), where a splat shares one plane
+//             crossing among four voxels.
+// None of them uses atomics, so all are deterministic.
 #include "cone_beam.h"
 
 #include <ATen/Parallel.h>
@@ -260,9 +262,22 @@ void tile_kernel(const scalar_t* sino, scalar_t* vol, const double* views, int64
             any = any || vals[n] != geom_t(0);
           }
           if (!any) continue;
-          joseph_traverse_box(lines[p], vs, lo, hi, [&](int64_t idx, geom_t w) {
-            for (int64_t n = 0; n < N; ++n) vol[n * vol_numel + idx] += static_cast<scalar_t>(w * vals[n]);
-          });
+          // Several items: one traversal set-up, then each item's interior run as above.
+          const JosephLine<geom_t>& L = lines[p];
+          const int a = L.a, b = a == 2 ? 0 : a + 1, c = a == 0 ? 2 : a - 1;
+          joseph_traverse_box(
+              L, vs, lo, hi,
+              [&](int64_t idx, geom_t w) {
+                for (int64_t n = 0; n < N; ++n) vol[n * vol_numel + idx] += static_cast<scalar_t>(w * vals[n]);
+              },
+              [&](int64_t k0, int64_t k1) {
+                for (int64_t n = 0; n < N; ++n) {
+                  if (vals[n] == geom_t(0)) continue;
+                  JosephLine<geom_t> Ln = L;
+                  Ln.w *= vals[n];
+                  splat_run(vol + n * vol_numel, Ln, k0, k1, vs.stride[a], vs.stride[b], vs.stride[c]);
+                }
+              });
         }
       }  // implicit barrier: the table is rebuilt for the next view only after every tile is done
     }
@@ -300,12 +315,12 @@ void gather_kernel(const scalar_t* sino, scalar_t* vol, const double* views, int
             int64_t r0, r1, c0, c1;
             footprint_window(bound, static_cast<geom_t>(x), static_cast<geom_t>(y), static_cast<geom_t>(z), R, U, r0,
                              r1, c0, c1);
-            const int64_t X[3] = {x, y, z};
             const int64_t out = (z * H + y) * W + x;
             for (int64_t n = 0; n < N; ++n) {
               const scalar_t* sn = sv + n * det_numel;
               const double sum =
-                  joseph_gather<double>(lines.data(), X, U, r0, r1, c0, c1, [&](int64_t p) { return sn[p]; });
+                  joseph_gather<double>(lines.data(), static_cast<int32_t>(x), static_cast<int32_t>(y),
+                                        static_cast<int32_t>(z), U, r0, r1, c0, c1, [&](int64_t p) { return sn[p]; });
               vol[n * vol_numel + out] += static_cast<scalar_t>(sum);
             }
           }
@@ -327,6 +342,7 @@ at::Tensor cone_project_cpu(const at::Tensor& volume, const at::Tensor& views, a
   const at::Tensor vw = views.contiguous();
   const int64_t B = vol.size(0), C = vol.size(1), D = vol.size(2), H = vol.size(3), W = vol.size(4);
   const int64_t V = vw.size(0);
+  check_extents(D, H, W, rows, cols);
   at::Tensor sino = at::empty({B, C, V, rows, cols}, vol.options());
   const auto vs = make_index_space<geom_t>(D, H, W, geom);
   AT_DISPATCH_FLOATING_TYPES(vol.scalar_type(), "cone_project_cpu", [&] {
@@ -348,6 +364,7 @@ at::Tensor cone_backproject_algo_cpu(const at::Tensor& sino, const at::Tensor& v
   TORCH_CHECK(s.size(2) == vw.size(0), "unrolled3d: sinogram has ", s.size(2), " views, geometry has ",
               vw.size(0));
   const int64_t B = s.size(0), C = s.size(1), V = s.size(2), R = s.size(3), U = s.size(4);
+  check_extents(depth, height, width, R, U);
   at::Tensor vol = at::zeros({B, C, depth, height, width}, s.options());
   if (s.numel() == 0) return vol;
   const auto vs = make_index_space<geom_t>(depth, height, width, geom);

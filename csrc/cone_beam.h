@@ -487,30 +487,33 @@ U3D_HD void footprint_window(const FootprintBound<T>& f, T x, T y, T z, int64_t 
   r0 = 0; r1 = rows - 1; c0 = 0; c1 = cols - 1;
 }
 
-// The weight joseph_traverse gives voxel (x, y, z) = X in the line L, or 0 when it gives none.
+// The weight joseph_traverse gives voxel (x, y, z) in the line L, or 0 when it gives none.
+// Voxel coordinates are 32-bit like k_first / k_last (one axis never reaches 2^31 voxels), and
+// they are picked with selects, not by indexing an array with L.a: on a GPU both 64-bit integer
+// arithmetic and a dynamically indexed array (local memory) would cost.
 template <typename T>
-U3D_HD T joseph_weight(const JosephLine<T>& L, const int64_t X[3]) {
+U3D_HD T joseph_weight(const JosephLine<T>& L, int32_t x, int32_t y, int32_t z) {
   const int a = L.a;
   if (a < 0) return T(0);
-  const int64_t k = X[a];
+  const int32_t k = a == 0 ? x : (a == 1 ? y : z);
   if (k < L.k_first || k > L.k_last) return T(0);
-  const int b = a == 2 ? 0 : a + 1, c = a == 0 ? 2 : a - 1;
-  const T tb = T(1) - fabs(L.qb0 + static_cast<T>(k) * L.db - static_cast<T>(X[b]));
+  const int32_t jb = a == 0 ? y : (a == 1 ? z : x), jc = a == 0 ? z : (a == 1 ? x : y);
+  const T tb = T(1) - fabs(L.qb0 + static_cast<T>(k) * L.db - static_cast<T>(jb));
   if (!(tb > T(0))) return T(0);
-  const T tc = T(1) - fabs(L.qc0 + static_cast<T>(k) * L.dc - static_cast<T>(X[c]));
+  const T tc = T(1) - fabs(L.qc0 + static_cast<T>(k) * L.dc - static_cast<T>(jc));
   if (!(tc > T(0))) return T(0);
   return L.w * tb * tc;  // same association as joseph_traverse: (w * tb) * tc
 }
 
 // Gather for one voxel and one view: sum over the window of weight * value(p), p = r * cols + c.
 template <typename Acc, typename T, typename Value>
-U3D_HD Acc joseph_gather(const JosephLine<T>* lines, const int64_t X[3], int64_t cols, int64_t r0, int64_t r1,
-                         int64_t c0, int64_t c1, Value&& value) {
+U3D_HD Acc joseph_gather(const JosephLine<T>* lines, int32_t x, int32_t y, int32_t z, int64_t cols, int64_t r0,
+                         int64_t r1, int64_t c0, int64_t c1, Value&& value) {
   Acc acc = Acc(0);
   for (int64_t r = r0; r <= r1; ++r)
     for (int64_t c = c0; c <= c1; ++c) {
       const int64_t p = r * cols + c;
-      const T w = joseph_weight(lines[p], X);
+      const T w = joseph_weight(lines[p], x, y, z);
       if (w != T(0)) acc += static_cast<Acc>(w) * static_cast<Acc>(value(p));
     }
   return acc;
@@ -570,6 +573,13 @@ inline VolumeGeom check_vol_geom(at::ArrayRef<double> vol_geom) {
   for (int i = 0; i < 6; ++i) g.g[i] = vol_geom[i];
   for (int i = 0; i < 3; ++i) TORCH_CHECK(g.g[i] > 0.0, "unrolled3d: voxel sizes must be positive");
   return g;
+}
+// Plane indices (JosephLine::k_first / k_last) and the gather's voxel and pixel coordinates are
+// 32-bit: every axis of the volume and of the detector must stay below 2^31.
+inline void check_extents(int64_t depth, int64_t height, int64_t width, int64_t rows, int64_t cols) {
+  constexpr int64_t kMax = (int64_t(1) << 31) - 1;
+  TORCH_CHECK(depth <= kMax && height <= kMax && width <= kMax && rows <= kMax && cols <= kMax,
+              "unrolled3d: every volume and detector axis must be below 2^31");
 }
 inline void check_views(const at::Tensor& views, const at::Tensor& data) {
   TORCH_CHECK(views.dim() == 2 && views.size(1) == 12, "unrolled3d: views must have shape (V, 12), got ",

@@ -129,8 +129,9 @@ __global__ void gather_kernel(const scalar_t* __restrict__ sino, scalar_t* __res
   if (x >= W || y >= H) return;
   const int items = static_cast<int>(N - n0 < kGatherItems ? N - n0 : kGatherItems);
   const int64_t P = R * U, det_numel = V * P, vol_numel = D * H * W;
-  const int64_t X[3] = {x, y, z};
-  geom_t acc[kGatherItems];
+  const int32_t xi = static_cast<int32_t>(x), yi = static_cast<int32_t>(y), zi = static_cast<int32_t>(z);
+  geom_t acc[kGatherItems];  // fully unrolled loops below keep it in registers
+#pragma unroll
   for (int j = 0; j < kGatherItems; ++j) acc[j] = geom_t(0);
   for (int64_t i = 0; i < nv; ++i) {
     int64_t r0, r1, c0, c1;
@@ -138,16 +139,20 @@ __global__ void gather_kernel(const scalar_t* __restrict__ sino, scalar_t* __res
                      c0, c1);
     const JosephLine<geom_t>* Li = lines + i * P;
     const scalar_t* si = sino + n0 * det_numel + (v0 + i) * P;
-    for (int64_t r = r0; r <= r1; ++r)
-      for (int64_t c = c0; c <= c1; ++c) {
-        const int64_t p = r * U + c;
-        const geom_t w = joseph_weight(Li[p], X);
+    for (int r = static_cast<int>(r0); r <= static_cast<int>(r1); ++r)
+      for (int c = static_cast<int>(c0); c <= static_cast<int>(c1); ++c) {
+        const int64_t p = static_cast<int64_t>(r) * U + c;
+        const geom_t w = joseph_weight(Li[p], xi, yi, zi);
         if (w == geom_t(0)) continue;
-        for (int j = 0; j < items; ++j) acc[j] += w * static_cast<geom_t>(__ldg(si + j * det_numel + p));
+#pragma unroll
+        for (int j = 0; j < kGatherItems; ++j)
+          if (j < items) acc[j] += w * static_cast<geom_t>(__ldg(si + j * det_numel + p));
       }
   }
   const int64_t out = (z * H + y) * W + x;
-  for (int j = 0; j < items; ++j) vol[(n0 + j) * vol_numel + out] += static_cast<scalar_t>(acc[j]);
+#pragma unroll
+  for (int j = 0; j < kGatherItems; ++j)
+    if (j < items) vol[(n0 + j) * vol_numel + out] += static_cast<scalar_t>(acc[j]);
 }
 
 dim3 grid_for(int64_t det_numel, int64_t N) {
@@ -168,6 +173,7 @@ at::Tensor cone_project_cuda(const at::Tensor& volume, const at::Tensor& views, 
   const at::Tensor vw = views.contiguous();
   const int64_t B = vol.size(0), C = vol.size(1), D = vol.size(2), H = vol.size(3), W = vol.size(4);
   const int64_t V = vw.size(0);
+  check_extents(D, H, W, rows, cols);
   at::Tensor sino = at::empty({B, C, V, rows, cols}, vol.options());
   const int64_t det_numel = V * rows * cols;
   if (sino.numel() == 0) return sino;
@@ -197,6 +203,7 @@ at::Tensor cone_backproject_algo_cuda(const at::Tensor& sino, const at::Tensor& 
   TORCH_CHECK(s.size(2) == vw.size(0), "unrolled3d: sinogram has ", s.size(2), " views, geometry has ",
               vw.size(0));
   const int64_t B = s.size(0), C = s.size(1), V = s.size(2), R = s.size(3), U = s.size(4);
+  check_extents(depth, height, width, R, U);
   at::Tensor vol = at::zeros({B, C, depth, height, width}, s.options());
   const int64_t det_numel = V * R * U;
   if (s.numel() == 0) return vol;

@@ -399,7 +399,9 @@ U3D_HD bool make_view_projection(const double* view, int64_t rows, int64_t cols,
   const double det = D0[0] * c0[0] + D0[1] * c0[1] + D0[2] * c0[2];
   const double scale = sqrt((D0[0] * D0[0] + D0[1] * D0[1] + D0[2] * D0[2]) *
                             (c0[0] * c0[0] + c0[1] * c0[1] + c0[2] * c0[2]));
-  if (!(fabs(det) > 1e-12 * scale)) return false;
+  // Nearly dependent vectors make the inverse ill-conditioned (errors ~ eps / |cos|): below
+  // |cos(D0, u x v)| = 1e-6 the bound could be off by more than footprint_window's margin.
+  if (!(fabs(det) > 1e-6 * scale)) return false;
   const double hc = 0.5 * static_cast<double>(cols - 1), hr = 0.5 * static_cast<double>(rows - 1);
   double den[3], col[3], row[3];
   for (int a = 0; a < 3; ++a) {
@@ -459,11 +461,14 @@ U3D_HD FootprintBound<T> make_footprint_bound(const ViewProjection<T>& p, bool o
 // Pixel window [r0, r1] x [c0, c1] (inclusive, clipped to the detector, empty when r0 > r1 or
 // c0 > c1) that holds every pixel whose line can weigh voxel (x, y, z). Conservative: the bound
 // of a ratio over a box is taken over the corners of (numerator, denominator) intervals, and the
-// window is widened by `margin` pixels against rounding (the membership test is exact anyway).
+// window is widened against rounding (the membership test is exact anyway; a wider window only
+// costs candidates). The rounding to cover is that of the lines (q in float32 carries ~1e-7 of
+// the source distance in voxels, ~1e-4 voxel) and of the projection: the margin is 1e-2 pixel
+// plus 1e-3 of the window in float32, 1e-6 pixel plus 1e-9 of the window in float64.
 template <typename T>
 U3D_HD void footprint_window(const FootprintBound<T>& f, T x, T y, T z, int64_t rows, int64_t cols, int64_t& r0,
                              int64_t& r1, int64_t& c0, int64_t& c1) {
-  const T margin = sizeof(T) == 4 ? T(1e-2) : T(1e-6);
+  const T m0 = sizeof(T) == 4 ? T(1e-2) : T(1e-6), m1 = sizeof(T) == 4 ? T(1e-3) : T(1e-9);
   if (!f.full) {
     const T den = f.p.den_c[0] * x + f.p.den_c[1] * y + f.p.den_c[2] * z + f.p.den_c[3];
     const T dlo = den - f.rden, dhi = den + f.rden;
@@ -473,8 +478,11 @@ U3D_HD void footprint_window(const FootprintBound<T>& f, T x, T y, T z, int64_t 
       const T nr = f.p.row_c[0] * x + f.p.row_c[1] * y + f.p.row_c[2] * z + f.p.row_c[3];
       const T ca = (nc - f.rcol) * i1, cb = (nc - f.rcol) * i2, cc = (nc + f.rcol) * i1, cd = (nc + f.rcol) * i2;
       const T ra = (nr - f.rrow) * i1, rb = (nr - f.rrow) * i2, rc = (nr + f.rrow) * i1, rd = (nr + f.rrow) * i2;
-      T clo = min_(min_(ca, cb), min_(cc, cd)) - margin, chi = max_(max_(ca, cb), max_(cc, cd)) + margin;
-      T rlo = min_(min_(ra, rb), min_(rc, rd)) - margin, rhi = max_(max_(ra, rb), max_(rc, rd)) + margin;
+      T clo = min_(min_(ca, cb), min_(cc, cd)), chi = max_(max_(ca, cb), max_(cc, cd));
+      T rlo = min_(min_(ra, rb), min_(rc, rd)), rhi = max_(max_(ra, rb), max_(rc, rd));
+      const T mc = m0 + m1 * (chi - clo), mr = m0 + m1 * (rhi - rlo);
+      clo -= mc; chi += mc;
+      rlo -= mr; rhi += mr;
       // Clip in floating point before converting (the bounds can be huge near the source plane).
       clo = max_(clo, T(0)); chi = min_(chi, static_cast<T>(cols - 1));
       rlo = max_(rlo, T(0)); rhi = min_(rhi, static_cast<T>(rows - 1));

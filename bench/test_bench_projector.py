@@ -98,20 +98,37 @@ def _peer_call(proc, direction):
 
 
 # ----------------------------------------------------------------------------- CPU
-# Every implementation of one (size, threads) runs back to back, the mbirjax peer included, so
-# that the load of a shared machine drifts as little as possible between the figures compared.
-CPU_IMPLS = ["cpp", "cpp_scatter", "cpp_gather", "torch_twin", "mbirjax"]
+@pytest.mark.parametrize("n", [64, 128])
+@pytest.mark.parametrize("impl", ["cpp", "torch_twin"])
+@pytest.mark.parametrize("direction", ["forward", "back"])
+def test_cpu_projector(benchmark, direction, impl, n):
+    """The default CPU pair vs the PyTorch twin, at the default thread count."""
+    x, g = _inputs(direction, n)
+    op = OPS[(direction, impl)]
+    rounds = 3 if impl == "cpp" else 1
+    benchmark.group = f"cpu-{direction}-{n}"
+    benchmark.pedantic(op, args=(x, g), rounds=rounds, iterations=1, warmup_rounds=1 if impl == "cpp" else 0)
+    benchmark.extra_info.update(size=n, n_views=n, device="cpu", impl=impl, direction=direction,
+                                threads=torch.get_num_threads())
+    benchmark.extra_info["gups"] = n**3 * n / benchmark.stats.stats.min / 1e9
+    if impl == "cpp":
+        mem = cpu_peak(functools.partial(_make_inputs, direction, n), op)
+        benchmark.extra_info.update({f"mem_{k}": v for k, v in mem.items()})
+
+
+# Every backprojection algorithm and the mbirjax peer, at 1 and 2 threads. All implementations of
+# one (size, threads) run back to back, so that the load of a shared machine drifts as little as
+# possible between the figures compared.
+ALGO_IMPLS = ["cpp", "cpp_scatter", "cpp_gather", "mbirjax"]
 
 
 @pytest.mark.parametrize("direction", ["forward", "back"])
-@pytest.mark.parametrize("impl", CPU_IMPLS)
+@pytest.mark.parametrize("impl", ALGO_IMPLS)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("n", [64, 128])
-def test_cpu_projector(benchmark, direction, impl, threads, n):
+def test_cpu_algorithms(benchmark, direction, impl, threads, n):
     if impl != "mbirjax" and (direction, impl) not in OPS:
         pytest.skip(f"{impl} is a backprojection algorithm")
-    if impl == "torch_twin" and threads != 1:
-        pytest.skip("the PyTorch twin is a baseline: one thread count is enough")
     if threads > (os.cpu_count() or 1):
         pytest.skip(f"{threads} threads but {os.cpu_count()} CPUs")
     benchmark.group = f"cpu-{direction}-{n}-{threads}t"
@@ -124,18 +141,17 @@ def test_cpu_projector(benchmark, direction, impl, threads, n):
     else:
         x, g = _inputs(direction, n)
         op = OPS[(direction, impl)]
-        slow = impl == "torch_twin" or (impl == "cpp_gather" and n > 64)
+        slow = impl == "cpp_gather" and n > 64
         old = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            benchmark.pedantic(op, args=(x, g), rounds=1 if impl == "torch_twin" else 2 if slow else 3,
-                               iterations=1, warmup_rounds=0 if slow else 1)
+            benchmark.pedantic(op, args=(x, g), rounds=2 if slow else 3, iterations=1, warmup_rounds=0 if slow else 1)
         finally:
             torch.set_num_threads(old)
-        if impl in ALGORITHM and direction == "back":
+        if direction == "back":
             benchmark.extra_info["algorithm"] = ALGORITHM[impl]
         # memory once per implementation (a fresh process, default threads): not per thread count
-        if impl.startswith("cpp") and threads == 1:
+        if threads == 1:
             mem = cpu_peak(functools.partial(_make_inputs, direction, n), op)
             benchmark.extra_info.update({f"mem_{k}": v for k, v in mem.items()})
     benchmark.extra_info["gups"] = n**3 * n / benchmark.stats.stats.min / 1e9

@@ -176,40 +176,41 @@ void scatter_kernel(const scalar_t* sino, scalar_t* vol, const double* views, in
   }
 }
 
-// ----------------------------------------------------------------------------- per-view tables
-// The view's JosephLine per pixel, p = r * U + c, built by the calling team (omp for), and the
-// range of z (index) its footprint can reach: [zlo, zhi] (empty when zlo > zhi; skipped when zlo is
-// null). Returns through
-// `axes` the driving axes present (bit a), OR-ed over the team.
-inline void build_lines(const double* view, int64_t R, int64_t U, const VolumeIndexSpace<geom_t>& vs,
-                        JosephLine<geom_t>* lines, float* zlo, float* zhi, int* axes) {
-  int mask = 0;
-#pragma omp for schedule(static)
-  for (int64_t p = 0; p < R * U; ++p) {
-    const JosephLine<geom_t> L = joseph_line(make_ray<geom_t>(view, p / U, p % U, R, U, vs), vs);
-    lines[p] = L;
-    if (L.a >= 0) mask |= 1 << L.a;
-    if (zlo == nullptr) continue;
-    if (L.a < 0) {
-      zlo[p] = 1.0f;
-      zhi[p] = 0.0f;
-      continue;
-    }
-    double z1, z2;
-    if (L.a == 2) {
-      z1 = L.k_first;
-      z2 = L.k_last;
-    } else {  // z is axis c of an x-driven ray, axis b of a y-driven ray
-      const double q0 = L.a == 1 ? L.qb0 : L.qc0, dq = L.a == 1 ? L.db : L.dc;
-      z1 = q0 + static_cast<double>(L.k_first) * dq;
-      z2 = q0 + static_cast<double>(L.k_last) * dq;
-    }
-    // The footprint reaches voxels floor(z) and floor(z) + 1; one voxel of slack against rounding.
-    zlo[p] = static_cast<float>(std::floor(std::min(z1, z2)) - 1.0);
-    zhi[p] = static_cast<float>(std::ceil(std::max(z1, z2)) + 1.0);
+// ----------------------------------------------------------------------------- slab rows
+// Detector rows [r0, r1] holding every pixel whose ray can weigh a voxel of the z-slab [z0, z1) of
+// `vs`: such a ray passes within one voxel of a slab voxel, i.e. through the open box
+// (-1, W) x (-1, H) x (z0 - 1, z1) in index space, whose central projection is the convex hull
+// of its eight projected corners when the box does not reach the source plane (den of one sign);
+// otherwise every row. Widened by a row against rounding (pairs are selected exactly later).
+inline void slab_rows(const double* view, int64_t R, int64_t U, const VolumeIndexSpace<geom_t>& vs, int64_t z0,
+                      int64_t z1, int64_t& r0, int64_t& r1) {
+  r0 = 0;
+  r1 = R - 1;
+  ViewProjection<double> P;
+  if (!make_view_projection(view, R, U, vs, &P)) return;
+  const double xs[2] = {-1.0, static_cast<double>(vs.n[0])}, ys[2] = {-1.0, static_cast<double>(vs.n[1])};
+  const double zs[2] = {static_cast<double>(z0) - 1.0, static_cast<double>(z1)};
+  double lo = 0.0, hi = 0.0;
+  int sign = 0;
+  for (int i = 0; i < 8; ++i) {
+    const double x = xs[i & 1], y = ys[(i >> 1) & 1], z = zs[i >> 2];
+    const double den = P.den_c[0] * x + P.den_c[1] * y + P.den_c[2] * z + P.den_c[3];
+    const int sg = den > 0.0 ? 1 : (den < 0.0 ? -1 : 0);
+    if (sg == 0 || (sign != 0 && sg != sign)) return;  // the box reaches the source plane
+    sign = sg;
+    const double row = (P.row_c[0] * x + P.row_c[1] * y + P.row_c[2] * z + P.row_c[3]) / den;
+    if (i == 0 || row < lo) lo = row;
+    if (i == 0 || row > hi) hi = row;
   }
-#pragma omp atomic
-  *axes |= mask;
+  lo = std::max(lo - 1.0, 0.0);
+  hi = std::min(hi + 1.0, static_cast<double>(R - 1));
+  if (lo > hi) {
+    r0 = 0;
+    r1 = -1;
+    return;
+  }
+  r0 = static_cast<int64_t>(std::ceil(lo));
+  r1 = static_cast<int64_t>(std::floor(hi));
 }
 
 // ----------------------------------------------------------------------------- "tile"
@@ -284,51 +285,47 @@ void tile_kernel(const scalar_t* sino, scalar_t* vol, const double* views, int64
                  int64_t U, const VolumeIndexSpace<geom_t>& vs) {
   const int64_t W = vs.n[0], H = vs.n[1], D = vs.n[2];
   const int64_t vol_numel = W * H * D, det_numel = V * R * U, P = R * U;
-  std::vector<JosephLine<geom_t>> lines(P);
-  std::vector<float> zlo(P), zhi(P);
-  int axes = 0;
-  // Tiles: one z-slab per thread. Measured at 128^3 on one thread, every extra tile costs about
-  // 1.5 %: the rays whose footprint straddles a tile boundary are set up twice and take the
-  // bounds-checked path on both sides, while the locality a thinner tile buys is worth nothing
-  // here (splatting is bound by instruction count, not memory).
-  const int64_t n_tiles = std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), D));
-  std::vector<double> vals(N);
-#pragma omp parallel firstprivate(vals)
+  // One z-slab ("tile") per thread, and no synchronisation at all: a thread sets up only the rays
+  // of the detector rows that can reach its slab (slab_rows), clips them to it, and splats. A
+  // barrier per view (a shared per-view table) was measured to stall whenever a thread is
+  // descheduled on a busy machine (64^3, 2 threads on 2 shared cores: 8x slower than 1 thread).
+  // More tiles than threads only cost: every extra tile boundary sets up its straddling rays twice
+  // and takes them through the bounds-checked path on both sides (~1.5 % each at 128^3).
+#pragma omp parallel
   {
-    for (int64_t v = 0; v < V; ++v) {
-      build_lines(views + 12 * v, R, U, vs, lines.data(), zlo.data(), zhi.data(), &axes);  // ends in a barrier
-#pragma omp for schedule(static)
-      for (int64_t t = 0; t < n_tiles; ++t) {
-        const int64_t z0 = D * t / n_tiles, z1 = D * (t + 1) / n_tiles;
-        const int64_t lo[3] = {0, 0, z0}, hi[3] = {W, H, z1};
-        const float fz0 = static_cast<float>(z0), fz1 = static_cast<float>(z1);
-        for (int64_t p = 0; p < P; ++p) {
-          if (zhi[p] < fz0 || zlo[p] >= fz1) continue;  // footprint misses the tile (or no ray)
-          const int64_t in = v * P + p;
+    const int64_t T = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t z0 = D * t / T, z1 = D * (t + 1) / T;
+    const int64_t lo[3] = {0, 0, z0}, hi[3] = {W, H, z1};
+    std::vector<double> vals(N);
+    for (int64_t v = 0; z1 > z0 && v < V; ++v) {
+      const double* view = views + 12 * v;
+      int64_t r0, r1;
+      slab_rows(view, R, U, vs, z0, z1, r0, r1);
+      for (int64_t r = r0; r <= r1; ++r) {
+        for (int64_t c = 0; c < U; ++c) {
+          const int64_t in = v * P + r * U + c;
+          bool any = false;
+          for (int64_t n = 0; n < N; ++n) {
+            vals[n] = static_cast<double>(sino[n * det_numel + in]);
+            any = any || vals[n] != 0.0;
+          }
+          if (!any) continue;
+          const JosephLine<geom_t> L = joseph_line(make_ray<geom_t>(view, r, c, R, U, vs), vs);
+          if (L.a < 0) continue;
+          const int a = L.a, b = a == 2 ? 0 : a + 1, cc = a == 0 ? 2 : a - 1;
           if (N == 1) {
-            const geom_t val = static_cast<geom_t>(sino[in]);
-            if (val == geom_t(0)) continue;
             // The value is folded into w once per ray: one product per pair fewer than
             // w * val per pair, equal to rounding.
-            JosephLine<geom_t> L = lines[p];
-            L.w *= val;
-            const int a = L.a, b = a == 2 ? 0 : a + 1, c = a == 0 ? 2 : a - 1;
+            JosephLine<geom_t> Lv = L;
+            Lv.w *= vals[0];
             joseph_traverse_box(
-                L, vs, lo, hi, [&](int64_t idx, geom_t w) { vol[idx] += static_cast<scalar_t>(w); },
+                Lv, vs, lo, hi, [&](int64_t idx, geom_t w) { vol[idx] += static_cast<scalar_t>(w); },
                 [&](int64_t k0, int64_t k1) {
-                  splat_run(vol, L, k0, k1, vs.stride[a], vs.stride[b], vs.stride[c]);
+                  splat_run(vol, Lv, k0, k1, vs.stride[a], vs.stride[b], vs.stride[cc]);
                 });
             continue;
           }
-          bool any = false;
-          for (int64_t n = 0; n < N; ++n) {
-            vals[n] = static_cast<geom_t>(sino[n * det_numel + in]);
-            any = any || vals[n] != geom_t(0);
-          }
-          if (!any) continue;
-          // Several items: one traversal set-up, then each item's interior run as above.
-          const JosephLine<geom_t>& L = lines[p];
-          const int a = L.a, b = a == 2 ? 0 : a + 1, c = a == 0 ? 2 : a - 1;
+          // Several items: one traversal set-up, then each item's interior run through the SIMD splat.
           joseph_traverse_box(
               L, vs, lo, hi,
               [&](int64_t idx, geom_t w) {
@@ -336,14 +333,14 @@ void tile_kernel(const scalar_t* sino, scalar_t* vol, const double* views, int64
               },
               [&](int64_t k0, int64_t k1) {
                 for (int64_t n = 0; n < N; ++n) {
-                  if (vals[n] == geom_t(0)) continue;
+                  if (vals[n] == 0.0) continue;
                   JosephLine<geom_t> Ln = L;
                   Ln.w *= vals[n];
-                  splat_run(vol + n * vol_numel, Ln, k0, k1, vs.stride[a], vs.stride[b], vs.stride[c]);
+                  splat_run(vol + n * vol_numel, Ln, k0, k1, vs.stride[a], vs.stride[b], vs.stride[cc]);
                 }
               });
         }
-      }  // implicit barrier: the table is rebuilt for the next view only after every tile is done
+      }
     }
   }
 }
@@ -354,42 +351,50 @@ void gather_kernel(const scalar_t* sino, scalar_t* vol, const double* views, int
                    int64_t U, const VolumeIndexSpace<geom_t>& vs) {
   const int64_t W = vs.n[0], H = vs.n[1], D = vs.n[2];
   const int64_t vol_numel = W * H * D, det_numel = V * R * U, P = R * U;
-  std::vector<JosephLine<geom_t>> lines(P);
-  int axes = 0;
-  FootprintBound<geom_t> bound;
-  std::vector<double> acc(N);
-#pragma omp parallel firstprivate(acc)
+  // As "tile": one z-slab per thread and no synchronisation. Per view, each thread builds its own
+  // table of the lines of the rows that can reach its slab (O(R * U) memory in all), then every
+  // voxel of its slab gathers from it.
+#pragma omp parallel
   {
-    for (int64_t v = 0; v < V; ++v) {
-#pragma omp single
-      axes = 0;  // implicit barrier
-      build_lines(views + 12 * v, R, U, vs, lines.data(), nullptr, nullptr, &axes);
-#pragma omp barrier
-#pragma omp single
-      {
-        ViewProjection<geom_t> proj;
-        const bool ok = make_view_projection(views + 12 * v, R, U, vs, &proj);
-        bound = make_footprint_bound(proj, ok, axes);
-      }  // implicit barrier
-      const scalar_t* sv = sino + v * P;
-#pragma omp for collapse(2) schedule(static)
-      for (int64_t z = 0; z < D; ++z) {
-        for (int64_t y = 0; y < H; ++y) {
+    const int64_t T = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t z0 = D * t / T, z1 = D * (t + 1) / T;
+    std::vector<JosephLine<geom_t>> lines;
+    for (int64_t v = 0; z1 > z0 && v < V; ++v) {
+      const double* view = views + 12 * v;
+      int64_t r0, r1;
+      slab_rows(view, R, U, vs, z0, z1, r0, r1);
+      if (r0 > r1) continue;
+      lines.resize((r1 - r0 + 1) * U);
+      int axes = 0;
+      for (int64_t r = r0; r <= r1; ++r)
+        for (int64_t c = 0; c < U; ++c) {
+          const JosephLine<geom_t> L = joseph_line(make_ray<geom_t>(view, r, c, R, U, vs), vs);
+          lines[(r - r0) * U + c] = L;
+          if (L.a >= 0) axes |= 1 << L.a;
+        }
+      ViewProjection<geom_t> proj;
+      const bool ok = make_view_projection(view, R, U, vs, &proj);
+      const FootprintBound<geom_t> bound = make_footprint_bound(proj, ok, axes);
+      const scalar_t* sv = sino + v * P + r0 * U;  // row r0 first, as in the table
+      for (int64_t z = z0; z < z1; ++z)
+        for (int64_t y = 0; y < H; ++y)
           for (int64_t x = 0; x < W; ++x) {
-            int64_t r0, r1, c0, c1;
-            footprint_window(bound, static_cast<geom_t>(x), static_cast<geom_t>(y), static_cast<geom_t>(z), R, U, r0,
-                             r1, c0, c1);
+            int64_t wr0, wr1, c0, c1;
+            footprint_window(bound, static_cast<geom_t>(x), static_cast<geom_t>(y), static_cast<geom_t>(z), R, U,
+                             wr0, wr1, c0, c1);
+            // Rows outside [r0, r1] cannot weigh this slab (slab_rows) and have no table entry;
+            // the table and `sv` count rows from r0.
+            wr0 = std::max(wr0, r0) - r0;
+            wr1 = std::min(wr1, r1) - r0;
             const int64_t out = (z * H + y) * W + x;
             for (int64_t n = 0; n < N; ++n) {
               const scalar_t* sn = sv + n * det_numel;
-              const double sum =
-                  joseph_gather<double>(lines.data(), static_cast<int32_t>(x), static_cast<int32_t>(y),
-                                        static_cast<int32_t>(z), U, r0, r1, c0, c1, [&](int64_t p) { return sn[p]; });
+              const double sum = joseph_gather<double>(lines.data(), static_cast<int32_t>(x), static_cast<int32_t>(y),
+                                                       static_cast<int32_t>(z), U, wr0, wr1, c0, c1,
+                                                       [&](int64_t p) { return sn[p]; });
               vol[n * vol_numel + out] += static_cast<scalar_t>(sum);
             }
           }
-        }
-      }  // implicit barrier before the next view's table
     }
   }
 }

@@ -4,16 +4,15 @@
 // exactly the forward's (voxel, weight) pairs, so each is the transpose of the forward to rounding:
 //   "scatter" every thread owns a z-slab of the volume and re-traces every ray, clipped to its slab
 //             (the original backprojector, kept as the reference the others are tested against).
-//   "tile"    (CPU default) views are processed one at a time: the view's rays are set up once, in
-//             parallel, into a table (JosephLine per pixel); then every thread takes the rays whose
-//             footprint reaches its own z-slab ("tile") and splats them into it with
-//             joseph_traverse_box, two planes per SSE2 instruction. Compared with "scatter": no ray
-//             set-up is repeated per thread, rays that miss a slab cost one comparison, and the
-//             value is folded into the ray weight once.
-//   "gather"  one voxel at a time, the CUDA twin's code (joseph_gather) on the host: each voxel sums
-//             the table entries of the pixels in its footprint window. Exact, deterministic and
-//             tested here, but about 10x slower than "tile" on a CPU: each candidate pixel costs a
-//             full weight evaluation (with data-dependent branches), where a splat shares one plane
+//   "tile"    (CPU default) every thread owns a z-slab ("tile") and, view by view, sets up only the
+//             rays of the detector rows that can reach it (slab_rows), clips each to its slab
+//             (joseph_traverse_box, with the forward's own q values) and splats it, two planes per
+//             SSE2 instruction, the value folded into the ray weight once. No synchronisation.
+//   "gather"  one voxel at a time, the CUDA twin's code (joseph_gather) on the host: per view, each
+//             thread tables the lines of the rows that reach its z-slab, then each voxel sums the
+//             table entries of the pixels in its footprint window. Exact, deterministic and tested
+//             here, but about 10x slower than "tile" on a CPU: each candidate pixel costs a full
+//             weight evaluation (with data-dependent branches), where a splat shares one plane
 //             crossing among four voxels.
 // None of them uses atomics, so all are deterministic.
 #include "cone_beam.h"

@@ -249,15 +249,16 @@ U3D_HD int64_t ceil_i64(T x) {
 
 // The pairs of joseph_traverse(L, vs, .) whose voxel lies in the box lo <= (x, y, z) < hi, with the
 // same q = q0 + k dq and the same weights; `visit` gets the linear index in the full volume. Used
-// by the CPU tile backprojector: a thread that owns the box visits exactly the box's share of the
-// ray, with no bounds checks on planes whose four neighbours are all inside the box.
+// by the CPU backprojector "tile" (a thread that owns the box visits exactly the box's share of
+// the ray) and, with the whole volume as the box, by the CPU forward projector; no bounds checks
+// on planes whose four neighbours are all inside the box.
 //
 // `run(k0, k1)` is called once with the planes k0..k1 (possibly empty) whose four neighbours are all
 // in the box, where q >= 0: it must visit, for each such plane k, voxels i00 + {0, sb, sc, sb + sc}
 // (i00 = k sa + trunc(qb) sb + trunc(qc) sc) with the weights w (1-fb)(1-fc), w fb (1-fc),
 // w (1-fb) fc, w fb fc, fb = qb - trunc(qb), fc likewise, in that order. The overload without
-// `run` does exactly that with `visit`; the CPU tile backprojector passes a two-planes-at-a-time
-// SIMD version of the same loop.
+// `run` does exactly that with `visit`; the CPU projectors pass a two-planes-at-a-time SIMD
+// version of the same loop.
 template <typename T, typename Visit, typename Run>
 U3D_HD void joseph_traverse_box(const JosephLine<T>& L, const VolumeIndexSpace<T>& vs, const int64_t lo[3],
                                 const int64_t hi[3], Visit&& visit, Run&& run) {
@@ -537,7 +538,7 @@ U3D_HD Acc joseph_gather(const JosephLine<T>* lines, int32_t x, int32_t y, int32
 //     "auto"    the device's default: "tile" on the CPU, "scatter" on CUDA (the CUDA gather kernel
 //               becomes the default once measured faster on a GPU; see bench/run_gpu.sh)
 //     "scatter" CPU: threads own z-slabs and re-trace every ray; CUDA: one thread per ray, atomicAdd
-//     "tile"    CPU only: per-view ray tables, z-tiles splat the rays that reach them
+//     "tile"    CPU only: each thread owns a z-slab and splats the rays that reach it (SIMD)
 //     "gather"  one thread per voxel sums the pixels of its footprint window (joseph_gather): no
 //               atomics, deterministic; the same code on both devices
 //   views (V, 12) float64 on the data's device; vol_geom = 6 doubles (sz, sy, sx, oz, oy, ox) in mm.

@@ -12,8 +12,8 @@ weight) pairs, so each is the transpose of :func:`cone_project` to rounding; see
 - ``"auto"``: the device's default, ``"tile"`` on the CPU and ``"scatter"`` on CUDA (what
   :func:`cone_backproject` uses);
 - ``"scatter"``: by ray; CPU threads own z-slabs and re-trace every ray, CUDA uses ``atomicAdd``;
-- ``"tile"`` (CPU only): rays set up once per view in a table, each thread splats them into its own
-  z-slab, two planes per SIMD instruction;
+- ``"tile"`` (CPU only): each thread owns a z-slab, sets up only the rays that can reach it and
+  splats them, two planes per SIMD instruction, with no synchronisation between threads;
 - ``"gather"``: by voxel; each voxel sums the pixels of its footprint window, no atomics, the same
   code on both devices (on the CPU it is slower than splatting and serves as the host twin of the
   CUDA kernel).

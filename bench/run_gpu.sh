@@ -18,8 +18,13 @@ echo "build: $(( $(date +%s) - t0 )) s"
 python3 -m unrolled3d.cli info | tee -a "$OUT/gpu.txt"
 timeout 110 python3 -m pytest -q -p no:cacheprovider tests/test_projector.py tests/test_masked_gather.py tests/test_spectral_filter.py tests/test_masked_scatter.py tests/test_fused_chain.py \
   tests/test_build.py tests/test_cone_beam.py tests/test_normal.py -k "not fit_on_cone_beam" 2>&1 | tee "$OUT/tests.log" | tail -15
+# the gather backprojector's CUDA tests (against the CPU, chunked views, determinism)
+timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_backproject_gather.py -k "cuda" 2>&1 \
+  | tee "$OUT/tests_gather.log" | tail -5
+# projector: forward, back ("cuda" = default scatter, "cuda_gather") and ASTRA at 256^3 and 512^3
 for suite in projector fused normal; do
-  timeout 100 python3 -m pytest -q -p no:cacheprovider "bench/test_bench_${suite}.py" -k "cuda" \
+  limit=100; [ "$suite" = projector ] && limit=200
+  timeout $limit python3 -m pytest -q -p no:cacheprovider "bench/test_bench_${suite}.py" -k "cuda" \
     --benchmark-json "$OUT/${suite}_cuda.json" --benchmark-columns=min,mean,rounds 2>&1 | tail -25
 done
 # partitioned vs full unrolled, memory and time of a training step (to 512^3) and of inference

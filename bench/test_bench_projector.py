@@ -1,11 +1,22 @@
-"""Projector throughput and memory: C++ CPU vs the pure-PyTorch twin; CUDA vs ASTRA.
+"""Projector throughput and memory: C++ CPU (every backprojection algorithm, 1 and 2 threads) vs the
+pure-PyTorch twin and mbirjax; CUDA (scatter and gather backprojection) vs ASTRA.
 
 Run: ``.venv/bin/python -m pytest bench/test_bench_projector.py --benchmark-json bench/results/projector.json``.
 Throughput is reported as GUPS: giga (voxel x view) updates per second = D*H*W*n_views / time.
+
+Peer on the CPU: mbirjax, run in its own interpreter (``bench/peers/mbirjax_projector.py --serve``)
+when ``U3D_MBIRJAX_PYTHON`` names one (e.g. ``/work/venv-mbirjax/bin/python``); skipped otherwise.
+Its cases time one command round trip to that process (the projection, plus a pipe round trip
+well under a millisecond), so both sides get pytest-benchmark's own timing in the same run.
 """
 from __future__ import annotations
 
+import atexit
 import functools
+import json
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +24,11 @@ import torch
 from memory import cpu_peak, cuda_peak
 from unrolled3d.geometry import ConeBeamGeometry
 from unrolled3d.ops import cone_backproject, cone_project
+from unrolled3d.ops.projector import cone_backproject_algo
 from unrolled3d.ops.projector_ref import cone_backproject_ref, cone_project_ref
 
 CUDA = torch.cuda.is_available()
+PEER_SCRIPT = Path(__file__).parent / "peers" / "mbirjax_projector.py"
 
 
 def geometry(n: int) -> ConeBeamGeometry:
@@ -24,9 +37,12 @@ def geometry(n: int) -> ConeBeamGeometry:
 
 
 OPS = {
-    ("forward", "cpp"): cone_project, ("back", "cpp"): cone_backproject,
+    ("forward", "cpp"): cone_project, ("back", "cpp"): cone_backproject,  # "cpp" back: the default ("auto" = tile)
+    ("back", "cpp_scatter"): functools.partial(cone_backproject_algo, algorithm="scatter"),
+    ("back", "cpp_gather"): functools.partial(cone_backproject_algo, algorithm="gather"),
     ("forward", "torch_twin"): cone_project_ref, ("back", "torch_twin"): cone_backproject_ref,
 }
+ALGORITHM = {"cpp": "auto (tile)", "cpp_scatter": "scatter", "cpp_gather": "gather"}
 
 
 def _inputs(direction: str, n: int, device: str = "cpu"):
@@ -39,15 +55,54 @@ def _make_inputs(direction, n):
     return _inputs(direction, n)
 
 
-def _record(benchmark, n, seconds_key="mean"):
-    benchmark.extra_info["size"] = n
-    benchmark.extra_info["n_views"] = n
+# ----------------------------------------------------------------------------- mbirjax peer
+_PEERS: dict[tuple[int, int], tuple[subprocess.Popen, dict]] = {}
 
 
+def _peer(n: int, threads: int):
+    """A running mbirjax peer for (n, threads), started (and its JAX functions compiled) once."""
+    exe = os.environ.get("U3D_MBIRJAX_PYTHON")
+    if not exe:
+        pytest.skip("set U3D_MBIRJAX_PYTHON to an interpreter with mbirjax to run the mbirjax peer")
+    if not Path(exe).exists():
+        pytest.skip(f"U3D_MBIRJAX_PYTHON={exe} does not exist")
+    if (n, threads) not in _PEERS:
+        for key in list(_PEERS):  # one peer at a time: an idle one still holds its memory
+            _stop(*_PEERS.pop(key))
+        proc = subprocess.Popen([exe, str(PEER_SCRIPT), "--serve", "--n", str(n), "--threads", str(threads)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        header = proc.stdout.readline()
+        if not header:
+            pytest.skip(f"the mbirjax peer did not start (exit code {proc.wait()})")
+        _PEERS[(n, threads)] = (proc, json.loads(header))
+    return _PEERS[(n, threads)]
+
+
+def _stop(proc, _info):
+    if proc.poll() is None:
+        proc.stdin.write("quit\n")
+        proc.stdin.flush()
+        proc.wait(timeout=60)
+
+
+atexit.register(lambda: [_stop(*p) for p in _PEERS.values()])
+
+
+def _peer_call(proc, direction):
+    proc.stdin.write(direction + "\n")
+    proc.stdin.flush()
+    answer = proc.stdout.readline().split()
+    if not answer or answer[0] != "ok":
+        raise RuntimeError(f"mbirjax peer: {answer}")
+    return float(answer[1])
+
+
+# ----------------------------------------------------------------------------- CPU
 @pytest.mark.parametrize("n", [64, 128])
 @pytest.mark.parametrize("impl", ["cpp", "torch_twin"])
 @pytest.mark.parametrize("direction", ["forward", "back"])
 def test_cpu_projector(benchmark, direction, impl, n):
+    """The default CPU pair vs the PyTorch twin, at the default thread count."""
     x, g = _inputs(direction, n)
     op = OPS[(direction, impl)]
     rounds = 3 if impl == "cpp" else 1
@@ -59,6 +114,47 @@ def test_cpu_projector(benchmark, direction, impl, n):
     if impl == "cpp":
         mem = cpu_peak(functools.partial(_make_inputs, direction, n), op)
         benchmark.extra_info.update({f"mem_{k}": v for k, v in mem.items()})
+
+
+# Every backprojection algorithm and the mbirjax peer, at 1 and 2 threads. All implementations of
+# one (size, threads) run back to back, so that the load of a shared machine drifts as little as
+# possible between the figures compared.
+ALGO_IMPLS = ["cpp", "cpp_scatter", "cpp_gather", "mbirjax"]
+
+
+@pytest.mark.parametrize("direction", ["forward", "back"])
+@pytest.mark.parametrize("impl", ALGO_IMPLS)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n", [64, 128])
+def test_cpu_algorithms(benchmark, direction, impl, threads, n):
+    if impl != "mbirjax" and (direction, impl) not in OPS:
+        pytest.skip(f"{impl} is a backprojection algorithm")
+    if threads > (os.cpu_count() or 1):
+        pytest.skip(f"{threads} threads but {os.cpu_count()} CPUs")
+    benchmark.group = f"cpu-{direction}-{n}-{threads}t"
+    benchmark.extra_info.update(size=n, n_views=n, device="cpu", impl=impl, direction=direction, threads=threads)
+    if impl == "mbirjax":
+        proc, info = _peer(n, threads)
+        # its own warm-up (JAX compilation) was done at start-up
+        benchmark.pedantic(_peer_call, args=(proc, direction), rounds=3 if n <= 64 else 2, iterations=1)
+        benchmark.extra_info.update({k: info[k] for k in ("mbirjax", "jax", "jax_devices", "ror_mask")})
+    else:
+        x, g = _inputs(direction, n)
+        op = OPS[(direction, impl)]
+        slow = impl == "cpp_gather" and n > 64
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            benchmark.pedantic(op, args=(x, g), rounds=2 if slow else 3, iterations=1, warmup_rounds=0 if slow else 1)
+        finally:
+            torch.set_num_threads(old)
+        if direction == "back":
+            benchmark.extra_info["algorithm"] = ALGORITHM[impl]
+        # memory once per implementation (a fresh process, default threads): not per thread count
+        if threads == 1:
+            mem = cpu_peak(functools.partial(_make_inputs, direction, n), op)
+            benchmark.extra_info.update({f"mem_{k}": v for k, v in mem.items()})
+    benchmark.extra_info["gups"] = n**3 * n / benchmark.stats.stats.min / 1e9
 
 
 # ----------------------------------------------------------------------------- CUDA
@@ -99,12 +195,18 @@ def _astra_ops(g: ConeBeamGeometry):
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 @pytest.mark.parametrize("n", [256, 512])
-@pytest.mark.parametrize("impl", ["cuda", "astra"])
+@pytest.mark.parametrize("impl", ["cuda", "cuda_gather", "astra"])
 @pytest.mark.parametrize("direction", ["forward", "back"])
 def test_cuda_projector(benchmark, direction, impl, n):
+    """"cuda": the default path ("auto": scatter with atomicAdd for back); "cuda_gather": the
+    gather backprojector (one thread per voxel, no atomics)."""
+    if impl == "cuda_gather" and direction == "forward":
+        pytest.skip("gather is a backprojection algorithm")
     x, g = _inputs(direction, n, "cuda")
     if impl == "cuda":
         op = cone_project if direction == "forward" else cone_backproject
+    elif impl == "cuda_gather":
+        op = functools.partial(cone_backproject_algo, algorithm="gather")
     else:
         fwd, bwd = _astra_ops(g)
         op = fwd if direction == "forward" else bwd
@@ -112,11 +214,17 @@ def test_cuda_projector(benchmark, direction, impl, n):
     benchmark.pedantic(_sync(op), args=(x, g), rounds=5, iterations=1, warmup_rounds=1)
     benchmark.extra_info.update(size=n, n_views=n, device=torch.cuda.get_device_name(), impl=impl,
                                 direction=direction)
+    if direction == "back" and impl != "astra":
+        benchmark.extra_info["algorithm"] = "auto" if impl == "cuda" else "gather"
     benchmark.extra_info["gups"] = n**3 * n / benchmark.stats.stats.min / 1e9
-    if impl == "cuda":
+    if impl != "astra":
         mem = cuda_peak(op, x, g)
         benchmark.extra_info.update({f"mem_{k}": v for k, v in mem.items()})
-    elif direction == "forward":
+    if impl == "cuda_gather":
+        # the same transpose as the default path, to float32 rounding of the summation order
+        ref = cone_backproject(x, g)
+        benchmark.extra_info["rel_diff_vs_default"] = float((op(x, g) - ref).norm() / ref.norm())
+    elif impl == "astra" and direction == "forward":
         # ASTRA is an independent implementation (texture-interpolated ray marching): its
         # projections should agree with ours to discretisation error (~1e-2), not exactly.
         ours = cone_project(x, g)[0, 0]

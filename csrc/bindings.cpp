@@ -24,25 +24,36 @@ at::Tensor cone_backproject_no_cuda(const at::Tensor&, const at::Tensor&, at::Ar
   TORCH_CHECK(false, "unrolled3d was not compiled with GPU support (see unrolled3d.backends()). "
               "Rebuild with a CUDA torch and nvcc: FORCE_CUDA=1 pip install --no-build-isolation -e .");
 }
+at::Tensor cone_backproject_algo_no_cuda(const at::Tensor&, const at::Tensor&, at::ArrayRef<double>, int64_t,
+                                         int64_t, int64_t, c10::string_view) {
+  TORCH_CHECK(false, "unrolled3d was not compiled with GPU support (see unrolled3d.backends()). "
+              "Rebuild with a CUDA torch and nvcc: FORCE_CUDA=1 pip install --no-build-isolation -e .");
+}
 #endif
 
 TORCH_LIBRARY(unrolled3d, m) {
   m.def("cone_project(Tensor volume, Tensor views, float[] vol_geom, int rows, int cols) -> Tensor");
   m.def("cone_backproject(Tensor sino, Tensor views, float[] vol_geom, int depth, int height, int width) -> Tensor");
+  // The same transpose with an explicit algorithm ("auto", "scatter", "tile" (CPU), "gather"); see cone_beam.h.
+  m.def("cone_backproject_algo(Tensor sino, Tensor views, float[] vol_geom, int depth, int height, int width, "
+        "str algorithm) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(unrolled3d, CPU, m) {
   m.impl("cone_project", &cone_project_cpu);
   m.impl("cone_backproject", &cone_backproject_cpu);
+  m.impl("cone_backproject_algo", &cone_backproject_algo_cpu);
 }
 
 TORCH_LIBRARY_IMPL(unrolled3d, CUDA, m) {
 #ifdef WITH_CUDA
   m.impl("cone_project", &cone_project_cuda);
   m.impl("cone_backproject", &cone_backproject_cuda);
+  m.impl("cone_backproject_algo", &cone_backproject_algo_cuda);
 #else
   m.impl("cone_project", &cone_project_no_cuda);
   m.impl("cone_backproject", &cone_backproject_no_cuda);
+  m.impl("cone_backproject_algo", &cone_backproject_algo_no_cuda);
 #endif
 }
 

@@ -1,10 +1,22 @@
 """The cone-beam projector pair as autograd-compatible ``torch.library`` ops.
 
-``torch.ops.unrolled3d.cone_project`` / ``cone_backproject`` are defined in C++
-(``csrc/bindings.cpp``: schema, CPU and CUDA kernels). Here they get their shape-only ("fake")
-kernels and their autograd formulas, so they work under ``torch.compile``: the backward of the
-projection is the backprojection with the same geometry, and vice versa (an exact transpose).
+``torch.ops.unrolled3d.cone_project`` / ``cone_backproject`` / ``cone_backproject_algo`` are defined
+in C++ (``csrc/bindings.cpp``: schema, CPU and CUDA kernels). Here they get their shape-only
+("fake") kernels and their autograd formulas, so they work under ``torch.compile``: the backward of
+the projection is the backprojection with the same geometry, and vice versa (an exact transpose).
 The pure-PyTorch twin is :mod:`unrolled3d.ops.projector_ref`.
+
+Backprojection algorithms (``cone_backproject_algo``; all visit exactly the forward's (voxel,
+weight) pairs, so each is the transpose of :func:`cone_project` to rounding; see ``csrc/cone_beam.h``):
+
+- ``"auto"``: the device's default, ``"tile"`` on the CPU and ``"scatter"`` on CUDA (what
+  :func:`cone_backproject` uses);
+- ``"scatter"``: by ray; CPU threads own z-slabs and re-trace every ray, CUDA uses ``atomicAdd``;
+- ``"tile"`` (CPU only): each thread owns a z-slab, sets up only the rays that can reach it and
+  splats them, two planes per SIMD instruction, with no synchronisation between threads;
+- ``"gather"``: by voxel; each voxel sums the pixels of its footprint window, no atomics, the same
+  code on both devices (on the CPU it is slower than splatting and serves as the host twin of the
+  CUDA kernel).
 """
 from __future__ import annotations
 
@@ -15,9 +27,14 @@ from ..geometry import ConeBeamGeometry
 
 load_extension()  # registers the C++ schemas and kernels
 
-__all__ = ["cone_project", "cone_backproject", "check_volume", "check_sinogram"]
+__all__ = [
+    "cone_project", "cone_backproject", "cone_backproject_algo", "BACKPROJECT_ALGORITHMS", "check_volume",
+    "check_sinogram",
+]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
+BACKPROJECT_ALGORITHMS = ("auto", "scatter", "tile", "gather")
+_CPU_ONLY_ALGORITHMS = ("tile",)
 
 
 # --------------------------------------------------------------------------- fake kernels
@@ -28,6 +45,11 @@ def _cone_project_fake(volume, views, vol_geom, rows, cols):
 
 @torch.library.register_fake("unrolled3d::cone_backproject")
 def _cone_backproject_fake(sino, views, vol_geom, depth, height, width):
+    return sino.new_empty((sino.shape[0], sino.shape[1], depth, height, width))
+
+
+@torch.library.register_fake("unrolled3d::cone_backproject_algo")
+def _cone_backproject_algo_fake(sino, views, vol_geom, depth, height, width, algorithm):
     return sino.new_empty((sino.shape[0], sino.shape[1], depth, height, width))
 
 
@@ -61,6 +83,15 @@ def _backproject_backward(ctx, grad):
     return _ConeProject.apply(grad.contiguous(), views, ctx.vol_geom, *ctx.det_shape), None, None, None, None, None
 
 
+def _backproject_algo_setup(ctx, inputs, output):
+    _backproject_setup(ctx, inputs[:6], output)
+
+
+def _backproject_algo_backward(ctx, grad):
+    # Every algorithm is the same linear map, so its adjoint is the forward projection.
+    return (*_backproject_backward(ctx, grad), None)
+
+
 class _ConeProject(torch.autograd.Function):
     @staticmethod
     def forward(volume, views, vol_geom, rows, cols):
@@ -79,9 +110,21 @@ class _ConeBackproject(torch.autograd.Function):
     backward = staticmethod(_backproject_backward)
 
 
+class _ConeBackprojectAlgo(torch.autograd.Function):
+    @staticmethod
+    def forward(sino, views, vol_geom, depth, height, width, algorithm):
+        return torch.ops.unrolled3d.cone_backproject_algo(sino, views, vol_geom, depth, height, width, algorithm)
+
+    setup_context = staticmethod(_backproject_algo_setup)
+    backward = staticmethod(_backproject_algo_backward)
+
+
 torch.library.register_autograd("unrolled3d::cone_project", _project_backward, setup_context=_project_setup)
 torch.library.register_autograd(
     "unrolled3d::cone_backproject", _backproject_backward, setup_context=_backproject_setup
+)
+torch.library.register_autograd(
+    "unrolled3d::cone_backproject_algo", _backproject_algo_backward, setup_context=_backproject_algo_setup
 )
 
 
@@ -158,3 +201,31 @@ def cone_backproject(sino: torch.Tensor, geometry: ConeBeamGeometry) -> torch.Te
     """
     check_sinogram(sino, geometry)
     return _ConeBackproject.apply(sino, geometry.views_tensor(sino.device), geometry.vol_geom, *geometry.vol_shape)
+
+
+def cone_backproject_algo(sino: torch.Tensor, geometry: ConeBeamGeometry, algorithm: str = "auto") -> torch.Tensor:
+    """:func:`cone_backproject` with a chosen algorithm (same result up to rounding).
+
+    Parameters
+    ----------
+    sino : torch.Tensor
+        ``(B, C, n_views, rows, cols)`` float32/float64, CPU or CUDA.
+    geometry : ConeBeamGeometry
+    algorithm : {"auto", "scatter", "tile", "gather"}
+        See the module docstring. ``"tile"`` is CPU-only.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, C, D, H, W)``. Differentiable: its gradient is :func:`cone_project`.
+    """
+    if not isinstance(algorithm, str):
+        raise TypeError(f"algorithm must be a str, got {type(algorithm).__name__}")
+    if algorithm not in BACKPROJECT_ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {BACKPROJECT_ALGORITHMS}, got {algorithm!r}")
+    check_sinogram(sino, geometry)
+    if algorithm in _CPU_ONLY_ALGORITHMS and sino.device.type != "cpu":
+        raise ValueError(f"algorithm {algorithm!r} is CPU-only; use 'gather' or 'scatter' on {sino.device}")
+    return _ConeBackprojectAlgo.apply(
+        sino, geometry.views_tensor(sino.device), geometry.vol_geom, *geometry.vol_shape, algorithm
+    )

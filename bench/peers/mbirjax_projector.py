@@ -41,6 +41,10 @@ def _setup(threads: int, n: int, ror_mask: bool):
         raise ValueError(f"threads={threads} but only {len(cpus)} CPUs are available")
     os.sched_setaffinity(0, cpus[:threads])  # before JAX starts: it sizes its pools once
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    # jaxlib 0.10's CPU AOT-cache loader logs an ERROR-level line per kernel when the wheel's
+    # compile-machine features differ from the host's; Python exceptions still surface. Set
+    # TF_CPP_MIN_LOG_LEVEL=0 to see every XLA log line again.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import warnings
 
     warnings.filterwarnings("ignore", message="TkAgg not available")

@@ -153,6 +153,17 @@ def test_fdk_slabs_do_not_change_the_result():
         torch.testing.assert_close(fdk(y, g, slab_voxels=slab_voxels), whole, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fdk_low_precision_is_the_float32_result_rounded(dtype):
+    """float16/bfloat16 measurements are reconstructed in float32 and rounded once (see
+    tests/func_testing.py: equal to the float32 FDK rounded, within eps/2 of it per voxel)."""
+    from func_testing import assert_rounded_float32
+
+    g, y = _ball_scan("full", 30)
+    y = y.to(dtype)
+    assert_rounded_float32(fdk(y, g), fdk(y.float(), g), dtype)
+
+
 def test_fdk_bad_input():
     g, y = _ball_scan("full", 30)
     with pytest.raises(ValueError, match="slab_voxels"):

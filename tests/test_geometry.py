@@ -66,6 +66,21 @@ def test_restrict_keeps_voxel_positions():
         g.restrict((5, 0, 0), (3, 4, 5))
 
 
+def test_restrict_is_a_cheap_view_of_the_same_scan():
+    """restrict builds the patch geometry without copying or re-validating the views: it equals
+    a geometry built from scratch, shares the read-only views and the scan cache (views on each
+    device, FDK's tables), and restricting twice composes the offsets."""
+    g = circular_geometry(vol_shape=(7, 10, 9))
+    sub = g.restrict((2, 3, 1), (4, 6, 7))
+    fresh = ConeBeamGeometry(g.vectors, g.det_shape, (4, 6, 7), g.voxel_size, sub.vol_offset, trajectory=g.trajectory)
+    assert sub == fresh and sub.fingerprint() == fresh.fingerprint() and repr(sub) == repr(fresh)
+    assert sub.vectors is g.vectors and not sub.vectors.flags.writeable
+    assert sub.scan_cache is g.scan_cache and sub.views_tensor() is g.views_tensor()
+    np.testing.assert_allclose(sub.restrict((1, 2, 3), (2, 2, 2)).vol_offset, g.restrict((3, 5, 4), (2, 2, 2)).vol_offset,
+                               atol=1e-12)
+    assert fresh.scan_cache is not g.scan_cache  # a geometry built anew has its own
+
+
 def test_dict_round_trip_and_fingerprint():
     g = circular_geometry(scan="short")
     h = ConeBeamGeometry.from_dict(g.to_dict())

@@ -8,6 +8,7 @@ from fused_testing import (
     BACKENDS, GOFF, GPAD, GPATCH, GVOL, OFFSETS, PAD, PATCH, R32, R64, TDEV, VOL, assert_close, check_grads,
     gather_oracle, noncontig, opt, rand, requires_cuda, requires_triton, run_opcheck,
 )
+from func_testing import LOW, assert_rounded_float32, check_func_transforms, check_vmap
 from unrolled3d import ops
 from unrolled3d.kernels import _common
 from unrolled3d.kernels import masked_gather as mg
@@ -100,6 +101,67 @@ def test_opcheck(case, backend):
     run_opcheck(*_opcheck_cases()[case], backend)
 
 
+# --------------------------------------------------------------------------- torch.func
+def _gather(v, m):
+    return ops.masked_gather(v, GOFF, GPATCH, GPAD, m)
+
+
+def test_torch_func_transforms():
+    """grad, jvp, jacrev, jacfwd and hessian through the op (torch.func.grad used to fail with
+    "must override the setup_context staticmethod")."""
+    check_func_transforms(_gather, [rand(GVOL, R64, 1), rand(GPATCH, R64, 2)])
+    check_func_transforms(lambda v: _gather(v, None), [rand(GVOL, R64, 1)])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("in_dims", [(0, None), (2, None), (None, 0), (0, 0)])
+def test_vmap_equals_a_loop(backend, in_dims):
+    """vmap over volumes folds into B; over masks (no B of their own) it loops."""
+    device = TDEV if backend == "triton" else "cpu"
+    vols = rand((3, *GVOL), R64, 3).to(device).movedim(0, in_dims[0] or 0)
+    masks = rand((3, *GPATCH), R64, 4).to(device)
+    with ops.use_backend(backend):
+        check_vmap(_gather, [vols, masks], [vols.select(in_dims[0] or 0, 0), masks[0]], in_dims)
+
+
+def test_vmap_of_the_backward_equals_a_loop():
+    """jacrev vmaps the backward op: folded into B for the volume's gradient, looped where the
+    mask's gradient sums over B."""
+    vol, mask = rand(GVOL, R64, 5), rand(GPATCH, R64, 6)
+    grads = rand((4, *GVOL[:2], *GPAD), R64, 7)
+    for need in [(True, False), (False, True), (True, True)]:
+        def bw(g, need=need):
+            return torch.ops.unrolled3d.masked_gather_backward(g, vol, mask, list(GOFF), list(GPATCH), *need)
+        check_vmap(bw, [grads], [grads[0]], (0,))
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_low_precision_is_the_float32_result_rounded(dtype):
+    vol = rand(VOL, R32, 8).to(dtype)
+    for mask in (rand(PATCH, R32, 9), rand(PATCH, R32, 9).to(dtype), None):
+        out = ops.masked_gather(vol, (1, 2, 1), PATCH, PAD, mask)
+        ref = ops.masked_gather(vol.float(), (1, 2, 1), PATCH, PAD, mask.float() if mask is not None else None)
+        assert_rounded_float32(out, ref, dtype)
+    # the gradient comes back in the volume's dtype
+    v = vol.clone().requires_grad_()
+    g = rand((*VOL[:2], *PAD), R32, 10)
+    (ops.masked_gather(v, (1, 2, 1), PATCH, PAD).float() * g).sum().backward()
+    ref_grad = mg.masked_gather_backward_ref(g.to(dtype).float(), vol.float(), (1, 2, 1), PATCH, None, True,
+                                             False)[0]
+    assert_rounded_float32(v.grad, ref_grad, dtype)
+
+
+def test_autocast_runs_in_float32():
+    vol, mask = rand(VOL, R32, 11).to(torch.bfloat16), rand(PATCH, R32, 12)
+    ref = ops.masked_gather(vol.float(), (1, 2, 1), PATCH, PAD, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ops.masked_gather(vol, (1, 2, 1), PATCH, PAD, mask)
+        raw = torch.ops.unrolled3d.masked_gather(vol, [1, 2, 1], list(PATCH), list(PAD), mask.bfloat16())
+    assert out.dtype == raw.dtype == torch.float32
+    assert torch.equal(out, ref)
+    assert torch.equal(raw, ops.masked_gather(vol.float(), (1, 2, 1), PATCH, PAD, mask.bfloat16().float()))
+
+
 def _bad_cases():
     v = rand(VOL, R32)
     m = rand(PATCH, R32)
@@ -108,7 +170,9 @@ def _bad_cases():
     return [
         (lambda: g(v[0], (0, 0, 0), PATCH, PAD), ValueError, "volume must be 5-D"),
         (lambda: g(v.to(torch.int32), (0, 0, 0), PATCH, PAD), TypeError, "volume must have dtype"),
-        (lambda: g(v.half(), (0, 0, 0), PATCH, PAD), TypeError, "volume must have dtype"),
+        (lambda: g(v.to(torch.complex64), (0, 0, 0), PATCH, PAD), TypeError, "volume must have dtype"),
+        (lambda: g(v, (0, 0, 0), PATCH, PAD, m.half()), TypeError, "mask must have the same dtype"),
+        (lambda: g(v.double(), (0, 0, 0), PATCH, PAD, m), TypeError, "mask must have the same dtype"),
         (lambda: g(v, (0, 0), PATCH, PAD), ValueError, "offset must have 3 entries"),
         (lambda: g(v, (0, 0.5, 0), PATCH, PAD), TypeError, "offset must contain integers"),
         (lambda: g(v, (0, True, 0), PATCH, PAD), TypeError, "offset must contain integers"),

@@ -8,6 +8,7 @@ from fused_testing import (
     BACKENDS, GOFF, GPAD, GPATCH, GVOL, OFFSETS, PAD, PATCH, R32, R64, TDEV, VOL, assert_close, check_grads,
     noncontig, opt, rand, requires_cuda, requires_triton, scatter_oracle, run_opcheck,
 )
+from func_testing import LOW, assert_rounded_float32, check_func_transforms, check_vmap
 from unrolled3d import ops
 from unrolled3d.kernels import _common
 from unrolled3d.kernels import masked_scatter as ms
@@ -175,6 +176,88 @@ def test_inplace_rejects_expanded_dest():
         ops.masked_scatter_add_(dest, rand(VOL[:2] + PAD, R32), (0, 0, 0), PATCH)
 
 
+# --------------------------------------------------------------------------- torch.func
+WINDOW = rand(GPATCH, R64, 8).abs()
+
+
+def _scatter(d, s, m, w):
+    return ops.masked_scatter_add(d, s, GOFF, GPATCH, m, WINDOW, w)
+
+
+def test_torch_func_transforms():
+    """grad, jvp, jacrev, jacfwd and hessian through the op, both outputs (torch.func.grad used
+    to fail with "must override the setup_context staticmethod")."""
+    def flat(*args):
+        out, out_w = _scatter(*args)
+        return torch.cat([out.reshape(-1), out_w.reshape(-1)])
+
+    check_func_transforms(flat, [rand(GVOL, R64, 6), rand(GVOL[:2] + GPAD, R64, 7), rand(GPATCH, R64, 2),
+                                 rand(GVOL[2:], R64, 9)])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("in_dims", [(0, 0, None, None), (None, 0, None, None), (0, None, None, None),
+                                     (None, None, 0, None), (None, 0, None, 0)])
+def test_vmap_equals_a_loop(backend, in_dims):
+    """vmap over dest/src folds into B (an unbatched one repeated); over masks or weights (no B
+    of their own) it loops."""
+    device = TDEV if backend == "triton" else "cpu"
+    batched = [rand((3, *GVOL), R64, 1), rand((3, *GVOL[:2], *GPAD), R64, 2), rand((3, *GPATCH), R64, 3),
+               rand((3, *GVOL[2:]), R64, 4)]
+    batched = [b.to(device) for b in batched]
+    window = WINDOW.to(device)
+    with ops.use_backend(backend):
+        check_vmap(lambda d, s, m, w: ops.masked_scatter_add(d, s, GOFF, GPATCH, m, window, w), batched,
+                   [b[0] for b in batched], in_dims)
+
+
+def test_vmap_of_the_backward_equals_a_loop():
+    src, mask = rand(GVOL[:2] + GPAD, R64, 5), rand(GPATCH, R64, 6)
+    grads = rand((4, *GVOL), R64, 7)
+    for need in [(True, False), (False, True), (True, True)]:
+        def bw(g, need=need):
+            return torch.ops.unrolled3d.masked_scatter_add_backward(g, src, mask, WINDOW, list(GOFF), list(GPATCH),
+                                                                    *need)
+        check_vmap(bw, [grads], [grads[0]], (0,))
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("offset", OFFSETS)
+def test_low_precision_is_the_float32_result_rounded(dtype, offset):
+    """float16/bfloat16 run in float32 and are rounded once, functional and in place (there,
+    outside the patch, the volume is untouched: rounding its float32 copy gives it back)."""
+    dest, src = rand(VOL, R32, 1).to(dtype), rand(VOL[:2] + PAD, R32, 2)
+    mask, window, weight = rand(PATCH, R32, 3).to(dtype), rand(PATCH, R32, 4).abs(), rand(VOL[2:], R32, 5).to(dtype)
+    ref, ref_w = ops.masked_scatter_add(dest.float(), src, offset, PATCH, mask.float(), window, weight.float())
+    out, out_w = ops.masked_scatter_add(dest, src, offset, PATCH, mask, window, weight)
+    assert_rounded_float32(out, ref, dtype)
+    assert_rounded_float32(out_w, ref_w, dtype)
+    d2, w2 = dest.clone(), weight.clone()
+    with torch.no_grad():
+        ops.masked_scatter_add_(d2, src.to(dtype), offset, PATCH, mask, window, w2)
+    ref2, ref2_w = ops.masked_scatter_add(dest.float(), src.to(dtype).float(), offset, PATCH, mask.float(), window,
+                                          weight.float())
+    assert_rounded_float32(d2, ref2, dtype)
+    assert_rounded_float32(w2, ref2_w, dtype)
+
+
+def test_autocast_runs_in_float32_and_the_inplace_op_still_writes_in_place():
+    dest, src = rand(VOL, R32, 1).to(torch.bfloat16), rand(VOL[:2] + PAD, R32, 2)
+    off = (1, 2, 1)
+    ref = ops.masked_scatter_add(dest.float(), src, off, PATCH)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ops.masked_scatter_add(dest, src, off, PATCH)[0]
+        raw = torch.ops.unrolled3d.masked_scatter_add(dest, src.bfloat16(), list(off), list(PATCH), None, None,
+                                                      None)[0]
+        d2 = dest.clone()
+        with torch.no_grad():
+            ops.masked_scatter_add_(d2, src, off, PATCH)
+    assert out.dtype == raw.dtype == torch.float32 and d2.dtype == torch.bfloat16
+    assert torch.equal(out, ref)
+    assert torch.equal(raw, ops.masked_scatter_add(dest.float(), src.bfloat16().float(), off, PATCH)[0])
+    assert_rounded_float32(d2, ref, torch.bfloat16)
+
+
 def _bad_cases():
     v = rand(VOL, R32)
     m = rand(PATCH, R32)
@@ -182,6 +265,10 @@ def _bad_cases():
     s = ops.masked_scatter_add
     return [
         (lambda: s(v, src.double(), (0, 0, 0), PATCH), TypeError, "src must have the same dtype"),
+        (lambda: s(v.bfloat16(), src.double(), (0, 0, 0), PATCH), TypeError, "src must have the same dtype"),
+        (lambda: s(v, src.half(), (0, 0, 0), PATCH), TypeError, "src must have the same dtype"),
+        (lambda: s(v, src, (0, 0, 0), PATCH, mask=m.bfloat16()), TypeError, "mask must have the same dtype"),
+        (lambda: s(v.int(), src, (0, 0, 0), PATCH), TypeError, "dest must have dtype"),
         (lambda: s(v, src[:1], (0, 0, 0), PATCH), ValueError, r"src must have the same \(B, C\)"),
         (lambda: s(v, src[..., :2, :], (0, 0, 0), PATCH), ValueError, "src spatial shape must be >= patch_shape"),
         (lambda: s(v, src.to("meta"), (0, 0, 0), PATCH), ValueError, "src must be on the same device"),

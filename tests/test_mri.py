@@ -147,6 +147,31 @@ def test_noise_only_on_sampled_locations_and_update_parameters():
     torch.testing.assert_close(physics.coil_maps, birdcage_maps(4, shape, dtype=C128), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_is_the_float32_result_rounded(dtype):
+    """float16/bfloat16 images and k-space are computed in float32 (the CPU FFT has no half
+    precision) and rounded once: equal to the float32 result rounded, hence within eps/2 of it
+    (relative, per value; see tests/func_testing.py). The patch operator does the same, and
+    under torch.autocast the result stays float32."""
+    from func_testing import assert_rounded_float32
+
+    shape = (8, 10, 12)
+    physics = _operator(shape, dtype=torch.float32)
+    x = _complex_volume(shape, dtype=torch.float32).to(dtype)
+    y = physics.A(x)
+    assert_rounded_float32(y, physics.A(x.float()), dtype)
+    assert_rounded_float32(physics.A_adjoint(y), physics.A_adjoint(y.float()), dtype)
+    assert_rounded_float32(physics.A_adjoint_A(x), physics.A_adjoint_A(x.float()), dtype)
+    patch = physics.restrict((2, 1, 3), (4, 6, 5))
+    xp = x[..., 2:6, 1:7, 3:8]
+    assert_rounded_float32(patch.A(xp), patch.A(xp.float()), dtype)
+    assert_rounded_float32(patch.A_adjoint(y), patch.A_adjoint(y.float()), dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = physics.A(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, physics.A(x.float()), rtol=0, atol=0)
+
+
 def test_bad_inputs_raise_clear_errors():
     shape = (8, 10, 12)
     maps = birdcage_maps(4, shape, dtype=C128)

@@ -8,6 +8,7 @@ import torch
 from unrolled3d.ops import cone_backproject, cone_project
 from unrolled3d.ops.projector_ref import cone_backproject_ref, cone_project_ref
 from conftest import adjoint_gap, circular_geometry, requires_cuda, wobbly_vector_geometry
+from func_testing import LOW, assert_rounded_float32, central_difference, dense_jacobian
 
 DTYPES = [torch.float32, torch.float64]
 # Twin tolerance: the C++ CPU path and the twin use the same float64 geometry and accumulate in
@@ -84,6 +85,113 @@ def test_gradcheck_float64():
     assert torch.autograd.gradgradcheck(lambda t: cone_project(t, g), (x,))
 
 
+# ----------------------------------------------------------------------------- torch.func
+TINY = dict(vol_shape=(3, 4, 3), det_shape=(3, 4), n_views=2)
+
+
+@pytest.mark.parametrize("in_dim", [0, 2])
+def test_vmap_equals_a_loop(geometry, in_dim):
+    """vmap folds the vmapped dimension into B: the same numbers as one call per volume (the
+    projector treats each (b, c) alone, so only summation order could differ: it does not)."""
+    x = _rand((4, 2, 1, *geometry.vol_shape), torch.float64, 20)
+    y = _rand((4, 2, 1, *geometry.sino_shape), torch.float64, 21)
+    fwd = torch.func.vmap(lambda t: cone_project(t, geometry), in_dims=in_dim)(x.movedim(0, in_dim))
+    bwd = torch.func.vmap(lambda t: cone_backproject(t, geometry), in_dims=in_dim)(y.movedim(0, in_dim))
+    torch.testing.assert_close(fwd, torch.stack([cone_project(t, geometry) for t in x]), rtol=0, atol=1e-14)
+    torch.testing.assert_close(bwd, torch.stack([cone_backproject(t, geometry) for t in y]), rtol=0, atol=1e-14)
+
+
+def test_vmap_over_the_geometry_loops():
+    """A vmapped views tensor (a batch of scans) cannot join B: the rule falls back to a loop."""
+    g = circular_geometry(**TINY)
+    views = torch.stack([g.views_tensor(), g.views_tensor() * 1.01])
+    x = _rand((1, 1, *g.vol_shape), torch.float64, 22)
+    op = torch.ops.unrolled3d.cone_project
+    out = torch.func.vmap(lambda v: op(x, v, g.vol_geom, *g.det_shape))(views)
+    torch.testing.assert_close(out, torch.stack([op(x, v, g.vol_geom, *g.det_shape) for v in views]),
+                               rtol=0, atol=0)
+
+
+def test_jvp_is_the_projection_of_the_tangent(geometry):
+    x = _rand((2, 1, *geometry.vol_shape), torch.float64, 23)
+    t = _rand((2, 1, *geometry.vol_shape), torch.float64, 24)
+    out, tangent = torch.func.jvp(lambda v: cone_project(v, geometry), (x,), (t,))
+    torch.testing.assert_close(out, cone_project(x, geometry), rtol=0, atol=0)
+    torch.testing.assert_close(tangent, cone_project(t, geometry), rtol=1e-12, atol=1e-12)
+    # and central differences (exact for a linear map, up to rounding)
+    fd = central_difference(lambda v: cone_project(v, geometry), (x,), (t,))
+    torch.testing.assert_close(tangent, fd, rtol=1e-10, atol=1e-10)
+    y = _rand((2, 1, *geometry.sino_shape), torch.float64, 25)
+    _, tb = torch.func.jvp(lambda s: cone_backproject(s, geometry), (y,), (y,))
+    torch.testing.assert_close(tb, cone_backproject(y, geometry), rtol=1e-12, atol=1e-12)
+
+
+def test_jacrev_and_jacfwd_equal_the_dense_matrix():
+    """The Jacobians by reverse mode, forward mode and an explicit loop over unit volumes agree,
+    and the backprojection's Jacobian is the transpose (float64: the operators are exact
+    transposes, so only rounding separates them)."""
+    g = circular_geometry(**TINY)
+    x = _rand((1, 1, *g.vol_shape), torch.float64, 26)
+    y = _rand((1, 1, *g.sino_shape), torch.float64, 27)
+    A = lambda v: cone_project(v, g)  # noqa: E731
+    At = lambda s: cone_backproject(s, g)  # noqa: E731
+    dense = dense_jacobian(A, x)
+    for jac in (torch.func.jacrev(A)(x), torch.func.jacfwd(A)(x)):
+        torch.testing.assert_close(jac, dense, rtol=1e-12, atol=1e-12)
+    n_out, n_in = y.numel(), x.numel()
+    torch.testing.assert_close(torch.func.jacrev(At)(y).reshape(n_in, n_out), dense.reshape(n_out, n_in).T,
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_hessian_of_the_data_term_is_the_normal_matrix():
+    """grad and hessian (forward over reverse) of 0.5 ||A x - y||^2: A^T (A x - y) and A^T A."""
+    g = circular_geometry(**TINY)
+    x = _rand((1, 1, *g.vol_shape), torch.float64, 28)
+    y = _rand((1, 1, *g.sino_shape), torch.float64, 29)
+    loss = lambda v: 0.5 * ((cone_project(v, g) - y) ** 2).sum()  # noqa: E731
+    torch.testing.assert_close(torch.func.grad(loss)(x), cone_backproject(cone_project(x, g) - y, g),
+                               rtol=1e-12, atol=1e-12)
+    A = dense_jacobian(lambda v: cone_project(v, g), x).reshape(y.numel(), x.numel())
+    torch.testing.assert_close(torch.func.hessian(loss)(x).reshape(x.numel(), x.numel()), A.T @ A,
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_low_precision_is_the_float32_result_rounded(dtype):
+    """float16/bfloat16 run in float32 and are rounded once; for a non-negative volume the
+    projection (non-negative weights) then also stays within one eps of the float32 projection
+    of the unrounded volume: input rounding (eps/2) plus output rounding (eps/2)."""
+    g = circular_geometry()
+    x32 = torch.rand((2, 1, *g.vol_shape), generator=torch.Generator().manual_seed(30))
+    x = x32.to(dtype)
+    y = cone_project(x, g)
+    assert_rounded_float32(y, cone_project(x.float(), g), dtype)
+    ref = cone_project(x32, g)
+    assert bool(((y.float() - ref).abs() <= torch.finfo(dtype).eps * ref.abs() + 1e-30).all())
+    assert_rounded_float32(cone_backproject(y, g), cone_backproject(y.float(), g), dtype)
+    # gradients come back in the input's dtype: A^T of the (float32) output gradient, rounded
+    xg = x.clone().requires_grad_()
+    w = _rand(y.shape, torch.float32, 31)
+    (cone_project(xg, g).float() * w).sum().backward()
+    assert_rounded_float32(xg.grad, cone_backproject(w.to(dtype).float(), g), dtype)
+
+
+def test_autocast_runs_in_float32():
+    """Under torch.autocast the public functions and the raw ops compute and return float32."""
+    g = circular_geometry()
+    x = torch.rand((1, 1, *g.vol_shape), generator=torch.Generator().manual_seed(32)).to(torch.bfloat16)
+    ref = cone_project(x.float(), g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = cone_project(x, g)
+        raw = torch.ops.unrolled3d.cone_project(x, g.views_tensor(), g.vol_geom, *g.det_shape)
+        back = torch.ops.unrolled3d.cone_backproject(ref.to(torch.bfloat16), g.views_tensor(), g.vol_geom,
+                                                     *g.vol_shape)
+    assert out.dtype == raw.dtype == back.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    torch.testing.assert_close(raw, ref, rtol=0, atol=0)
+    torch.testing.assert_close(back, cone_backproject(ref.to(torch.bfloat16).float(), g), rtol=0, atol=0)
+
+
 def test_opcheck_registered_ops():
     g = circular_geometry(vol_shape=(3, 4, 5), det_shape=(4, 3), n_views=3)
     views = g.views_tensor("cpu")
@@ -115,9 +223,9 @@ def test_bad_inputs_raise_before_cpp():
     with pytest.raises(ValueError, match="5-D"):
         cone_project(x[0], g)
     with pytest.raises(TypeError, match="float32 or float64"):
-        cone_project(x.to(torch.float16), g)
-    with pytest.raises(TypeError, match="float32 or float64"):
         cone_project(x.to(torch.int32), g)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        cone_project(x.to(torch.complex64), g)
     with pytest.raises(ValueError, match="vol_shape"):
         cone_project(torch.zeros(1, 1, 3, 3, 3), g)
     with pytest.raises(TypeError, match="torch.Tensor"):

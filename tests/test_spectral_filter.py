@@ -10,6 +10,7 @@ from fused_testing import (
     BACKENDS, C64, C128, R32, R64, REAL_OF, TDEV, assert_close, check_grads, noncontig, opt, rand, requires_cuda,
     requires_triton, run_opcheck,
 )
+from func_testing import assert_rounded_float32, check_func_transforms, check_vmap
 from unrolled3d import ops
 from unrolled3d.kernels import _common
 from unrolled3d.kernels import spectral_filter as sf
@@ -99,6 +100,69 @@ def test_opcheck(case, backend):
     run_opcheck(*_opcheck_cases()[case], backend)
 
 
+# --------------------------------------------------------------------------- torch.func
+SPEC = (2, 1, 3, 2, 2)
+
+
+def _real_filter(lam_complex):
+    """The op on real parametrisations (torch.func's jacobians take real tensors)."""
+    def f(spec_r, lam):
+        lam = torch.view_as_complex(lam) if lam_complex else lam
+        return torch.view_as_real(ops.spectral_filter(torch.view_as_complex(spec_r), lam, 0.37))
+    return f
+
+
+@pytest.mark.parametrize("lam_complex", [False, True])
+def test_torch_func_transforms(lam_complex):
+    """grad, jvp, jacrev, jacfwd and hessian through the op (torch.func.grad used to fail)."""
+    spec = torch.view_as_real(rand(SPEC, C128, 1))
+    lam = torch.view_as_real(rand(SPEC[2:], C128, 2)) if lam_complex else rand(SPEC[2:], R64, 2)
+    check_func_transforms(_real_filter(lam_complex), [spec, lam])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("in_dims", [(0, None), (3, None), (None, 0), (0, 0)])
+def test_vmap_equals_a_loop(backend, in_dims):
+    """vmap over spectra folds into B; over filters (no B of their own) it loops."""
+    device = TDEV if backend == "triton" else "cpu"
+    specs = rand((3, *SPEC), C128, 3).to(device).movedim(0, in_dims[0] or 0)
+    lams = rand((3, *SPEC[2:]), C128, 4).to(device)
+    with ops.use_backend(backend):
+        check_vmap(lambda s, l: ops.spectral_filter(s, l, 0.5), [specs, lams],
+                   [specs.select(in_dims[0] or 0, 0), lams[0]], in_dims)
+
+
+def test_vmap_of_the_backward_equals_a_loop():
+    spec, lam = rand(SPEC, C128, 5), rand(SPEC[2:], R64, 6)
+    grads = rand((4, *SPEC), C128, 7)
+    for need in [(True, False), (False, True), (True, True)]:
+        def bw(g, need=need):
+            return torch.ops.unrolled3d.spectral_filter_backward(g, spec, lam, 0.5, *need)
+        check_vmap(bw, [grads], [grads[0]], (0,))
+
+
+def test_low_precision_is_the_float32_result_rounded():
+    """complex32 spectra run in complex64 and are rounded once; float16/bfloat16/complex32
+    filters are taken with complex64 and complex32 spectra."""
+    spec, lam = rand(SPEC, C64, 8), rand(SPEC[2:], R32, 9)
+    for lam_low in (lam, lam.half(), lam.bfloat16(), lam.to(C64).to(torch.complex32)):
+        lam_c = lam_low.to(C64 if lam_low.is_complex() else R32)
+        out = ops.spectral_filter(spec.to(torch.complex32), lam_low, 0.5)
+        assert_rounded_float32(out, ops.spectral_filter(spec.to(torch.complex32).to(C64), lam_c, 0.5),
+                               torch.complex32)
+        assert torch.equal(ops.spectral_filter(spec, lam_low, 0.5), ops.spectral_filter(spec, lam_c, 0.5))
+
+
+def test_autocast_runs_in_float32():
+    spec, lam = rand(SPEC, C64, 10), rand(SPEC[2:], R32, 11)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ops.spectral_filter(spec.to(torch.complex32), lam, 0.5)
+        raw = torch.ops.unrolled3d.spectral_filter(spec, lam.bfloat16(), 0.5)
+    assert out.dtype == raw.dtype == C64
+    assert torch.equal(out, ops.spectral_filter(spec.to(torch.complex32).to(C64), lam, 0.5))
+    assert torch.equal(raw, ops.spectral_filter(spec, lam.bfloat16().float(), 0.5))
+
+
 def _bad_cases():
     spec = rand((2, 3, 6, 4, 5), C64)
     lam = rand((6, 4, 5), R32)
@@ -110,6 +174,7 @@ def _bad_cases():
         (lambda: f(spec, lam[None]), ValueError, "lam must have shape"),
         (lambda: f(spec, lam.double()), TypeError, "lam must have dtype"),
         (lambda: f(spec, lam.to(C128)), TypeError, "lam must have dtype"),
+        (lambda: f(spec.to(C128), lam.bfloat16()), TypeError, "lam must have dtype"),
         (lambda: f(spec, lam.to("meta")), ValueError, "lam must be on the same device"),
         (lambda: f(spec, lam.tolist()), TypeError, "lam must be a torch.Tensor"),
         (lambda: f(spec, lam, torch.tensor(2.0)), TypeError, "scale must be a real"),

@@ -16,9 +16,13 @@ import torch
 
 __all__ = [
     "integer", "real", "int_tuple", "int_triple", "real_tuple", "check_patch", "check_tensor", "check_like",
+    "REAL_DTYPES", "LOW_PRECISION_DTYPES", "FLOAT_DTYPES",
 ]
 
 REAL_DTYPES = (torch.float32, torch.float64)
+#: real dtypes the ops take at their boundary and compute in float32
+LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
+FLOAT_DTYPES = REAL_DTYPES + LOW_PRECISION_DTYPES
 
 
 def _scalar(value: Any) -> Any:
@@ -127,11 +131,13 @@ def check_tensor(t: Any, name: str, ndim: int | None = None, dtypes: Sequence[to
         raise TypeError(f"{name} must have dtype {names}, got {t.dtype}")
 
 
-def check_like(t: Any, name: str, ref: torch.Tensor, ref_name: str, shape: Sequence[int]) -> None:
-    """``t`` is a tensor with ``ref``'s dtype and device and exactly ``shape``."""
-    check_tensor(t, name, len(shape))
-    if t.dtype != ref.dtype:
-        raise TypeError(f"{name} must have the same dtype as {ref_name} ({ref.dtype}), got {t.dtype}")
+def check_like(t: Any, name: str, ref: torch.Tensor, ref_name: str, shape: Sequence[int],
+               also: Sequence[torch.dtype] = ()) -> None:
+    """``t`` is a tensor with ``ref``'s dtype (or one of ``also``) and device and exactly ``shape``."""
+    check_tensor(t, name, len(shape), FLOAT_DTYPES)
+    if t.dtype != ref.dtype and t.dtype not in also:
+        alternatives = "".join(f" or {str(d).replace('torch.', '')}" for d in also if d != ref.dtype)
+        raise TypeError(f"{name} must have the same dtype as {ref_name} ({ref.dtype}){alternatives}, got {t.dtype}")
     if t.device != ref.device:
         raise ValueError(f"{name} must be on the same device as {ref_name} ({ref.device}), got {t.device}")
     if tuple(t.shape) != tuple(shape):

@@ -124,7 +124,7 @@ class ConeBeamGeometry:
         vec.setflags(write=False)
         self.vectors = vec
         self.trajectory = trajectory
-        self._device_views: dict[str, torch.Tensor] = {}
+        self._scan_cache: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -264,12 +264,23 @@ class ConeBeamGeometry:
         """``[sz, sy, sx, oz, oy, ox]`` as the C++ ops take it."""
         return [*self.voxel_size, *self.vol_offset]
 
+    @property
+    def scan_cache(self) -> dict[str, Any]:
+        """A dict for values derived from the views and the detector alone (not the volume):
+        the views on each device, FDK's per-view weights. Shared by this geometry and every
+        geometry :meth:`restrict` derives from it (same views and detector), so patches reuse
+        what the full volume computed. Keys are prefixed by their user (``"views/"``,
+        ``"fdk/"``)."""
+        return self._scan_cache
+
     def views_tensor(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """The ``(n_views, 12)`` float64 vectors on ``device`` (cached per device)."""
-        key = str(torch.device(device))
-        if key not in self._device_views:
-            self._device_views[key] = torch.from_numpy(np.array(self.vectors)).to(device)
-        return self._device_views[key]
+        """The ``(n_views, 12)`` float64 vectors on ``device`` (cached per device, see
+        :attr:`scan_cache`)."""
+        key = f"views/{torch.device(device)}"
+        views = self._scan_cache.get(key)
+        if views is None:
+            views = self._scan_cache[key] = torch.from_numpy(np.array(self.vectors)).to(device)
+        return views
 
     def source_positions(self) -> np.ndarray:
         """Source positions, ``(n_views, 3)`` world ``(x, y, z)`` mm."""
@@ -306,7 +317,19 @@ class ConeBeamGeometry:
             oo + (o + 0.5 * (p - 1) - 0.5 * (n - 1)) * s
             for o, p, n, s, oo in zip(off, shape, self.vol_shape, self.voxel_size, self.vol_offset)
         )
-        return ConeBeamGeometry(self.vectors, self.det_shape, shape, self.voxel_size, centre, trajectory=self.trajectory)
+        # Cheap on purpose (it runs once per patch): Python arithmetic on the validated ints, no
+        # numpy, no tensor. The views are not copied or re-validated: they are this geometry's,
+        # read-only and already checked (a sub-volume lies between source and detector wherever
+        # the volume does), and the scan cache (views on each device, FDK's weights) is shared.
+        patch = object.__new__(ConeBeamGeometry)
+        patch.vectors = self.vectors
+        patch.det_shape = self.det_shape
+        patch.vol_shape = shape
+        patch.voxel_size = self.voxel_size
+        patch.vol_offset = centre
+        patch.trajectory = self.trajectory
+        patch._scan_cache = self._scan_cache
+        return patch
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:

@@ -66,6 +66,7 @@ from deepinv.physics import LinearPhysics
 from deepinv.physics.noise import NoiseModel, ZeroNoise
 
 from .._validation import check_patch, integer
+from ..ops._precision import is_low, output_dtype, upcast
 from .recon import cg_sense, zero_filled_from
 
 __all__ = ["MultiCoilMRI3D", "MultiCoilMRI3DPatch", "centred_fft_phases", "to_complex_image", "from_complex_image"]
@@ -191,7 +192,7 @@ class _MRICore(LinearPhysics):
             raise ValueError(f"{name} must have 2 channels (real, imaginary), got {x.shape[1]} (shape {tuple(x.shape)})")
         if tuple(x.shape[-3:]) != tuple(shape):
             raise ValueError(f"{name} has spatial shape {tuple(x.shape[-3:])}, the operator acts on {tuple(shape)}")
-        return to_complex_image(x)
+        return to_complex_image(upcast(x))  # float16/bfloat16: FFTs in float32 (see _restore)
 
     def _kspace(self, y: torch.Tensor, name: str = "y") -> tuple[torch.Tensor, bool]:
         """Validated complex view/copy of ``y`` and whether it is a private copy."""
@@ -209,8 +210,16 @@ class _MRICore(LinearPhysics):
             raise ValueError(f"{name} has {y.shape[2]} coils, the operator has {self.n_coils} (coil_maps)")
         if tuple(y.shape[-3:]) != core._vol_shape:
             raise ValueError(f"{name} has k-space shape {tuple(y.shape[-3:])}, the mask is {core._vol_shape}")
-        yc = to_complex_image(y)
+        yc = to_complex_image(upcast(y))
         return yc, yc.data_ptr() != y.data_ptr()
+
+    @staticmethod
+    def _restore(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """``out`` (real layout) in the dtype the operator returns for the input ``like``:
+        float16/bfloat16 inputs are computed in float32 (the CPU FFT has no half precision, and
+        a sum over coils loses digits there) and rounded back once, or kept in float32 under
+        ``torch.autocast``, as the ops do (:mod:`unrolled3d.ops._precision`)."""
+        return out.to(output_dtype(like)) if is_low(like.dtype) else out
 
     # -- the pipeline; `offset`/`shape` select a patch (None: the full volume)
     def _crop(self, t: torch.Tensor, offset, shape) -> torch.Tensor:
@@ -317,7 +326,9 @@ class MultiCoilMRI3D(_MRICore):
         (``None``: all at once; smaller values bound the working memory).
 
     The real dtype of the operator follows ``coil_maps`` (complex64 -> float32); inputs of
-    another precision are computed in their own precision (the maps are cast per call).
+    another precision are computed in their own precision (the maps are cast per call), except
+    float16/bfloat16, computed in float32 and rounded back once (float32 under
+    ``torch.autocast``).
     ``A_dagger`` is the zero-filled reconstruction ``sum_c conj(S_c) F^-1 y_c / sum_c |S_c|^2``
     (``= A^H y`` for normalised maps) unless ``cg=True`` (CG-SENSE, :func:`unrolled3d.mri.cg_sense`).
 
@@ -402,18 +413,18 @@ class MultiCoilMRI3D(_MRICore):
           **kwargs) -> torch.Tensor:
         """``(B, 2, D, H, W) -> (B, 2, N_c, D, H, W)``; optionally update ``mask``/``coil_maps`` first."""
         self.update_parameters(mask=mask, coil_maps=coil_maps)
-        return from_complex_image(self._forward(self._image(x, self._vol_shape)))
+        return self._restore(from_complex_image(self._forward(self._image(x, self._vol_shape))), x)
 
     def A_adjoint(self, y: torch.Tensor, mask: torch.Tensor | None = None, coil_maps: torch.Tensor | None = None,
                   **kwargs) -> torch.Tensor:
         """``(B, 2, N_c, D, H, W) -> (B, 2, D, H, W)``: ``sum_c conj(S_c) F^-1 (M y_c)``."""
         self.update_parameters(mask=mask, coil_maps=coil_maps)
         yc, owned = self._kspace(y)
-        return from_complex_image(self._adjoint(yc, owned=owned))
+        return self._restore(from_complex_image(self._adjoint(yc, owned=owned)), y)
 
     def A_adjoint_A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         """Fused ``A^H A x = sum_c conj(S_c) F^-1 M^2 F S_c x`` (no k-space in real layout)."""
-        return from_complex_image(self._normal(self._image(x, self._vol_shape)))
+        return self._restore(from_complex_image(self._normal(self._image(x, self._vol_shape))), x)
 
     def A_dagger(self, y: torch.Tensor, cg: bool = False, n_iter: int = 50, tol: float = 1e-6, lam: float = 0.0,
                  **kwargs) -> torch.Tensor:
@@ -485,14 +496,14 @@ class MultiCoilMRI3DPatch(_MRICore):
         return self.shape
 
     def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        return from_complex_image(self._forward(self._image(x, self.shape), self.offset, self.shape))
+        return self._restore(from_complex_image(self._forward(self._image(x, self.shape), self.offset, self.shape)), x)
 
     def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
         yc, owned = self._kspace(y)
-        return from_complex_image(self._adjoint(yc, self.offset, self.shape, owned=owned))
+        return self._restore(from_complex_image(self._adjoint(yc, self.offset, self.shape, owned=owned)), y)
 
     def A_adjoint_A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        return from_complex_image(self._normal(self._image(x, self.shape), self.offset, self.shape))
+        return self._restore(from_complex_image(self._normal(self._image(x, self.shape), self.offset, self.shape)), x)
 
     def A_dagger(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
         return self.A_adjoint(y)

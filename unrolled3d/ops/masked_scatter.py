@@ -15,6 +15,10 @@ from torch import Tensor
 
 from .._validation import check_like, check_tensor, int_tuple
 from ..kernels import masked_scatter as _kernel
+from .._validation import FLOAT_DTYPES
+from ..kernels._common import overlap
+from ._func import Static, register_folding_vmap, sum_terms
+from ._precision import companions, is_low, output_dtype, register_float32_autocast, upcast
 from .dispatch import or_empty, use_triton
 
 __all__ = ["masked_scatter_add", "masked_scatter_add_"]
@@ -53,57 +57,158 @@ def _(grad_out, src, mask, window, offset, patch_shape, need_src_grad, need_mask
     return gs, gm
 
 
-def _msa_setup(ctx, inputs, output):
-    dest, src, offset, patch_shape, mask, window, weight = inputs
-    ctx.geom = (list(offset), list(patch_shape))
+# --------------------------------------------------------------------------- autograd
+# As in ops/masked_gather.py: autograd.Functions with a separate setup_context (torch.func-safe,
+# used by the public function) and the same formulas registered on the raw ops. ``out`` is
+# affine in dest and bilinear in (src, mask), ``out_weight`` is ``weight`` plus a constant: the
+# jvp is the product rule. ``window`` is not differentiable. Non-tensor arguments travel as one
+# Static (ops/_func.py).
+class _MaskedScatterAdd(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(dest, src, mask, window, weight, geom):
+        offset, patch = geom.args
+        return torch.ops.unrolled3d.masked_scatter_add(dest, src, offset, patch, mask, window, weight)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        dest, src, mask, window, weight, geom = inputs
+        _msa_save(ctx, src, mask, window, geom, output)
+
+    @staticmethod
+    def backward(ctx, g, g_w):
+        need = ctx.needs_input_grad
+        gd, gs, gm, gw = _msa_grads(ctx, g, g_w, need[0], need[1], need[2], need[4])
+        return gd, gs, gm, None, gw, None
+
+    @staticmethod
+    def jvp(ctx, t_dest, t_src, t_mask, _t_window, t_weight, _geom):
+        src, mask, window = ctx.saved_tensors
+        out_shape, w_shape = ctx.out_shapes
+        terms = [(t_dest, t_weight)]
+        zero = None
+        if t_src is not None:
+            zero = src.new_zeros(out_shape)
+            terms.append((_MaskedScatterAdd.apply(zero, t_src, mask, window, None, ctx.geom)[0], None))
+        if t_mask is not None:
+            zero = src.new_zeros(out_shape) if zero is None else zero
+            terms.append((_MaskedScatterAdd.apply(zero, src, t_mask, window, None, ctx.geom)[0], None))
+        return sum_terms(terms, ctx.out_shapes, src)
+
+
+def _msa_save(ctx, src, mask, window, geom, output):
+    ctx.geom = geom
     ctx.has_mask = mask is not None
+    ctx.out_shapes = [o.shape for o in output]
     ctx.save_for_backward(src, mask, window)
+    ctx.save_for_forward(src, mask, window)
 
 
-def _msa_backward(ctx, g, g_w):
+def _msa_grads(ctx, g, g_w, need_d, need_s, need_m, need_wt):
     src, mask, window = ctx.saved_tensors
-    need_d, need_s = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    need_m = ctx.has_mask and ctx.needs_input_grad[4]
-    need_wt = ctx.needs_input_grad[6]
+    need_m = ctx.has_mask and need_m
     gs = gm = None
     if need_s or need_m:
-        gs, gm = torch.ops.unrolled3d.masked_scatter_add_backward(g, src, mask, window, *ctx.geom, need_s, need_m)
-    return ((g if need_d else None), (gs if need_s else None), None, None,
-            (gm if need_m else None), None, (g_w if need_wt else None))
+        offset, patch = ctx.geom.args
+        gs, gm = _MaskedScatterAddBackward.apply(g, src, mask, window, Static(offset, patch, need_s, need_m))
+    return (g if need_d else None), (gs if need_s else None), (gm if need_m else None), (g_w if need_wt else None)
 
 
-_masked_scatter_add_op.register_autograd(_msa_backward, setup_context=_msa_setup)
+class _MaskedScatterAddBackward(torch.autograd.Function):
+    # gs = Z(P G * Wn * M),  gm = sum_bc P G * Wn * Z^T S   (P: patch, Z: zero-pad)
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad_out, src, mask, window, geom):
+        offset, patch, need_s, need_m = geom.args
+        return torch.ops.unrolled3d.masked_scatter_add_backward(grad_out, src, mask, window, offset, patch,
+                                                                need_s, need_m)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_out, src, mask, window, geom = inputs
+        _msab_save(ctx, grad_out, src, mask, window, geom, output)
+
+    @staticmethod
+    def backward(ctx, h_s, h_m):
+        return _msab_grads(ctx, h_s, h_m, *ctx.needs_input_grad[:3]) + (None, None)
+
+    @staticmethod
+    def jvp(ctx, t_G, t_S, t_M, _t_window, _geom):
+        # gs is bilinear in (G, M), gm in (G, S): the product rule, term by term
+        G, S, M, Wn = ctx.saved_tensors
+        offset, patch, need_s, need_m = ctx.geom.args
+        terms = []
+        if t_G is not None:
+            terms.append(_MaskedScatterAddBackward.apply(t_G, S, M, Wn, ctx.geom))
+        if t_M is not None and need_s:
+            terms.append((_MaskedScatterAddBackward.apply(G, S, t_M, Wn, Static(offset, patch, True, False))[0], None))
+        if t_S is not None and need_m:
+            terms.append((None, _MaskedScatterAddBackward.apply(G, t_S, M, Wn, Static(offset, patch, False, True))[1]))
+        return sum_terms(terms, ctx.out_shapes, S)
 
 
-def _msab_setup(ctx, inputs, output):
-    grad_out, src, mask, window, offset, patch_shape, need_s, need_m = inputs
-    ctx.geom = (list(offset), list(patch_shape))
-    ctx.need = (need_s, need_m)
+def _msab_save(ctx, grad_out, src, mask, window, geom, output):
+    ctx.geom = geom
+    ctx.out_shapes = [o.shape for o in output]
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(grad_out, src, mask, window)
+    ctx.save_for_forward(grad_out, src, mask, window)
 
 
-def _msab_backward(ctx, h_s, h_m):
-    # gs = Z(P G * Wn * M),  gm = sum_bc P G * Wn * Z^T S   (P: patch, Z: zero-pad)
+def _msab_grads(ctx, h_s, h_m, need_G, need_S, need_M):
     G, S, M, Wn = ctx.saved_tensors
-    offset, patch = ctx.geom
-    h_s = h_s if ctx.need[0] else None
-    h_m = h_m if ctx.need[1] else None
+    offset, patch, need_s, need_m = ctx.geom.args
+    geom = Static(offset, patch)
+    h_s = h_s if need_s else None
+    h_m = h_m if need_m else None
     dG = dS = dM = None
-    if ctx.needs_input_grad[0] and (h_s is not None or h_m is not None):
+    if need_G and (h_s is not None or h_m is not None):
         dG = G.new_zeros(G.shape)
         if h_s is not None:
-            dG = torch.ops.unrolled3d.masked_scatter_add(dG, h_s, offset, patch, M, Wn, None)[0]
+            dG = _MaskedScatterAdd.apply(dG, h_s, M, Wn, None, geom)[0]
         if h_m is not None:
-            dG = torch.ops.unrolled3d.masked_scatter_add(dG, S, offset, patch, h_m, Wn, None)[0]
-    if ctx.needs_input_grad[1] and h_m is not None:
-        dS = torch.ops.unrolled3d.masked_scatter_add_backward(G, S, h_m, Wn, offset, patch, True, False)[0]
-    if ctx.needs_input_grad[2] and h_s is not None:
-        dM = torch.ops.unrolled3d.masked_scatter_add_backward(G, h_s, M, Wn, offset, patch, False, True)[1]
-    return dG, dS, dM, None, None, None, None, None
+            dG = _MaskedScatterAdd.apply(dG, S, h_m, Wn, None, geom)[0]
+    if need_S and h_m is not None:
+        dS = _MaskedScatterAddBackward.apply(G, S, h_m, Wn, Static(offset, patch, True, False))[0]
+    if need_M and h_s is not None:
+        dM = _MaskedScatterAddBackward.apply(G, h_s, M, Wn, Static(offset, patch, False, True))[1]
+    return dG, dS, dM
 
 
-_masked_scatter_add_backward_op.register_autograd(_msab_backward, setup_context=_msab_setup)
+# the same formulas on the raw ops (argument order of their schemas)
+def _msa_op_setup(ctx, inputs, output):
+    dest, src, offset, patch_shape, mask, window, weight = inputs
+    _msa_save(ctx, src, mask, window, Static(list(offset), list(patch_shape)), output)
+
+
+def _msa_op_backward(ctx, g, g_w):
+    need = ctx.needs_input_grad
+    gd, gs, gm, gw = _msa_grads(ctx, g, g_w, need[0], need[1], need[4], need[6])
+    return gd, gs, None, None, gm, None, gw
+
+
+def _msab_op_setup(ctx, inputs, output):
+    grad_out, src, mask, window, offset, patch_shape, need_s, need_m = inputs
+    _msab_save(ctx, grad_out, src, mask, window, Static(list(offset), list(patch_shape), need_s, need_m), output)
+
+
+def _msab_op_backward(ctx, h_s, h_m):
+    return _msab_grads(ctx, h_s, h_m, *ctx.needs_input_grad[:3]) + (None,) * 5
+
+
+_masked_scatter_add_op.register_autograd(_msa_op_backward, setup_context=_msa_op_setup)
+_masked_scatter_add_backward_op.register_autograd(_msab_op_backward, setup_context=_msab_op_setup)
+# vmap: the vmapped dimension joins B for dest and src (out_weight does not depend on them), except
+# where the mask's gradient sums over B (ops/_func.py); autocast: float32 (ops/_precision.py).
+# The in-place op has neither: vmap cannot write a batch into one tensor, and an autocast cast
+# would write into a copy.
+register_folding_vmap("unrolled3d::masked_scatter_add", batch_args=(0, 1), batch_outputs=(True, False))
+register_folding_vmap("unrolled3d::masked_scatter_add_backward", batch_args=(0, 1), batch_outputs=(True, False),
+                      can_fold=lambda *args: not args[7])
+for _name in ("unrolled3d::masked_scatter_add", "unrolled3d::masked_scatter_add_backward"):
+    register_float32_autocast(_name)
 
 
 @torch.library.custom_op("unrolled3d::masked_scatter_add_", mutates_args=("dest", "weight"))
@@ -120,10 +225,12 @@ def _(dest, src, offset, patch_shape, mask, window, weight):
 
 
 def _check_args(dest, src, offset, patch_shape, mask, window, weight):
-    check_tensor(dest, "dest", 5)
-    check_tensor(src, "src", 5)
-    if src.dtype != dest.dtype:
-        raise TypeError(f"src must have the same dtype as dest ({dest.dtype}), got {src.dtype}")
+    check_tensor(dest, "dest", 5, FLOAT_DTYPES)
+    check_tensor(src, "src", 5, FLOAT_DTYPES)
+    also = companions(dest.dtype)  # float32 companions of a float16/bfloat16 dest
+    if src.dtype != dest.dtype and src.dtype not in also:
+        alternatives = "".join(f" or {str(d).replace('torch.', '')}" for d in also)
+        raise TypeError(f"src must have the same dtype as dest ({dest.dtype}){alternatives}, got {src.dtype}")
     if src.device != dest.device:
         raise ValueError(f"src must be on the same device as dest ({dest.device}), got {src.device}")
     offset = int_tuple("offset", offset, 3, minimum=None)
@@ -134,11 +241,11 @@ def _check_args(dest, src, offset, patch_shape, mask, window, weight):
     if any(P < p for P, p in zip(src.shape[2:], patch)):
         raise ValueError(f"src spatial shape must be >= patch_shape {patch} in every dim, got {tuple(src.shape[2:])}")
     if mask is not None:
-        check_like(mask, "mask", dest, "dest", patch)
+        check_like(mask, "mask", dest, "dest", patch, also)
     if window is not None:
-        check_like(window, "window", dest, "dest", patch)
+        check_like(window, "window", dest, "dest", patch, also)
     if weight is not None:
-        check_like(weight, "weight", dest, "dest", dest.shape[2:])
+        check_like(weight, "weight", dest, "dest", dest.shape[2:], also)
     return list(offset), list(patch)
 
 
@@ -154,9 +261,10 @@ def masked_scatter_add(dest: Tensor, src: Tensor, offset: Sequence[int], patch_s
     Parameters
     ----------
     dest : torch.Tensor
-        ``(B, C, D, H, W)`` float32/float64.
+        ``(B, C, D, H, W)`` float32/float64; float16/bfloat16 are computed in float32.
     src : torch.Tensor
-        ``(B, C, Pd, Ph, Pw)`` with each ``P >=`` the patch, e.g. a padded inverse FFT.
+        ``(B, C, Pd, Ph, Pw)`` with each ``P >=`` the patch, e.g. a padded inverse FFT; dest's
+        dtype (or float32 for a float16/bfloat16 dest, as do ``mask``, ``window``, ``weight``).
     offset, patch_shape : sequence of 3 int
         As in :func:`unrolled3d.ops.masked_gather`.
     mask, window : torch.Tensor, optional
@@ -167,8 +275,10 @@ def masked_scatter_add(dest: Tensor, src: Tensor, offset: Sequence[int], patch_s
     Returns
     -------
     (torch.Tensor, torch.Tensor or None)
-        New tensors ``(out, out_weight)``; differentiable w.r.t. ``dest``, ``src``, ``mask`` and
-        ``weight``.
+        New tensors ``(out, out_weight)`` of the dtypes of ``dest`` and ``weight`` (float32 under
+        ``torch.autocast`` for float16/bfloat16); differentiable w.r.t. ``dest``, ``src``,
+        ``mask`` and ``weight``, also under ``torch.func`` (``grad``, ``jvp``, ``vmap``,
+        ``jacrev``, ``jacfwd``).
 
     Examples
     --------
@@ -182,8 +292,13 @@ def masked_scatter_add(dest: Tensor, src: Tensor, offset: Sequence[int], patch_s
     offset, patch = _check_args(dest, src, offset, patch_shape, mask, window, weight)
     if window is not None and window.requires_grad and torch.is_grad_enabled():
         raise ValueError("window is not differentiable but requires grad; pass window.detach()")
-    out, out_w = torch.ops.unrolled3d.masked_scatter_add(dest, src, offset, patch, mask, window, weight)
-    return out, (out_w if weight is not None else None)
+    args = (upcast(dest), upcast(src), upcast(mask), upcast(window), upcast(weight))
+    if torch.compiler.is_compiling():  # see ops/_func.py: the raw op, same formulas, no jvp
+        d, s, m, win, w = args
+        out, out_w = torch.ops.unrolled3d.masked_scatter_add(d, s, offset, patch, m, win, w)
+    else:
+        out, out_w = _MaskedScatterAdd.apply(*args, Static(offset, patch))
+    return out.to(output_dtype(dest)), (out_w.to(output_dtype(weight)) if weight is not None else None)
 
 
 def _no_internal_overlap(t: Tensor, name: str) -> None:
@@ -195,6 +310,9 @@ def masked_scatter_add_(dest: Tensor, src: Tensor, offset: Sequence[int], patch_
                         mask: Optional[Tensor] = None, window: Optional[Tensor] = None,
                         weight: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
     """In-place fast path of :func:`masked_scatter_add` for inference.
+
+    A float16/bfloat16 ``dest`` is added to in float32 on the patch's region and rounded back
+    once per call.
 
     Adds into ``dest`` (and ``weight``) directly: no copy of the volume, only a read-modify-write
     of the patch region. It has no autograd: call it under ``torch.no_grad()`` /
@@ -218,5 +336,28 @@ def masked_scatter_add_(dest: Tensor, src: Tensor, offset: Sequence[int], patch_
     _no_internal_overlap(dest, "dest")
     if weight is not None:
         _no_internal_overlap(weight, "weight")
-    torch.ops.unrolled3d.masked_scatter_add_(dest, src, offset, patch, mask, window, weight)
+    if is_low(dest.dtype):
+        _add_low_precision_(dest, src, offset, patch, mask, window, weight)
+    else:
+        torch.ops.unrolled3d.masked_scatter_add_(dest, src, offset, patch, mask, window, weight)
     return dest, weight
+
+
+def _add_low_precision_(dest, src, offset, patch, mask, window, weight) -> None:
+    """The in-place add into a float16/bfloat16 ``dest``: the patch's region of ``dest`` (and
+    ``weight``) is read into float32, added to there, and rounded back once, so the extra work
+    is patch-sized, as in the float32 path."""
+    ov = overlap(offset, patch, dest.shape[2:])
+    if ov is None:
+        return
+    lo = [o + a for o, (a, _) in zip(offset, ov)]
+    region = tuple(slice(o + a, o + b) for o, (a, b) in zip(offset, ov))
+    rel = [o - start for o, start in zip(offset, lo)]  # the patch's offset in the region (<= 0)
+    d_view = dest[(Ellipsis, *region)]
+    d32 = upcast(d_view)
+    w_view = weight[region] if weight is not None else None
+    w32 = upcast(w_view)
+    torch.ops.unrolled3d.masked_scatter_add_(d32, upcast(src), rel, patch, upcast(mask), upcast(window), w32)
+    d_view.copy_(d32)
+    if w_view is not None and w32 is not w_view:
+        w_view.copy_(w32)

@@ -24,6 +24,8 @@ import torch
 
 from .._build import load_extension
 from ..geometry import ConeBeamGeometry
+from ._func import Static, register_folding_vmap
+from ._precision import LOW_PRECISION, output_dtype, register_float32_autocast, upcast
 
 load_extension()  # registers the C++ schemas and kernels
 
@@ -32,7 +34,8 @@ __all__ = [
     "check_sinogram",
 ]
 
-_FLOAT_DTYPES = (torch.float32, torch.float64)
+#: float16/bfloat16 are computed in float32 (ops/_precision.py)
+_FLOAT_DTYPES = (torch.float32, torch.float64, *LOW_PRECISION)
 BACKPROJECT_ALGORITHMS = ("auto", "scatter", "tile", "gather")
 _CPU_ONLY_ALGORITHMS = ("tile",)
 
@@ -54,78 +57,117 @@ def _cone_backproject_algo_fake(sino, views, vol_geom, depth, height, width, alg
 
 
 # --------------------------------------------------------------------------- autograd
-# The pair is linear: the backward of each op is the other op with the same geometry. It is
+# The pair is linear: the backward of each op is the other op with the same geometry, and its
+# forward-mode derivative (jvp) is the op itself applied to the tangent. The backward is
 # registered twice: on the ops themselves (torch.library.register_autograd, for direct
 # torch.ops users and torch.compile), and as autograd.Functions with a separate setup_context,
 # which the public functions use because torch.func transforms (torch.func.grad, used by
-# deepinv) reject the Function that register_autograd generates (pytorch/pytorch#170834).
-def _project_setup(ctx, inputs, output):
-    volume, views, vol_geom, _rows, _cols = inputs
+# deepinv) reject the Function that register_autograd generates (pytorch/pytorch#170834). The
+# Functions' vmap rule is generated (generate_vmap_rule): their forward, backward and jvp run
+# the raw ops, whose own vmap rule folds the vmapped dimension into B (ops/_func.py), so
+# vmap, jacrev and jacfwd compose.
+#
+# The Functions take their non-tensor arguments as one Static (ops/_func.py): the scan
+# (vol_geom, vol_shape, det_shape) of both directions.
+def _scan(vol_geom, vol_shape, det_shape) -> Static:
+    return Static(list(vol_geom), tuple(vol_shape), tuple(det_shape))
+
+
+def _save(ctx, views, scan: Static) -> None:
     ctx.save_for_backward(views)
-    ctx.vol_geom = list(vol_geom)
-    ctx.vol_shape = tuple(volume.shape[-3:])
-
-
-def _project_backward(ctx, grad):
-    (views,) = ctx.saved_tensors
-    return _ConeBackproject.apply(grad.contiguous(), views, ctx.vol_geom, *ctx.vol_shape), None, None, None, None
-
-
-def _backproject_setup(ctx, inputs, output):
-    sino, views, vol_geom, _d, _h, _w = inputs
-    ctx.save_for_backward(views)
-    ctx.vol_geom = list(vol_geom)
-    ctx.det_shape = tuple(sino.shape[-2:])
-
-
-def _backproject_backward(ctx, grad):
-    (views,) = ctx.saved_tensors
-    return _ConeProject.apply(grad.contiguous(), views, ctx.vol_geom, *ctx.det_shape), None, None, None, None, None
-
-
-def _backproject_algo_setup(ctx, inputs, output):
-    _backproject_setup(ctx, inputs[:6], output)
-
-
-def _backproject_algo_backward(ctx, grad):
-    # Every algorithm is the same linear map, so its adjoint is the forward projection.
-    return (*_backproject_backward(ctx, grad), None)
+    ctx.save_for_forward(views)
+    ctx.scan = scan
 
 
 class _ConeProject(torch.autograd.Function):
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(volume, views, vol_geom, rows, cols):
+    def forward(volume, views, scan):
+        vol_geom, _, (rows, cols) = scan.args
         return torch.ops.unrolled3d.cone_project(volume, views, vol_geom, rows, cols)
 
-    setup_context = staticmethod(_project_setup)
-    backward = staticmethod(_project_backward)
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _save(ctx, inputs[1], inputs[2])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (views,) = ctx.saved_tensors
+        return _ConeBackproject.apply(grad.contiguous(), views, ctx.scan), None, None
+
+    @staticmethod
+    def jvp(ctx, t_volume, _views, _scan):
+        (views,) = ctx.saved_tensors
+        return _ConeProject.apply(t_volume, views, ctx.scan)
 
 
 class _ConeBackproject(torch.autograd.Function):
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(sino, views, vol_geom, depth, height, width):
+    def forward(sino, views, scan):
+        vol_geom, (depth, height, width), _ = scan.args
         return torch.ops.unrolled3d.cone_backproject(sino, views, vol_geom, depth, height, width)
 
-    setup_context = staticmethod(_backproject_setup)
-    backward = staticmethod(_backproject_backward)
-
-
-class _ConeBackprojectAlgo(torch.autograd.Function):
     @staticmethod
-    def forward(sino, views, vol_geom, depth, height, width, algorithm):
-        return torch.ops.unrolled3d.cone_backproject_algo(sino, views, vol_geom, depth, height, width, algorithm)
+    def setup_context(ctx, inputs, output):
+        _save(ctx, inputs[1], inputs[2])
 
-    setup_context = staticmethod(_backproject_algo_setup)
-    backward = staticmethod(_backproject_algo_backward)
+    @staticmethod
+    def backward(ctx, grad):
+        (views,) = ctx.saved_tensors
+        return _ConeProject.apply(grad.contiguous(), views, ctx.scan), None, None
+
+    @staticmethod
+    def jvp(ctx, t_sino, _views, _scan):
+        (views,) = ctx.saved_tensors
+        return _ConeBackproject.apply(t_sino, views, ctx.scan)
 
 
-torch.library.register_autograd("unrolled3d::cone_project", _project_backward, setup_context=_project_setup)
-torch.library.register_autograd(
-    "unrolled3d::cone_backproject", _backproject_backward, setup_context=_backproject_setup
-)
-torch.library.register_autograd(
-    "unrolled3d::cone_backproject_algo", _backproject_algo_backward, setup_context=_backproject_algo_setup
-)
+# the same formulas on the raw ops
+def _project_setup(ctx, inputs, output):
+    volume, views, vol_geom, rows, cols = inputs
+    _save(ctx, views, _scan(vol_geom, volume.shape[-3:], (rows, cols)))
+
+
+def _backproject_setup(ctx, inputs, output):
+    sino, views, vol_geom, depth, height, width = inputs
+    _save(ctx, views, _scan(vol_geom, (depth, height, width), sino.shape[-2:]))
+
+
+def _project_op_backward(ctx, grad):
+    return _ConeProject.backward(ctx, grad)[0], None, None, None, None
+
+
+def _backproject_op_backward(ctx, grad):
+    return _ConeBackproject.backward(ctx, grad)[0], None, None, None, None, None
+
+
+torch.library.register_autograd("unrolled3d::cone_project", _project_op_backward, setup_context=_project_setup)
+torch.library.register_autograd("unrolled3d::cone_backproject", _backproject_op_backward,
+                                setup_context=_backproject_setup)
+# vmap: the vmapped dimension joins B (the views tensor is the geometry: never batched in practice,
+# and looped over if it is); autocast: the ops run in float32 (ops/_precision.py).
+for _name in ("unrolled3d::cone_project", "unrolled3d::cone_backproject"):
+    register_folding_vmap(_name, batch_args=(0,), batch_outputs=True)
+    register_float32_autocast(_name)
+
+
+# cone_backproject_algo is the same linear map as cone_backproject, whatever the algorithm: its
+# adjoint is the forward projection.
+def _backproject_algo_setup(ctx, inputs, output):
+    sino, views, vol_geom, depth, height, width, _algorithm = inputs
+    _save(ctx, views, _scan(vol_geom, (depth, height, width), sino.shape[-2:]))
+
+
+def _backproject_algo_op_backward(ctx, grad):
+    return _ConeBackproject.backward(ctx, grad)[0], None, None, None, None, None, None
+
+
+torch.library.register_autograd("unrolled3d::cone_backproject_algo", _backproject_algo_op_backward,
+                                setup_context=_backproject_algo_setup)
+register_float32_autocast("unrolled3d::cone_backproject_algo")
 
 
 # --------------------------------------------------------------------------- checks
@@ -135,7 +177,7 @@ def _check_data(name: str, x: object, geometry: object) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
+        raise TypeError(f"{name} must be float32 or float64 (float16/bfloat16: computed in float32), got {x.dtype}")
     if x.device.type not in ("cpu", "cuda"):
         raise ValueError(f"{name} must be on a CPU or CUDA device, got {x.device}")
     if x.ndim != 5:
@@ -171,18 +213,37 @@ def cone_project(volume: torch.Tensor, geometry: ConeBeamGeometry) -> torch.Tens
     Parameters
     ----------
     volume : torch.Tensor
-        ``(B, C, D, H, W)`` float32/float64, CPU or CUDA, any strides.
+        ``(B, C, D, H, W)`` float32/float64, CPU or CUDA, any strides; float16/bfloat16 are
+        computed in float32.
     geometry : ConeBeamGeometry
 
     Returns
     -------
     torch.Tensor
-        ``(B, C, n_views, rows, cols)``, same dtype and device. Differentiable: its gradient is
-        :func:`cone_backproject`.
+        ``(B, C, n_views, rows, cols)``, same dtype and device (float32 for float16/bfloat16
+        input inside ``torch.autocast``). Differentiable, also under ``torch.func`` (``grad``,
+        ``vjp``, ``jvp``, ``vmap``, ``jacrev``, ``jacfwd``): its gradient is
+        :func:`cone_backproject`, its forward derivative itself.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from unrolled3d.geometry import ConeBeamGeometry
+    >>> from unrolled3d.ops import cone_project
+    >>> g = ConeBeamGeometry.circular(2, 50.0, 30.0, (4, 5), 1.0, (3, 3, 3))
+    >>> cone_project(torch.ones(1, 1, 3, 3, 3), g).shape
+    torch.Size([1, 1, 2, 4, 5])
+    >>> torch.func.vmap(lambda v: cone_project(v, g))(torch.ones(4, 1, 1, 3, 3, 3)).shape
+    torch.Size([4, 1, 1, 2, 4, 5])
     """
     check_volume(volume, geometry)
     rows, cols = geometry.det_shape
-    return _ConeProject.apply(volume, geometry.views_tensor(volume.device), geometry.vol_geom, rows, cols)
+    views = geometry.views_tensor(volume.device)
+    if torch.compiler.is_compiling():  # see ops/_func.py: the raw op, same formulas, no jvp
+        out = torch.ops.unrolled3d.cone_project(upcast(volume), views, geometry.vol_geom, rows, cols)
+    else:
+        out = _ConeProject.apply(upcast(volume), views, Static(geometry.vol_geom, geometry.vol_shape, (rows, cols)))
+    return out.to(output_dtype(volume))
 
 
 def cone_backproject(sino: torch.Tensor, geometry: ConeBeamGeometry) -> torch.Tensor:
@@ -191,16 +252,23 @@ def cone_backproject(sino: torch.Tensor, geometry: ConeBeamGeometry) -> torch.Te
     Parameters
     ----------
     sino : torch.Tensor
-        ``(B, C, n_views, rows, cols)`` float32/float64, CPU or CUDA.
+        ``(B, C, n_views, rows, cols)`` float32/float64, CPU or CUDA; float16/bfloat16 are
+        computed in float32.
     geometry : ConeBeamGeometry
 
     Returns
     -------
     torch.Tensor
-        ``(B, C, D, H, W)``.
+        ``(B, C, D, H, W)``, dtype as in :func:`cone_project`. Differentiable like it.
     """
     check_sinogram(sino, geometry)
-    return _ConeBackproject.apply(sino, geometry.views_tensor(sino.device), geometry.vol_geom, *geometry.vol_shape)
+    views = geometry.views_tensor(sino.device)
+    if torch.compiler.is_compiling():  # see ops/_func.py: the raw op, same formulas, no jvp
+        out = torch.ops.unrolled3d.cone_backproject(upcast(sino), views, geometry.vol_geom, *geometry.vol_shape)
+    else:
+        out = _ConeBackproject.apply(upcast(sino), views, Static(geometry.vol_geom, geometry.vol_shape,
+                                                                 geometry.det_shape))
+    return out.to(output_dtype(sino))
 
 
 def cone_backproject_algo(sino: torch.Tensor, geometry: ConeBeamGeometry, algorithm: str = "auto") -> torch.Tensor:
@@ -209,7 +277,7 @@ def cone_backproject_algo(sino: torch.Tensor, geometry: ConeBeamGeometry, algori
     Parameters
     ----------
     sino : torch.Tensor
-        ``(B, C, n_views, rows, cols)`` float32/float64, CPU or CUDA.
+        ``(B, C, n_views, rows, cols)``, CPU or CUDA; dtypes as in :func:`cone_backproject`.
     geometry : ConeBeamGeometry
     algorithm : {"auto", "scatter", "tile", "gather"}
         See the module docstring. ``"tile"`` is CPU-only.
@@ -226,6 +294,6 @@ def cone_backproject_algo(sino: torch.Tensor, geometry: ConeBeamGeometry, algori
     check_sinogram(sino, geometry)
     if algorithm in _CPU_ONLY_ALGORITHMS and sino.device.type != "cpu":
         raise ValueError(f"algorithm {algorithm!r} is CPU-only; use 'gather' or 'scatter' on {sino.device}")
-    return _ConeBackprojectAlgo.apply(
-        sino, geometry.views_tensor(sino.device), geometry.vol_geom, *geometry.vol_shape, algorithm
-    )
+    out = torch.ops.unrolled3d.cone_backproject_algo(upcast(sino), geometry.views_tensor(sino.device),
+                                                     geometry.vol_geom, *geometry.vol_shape, algorithm)
+    return out.to(output_dtype(sino))

@@ -14,13 +14,19 @@ from torch import Tensor
 
 from .._validation import check_tensor
 from ..kernels import spectral_filter as _kernel
+from ._func import Static, register_folding_vmap, sum_terms
+from ._precision import COMPLEX_LOW_PRECISION, LOW_PRECISION, output_dtype, register_float32_autocast, upcast
 from .dispatch import or_empty, use_triton
 
 __all__ = ["spectral_filter"]
 
-_COMPLEX_DTYPES = (torch.complex64, torch.complex128)
+_COMPLEX_DTYPES = (torch.complex64, torch.complex128, *COMPLEX_LOW_PRECISION)
+# lam's dtypes per spec dtype: the matching precision; low precision (computed in float32 /
+# complex64) goes with complex64 and complex32 spectra
+_LOW = (*LOW_PRECISION, *COMPLEX_LOW_PRECISION)
 _LAM_DTYPES = {
-    torch.complex64: (torch.float32, torch.complex64),
+    torch.complex64: (torch.float32, torch.complex64, *_LOW),
+    torch.complex32: (torch.float32, torch.complex64, *_LOW),
     torch.complex128: (torch.float64, torch.complex128),
 }
 
@@ -52,55 +58,142 @@ def _(grad_out, spec, lam, scale, need_spec_grad, need_lam_grad):
     return gs, gl
 
 
-def _sf_setup(ctx, inputs, output):
-    spec, lam, scale = inputs
+# --------------------------------------------------------------------------- autograd
+# As in ops/masked_gather.py: autograd.Functions with a separate setup_context (torch.func-safe,
+# used by the public function) and the same formulas registered on the raw ops. The op is
+# bilinear in (spec, lam): its jvp is the product rule. Non-tensor arguments travel as one
+# Static (ops/_func.py).
+class _SpectralFilter(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(spec, lam, scale):
+        return torch.ops.unrolled3d.spectral_filter(spec, lam, scale.args[0])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        spec, lam, scale = inputs
+        _sf_save(ctx, spec, lam, scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _sf_grads(ctx, grad, ctx.needs_input_grad[0], ctx.needs_input_grad[1]) + (None,)
+
+    @staticmethod
+    def jvp(ctx, t_spec, t_lam, _scale):
+        spec, lam = ctx.saved_tensors
+        terms = []
+        if t_spec is not None:
+            terms.append((_SpectralFilter.apply(t_spec, lam, ctx.scale),))
+        if t_lam is not None:
+            terms.append((_SpectralFilter.apply(spec, t_lam, ctx.scale),))
+        return sum_terms(terms, [spec.shape], spec)[0]
+
+
+def _sf_save(ctx, spec, lam, scale):
     ctx.scale = scale
     ctx.save_for_backward(spec, lam)
+    ctx.save_for_forward(spec, lam)
 
 
-def _sf_backward(ctx, grad):
+def _sf_grads(ctx, grad, need_s, need_l):
     spec, lam = ctx.saved_tensors
-    need_s, need_l = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     if not (need_s or need_l):
-        return None, None, None
-    gs, gl = torch.ops.unrolled3d.spectral_filter_backward(grad, spec, lam, ctx.scale, need_s, need_l)
-    return (gs if need_s else None), (gl if need_l else None), None
+        return None, None
+    gs, gl = _SpectralFilterBackward.apply(grad, spec, lam, Static(ctx.scale.args[0], need_s, need_l))
+    return (gs if need_s else None), (gl if need_l else None)
 
 
-_spectral_filter_op.register_autograd(_sf_backward, setup_context=_sf_setup)
-
-
-def _sfb_setup(ctx, inputs, output):
-    grad_out, spec, lam, scale, need_s, need_l = inputs
-    ctx.scale = scale
-    ctx.need = (need_s, need_l)
-    ctx.set_materialize_grads(False)
-    ctx.save_for_backward(grad_out, spec, lam)
-
-
-def _sfb_backward(ctx, h_s, h_l):
+class _SpectralFilterBackward(torch.autograd.Function):
     # gs = s G conj(L),  gl = s sum_bc G conj(S)  (Re if L real); adjoints w.r.t. the
     # real inner product Re<a, b> (PyTorch's convention) give:
     #   dG = s h_s L + s S h_l,  dS = s G conj(h_l),  dL = s sum_bc G conj(h_s)
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad_out, spec, lam, args):
+        scale, need_s, need_l = args.args
+        return torch.ops.unrolled3d.spectral_filter_backward(grad_out, spec, lam, scale, need_s, need_l)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_out, spec, lam, args = inputs
+        _sfb_save(ctx, grad_out, spec, lam, args, output)
+
+    @staticmethod
+    def backward(ctx, h_s, h_l):
+        return _sfb_grads(ctx, h_s, h_l, *ctx.needs_input_grad[:3]) + (None,)
+
+    @staticmethod
+    def jvp(ctx, t_G, t_S, t_L, _args):
+        # gs is R-bilinear in (G, L), gl in (G, S) (conj and Re are R-linear): the product rule
+        G, S, L = ctx.saved_tensors
+        scale, need_s, need_l = ctx.args.args
+        terms = []
+        if t_G is not None:
+            terms.append(_SpectralFilterBackward.apply(t_G, S, L, ctx.args))
+        if t_L is not None and need_s:
+            terms.append((_SpectralFilterBackward.apply(G, S, t_L, Static(scale, True, False))[0], None))
+        if t_S is not None and need_l:
+            terms.append((None, _SpectralFilterBackward.apply(G, t_S, L, Static(scale, False, True))[1]))
+        return sum_terms(terms, ctx.out_shapes, G)
+
+
+def _sfb_save(ctx, grad_out, spec, lam, args, output):
+    ctx.args = args
+    ctx.out_shapes = [o.shape for o in output]
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(grad_out, spec, lam)
+    ctx.save_for_forward(grad_out, spec, lam)
+
+
+def _sfb_grads(ctx, h_s, h_l, need_G, need_S, need_L):
     G, S, L = ctx.saved_tensors
-    sc = ctx.scale
-    h_s = h_s if ctx.need[0] else None
-    h_l = h_l if ctx.need[1] else None
+    sc, need_s, need_l = ctx.args.args
+    h_s = h_s if need_s else None
+    h_l = h_l if need_l else None
+    scale = Static(sc)
     dG = dS = dL = None
-    if ctx.needs_input_grad[0]:
+    if need_G:
         if h_s is not None:
-            dG = torch.ops.unrolled3d.spectral_filter(h_s, L, sc)
+            dG = _SpectralFilter.apply(h_s, L, scale)
         if h_l is not None:
-            t = torch.ops.unrolled3d.spectral_filter(S, h_l, sc)
+            t = _SpectralFilter.apply(S, h_l, scale)
             dG = t if dG is None else dG + t
-    if ctx.needs_input_grad[1] and h_l is not None:
-        dS = torch.ops.unrolled3d.spectral_filter(G, torch.conj_physical(h_l), sc)
-    if ctx.needs_input_grad[2] and h_s is not None:
-        dL = torch.ops.unrolled3d.spectral_filter_backward(G, h_s, L, sc, False, True)[1]
-    return dG, dS, dL, None, None, None
+    if need_S and h_l is not None:
+        dS = _SpectralFilter.apply(G, torch.conj_physical(h_l), scale)
+    if need_L and h_s is not None:
+        dL = _SpectralFilterBackward.apply(G, h_s, L, Static(sc, False, True))[1]
+    return dG, dS, dL
 
 
-_spectral_filter_backward_op.register_autograd(_sfb_backward, setup_context=_sfb_setup)
+# the same formulas on the raw ops (argument order of their schemas)
+def _sf_op_setup(ctx, inputs, output):
+    spec, lam, scale = inputs
+    _sf_save(ctx, spec, lam, Static(scale))
+
+
+def _sf_op_backward(ctx, grad):
+    return _sf_grads(ctx, grad, ctx.needs_input_grad[0], ctx.needs_input_grad[1]) + (None,)
+
+
+def _sfb_op_setup(ctx, inputs, output):
+    grad_out, spec, lam, scale, need_s, need_l = inputs
+    _sfb_save(ctx, grad_out, spec, lam, Static(scale, need_s, need_l), output)
+
+
+def _sfb_op_backward(ctx, h_s, h_l):
+    return _sfb_grads(ctx, h_s, h_l, *ctx.needs_input_grad[:3]) + (None,) * 3
+
+
+_spectral_filter_op.register_autograd(_sf_op_backward, setup_context=_sf_op_setup)
+_spectral_filter_backward_op.register_autograd(_sfb_op_backward, setup_context=_sfb_op_setup)
+# vmap: the vmapped dimension joins B, except where lam's gradient sums over B (ops/_func.py)
+register_folding_vmap("unrolled3d::spectral_filter", batch_args=(0,), batch_outputs=True)
+register_folding_vmap("unrolled3d::spectral_filter_backward", batch_args=(0, 1), batch_outputs=(True, False),
+                      can_fold=lambda *args: not args[5])
+for _name in ("unrolled3d::spectral_filter", "unrolled3d::spectral_filter_backward"):
+    register_float32_autocast(_name)
 
 
 def spectral_filter(spec: Tensor, lam: Tensor, scale: float = 1.0) -> Tensor:
@@ -110,18 +203,21 @@ def spectral_filter(spec: Tensor, lam: Tensor, scale: float = 1.0) -> Tensor:
     ----------
     spec : torch.Tensor
         complex64/complex128 ``(B, C, Pd, Ph, Q)``: an rFFT half-spectrum (``Q = Pw // 2 + 1``)
-        or a full spectrum (``Q = Pw``).
+        or a full spectrum (``Q = Pw``); complex32 is computed in complex64.
     lam : torch.Tensor
         Shape exactly ``(Pd, Ph, Q)``; real (float32/float64) or complex of the matching
-        precision.
+        precision; with a complex64/complex32 ``spec`` also float16/bfloat16/complex32
+        (computed in float32/complex64).
     scale : float
         Real Python number.
 
     Returns
     -------
     torch.Tensor
-        Like ``spec``, contiguous. Differentiable w.r.t. ``spec`` and ``lam`` (PyTorch's complex
-        convention; for a real ``lam`` its gradient is real).
+        Like ``spec`` (complex64 under ``torch.autocast`` for a complex32 ``spec``), contiguous.
+        Differentiable w.r.t. ``spec`` and ``lam`` (PyTorch's complex convention; for a real
+        ``lam`` its gradient is real), also under ``torch.func`` (``grad``, ``jvp``, ``vmap``,
+        ``jacrev``, ``jacfwd``).
 
     Examples
     --------
@@ -136,7 +232,8 @@ def spectral_filter(spec: Tensor, lam: Tensor, scale: float = 1.0) -> Tensor:
         raise TypeError(f"lam must be a torch.Tensor, got {type(lam).__name__}")
     allowed = _LAM_DTYPES[spec.dtype]
     if lam.dtype not in allowed:
-        raise TypeError(f"lam must have dtype {allowed[0]} or {allowed[1]} to match spec ({spec.dtype}), got {lam.dtype}")
+        names = "/".join(str(d).replace("torch.", "") for d in allowed)
+        raise TypeError(f"lam must have dtype {names} to match spec ({spec.dtype}), got {lam.dtype}")
     if lam.device != spec.device:
         raise ValueError(f"lam must be on the same device as spec ({spec.device}), got {lam.device}")
     if tuple(lam.shape) != tuple(spec.shape[2:]):
@@ -144,4 +241,9 @@ def spectral_filter(spec: Tensor, lam: Tensor, scale: float = 1.0) -> Tensor:
                          f"got {tuple(lam.shape)}")
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale must be a real Python number, got {type(scale).__name__}")
-    return torch.ops.unrolled3d.spectral_filter(spec, lam, float(scale))
+    spec_c, lam_c = upcast(spec), upcast(lam)
+    if torch.compiler.is_compiling():  # see ops/_func.py: the raw op, same formulas, no jvp
+        out = torch.ops.unrolled3d.spectral_filter(spec_c, lam_c, float(scale))
+    else:
+        out = _SpectralFilter.apply(spec_c, lam_c, Static(float(scale)))
+    return out.to(output_dtype(spec))

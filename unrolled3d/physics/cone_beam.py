@@ -10,7 +10,7 @@ from deepinv.physics.noise import NoiseModel, ZeroNoise
 
 from ..geometry import ConeBeamGeometry
 from ..ops.projector import cone_backproject, cone_project
-from .fdk import fdk
+from .fdk import fdk, fdk_tables
 
 __all__ = ["ConeBeamCT", "to_astra_layout", "from_astra_layout", "LAYOUTS", "SOLVER_KEYWORDS"]
 
@@ -91,6 +91,9 @@ class ConeBeamCT(LinearPhysics):
         self.fdk_window = fdk_window
         self.normalize = bool(normalize)
         self.register_buffer("operator_norm", torch.tensor(1.0, dtype=torch.float64, device=device))
+        # FDK's per-view tables, once per scan and device (shared with the patches' geometries),
+        # so that A_dagger holds no geometry work and compiles whole (physics/fdk.py)
+        fdk_tables(geometry, self.operator_norm.device)
         if self.normalize:
             self.normalize = False  # estimate the norm of the raw operator
             sqnorm = self._largest_eigenvalue_of_normal()
@@ -140,9 +143,14 @@ class ConeBeamCT(LinearPhysics):
         return self.geometry.vol_shape
 
     def _scale(self, t: torch.Tensor, power: int) -> torch.Tensor:
+        """``t * ||A||^power`` when normalised. The buffer is used as a (0-d, float64) tensor, not
+        a Python float: ``float()`` of a buffer is a data-dependent read that stops
+        ``torch.export`` and graph-breaks ``torch.compile``. A 0-d tensor does not promote ``t``'s
+        dtype and may sit on the CPU beside a CUDA ``t``; the factor is rounded to ``t``'s dtype
+        once, as the Python float was."""
         if not self.normalize:
             return t
-        return t * float(self.operator_norm) ** power
+        return t * self.operator_norm ** power
 
     @property
     def measurement_shape(self) -> tuple[int, int, int]:

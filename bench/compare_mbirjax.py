@@ -45,15 +45,16 @@ class Peer:
             raise RuntimeError(f"the mbirjax peer did not start (exit code {self.proc.wait()})")
         self.info = json.loads(line)
 
-    def call(self, direction: str) -> float:
-        """Wall time of one call as seen from here (pipe round trip included, < 1 ms)."""
+    def call(self, direction: str) -> tuple[float, float]:
+        """Wall time of one call as seen from here (pipe round trip included, < 1 ms), and the
+        CPU time the peer process spent in it."""
         t0 = time.perf_counter()
         self.proc.stdin.write(direction + "\n")
         self.proc.stdin.flush()
         answer = self.proc.stdout.readline().split()
         if not answer or answer[0] != "ok":
             raise RuntimeError(f"mbirjax peer: {answer}")
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, float(answer[2])
 
     def close(self) -> None:
         self.proc.stdin.write("quit\n")
@@ -94,11 +95,12 @@ def main(argv: list[str] | None = None) -> int:
                 ours[direction](data[direction], g)  # warm-up (thread pool)
                 rows = []
                 for _ in range(pairs):
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     ours[direction](data[direction], g)
-                    t_ours = time.perf_counter() - t0
-                    t_peer = peer.call(direction)
+                    t_ours, c_ours = time.perf_counter() - t0, time.process_time() - c0
+                    t_peer, c_peer = peer.call(direction)
                     rows.append({"ours_s": t_ours, "mbirjax_s": t_peer, "ratio": t_peer / t_ours,
+                                 "ours_cpu_s": c_ours, "mbirjax_cpu_s": c_peer, "cpu_ratio": c_peer / c_ours,
                                  "load1": os.getloadavg()[0]})
                 if not rows:
                     continue
@@ -109,10 +111,17 @@ def main(argv: list[str] | None = None) -> int:
                         "mbirjax": peer.info}
                 case["ours_gups"] = args.n**4 / case["ours_min_s"] / 1e9
                 case["mbirjax_gups"] = args.n**4 / case["mbirjax_min_s"] / 1e9
+                # CPU time: what each side consumed, whatever the waiting for a core on a loaded
+                # machine (with more than one thread it sums the threads: a cost, not a speed).
+                case["median_cpu_ratio"] = statistics.median(r["cpu_ratio"] for r in rows)
+                case["ours_cpu_min_s"] = min(r["ours_cpu_s"] for r in rows)
+                case["mbirjax_cpu_min_s"] = min(r["mbirjax_cpu_s"] for r in rows)
                 result["cases"].append(case)
-                print(f"{threads} thread(s) {direction}: ours {case['ours_min_s']:.3f} s, mbirjax "
-                      f"{case['mbirjax_min_s']:.3f} s; ratio median {case['median_ratio']:.2f}x "
-                      f"(range {case['min_ratio']:.2f}-{case['max_ratio']:.2f}, {len(rows)} pairs)", flush=True)
+                print(f"{threads} thread(s) {direction}: wall ours {case['ours_min_s']:.3f} s, mbirjax "
+                      f"{case['mbirjax_min_s']:.3f} s, ratio median {case['median_ratio']:.2f}x "
+                      f"(range {case['min_ratio']:.2f}-{case['max_ratio']:.2f}, {len(rows)} pairs); CPU ours "
+                      f"{case['ours_cpu_min_s']:.3f} s, mbirjax {case['mbirjax_cpu_min_s']:.3f} s, ratio median "
+                      f"{case['median_cpu_ratio']:.2f}x", flush=True)
         finally:
             torch.set_num_threads(old_threads)
             peer.close()

@@ -8,7 +8,7 @@ Two modes:
 - ``python mbirjax_projector.py --n 128 --threads 1`` prints one JSON object: versions, geometry and
   the best-of-``rounds`` wall time of each direction after one warm-up call (JAX compiles then);
 - ``--serve``: after the warm-up, prints a JSON header line, then reads commands on stdin, one per
-  line (``forward`` or ``back``), runs that projection, and answers ``ok <seconds>``; ``quit`` ends.
+  line (``forward`` or ``back``), runs that projection, and answers ``ok <wall s> <CPU s>``; ``quit`` ends.
   ``bench/test_bench_projector.py`` drives it so that pytest-benchmark times mbirjax's calls in the
   same run and with the same statistics as ours (a pipe round trip adds well under a millisecond).
 
@@ -79,10 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("n must be >= 2, threads and rounds >= 1")
     np, ops, data, info = _setup(args.threads, args.n, not args.no_ror_mask)
 
-    def call(direction: str) -> float:
-        t0 = time.perf_counter()
+    def call(direction: str) -> tuple[float, float]:
+        """(wall, CPU) seconds of one call; CPU time sums the process's threads."""
+        t0, c0 = time.perf_counter(), time.process_time()
         np.asarray(ops[direction](data[direction]))
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
     for direction in ops:  # warm-up: JAX compiles here
         call(direction)
@@ -95,10 +96,11 @@ def main(argv: list[str] | None = None) -> int:
             if cmd not in ops:
                 print(f"error unknown command {cmd!r}", flush=True)
                 continue
-            print(f"ok {call(cmd):.6f}", flush=True)
+            wall, cpu = call(cmd)
+            print(f"ok {wall:.6f} {cpu:.6f}", flush=True)
         return 0
     for direction in ops:
-        best = min(call(direction) for _ in range(args.rounds))
+        best = min(call(direction)[0] for _ in range(args.rounds))
         info[f"{direction}_s"] = best
         info[f"{direction}_gups"] = args.n**4 / best / 1e9
     info["rounds"] = args.rounds

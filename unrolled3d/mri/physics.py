@@ -65,7 +65,7 @@ import torch
 from deepinv.physics import LinearPhysics
 from deepinv.physics.noise import NoiseModel, ZeroNoise
 
-from .._validation import check_patch, integer
+from .._validation import check_finite, check_nonempty, check_patch, integer
 from .recon import cg_sense, zero_filled_from
 
 __all__ = ["MultiCoilMRI3D", "MultiCoilMRI3DPatch", "centred_fft_phases", "to_complex_image", "from_complex_image"]
@@ -129,6 +129,7 @@ def _check_mask(mask) -> torch.Tensor:
     if mask.ndim != 3:
         raise ValueError(f"mask must be 3-D (D, H, W) with the readout along W, got shape {tuple(mask.shape)}; "
                          f"broadcast a 2-D phase-encode mask explicitly, e.g. mask[..., None].expand(D, H, W)")
+    check_nonempty(mask, "mask")
     if not torch.isfinite(mask.float()).all():
         raise ValueError("mask has non-finite entries")
     return mask
@@ -146,6 +147,8 @@ def _check_coil_maps(coil_maps) -> torch.Tensor:
         raise ValueError(f"coil_maps must be 4-D (N_c, D, H, W), got shape {tuple(coil_maps.shape)}")
     if coil_maps.shape[0] < 1:
         raise ValueError("coil_maps has no coils")
+    check_nonempty(coil_maps, "coil_maps")
+    check_finite(coil_maps, "coil_maps")
     return coil_maps
 
 
@@ -191,6 +194,8 @@ class _MRICore(LinearPhysics):
             raise ValueError(f"{name} must have 2 channels (real, imaginary), got {x.shape[1]} (shape {tuple(x.shape)})")
         if tuple(x.shape[-3:]) != tuple(shape):
             raise ValueError(f"{name} has spatial shape {tuple(x.shape[-3:])}, the operator acts on {tuple(shape)}")
+        check_nonempty(x, name)
+        self._check_precision(x, name)
         return to_complex_image(x)
 
     def _kspace(self, y: torch.Tensor, name: str = "y") -> tuple[torch.Tensor, bool]:
@@ -209,8 +214,26 @@ class _MRICore(LinearPhysics):
             raise ValueError(f"{name} has {y.shape[2]} coils, the operator has {self.n_coils} (coil_maps)")
         if tuple(y.shape[-3:]) != core._vol_shape:
             raise ValueError(f"{name} has k-space shape {tuple(y.shape[-3:])}, the mask is {core._vol_shape}")
+        check_nonempty(y, name)
+        self._check_precision(y, name)
         yc = to_complex_image(y)
         return yc, yc.data_ptr() != y.data_ptr()
+
+    @staticmethod
+    def _check_precision(t: torch.Tensor, name: str) -> None:
+        """The FFT backends decide which real dtypes the operator can run: float32 and float64
+        everywhere; float16 only on CUDA with power-of-two sizes (cuFFT's half-precision FFT;
+        torch has no half-precision FFT on the CPU); bfloat16 nowhere. Refuse the rest here with
+        a TypeError instead of the backend's message from inside the FFT."""
+        if t.dtype in (torch.float32, torch.float64):
+            return
+        sizes = tuple(t.shape[-3:])
+        if t.dtype == torch.float16 and t.device.type == "cuda" and all(n & (n - 1) == 0 for n in sizes):
+            return
+        why = {torch.float16: "float16 needs a CUDA device and power-of-two sizes (cuFFT's half-precision FFT; "
+                              f"here: {t.device.type}, sizes {sizes})",
+               torch.bfloat16: "no FFT backend computes in bfloat16"}.get(t.dtype, "not a supported precision")
+        raise TypeError(f"{name} has dtype {t.dtype}: {why}; use float32 or float64")
 
     # -- the pipeline; `offset`/`shape` select a patch (None: the full volume)
     def _crop(self, t: torch.Tensor, offset, shape) -> torch.Tensor:

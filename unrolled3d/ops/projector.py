@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .._build import load_extension
+from .._validation import check_allocation, check_nonempty
 from ..geometry import ConeBeamGeometry
 
 load_extension()  # registers the C++ schemas and kernels
@@ -97,7 +98,23 @@ def _check_data(name: str, x: object, geometry: object) -> torch.Tensor:
         raise ValueError(f"{name} must be on a CPU or CUDA device, got {x.device}")
     if x.ndim != 5:
         raise ValueError(f"{name} must be 5-D (B, C, ...), got shape {tuple(x.shape)}")
+    check_nonempty(x, name)
+    if not x.is_contiguous():  # the kernels read a contiguous copy: an expanded view may not fit
+        check_allocation(f"a contiguous copy of the {name}", tuple(x.shape), x.dtype, x.device)
     return x
+
+
+def _views(geometry: ConeBeamGeometry, device: torch.device) -> torch.Tensor:
+    """The geometry's ``(n_views, 12)`` float64 vectors on ``device``, checked finite.
+
+    The geometry refuses non-finite vectors when it is built, and its array is read-only; the
+    check is repeated here (12 numbers per view, nothing next to a projection) because the C++
+    op trusts its views and a NaN view would give silent zeros.
+    """
+    views = geometry.views_tensor(device)
+    if not bool(torch.isfinite(views).all()):
+        raise ValueError("geometry: the view vectors contain NaN or infinite values")
+    return views
 
 
 def check_volume(volume: torch.Tensor, geometry: ConeBeamGeometry) -> torch.Tensor:
@@ -139,7 +156,8 @@ def cone_project(volume: torch.Tensor, geometry: ConeBeamGeometry) -> torch.Tens
     """
     check_volume(volume, geometry)
     rows, cols = geometry.det_shape
-    return _ConeProject.apply(volume, geometry.views_tensor(volume.device), geometry.vol_geom, rows, cols)
+    check_allocation("the projection", (*volume.shape[:2], *geometry.sino_shape), volume.dtype, volume.device)
+    return _ConeProject.apply(volume, _views(geometry, volume.device), geometry.vol_geom, rows, cols)
 
 
 def cone_backproject(sino: torch.Tensor, geometry: ConeBeamGeometry) -> torch.Tensor:
@@ -157,4 +175,5 @@ def cone_backproject(sino: torch.Tensor, geometry: ConeBeamGeometry) -> torch.Te
         ``(B, C, D, H, W)``.
     """
     check_sinogram(sino, geometry)
-    return _ConeBackproject.apply(sino, geometry.views_tensor(sino.device), geometry.vol_geom, *geometry.vol_shape)
+    check_allocation("the backprojection", (*sino.shape[:2], *geometry.vol_shape), sino.dtype, sino.device)
+    return _ConeBackproject.apply(sino, _views(geometry, sino.device), geometry.vol_geom, *geometry.vol_shape)

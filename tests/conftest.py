@@ -74,6 +74,26 @@ def adjoint_gap(Ax: torch.Tensor, y: torch.Tensor, x: torch.Tensor, Aty: torch.T
     return float((lhs - rhs).abs() / (Ax.double().norm() * y.double().norm()))
 
 
+def _flushing_denormals() -> bool:
+    """Whether the CPU currently flushes subnormal floats to zero (``torch.set_flush_denormal``)."""
+    tiny = float("1e-310")  # parsed exactly; the multiply is what the FTZ/DAZ flags change
+    return tiny * float("1.0") == 0.0
+
+
+@pytest.fixture
+def ieee_denormals():
+    """Subnormal floats as IEEE 754 has them, for the test; the previous mode afterwards.
+
+    The command line flushes denormals to zero for the whole process (``main`` calls
+    ``torch.set_flush_denormal(True)``, for speed), and tests call it in process: then 1e-310
+    compares as 0 and hypothesis refuses to draw floats.
+    """
+    was = _flushing_denormals()
+    torch.set_flush_denormal(False)
+    yield
+    torch.set_flush_denormal(was)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny tensors: one thread avoids OpenMP oversubscription on shared CPUs (100x slower)."""

@@ -60,7 +60,7 @@ RULES = [
     ("kernels are leaves", _within("unrolled3d.kernels"), lambda m: not _in(m, "unrolled3d.kernels")),
     ("leaf modules import at most the shared validators",
      _within("unrolled3d._validation", "unrolled3d.protocols", "unrolled3d._distributed", "unrolled3d.memory",
-             "unrolled3d.metrics", "unrolled3d._build", "unrolled3d.geometry"),
+             "unrolled3d.metrics", "unrolled3d._build", "unrolled3d.geometry", "unrolled3d.errors"),
      lambda m: m != "unrolled3d._validation"),
     ("ops hold tensors only: kernels, the geometry, the extension and validators",
      _within("unrolled3d.ops"),

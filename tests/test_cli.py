@@ -165,7 +165,7 @@ def test_demo_quick(tmp_path):
     (["fit-normal", "{model}", "--out", "h.pt"], "not an unrolled3d measurements file"),
     (["fit-normal", "{m}", "--kernel-radius", "-2", "--out", "h.pt"], "kernel_radius must be >= 0"),
     (["reconstruct", "{m}", "--method", "unrolled", "--weights", "{model}", "--normal", "{model}",
-      "--out", "x.pt"], "is not a DiagCirculantWrapper file"),
+      "--out", "x.pt"], "not a DiagCirculantWrapper file"),
 ])
 def test_failures_exit_non_zero_with_a_reason(workdir, tmp_path, capsys, argv, message):
     (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage")

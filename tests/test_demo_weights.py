@@ -1,13 +1,12 @@
 """The demo's shipped weights: safe to load, small, and made by the command they record."""
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import torch
 
 from unrolled3d.cli import build_parser
-from unrolled3d.cli.commands import DEFAULT_TRAIN_CONFIG, _merge
+from unrolled3d.cli.commands import load_train_config
 from unrolled3d.models import build_model
 from unrolled3d.cli.demo import DEFAULT_WEIGHTS
 from unrolled3d.io import load_model
@@ -33,5 +32,5 @@ def test_recorded_training_command_exists_and_matches_the_shipped_config():
     assert args.command == "train" and not args.resume
     toml_path = ROOT / args.config
     assert toml_path.exists(), toml_path
-    expected = _merge(DEFAULT_TRAIN_CONFIG, tomllib.loads(toml_path.read_text()))
+    expected = load_train_config(toml_path)
     assert {k: v for k, v in config.items() if k != "command"} == expected

@@ -224,7 +224,7 @@ def test_bad_sidecar(tmp_path):
     with pytest.raises(ValueError, match="stale sidecar"):
         read_volume(tmp_path / "v.npy")
     (tmp_path / "v.json").write_text("{not json")
-    with pytest.raises(ValueError, match=r"v\.json.*not a valid sidecar"):
+    with pytest.raises(ValueError, match=r"v\.json.*not a valid voxel-size sidecar"):
         read_volume(tmp_path / "v.npy")
     (tmp_path / "v.json").write_text(json.dumps({"voxel_size_zyx_mm": [1, -1, 1]}))
     with pytest.raises(ValueError, match="positive"):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from unrolled3d.data.datasets import PhantomDataset, VolumeFileDataset
+from unrolled3d.errors import FileFormatError
 from unrolled3d.models import UNet3D, UnrolledPGD
 from unrolled3d.partition import PartitionedReconstructor
 from unrolled3d.physics import ConeBeamCT, ConeBeamGeometry
@@ -94,10 +95,12 @@ def test_resume_continues_identically(physics, dataset, tmp_path):
     for name, value in rec.state_dict().items():
         torch.testing.assert_close(value, final_full[name], rtol=0, atol=0, msg=name)
 
-    # resuming a finished run with other settings: nothing to do, but a warning
-    with pytest.warns(UserWarning, match="lr"):
-        again = train(make_rec(), physics, dataset,
-                      TrainConfig(out_dir=tmp_path / "split", **{**cfg, "lr": 1e-2}), resume=True)
+    # resuming with other settings is another run: refused, naming what changed (the run
+    # fingerprint in every checkpoint); the same settings find a finished run: nothing to do
+    with pytest.raises(ValueError, match=r"another run.*train\.lr"):
+        train(make_rec(), physics, dataset, TrainConfig(out_dir=tmp_path / "split", **{**cfg, "lr": 1e-2}),
+              resume=True)
+    again = train(make_rec(), physics, dataset, TrainConfig(out_dir=tmp_path / "split", **cfg), resume=True)
     assert again["resumed_from"] == 6 and again["losses"] == resumed["losses"]
 
 
@@ -202,7 +205,7 @@ def test_volume_file_dataset_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="shape"):
         VolumeFileDataset([tmp_path / "flat.npy"])
     np.save(tmp_path / "cplx.npy", np.zeros((4, 5, 6), np.complex64))
-    with pytest.raises(TypeError, match="dtype"):
+    with pytest.raises(FileFormatError, match="dtype"):
         VolumeFileDataset([tmp_path / "cplx.npy"])
     np.save(tmp_path / "nan.npy", np.full((4, 5, 6), np.nan, np.float32))
     with pytest.raises(ValueError, match="NaN"):
@@ -219,7 +222,7 @@ def test_volume_file_dataset_hdf5(tmp_path):
     with h5py.File(tmp_path / "v.h5", "w") as f:
         f["volume"] = vol
         f["other"] = vol[:2]
-    with pytest.raises(KeyError, match="key="):
+    with pytest.raises(FileFormatError, match="key="):
         VolumeFileDataset([tmp_path / "v.h5"])
     ds = VolumeFileDataset([tmp_path / "v.h5"], key="volume")
     torch.testing.assert_close(ds[0], torch.from_numpy(vol)[None])

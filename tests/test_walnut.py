@@ -237,7 +237,7 @@ def test_truncated_projection(scan_copy):
     f = folder / "scan_000007.tif"
     data = f.read_bytes()
     f.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="scan_000007.tif is not a readable TIFF"):
+    with pytest.raises(ValueError, match="scan_000007.tif: not a readable TIFF"):
         read(folder)
 
 

@@ -15,8 +15,9 @@ from typing import Any, Sequence
 import torch
 
 __all__ = [
-    "integer", "real", "int_tuple", "int_triple", "real_tuple", "check_patch", "check_tensor", "check_like",
-    "REAL_DTYPES", "LOW_PRECISION_DTYPES", "FLOAT_DTYPES",
+    "integer", "real", "boolean", "choice", "int_tuple", "int_triple", "real_tuple", "check_patch", "check_tensor",
+    "check_like", "check_finite", "check_nonempty", "check_allocation", "memory_of", "REAL_DTYPES",
+    "LOW_PRECISION_DTYPES", "FLOAT_DTYPES",
 ]
 
 REAL_DTYPES = (torch.float32, torch.float64)
@@ -57,6 +58,24 @@ def real(name: str, value: Any, positive: bool = False, nonnegative: bool = Fals
     if nonnegative and v < 0:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
     return v
+
+
+def boolean(name: str, value: Any) -> bool:
+    """``True`` or ``False`` (also NumPy's bools); not 0/1, not a string such as ``"false"``."""
+    if type(value).__name__ == "bool_" and hasattr(value, "item"):  # numpy.bool_
+        value = value.item()
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def choice(name: str, value: Any, options: Sequence[str]) -> str:
+    """One of the strings ``options``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
+    if value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
+    return value
 
 
 def _sequence(name: str, value: Any, n: int, what: str, allow_scalar: bool, scalar_type: type) -> tuple:
@@ -142,3 +161,67 @@ def check_like(t: Any, name: str, ref: torch.Tensor, ref_name: str, shape: Seque
         raise ValueError(f"{name} must be on the same device as {ref_name} ({ref.device}), got {t.device}")
     if tuple(t.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+
+
+def check_finite(t: torch.Tensor, name: str) -> torch.Tensor:
+    """``t`` holds no NaN or infinity (real or complex); the message counts the bad entries.
+
+    One pass over the data: meant for inputs (files, measurements handed to a command), not for
+    the inner loop of an operator.
+    """
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        n = int(bad.sum())
+        raise ValueError(f"{name} contains NaN or infinite values ({n} of {t.numel()} entries)")
+    return t
+
+
+def check_nonempty(t: torch.Tensor, name: str) -> torch.Tensor:
+    """``t`` has at least one entry on every axis (an empty batch is refused here, not deep in
+    a library's FFT or BLAS call)."""
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)}): every dimension, the batch included, "
+                         f"must be at least 1")
+    return t
+
+
+def memory_of(device: torch.device | str = "cpu") -> int | None:
+    """Total memory of ``device`` in bytes (host RAM for the CPU), ``None`` when unknown."""
+    dev = torch.device(device)
+    try:
+        if dev.type == "cuda":
+            return int(torch.cuda.get_device_properties(dev).total_memory)
+        if dev.type == "cpu":
+            import os
+
+            return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError, RuntimeError, AssertionError):
+        return None
+    return None
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} EiB"  # pragma: no cover
+
+
+def check_allocation(name: str, shape: Sequence[int], dtype: torch.dtype = torch.float32,
+                     device: torch.device | str = "cpu") -> None:
+    """Refuse, before allocating, an array larger than the whole memory of ``device``.
+
+    Without this check a size typo (``--size 100000``) reaches the allocator, whose C++ message
+    (``DefaultCPUAllocator: can't allocate memory ...``) names no argument. Only the impossible
+    is refused: an array that fits the device but not its free memory is left to the allocator.
+    """
+    n = 1
+    for s in shape:
+        n *= int(s)
+    need = n * torch.empty((), dtype=dtype).element_size()
+    total = memory_of(device)
+    if total is not None and need > total:
+        raise ValueError(f"{name} of shape {tuple(int(s) for s in shape)} ({str(dtype).replace('torch.', '')}) "
+                         f"needs {_human(need)}, more than the {_human(total)} of memory of "
+                         f"{torch.device(device).type}")

@@ -27,9 +27,18 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ._validation import check_patch, int_tuple, integer, real, real_tuple
+from ._validation import check_allocation, check_patch, int_tuple, integer, real, real_tuple
 
-__all__ = ["ConeBeamGeometry", "CircularTrajectory"]
+__all__ = ["ConeBeamGeometry", "CircularTrajectory", "MAX_MAGNITUDE"]
+
+#: Largest magnitude a geometry quantity may take in voxel units (positions and ray directions
+#: divided by the voxel size, inverse voxel sizes). The projector traverses rays in single
+#: precision (float32 tops out at 3.4e38) and multiplies such quantities together: beyond this
+#: bound they overflow to inf, inf - inf is NaN, and a NaN cast to an integer index is undefined
+#: behaviour. No real scan comes within twenty orders of magnitude of it.
+MAX_MAGNITUDE = 1e30
+#: Largest number of voxels or measurement samples: linear indices are int64 in the projector.
+MAX_ELEMENTS = 2**62
 
 
 @dataclass(frozen=True)
@@ -173,9 +182,9 @@ class ConeBeamGeometry:
         off_v, off_u = real_tuple("det_offset", det_offset, 2, allow_scalar=True)
         if scan not in ("full", "short"):
             raise ValueError(f"scan must be 'full' or 'short', got {scan!r}")
-        start = float(start_angle)
-        if not math.isfinite(start):
-            raise ValueError(f"start_angle must be finite, got {start_angle!r}")
+        start = real("start_angle", start_angle)
+        # a typo such as n_views=2**40 is refused here, not by numpy's allocator
+        check_allocation("n_views: the view vectors", (n_views, 12), torch.float64)
         if angles is None:
             if scan == "full":
                 span = 2 * math.pi
@@ -220,7 +229,49 @@ class ConeBeamGeometry:
         return cls(vectors, det_shape, vol_shape, voxel_size, vol_offset)
 
     # ------------------------------------------------------------------ validation
+    def _check_scale(self, vec: np.ndarray) -> None:
+        """Every quantity the projector derives from the geometry is finite and far from overflow.
+
+        The raw numbers being finite is not enough: ``voxel_size=1e-310`` has an infinite
+        inverse, vectors times ``1e200`` have infinite cross products and squared norms, and the
+        traversal then casts NaN to an integer index. So the derived quantities are checked
+        themselves, in float64, against :data:`MAX_MAGNITUDE`.
+        """
+        for what, shape in (("vol_shape", self.vol_shape), ("det_shape x n_views", (*self.det_shape, vec.shape[0]))):
+            if math.prod(shape) > MAX_ELEMENTS:
+                raise ValueError(f"{what} {tuple(shape)} has {math.prod(shape):.3g} elements, more than the "
+                                 f"projector can index (2^62)")
+        with np.errstate(all="ignore"):
+            voxel = np.array(self.voxel_size[::-1])  # (sx, sy, sz), the axes of the vectors
+            inv = 1.0 / voxel
+            if not (np.isfinite(inv).all() and (inv <= MAX_MAGNITUDE).all() and (voxel <= MAX_MAGNITUDE).all()):
+                raise ValueError(f"voxel_size {self.voxel_size} is out of range: the projector works in voxel units, "
+                                 f"and voxel sizes and their inverses must stay below {MAX_MAGNITUDE:g}")
+            n = np.array(self.vol_shape[::-1], dtype=np.float64)
+            origin = 0.5 * (n - 1) - np.array(self.vol_offset[::-1]) * inv  # world origin in voxel indices
+            src, det, u, v = vec[:, 0:3], vec[:, 3:6], vec[:, 6:9], vec[:, 9:12]
+            rows, cols = self.det_shape
+            cu, cv = 0.5 * (cols - 1), 0.5 * (rows - 1)
+            # rays to the four corner pixels bound every ray (the pixel position is affine in (r, c))
+            corners = [det + a * cu * u + b * cv * v for a in (-1.0, 1.0) for b in (-1.0, 1.0)]
+            derived = {
+                "the volume offset in voxels": origin,
+                "the source positions in voxels": src * inv + origin,
+                "the detector pixel positions in voxels": np.stack([c * inv + origin for c in corners]),
+                "the ray directions in voxels": np.stack([(c - src) * inv for c in corners]),
+                "the ray lengths squared (mm^2)": np.stack([((c - src) ** 2).sum(-1) for c in corners]),
+                "the detector normals u x v": np.cross(u, v),
+                "the pixel sizes squared": np.stack([(u * u).sum(-1), (v * v).sum(-1)]),
+            }
+        for what, value in derived.items():
+            bad = ~np.isfinite(value) | (np.abs(value) > (MAX_MAGNITUDE if "squared" not in what and "normals" not in what
+                                                          else MAX_MAGNITUDE ** 2))
+            if bad.any():
+                raise ValueError(f"vectors/voxel_size/vol_offset: {what} overflow (not finite or beyond "
+                                 f"{MAX_MAGNITUDE:g}): the geometry's numbers are out of any physical range")
+
     def _check_views(self, vec: np.ndarray) -> None:
+        self._check_scale(vec)
         src, det, u, v = vec[:, 0:3], vec[:, 3:6], vec[:, 6:9], vec[:, 9:12]
         if (np.linalg.norm(u, axis=1) == 0).any() or (np.linalg.norm(v, axis=1) == 0).any():
             raise ValueError("vectors: the detector pixel vectors u and v must be non-zero in every view")
@@ -364,11 +415,21 @@ class ConeBeamGeometry:
         traj = None
         if d.get("trajectory") is not None:
             t = d["trajectory"]
-            traj = CircularTrajectory(
-                tuple(float(a) for a in t["angles"]), float(t["source_origin"]), float(t["origin_detector"]),
-                tuple(t["det_spacing"]), tuple(t["det_offset"]), str(t["scan"]),
-            )
-        return cls(d["vectors"], d["det_shape"], d["vol_shape"], d["voxel_size"], d["vol_offset"], trajectory=traj)
+            try:
+                traj = CircularTrajectory(
+                    tuple(float(a) for a in t["angles"]), real("trajectory.source_origin", t["source_origin"], True),
+                    real("trajectory.origin_detector", t["origin_detector"], True),
+                    real_tuple("trajectory.det_spacing", t["det_spacing"], 2, positive=True),
+                    real_tuple("trajectory.det_offset", t["det_offset"], 2), str(t["scan"]),
+                )
+            except (KeyError, TypeError) as exc:
+                raise ValueError(f"geometry description: invalid trajectory ({type(exc).__name__}: {exc})") from None
+            if traj.scan not in ("full", "short") or not all(math.isfinite(a) for a in traj.angles):
+                raise ValueError("geometry description: the trajectory's scan or angles are invalid")
+        g = cls(d["vectors"], d["det_shape"], d["vol_shape"], d["voxel_size"], d["vol_offset"], trajectory=traj)
+        if traj is not None and len(traj.angles) != g.n_views:
+            raise ValueError(f"geometry description: {len(traj.angles)} trajectory angles for {g.n_views} views")
+        return g
 
     def fingerprint(self) -> str:
         """A short hash of the geometry (vectors rounded to 1 nm), to match fitted operators."""

@@ -30,7 +30,7 @@ from deepinv.physics import LinearPhysics
 from tqdm.auto import tqdm
 
 from ._distributed import rank_and_world
-from ._validation import int_triple, integer
+from ._validation import boolean, check_nonempty, choice, int_triple, integer
 from .normal import DiagCirculantWrapper
 from .ops import masked_scatter_add, masked_scatter_add_
 from .physics.patch import crop, patch_start, restrict
@@ -124,9 +124,9 @@ class PartitionedReconstructor(Reconstructor):
         if not isinstance(base_reconstructor, torch.nn.Module):
             raise TypeError(f"base_reconstructor must be a torch.nn.Module (a deepinv Reconstructor), "
                             f"got {type(base_reconstructor).__name__}")
-        size = tuple(img_size)
-        if len(size) == 4:
-            size = size[1:]
+        size = img_size
+        if not isinstance(size, (str, bytes)) and hasattr(size, "__len__") and len(size) == 4:
+            size = tuple(size)[1:]  # (C, D, H, W): the channels are the base's business
         self.img_shape = int_triple("img_size", size, allow_scalar=True)
         self.patch_shape = int_triple("patch_size", patch_size, allow_scalar=True)
         for n, p, axis in zip(self.img_shape, self.patch_shape, "DHW"):
@@ -141,10 +141,8 @@ class PartitionedReconstructor(Reconstructor):
                 raise ValueError(f"stride {self.stride} must not exceed patch_size {self.patch_shape} (gaps)")
         self.base = base_reconstructor
         self.n_sweeps = integer("n_sweeps", n_sweeps, 1)
-        if sweep_start not in ("initial", "current"):
-            raise ValueError(f"sweep_start must be 'initial' or 'current', got {sweep_start!r}")
-        self.sweep_start = sweep_start
-        self.progress = progress
+        self.sweep_start = choice("sweep_start", sweep_start, ("initial", "current"))
+        self.progress = boolean("progress", progress)
         self._base_takes_x_init = "x_init" in inspect.signature(base_reconstructor.forward).parameters
 
     # ----------------------------------------------------------------- helpers
@@ -163,6 +161,9 @@ class PartitionedReconstructor(Reconstructor):
     def _check(self, y: torch.Tensor, physics: LinearPhysics) -> None:
         if not isinstance(physics, LinearPhysics):
             raise TypeError(f"physics must be a deepinv LinearPhysics, got {type(physics).__name__}")
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
+        check_nonempty(y, "y")
         size = getattr(physics, "img_size", None)
         if size is not None and tuple(size)[-3:] != self.img_shape:
             raise ValueError(f"physics acts on volumes of {tuple(size)[-3:]}, the reconstructor on {self.img_shape}")
@@ -237,6 +238,8 @@ class PartitionedReconstructor(Reconstructor):
         """
         self._check(y, physics)
         normal = self._normal_operator(physics, fourier_filter, spatial_mask)
+        if n_sweeps is not None:
+            n_sweeps = integer("n_sweeps", n_sweeps, 1)
         x = physics.A_dagger(y) if x_init is None else x_init
         if tuple(x.shape[-3:]) != self.img_shape:
             raise ValueError(f"x_init has spatial shape {tuple(x.shape[-3:])}, expected {self.img_shape}")

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -10,10 +12,13 @@ from typing import Any
 
 import torch
 
+from .._validation import boolean, choice, integer, real
+from ..errors import FileFormatError
 from .bench import bench_cmd
 from .output import emit
 
 __all__ = ["demo", "info", "simulate", "fit_normal", "reconstruct", "train_cmd", "import_walnut", "bench_cmd",
+           "load_train_config",
            "DEFAULT_TRAIN_CONFIG"]
 
 DEFAULT_TRAIN_CONFIG: dict[str, dict[str, Any]] = {
@@ -37,12 +42,28 @@ def _device(name: str) -> torch.device:
     return dev
 
 
-def demo(args: argparse.Namespace) -> int:
-    from .demo import as_dict, result_table, run_demo
+def _show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars and notes go to stderr, unless ``--quiet`` or ``--json``."""
+    return not (args.quiet or args.json)
 
+
+def _note(args: argparse.Namespace, text: str) -> None:
+    """A line about what the command is doing, like a progress bar's (stderr: stdout is for results
+    and JSON; unprefixed, so that an error stays the one line that starts with ``unrolled3d``)."""
+    if _show_progress(args):
+        print(f"{text} ...", file=sys.stderr, flush=True)
+
+
+def demo(args: argparse.Namespace) -> int:
+    from ..io import check_not_input, resolve_output
+    from .demo import DEFAULT_WEIGHTS, as_dict, check_png_name, result_table, run_demo
+
+    out = check_png_name(args.out)
+    check_not_input([out], [args.weights or DEFAULT_WEIGHTS])
+    resolve_output(out, args.force)
     size, n_volumes = (24, 1) if args.quick else (args.size, args.volumes)
-    result = run_demo(weights=args.weights, size=size, n_volumes=n_volumes, seed=args.seed, out=args.out,
-                      progress=not (args.quiet or args.json))
+    result = run_demo(weights=args.weights, size=size, n_volumes=n_volumes, seed=args.seed, out=out,
+                      progress=_show_progress(args), force=args.force)
     if args.json:
         print(json.dumps({**as_dict(result), "wall_seconds": round(result.seconds, 2)}))
     elif not args.quiet:
@@ -64,11 +85,17 @@ def info(args: argparse.Namespace) -> int:
 
 
 def simulate(args: argparse.Namespace) -> int:
+    from .._validation import check_finite
     from ..data import random_ellipsoids, shepp_logan_3d, voxelize
-    from ..io import save_measurements
+    from ..io import check_not_input, check_pt_name, resolve_output, save_measurements
     from ..ops import cone_project
     from ..physics import scan_for_volume, standard_cone_beam
 
+    noise = real("--noise", args.noise, nonnegative=True)  # NaN and inf refused here
+    views = integer("--views", args.views, 1)
+    out = check_pt_name(args.out, "measurements")
+    check_not_input([out], [args.volume])
+    resolve_output(out, args.force)
     scan = "short" if args.short_scan else "full"
     if args.volume is not None:
         from ..io import read_volume
@@ -76,22 +103,24 @@ def simulate(args: argparse.Namespace) -> int:
         if args.phantom is not None or args.size is not None:
             raise ValueError("--volume replaces --phantom and --size: give one or the other")
         vol, voxel_size = read_volume(args.volume)
-        if not torch.isfinite(vol).all():
-            raise ValueError(f"{args.volume}: the volume contains NaN or inf")
-        g = scan_for_volume(tuple(vol.shape), voxel_size, args.views, scan)
+        try:
+            check_finite(vol, "the volume")
+        except ValueError as exc:
+            raise FileFormatError(args.volume, str(exc)) from None
+        g = scan_for_volume(tuple(vol.shape), voxel_size, views, scan)
         x = vol.to(torch.float32)[None, None]
         source = {"volume": str(args.volume)}
     else:
-        size = 64 if args.size is None else args.size
+        size = 64 if args.size is None else integer("--size", args.size, 4)
         phantom = args.phantom or "shepp-logan"
-        g = standard_cone_beam(size, args.views, scan=scan)
+        g = standard_cone_beam(size, views, scan=scan)
         radius = 0.45 * size
         ell = shepp_logan_3d(radius) if phantom == "shepp-logan" else random_ellipsoids(10, radius, seed=args.seed)
         x = voxelize(ell, g.vol_shape, supersample=2)[None, None]
         source = {"phantom": phantom}
     y = cone_project(x, g)
-    y = y + args.noise * float(y.max()) * torch.randn(y.shape, generator=torch.Generator().manual_seed(args.seed))
-    save_measurements(args.out, y, g, x_true=x, meta={**source, "noise": args.noise})
+    y = y + noise * float(y.max()) * torch.randn(y.shape, generator=torch.Generator().manual_seed(args.seed))
+    save_measurements(out, y, g, x_true=x, meta={**source, "noise": noise}, force=args.force)
     emit(args, {"out": args.out, "sino_shape": list(y.shape)}, f"wrote {args.out}: measurements {tuple(y.shape)}")
     return 0
 
@@ -99,14 +128,18 @@ def simulate(args: argparse.Namespace) -> int:
 def import_walnut(args: argparse.Namespace) -> int:
     """A Walnut CBCT orbit folder -> our measurements file (line integrals + geometry)."""
     from ..data import read_walnut
-    from ..io import save_measurements
+    from ..io import check_not_input, check_pt_name, resolve_output, save_measurements
 
+    out = check_pt_name(args.out, "measurements")
+    check_not_input([out], [Path(args.folder) / args.geometry_file])
+    resolve_output(out, args.force)
     t0 = time.perf_counter()
     y, g = read_walnut(args.folder, geometry_file=args.geometry_file, vol_shape=tuple(args.vol_shape),
-                       voxel_size=args.voxel_size, view_step=args.view_step, binning=args.binning)
+                       voxel_size=args.voxel_size, view_step=args.view_step, binning=args.binning,
+                       progress=_show_progress(args))
     meta = {"source": "walnut", "folder": str(args.folder), "geometry_file": args.geometry_file,
             "view_step": args.view_step, "binning": args.binning}
-    save_measurements(args.out, y, g, meta=meta)
+    save_measurements(out, y, g, meta=meta, force=args.force)
     seconds = time.perf_counter() - t0
     emit(args, {"out": args.out, "sino_shape": list(y.shape), "vol_shape": list(g.vol_shape),
                  "voxel_size": list(g.voxel_size), "seconds": round(seconds, 3)},
@@ -116,16 +149,22 @@ def import_walnut(args: argparse.Namespace) -> int:
 
 
 def fit_normal(args: argparse.Namespace) -> int:
-    from ..io import load_measurements
+    from ..io import check_not_input, check_pt_name, load_measurements, resolve_output
     from ..normal import DiagCirculantWrapper
     from ..physics import ConeBeamCT
 
+    iters = integer("--iters", args.iters, 1)
+    lr = real("--lr", args.lr, positive=True)
+    out = check_pt_name(args.out, "operator")
+    check_not_input([out], [args.measurements])
+    resolve_output(out, args.force)
     _, g, _, _ = load_measurements(args.measurements)
+    _note(args, f"estimating ||A|| of the {g.vol_shape} scan")
     physics = ConeBeamCT(g, normalize=True)
     w = DiagCirculantWrapper(physics, g.vol_shape, kernel_radius=args.kernel_radius)
-    hist = w.fit(n_iter=args.iters, lr=args.lr, progress=not (args.quiet or args.json))
+    hist = w.fit(n_iter=iters, lr=lr, progress=_show_progress(args))
     err = w.relative_error()
-    w.save(args.out)
+    w.save(out, force=args.force)
     emit(args, {"out": args.out, "relative_error": err, "first_batch_error": hist[0]},
           f"wrote {args.out}: relative error of H {err:.4f} (started at {hist[0]:.4f})")
     return 0
@@ -133,30 +172,47 @@ def fit_normal(args: argparse.Namespace) -> int:
 
 def reconstruct(args: argparse.Namespace) -> int:
     from ..budget import choose_patch, measure_peak, parse_bytes
-    from ..io import load_measurements, load_model, volume_format, write_volume
+    from ..io import check_not_input, check_volume_target, load_measurements, load_model, volume_files, write_volume
     from ..metrics import psnr
     from ..models import build_model
     from ..normal import DiagCirculantWrapper
-    from ..physics import ConeBeamCT
+    from ..physics import ConeBeamCT, fdk
 
-    volume_format(args.out)  # an unknown output type fails now, not after the reconstruction
+    # Everything about the output is checked before minutes of computing: its ending, that it is
+    # none of the inputs (the .npy sidecar included), that it may be replaced.
+    check_not_input(volume_files(args.out), [args.measurements, args.weights, args.normal])
+    check_volume_target(args.out, args.force)
+    if args.method == "fdk":
+        given = [f for f, v in (("--weights", args.weights), ("--normal", args.normal),
+                                ("--patch-size", args.patch_size), ("--memory-budget", args.memory_budget)) if v]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to --method unrolled, not to FDK")
     budget_info = None
     device = _device(args.device)
     y, g, x_true, _ = load_measurements(args.measurements)
     physics = ConeBeamCT(g, normalize=args.method == "unrolled", device=device)
     y = y.to(device)
+    show = _show_progress(args)
     t0 = time.perf_counter()
     if args.method == "fdk":
-        x = physics.A_dagger(physics.normalize_measurements(y))
+        _note(args, f"FDK of {g.n_views} views into a {g.vol_shape} volume")
+        x = fdk(y, g, window=physics.fdk_window, progress=show)
     else:
         if args.weights is None:
             raise ValueError("--method unrolled needs --weights (a model file written by `unrolled3d train`)")
         state, config = load_model(args.weights)
-        if args.patch_size is not None and any(args.patch_size > n for n in g.vol_shape):
-            raise ValueError(f"--patch-size {args.patch_size} is larger than the volume {g.vol_shape}")
-        rec = build_model(config, g.vol_shape, patch=args.patch_size)
-        rec.load_state_dict(state)
+        if args.patch_size is not None:
+            integer("--patch-size", args.patch_size, 1)
+            if any(args.patch_size > n for n in g.vol_shape):
+                raise ValueError(f"--patch-size {args.patch_size} is larger than the volume {g.vol_shape}")
+        try:
+            rec = build_model(config, g.vol_shape, patch=args.patch_size)
+            rec.load_state_dict(state)
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            raise FileFormatError(args.weights, f"the weights do not fit the model its configuration describes "
+                                                f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
         rec.to(device).eval()
+        rec.progress = show
         target = physics
         if args.normal is not None:
             target = DiagCirculantWrapper.from_file(args.normal, physics, device=device)
@@ -167,13 +223,14 @@ def reconstruct(args: argparse.Namespace) -> int:
         if args.memory_budget is not None:
             if args.patch_size is not None:
                 raise ValueError("give either --patch-size or --memory-budget, not both")
-            choice = choose_patch(rec, y_n, target, parse_bytes(args.memory_budget))
-            rec = rec.with_patch_size(choice.patch)
-            budget_info = {"patch": choice.patch, "predicted_peak_mib": round(choice.predicted_bytes / 2**20, 1)}
-            if not args.quiet and not args.json:
-                print(f"memory budget {args.memory_budget}: patches of {choice.patch}^3 "
-                      f"(predicted peak {budget_info['predicted_peak_mib']:.0f} MiB)")
+            choice_ = choose_patch(rec, y_n, target, parse_bytes(args.memory_budget))
+            rec = rec.with_patch_size(choice_.patch)
+            budget_info = {"patch": choice_.patch, "predicted_peak_mib": round(choice_.predicted_bytes / 2**20, 1)}
+            _note(args, f"memory budget {args.memory_budget}: patches of {choice_.patch}^3 "
+                        f"(predicted peak {budget_info['predicted_peak_mib']:.0f} MiB)")
             t0 = time.perf_counter()  # the choice's trial runs are not part of the reconstruction time
+        _note(args, f"partitioned unrolled reconstruction: {len(rec.patches())} patches of {rec.patch_shape} "
+                    f"x {rec.n_sweeps} sweeps")
         with torch.no_grad():
             if args.memory_budget is None:
                 x = rec(y_n, target)
@@ -182,7 +239,9 @@ def reconstruct(args: argparse.Namespace) -> int:
                 peak = measure_peak(lambda: held.setdefault("x", rec(y_n, target)), device)
                 x = held["x"]
     seconds = time.perf_counter() - t0
-    write_volume(args.out, x[0, 0], g.voxel_size)  # format from the extension, the scan's voxel size
+    if not bool(torch.isfinite(x).all()):  # the inputs are checked finite: this is the model's doing
+        raise FloatingPointError("the reconstruction holds NaN or infinite values: not written")
+    write_volume(args.out, x[0, 0], g.voxel_size, force=args.force)  # format from the ending, the scan's voxels
     payload = {"out": args.out, "seconds": round(seconds, 3), "method": args.method}
     if budget_info:
         payload.update(budget_info, measured_peak_mib=round(peak / 2**20, 1))
@@ -193,45 +252,153 @@ def reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
-def _merge(base: dict, update: dict) -> dict:
-    out = {k: dict(v) for k, v in base.items()}
-    for section, values in update.items():
-        if section not in out:
-            raise ValueError(f"unknown config section [{section}] (known: {', '.join(out)})")
-        unknown = set(values) - set(out[section]) - {"out_dir", "val_every", "min_lr", "grad_clip"}
+# ---------------------------------------------------------------------------------- train
+def _train_schema() -> dict[str, dict[str, tuple[str, Any]]]:
+    """What a training configuration may hold: ``section -> key -> (kind, rule)``.
+
+    Kinds: ``int`` (rule: the minimum), ``real`` (rule: ``"positive"``/``"nonnegative"``/None),
+    ``bool``, ``choice`` (rule: the options), ``str``, ``real?`` (a real or absent).
+    """
+    from ..data import PhantomDataset
+    from ..train import TrainConfig
+
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    train: dict[str, tuple[str, Any]] = {}
+    for name in ("steps", "batch_size"):
+        train[name] = ("int", 1)
+    for name in ("seed", "checkpoint_every", "val_every"):
+        train[name] = ("int", 0)
+    train["keep_checkpoints"] = ("int", 1)
+    train["lr"] = ("real", "positive")
+    for name in ("min_lr", "weight_decay", "noise_std"):
+        train[name] = ("real", "nonnegative")
+    train["grad_clip"] = ("real", "positive")
+    train["lr_schedule"] = ("choice", ("cosine", "constant"))
+    train["out_dir"] = ("str", None)
+    assert set(train) <= set(fields), "the schema names a TrainConfig field that does not exist"
+    return {
+        "geometry": {"size": ("int", 4), "views": ("int", 1)},
+        "phantoms": {"kind": ("choice", PhantomDataset.KINDS), "seed": ("int", 0)},
+        "model": {"n_iter": ("int", 1), "base": ("int", 1), "depth": ("int", 1), "shared": ("bool", None)},
+        "partition": {"patch": ("int", 1)},
+        "train": train,
+    }
+
+
+def _check_value(name: str, value: Any, kind: str, rule: Any) -> Any:
+    if kind == "int":
+        return integer(name, value, rule)
+    if kind == "real":
+        return real(name, value, positive=rule == "positive", nonnegative=rule == "nonnegative")
+    if kind == "bool":
+        return boolean(name, value)
+    if kind == "choice":
+        return choice(name, value.replace("-", "_") if isinstance(value, str) else value, rule)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, got {value!r}")
+    return value
+
+
+def load_train_config(path: str | Path) -> dict[str, dict[str, Any]]:
+    """The defaults merged with a TOML training configuration, every value checked.
+
+    Unknown sections and keys, and values of the wrong kind (``size = 16.7`` where an integer is
+    meant: refused, not truncated; a string where a number is meant) raise a
+    :class:`~unrolled3d.errors.FileFormatError` naming the file and the ``[section] key``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise FileFormatError(path, "not a text (TOML) file") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise FileFormatError(path, f"not valid TOML ({exc})") from None
+    schema = _train_schema()
+    cfg = {k: dict(v) for k, v in DEFAULT_TRAIN_CONFIG.items()}
+    for section, values in raw.items():
+        if section not in schema:
+            raise FileFormatError(path, f"unknown section [{section}] (known: {', '.join(schema)})")
+        if not isinstance(values, dict):
+            raise FileFormatError(path, f"[{section}] must be a table of keys, got {values!r}")
+        unknown = set(values) - set(schema[section])
         if unknown:
-            raise ValueError(f"unknown keys in [{section}]: {', '.join(sorted(unknown))}")
-        out[section].update(values)
-    return out
+            raise FileFormatError(path, f"unknown keys in [{section}]: {', '.join(sorted(unknown))} "
+                                        f"(known: {', '.join(schema[section])})")
+        for key, value in values.items():
+            kind, rule = schema[section][key]
+            try:
+                cfg[section][key] = _check_value(f"[{section}] {key}", value, kind, rule)
+            except (TypeError, ValueError) as exc:
+                raise FileFormatError(path, str(exc)) from None
+    if cfg["partition"]["patch"] > cfg["geometry"]["size"]:
+        raise FileFormatError(path, f"[partition] patch {cfg['partition']['patch']} is larger than the volume "
+                                    f"([geometry] size {cfg['geometry']['size']})")
+    return cfg
 
 
 def train_cmd(args: argparse.Namespace) -> int:
     from ..data import PhantomDataset
-    from ..io import save_model
+    from ..io import resolve_output, save_model
     from ..models import build_model
     from ..physics import ConeBeamCT, standard_cone_beam
-    from ..train import TrainConfig, train
+    from ..train import ARCHIVE_FOLDER, TrainConfig, checkpoints, train
 
-    path = Path(args.config)
-    if not path.exists():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    try:
-        cfg = _merge(DEFAULT_TRAIN_CONFIG, tomllib.loads(path.read_text()))
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path} is not valid TOML: {exc}") from None
-    size, views = int(cfg["geometry"]["size"]), int(cfg["geometry"]["views"])
+    cfg = load_train_config(args.config)
+    toml_dir = cfg["train"].pop("out_dir", None)
+    if args.out_dir is None and toml_dir is None:
+        raise ValueError("give --out-dir (or out_dir in the config's [train] section)")
+    out_dir = Path(args.out_dir if args.out_dir is not None else toml_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"--out-dir {out_dir} is a file, not a folder")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in --out-dir, --overwrite archives it: choose one")
+    ckpt_dir, model_path = out_dir / "checkpoints", out_dir / "model.pt"
+    # The folder belongs to one run: its checkpoints *and* its model.pt. A new run refuses it
+    # unless told to archive them; a resumed run writes model.pt again (the same run's).
+    previous = checkpoints(ckpt_dir)
+    if not args.resume and (previous or model_path.exists()):
+        if not args.overwrite:
+            what = f"{len(previous)} checkpoint(s)" if previous else "a model.pt"
+            raise ValueError(f"{out_dir} holds another run ({what}): continue it with --resume, choose another "
+                             f"--out-dir, or archive it with --overwrite")
+    if args.resume and not previous and model_path.exists():
+        raise ValueError(f"{out_dir} holds a model.pt but no checkpoint to resume from: choose another --out-dir, "
+                         f"or archive it with --overwrite")
+    resolve_output(model_path)  # a read-only model.pt fails now, not after the training
+    if args.overwrite and (previous or model_path.exists()):
+        dest = out_dir / ARCHIVE_FOLDER / time.strftime("%Y%m%d-%H%M%S")
+        n = 1
+        while dest.exists():
+            n += 1
+            dest = dest.with_name(f"{time.strftime('%Y%m%d-%H%M%S')}.{n}")
+        dest.mkdir(parents=True)
+        if ckpt_dir.exists():
+            ckpt_dir.rename(dest / "checkpoints")
+        if model_path.exists():
+            model_path.rename(dest / "model.pt")
+        _note(args, f"archived the previous run to {dest}")
+
+    size, views = cfg["geometry"]["size"], cfg["geometry"]["views"]
     physics = ConeBeamCT(standard_cone_beam(size, views), normalize=True)
-    dataset = PhantomDataset(100_000, (size,) * 3, kind=cfg["phantoms"]["kind"], seed=int(cfg["phantoms"]["seed"]))
-    torch.manual_seed(int(cfg["train"]["seed"]))
+    dataset = PhantomDataset(100_000, (size,) * 3, kind=cfg["phantoms"]["kind"], seed=cfg["phantoms"]["seed"])
+    torch.manual_seed(cfg["train"]["seed"])
     rec = build_model(cfg, (size,) * 3)
-    out_dir = Path(args.out_dir)
-    tcfg = TrainConfig(**{k: v for k, v in cfg["train"].items()}, out_dir=str(out_dir / "checkpoints"),
-                       progress=not (args.quiet or args.json))
-    log = train(rec, physics, dataset, tcfg, resume=args.resume)
-    model_path = out_dir / "model.pt"
+    tcfg = TrainConfig(**cfg["train"], out_dir=str(ckpt_dir), progress=_show_progress(args))
+    resume_cmd = f"unrolled3d train {args.config} --out-dir {out_dir} --resume"
+    args.interrupt_hint = f"the checkpoints written so far are in {ckpt_dir}: continue with `{resume_cmd}`"
+    log = train(rec, physics, dataset, tcfg, resume=args.resume, run_info=cfg)
+    if log["removed_temporaries"]:
+        _note(args, f"removed {len(log['removed_temporaries'])} temporary file(s) of an interrupted save")
+    if log["resumed_checkpoint"]:
+        _note(args, f"resumed from {log['resumed_checkpoint']} (step {log['resumed_from']})")
+    args.interrupt_hint = ""
     save_model(model_path, rec, {**cfg, "command": " ".join(["unrolled3d", *args.argv])})
-    emit(args, {"model": str(model_path), "steps": log["step"], "final_loss": log["losses"][-1]},
-          f"wrote {model_path} after {log['step']} steps (last loss {log['losses'][-1]:.3e})")
+    payload = {"model": str(model_path), "steps": log["step"], "final_loss": log["losses"][-1],
+               "resumed_from": log["resumed_checkpoint"], "skipped_checkpoints": log["skipped_checkpoints"],
+               "fingerprint": log["fingerprint"]}
+    emit(args, payload, f"wrote {model_path} after {log['step']} steps (last loss {log['losses'][-1]:.3e})")
     return 0
-
-

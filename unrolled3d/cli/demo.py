@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._validation import integer
+from ..errors import FileFormatError
 from ..data import PhantomDataset
 from ..io import atomic_path, load_model
 from ..memory import PeakRSS
@@ -24,7 +25,7 @@ from ..metrics import psnr, ssim
 from ..models import build_model
 from ..physics import ConeBeamCT, standard_cone_beam
 
-__all__ = ["DemoResult", "run_demo", "save_slices_png", "result_table", "DEFAULT_WEIGHTS"]
+__all__ = ["DemoResult", "run_demo", "save_slices_png", "check_png_name", "result_table", "DEFAULT_WEIGHTS"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "demo_ct.pt"
@@ -74,7 +75,15 @@ class DemoResult:
     seconds: float = 0.0
 
 
-def save_slices_png(volumes: dict[str, torch.Tensor], path: str | Path, title: str = "") -> Path:
+def check_png_name(path: str | Path) -> Path:
+    """``path`` ends in ``.png`` (the figure is PNG bytes: a ``.txt`` or ``.npy`` name would lie)."""
+    p = Path(path)
+    if p.suffix.lower() != ".png":
+        raise ValueError(f"the figure {p} must end in .png (it is a PNG image), got {p.suffix or 'no ending'!r}")
+    return p
+
+
+def save_slices_png(volumes: dict[str, torch.Tensor], path: str | Path, title: str = "", force: bool = False) -> Path:
     """Orthogonal central slices (axial, coronal, sagittal) of each volume, one row per volume.
 
     Parameters
@@ -83,8 +92,11 @@ def save_slices_png(volumes: dict[str, torch.Tensor], path: str | Path, title: s
         ``label -> (D, H, W)`` tensors; labels are printed at the left of each row. All rows share
         the grey scale of the first volume.
     path : str or Path
-        PNG written atomically.
+        PNG written atomically; must end in ``.png``.
+    force : bool
+        Replace a read-only file.
     """
+    check_png_name(path)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,14 +122,14 @@ def save_slices_png(volumes: dict[str, torch.Tensor], path: str | Path, title: s
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace_read_only=force) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return Path(path)
 
 
 def run_demo(weights: str | Path | None = None, size: int | None = None, n_volumes: int = 2, seed: int = 0,
-             out: str | Path = "unrolled3d_demo.png", progress: bool = True) -> DemoResult:
+             out: str | Path = "unrolled3d_demo.png", progress: bool = True, force: bool = False) -> DemoResult:
     """Simulate sparse-view scans of held-out phantoms; reconstruct with FDK and the network.
 
     Parameters
@@ -132,26 +144,39 @@ def run_demo(weights: str | Path | None = None, size: int | None = None, n_volum
     seed : int
         Seed of the measurement noise.
     out : path
-        PNG of orthogonal slices: truth / FDK / unrolled, with PSNR and SSIM.
+        PNG of orthogonal slices: truth / FDK / unrolled, with PSNR and SSIM (ending ``.png``).
+    progress : bool
+        Progress bars on stderr.
+    force : bool
+        Replace a read-only ``out``.
     """
     n_volumes = integer("n_volumes", n_volumes, 1)
+    seed = integer("seed", seed, 0)
+    check_png_name(out)
     t_start = time.perf_counter()
     path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
     state, config = load_model(path)
-    size = int(config["geometry"]["size"]) if size is None else int(size)
+    try:  # the scan the model was trained on, from its file
+        size_trained = integer("size", config["geometry"]["size"], 1)
+        views = integer("views", config["geometry"]["views"], 1)
+        noise = float(config["train"]["noise_std"])
+        patch_trained = integer("patch", config["partition"]["patch"], 1)
+        kind, phantom_seed = config["phantoms"]["kind"], integer("seed", config["phantoms"]["seed"], 0)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FileFormatError(path, f"the model's configuration lacks the training scan ({type(exc).__name__}: "
+                                    f"{exc}): expected [geometry] size, views, [train] noise_std, [partition] patch, "
+                                    f"[phantoms] kind, seed") from None
+    size = size_trained if size is None else integer("size", size, 1)
     if size < 16:
         raise ValueError(f"size must be at least 16 voxels, got {size}")
-    views = int(config["geometry"]["views"])
-    noise = float(config["train"]["noise_std"])
-    patch = min(int(config["partition"]["patch"]), size)
+    patch = min(patch_trained, size)
     physics = ConeBeamCT(standard_cone_beam(size, views), normalize=True)
     cfg = {**config, "partition": {**config["partition"], "patch": patch}}
     rec = build_model(cfg, (size,) * 3)
     rec.load_state_dict(state)
     rec.eval()
     rec.progress = progress
-    phantoms = PhantomDataset(n_volumes, (size,) * 3, kind=config["phantoms"]["kind"],
-                              seed=int(config["phantoms"]["seed"]) + HELD_OUT_SEED_OFFSET)
+    phantoms = PhantomDataset(n_volumes, (size,) * 3, kind=kind, seed=phantom_seed + HELD_OUT_SEED_OFFSET)
     gen = torch.Generator().manual_seed(seed)
     methods = {"FDK": MethodResult(), "partitioned unrolled": MethodResult()}
     shown = {}
@@ -178,7 +203,7 @@ def run_demo(weights: str | Path | None = None, size: int | None = None, n_volum
     for name, r in methods.items():
         labels[name] = f"{name}\n{r.psnr[0]:.2f} dB, SSIM {r.ssim[0]:.3f}"
     png = save_slices_png({labels[k]: v for k, v in shown.items()}, out,
-                          title=f"held-out phantom {size}^3, {views}-view cone beam, noise {noise:g}")
+                          title=f"held-out phantom {size}^3, {views}-view cone beam, noise {noise:g}", force=force)
     return DemoResult(size, views, noise, n_volumes, patch, methods, str(path), str(config.get("command", "")),
                       str(png), time.perf_counter() - t_start)
 

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .._validation import int_triple, integer
+from .._validation import boolean, choice, int_triple, int_tuple, integer, real, real_tuple
+from ..errors import FileFormatError
 from .phantoms import Ellipsoid, random_ellipsoids, shepp_logan_3d, voxelize
 
 __all__ = ["PhantomDataset", "VolumeFileDataset"]
@@ -87,28 +88,21 @@ class PhantomDataset(Dataset):
                  scale_range: Sequence[float] = (0.8, 1.0), supersample: int = 1) -> None:
         length = integer("length", length, 1)
         kind = kind.replace("-", "_").lower() if isinstance(kind, str) else kind
-        if kind not in self.KINDS:
-            raise ValueError(f"kind must be one of {self.KINDS}, got {kind!r}")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        if isinstance(n_ellipsoids, numbers.Integral) and not isinstance(n_ellipsoids, bool):
-            n_range = (int(n_ellipsoids), int(n_ellipsoids))
-        else:
-            n_range = tuple(int(v) for v in n_ellipsoids)
-            if len(n_range) != 2:
-                raise ValueError(f"n_ellipsoids must be an int or (low, high), got {n_ellipsoids!r}")
-        if n_range[0] < 0 or n_range[0] > n_range[1]:
+        choice("kind", kind, self.KINDS)
+        seed = integer("seed", seed, 0)
+        n_range = int_tuple("n_ellipsoids", n_ellipsoids, 2, minimum=0, allow_scalar=True)
+        if n_range[0] > n_range[1]:
             raise ValueError(f"n_ellipsoids must satisfy 0 <= low <= high, got {n_ellipsoids!r}")
-        if isinstance(voxel_size, numbers.Real):
-            voxel_size = (float(voxel_size),) * 3
-        voxel_size = tuple(float(v) for v in voxel_size)
-        if len(voxel_size) != 3 or not all(math.isfinite(v) and v > 0 for v in voxel_size):
-            raise ValueError(f"voxel_size must be a positive float or 3 of them, got {voxel_size!r}")
-        if not 0 < float(fill) <= 1:
+        voxel_size = real_tuple("voxel_size", voxel_size, 3, positive=True, allow_scalar=True)
+        fill = real("fill", fill, positive=True)
+        if fill > 1:
             raise ValueError(f"fill must be in (0, 1], got {fill!r}")
-        lo, hi = (float(v) for v in scale_range)
-        if not 0 < lo <= hi:
+        lo, hi = real_tuple("scale_range", scale_range, 2, positive=True)
+        if lo > hi:
             raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range!r}")
+        value_range = real_tuple("value_range", value_range, 2)
+        max_semi_axis = real("max_semi_axis", max_semi_axis, positive=True)
+        supersample = integer("supersample", supersample, 1)
         self.length = int(length)
         self.vol_shape = int_triple("vol_shape", vol_shape, allow_scalar=True)
         self.kind = kind
@@ -124,6 +118,14 @@ class PhantomDataset(Dataset):
 
     def __len__(self) -> int:
         return self.length
+
+    def describe(self) -> dict:
+        """Every setting that decides the items (what a training run's fingerprint records)."""
+        return {"type": "PhantomDataset", "length": self.length, "vol_shape": list(self.vol_shape),
+                "kind": self.kind, "n_ellipsoids": list(self.n_range), "seed": self.seed,
+                "voxel_size": list(self.voxel_size), "fill": self.fill, "value_range": list(self.value_range),
+                "max_semi_axis": self.max_semi_axis, "scale_range": list(self.scale_range),
+                "supersample": self.supersample}
 
     def generator(self, i: int) -> torch.Generator:
         """The CPU generator of item ``i`` (a fresh one, seeded by ``(seed, i)``)."""
@@ -165,19 +167,19 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, bool, int]:
             else:  # 2.0 and 3.0 share the 4-byte header length (3.0 only allows utf-8 field names)
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         except Exception as exc:  # numpy raises ValueError / EOFError / SyntaxError on bad headers
-            raise ValueError(f"{path}: not a valid .npy file (corrupt or truncated header): {exc}") from None
+            raise FileFormatError(path, f"not a valid .npy file (corrupt or truncated header): {exc}") from None
         return tuple(shape), dtype, fortran, f.tell()
 
 
 def _check_volume(path, shape: tuple[int, ...], dtype: np.dtype, expected: tuple[int, int, int] | None) -> None:
     if dtype.hasobject or dtype.kind not in "fiu":
-        raise TypeError(f"{path}: volumes must hold real numbers (float or integer), got dtype {dtype}")
+        raise FileFormatError(path, f"volumes must hold real numbers (float or integer), got dtype {dtype}")
     if len(shape) == 4 and shape[0] == 1:
         shape = shape[1:]
     if len(shape) != 3:
-        raise ValueError(f"{path}: expected a volume of shape (D, H, W) or (1, D, H, W), got {shape}")
+        raise FileFormatError(path, f"expected a volume of shape (D, H, W) or (1, D, H, W), got {shape}")
     if expected is not None and tuple(shape) != expected:
-        raise ValueError(f"{path}: volume has shape {tuple(shape)}, expected {expected}")
+        raise FileFormatError(path, f"volume has shape {tuple(shape)}, expected {expected}")
 
 
 class VolumeFileDataset(Dataset):
@@ -232,13 +234,19 @@ class VolumeFileDataset(Dataset):
                 raise FileNotFoundError(f"volume file not found: {p}")
         self.key = key
         self.vol_shape = None if vol_shape is None else int_triple("vol_shape", vol_shape, allow_scalar=True)
-        self.check_finite = bool(check_finite)
+        self.check_finite = boolean("check_finite", check_finite)
         if validate:
             for p in self.paths:
                 self._inspect(p)
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def describe(self) -> dict:
+        """The files (resolved names, sizes) and options (what a training run's fingerprint records)."""
+        files = [[str(p.resolve()), p.stat().st_size if p.exists() else None] for p in self.paths]
+        return {"type": "VolumeFileDataset", "files": files, "key": self.key,
+                "vol_shape": None if self.vol_shape is None else list(self.vol_shape)}
 
     # ----------------------------------------------------------------- npy
     def _inspect_npy(self, path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -247,7 +255,7 @@ class VolumeFileDataset(Dataset):
         need = offset + math.prod(shape) * dtype.itemsize
         have = path.stat().st_size
         if have < need:
-            raise ValueError(f"{path}: truncated .npy file: its header announces {shape} {dtype} "
+            raise FileFormatError(path, f"truncated .npy file: its header announces {shape} {dtype} "
                              f"({need} bytes with the header), the file has {have} bytes")
         return shape, dtype, offset
 
@@ -264,15 +272,15 @@ class VolumeFileDataset(Dataset):
         h5py = self._h5py()
         if self.key is not None:
             if self.key not in f:
-                raise KeyError(f"{path}: no dataset {self.key!r} (has: {sorted(f.keys())})")
+                raise FileFormatError(path, f"no dataset {self.key!r} (has: {sorted(f.keys())})")
             ds = f[self.key]
         else:
             names = [k for k in f.keys() if isinstance(f[k], h5py.Dataset)]
             if len(names) != 1:
-                raise KeyError(f"{path}: pass key= to choose one of the datasets {names}")
+                raise FileFormatError(path, f"pass key= to choose one of the datasets {names}")
             ds = f[names[0]]
         if not isinstance(ds, h5py.Dataset):
-            raise KeyError(f"{path}: {ds.name!r} is a group, not a dataset")
+            raise FileFormatError(path, f"{ds.name!r} is a group, not a dataset")
         return ds
 
     def _open_h5(self, path: Path):
@@ -280,7 +288,7 @@ class VolumeFileDataset(Dataset):
         try:
             return h5py.File(path, "r")
         except OSError as exc:
-            raise ValueError(f"{path}: cannot open HDF5 file (corrupt or truncated?): {exc}") from None
+            raise FileFormatError(path, f"cannot open HDF5 file (corrupt or truncated?): {exc}") from None
 
     def _inspect(self, path: Path) -> None:
         if path.suffix.lower() in _NPY_SUFFIXES:
@@ -299,14 +307,14 @@ class VolumeFileDataset(Dataset):
             try:
                 return np.load(path, mmap_mode="r", allow_pickle=False)
             except (ValueError, OSError, EOFError) as exc:
-                raise ValueError(f"{path}: cannot read .npy volume (corrupt or truncated?): {exc}") from None
+                raise FileFormatError(path, f"cannot read .npy volume (corrupt or truncated?): {exc}") from None
         with self._open_h5(path) as f:
             ds = self._h5_dataset(f, path)
             _check_volume(path, tuple(ds.shape), ds.dtype, self.vol_shape)
             try:
                 return ds[()]
             except OSError as exc:
-                raise ValueError(f"{path}: cannot read HDF5 dataset (corrupt or truncated?): {exc}") from None
+                raise FileFormatError(path, f"cannot read HDF5 dataset (corrupt or truncated?): {exc}") from None
 
     def __getitem__(self, i: int) -> torch.Tensor:
         arr = self.load(i)
@@ -314,5 +322,5 @@ class VolumeFileDataset(Dataset):
         if vol.ndim == 3:
             vol = vol.unsqueeze(0)
         if self.check_finite and not bool(torch.isfinite(vol).all()):
-            raise ValueError(f"{self.paths[_index(i, len(self.paths))]}: volume holds NaN or inf values")
+            raise FileFormatError(self.paths[_index(i, len(self.paths))], "the volume holds NaN or inf values")
         return vol

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Sequence, Union
 
 import torch
 
-from .._validation import int_triple, integer, real, real_tuple
+from .._validation import check_allocation, int_triple, integer, real, real_tuple
 
 __all__ = [
     "Ellipsoid",
@@ -394,6 +394,7 @@ def voxelize(
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     device = torch.device(device)
+    check_allocation("the voxelized volume", (D, H, W), dtype, device)
 
     out = torch.zeros((D, H, W), dtype=dtype, device=device)
     f64 = torch.float64

@@ -74,7 +74,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .._validation import int_triple, integer, real_tuple
+from tqdm.auto import tqdm
+
+from .._validation import boolean, int_triple, integer, real_tuple
+from ..errors import FileFormatError
 from ..geometry import ConeBeamGeometry
 
 __all__ = ["read_walnut", "read_walnut_geometry", "walnut_views", "raw_to_detector", "DEFAULT_EPS"]
@@ -140,12 +143,17 @@ def _read_image(path: Path) -> np.ndarray:
     try:
         img = tifffile.imread(path)
     except Exception as exc:
-        raise ValueError(f"{path} is not a readable TIFF image (truncated or corrupt: {type(exc).__name__}: {exc})") from None
+        raise FileFormatError(path, f"not a readable TIFF image (truncated or corrupt: {type(exc).__name__}: {exc})") \
+            from None
     if img.ndim != 2:
-        raise ValueError(f"{path}: expected one 2D image, got an array of shape {tuple(img.shape)}")
+        raise FileFormatError(path, f"expected one 2D image, got an array of shape {tuple(img.shape)}")
     if img.dtype.kind not in "biuf":
-        raise ValueError(f"{path}: expected real pixel values, got dtype {img.dtype}")
-    return img.astype(np.float64)
+        raise FileFormatError(path, f"expected real pixel values, got dtype {img.dtype}")
+    img = img.astype(np.float64)
+    bad = ~np.isfinite(img)
+    if bad.any():  # float TIFFs can hold NaN/inf: a dead pixel must not become a NaN line integral
+        raise FileFormatError(path, f"{int(bad.sum())} pixel(s) are NaN or infinite")
+    return img
 
 
 def _bin(image: np.ndarray, b: int) -> np.ndarray:
@@ -166,11 +174,11 @@ def read_walnut_geometry(path: str | os.PathLike) -> np.ndarray:
             warnings.simplefilter("error")  # numpy warns (and returns []) on an empty file
             vec = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except Exception as exc:
-        raise ValueError(f"{path} is not a geometry file of 12 numbers per row ({type(exc).__name__}: {exc})") from None
+        raise FileFormatError(path, f"not a geometry file of 12 numbers per row ({type(exc).__name__}: {exc})") from None
     if vec.shape[1] != 12:
-        raise ValueError(f"{path}: expected 12 numbers per row (ASTRA cone_vec), got {vec.shape[1]}")
+        raise FileFormatError(path, f"expected 12 numbers per row (ASTRA cone_vec), got {vec.shape[1]}")
     if not np.isfinite(vec).all():
-        raise ValueError(f"{path}: the geometry contains NaN or inf")
+        raise FileFormatError(path, "the geometry contains NaN or inf")
     return vec
 
 
@@ -200,6 +208,7 @@ def read_walnut(
     binning: int = 1,
     vol_offset: Sequence[float] = (0.0, 0.0, 0.0),
     eps: float = DEFAULT_EPS,
+    progress: bool = False,
 ) -> tuple[torch.Tensor, ConeBeamGeometry]:
     """Read one Walnut orbit folder into line integrals and their cone-beam geometry.
 
@@ -225,6 +234,8 @@ def read_walnut(
     eps : float
         Lower clamp of ``flat - dark`` (in counts) and of the transmission before the log, in
         ``(0, 1)``; pixels with ``flat - dark < eps`` are dead and get line integral 0.
+    progress : bool
+        A progress bar over the projections (stderr): a full scan is 1200 TIFF files.
 
     Returns
     -------
@@ -250,6 +261,7 @@ def read_walnut(
     vol_offset = real_tuple("vol_offset", vol_offset, 3, allow_scalar=True)
     view_step = integer("view_step", view_step, 1)
     binning = integer("binning", binning, 1)
+    progress = boolean("progress", progress)
     try:
         eps = float(eps)
     except (TypeError, ValueError):
@@ -301,7 +313,7 @@ def read_walnut(
 
     y = np.empty((len(views), rows, cols), dtype=np.float32)
     n_clamped = 0
-    for i, (_, file_idx) in enumerate(views):
+    for i, (_, file_idx) in enumerate(tqdm(views, desc="reading projections", unit="view", disable=not progress)):
         img = raw_to_detector(_read_image(files[file_idx]))
         if img.shape != shape:
             raise ValueError(f"Walnut scan in {folder}: {files[file_idx].name} has shape {img.shape[::-1]} but "

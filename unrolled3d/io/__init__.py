@@ -1,15 +1,22 @@
 """Files: volumes in common formats, the command line's measurement and model files, atomic writes.
 
-* :mod:`.atomic` - :func:`atomic_path` (write to a temporary file, rename over the target);
+* :mod:`.atomic` - :func:`atomic_path` (write to a temporary file, fsync, rename over the target,
+  fsync the folder), and the rules of outputs (symbolic links, read-only files, inputs);
 * :mod:`.volumes` - :func:`read_volume` / :func:`write_volume` (npy, NIfTI, HDF5, TIFF, pt) with
   the voxel size;
 * :mod:`.files` - measurements (+ geometry) and trained model files.
 """
-from .atomic import atomic_path
-from .files import load_measurements, load_model, load_volume, save_measurements, save_model, save_volume
-from .volumes import SUPPORTED_EXTENSIONS, read_volume, volume_format, write_volume
+from .atomic import (atomic_path, check_not_input, fsync_folder, remove_stale_temporaries, resolve_output,
+                     stale_temporaries)
+from .files import (check_pt_name, load_measurements, load_model, load_torch_file, load_volume, save_measurements,
+                    save_model, save_volume)
+from .volumes import (SUPPORTED_EXTENSIONS, check_volume_target, read_volume, sniff_format, volume_files,
+                      volume_format, write_volume)
 
 __all__ = [
-    "atomic_path", "read_volume", "write_volume", "volume_format", "SUPPORTED_EXTENSIONS", "save_measurements",
-    "load_measurements", "save_volume", "load_volume", "save_model", "load_model",
+    "atomic_path", "fsync_folder", "resolve_output", "check_not_input", "stale_temporaries",
+    "remove_stale_temporaries", "read_volume", "write_volume", "volume_format", "volume_files", "check_volume_target",
+    "sniff_format",
+    "SUPPORTED_EXTENSIONS", "save_measurements", "load_measurements", "save_volume", "load_volume", "save_model",
+    "load_model", "load_torch_file", "check_pt_name",
 ]

@@ -1,33 +1,201 @@
-"""Small I/O helpers: atomic writes."""
+"""Durable, atomic file writes, and the rules every output of the package follows.
+
+:func:`atomic_path` is the one way the package writes a file:
+
+1. a temporary file beside the target (``.<name>.tmp-<random><suffix>``, same folder, so the
+   rename below is atomic) receives the bytes;
+2. the temporary file is ``fsync``-ed: its bytes are on the disk before its name is;
+3. it gets the mode of the file it replaces (or the umask's default for a new file) and is
+   renamed over the target with ``os.replace``;
+4. the folder is ``fsync``-ed: the new name survives a power cut.
+
+A crash (or ``kill -9``, or a power cut) at any point leaves either the old file or the new one,
+never a truncated one; only a temporary file may remain, which :func:`stale_temporaries` finds
+and :func:`remove_stale_temporaries` removes.
+
+The target itself is checked first: a symbolic link is written *through* (its target file is
+replaced, the link stays), a read-only file is refused (``PermissionError``) unless
+``replace_read_only=True``, a folder is refused. :func:`check_not_input` refuses an output that
+is one of the inputs of the same command.
+"""
 from __future__ import annotations
 
+import errno
 import os
+import re
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "fsync_folder", "resolve_output", "check_not_input", "stale_temporaries",
+           "remove_stale_temporaries", "TEMP_MARK"]
+
+#: what every temporary file's name holds after the target's name: ``.<name>.tmp-...``
+TEMP_MARK = ".tmp-"
+
+
+def fsync_folder(folder: str | os.PathLike) -> None:
+    """``fsync`` a folder, so that the names created, renamed or removed in it are durable.
+
+    File systems that cannot sync a folder (some network file systems) are skipped silently:
+    there is nothing more a program can do there.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+    try:
+        fd = os.open(folder, flags)
+    except OSError as exc:  # pragma: no cover - platform without folder file descriptors
+        if exc.errno in (errno.EACCES, errno.EISDIR, errno.EINVAL):
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_read_only(path: Path, st: os.stat_result) -> bool:
+    # The owner's write bit as well as access(): root may write anything, but a file chmod-ed
+    # read-only says "do not replace me" to root as well.
+    return not (st.st_mode & stat.S_IWUSR) or not os.access(path, os.W_OK)
+
+
+def resolve_output(path: str | os.PathLike, replace_read_only: bool = False) -> Path:
+    """The file an output named ``path`` really writes, after checking that it may be replaced.
+
+    A symbolic link resolves to its target (written through, the link kept); an existing
+    read-only file raises ``PermissionError`` unless ``replace_read_only``; a folder raises
+    ``IsADirectoryError``.
+    """
+    given = Path(path)
+    target = Path(os.path.realpath(given)) if given.is_symlink() else given
+    if target.is_dir():
+        raise IsADirectoryError(f"{given} is a folder, not a file: choose a file name")
+    if target.exists():
+        st = target.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{given} exists and is not a regular file: not replaced")
+        if not replace_read_only and _is_read_only(target, st):
+            raise PermissionError(f"{given} is read-only: not replaced (make it writable, choose another name, "
+                                  f"or force the replacement)")
+    return target
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it onto ``path`` atomically.
+def atomic_path(path: str | os.PathLike, replace_read_only: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success make it durable and rename it onto ``path``.
 
-    A crash half-way leaves the previous file (or none) in place, never a truncated one.
+    Parameters
+    ----------
+    path : str or path-like
+        The file to write. Missing parent folders are created. A symbolic link is written
+        through to the file it points to.
+    replace_read_only : bool
+        Replace an existing read-only file (it stays read-only). Default: refuse it.
+
+    Raises
+    ------
+    PermissionError
+        ``path`` is read-only (and ``replace_read_only`` is false), or its folder is not writable.
+    IsADirectoryError
+        ``path`` is a folder.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from unrolled3d.io import atomic_path
+    >>> target = os.path.join(tempfile.mkdtemp(), "a.txt")
+    >>> with atomic_path(target) as tmp:
+    ...     _ = tmp.write_text("all or nothing")
+    >>> open(target).read()
+    'all or nothing'
     """
-    target = Path(path)
+    target = resolve_output(path, replace_read_only)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
+    if target.exists():
+        mode = stat.S_IMODE(target.stat().st_mode)  # the replaced file's permissions are kept
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask  # what a plain open() would give (mkstemp makes the file 0600)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}{TEMP_MARK}", suffix=target.suffix, dir=target.parent)
+    except PermissionError:
+        raise PermissionError(f"cannot write {path}: the folder {target.parent} is not writable") from None
     os.close(fd)
     try:
         yield Path(tmp)
-        # mkstemp makes the file private (0600); give it the permissions a plain open() would
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, target)
+        _fsync_file(tmp)  # the bytes first ...
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)  # ... then the name,
+        fsync_folder(target.parent)  # durably
     except BaseException:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist: compare where they would be
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_not_input(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike | None],
+                    what: str = "output") -> None:
+    """Refuse to write any of ``outputs`` over one of ``inputs`` (the same file by any name:
+    a relative path, a symbolic or hard link).
+
+    Raises
+    ------
+    ValueError
+        Naming the output and the input it would destroy.
+
+    Examples
+    --------
+    >>> from unrolled3d.io import check_not_input
+    >>> check_not_input(["x.npy"], ["m.pt"])          # distinct files: nothing to say
+    >>> check_not_input(["runs/../m.pt"], ["m.pt"])
+    Traceback (most recent call last):
+        ...
+    ValueError: output runs/../m.pt is the input m.pt: refusing to overwrite an input of the same command
+    """
+    ins = [Path(p) for p in inputs if p is not None]
+    for out in outputs:
+        out = Path(out)
+        for inp in ins:
+            if _same(out, inp):
+                raise ValueError(f"{what} {out} is the input {inp}: refusing to overwrite an input of the same "
+                                 f"command")
+
+
+def stale_temporaries(folder: str | os.PathLike, name_pattern: str = r".+") -> list[Path]:
+    """Temporary files :func:`atomic_path` left in ``folder`` (a crash between write and rename)
+    for targets whose names match the regular expression ``name_pattern``."""
+    d = Path(folder)
+    if not d.is_dir():
+        return []
+    rx = re.compile(rf"^\.({name_pattern}){re.escape(TEMP_MARK)}")
+    return sorted(p for p in d.iterdir() if rx.match(p.name) and p.is_file())
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, name_pattern: str = r".+") -> list[Path]:
+    """Remove :func:`stale_temporaries` (only call it where no other process is writing) and
+    return what was removed."""
+    found = stale_temporaries(folder, name_pattern)
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found

@@ -37,11 +37,16 @@ dtype (integers, float16, bool). NIfTI-1 keeps the zooms as float32: the reader 
 shortest decimal that rounds to that float32, so decimal voxel sizes such as 0.1 or 0.1496 come
 back exactly, and any other value to float32 precision (about 6e-8 relative).
 
-Writes are atomic (:func:`unrolled3d.io.atomic_path`): a temporary file beside the target,
-renamed over it on success, so a crash never leaves a half-written volume. Readers check what
-they read and raise ``ValueError`` naming the file and the problem (truncated or corrupt file,
-wrong number of dimensions, missing dataset, non-numeric dtype), ``FileNotFoundError`` for a
-missing file. The format libraries (tifffile, h5py, nibabel) are imported only when used.
+Writes are atomic and durable (:func:`unrolled3d.io.atomic_path`): a temporary file beside the
+target, synced, renamed over it, the folder synced; a crash never leaves a half-written volume.
+A symbolic link is written through, a replaced file keeps its mode, a read-only file is refused
+(``PermissionError``), and an ``X.json`` that is not a voxel-size sidecar is never replaced by the
+sidecar of ``X.npy`` (``FileExistsError``); ``force=True`` allows both. Readers check what they
+read and raise :class:`~unrolled3d.errors.FileFormatError` (a ``ValueError``) naming the file and
+the problem (truncated or corrupt file, bytes of another format than the ending says, wrong
+number of dimensions, missing dataset, non-numeric dtype), ``FileNotFoundError`` for a missing
+file. A ``.json`` beside an ``.npy`` that is not a sidecar (no voxel size key) is ignored with a
+warning. The format libraries (tifffile, h5py, nibabel) are imported only when used.
 """
 from __future__ import annotations
 
@@ -50,6 +55,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -57,9 +63,11 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .atomic import atomic_path
+from ..errors import FileFormatError
+from .atomic import atomic_path, check_not_input, resolve_output
 
-__all__ = ["read_volume", "write_volume", "volume_format", "SUPPORTED_EXTENSIONS"]
+__all__ = ["read_volume", "write_volume", "volume_format", "volume_files", "check_volume_target", "sniff_format",
+           "SUPPORTED_EXTENSIONS"]
 
 #: File name endings understood by :func:`read_volume` and :func:`write_volume`.
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (".npy", ".nii", ".nii.gz", ".h5", ".hdf5", ".tif", ".tiff", ".pt")
@@ -113,7 +121,7 @@ def _file_voxel_size(path: Path, value: Any, what: str) -> VoxelSize:
     try:
         return _check_voxel_size(value, what)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: {exc}") from None
+        raise FileFormatError(path, f"{exc}") from None
 
 
 def _as_array(volume: Any) -> np.ndarray:
@@ -147,12 +155,12 @@ def _as_array(volume: Any) -> np.ndarray:
 def _to_tensor(path: Path, arr: np.ndarray, keep_float64: bool | None = None) -> torch.Tensor:
     """A checked 3D array read from ``path`` as a float32/float64 tensor."""
     if arr.dtype.kind not in "biuf":
-        raise ValueError(f"{path}: the volume has a non-numeric or complex dtype {arr.dtype} "
+        raise FileFormatError(path, f"the volume has a non-numeric or complex dtype {arr.dtype} "
                          f"(expected real numbers)")
     if arr.ndim != 3:
-        raise ValueError(f"{path}: expected a 3D volume (D, H, W), got {arr.ndim} dimensions {tuple(arr.shape)}")
+        raise FileFormatError(path, f"expected a 3D volume (D, H, W), got {arr.ndim} dimensions {tuple(arr.shape)}")
     if 0 in arr.shape:
-        raise ValueError(f"{path}: the volume is empty, shape {tuple(arr.shape)}")
+        raise FileFormatError(path, f"the volume is empty, shape {tuple(arr.shape)}")
     f64 = arr.dtype == np.float64 if keep_float64 is None else keep_float64
     out = np.ascontiguousarray(arr, dtype=np.float64 if f64 else np.float32)
     # A memory map (nibabel maps uncompressed .nii files) or a read-only buffer must not back
@@ -162,11 +170,39 @@ def _to_tensor(path: Path, arr: np.ndarray, keep_float64: bool | None = None) ->
     return torch.from_numpy(out)
 
 
+# The first bytes of each format, to refuse a file whose content contradicts its ending (a torch
+# zip named .npy, a NumPy array named .pt) with a message that says so.
+_MAGIC: tuple[tuple[str, bytes], ...] = (
+    ("npy", b"\x93NUMPY"), ("pt", b"PK\x03\x04"), ("hdf5", b"\x89HDF\r\n\x1a\n"), ("tiff", b"II*\x00"),
+    ("tiff", b"MM\x00*"), ("tiff", b"II+\x00"), ("tiff", b"MM\x00+"), ("nifti", b"\x1f\x8b"),
+)
+_FORMAT_NAMES = {"npy": "a NumPy .npy array", "pt": "a torch/zip archive", "hdf5": "an HDF5 file",
+                 "tiff": "a TIFF image", "nifti": "a gzip stream (.nii.gz)"}
+
+
+def sniff_format(path: str | os.PathLike) -> str | None:
+    """The format the first bytes of a file show (``"npy"``, ``"pt"`` for any zip archive,
+    ``"hdf5"``, ``"tiff"``, ``"nifti"`` for gzip), ``None`` when they show none of these."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    for fmt, magic in _MAGIC:
+        if head.startswith(magic):
+            return fmt
+    return None
+
+
+def _check_magic(path: Path, fmt: str) -> None:
+    found = sniff_format(path)
+    if found is not None and found != fmt:
+        raise FileFormatError(path, f"holds {_FORMAT_NAMES[found]}, not the {fmt} format its ending names "
+                                    f"(renamed file?)")
+
+
 def _require_file(path: Path) -> None:
     if not path.exists():
         raise FileNotFoundError(f"volume file {path} does not exist")
     if not path.is_file():
-        raise ValueError(f"{path} is not a file")
+        raise FileFormatError(path, "not a file")
 
 
 # --------------------------------------------------------------------------- .npy (+ .json)
@@ -174,48 +210,74 @@ def _sidecar(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def _write_npy(path: Path, arr: np.ndarray, vs: VoxelSize) -> None:
-    with atomic_path(path) as tmp:
+def _is_our_sidecar(side: Path) -> bool:
+    """``side`` holds a voxel-size sidecar (JSON object with our key), not some other JSON file."""
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, ValueError):  # unreadable, not JSON, not UTF-8
+        return False
+    return isinstance(meta, dict) and _SIDECAR_KEY in meta
+
+
+def _check_sidecar_target(path: Path, force: bool) -> None:
+    """Writing ``X.npy`` also writes ``X.json``: refuse when that name holds an unrelated file."""
+    side = _sidecar(path)
+    if side.exists() and not force and not _is_our_sidecar(side):
+        raise FileExistsError(f"{side} exists and is not the voxel-size sidecar of {path.name}: writing {path.name} "
+                              f"would replace it (remove or rename it, choose another name, or force the "
+                              f"replacement)")
+
+
+def _write_npy(path: Path, arr: np.ndarray, vs: VoxelSize, force: bool = False) -> None:
+    _check_sidecar_target(path, force)
+    resolve_output(_sidecar(path), replace_read_only=force)  # a read-only sidecar fails before the volume
+    with atomic_path(path, replace_read_only=force) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, arr, allow_pickle=False)
     # Always (re)write the sidecar, so a stale one from an older volume never survives.
-    with atomic_path(_sidecar(path)) as tmp:
+    with atomic_path(_sidecar(path), replace_read_only=force) as tmp:
         tmp.write_text(json.dumps({_SIDECAR_KEY: list(vs), "shape": list(arr.shape), "axes": "zyx", "unit": "mm"}))
 
 
 def _read_npy(path: Path) -> tuple[torch.Tensor, VoxelSize]:
     with open(path, "rb") as f:
         if f.read(6) != b"\x93NUMPY":
-            raise ValueError(f"{path} is not a .npy file (no NumPy header: corrupt or another format)")
+            raise FileFormatError(path, f"not a .npy file (no NumPy header: corrupt or another format)")
     try:
         arr = np.load(path, allow_pickle=False)
     except ValueError as exc:
         if "Object arrays" in str(exc):
-            raise ValueError(f"{path}: the array holds Python objects, a non-numeric dtype (expected real numbers)") from None
-        raise ValueError(f"{path} is not a readable .npy volume (truncated or corrupt: {exc})") from None
+            raise FileFormatError(path, f"the array holds Python objects, a non-numeric dtype (expected real numbers)") from None
+        raise FileFormatError(path, f"not a readable .npy volume (truncated or corrupt: {exc})") from None
     except Exception as exc:  # EOFError, OSError, UnpicklingError...
-        raise ValueError(f"{path} is not a readable .npy volume (truncated or corrupt: "
+        raise FileFormatError(path, f"not a readable .npy volume (truncated or corrupt: "
                          f"{type(exc).__name__}: {exc})") from None
     if not isinstance(arr, np.ndarray):  # an .npz archive saved under a .npy name
-        raise ValueError(f"{path} is not a single .npy array")
+        raise FileFormatError(path, f"not a single .npy array")
     vol = _to_tensor(path, arr)
     side = _sidecar(path)
     if not side.exists():
         return vol, (1.0, 1.0, 1.0)
     try:
         meta = json.loads(side.read_text())
-        vs_raw = meta[_SIDECAR_KEY]
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{side} (voxel size of {path.name}) is not a valid sidecar: expected JSON with "
-                         f"{_SIDECAR_KEY!r} ({type(exc).__name__}: {exc})") from None
-    if "shape" in meta and list(meta["shape"]) != list(vol.shape):
-        raise ValueError(f"{side} describes a volume of shape {meta['shape']} but {path.name} has "
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FileFormatError(side, f"not a valid voxel-size sidecar of {path.name}: expected JSON with "
+                                    f"{_SIDECAR_KEY!r} ({type(exc).__name__}: {exc})") from None
+    if not isinstance(meta, dict) or _SIDECAR_KEY not in meta:
+        # Some other JSON file that happens to share the name (the writer never replaces one):
+        # not a sidecar, so the file says nothing about the voxel size.
+        warnings.warn(f"{side} is not a voxel-size sidecar (no {_SIDECAR_KEY!r}): reading {path.name} with "
+                      f"1 mm voxels", stacklevel=3)
+        return vol, (1.0, 1.0, 1.0)
+    vs_raw = meta[_SIDECAR_KEY]
+    if "shape" in meta and (not isinstance(meta["shape"], list) or meta["shape"] != list(vol.shape)):
+        raise FileFormatError(side, f"describes a volume of shape {meta['shape']} but {path.name} has "
                          f"{list(vol.shape)} (stale sidecar?)")
     return vol, _file_voxel_size(side, vs_raw, _SIDECAR_KEY)
 
 
 # --------------------------------------------------------------------------- NIfTI
-def _write_nifti(path: Path, arr: np.ndarray, vs: VoxelSize) -> None:
+def _write_nifti(path: Path, arr: np.ndarray, vs: VoxelSize, force: bool = False) -> None:
     nib = _import("nibabel")
     sz, sy, sx = vs
     # (D, H, W) = (z, y, x) -> NIfTI (i, j, k) = (x, y, z): reverse the axes.
@@ -223,7 +285,7 @@ def _write_nifti(path: Path, arr: np.ndarray, vs: VoxelSize) -> None:
     img.set_data_dtype(arr.dtype)
     img.header.set_zooms((sx, sy, sz))
     img.header.set_xyzt_units(xyz="mm")
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace_read_only=force) as tmp:
         # Through a file object: the temporary name does not end in .nii.gz, so nibabel could not
         # pick the compression from it; we choose it from the target's name instead (no file name
         # or time stamp in the gzip header: the temporary name is meaningless, the bytes reproducible).
@@ -249,16 +311,16 @@ def _read_nifti(path: Path) -> tuple[torch.Tensor, VoxelSize]:
         disk_dtype = img.get_data_dtype()
         zooms = img.header.get_zooms()
     except Exception as exc:  # ImageFileError, OSError, EOFError, zlib errors...
-        raise ValueError(f"{path} is not a readable NIfTI volume (truncated or corrupt: "
+        raise FileFormatError(path, f"not a readable NIfTI volume (truncated or corrupt: "
                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     while arr.ndim > 3 and arr.shape[-1] == 1:  # (x, y, z, 1) as some tools write 3D volumes
         arr = arr[..., 0]
     if arr.ndim != 3:
-        raise ValueError(f"{path}: expected a 3D volume, got a NIfTI array of shape {tuple(arr.shape)}")
+        raise FileFormatError(path, f"expected a 3D volume, got a NIfTI array of shape {tuple(arr.shape)}")
     if disk_dtype.kind not in "biuf" or arr.dtype.kind not in "biuf":
-        raise ValueError(f"{path}: the volume has a non-numeric or complex dtype {disk_dtype} (expected real numbers)")
+        raise FileFormatError(path, f"the volume has a non-numeric or complex dtype {disk_dtype} (expected real numbers)")
     if len(zooms) < 3:
-        raise ValueError(f"{path}: the NIfTI header has {len(zooms)} zooms, expected 3")
+        raise FileFormatError(path, f"the NIfTI header has {len(zooms)} zooms, expected 3")
     sx, sy, sz = (_float32_decimal(z) for z in zooms[:3])
     # Scaled integer data come out of nibabel as float64: keep float64 only for float64 files.
     vol = _to_tensor(path, arr.transpose(2, 1, 0), keep_float64=disk_dtype == np.float64)
@@ -266,9 +328,9 @@ def _read_nifti(path: Path) -> tuple[torch.Tensor, VoxelSize]:
 
 
 # --------------------------------------------------------------------------- HDF5
-def _write_hdf5(path: Path, arr: np.ndarray, vs: VoxelSize) -> None:
+def _write_hdf5(path: Path, arr: np.ndarray, vs: VoxelSize, force: bool = False) -> None:
     h5py = _import("h5py")
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace_read_only=force) as tmp:
         with h5py.File(tmp, "w") as f:
             ds = f.create_dataset("volume", data=arr)
             ds.attrs["voxel_size"] = np.asarray(vs, dtype=np.float64)
@@ -281,31 +343,31 @@ def _read_hdf5(path: Path) -> tuple[torch.Tensor, VoxelSize]:
     try:
         f = h5py.File(path, "r")
     except Exception as exc:
-        raise ValueError(f"{path} is not a readable HDF5 file (truncated or corrupt: {type(exc).__name__}: {exc})") from None
+        raise FileFormatError(path, f"not a readable HDF5 file (truncated or corrupt: {type(exc).__name__}: {exc})") from None
     with f:
         if "volume" not in f:
-            raise ValueError(f"{path}: no dataset 'volume' (the file holds {sorted(f.keys()) or 'nothing'})")
+            raise FileFormatError(path, f"no dataset 'volume' (the file holds {sorted(f.keys()) or 'nothing'})")
         ds = f["volume"]
         if not isinstance(ds, h5py.Dataset):
-            raise ValueError(f"{path}: 'volume' is a group, expected a dataset")
+            raise FileFormatError(path, f"'volume' is a group, expected a dataset")
         if ds.dtype.kind not in "biuf":
-            raise ValueError(f"{path}: dataset 'volume' has a non-numeric or complex dtype {ds.dtype} "
+            raise FileFormatError(path, f"dataset 'volume' has a non-numeric or complex dtype {ds.dtype} "
                              f"(expected real numbers)")
         if ds.ndim != 3:
-            raise ValueError(f"{path}: expected a 3D volume (D, H, W), dataset 'volume' has {ds.ndim} "
+            raise FileFormatError(path, f"expected a 3D volume (D, H, W), dataset 'volume' has {ds.ndim} "
                              f"dimensions {tuple(ds.shape)}")
         try:
             arr = ds[()]
         except Exception as exc:
-            raise ValueError(f"{path}: dataset 'volume' cannot be read (corrupt: {type(exc).__name__}: {exc})") from None
+            raise FileFormatError(path, f"dataset 'volume' cannot be read (corrupt: {type(exc).__name__}: {exc})") from None
         raw_vs = ds.attrs.get("voxel_size", (1.0, 1.0, 1.0))
     return _to_tensor(path, arr), _file_voxel_size(path, raw_vs, "attribute voxel_size")
 
 
 # --------------------------------------------------------------------------- TIFF stack
-def _write_tiff(path: Path, arr: np.ndarray, vs: VoxelSize) -> None:
+def _write_tiff(path: Path, arr: np.ndarray, vs: VoxelSize, force: bool = False) -> None:
     tifffile = _import("tifffile")
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace_read_only=force) as tmp:
         # A 3D array is written one page per z slice; `metadata` becomes the JSON description.
         tifffile.imwrite(tmp, arr, photometric="minisblack",
                          metadata={_SIDECAR_KEY: list(vs), "axes": "ZYX", "unit": "mm"})
@@ -348,14 +410,14 @@ def _read_tiff(path: Path) -> tuple[torch.Tensor, VoxelSize]:
             ij_vs = _imagej_voxel_size(tif, page0) if tif.is_imagej else None
             arr = series.asarray()
     except Exception as exc:  # tifffile raises many types for damaged files
-        raise ValueError(f"{path} is not a readable TIFF stack (truncated or corrupt: {type(exc).__name__}: {exc})") from None
+        raise FileFormatError(path, f"not a readable TIFF stack (truncated or corrupt: {type(exc).__name__}: {exc})") from None
     if len(page_shape) != 2:  # RGB or multi-sample pages are not slices of one volume
-        raise ValueError(f"{path}: expected a 3D stack of single-channel 2D pages, got pages of shape {page_shape}")
+        raise FileFormatError(path, f"expected a 3D stack of single-channel 2D pages, got pages of shape {page_shape}")
     if arr.ndim != 3:
-        raise ValueError(f"{path}: expected a 3D stack (pages = z slices), got an image of shape {tuple(arr.shape)}")
+        raise FileFormatError(path, f"expected a 3D stack (pages = z slices), got an image of shape {tuple(arr.shape)}")
     # A stack we wrote has one page per slice: fewer pages means a cut-off IFD chain.
     if not tif.is_imagej and n_pages != arr.shape[0]:
-        raise ValueError(f"{path}: the description says {arr.shape[0]} slices but the file has {n_pages} "
+        raise FileFormatError(path, f"the description says {arr.shape[0]} slices but the file has {n_pages} "
                          f"pages (truncated or corrupt)")
     if _SIDECAR_KEY in shaped:
         vs = _file_voxel_size(path, shaped[_SIDECAR_KEY], f"TIFF description {_SIDECAR_KEY}")
@@ -367,8 +429,8 @@ def _read_tiff(path: Path) -> tuple[torch.Tensor, VoxelSize]:
 
 
 # --------------------------------------------------------------------------- torch .pt
-def _write_pt(path: Path, arr: np.ndarray, vs: VoxelSize) -> None:
-    with atomic_path(path) as tmp:
+def _write_pt(path: Path, arr: np.ndarray, vs: VoxelSize, force: bool = False) -> None:
+    with atomic_path(path, replace_read_only=force) as tmp:
         torch.save({"volume": torch.from_numpy(arr), "voxel_size": torch.tensor(vs, dtype=torch.float64)}, tmp)
 
 
@@ -376,12 +438,12 @@ def _read_pt(path: Path) -> tuple[torch.Tensor, VoxelSize]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"{path} is not a readable .pt volume (truncated or corrupt: {type(exc).__name__}: {exc})") from None
+        raise FileFormatError(path, f"not a readable .pt volume (truncated or corrupt: {type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or not isinstance(state.get("volume"), torch.Tensor):
-        raise ValueError(f"{path}: expected a dict with a tensor 'volume' (as write_volume saves it)")
+        raise FileFormatError(path, f"expected a dict with a tensor 'volume' (as write_volume saves it)")
     vol = state["volume"]
     if vol.is_complex():
-        raise ValueError(f"{path}: the volume has a complex dtype {vol.dtype} (expected real numbers)")
+        raise FileFormatError(path, f"the volume has a complex dtype {vol.dtype} (expected real numbers)")
     arr = vol.to(torch.float32).numpy() if vol.dtype not in (torch.float32, torch.float64) else vol.numpy()
     raw_vs = state.get("voxel_size", (1.0, 1.0, 1.0))
     if isinstance(raw_vs, torch.Tensor) and raw_vs.dtype == torch.float32:
@@ -390,7 +452,7 @@ def _read_pt(path: Path) -> tuple[torch.Tensor, VoxelSize]:
     return _to_tensor(path, arr), _file_voxel_size(path, raw_vs, "voxel_size")
 
 
-_WRITERS: dict[str, Callable[[Path, np.ndarray, VoxelSize], None]] = {
+_WRITERS: dict[str, Callable[..., None]] = {
     "npy": _write_npy, "nifti": _write_nifti, "hdf5": _write_hdf5, "tiff": _write_tiff, "pt": _write_pt,
 }
 _READERS: dict[str, Callable[[Path], tuple[torch.Tensor, VoxelSize]]] = {
@@ -408,8 +470,26 @@ def volume_format(path: str | os.PathLike) -> str:
     return _format_of(Path(path))
 
 
+def volume_files(path: str | os.PathLike) -> list[Path]:
+    """Every file :func:`write_volume` writes for ``path``: the volume, and for ``.npy`` its
+    ``.json`` sidecar (so that a command can check none of them is one of its inputs)."""
+    path = Path(path)
+    return [path, _sidecar(path)] if _format_of(path) == "npy" else [path]
+
+
+def check_volume_target(path: str | os.PathLike, force: bool = False) -> None:
+    """Raise now what :func:`write_volume` would raise about the target (unknown ending, a
+    read-only file, a folder, an unrelated ``.json`` beside an ``.npy``), so that a command can
+    refuse an output before it spends minutes computing it."""
+    path = Path(path)
+    if _format_of(path) == "npy":
+        _check_sidecar_target(path, force)
+        resolve_output(_sidecar(path), replace_read_only=force)
+    resolve_output(path, replace_read_only=force)
+
+
 def write_volume(path: str | os.PathLike, volume: torch.Tensor | np.ndarray,
-                 voxel_size: float | Sequence[float] = (1.0, 1.0, 1.0)) -> None:
+                 voxel_size: float | Sequence[float] = (1.0, 1.0, 1.0), force: bool = False) -> None:
     """Write a volume and its voxel size; the format follows the file name's ending.
 
     Parameters
@@ -423,6 +503,9 @@ def write_volume(path: str | os.PathLike, volume: torch.Tensor | np.ndarray,
         float64 are stored as such, any other real dtype as float32.
     voxel_size : float or (float, float, float)
         ``(sz, sy, sx)`` in mm (one number: cubic voxels).
+    force : bool
+        Also replace a read-only file, and (``.npy``) a ``.json`` file of the same name that is
+        not a voxel-size sidecar. Default: refuse both.
 
     Raises
     ------
@@ -431,12 +514,16 @@ def write_volume(path: str | os.PathLike, volume: torch.Tensor | np.ndarray,
         a non-positive voxel size.
     TypeError
         ``volume`` is not a real tensor/array, ``voxel_size`` is not numbers.
+    PermissionError
+        The target (or its sidecar) is read-only and ``force`` is false.
+    FileExistsError
+        ``X.json`` exists beside ``X.npy`` and is not a voxel-size sidecar (``force`` false).
     """
     path = Path(path)
     fmt = _format_of(path)
     vs = _check_voxel_size(voxel_size)
     arr = _as_array(volume)
-    _WRITERS[fmt](path, arr, vs)
+    _WRITERS[fmt](path, arr, vs, force=force)
 
 
 def read_volume(path: str | os.PathLike) -> tuple[torch.Tensor, VoxelSize]:
@@ -469,4 +556,5 @@ def read_volume(path: str | os.PathLike) -> tuple[torch.Tensor, VoxelSize]:
     path = Path(path)
     fmt = _format_of(path)
     _require_file(path)
+    _check_magic(path, fmt)
     return _READERS[fmt](path)

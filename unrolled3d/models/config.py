@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from .._validation import boolean, integer
 from ..partition import PartitionedReconstructor
 from .unet3d import UNet3D
 from .unrolled import UnrolledPGD
@@ -43,11 +44,18 @@ def build_model(config: Mapping[str, Any], img_shape: Sequence[int], patch: int 
     """
     try:
         m, p = config["model"], config["partition"]
-        n_iter, base, depth, edge = int(m["n_iter"]), int(m["base"]), int(m["depth"]), int(p["patch"])
+        n_iter, base = integer("[model] n_iter", m["n_iter"], 1), integer("[model] base", m["base"], 1)
+        depth, edge = integer("[model] depth", m["depth"], 0), integer("[partition] patch", p["patch"], 1)
     except KeyError as err:
         raise ValueError(f"the model configuration lacks {err} (sections [model] n_iter, base, depth and "
                          f"[partition] patch)") from None
-    shared = bool(m.get("shared", True))  # files written before the key existed had shared denoisers
+    except TypeError as err:
+        if "must be" in str(err):  # a value of the wrong kind, already named
+            raise
+        raise ValueError(f"the model configuration is malformed ({err}): expected tables [model] and "
+                         f"[partition]") from None
+    # files written before the key existed had shared denoisers
+    shared = boolean("[model] shared", m.get("shared", True))
     # shared=False: one denoiser per iteration, all starting from the same initial weights
     model = UnrolledPGD(UNet3D(base=base, depth=depth), n_iter=n_iter, step_size=1.0, shared=shared)
     edge = edge if patch is None else patch

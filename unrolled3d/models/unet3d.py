@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._validation import integer
+from .._validation import boolean, integer
 
 __all__ = ["UNet3D"]
 
@@ -82,7 +82,7 @@ class UNet3D(nn.Module):
             raise ValueError(f"norm must be None or 'group', got {norm!r}")
         if up not in ("transpose", "trilinear"):
             raise ValueError(f"up must be 'transpose' or 'trilinear', got {up!r}")
-        self.residual = bool(residual)
+        self.residual = boolean("residual", residual)
         if self.residual and self.in_channels != self.out_channels:
             raise ValueError(f"residual=True needs in_channels == out_channels, got {in_channels} and {out_channels}")
         self.up_mode = up

@@ -12,7 +12,7 @@ from deepinv.models import Reconstructor
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from .._validation import integer, real
+from .._validation import boolean, integer, real
 from ..protocols import NormalEquationPhysics
 from .unet3d import UNet3D
 
@@ -164,6 +164,8 @@ class UnrolledPGD(Reconstructor):
         super().__init__()
         self.n_iter = integer("n_iter", n_iter, 1)
         step_size = real("step_size", step_size, positive=True)
+        shared, learn_step = boolean("shared", shared), boolean("learn_step", learn_step)
+        checkpoint = boolean("checkpoint", checkpoint)
         if not isinstance(amp, (bool, torch.dtype)):
             raise TypeError(f"amp must be a bool or a torch.dtype, got {amp!r}")
         if isinstance(amp, torch.dtype) and amp not in (torch.float16, torch.bfloat16):

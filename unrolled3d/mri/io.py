@@ -11,9 +11,10 @@ space, a 2D multi-slice acquisition; FFT it along ``D`` yourself only if that is
 want). Complex data is required (HDF5 compound ``{r, i}`` as written by h5py / fastMRI, or a
 complex ``.npy``).
 
-Errors: missing file -> ``FileNotFoundError``; missing dataset -> ``KeyError`` (listing the
-keys present); wrong number of axes -> ``ValueError``; real/integer data -> ``TypeError``;
-truncated or corrupt file -> :class:`KspaceFileError` (a ``ValueError``).
+Errors: missing file -> ``FileNotFoundError``; everything wrong with an existing file (truncated
+or corrupt, another format, a missing dataset (listing the keys present), real or integer data,
+the wrong number of axes, NaN or infinite samples) -> :class:`KspaceFileError`, a
+:class:`~unrolled3d.errors.FileFormatError` (so a ``ValueError``) naming the file.
 """
 from __future__ import annotations
 
@@ -23,12 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import FileFormatError
 from .physics import from_complex_image
 
 __all__ = ["read_kspace_h5", "read_kspace_npy", "as_measurement", "KspaceFileError"]
 
 
-class KspaceFileError(ValueError):
+class KspaceFileError(FileFormatError):
     """The file exists but cannot be read as k-space (truncated, corrupt, not the right format).
 
     Examples
@@ -41,25 +43,32 @@ class KspaceFileError(ValueError):
     >>> try:
     ...     read_kspace_npy(path)
     ... except KspaceFileError as err:
-    ...     print(type(err).__name__, isinstance(err, ValueError))
-    KspaceFileError True
+    ...     print(type(err).__name__, isinstance(err, ValueError), err.path == path)
+    KspaceFileError True True
     """
 
 
-def _finish(arr: np.ndarray, source: str, coil_axis: int, dtype: torch.dtype | None) -> torch.Tensor:
-    if not np.iscomplexobj(arr):
-        raise TypeError(f"{source}: k-space must be complex, got dtype {arr.dtype} (store complex64/complex128)")
-    if arr.ndim != 4:
-        raise ValueError(f"{source}: k-space must have 4 axes (N_c, D, H, W) (or (D, N_c, H, W) with coil_axis=1), "
-                         f"got shape {arr.shape}")
-    if coil_axis not in (0, 1):
+def _check_options(coil_axis: int, dtype: torch.dtype | None) -> None:
+    if isinstance(coil_axis, bool) or coil_axis not in (0, 1):
         raise ValueError(f"coil_axis must be 0 ((N_c, D, H, W)) or 1 ((D, N_c, H, W), fastMRI-like), got {coil_axis!r}")
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_complex):
+        raise TypeError(f"dtype must be a complex torch.dtype, got {dtype!r}")
+
+
+def _finish(arr: np.ndarray, path: Path, source: str, coil_axis: int, dtype: torch.dtype | None) -> torch.Tensor:
+    if not np.iscomplexobj(arr):
+        raise KspaceFileError(path, f"{source}k-space must be complex, got dtype {arr.dtype} (store complex64/complex128)")
+    if arr.ndim != 4:
+        raise KspaceFileError(path, f"{source}k-space must have 4 axes (N_c, D, H, W) (or (D, N_c, H, W) with "
+                                    f"coil_axis=1), got shape {arr.shape}")
+    if 0 in arr.shape:
+        raise KspaceFileError(path, f"{source}k-space is empty, shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise KspaceFileError(path, f"{source}k-space holds NaN or infinite samples")
     if coil_axis == 1:
         arr = np.moveaxis(arr, 1, 0)
     t = torch.from_numpy(np.ascontiguousarray(arr))
     if dtype is not None:
-        if not dtype.is_complex:
-            raise TypeError(f"dtype must be complex, got {dtype}")
         t = t.to(dtype)
     return t
 
@@ -84,35 +93,38 @@ def read_kspace_h5(path: str | os.PathLike, key: str = "kspace", coil_axis: int 
     """
     import h5py
 
+    _check_options(coil_axis, dtype)
     p = _existing(path)
     try:
         f = h5py.File(p, "r")
     except OSError as err:
-        raise KspaceFileError(f"{p}: cannot open as HDF5 (truncated, corrupt or not HDF5): {err}") from None
+        raise KspaceFileError(p, f"cannot open as HDF5 (truncated, corrupt or not HDF5): {err}") from None
     with f:
         if key not in f:
-            raise KeyError(f"{p}: no dataset {key!r}; the file has {sorted(f.keys())}")
+            raise KspaceFileError(p, f"no dataset {key!r}; the file has {sorted(f.keys())}")
         ds = f[key]
         if not isinstance(ds, h5py.Dataset):
-            raise KeyError(f"{p}: {key!r} is a group, not a dataset")
+            raise KspaceFileError(p, f"{key!r} is a group, not a dataset")
         try:
             arr = ds[()]
-        except (OSError, ValueError) as err:
-            raise KspaceFileError(f"{p}: cannot read dataset {key!r} (truncated or corrupt): {err}") from None
-    return _finish(np.asarray(arr), f"{p}[{key!r}]", coil_axis, dtype)
+        except (OSError, ValueError, TypeError) as err:
+            raise KspaceFileError(p, f"cannot read dataset {key!r} (truncated or corrupt): {err}") from None
+    return _finish(np.asarray(arr), p, f"dataset {key!r}: ", coil_axis, dtype)
 
 
 def read_kspace_npy(path: str | os.PathLike, coil_axis: int = 0, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Read complex k-space from a ``.npy`` file -> ``(N_c, D, H, W)`` complex tensor (no pickles)."""
+    _check_options(coil_axis, dtype)
     p = _existing(path)
+    with open(p, "rb") as f:
+        head = f.read(6)
+    if head != b"\x93NUMPY":  # np.load would open a zip (a torch file, an .npz) as an archive
+        raise KspaceFileError(p, "not a .npy file (no NumPy header: another format, truncated or corrupt)")
     try:
         arr = np.load(p, allow_pickle=False)
     except (ValueError, EOFError, OSError) as err:
-        raise KspaceFileError(f"{p}: cannot read as .npy (truncated, corrupt or not .npy): {err}") from None
-    if not isinstance(arr, np.ndarray):  # an .npz archive
-        arr.close()
-        raise KspaceFileError(f"{p}: is an .npz archive, expected a single .npy array")
-    return _finish(arr, str(p), coil_axis, dtype)
+        raise KspaceFileError(p, f"cannot read as .npy (truncated, corrupt or not .npy): {err}") from None
+    return _finish(arr, p, "", coil_axis, dtype)
 
 
 def as_measurement(kspace: torch.Tensor) -> torch.Tensor:

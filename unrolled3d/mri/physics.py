@@ -65,7 +65,7 @@ import torch
 from deepinv.physics import LinearPhysics
 from deepinv.physics.noise import NoiseModel, ZeroNoise
 
-from .._validation import check_patch, integer
+from .._validation import check_finite, check_nonempty, check_patch, integer
 from ..ops._precision import is_low, output_dtype, upcast
 from .recon import cg_sense, zero_filled_from
 
@@ -130,6 +130,7 @@ def _check_mask(mask) -> torch.Tensor:
     if mask.ndim != 3:
         raise ValueError(f"mask must be 3-D (D, H, W) with the readout along W, got shape {tuple(mask.shape)}; "
                          f"broadcast a 2-D phase-encode mask explicitly, e.g. mask[..., None].expand(D, H, W)")
+    check_nonempty(mask, "mask")
     if not torch.isfinite(mask.float()).all():
         raise ValueError("mask has non-finite entries")
     return mask
@@ -147,6 +148,8 @@ def _check_coil_maps(coil_maps) -> torch.Tensor:
         raise ValueError(f"coil_maps must be 4-D (N_c, D, H, W), got shape {tuple(coil_maps.shape)}")
     if coil_maps.shape[0] < 1:
         raise ValueError("coil_maps has no coils")
+    check_nonempty(coil_maps, "coil_maps")
+    check_finite(coil_maps, "coil_maps")
     return coil_maps
 
 
@@ -192,6 +195,7 @@ class _MRICore(LinearPhysics):
             raise ValueError(f"{name} must have 2 channels (real, imaginary), got {x.shape[1]} (shape {tuple(x.shape)})")
         if tuple(x.shape[-3:]) != tuple(shape):
             raise ValueError(f"{name} has spatial shape {tuple(x.shape[-3:])}, the operator acts on {tuple(shape)}")
+        check_nonempty(x, name)
         return to_complex_image(upcast(x))  # float16/bfloat16: FFTs in float32 (see _restore)
 
     def _kspace(self, y: torch.Tensor, name: str = "y") -> tuple[torch.Tensor, bool]:
@@ -210,6 +214,7 @@ class _MRICore(LinearPhysics):
             raise ValueError(f"{name} has {y.shape[2]} coils, the operator has {self.n_coils} (coil_maps)")
         if tuple(y.shape[-3:]) != core._vol_shape:
             raise ValueError(f"{name} has k-space shape {tuple(y.shape[-3:])}, the mask is {core._vol_shape}")
+        check_nonempty(y, name)
         yc = to_complex_image(upcast(y))
         return yc, yc.data_ptr() != y.data_ptr()
 

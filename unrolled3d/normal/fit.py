@@ -9,12 +9,13 @@ methods of the same names call them.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from .._validation import integer
+from .._validation import boolean, integer, real
 from .functional import diag_circulant
 
 if TYPE_CHECKING:  # pragma: no cover - types only
@@ -74,6 +75,9 @@ def fit(op: "DiagCirculantWrapper", n_iter: int = 200, batch_size: int = 1, lr: 
     """Fit ``m`` and ``lam`` of ``op`` (see :meth:`unrolled3d.normal.DiagCirculantWrapper.fit`)."""
     n_iter = integer("n_iter", n_iter, 1)
     batch_size = integer("batch_size", batch_size, 1)
+    lr = real("lr", lr, positive=True)
+    fit_mask = boolean("fit_mask", fit_mask)
+    progress = boolean("progress", progress)
     if n_probes is not None and (isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < batch_size):
         raise ValueError(f"n_probes must be None or an integer >= batch_size ({batch_size}), got {n_probes!r}")
     gen = generator or torch.Generator().manual_seed(0)
@@ -112,6 +116,10 @@ def fit(op: "DiagCirculantWrapper", n_iter: int = 200, batch_size: int = 1, lr: 
             sched.step()
             history.append(float(loss.detach().sqrt()))
             bar.set_postfix(rel_err=f"{history[-1]:.4f}")
+            # A diverged fit must stop here, not hand a NaN operator to save() or a reconstruction.
+            if not math.isfinite(history[-1]) or not all(bool(torch.isfinite(p).all()) for p in params):
+                raise FloatingPointError(f"fitting H diverged at step {len(history)} of {n_iter} (relative error "
+                                         f"{history[-1]}): lower the learning rate (lr={lr:g})")
     return history
 
 

@@ -15,13 +15,15 @@ the patch grid instead of the volume grid.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from deepinv.physics import LinearPhysics
 from deepinv.physics.mri import MRIMixin
 
-from .._validation import check_patch, int_triple, int_tuple, real
+from .._validation import check_finite, check_patch, int_triple, int_tuple, real
+from ..errors import FileFormatError
 from ..io.atomic import atomic_path
 from ..protocols import Fingerprinted, ImageKind
 from . import fit as _fit
@@ -43,10 +45,34 @@ def _check_kernel_radius(radius, shape: tuple[int, int, int]) -> tuple[int, int,
     return None if r == tuple(n - 1 for n in shape) else r
 
 
+_STATE_KEYS = {"spatial_mask": torch.Tensor, "fourier_filter": torch.Tensor, "img_shape": list, "scaling": (int, float),
+               "variant": str}
+
+
 def _read_state(path: str | os.PathLike) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """A saved operator, loaded safely; every problem is a :class:`FileFormatError` naming the file."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"operator file {p} does not exist")
+    if not p.is_file() or p.stat().st_size == 0:
+        raise FileFormatError(p, "empty or not a file (expected a DiagCirculantWrapper file from save())")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # EOFError, a zip error, UnpicklingError (weights_only refusing a pickle) ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise FileFormatError(p, f"not a readable DiagCirculantWrapper file ({type(exc).__name__}: {first[:200]})") \
+            from None
     if not isinstance(state, dict) or state.get("format") != FILE_FORMAT:
-        raise ValueError(f"{path} is not a DiagCirculantWrapper file")
+        raise FileFormatError(p, f"not a DiagCirculantWrapper file (format {FILE_FORMAT!r} expected)")
+    for key, kind in _STATE_KEYS.items():
+        if not isinstance(state.get(key), kind):
+            raise FileFormatError(p, f"the entry {key!r} is missing or of the wrong type")
+    for key in ("spatial_mask", "fourier_filter"):
+        if not bool(torch.isfinite(state[key]).all()):
+            raise FileFormatError(p, f"{key} contains NaN or infinite values")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in state["img_shape"]) \
+            or len(state["img_shape"]) != 3:
+        raise FileFormatError(p, f"img_shape {state['img_shape']!r} is not 3 positive integers")
     return state
 
 
@@ -204,12 +230,14 @@ class DiagCirculantWrapper(DiagCirculantOperator):
                                      f"got {getattr(spatial_mask, 'shape', type(spatial_mask))}")
                 if spatial_mask.is_complex():
                     raise TypeError("spatial_mask must be real")
+                check_finite(spatial_mask, "spatial_mask")
                 self.spatial_mask.copy_(spatial_mask)
             if fourier_filter is not None:
                 if not isinstance(fourier_filter, torch.Tensor) or tuple(fourier_filter.shape) != self.filter_shape:
                     kind = "full FFT" if self.complex_images else "rFFT"
                     raise ValueError(f"fourier_filter must be a tensor of shape {self.filter_shape} ({kind} of the "
                                      f"doubled grid), got {getattr(fourier_filter, 'shape', type(fourier_filter))}")
+                check_finite(fourier_filter, "fourier_filter")
                 self.fourier_filter.copy_(fourier_filter.to(self.fourier_filter.dtype))
         self.fitted = True
         return self
@@ -400,9 +428,16 @@ class DiagCirculantWrapper(DiagCirculantOperator):
         physics that does not offer one (:class:`unrolled3d.protocols.Fingerprinted`)."""
         return self.physics.fingerprint() if isinstance(self.physics, Fingerprinted) else None
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write ``m``, ``lam`` and the geometry they belong to (atomically)."""
+    def save(self, path: str | os.PathLike, force: bool = False) -> None:
+        """Write ``m``, ``lam`` and the geometry they belong to (atomically and durably).
+
+        Non-finite parameters (a diverged fit) are refused with a ``ValueError``; ``force``
+        replaces a read-only file.
+        """
         mask, lam = self._params()
+        if not (bool(torch.isfinite(mask).all()) and bool(torch.isfinite(lam).all())):
+            raise ValueError("the operator's parameters contain NaN or infinite values (a diverged fit? lower the "
+                             "learning rate): not saved")
         state = {
             "format": "unrolled3d.DiagCirculant/1",
             "spatial_mask": mask.detach().cpu(),
@@ -414,7 +449,7 @@ class DiagCirculantWrapper(DiagCirculantOperator):
             "kernel_radius": None if self.kernel_radius is None else list(self.kernel_radius),
             "geometry_fingerprint": self._geometry_fingerprint(),
         }
-        with atomic_path(path) as tmp:
+        with atomic_path(path, replace_read_only=force) as tmp:
             torch.save(state, tmp)
 
     def load(self, path: str | os.PathLike) -> "DiagCirculantWrapper":
@@ -428,32 +463,40 @@ class DiagCirculantWrapper(DiagCirculantOperator):
         saved) around ``physics``, which must be the acquisition it was fitted for."""
         state = _read_state(path)
         radius = state.get("kernel_radius")
-        wrapper = cls(physics, tuple(state["img_shape"]), scaling=float(state["scaling"]), device=device,
-                      variant=state["variant"], dtype=state["spatial_mask"].dtype,
-                      complex_images=bool(state.get("complex_images", False)),
-                      kernel_radius=None if radius is None else tuple(radius))
+        try:
+            wrapper = cls(physics, tuple(state["img_shape"]), scaling=float(state["scaling"]), device=device,
+                          variant=state["variant"], dtype=state["spatial_mask"].dtype,
+                          complex_images=bool(state.get("complex_images", False)),
+                          kernel_radius=None if radius is None else tuple(radius))
+        except (TypeError, ValueError) as exc:
+            if not isinstance(physics, LinearPhysics):
+                raise
+            raise FileFormatError(path, f"invalid operator settings ({exc})") from None
         return wrapper._load_state(state, path)
 
     def _load_state(self, state: dict, path: str | os.PathLike) -> "DiagCirculantWrapper":
         if tuple(state["img_shape"]) != self.img_shape:
-            raise ValueError(f"{path} holds an operator for a volume of {tuple(state['img_shape'])}, "
+            raise FileFormatError(path, f"holds an operator for a volume of {tuple(state['img_shape'])}, "
                              f"this wrapper is {self.img_shape}")
         saved_complex = bool(state.get("complex_images", False))  # files from before complex images: real
         if saved_complex != self.complex_images:
             kinds = {True: "complex", False: "real"}
-            raise ValueError(f"{path} holds an operator for {kinds[saved_complex]} images, this wrapper is for "
+            raise FileFormatError(path, f"holds an operator for {kinds[saved_complex]} images, this wrapper is for "
                              f"{kinds[self.complex_images]} images")
         saved_radius = state.get("kernel_radius")
         if (None if saved_radius is None else tuple(saved_radius)) != self.kernel_radius:
-            raise ValueError(f"{path} holds an operator with kernel_radius {saved_radius}, this wrapper has "
+            raise FileFormatError(path, f"holds an operator with kernel_radius {saved_radius}, this wrapper has "
                              f"{self.kernel_radius}")
         mine = self._geometry_fingerprint()
-        if state["geometry_fingerprint"] != mine:
-            raise ValueError(f"{path} was fitted for geometry {state['geometry_fingerprint']}, this physics has "
+        if state.get("geometry_fingerprint") != mine:
+            raise FileFormatError(path, f"was fitted for geometry {state.get('geometry_fingerprint')}, this physics has "
                              f"{mine}: refit the operator for this geometry")
         if state["variant"] != self.variant or float(state["scaling"]) != self.scaling:
-            raise ValueError(f"{path} is a {state['variant']!r} operator with scaling {state['scaling']}, this "
+            raise FileFormatError(path, f"is a {state['variant']!r} operator with scaling {state['scaling']}, this "
                              f"wrapper is {self.variant!r} with scaling {self.scaling}")
-        return self.set_parameters(state["spatial_mask"], state["fourier_filter"])
+        try:
+            return self.set_parameters(state["spatial_mask"], state["fourier_filter"])
+        except (TypeError, ValueError) as exc:
+            raise FileFormatError(path, str(exc)) from None
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from .._build import load_extension
+from .._validation import check_allocation, check_nonempty
 from ..geometry import ConeBeamGeometry
 from ._func import Static, register_folding_vmap
 from ._precision import LOW_PRECISION, output_dtype, register_float32_autocast, upcast
@@ -182,7 +183,24 @@ def _check_data(name: str, x: object, geometry: object) -> torch.Tensor:
         raise ValueError(f"{name} must be on a CPU or CUDA device, got {x.device}")
     if x.ndim != 5:
         raise ValueError(f"{name} must be 5-D (B, C, ...), got shape {tuple(x.shape)}")
+    check_nonempty(x, name)
+    if not x.is_contiguous():  # the kernels read a contiguous copy: an expanded view may not fit
+        check_allocation(f"a contiguous copy of the {name}", tuple(x.shape), x.dtype, x.device)
     return x
+
+
+def _views(geometry: ConeBeamGeometry, device: torch.device) -> torch.Tensor:
+    """The geometry's ``(n_views, 12)`` float64 vectors on ``device``, checked finite.
+
+    The geometry refuses non-finite vectors when it is built, and its array is read-only; the
+    check is repeated here (12 numbers per view, nothing next to a projection) because the C++
+    op trusts its views and a NaN view would give silent zeros.
+    """
+    views = geometry.views_tensor(device)
+    # no data-dependent branch inside a compiled graph (the geometry was checked when built)
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(views).all()):
+        raise ValueError("geometry: the view vectors contain NaN or infinite values")
+    return views
 
 
 def check_volume(volume: torch.Tensor, geometry: ConeBeamGeometry) -> torch.Tensor:
@@ -238,7 +256,8 @@ def cone_project(volume: torch.Tensor, geometry: ConeBeamGeometry) -> torch.Tens
     """
     check_volume(volume, geometry)
     rows, cols = geometry.det_shape
-    views = geometry.views_tensor(volume.device)
+    check_allocation("the projection", (*volume.shape[:2], *geometry.sino_shape), volume.dtype, volume.device)
+    views = _views(geometry, volume.device)
     if torch.compiler.is_compiling():  # see ops/_func.py: the raw op, same formulas, no jvp
         out = torch.ops.unrolled3d.cone_project(upcast(volume), views, geometry.vol_geom, rows, cols)
     else:
@@ -262,7 +281,8 @@ def cone_backproject(sino: torch.Tensor, geometry: ConeBeamGeometry) -> torch.Te
         ``(B, C, D, H, W)``, dtype as in :func:`cone_project`. Differentiable like it.
     """
     check_sinogram(sino, geometry)
-    views = geometry.views_tensor(sino.device)
+    check_allocation("the backprojection", (*sino.shape[:2], *geometry.vol_shape), sino.dtype, sino.device)
+    views = _views(geometry, sino.device)
     if torch.compiler.is_compiling():  # see ops/_func.py: the raw op, same formulas, no jvp
         out = torch.ops.unrolled3d.cone_backproject(upcast(sino), views, geometry.vol_geom, *geometry.vol_shape)
     else:
@@ -294,6 +314,6 @@ def cone_backproject_algo(sino: torch.Tensor, geometry: ConeBeamGeometry, algori
     check_sinogram(sino, geometry)
     if algorithm in _CPU_ONLY_ALGORITHMS and sino.device.type != "cpu":
         raise ValueError(f"algorithm {algorithm!r} is CPU-only; use 'gather' or 'scatter' on {sino.device}")
-    out = torch.ops.unrolled3d.cone_backproject_algo(upcast(sino), geometry.views_tensor(sino.device),
+    out = torch.ops.unrolled3d.cone_backproject_algo(upcast(sino), _views(geometry, sino.device),
                                                      geometry.vol_geom, *geometry.vol_shape, algorithm)
     return out.to(output_dtype(sino))

@@ -83,9 +83,7 @@ def cone_beam_geometry_from_deepinv(
     See the module docstring for the mapping. Returns a circular geometry (so FDK uses the exact
     circular weights), or a vector geometry when ``geometry_vectors`` is given.
     """
-    size = tuple(img_size)
-    if len(size) != 3 or not all(isinstance(n, (int, np.integer)) and n > 0 for n in size):
-        raise ValueError(f"img_size must be (slices, rows, cols) of positive ints for a 3D volume, got {img_size!r}")
+    size = int_tuple("img_size", img_size, 3)  # (slices, rows, cols); floats and bools refused
     if bounding_box is not None:
         box = tuple(float(b) for b in bounding_box)
         if len(box) != 6:
@@ -237,6 +235,8 @@ class TomographyWithAstra(ConeBeamCT):
         device: torch.device | str | None = None,
         **kwargs,
     ) -> None:
+        if img_size is not None and (isinstance(img_size, (str, bytes)) or not hasattr(img_size, "__len__")):
+            raise TypeError(f"img_size must be (slices, rows, cols), got {img_size!r}")
         if is_2d or (img_size is not None and len(tuple(img_size)) == 2):
             raise ValueError("img_size: 2D geometries are not served by unrolled3d (cone-beam 3D only); "
                              "use deepinv.physics.Tomography for 2D")

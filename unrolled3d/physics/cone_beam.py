@@ -8,9 +8,10 @@ import torch
 from deepinv.physics import LinearPhysics
 from deepinv.physics.noise import NoiseModel, ZeroNoise
 
+from .._validation import boolean, check_allocation, choice
 from ..geometry import ConeBeamGeometry
 from ..ops.projector import cone_backproject, cone_project
-from .fdk import fdk, fdk_tables
+from .fdk import FDK_WINDOWS, fdk, fdk_tables
 
 __all__ = ["ConeBeamCT", "to_astra_layout", "from_astra_layout", "LAYOUTS", "SOLVER_KEYWORDS"]
 
@@ -78,8 +79,13 @@ class ConeBeamCT(LinearPhysics):
     ) -> None:
         if not isinstance(geometry, ConeBeamGeometry):
             raise TypeError(f"geometry must be a ConeBeamGeometry, got {type(geometry).__name__}")
-        if layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        # every argument is checked here, not at its first use (a bad FDK window used to surface
+        # only at the first A_dagger, possibly hours into a run)
+        choice("layout", layout, LAYOUTS)
+        choice("fdk_window", fdk_window, FDK_WINDOWS)
+        normalize = boolean("normalize", normalize)
+        if noise_model is not None and not isinstance(noise_model, NoiseModel):
+            raise TypeError(f"noise_model must be a deepinv NoiseModel, got {type(noise_model).__name__}")
         super().__init__(
             img_size=(1, *geometry.vol_shape),
             noise_model=noise_model if noise_model is not None else ZeroNoise(),
@@ -95,6 +101,9 @@ class ConeBeamCT(LinearPhysics):
         # so that A_dagger holds no geometry work and compiles whole (physics/fdk.py)
         fdk_tables(geometry, self.operator_norm.device)
         if self.normalize:
+            # the estimate works on whole volumes: refuse one the device cannot hold, with words
+            check_allocation("normalize=True: a whole volume", (1, 1, *geometry.vol_shape),
+                             torch.float32, self.operator_norm.device)
             self.normalize = False  # estimate the norm of the raw operator
             sqnorm = self._largest_eigenvalue_of_normal()
             self.normalize = True
@@ -180,7 +189,8 @@ class ConeBeamCT(LinearPhysics):
     def fbp(self, y: torch.Tensor, window: str | None = None) -> torch.Tensor:
         """FDK reconstruction ``y -> [B, C, D, H, W]`` (inverts the normalisation, if any)."""
         views = self._to_views(y).contiguous()  # FDK's filtering runs along rows of each view
-        return self._scale(_fdk(views, self.geometry, window=window or self.fdk_window), 1)
+        window = self.fdk_window if window is None else choice("window", window, FDK_WINDOWS)
+        return self._scale(_fdk(views, self.geometry, window=window), 1)
 
     def A_dagger(self, y: torch.Tensor, fbp: bool | None = None, **kwargs) -> torch.Tensor:
         """Pseudo-inverse: FDK, or deepinv's least-squares solve when one is asked for.
@@ -201,6 +211,7 @@ class ConeBeamCT(LinearPhysics):
         solver_keys = sorted(k for k in kwargs if k in SOLVER_KEYWORDS)
         if fbp is None:
             fbp = not solver_keys
+        fbp = boolean("fbp", fbp)
         if fbp:
             if solver_keys:
                 raise ValueError(f"A_dagger: fbp=True (FDK) takes no least-squares solver keywords, got {solver_keys}")

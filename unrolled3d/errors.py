@@ -1,0 +1,51 @@
+"""The package's own error types (a leaf: every layer may raise them).
+
+Bad *arguments* are ``ValueError``/``TypeError`` with the words of :mod:`unrolled3d._validation`.
+A bad *file* is a :class:`FileFormatError`: one type for every loader (volumes, measurements,
+models, checkpoints, fitted operators, k-space, scans, configurations), naming the file and what
+is wrong with it. It is a ``ValueError``, so code that catches ``ValueError`` keeps working, and
+the command line turns it into exit status 2 and one line.
+"""
+from __future__ import annotations
+
+import os
+
+__all__ = ["FileFormatError"]
+
+
+class FileFormatError(ValueError):
+    """A file exists but cannot be used: truncated, corrupt, another format, missing entries,
+    non-finite values, or written for something else.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file.
+    problem : str
+        What is wrong with it, in words (one line).
+
+    Attributes
+    ----------
+    path : str
+        The file, as given.
+    problem : str
+        What is wrong.
+
+    Examples
+    --------
+    >>> from unrolled3d.errors import FileFormatError
+    >>> err = FileFormatError("runs/a/model.pt", "not an unrolled3d model file (no [model] section)")
+    >>> print(err)
+    runs/a/model.pt: not an unrolled3d model file (no [model] section)
+    >>> isinstance(err, ValueError), err.path
+    (True, 'runs/a/model.pt')
+    """
+
+    def __init__(self, path: str | os.PathLike, problem: str) -> None:
+        self.path = os.fspath(path)
+        # one line: library messages (zip readers, JSON decoders) sometimes span several
+        self.problem = " ".join(str(problem).split())
+        super().__init__(f"{self.path}: {self.problem}")
+
+    def __reduce__(self):  # picklable (e.g. raised in a DataLoader worker)
+        return (type(self), (self.path, self.problem))

@@ -6,6 +6,7 @@ import torch
 
 from unrolled3d.budget import choose_patch, parse_bytes
 from unrolled3d.partition import PartitionedReconstructor
+from unrolled3d.physics import ConeBeamCT, standard_cone_beam
 
 
 class _Identity(torch.nn.Module):
@@ -53,3 +54,26 @@ def test_choice_follows_the_fitted_model():
     with pytest.raises(ValueError, match="too small"):
         calls.clear()
         choose_patch(rec, y, _Physics(), buffers, measure=fake_measure)
+
+
+def test_the_measured_group_is_patch_batch_size_patches():
+    # choose_patch measures a sweep's unit of work: one group of patch_batch_size patches solved
+    # together (the network's batch), so its prediction grows with the group
+    seen = []
+
+    class Recording(torch.nn.Module):
+        def forward(self, y, physics, x_init=None):
+            seen.append(x_init.shape[0])
+            return x_init
+
+    def run_and_measure(fn, device):
+        fn()
+        return 2**20
+
+    physics = ConeBeamCT(standard_cone_beam(32, 4))
+    y = physics.A(torch.zeros(1, 1, 32, 32, 32))
+    for batch, expected in ((1, [1, 1]), (4, [4, 4]), (100, [27, 8])):  # at most the grid: 27 at 16^3, 8 at 24^3
+        seen.clear()
+        rec = PartitionedReconstructor(Recording(), (32, 32, 32), (16, 16, 16), patch_batch_size=batch)
+        choose_patch(rec, y, physics, 2**40, candidates=[16, 24], measure=run_and_measure)
+        assert seen == expected, (batch, seen)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from unrolled3d.metrics import psnr, ssim
+from unrolled3d.metrics import VolumePSNR, VolumeSSIM, psnr, psnr_per_sample, ssim, ssim_per_sample
 
 
 def _ssim_by_loops(x: torch.Tensor, y: torch.Tensor, data_range: float, sigma=1.5, radius=2) -> float:
@@ -61,3 +61,28 @@ def test_bad_input():
         ssim(torch.zeros(8, 12, 12), torch.zeros(8, 12, 12))
     with pytest.raises(ValueError, match="data_range"):
         ssim(torch.zeros(12, 12, 12), torch.zeros(12, 12, 12))
+
+
+def test_per_sample_metrics_are_the_pooled_ones_of_each_item():
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand((3, 2, 9, 8, 10), generator=gen, dtype=torch.float64)
+    x[1] *= 4.0  # items of different ranges: each is scored with its own
+    y = 0.8 * x + 0.1 * torch.rand(x.shape, generator=gen, dtype=torch.float64)
+    per_ssim = ssim_per_sample(y, x, radius=2)
+    per_psnr = psnr_per_sample(y, x)
+    assert per_ssim.shape == per_psnr.shape == (3,)
+    for i in range(3):
+        r = float(x[i].max() - x[i].min())
+        # SSIM's channels: the mean over the item's channels of the definition, computed by loops
+        by_loops = sum(_ssim_by_loops(y[i, c], x[i, c], data_range=r) for c in range(2)) / 2
+        assert float(per_ssim[i]) == pytest.approx(by_loops, rel=1e-12)
+        assert float(per_psnr[i]) == pytest.approx(psnr(y[i], x[i]), rel=1e-12)
+    assert len({round(float(v), 6) for v in per_psnr}) == 3  # not one pooled figure
+    # as deepinv metrics (what a Trainer logs): the same values, reduced by deepinv on request
+    torch.testing.assert_close(VolumeSSIM(radius=2)(y, x), per_ssim)
+    torch.testing.assert_close(VolumePSNR(reduction="mean")(y, x), per_psnr.mean())
+    assert VolumeSSIM().lower_better is False and VolumePSNR().lower_better is False
+    with pytest.raises(ValueError, match="constant"):
+        psnr_per_sample(y, torch.zeros_like(x))
+    with pytest.raises(ValueError, match="batch axis"):
+        ssim_per_sample(y[0, 0], x[0, 0], radius=2)

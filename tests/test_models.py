@@ -285,7 +285,7 @@ def test_inside_partitioned_reconstructor_takes_context_and_trains(physics):
     torch.manual_seed(0)
     pgd = UnrolledPGD(UNet3D(base=2, depth=1), n_iter=2)
     rec = PartitionedReconstructor(pgd, (16, 16, 16), (8, 8, 8))
-    assert rec._base_takes_x_init  # the context patch is the start point
+    assert rec.base is pgd  # follows the protocol as is: the context patch goes to x_init
     x = _rand((1, *physics.img_size), 9)
     y = physics.A(x)
     loss = rec.training_loss(y, physics, x, offset=(4, 0, 8))

@@ -7,6 +7,7 @@ import torch
 import torch.multiprocessing as mp
 from deepinv.models import Reconstructor
 
+from unrolled3d.models import UNet3D, UnrolledPGD
 from unrolled3d.normal import DiagCirculantWrapper
 from unrolled3d.partition import (
     PartitionedReconstructor, blend_window, patch_grid, patch_measurement,
@@ -142,8 +143,8 @@ class ExactNormalWrapper(DiagCirculantWrapper):
     def restrict(self, offset, shape):
         exact = self.physics.restrict(offset, shape)
 
-        class Exact:  # unrolled3d.protocols.NormalEquationPhysics, and the patch operator's with_start
-            start = None
+        class Exact:  # unrolled3d.protocols.NormalEquationPhysics, with the patch operator's x_start
+            x_start = None
 
             def A_adjoint_A(_, x):
                 return exact.A_adjoint(exact.A(x))
@@ -152,11 +153,7 @@ class ExactNormalWrapper(DiagCirculantWrapper):
                 return _.A_adjoint_A(x) - b
 
             def A_dagger(_, b):
-                return _.start
-
-            def with_start(_, x):
-                _.start = x
-                return _
+                return _.x_start
 
         return Exact()
 
@@ -191,10 +188,12 @@ def test_normal_mode_with_fourier_filter_and_spatial_mask_runs_end_to_end():
     # the parameters of H need a wrapper: a bare physics is refused, not silently wrapped
     with pytest.raises(TypeError, match="DiagCirculantWrapper"):
         rec(y, physics, fourier_filter=w.fourier_filter.detach())
-    physics_p = w.restrict((0, 0, 0), (6, 8, 6)).with_start(x[..., :6, :8, :6])
-    assert physics_p.A_dagger(None) is not None
-    with pytest.raises(NotImplementedError, match="no forward operator"):
-        physics_p.A(x[..., :6, :8, :6])
+    xp = x[..., :6, :8, :6]
+    physics_p = w.restrict((0, 0, 0), (6, 8, 6)).with_start(xp)
+    assert physics_p.A_dagger(None) is xp
+    # normal-equation form: A = H_p (the backprojected measurement), A^T = identity on b
+    torch.testing.assert_close(physics_p.A(xp), physics_p.A_adjoint_A(xp), rtol=0, atol=0)
+    assert physics_p.A_adjoint(xp) is xp
 
 
 def test_training_loss_uses_ground_truth_context():
@@ -293,3 +292,91 @@ def test_training_loss_in_H_mode_equals_the_inference_patch_solve():
     expected_p = rec.reconstruct_patch(y, w, x_true, offset, residual_full, w, x_start=physics.A_dagger(y)[(..., *sl)])
     expected = torch.nn.functional.mse_loss(expected_p, x_true[(..., *sl)])
     torch.testing.assert_close(rec.training_loss(y, w, x_true, offset=offset), expected, rtol=1e-10, atol=1e-14)
+
+
+# ----------------------------------------------------------------------------- batched patches
+class BatchRecorder(Reconstructor):
+    """An UnrolledPGD that records the batch each call receives."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.batches = model, []
+
+    def forward(self, y, physics, x_init=None, **kwargs):
+        self.batches.append(x_init.shape[0])
+        return self.model(y, physics, x_init=x_init)
+
+
+def _network_base(seed=0):
+    torch.manual_seed(seed)
+    return UnrolledPGD(UNet3D(base=4, depth=1), n_iter=2, step_size=0.5).double()
+
+
+@pytest.mark.parametrize("mode", ["exact", "H"])
+def test_patch_batch_size_gives_the_same_volume(mode):
+    physics = ct()
+    x = _volume(seed=4).repeat(2, 1, 1, 1, 1)  # B = 2: items of a patch stay together in the batch
+    x[1] = x[1].flip(-1)
+    y = physics.A(x)
+    phys = physics if mode == "exact" else DiagCirculantWrapper(physics, SHAPE, dtype=F64).init_from_psf()
+    base = BatchRecorder(_network_base())
+    outs = {}
+    for g in (1, 4):
+        base.batches.clear()
+        rec = PartitionedReconstructor(base, SHAPE, (6, 8, 6), patch_batch_size=g)
+        with torch.no_grad():
+            outs[g] = rec(y, phys)
+        n = len(rec.patches())
+        groups = [min(g, n - i) for i in range(0, n, g)]
+        assert base.batches == [2 * k for k in groups] * 2  # two sweeps of groups of g patches
+    # float64: the network and the data steps run per item; only the convolution's batching differs
+    torch.testing.assert_close(outs[4], outs[1], rtol=1e-12, atol=1e-12)
+    assert float((outs[1] - x).abs().max()) > 1e-3  # a real reconstruction, not the input handed back
+
+
+def test_plan_is_built_once_and_follows_the_operator_parameters():
+    physics = ct()
+    calls = []
+
+    class CountingCT(ConeBeamCT):
+        def restrict(self, offset, shape):
+            calls.append(tuple(offset))
+            return super().restrict(offset, shape)
+
+    counted = CountingCT(physics.geometry)
+    x = _volume()
+    y = counted.A(x)
+    rec = PartitionedReconstructor(GradientStepBase(), SHAPE, (6, 8, 6), patch_batch_size=3)
+    first = rec(y, counted, x_init=x)
+    n = len(rec.patches())
+    assert len(calls) == n  # one operator per patch position, shared by both sweeps
+    torch.testing.assert_close(rec(y, counted, x_init=x), first, rtol=0, atol=0)
+    assert len(calls) == n  # and by the next call
+    # H mode: the plan's patch operators see parameter changes made in place (set_parameters)
+    w = DiagCirculantWrapper(physics, SHAPE, dtype=F64).init_from_psf()
+    x0 = physics.A_dagger(y)  # not the truth: the data step, which H shapes, must not vanish
+    before = rec(y, w, x_init=x0)
+    w.set_parameters(spatial_mask=0.5 * w.spatial_mask.detach(), fourier_filter=2.0 * w.fourier_filter.detach())
+    after = rec(y, w, x_init=x0)
+    fresh = PartitionedReconstructor(GradientStepBase(), SHAPE, (6, 8, 6), patch_batch_size=3)(y, w, x_init=x0)
+    torch.testing.assert_close(after, fresh, rtol=1e-12, atol=1e-12)
+    assert float((after - before).abs().max()) > 1e-6
+
+
+def test_reconstruct_patches_solves_a_group_like_single_patches():
+    physics = ct()
+    x = _volume()
+    y = physics.A(x)
+    rec = PartitionedReconstructor(_network_base(), SHAPE, (6, 8, 6))
+    offsets = rec.patches()[:3]
+    x_ctx = physics.A_dagger(y)
+    with torch.no_grad():
+        group = rec.reconstruct_patches(y, physics, x_ctx, offsets)
+        single = torch.cat([rec.reconstruct_patch(y, physics, x_ctx, o) for o in offsets])
+    torch.testing.assert_close(group, single, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="offsets"):
+        rec.reconstruct_patches(y, physics, x_ctx, [])
+    with pytest.raises(ValueError, match="patch_batch_size"):
+        PartitionedReconstructor(GradientStepBase(), SHAPE, (6, 8, 6), patch_batch_size=0)
+    with pytest.raises(TypeError, match="patch_batch_size"):
+        PartitionedReconstructor(GradientStepBase(), SHAPE, (6, 8, 6), patch_batch_size=2.0)

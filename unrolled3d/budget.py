@@ -4,13 +4,16 @@ The peak memory of a partitioned reconstruction (inference, ``torch.no_grad``) i
 
 - the start point ``physics.A_dagger(y)`` (FDK for CT), measured once, and
 - the sweep: the full-volume buffers it keeps (estimate, blended sum, blend weight: three
-  volumes; residual and a projection: two measurement arrays) plus the peak of one patch
-  reconstruction, which grows with the patch volume.
+  volumes; residual and a projection: two measurement arrays) plus the peak of one group of
+  ``patch_batch_size`` patches solved together, which grows with the patch volume (and about
+  linearly with the group: the network's activations and the group's patch measurements).
 
-The patch peak is measured, not guessed: one patch is reconstructed at two small sizes ``p1 <
-p2`` on the target device and the model ``peak(p) = a + b p^3`` is fitted through them (the
-denoiser's activations and the patch buffers scale with ``p^3``; the patch's view of the
-detector does not, hence ``a``). Budgets are bytes of memory on top of what the process held
+The group peak is measured, not guessed: one group (the reconstructor's ``patch_batch_size``
+patches, or all of them if the grid has fewer) is reconstructed at two small patch sizes
+``p1 < p2`` on the target device and the model ``peak(p) = a + b p^3`` is fitted through them
+(the denoiser's activations and the patch buffers scale with ``p^3``; the patches' view of the
+detector does not, hence ``a``). A group has as many patches at ``p1`` as at any larger size or
+more, so the prediction errs on the safe side. Budgets are bytes of memory on top of what the process held
 before: on the GPU ``torch.cuda.max_memory_allocated``, on the CPU the resident set size.
 """
 from __future__ import annotations
@@ -94,7 +97,8 @@ def choose_patch(rec, y: torch.Tensor, physics, budget_bytes: int, candidates: S
     Parameters
     ----------
     rec : PartitionedReconstructor
-        The reconstructor (its base network and volume shape are used; it is not modified).
+        The reconstructor (its base network, volume shape and ``patch_batch_size`` are used; it is
+        not modified).
     y : torch.Tensor
         The measurements, on the target device.
     physics : deepinv.physics.LinearPhysics
@@ -130,8 +134,10 @@ def choose_patch(rec, y: torch.Tensor, physics, budget_bytes: int, candidates: S
         residual = y.clone()  # y - A x_ctx with a zero context: a measurement-sized array, as in a sweep
 
         def patch_peak(p: int) -> int:
+            # one group of patch_batch_size patches solved together, as a sweep solves them
             one = rec.with_patch_size((p, p, p))
-            return measure(lambda: one.reconstruct_patch(y, physics, x_ctx, (0, 0, 0), residual), device)
+            offsets = one.patches()[:one.patch_batch_size]
+            return measure(lambda: one.reconstruct_patches(y, physics, x_ctx, offsets, residual), device)
 
         p1 = candidates[0]
         p2 = next((c for c in candidates if c >= 1.5 * p1), candidates[-1])

@@ -13,10 +13,14 @@ methods. They say what each layer may rely on:
   cannot check that it belongs to the acquisition.
 * :class:`NormalEquationPhysics`: a problem given as the normal equation ``H x = b`` instead
   of ``A x = y`` (the patch problem of the normal-operator approximation): the unrolled
-  network's data step is ``data_gradient(x, b) = H x - b``.
+  network's data step is ``data_gradient(x, b) = H x - b``; as a deepinv physics its ``A`` is
+  ``H`` and its ``A_adjoint`` the identity on ``b`` (the whitened normal equation), so deepinv's
+  solvers take the same step.
 * :class:`ImageKind`: a physics that declares whether its images are complex (MRI: ``(B, 2, ...)``
   real and imaginary channels), which selects the complex form of the approximation ``H``.
 * :class:`PatchTrainable`: a model trained with the partitioned loss ``L_PART``.
+* :class:`StartPointReconstructor`: what the partitioned reconstructor requires of its base model:
+  ``base(y, physics, x_init=x0)``.
 
 Examples
 --------
@@ -33,7 +37,7 @@ import torch
 
 __all__ = [
     "Restrictable", "PatchStartPoint", "Fingerprinted", "PartitionablePhysics", "NormalEquationPhysics",
-    "ImageKind", "PatchTrainable",
+    "ImageKind", "PatchTrainable", "StartPointReconstructor",
 ]
 
 
@@ -118,7 +122,8 @@ class NormalEquationPhysics(Protocol):
     """
 
     def A_adjoint_A(self, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        """``H x``."""
+        """``H x``. (A deepinv ``LinearPhysics`` in this form has ``A(x) = H x`` and
+        ``A_adjoint(b) = b``: see :class:`unrolled3d.normal.DiagCirculantPatch`.)"""
         ...
 
     def data_gradient(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -157,4 +162,36 @@ class PatchTrainable(Protocol):
     def training_loss(self, y: torch.Tensor, physics: Any, x_true: torch.Tensor,
                       generator: torch.Generator | None = None, **kwargs: Any) -> torch.Tensor:
         """The loss of one training step on the measurements ``y`` of ``x_true``."""
+        ...
+
+
+@runtime_checkable
+class StartPointReconstructor(Protocol):
+    """A reconstructor that takes its start point: the base model of a partitioned reconstruction.
+
+    :class:`unrolled3d.partition.PartitionedReconstructor` calls its base as
+    ``base(y_p, physics_p, x_init=x0_p)`` -- always with the keyword ``x_init``, never guessing
+    from the signature (a ``torch.compile``-d module's is ``(*args, **kwargs)``) -- and expects
+    ``[B, C, *patch]`` back. ``y_p`` and ``physics_p`` are the patch problem: the measurements with
+    the context removed and the patch operator ``A S^T``, or in H mode the backprojected data
+    ``b`` and the normal-equation operator (:class:`NormalEquationPhysics`); ``x0_p`` is the
+    patch's start point (the first estimate's patch). Several patches may come as one batch
+    (``patch_batch_size``), each with its own operator.
+
+    :class:`unrolled3d.models.UnrolledPGD` follows it; deepinv's optimisers (``init=``) and
+    ``ArtifactRemoval`` (no start point) are adapted by
+    :func:`unrolled3d.partition.as_base_reconstructor`, which also refuses what cannot take
+    ``(y, physics)`` (a denoiser ``D(x, sigma)``). A structural ``isinstance`` cannot see
+    signatures, so that function is the check; this class documents the call and types it.
+
+    Examples
+    --------
+    >>> from unrolled3d.protocols import StartPointReconstructor
+    >>> from unrolled3d.models import UnrolledPGD
+    >>> issubclass(UnrolledPGD, StartPointReconstructor)
+    True
+    """
+
+    def __call__(self, y: torch.Tensor, physics: Any, x_init: torch.Tensor | None = None) -> torch.Tensor:
+        """The reconstruction ``[B, C, D, H, W]`` of ``y``, starting from ``x_init``."""
         ...

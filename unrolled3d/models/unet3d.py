@@ -5,6 +5,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from deepinv.models import Denoiser
 from torch import nn
 
 from .._validation import boolean, integer
@@ -30,7 +31,7 @@ class _DoubleConv(nn.Sequential):
         super().__init__(*layers)
 
 
-class UNet3D(nn.Module):
+class UNet3D(Denoiser):
     r"""A small 3D UNet: ``depth`` max-pool down-sampling levels with skip connections.
 
     Encoder level ``l`` (``l = 0 .. depth``) has ``base * 2**l`` channels and two 3x3x3
@@ -40,6 +41,9 @@ class UNet3D(nn.Module):
 
     Any spatial size works: the input is padded (edge replication) to a multiple of ``2**depth``
     along each axis and the output is cropped back.
+
+    A deepinv ``Denoiser`` (``D(x, sigma)``, ``sigma`` ignored), so deepinv's plug-and-play priors
+    take it, and a partitioned reconstructor refuses it as a base (it cannot take ``(y, physics)``).
 
     Parameters
     ----------

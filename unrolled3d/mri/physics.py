@@ -67,6 +67,7 @@ from deepinv.physics.noise import NoiseModel, ZeroNoise
 
 from .._validation import check_finite, check_nonempty, check_patch, integer
 from ..ops._precision import is_low, output_dtype, upcast
+from ..physics.cone_beam import SOLVER_KEYWORDS
 from .recon import cg_sense, zero_filled_from
 
 __all__ = ["MultiCoilMRI3D", "MultiCoilMRI3DPatch", "centred_fft_phases", "to_complex_image", "from_complex_image"]
@@ -335,7 +336,8 @@ class MultiCoilMRI3D(_MRICore):
     float16/bfloat16, computed in float32 and rounded back once (float32 under
     ``torch.autocast``).
     ``A_dagger`` is the zero-filled reconstruction ``sum_c conj(S_c) F^-1 y_c / sum_c |S_c|^2``
-    (``= A^H y`` for normalised maps) unless ``cg=True`` (CG-SENSE, :func:`unrolled3d.mri.cg_sense`).
+    (``= A^H y`` for normalised maps) unless ``cg=True`` (CG-SENSE, :func:`unrolled3d.mri.cg_sense`)
+    or one of deepinv's least-squares keywords is given (``solver=``, ``max_iter=``, ...).
 
     Examples
     --------
@@ -431,11 +433,47 @@ class MultiCoilMRI3D(_MRICore):
         """Fused ``A^H A x = sum_c conj(S_c) F^-1 M^2 F S_c x`` (no k-space in real layout)."""
         return self._restore(from_complex_image(self._normal(self._image(x, self._vol_shape))), x)
 
-    def A_dagger(self, y: torch.Tensor, cg: bool = False, n_iter: int = 50, tol: float = 1e-6, lam: float = 0.0,
+    def A_dagger(self, y: torch.Tensor, cg: bool = False, n_iter: int | None = None, lam: float | None = None,
                  **kwargs) -> torch.Tensor:
-        """Zero-filled reconstruction (default) or CG-SENSE (``cg=True``, see :func:`cg_sense`)."""
+        """Pseudo-inverse: zero-filled, CG-SENSE, or deepinv's least-squares solve when one is asked for.
+
+        Parameters
+        ----------
+        y : torch.Tensor
+            k-space ``(B, 2, N_c, D, H, W)``.
+        cg : bool
+            ``True``: CG-SENSE (:func:`cg_sense`) with ``n_iter`` (default 50), ``tol`` (default
+            1e-6) and ``lam`` (default 0).
+        n_iter, lam
+            CG-SENSE options (only with ``cg=True``).
+        **kwargs
+            deepinv's least-squares keywords (``solver``, ``max_iter``, ``tol``, ``verbose``,
+            ``init``, ``z``, ``gamma``, ...; see
+            :meth:`deepinv.physics.LinearPhysics.A_dagger`): without ``cg``, any of them asks for
+            deepinv's solver (for a multi-coil scan, ``solver="CG"`` is CG on the normal equations,
+            i.e. CG-SENSE), so that generic deepinv code gets the least-squares solution, as from
+            :meth:`unrolled3d.physics.ConeBeamCT.A_dagger`. With none of them: the zero-filled
+            image ``sum_c conj(S_c) F^-1 y_c / sum_c |S_c|^2``. With a solver keyword every keyword
+            goes to deepinv's solver (e.g. ``eps`` of its CG); without one they are ignored (deepinv
+            passes model keywords through).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, 2, D, H, W)``.
+        """
+        solver_keys = sorted(k for k in kwargs if k in SOLVER_KEYWORDS)
         if cg:
-            return cg_sense(y, self, n_iter=n_iter, tol=tol, lam=lam)
+            other = [k for k in solver_keys if k != "tol"]
+            if other:
+                raise ValueError(f"A_dagger: cg=True is CG-SENSE (options n_iter, tol, lam); deepinv's least-squares "
+                                 f"keywords {other} ask for deepinv's solver instead: pass one or the other")
+            return cg_sense(y, self, n_iter=50 if n_iter is None else n_iter, tol=kwargs.get("tol", 1e-6),
+                            lam=0.0 if lam is None else lam)
+        if n_iter is not None or lam is not None:
+            raise ValueError("A_dagger: n_iter and lam are CG-SENSE options: pass cg=True (or deepinv's max_iter)")
+        if solver_keys:
+            return super().A_dagger(y, **kwargs)
         return zero_filled_from(self.A_adjoint(y), self._sos)
 
     def fingerprint(self) -> str:
@@ -511,4 +549,8 @@ class MultiCoilMRI3DPatch(_MRICore):
         return self._restore(from_complex_image(self._normal(self._image(x, self.shape), self.offset, self.shape)), x)
 
     def A_dagger(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
+        """The zero-filled patch image (``A^H y`` cropped), or deepinv's least-squares solve on
+        the patch when one of its solver keywords is given (as :meth:`MultiCoilMRI3D.A_dagger`)."""
+        if any(k in SOLVER_KEYWORDS for k in kwargs):
+            return super().A_dagger(y, **kwargs)
         return self.A_adjoint(y)

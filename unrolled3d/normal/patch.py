@@ -64,13 +64,27 @@ class DiagCirculantOperator(LinearPhysics):
 
 
 class DiagCirculantPatch(DiagCirculantOperator):
-    """``S H S^T``: the approximation restricted to one patch, in normal-equation form.
+    r"""``S H S^T``: the approximation restricted to one patch, in normal-equation form.
 
     Built by :meth:`unrolled3d.normal.DiagCirculantWrapper.restrict`. The measurement handed to a
     reconstructor with this physics is ``b = S A^T y_p`` (the patch's backprojected data), and
-    ``A_adjoint_A`` is ``H_p``; ``A`` and ``A^T`` are not available (only their product is
-    approximated). ``A_dagger(b)`` is the start point given by :meth:`with_start` (the patch of the
-    context, or of the first estimate), as a partitioned sweep sets it.
+    the operator is that of the normal equation ``H_p x = b``:
+
+    * ``A(x) = H_p x``: the backprojected measurement of ``x`` (``S A^T A S^T x ~ H_p x``), in
+      the space of ``b``;
+    * ``A_adjoint(b) = b``: the data are backprojected already;
+    * ``A_adjoint_A(x) = H_p x`` and ``data_gradient(x, b) = H_p x - b``.
+
+    With the inner product ``<u, v> = u^T H_p^{-1} v`` on the space of ``b`` (the whitened
+    normal equation), the identity is the adjoint of ``H_p`` for a self-adjoint ``H_p``, and
+    ``||A x - b||^2`` is ``x^T H_p x - 2 b^T x`` up to a constant: the data term whose gradient is
+    ``H_p x - b``. So deepinv's generic code is exact on it: ``L2().grad`` is ``H_p x - b``,
+    ``prox_l2`` solves ``(H_p + I / gamma) x = b + z / gamma``, ``A_adjoint(b)`` (an optimiser's
+    default start, ``ArtifactRemoval``'s input) is the backprojection. One caveat: ``L2().fn``
+    evaluates the Euclidean ``||H_p x - b||^2 / 2``, not that energy (it matters only to
+    backtracking line searches and cost-based stopping rules), and deepinv's ``adjointness_test``
+    (Euclidean) does not apply. ``A_dagger(b)`` is the start point given by :meth:`with_start`
+    (the patch of the context, or of the first estimate), as a partitioned sweep sets it.
 
     Parameters
     ----------
@@ -94,12 +108,17 @@ class DiagCirculantPatch(DiagCirculantOperator):
     Examples
     --------
     >>> import torch
+    >>> from deepinv.optim import L2
     >>> from unrolled3d.normal import DiagCirculantPatch
     >>> lam = torch.ones(4, 4, 3)                        # a unit impulse kernel on the 4^3 grid
-    >>> h = DiagCirculantPatch(torch.ones(2, 2, 2), lam, 1.0, "sandwich", (0, 0, 0), grid=(4, 4, 4))
-    >>> x = torch.randn(1, 1, 2, 2, 2)
-    >>> torch.allclose(h.A_adjoint_A(x), x, atol=1e-6), torch.equal(h.with_start(x).A_dagger(None), x)
+    >>> h = DiagCirculantPatch(torch.full((2, 2, 2), 2.0), lam, 1.0, "sandwich", (0, 0, 0), grid=(4, 4, 4))
+    >>> x, b = torch.randn(1, 1, 2, 2, 2), torch.randn(1, 1, 2, 2, 2)
+    >>> torch.allclose(h.A_adjoint_A(x), 4 * x, atol=1e-6)    # H = diag(m)^2
+    True
+    >>> torch.allclose(L2().grad(x, b, h), 4 * x - b, atol=1e-6), torch.equal(h.A_adjoint(b), b)
     (True, True)
+    >>> torch.equal(h.with_start(x).A_dagger(b), x)
+    True
     """
 
     def __init__(self, mask: torch.Tensor, lam: torch.Tensor, scaling: float, variant: str,
@@ -130,7 +149,10 @@ class DiagCirculantPatch(DiagCirculantOperator):
         return self.x_start
 
     def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        raise NotImplementedError("the normal-operator patch physics has no forward operator A (only H = A^T A)")
+        """``H_p x``: the backprojected measurement of ``x`` (the normal equation's operator)."""
+        return self.A_adjoint_A(x)
 
     def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
-        raise NotImplementedError("the normal-operator patch physics has no A^T (only H = A^T A)")
+        """``b`` itself: the data of the normal equation are backprojected already (see the class
+        docstring for the inner product in which this is the adjoint of :meth:`A`)."""
+        return y

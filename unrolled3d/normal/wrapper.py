@@ -202,7 +202,7 @@ class DiagCirculantWrapper(DiagCirculantOperator):
         self.fourier_filter = torch.nn.Parameter(torch.zeros(self.filter_shape, dtype=cdtype, device=device),
                                                  requires_grad=False)
         self.fitted = False
-        # patch filters by patch shape: they do not depend on the patch position (see _patch_filter)
+        # patch filters by patch shape: they do not depend on the patch position (see patch_filter)
         self._patch_filters: dict[tuple[int, int, int], tuple[tuple, torch.Tensor]] = {}
         if spatial_mask is not None or fourier_filter is not None:
             self.set_parameters(spatial_mask=spatial_mask, fourier_filter=fourier_filter)
@@ -325,7 +325,7 @@ class DiagCirculantWrapper(DiagCirculantOperator):
         mask = self.spatial_mask
         off, shape = check_patch(offset, shape, self.img_shape)
         m_p = mask[off[0]:off[0] + shape[0], off[1]:off[1] + shape[1], off[2]:off[2] + shape[2]]
-        return DiagCirculantPatch(m_p, self._patch_filter(shape), self.scaling, self.variant, off,
+        return DiagCirculantPatch(m_p, self.patch_filter(shape), self.scaling, self.variant, off,
                                   complex_images=self.complex_images, grid=self.patch_grid(shape))
 
     def patch_grid(self, shape: Sequence[int]) -> tuple[int, int, int]:
@@ -339,7 +339,7 @@ class DiagCirculantWrapper(DiagCirculantOperator):
             return [p - 1 for p in shape]
         return [min(r, p - 1) for p, r in zip(shape, self.kernel_radius)]
 
-    def _patch_filter(self, shape: tuple[int, int, int]) -> torch.Tensor:
+    def patch_filter(self, shape: tuple[int, int, int]) -> torch.Tensor:
         """Spectrum of the kernel cropped to the lags of a ``shape`` patch, on its doubled grid.
 
         The same for every patch of that shape (the convolution is shift-invariant; only ``m``
@@ -347,6 +347,10 @@ class DiagCirculantWrapper(DiagCirculantOperator):
         version counter and storage) and no gradient to ``lam`` is being recorded: a partitioned
         sweep then pays the full-grid inverse FFT of the kernel once, not once per patch.
         """
+        if torch.compiler.is_compiling():
+            # traced code cannot key a cache on storage pointers; the spectrum is tensor work, so a
+            # compiled caller recomputes it (once per call, shared by all its patches)
+            return self._compute_patch_filter(shape)
         lam = self.fourier_filter
         tracking = torch.is_grad_enabled() and lam.requires_grad
         key = (lam._version, lam.data_ptr(), lam.device, lam.dtype)

@@ -167,8 +167,10 @@ def check_finite(t: torch.Tensor, name: str) -> torch.Tensor:
     """``t`` holds no NaN or infinity (real or complex); the message counts the bad entries.
 
     One pass over the data: meant for inputs (files, measurements handed to a command), not for
-    the inner loop of an operator.
+    the inner loop of an operator. Skipped inside a compiled graph (a data-dependent branch).
     """
+    if torch.compiler.is_compiling():
+        return t
     bad = ~torch.isfinite(t)
     if bool(bad.any()):
         n = int(bad.sum())
@@ -215,7 +217,11 @@ def check_allocation(name: str, shape: Sequence[int], dtype: torch.dtype = torch
     Without this check a size typo (``--size 100000``) reaches the allocator, whose C++ message
     (``DefaultCPUAllocator: can't allocate memory ...``) names no argument. Only the impossible
     is refused: an array that fits the device but not its free memory is left to the allocator.
+    Skipped inside a compiled graph (the sizes were checked when the graph was traced eagerly,
+    and ``os.sysconf`` cannot be traced).
     """
+    if torch.compiler.is_compiling():
+        return
     n = 1
     for s in shape:
         n *= int(s)

@@ -340,7 +340,9 @@ class PartitionedReconstructor(Reconstructor):
             bar = tqdm(total=sweeps * sum(g.size for g in plan.groups), desc="patches", leave=False)
         first = x  # start point of every patch when sweep_start == "initial" (as in training)
         try:
-            for _ in range(sweeps):
+            for sweep in range(sweeps):
+                if bar is not None:
+                    bar.set_description(f"sweep {sweep + 1}/{sweeps}, patches")
                 x = self._sweep(y, physics, normal, plan, x, first, bar)
         finally:
             if bar is not None:

@@ -5,17 +5,27 @@ Switches (environment variables):
   NO_CUDA=1      never build the CUDA twin
   TORCH_CUDA_ARCH_LIST  GPU architectures; defaults to "8.0;9.0+PTX" when no GPU is visible
 
-Install after torch: ``pip install --no-build-isolation -e .`` (see README).
+Two ways to build:
+  * ``pip install --no-build-isolation -e .`` after torch (the development path, see README): the
+    extension is compiled now, against the installed torch, and ``_C_build.json`` beside it records
+    which torch that was.
+  * ``pip install .`` / ``python -m build`` (build isolation, torch absent from the build
+    environment): a pure-Python wheel; the extension is compiled on first use against whatever torch
+    is installed then (``unrolled3d/_build.py``), from the sources shipped as ``unrolled3d/csrc``.
+  NO_EXTENSION=1 gives the pure-Python wheel even when torch is importable.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 try:
+    if os.environ.get("NO_EXTENSION", "0") == "1":
+        raise ImportError("NO_EXTENSION=1")
     import torch
 
     # torch guesses CUDA_HOME from the nvcc on PATH; a wrapper script there (as on our CI image)
@@ -26,11 +36,9 @@ try:
                 os.environ["CUDA_HOME"] = _candidate
                 break
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
-except ImportError:  # pragma: no cover - explained to the user
-    sys.exit(
-        "unrolled3d: torch must be installed before building (pip install deepinv), and the build "
-        "must see it: use `pip install --no-build-isolation -e .`"
-    )
+except ImportError as _exc:  # build isolation without torch: the extension is built on first use
+    torch = None
+    print(f"unrolled3d: no prebuilt extension ({_exc}): it will be compiled on first use against the installed torch")
 
 
 # Reason codes compiled into the extension; unrolled3d/_build.py turns them back into words.
@@ -75,14 +83,40 @@ def _extension():
     )
 
 
-setup(
-    packages=[
-        "unrolled3d", "unrolled3d.cli", "unrolled3d.data", "unrolled3d.io", "unrolled3d.models", "unrolled3d.mri",
-        "unrolled3d.normal", "unrolled3d.ops", "unrolled3d.physics", "unrolled3d.kernels",
-    ],
-    package_dir={"unrolled3d.kernels": "kernels"},
-    # the demo's trained weights and the configuration that trained them
-    package_data={"unrolled3d": ["weights/*.pt", "weights/*.toml", "weights/*.md"]},
-    ext_modules=[_extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-)
+def packages() -> list[str]:
+    """Every package of the source tree, plus the folders mapped into it (see ``PACKAGE_DIR``)."""
+    return sorted(find_packages(include=["unrolled3d", "unrolled3d.*"]) + list(PACKAGE_DIR))
+
+
+# Folders kept at the repository root but installed inside the package: the Triton kernels, the C++
+# and CUDA sources (for the build on first use) and the benchmark suites (`unrolled3d bench`).
+PACKAGE_DIR = {"unrolled3d.kernels": "kernels", "unrolled3d.csrc": "csrc", "unrolled3d.bench": "bench"}
+PACKAGE_DATA = {
+    # the demo's trained weights and the configuration that trained them; the type-hint marker
+    "unrolled3d": ["weights/*.pt", "weights/*.toml", "weights/*.md", "py.typed"],
+    "unrolled3d.csrc": ["*.h", "*.cpp", "*.cu"],
+    "unrolled3d.bench": ["*.py", "peers/*.py", "run_gpu.sh"],
+}
+
+
+def _build_ext_class():
+    """torch's BuildExtension, which also records the torch the extension was compiled for."""
+
+    class RecordingBuildExtension(BuildExtension.with_options(use_ninja=True)):
+        def build_extension(self, ext):
+            super().build_extension(ext)
+            target = os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)), "_C_build.json")
+            with open(target, "w") as f:
+                json.dump({"torch": torch.__version__, "cuda": torch.version.cuda}, f)
+
+    return RecordingBuildExtension
+
+
+if __name__ == "__main__":
+    setup(
+        packages=packages(),
+        package_dir=PACKAGE_DIR,
+        package_data=PACKAGE_DATA,
+        ext_modules=[_extension()] if torch is not None else [],
+        cmdclass={"build_ext": _build_ext_class()} if torch is not None else {},
+    )

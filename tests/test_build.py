@@ -56,3 +56,156 @@ def test_cuda_sources_compile_with_nvcc(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (tmp_path / "cone_beam_cuda.o").stat().st_size > 10_000
+
+
+# --------------------------------------------------------------------------- install anywhere (issue 16)
+from unrolled3d import _build  # noqa: E402
+from unrolled3d.geometry import ConeBeamGeometry  # noqa: E402
+
+_GEOMETRY = "ConeBeamGeometry.circular(4, 50.0, 30.0, (6, 7), 1.0, (5, 4, 6))"
+
+
+def _run_ops(extra_env: dict[str, str], out: Path) -> subprocess.CompletedProcess:
+    """Project, backproject (two algorithms) and take a gradient in a fresh process, saving the results."""
+    code = f"""
+import torch, unrolled3d
+from unrolled3d.geometry import ConeBeamGeometry
+from unrolled3d.ops import cone_project, cone_backproject
+from unrolled3d.ops.projector import cone_backproject_algo
+g = {_GEOMETRY}
+gen = torch.Generator().manual_seed(0)
+x = torch.rand(2, 1, 5, 4, 6, dtype=torch.float64, generator=gen, requires_grad=True)
+y = torch.rand(2, 1, 4, 6, 7, dtype=torch.float64, generator=gen)
+p = cone_project(x, g)
+(p * y).sum().backward()
+torch.save(dict(p=p.detach(), b=cone_backproject(y, g), gather=cone_backproject_algo(y, g, "gather"),
+                grad=x.grad, status=unrolled3d.backends()), {str(out)!r})
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **extra_env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1500)
+
+
+@pytest.fixture(scope="module")
+def compiled_results(tmp_path_factory) -> dict:
+    """The same computation with the extension this test session loaded."""
+    out = tmp_path_factory.mktemp("compiled") / "r.pt"
+    proc = _run_ops({}, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(out)
+
+
+def _assert_same(results: dict, reference: dict) -> None:
+    for key in ("p", "b", "gather", "grad"):
+        torch.testing.assert_close(results[key], reference[key], rtol=1e-10, atol=1e-12, msg=key)
+
+
+def test_twins_stand_in_for_the_extension(tmp_path, compiled_results):
+    """UNROLLED3D_EXTENSION=twins: the same ops, autograd and algorithms, run by the PyTorch twins."""
+    proc = _run_ops({"UNROLLED3D_EXTENSION": "twins"}, tmp_path / "r.pt")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = torch.load(tmp_path / "r.pt")
+    assert results["status"]["extension"] == "twins" and results["status"]["cpp_cpu"] is False
+    _assert_same(results, compiled_results)
+
+
+@pytest.mark.skipif(_build._compiler() is None, reason="no C++ compiler on this machine: the JIT path cannot build")
+def test_jit_build_matches_the_prebuilt_extension(tmp_path, compiled_results):
+    """The build on first use (here forced, CPU only, into an empty cache) gives the prebuilt's results."""
+    cache = tmp_path / "cache"
+    env = {"UNROLLED3D_EXTENSION": "jit", "UNROLLED3D_CACHE_DIR": str(cache), "NO_CUDA": "1"}
+    proc = _run_ops(env, tmp_path / "r.pt")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "building the projector extension" in proc.stderr  # the one line of progress
+    results = torch.load(tmp_path / "r.pt")
+    assert results["status"]["extension"] == "jit"
+    assert results["status"]["extension_torch"] == torch.__version__
+    (folder,) = cache.iterdir()  # keyed by torch version, CUDA and source hash
+    assert folder.name.startswith(f"ext-{torch.__version__.replace('+', '_')}-cpu-")
+    _assert_same(results, compiled_results)
+    # a second process reuses the cache: no build, no progress line
+    proc = _run_ops(env, tmp_path / "r2.pt")
+    assert proc.returncode == 0 and "building the projector extension" not in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.fixture
+def fresh_loader(monkeypatch):
+    """A loader that has not run yet in this process (the real one already has)."""
+    monkeypatch.setattr(_build, "_status", {})
+    monkeypatch.setattr(_build, "_module", None)
+    monkeypatch.delenv("UNROLLED3D_EXTENSION", raising=False)
+    monkeypatch.setattr(_build, "_prebuilt", lambda: (None, "no usable prebuilt extension (test)"))
+
+
+def test_failed_build_falls_back_to_twins_with_a_warning(fresh_loader):
+    def broken_builder():
+        raise _build.ExtensionBuildError("the compiler failed (test)")
+
+    with pytest.warns(UserWarning, match="pure-PyTorch twins.*the compiler failed"):
+        assert _build.load_extension(builder=broken_builder) is None
+    status = _build.extension_status()
+    assert status["source"] == "twins" and status["cuda_built"] is False
+    assert any("the compiler failed" in r for r in status["reasons"])
+
+
+def test_forced_jit_raises_instead_of_falling_back(fresh_loader, monkeypatch):
+    monkeypatch.setenv("UNROLLED3D_EXTENSION", "jit")
+
+    def broken_builder():
+        raise _build.ExtensionBuildError("the compiler failed (test)")
+
+    with pytest.raises(ImportError, match="UNROLLED3D_EXTENSION=jit: the compiler failed"):
+        _build.load_extension(builder=broken_builder)
+
+
+def test_bad_extension_mode_is_a_value_error(fresh_loader, monkeypatch):
+    monkeypatch.setenv("UNROLLED3D_EXTENSION", "fast")
+    with pytest.raises(ValueError, match="UNROLLED3D_EXTENSION must be one of"):
+        _build.load_extension()
+
+
+def test_no_compiler_is_said_plainly(monkeypatch):
+    monkeypatch.setattr(_build, "_compiler", lambda: None)
+    with pytest.raises(_build.ExtensionBuildError, match="no C. compiler found"):
+        _build.jit_build()
+
+
+def test_prebuilt_for_another_torch_is_not_imported(monkeypatch, tmp_path):
+    """A record naming another torch skips the prebuilt library before it is imported."""
+    (tmp_path / "_C_build.json").write_text('{"torch": "0.0.1", "cuda": null}')
+    monkeypatch.setattr(_build, "_PACKAGE", tmp_path)
+    module, why = _build._prebuilt()
+    assert module is None and "built for torch 0.0.1" in why and torch.__version__ in why
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("UNROLLED3D_CACHE_DIR", str(tmp_path / "c"))
+    assert _build.cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("UNROLLED3D_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert _build.cache_dir() == tmp_path / "x" / "unrolled3d"
+
+
+def test_sources_are_found():
+    assert (_build.source_dir() / "cone_beam.h").is_file()
+
+
+def _setup_module():
+    import runpy
+
+    return runpy.run_path(str(ROOT / "setup.py"), run_name="unrolled3d_setup")  # not __main__: no setup() call
+
+
+def test_every_subpackage_is_built():
+    """setup.py's package list holds every package of the source tree (a missing one is absent from a wheel)."""
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "unrolled3d").rglob("__init__.py")}
+    on_disk |= {"unrolled3d.kernels"}
+    packages = set(_setup_module()["packages"]())
+    assert on_disk <= packages, sorted(on_disk - packages)
+    assert {"unrolled3d.partition", "unrolled3d.csrc", "unrolled3d.bench"} <= packages
+
+
+def test_the_sdist_manifest_names_every_source_the_build_needs():
+    manifest = (ROOT / "MANIFEST.in").read_text()
+    for needed in ("csrc", "*.h", "*.cu", "kernels", "weights", "py.typed", "bench"):
+        assert needed in manifest, needed
+    assert (ROOT / "unrolled3d" / "py.typed").is_file()

@@ -1,9 +1,37 @@
-"""Loading of the compiled extension and the report of which backends are available."""
+"""Loading of the compiled extension (prebuilt, built on first use, or none) and the backend report.
+
+Where the cone-beam projector comes from, in order:
+
+1. **prebuilt**: ``unrolled3d._C``, compiled by ``pip install --no-build-isolation`` against the torch
+   installed then. ``setup.py`` writes ``_C_build.json`` beside it (the torch and CUDA it was built
+   for); a prebuilt extension built for another torch is skipped *before* it is imported, because a
+   mismatched library may import and then crash, and its op registrations could not be undone.
+2. **jit**: the sources (``csrc/``, shipped in the wheel as ``unrolled3d/csrc``) compiled with
+   ``torch.utils.cpp_extension.load`` into the user's cache, one folder per torch version, CUDA
+   version and source hash, so a new torch or a new release builds once and is then reused.
+3. **twins**: nothing compiled can be had (no compiler, a failed build): ``unrolled3d.ops``
+   registers the pure-PyTorch reference twins under the same op names, with a ``UserWarning``.
+
+``UNROLLED3D_EXTENSION`` = ``auto`` (default), ``prebuilt``, ``jit`` or ``twins`` forces one path
+(``prebuilt``/``jit`` raise instead of falling back); ``UNROLLED3D_CACHE_DIR`` moves the cache
+(default ``$XDG_CACHE_HOME/unrolled3d`` or ``~/.cache/unrolled3d``); ``NO_CUDA=1`` builds the JIT
+extension without its CUDA twin.
+"""
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import os
-from typing import Any
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Optional
+
+__all__ = ["load_extension", "extension_status", "backends", "cache_dir", "source_dir", "jit_build",
+           "EXTENSION_MODES"]
 
 _CUDA_REASONS = {
     0: "built",
@@ -11,26 +39,226 @@ _CUDA_REASONS = {
     2: "not built: torch was a CPU-only build at build time",
     3: "not built: no CUDA toolkit (nvcc / CUDA_HOME) was found at build time",
 }
+# The same reason codes as setup.py's (compiled into the extension as U3D_CUDA_REASON).
+CUDA_BUILT, CUDA_DISABLED_BY_USER, CUDA_TORCH_IS_CPU_ONLY, CUDA_NO_TOOLKIT = 0, 1, 2, 3
 
-_REBUILD = (
-    "Rebuild it from the repository root with `pip install --no-build-isolation -e .` "
-    "(torch must be installed first; see README)."
-)
+EXTENSION_MODES = ("auto", "prebuilt", "jit", "twins")
+_PACKAGE = Path(__file__).resolve().parent
+_SOURCES = ("bindings.cpp", "cone_beam.cpp", "cone_beam.h", "cone_beam_cuda.cu")
+
+# What load_extension found: filled once per process (the ops can be registered only once).
+_status: dict[str, Any] = {}
+_module: Optional[ModuleType] = None
 
 
-def load_extension() -> Any:
-    """Import ``unrolled3d._C`` (which registers the ``torch.ops.unrolled3d`` C++ ops).
+class ExtensionBuildError(RuntimeError):
+    """The extension could not be built on first use (no compiler, or the compiler failed)."""
+
+
+# --------------------------------------------------------------------------- where things are
+def source_dir() -> Path:
+    """The folder holding the C++/CUDA sources: ``unrolled3d/csrc`` in an installed wheel, the
+    repository's ``csrc/`` in a source checkout (editable install).
 
     Raises
     ------
-    ImportError
-        With instructions to rebuild when the extension is missing or was built against
-        another torch.
+    FileNotFoundError
+        When neither holds the sources.
     """
+    for candidate in (_PACKAGE / "csrc", _PACKAGE.parent / "csrc"):
+        if all((candidate / name).is_file() for name in _SOURCES):
+            return candidate
+    raise FileNotFoundError(f"the C++ sources ({', '.join(_SOURCES)}) are neither in {_PACKAGE / 'csrc'} nor in "
+                            f"{_PACKAGE.parent / 'csrc'}")
+
+
+def cache_dir() -> Path:
+    """The root of the build cache: ``UNROLLED3D_CACHE_DIR``, else ``$XDG_CACHE_HOME/unrolled3d``,
+    else ``~/.cache/unrolled3d``."""
+    if os.environ.get("UNROLLED3D_CACHE_DIR"):
+        return Path(os.environ["UNROLLED3D_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "unrolled3d"
+
+
+def _torch_tag() -> tuple[str, str]:
+    import torch
+
+    return torch.__version__, (f"cu{torch.version.cuda}" if torch.version.cuda else "cpu")
+
+
+def _cuda_plan() -> tuple[int, Optional[str]]:
+    """(reason code, CUDA_HOME) for a JIT build: the CUDA twin only with a CUDA torch and nvcc."""
+    import torch
+
+    if os.environ.get("NO_CUDA", "0") == "1":
+        return CUDA_DISABLED_BY_USER, None
+    if torch.version.cuda is None:
+        return CUDA_TORCH_IS_CPU_ONLY, None
+    # torch guesses CUDA_HOME from the nvcc on PATH; prefer the toolkit matching torch's CUDA (as setup.py)
+    home = os.environ.get("CUDA_HOME")
+    for candidate in ([home] if home else []) + [f"/usr/local/cuda-{torch.version.cuda}", "/usr/local/cuda"]:
+        if os.path.exists(os.path.join(candidate, "bin", "nvcc")):
+            return CUDA_BUILT, candidate
+    return CUDA_NO_TOOLKIT, None
+
+
+def _build_key(sources: Path, cuda_code: int) -> str:
+    """``ext-<torch>-<cuda tag>-<hash>``: a new torch, CUDA choice or source builds anew."""
+    version, cuda = _torch_tag()
+    digest = hashlib.sha256()
+    for name in _SOURCES:
+        digest.update(name.encode() + b"\0" + (sources / name).read_bytes())
+    digest.update(f"cuda={cuda_code}".encode())
+    safe = "".join(c if c.isalnum() or c in ".-_" else "_" for c in version)
+    return f"ext-{safe}-{cuda if cuda_code == CUDA_BUILT else 'cpu'}-{digest.hexdigest()[:12]}"
+
+
+def _compiler() -> Optional[str]:
+    return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++") or shutil.which("clang++")
+
+
+# --------------------------------------------------------------------------- the three paths
+def _prebuilt() -> tuple[Optional[ModuleType], str]:
+    """Import the prebuilt ``unrolled3d._C`` unless its record says it was built for another torch."""
+    import torch
+
+    record = _PACKAGE / "_C_build.json"
+    if record.is_file():
+        built_for = json.loads(record.read_text()).get("torch")
+        if built_for != torch.__version__:
+            return None, f"the prebuilt extension was built for torch {built_for}, this is torch {torch.__version__}"
     try:
-        return importlib.import_module("unrolled3d._C")
-    except ImportError as exc:  # flash-attention style: say how to fix it
-        raise ImportError(f"unrolled3d's C++ extension could not be loaded ({exc}). {_REBUILD}") from exc
+        return importlib.import_module("unrolled3d._C"), ""
+    except ImportError as exc:
+        return None, f"no usable prebuilt extension ({exc})"
+
+
+def jit_build(verbose: bool = False) -> tuple[ModuleType, Path]:
+    """Compile the extension from :func:`source_dir` into the cache (or reuse it) and import it.
+
+    Returns
+    -------
+    (module, folder)
+
+    Raises
+    ------
+    ExtensionBuildError
+        No C++ compiler, or the build failed (its message ends with the compiler's last lines).
+    """
+    if _compiler() is None:
+        raise ExtensionBuildError("no C++ compiler found (looked for $CXX, c++, g++, clang++): install one "
+                                  "(e.g. `apt install g++`, `conda install gxx`) to build the projector")
+    from torch.utils import cpp_extension
+
+    sources = source_dir()
+    code, cuda_home = _cuda_plan()
+    folder = cache_dir() / _build_key(sources, code)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [str(sources / "bindings.cpp"), str(sources / "cone_beam.cpp")]
+    cflags = ["-O3", "-fopenmp", f"-DU3D_CUDA_REASON={code}"]
+    cuda_flags = []
+    if code == CUDA_BUILT:
+        os.environ.setdefault("CUDA_HOME", cuda_home or "")
+        cpp_extension.CUDA_HOME = cuda_home  # read at import of cpp_extension; the guess may differ
+        files.append(str(sources / "cone_beam_cuda.cu"))
+        cflags.append("-DWITH_CUDA")
+        cuda_flags = ["-O3", "-DWITH_CUDA"]
+        import torch
+
+        if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
+    if not any((folder / f).exists() for f in ("_C.so",)):
+        print(f"unrolled3d: building the projector extension for torch {_torch_tag()[0]} "
+              f"({'with' if code == CUDA_BUILT else 'without'} CUDA) in {folder}, once (1-5 min)...",
+              file=sys.stderr, flush=True)
+    try:
+        module = cpp_extension.load(
+            name="_C", sources=files, extra_cflags=cflags, extra_cuda_cflags=cuda_flags,
+            extra_ldflags=["-fopenmp"], build_directory=str(folder), verbose=verbose,
+            with_cuda=code == CUDA_BUILT,
+        )
+    except Exception as exc:  # the compiler's error is long: keep its tail
+        raise ExtensionBuildError(f"building the extension in {folder} failed: {str(exc)[-1500:]}") from exc
+    return module, folder
+
+
+# --------------------------------------------------------------------------- the loader
+def load_extension(builder: Optional[Callable[[], tuple[ModuleType, Path]]] = None) -> Optional[ModuleType]:
+    """Make the compiled projector ops available, once per process.
+
+    Parameters
+    ----------
+    builder : callable, optional
+        Replaces :func:`jit_build` (tests).
+
+    Returns
+    -------
+    module or None
+        The extension module (prebuilt or JIT-built), or ``None``: the caller
+        (``unrolled3d.ops.projector``) then registers the PyTorch twins. :func:`extension_status`
+        says which and why.
+
+    Raises
+    ------
+    ValueError
+        ``UNROLLED3D_EXTENSION`` is not one of :data:`EXTENSION_MODES`.
+    ImportError
+        ``UNROLLED3D_EXTENSION=prebuilt`` or ``jit`` and that path failed.
+    """
+    global _module
+    if _status:
+        return _module
+    mode = os.environ.get("UNROLLED3D_EXTENSION", "auto")
+    if mode not in EXTENSION_MODES:
+        raise ValueError(f"UNROLLED3D_EXTENSION must be one of {EXTENSION_MODES}, got {mode!r}")
+    import torch
+
+    reasons = []
+    module: Optional[ModuleType] = None
+    source = "twins"
+    if mode in ("auto", "prebuilt"):
+        module, why = _prebuilt()
+        if module is not None:
+            source = "prebuilt"
+        else:
+            reasons.append(why)
+            if mode == "prebuilt":
+                raise ImportError(f"UNROLLED3D_EXTENSION=prebuilt: {why}. Rebuild with "
+                                  "`pip install --no-build-isolation -e .` after torch")
+    if module is None and mode in ("auto", "jit"):
+        try:
+            module, folder = (builder or jit_build)()
+            source = "jit"
+            sys.modules["unrolled3d._C"] = module
+            reasons.append(f"built on first use in {folder}")
+        except (ExtensionBuildError, FileNotFoundError, OSError) as exc:
+            reasons.append(str(exc))
+            if mode == "jit":
+                raise ImportError(f"UNROLLED3D_EXTENSION=jit: {exc}") from exc
+    if module is None:
+        if mode == "twins":
+            reasons.append("UNROLLED3D_EXTENSION=twins")
+        else:
+            warnings.warn("unrolled3d: the C++ projector is unavailable, using the pure-PyTorch twins (correct, "
+                          "much slower and memory hungry): " + "; ".join(reasons), UserWarning, stacklevel=2)
+    _module = module
+    built = module.build_info() if module is not None else {}
+    record = _PACKAGE / "_C_build.json"
+    built_for = torch.__version__ if source == "jit" else None
+    if source == "prebuilt" and record.is_file():
+        built_for = json.loads(record.read_text()).get("torch")
+    _status.update(source=source, reasons=reasons, built_for_torch=built_for,
+                   cuda_built=bool(built.get("cuda", False)), openmp=bool(built.get("openmp", False)),
+                   cuda_status=_CUDA_REASONS.get(int(built.get("cuda_reason", -1)), "no compiled extension"))
+    return module
+
+
+def extension_status() -> dict[str, Any]:
+    """What :func:`load_extension` found: ``source`` (``"prebuilt"``, ``"jit"``, ``"twins"``),
+    ``reasons``, ``built_for_torch``, ``cuda_built``, ``openmp``, ``cuda_status``."""
+    load_extension()
+    return dict(_status)
 
 
 def backends() -> dict[str, Any]:
@@ -39,18 +267,21 @@ def backends() -> dict[str, Any]:
     Returns
     -------
     dict
-        ``cpp_cpu`` (bool), ``openmp`` (bool), ``cuda_built`` (bool), ``cuda_status`` (str),
-        ``cuda_device`` (bool: a GPU is visible now), ``triton`` (bool), ``triton_interpret`` (bool).
+        ``cpp_cpu`` (bool: a compiled projector is loaded), ``extension`` (where it came from),
+        ``extension_torch`` (the torch it was built for), ``torch`` (the running torch),
+        ``torch_cuda`` (its CUDA, or None), ``openmp``, ``cuda_built``, ``cuda_status``,
+        ``cuda_device`` (a GPU is visible now), ``triton`` (importable), ``triton_interpret``.
     """
     import torch
 
-    info: dict[str, Any] = {"cpp_cpu": False, "openmp": False, "cuda_built": False}
-    try:
-        built = load_extension().build_info()
-        info.update(cpp_cpu=True, openmp=bool(built["openmp"]), cuda_built=bool(built["cuda"]))
-        info["cuda_status"] = _CUDA_REASONS.get(int(built["cuda_reason"]), "unknown")
-    except ImportError as exc:
-        info["cuda_status"] = f"extension not loaded: {exc}"
+    status = extension_status()
+    info: dict[str, Any] = {
+        "cpp_cpu": status["source"] != "twins", "extension": status["source"],
+        "extension_torch": status["built_for_torch"], "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+        "openmp": status["openmp"], "cuda_built": status["cuda_built"], "cuda_status": status["cuda_status"],
+    }
+    if status["source"] == "twins":
+        info["extension_reasons"] = status["reasons"]
     info["cuda_device"] = torch.cuda.is_available()
     try:
         import triton  # noqa: F401

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,11 @@ from .._validation import boolean, choice, integer, real
 from ..errors import FileFormatError
 from .bench import bench_cmd
 from .output import emit
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, as the tomli package (a dependency there)
+    import tomli as tomllib
 
 __all__ = ["demo", "info", "simulate", "fit_normal", "reconstruct", "train_cmd", "import_walnut", "bench_cmd",
            "load_train_config",
@@ -74,13 +78,25 @@ def demo(args: argparse.Namespace) -> int:
 
 def info(args: argparse.Namespace) -> int:
     from .. import __version__, backends
+    from ..ops.dispatch import backend_table
 
     info = {"version": __version__, **backends()}
+    table = backend_table()
     if args.json:
-        print(json.dumps(info))
-    else:
-        for k, v in info.items():
-            print(f"{k:18s} {v}")
+        print(json.dumps({**info, "ops": table}))
+        return 0
+    for k, v in info.items():
+        print(f"{k:18s} {v}")
+    origin = {"prebuilt": f"prebuilt, compiled for torch {info['extension_torch'] or '(not recorded)'}",
+              "jit": f"built on first use for torch {info['extension_torch']} (cached)",
+              "twins": "none: the ops run their pure-PyTorch twins (slow)"}[info["extension"]]
+    print(f"\nprojector extension: {origin}; running torch {info['torch']} "
+          f"(CUDA {info['torch_cuda'] or 'none: a CPU build'})")
+    print("GPU visible now" if info["cuda_device"] else "no GPU visible: only the 'cpu' column applies")
+    width, cpu_width = max(map(len, table)), max(len(w["cpu"]) for w in table.values())
+    print(f"\n{'op':{width}s}  {'cpu tensors':{cpu_width}s}  cuda tensors")
+    for op, where in table.items():
+        print(f"{op:{width}s}  {where['cpu']:{cpu_width}s}  {where['cuda']}")
     return 0
 
 

@@ -17,8 +17,10 @@ from typing import Iterator, Optional
 import torch
 
 from .. import kernels
+from .._build import extension_status
 
-__all__ = ["set_backend", "get_backend", "use_backend", "triton_enabled_for", "use_triton", "or_empty", "BACKENDS"]
+__all__ = ["set_backend", "get_backend", "use_backend", "triton_enabled_for", "use_triton", "or_empty", "BACKENDS",
+           "backend_table"]
 
 BACKENDS = ("auto", "reference", "triton")
 _backend = os.environ.get("UNROLLED3D_FUSED_BACKEND", "auto")
@@ -89,3 +91,39 @@ def use_triton(t: torch.Tensor) -> bool:
 def or_empty(t: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
     """Custom ops cannot return ``None``: unused gradient slots are 0-element tensors."""
     return t if t is not None else like.new_empty(0)
+
+
+#: the registered ops of each kind, as ``unrolled3d info`` lists them
+PROJECTOR_OPS = ("cone_project", "cone_backproject", "cone_backproject_algo")
+FUSED_OPS = ("masked_gather", "spectral_filter", "masked_scatter_add")
+
+
+def backend_table() -> dict[str, dict[str, str]]:
+    """Which implementation each registered op runs on each device, in words (``unrolled3d info``).
+
+    Returns
+    -------
+    dict
+        ``{op: {"cpu": ..., "cuda": ...}}``.
+    """
+    status = extension_status()
+    source = status["source"]
+    cpp = {"prebuilt": "C++/OpenMP (prebuilt extension)", "jit": "C++/OpenMP (extension built on first use)",
+           "twins": "PyTorch twin (no compiled extension)"}[source]
+    if source == "twins":
+        cuda = "PyTorch twin (no compiled extension)"
+    elif status["cuda_built"]:
+        cuda = "CUDA kernel"
+    else:
+        cuda = f"none: the extension has no CUDA twin ({status['cuda_status']})"
+    table = {op: {"cpu": cpp, "cuda": cuda} for op in PROJECTOR_OPS}
+    if _backend == "reference":
+        fused_cpu = fused_cuda = "PyTorch twin (backend 'reference')"
+    else:
+        # Triton runs CUDA tensors; CPU tensors only under its interpreter, else the twins
+        interpreted = os.environ.get("TRITON_INTERPRET") == "1" and kernels.INTERPRETED
+        fused_cpu = ("Triton (CPU interpreter, TRITON_INTERPRET=1)" if interpreted
+                     else "PyTorch twin (Triton runs only on CUDA tensors, or under TRITON_INTERPRET=1)")
+        fused_cuda = "Triton"
+    table.update({op: {"cpu": fused_cpu, "cuda": fused_cuda} for op in FUSED_OPS})
+    return table

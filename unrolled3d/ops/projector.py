@@ -4,7 +4,10 @@
 in C++ (``csrc/bindings.cpp``: schema, CPU and CUDA kernels). Here they get their shape-only
 ("fake") kernels and their autograd formulas, so they work under ``torch.compile``: the backward of
 the projection is the backprojection with the same geometry, and vice versa (an exact transpose).
-The pure-PyTorch twin is :mod:`unrolled3d.ops.projector_ref`.
+The pure-PyTorch twin is :mod:`unrolled3d.ops.projector_ref`. When no compiled extension can be
+had (see :mod:`unrolled3d._build`: prebuilt, built on first use, or neither), the three ops are
+defined here instead, with the twin as their CPU and CUDA kernels: same schemas, same fake kernels
+and autograd, so every caller works unchanged, only slower (``unrolled3d info`` says which runs).
 
 Backprojection algorithms (``cone_backproject_algo``; all visit exactly the forward's (voxel,
 weight) pairs, so each is the transpose of :func:`cone_project` to rounding; see ``csrc/cone_beam.h``):
@@ -26,9 +29,37 @@ from .._build import load_extension
 from .._validation import check_allocation, check_nonempty
 from ..geometry import ConeBeamGeometry
 from ._func import Static, register_folding_vmap
+from ._joseph import backproject_raw, project_raw
 from ._precision import LOW_PRECISION, output_dtype, register_float32_autocast, upcast
 
-load_extension()  # registers the C++ schemas and kernels
+# The schemas, as csrc/bindings.cpp declares them.
+_SCHEMAS = {
+    "cone_project": "(Tensor volume, Tensor views, float[] vol_geom, int rows, int cols) -> Tensor",
+    "cone_backproject": "(Tensor sino, Tensor views, float[] vol_geom, int depth, int height, int width) -> Tensor",
+    "cone_backproject_algo": "(Tensor sino, Tensor views, float[] vol_geom, int depth, int height, int width, "
+                             "str algorithm) -> Tensor",
+}
+
+
+def _backproject_algo_twin(sino, views, vol_geom, depth, height, width, algorithm):
+    # every algorithm is the same linear map: the twin is the reference transpose
+    return backproject_raw(sino, views, vol_geom, depth, height, width)
+
+
+def _register_twins() -> torch.library.Library:
+    """Define the three ops with the PyTorch twin as their CPU and CUDA kernels."""
+    lib = torch.library.Library("unrolled3d", "FRAGMENT")
+    for name, fn in (("cone_project", project_raw), ("cone_backproject", backproject_raw),
+                     ("cone_backproject_algo", _backproject_algo_twin)):
+        lib.define(name + _SCHEMAS[name])
+        for key in ("CPU", "CUDA"):
+            lib.impl(name, fn, key)
+    return lib
+
+
+# registers the C++ schemas and kernels, or (None) leaves the twins to stand in; the Library object
+# must live as long as the process, or the registrations go with it
+_TWIN_LIBRARY = _register_twins() if load_extension() is None else None
 
 __all__ = [
     "cone_project", "cone_backproject", "cone_backproject_algo", "BACKPROJECT_ALGORITHMS", "check_volume",

@@ -105,9 +105,12 @@ def _build_ext_class():
     class RecordingBuildExtension(BuildExtension.with_options(use_ninja=True)):
         def build_extension(self, ext):
             super().build_extension(ext)
-            target = os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)), "_C_build.json")
-            with open(target, "w") as f:
-                json.dump({"torch": torch.__version__, "cuda": torch.version.cuda}, f)
+            targets = [os.path.dirname(self.get_ext_fullpath(ext.name))]
+            if getattr(self, "editable_mode", False):  # the editable build copies only the library back
+                targets.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "unrolled3d"))
+            for folder in targets:
+                with open(os.path.join(folder, "_C_build.json"), "w") as f:
+                    json.dump({"torch": torch.__version__, "cuda": torch.version.cuda}, f)
 
     return RecordingBuildExtension
 

@@ -40,7 +40,8 @@ def _timed(fn, *args) -> float:
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("op", ["A", "A_adjoint", "fbp"])
-def test_adapter_overhead(benchmark, op, device, n=128):
+@pytest.mark.u3d_sizes([128], quick=[32])
+def test_adapter_overhead(benchmark, op, device, n):
     compat, native = _pair(n, device)
     gen = torch.Generator().manual_seed(0)
     x = torch.rand((1, 1, n, n, n), generator=gen).to(device)
@@ -60,7 +61,7 @@ def test_adapter_overhead(benchmark, op, device, n=128):
             for i, fn in enumerate(calls):
                 best[i] = min(best[i], _timed(fn))
         benchmark.group = f"compat-{op}-{n}-{device}"
-        benchmark.pedantic(calls[1], rounds=1, iterations=1)
+        benchmark(calls[1])
     benchmark.extra_info.update(size=n, n_views=n, device=device, threads=torch.get_num_threads(), op=op,
                                 native_s=best[0], adapter_s=best[1], overhead=best[1] / best[0] - 1)
     print(f"\n{op} {n}^3 on {device}: native {best[0] * 1e3:.1f} ms, adapter {best[1] * 1e3:.1f} ms, "

@@ -52,7 +52,7 @@ def _info(benchmark, **kw):
     benchmark.extra_info.update(device=DEVICE, threads=torch.get_num_threads(), **kw)
 
 
-@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.u3d_sizes(SIZES)
 @pytest.mark.parametrize("how", ["vmap", "batched", "loop"])
 def test_vmap_of_the_projection(benchmark, how, n):
     physics = _physics(n)
@@ -64,11 +64,11 @@ def test_vmap_of_the_projection(benchmark, how, n):
     }
     torch.testing.assert_close(fns[how](x).reshape(4, -1), fns["loop"](x).reshape(4, -1), rtol=0, atol=0)
     benchmark.group = f"vmap-project-{n}"
-    benchmark.pedantic(_sync(fns[how]), args=(x,), rounds=5, iterations=1, warmup_rounds=1)
+    benchmark(_sync(fns[how]), x)
     _info(benchmark, size=n, volumes=4, how=how)
 
 
-@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.u3d_sizes(SIZES)
 @pytest.mark.parametrize("how", ["torch.func.vjp", "torch.autograd"])
 def test_vjp_of_the_projection(benchmark, how, n):
     physics = _physics(n)
@@ -84,17 +84,17 @@ def test_vjp_of_the_projection(benchmark, how, n):
 
     fn = func_vjp if how == "torch.func.vjp" else autograd_vjp
     benchmark.group = f"vjp-project-{n}"
-    benchmark.pedantic(_sync(fn), args=(x,), rounds=5, iterations=1, warmup_rounds=1)
+    benchmark(_sync(fn), x)
     _info(benchmark, size=n, how=how)
 
 
-@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.u3d_sizes(SIZES)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 def test_low_precision_projection(benchmark, dtype, n):
     physics = _physics(n)
     x = _rand(1, 1, n, n, n, dtype=getattr(torch, dtype))
     benchmark.group = f"precision-project-{n}"
-    benchmark.pedantic(_sync(physics.A), args=(x,), rounds=5, iterations=1, warmup_rounds=1)
+    benchmark(_sync(physics.A), x)
     _info(benchmark, size=n, dtype=dtype)
 
 
@@ -107,17 +107,16 @@ def test_call_overhead_of_the_public_function(benchmark, how):
     else:
         fn = lambda: torch.ops.unrolled3d.masked_gather(vol, list(off), list(patch), list(pad), mask)  # noqa: E731
     benchmark.group = "call-overhead-gather"
-    benchmark.pedantic(_sync(fn), rounds=200, iterations=5, warmup_rounds=10)
+    benchmark(_sync(fn))
     _info(benchmark, how=how, backend=ops.get_backend())
 
 
-@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.u3d_sizes(SIZES)
 @pytest.mark.parametrize("step", ["default", "2^21"])
 def test_fdk_step_size(benchmark, step, n):
     physics = _physics(n)
     y = physics.A(_rand(1, 1, n, n, n))
     slab = None if step == "default" else 1 << 21
     benchmark.group = f"fdk-{n}"
-    benchmark.pedantic(_sync(lambda t: fdk(t, physics.geometry, slab_voxels=slab)), args=(y,), rounds=3,
-                       iterations=1, warmup_rounds=1)
+    benchmark(_sync(lambda t: fdk(t, physics.geometry, slab_voxels=slab)), y)
     _info(benchmark, size=n, n_views=n, step=step)

@@ -168,7 +168,7 @@ def test_bench_cuda(benchmark, cuda_problem, op, impl):
             graph.replay()
             torch.cuda.synchronize()
 
-        benchmark.pedantic(replay, rounds=20, iterations=1, warmup_rounds=2)
+        benchmark(replay)
     del graph
     per_op = benchmark.stats.stats.mean / REPS
     benchmark.extra_info.update(
@@ -182,9 +182,10 @@ def test_bench_cuda(benchmark, cuda_problem, op, impl):
     assert per_op > 0
 
 
-def test_bench_reference_twins_cpu_small(benchmark):
-    """CPU timing of the PyTorch reference twins (gather -> filter -> scatter) at 64^3."""
-    p = make_problem("cpu", vol=64, patch=32, pad=64)
+@pytest.mark.u3d_sizes([64], quick=[32])
+def test_bench_reference_twins_cpu_small(benchmark, n):
+    """CPU timing of the PyTorch reference twins (gather -> filter -> scatter): an n/2 patch of an n^3 volume."""
+    p = make_problem("cpu", vol=n, patch=n // 2, pad=n)
     calls = eager_calls(p)
     assert set(calls) == set(OPS) == set(triton_calls(p))
     names = ["masked_gather", "spectral_filter", "masked_scatter_add"]
@@ -193,9 +194,9 @@ def test_bench_reference_twins_cpu_small(benchmark):
         return [calls[n]() for n in names]
 
     with torch.no_grad():
-        outs = benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
+        outs = benchmark(run)
     nbytes = sum(p.bytes[n] for n in names)
     benchmark.extra_info.update(impl="torch_eager_cpu", ops=names, bytes_moved=nbytes,
                                 GB_per_s=nbytes / benchmark.stats.stats.mean / 1e9,
-                                problem="patch 32^3 at (16,16,16) in 64^3 float32, pad 64^3")
-    assert outs[0].shape == (1, 1, 64, 64, 64) and outs[2][0].shape == (1, 1, 64, 64, 64)
+                                problem=f"patch {n // 2}^3 in {n}^3 float32, pad {n}^3")
+    assert outs[0].shape == (1, 1, n, n, n) and outs[2][0].shape == (1, 1, n, n, n)

@@ -1,7 +1,7 @@
 """3D multi-coil MRI: time and peak memory of A, A^H, the exact A^H A and the exact patch normal
 operator -- ours (:class:`unrolled3d.mri.MultiCoilMRI3D`) vs ``deepinv.physics.MultiCoilMRI(three_d=True)``.
 
-Volume n^3 (n = 64; 128 with ``U3D_BENCH_MRI_128=1``), 8 and 16 birdcage coils, a Poisson-disc
+Volume n^3 (n = 64; more with ``--u3d-sizes 64,128``), 8 and 16 birdcage coils, a Poisson-disc
 mask with acceleration 8 (16x16 calibration), float32 / complex64, batch 1. The patch normal
 operator is ``S A^H A S^T`` on an (n/2)^3 patch at n/4 (``MultiCoilMRI3D.restrict``). ``chunk``
 is ``coil_chunk`` (coils per FFT batch; ``all`` = every coil at once). deepinv has no fused
@@ -53,7 +53,7 @@ from unrolled3d.normal import DiagCirculantWrapper
 # per-coil kernels up to 25x slower (contention), which measures the load, not the operators.
 torch.set_num_threads(int(os.environ.get("U3D_BENCH_THREADS", "1")))
 
-SIZES = [64] + ([128] if os.environ.get("U3D_BENCH_MRI_128") == "1" else [])
+SIZES = [64]  # more: --u3d-sizes 64,128
 COILS = [8, 16]
 CASES = [  # (impl, op, chunk)
     ("ours", "A", None), ("deepinv", "A", None),
@@ -132,14 +132,14 @@ def _child_run(n, n_coils, impl, op, chunk, t):
     return _apply(_physics(n, n_coils, impl, chunk), op, n, t)
 
 
-@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.u3d_sizes(SIZES, quick=[32])
 @pytest.mark.parametrize("n_coils", COILS)
 @pytest.mark.parametrize("impl, op, chunk", CASES, ids=[f"{i}-{o}-{c or 'all'}" for i, o, c in CASES])
 def test_cpu_mri_operator(benchmark, n, n_coils, impl, op, chunk):
     physics = _physics(n, n_coils, impl, chunk)
     inputs = _inputs(n, n_coils, op)
     benchmark.group = f"cpu-mri-{op.replace('_native', '')}-{n}-{n_coils}coils"
-    out = benchmark.pedantic(_apply, args=(physics, op, n, *inputs), rounds=3, iterations=1, warmup_rounds=1)
+    out = benchmark(_apply, physics, op, n, *inputs)
     info = dict(size=n, n_coils=n_coils, impl=impl, op=op, chunk=chunk or "all", device="cpu",
                 threads=torch.get_num_threads())
     if impl == "ours" and op in ("A", "AH", "AH_native", "AHA"):  # same numbers as deepinv's operator
@@ -248,7 +248,7 @@ def test_cpu_mri_patch_normal_H(benchmark, n, n_coils, p, op, chunk):
     operator = _physics(n, n_coils, "ours", chunk) if op == "A" else _h_patch_op(n, n_coils, p, op, chunk, h_path)
     (t,) = _h_inputs(n, p, op)
     benchmark.group = f"cpu-mri-H-{n}-{n_coils}coils-patch{p}"
-    benchmark.pedantic(_h_apply, args=(operator, op, t), rounds=3, iterations=1, warmup_rounds=1)
+    benchmark(_h_apply, operator, op, t)
     info = dict(size=n, n_coils=n_coils, patch=p, patch_offset=_h_offset(n, p), op=op, chunk=chunk or "all",
                 device="cpu", threads=torch.get_num_threads(), acceleration=8, **fit_info)
     _H_TIMES[(n, n_coils, p, op, chunk)] = benchmark.stats.stats.min

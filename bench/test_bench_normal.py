@@ -62,14 +62,14 @@ def _cpu_h_run(n, x):
     return _approx(patch_h, x)
 
 
-@pytest.mark.parametrize("n", [64, 128])
+@pytest.mark.u3d_sizes([64, 128], quick=[32])
 @pytest.mark.parametrize("impl", ["exact", "H"])
 def test_cpu_patch_normal(benchmark, impl, n):
     scaling, patch_h, patch_exact = _setup(n, "cpu")
     (x,) = _patch_input(n)
     fn = functools.partial(_exact, patch_exact, scaling) if impl == "exact" else functools.partial(_approx, patch_h)
     benchmark.group = f"cpu-patch-normal-{n}"
-    benchmark.pedantic(fn, args=(x,), rounds=3, iterations=1, warmup_rounds=1)
+    benchmark(fn, x)
     err = float((_approx(patch_h, x) - _exact(patch_exact, scaling, x)).norm() / _exact(patch_exact, scaling, x).norm())
     benchmark.extra_info.update(size=n, patch=n // 2, n_views=n, impl=impl, device="cpu", rel_error_H=err)
     run = _cpu_exact_run if impl == "exact" else _cpu_h_run
@@ -84,7 +84,7 @@ def _setup_then_input(n):
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-@pytest.mark.parametrize("n", [128, 256])
+@pytest.mark.u3d_sizes([128, 256], quick=[64])
 @pytest.mark.parametrize("impl", ["exact", "H"])
 def test_cuda_patch_normal(benchmark, impl, n):
     scaling, patch_h, patch_exact = _setup(n, "cuda")
@@ -97,7 +97,7 @@ def test_cuda_patch_normal(benchmark, impl, n):
         return out
 
     benchmark.group = f"cuda-patch-normal-{n}"
-    benchmark.pedantic(run, args=(x,), rounds=5, iterations=1, warmup_rounds=1)
+    benchmark(run, x)
     err = float((_approx(patch_h, x) - _exact(patch_exact, scaling, x)).norm() / _exact(patch_exact, scaling, x).norm())
     benchmark.extra_info.update(size=n, patch=n // 2, n_views=n, impl=impl, device=torch.cuda.get_device_name(),
                                 rel_error_H=err)

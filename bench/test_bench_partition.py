@@ -69,20 +69,20 @@ def _case(benchmark, kind: str, mode: str, n: int):
     fn = train_step if kind == "train" else inference
     net, physics, x, y = _setup(n, mode)
     benchmark.group = f"{kind}-{mode}"
-    benchmark.pedantic(fn, args=(n, mode, net, physics, x, y), rounds=1, iterations=1, warmup_rounds=1)
+    benchmark(fn, n, mode, net, physics, x, y)
     mem = cpu_peak(functools.partial(_inputs, n, mode), functools.partial(_measured, fn, n, mode), warmup=True)
     benchmark.extra_info.update(size=n, patch=PATCH, mode=mode, kind=kind, views=30, K=5,
                                 peak_extra_mib=mem["extra_bytes"] / 2**20, threads=torch.get_num_threads(),
                                 memory="second call in a fresh process (steady state, one-time set-up excluded)")
 
 
-@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.u3d_sizes(SIZES, quick=[32])
 @pytest.mark.parametrize("mode", ["full", "partitioned_exact", "partitioned_H"])
 def test_cpu_train_step(benchmark, mode, n):
     _case(benchmark, "train", mode, n)
 
 
-@pytest.mark.parametrize("n", SIZES[:3])
+@pytest.mark.u3d_sizes(SIZES[:3])
 @pytest.mark.parametrize("mode", ["full", "partitioned_exact", "partitioned_H"])
 def test_cpu_inference(benchmark, mode, n):
     _case(benchmark, "inference", mode, n)
@@ -117,6 +117,7 @@ def test_cuda_partition(benchmark, mode, n, kind):
             return out
 
         timed_once = True  # the fixture times once per test, whatever happens inside
+        # pedantic: at 512^3 one more round costs minutes and may run out of memory after the figure
         benchmark.pedantic(timed, rounds=2 if kind == "train" else 1, iterations=1, warmup_rounds=0)
     except torch.cuda.OutOfMemoryError:
         info["oom"] = True

@@ -98,16 +98,15 @@ def _peer_call(proc, direction):
 
 
 # ----------------------------------------------------------------------------- CPU
-@pytest.mark.parametrize("n", [64, 128])
+@pytest.mark.u3d_sizes([64, 128], quick=[32])
 @pytest.mark.parametrize("impl", ["cpp", "torch_twin"])
 @pytest.mark.parametrize("direction", ["forward", "back"])
 def test_cpu_projector(benchmark, direction, impl, n):
     """The default CPU pair vs the PyTorch twin, at the default thread count."""
     x, g = _inputs(direction, n)
     op = OPS[(direction, impl)]
-    rounds = 3 if impl == "cpp" else 1
     benchmark.group = f"cpu-{direction}-{n}"
-    benchmark.pedantic(op, args=(x, g), rounds=rounds, iterations=1, warmup_rounds=1 if impl == "cpp" else 0)
+    benchmark(op, x, g)
     benchmark.extra_info.update(size=n, n_views=n, device="cpu", impl=impl, direction=direction,
                                 threads=torch.get_num_threads())
     benchmark.extra_info["gups"] = n**3 * n / benchmark.stats.stats.min / 1e9
@@ -125,7 +124,7 @@ ALGO_IMPLS = ["cpp", "cpp_scatter", "cpp_gather", "mbirjax"]
 @pytest.mark.parametrize("direction", ["forward", "back"])
 @pytest.mark.parametrize("impl", ALGO_IMPLS)
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("n", [64, 128])
+@pytest.mark.u3d_sizes([64, 128], quick=[32])
 def test_cpu_algorithms(benchmark, direction, impl, threads, n):
     if impl != "mbirjax" and (direction, impl) not in OPS:
         pytest.skip(f"{impl} is a backprojection algorithm")
@@ -136,16 +135,15 @@ def test_cpu_algorithms(benchmark, direction, impl, threads, n):
     if impl == "mbirjax":
         proc, info = _peer(n, threads)
         # its own warm-up (JAX compilation) was done at start-up
-        benchmark.pedantic(_peer_call, args=(proc, direction), rounds=3 if n <= 64 else 2, iterations=1)
+        benchmark(_peer_call, proc, direction)
         benchmark.extra_info.update({k: info[k] for k in ("mbirjax", "jax", "jax_devices", "ror_mask")})
     else:
         x, g = _inputs(direction, n)
         op = OPS[(direction, impl)]
-        slow = impl == "cpp_gather" and n > 64
         old = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            benchmark.pedantic(op, args=(x, g), rounds=2 if slow else 3, iterations=1, warmup_rounds=0 if slow else 1)
+            benchmark(op, x, g)
         finally:
             torch.set_num_threads(old)
         if direction == "back":
@@ -194,7 +192,7 @@ def _astra_ops(g: ConeBeamGeometry):
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-@pytest.mark.parametrize("n", [256, 512])
+@pytest.mark.u3d_sizes([256, 512], quick=[64])
 @pytest.mark.parametrize("impl", ["cuda", "cuda_gather", "astra"])
 @pytest.mark.parametrize("direction", ["forward", "back"])
 def test_cuda_projector(benchmark, direction, impl, n):
@@ -211,7 +209,7 @@ def test_cuda_projector(benchmark, direction, impl, n):
         fwd, bwd = _astra_ops(g)
         op = fwd if direction == "forward" else bwd
     benchmark.group = f"cuda-{direction}-{n}"
-    benchmark.pedantic(_sync(op), args=(x, g), rounds=5, iterations=1, warmup_rounds=1)
+    benchmark(_sync(op), x, g)
     benchmark.extra_info.update(size=n, n_views=n, device=torch.cuda.get_device_name(), impl=impl,
                                 direction=direction)
     if direction == "back" and impl != "astra":

@@ -165,7 +165,7 @@ def test_bad_extension_mode_is_a_value_error(fresh_loader, monkeypatch):
 
 def test_no_compiler_is_said_plainly(monkeypatch):
     monkeypatch.setattr(_build, "_compiler", lambda: None)
-    with pytest.raises(_build.ExtensionBuildError, match="no C. compiler found"):
+    with pytest.raises(_build.ExtensionBuildError, match=r"no C\+\+ compiler found"):
         _build.jit_build()
 
 

@@ -202,3 +202,22 @@ def test_bench_runs_a_suite_and_writes_the_report(tmp_path, capsys):
     assert [b["name"] for b in data["benchmarks"]] == ["test_cpu_projector[forward-cpp-64]"]
     report = (tmp_path / "report.md").read_text()
     assert "### Projector, CPU" in report and "| forward | 64 | cpp |" in report
+
+
+def test_bench_sizes_and_quick_come_from_the_command_line(tmp_path, capsys):
+    assert main(["bench", "--suite", "projector", "fused", "--select", "cpu_projector and forward or twins_cpu",
+                 "--sizes", "24", "--quick", "--results", str(tmp_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    names = {b["name"] for f in out["results"] for b in json.loads(Path(f).read_text())["benchmarks"]}
+    assert names == {"test_cpu_projector[forward-cpp-24]", "test_cpu_projector[forward-torch_twin-24]",
+                     "test_bench_reference_twins_cpu_small[24]"}
+    # --quick: pytest-benchmark's own rounds, cut to one round and 0.1 s unless asked for more
+    options = [b["options"] for f in out["results"] for b in json.loads(Path(f).read_text())["benchmarks"]]
+    assert all(o["min_rounds"] == 1 and o["max_time"] == 0.1 for o in options), options
+
+
+def test_bench_reports_a_suite_without_selected_cases(tmp_path, capsys):
+    assert main(["bench", "--suite", "compat", "--select", "no_such_case", "--results", str(tmp_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["results"] == [] and out["skipped"] == ["compat"]
+    assert not (tmp_path / "compat_cpu.json").exists()

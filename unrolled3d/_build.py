@@ -84,7 +84,7 @@ def cache_dir() -> Path:
 def _torch_tag() -> tuple[str, str]:
     import torch
 
-    return torch.__version__, (f"cu{torch.version.cuda}" if torch.version.cuda else "cpu")
+    return str(torch.__version__), (f"cu{torch.version.cuda}" if torch.version.cuda else "cpu")
 
 
 def _cuda_plan() -> tuple[int, Optional[str]]:
@@ -126,7 +126,7 @@ def _prebuilt() -> tuple[Optional[ModuleType], str]:
     record = _PACKAGE / "_C_build.json"
     if record.is_file():
         built_for = json.loads(record.read_text()).get("torch")
-        if built_for != torch.__version__:
+        if built_for != str(torch.__version__):
             return None, f"the prebuilt extension was built for torch {built_for}, this is torch {torch.__version__}"
     try:
         return importlib.import_module("unrolled3d._C"), ""
@@ -245,7 +245,7 @@ def load_extension(builder: Optional[Callable[[], tuple[ModuleType, Path]]] = No
     _module = module
     built = module.build_info() if module is not None else {}
     record = _PACKAGE / "_C_build.json"
-    built_for = torch.__version__ if source == "jit" else None
+    built_for = str(torch.__version__) if source == "jit" else None
     if source == "prebuilt" and record.is_file():
         built_for = json.loads(record.read_text()).get("torch")
     _status.update(source=source, reasons=reasons, built_for_torch=built_for,
@@ -277,7 +277,7 @@ def backends() -> dict[str, Any]:
     status = extension_status()
     info: dict[str, Any] = {
         "cpp_cpu": status["source"] != "twins", "extension": status["source"],
-        "extension_torch": status["built_for_torch"], "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+        "extension_torch": status["built_for_torch"], "torch": str(torch.__version__), "torch_cuda": torch.version.cuda,
         "openmp": status["openmp"], "cuda_built": status["cuda_built"], "cuda_status": status["cuda_status"],
     }
     if status["source"] == "twins":

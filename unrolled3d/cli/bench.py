@@ -1,4 +1,9 @@
-"""``unrolled3d bench``: run the pytest-benchmark suites of a source checkout and render the report."""
+"""``unrolled3d bench``: run the pytest-benchmark suites and render the report.
+
+The suites ship with the package (``unrolled3d/bench``, from the repository's ``bench/``), so the
+command runs from an installed package; in a source checkout it runs ``bench/`` itself. They need
+the ``bench`` extra (``pip install "unrolled3d[bench]"``: pytest-benchmark, pygal).
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +14,7 @@ from .output import emit
 __all__ = ["BENCH_SUITES", "bench_cmd"]
 
 
-#: ``unrolled3d bench`` suites: name -> file in the source checkout's bench/ folder
+#: ``unrolled3d bench`` suites: name -> file in the bench folder
 BENCH_SUITES = {
     "projector": "test_bench_projector.py", "fused": "test_bench_fused.py", "normal": "test_bench_normal.py",
     "partition": "test_bench_partition.py", "mri": "test_bench_mri.py", "compat": "test_bench_compat.py",
@@ -25,45 +30,82 @@ def _device_tag() -> str:
     return "cuda_" + next((w for w in name.replace("-", " ").split() if any(c.isdigit() for c in w)), "gpu")
 
 
-def bench_cmd(args: argparse.Namespace) -> int:
-    """Run pytest-benchmark suites from bench/ and render bench/results/report.md."""
-    import importlib.util
+def bench_dir() -> Path:
+    """The suites: the source checkout's ``bench/`` (editable install) or the installed copy."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package.parent / "bench", package / "bench"):
+        if (candidate / "report.py").is_file() and (candidate / "conftest.py").is_file():
+            return candidate
+    raise FileNotFoundError(f"no benchmark suites in {package.parent / 'bench'} or {package / 'bench'}: reinstall "
+                            "the package, or pass --bench-dir")
+
+
+def _run_suite(args: argparse.Namespace, root: Path, suite: str, target: Path) -> bool:
+    """Run one suite into ``target`` (written atomically); ``False`` when it selected no case."""
+    quiet = args.quiet or args.json
+    try:
+        _pytest_into(args, root, suite, target, quiet)
+    except _NoCases:
+        return False
+    return True
+
+
+class _NoCases(Exception):
+    """pytest selected no case: raised inside atomic_path, so the previous results stay."""
+
+
+def _pytest_into(args: argparse.Namespace, root: Path, suite: str, target: Path, quiet: bool) -> None:
     import subprocess
     import sys
 
-
     from ..io import atomic_path
 
-    root = Path(args.bench_dir) if args.bench_dir else Path(__file__).resolve().parents[2] / "bench"
+    with atomic_path(target) as tmp:
+        cmd = [sys.executable, "-m", "pytest", str(root / BENCH_SUITES[suite]), f"--benchmark-json={tmp}",
+               "-p", "no:cacheprovider", "-qq" if quiet else "-q", "--rootdir", str(root)]
+        if args.select:
+            cmd += ["-k", args.select]
+        if getattr(args, "quick", False):
+            cmd += ["--u3d-quick"]
+        if getattr(args, "sizes", None):
+            cmd += ["--u3d-sizes", args.sizes]
+        proc = subprocess.run(cmd, cwd=root, stdout=subprocess.PIPE if quiet else None,
+                              stderr=subprocess.STDOUT if quiet else None, text=True)
+        if proc.returncode == 5:  # pytest: no case selected (say, --quick on a GPU-only suite)
+            raise _NoCases(suite)
+        if proc.returncode != 0:
+            tail = (proc.stdout or "")[-2000:] if quiet else ""
+            raise RuntimeError(f"benchmark suite {suite!r} failed (pytest exit {proc.returncode}) {tail}".strip())
+
+
+def bench_cmd(args: argparse.Namespace) -> int:
+    """Run pytest-benchmark suites and render report.md beside their JSON results."""
+    import importlib.util
+
+    root = Path(args.bench_dir) if args.bench_dir else bench_dir()
     if not (root / "report.py").exists():
-        raise FileNotFoundError(f"no benchmark suite in {root}: the suites live in the source checkout's bench/ "
-                                "folder (pass --bench-dir)")
-    results = Path(args.results) if args.results else root / "results"
+        raise FileNotFoundError(f"no benchmark suite in {root} (--bench-dir names the bench/ folder of a checkout)")
+    if importlib.util.find_spec("pytest_benchmark") is None:
+        raise ValueError('the benchmarks need pytest-benchmark: pip install "unrolled3d[bench]"')
+    in_checkout = root.parent.name != "unrolled3d"  # the installed copy sits inside the package
+    results = Path(args.results) if args.results else (root / "results" if in_checkout else Path("bench-results"))
     suites = list(BENCH_SUITES) if args.suite == ["all"] else args.suite
     unknown = [s for s in suites if s not in BENCH_SUITES]
     if unknown:
         raise ValueError(f"unknown suite(s) {unknown}; choose from {', '.join(BENCH_SUITES)} or all")
     tag = _device_tag()
-    written = []
+    written, skipped = [], []
     for suite in suites:
         target = results / f"{suite}_{tag}.json"
-        with atomic_path(target) as tmp:
-            cmd = [sys.executable, "-m", "pytest", str(root / BENCH_SUITES[suite]), f"--benchmark-json={tmp}",
-                   "-p", "no:cacheprovider", "-q" if not (args.quiet or args.json) else "-qq"]
-            if args.select:
-                cmd += ["-k", args.select]
-            quiet = args.quiet or args.json
-            proc = subprocess.run(cmd, cwd=root.parent,
-                                  stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT if quiet else None,
-                                  text=True)
-            if proc.returncode != 0:
-                tail = (proc.stdout or "")[-2000:] if quiet else ""
-                raise RuntimeError(f"benchmark suite {suite!r} failed (pytest exit {proc.returncode}) {tail}".strip())
-        written.append(str(target))
+        if _run_suite(args, root, suite, target):
+            written.append(str(target))
+        else:
+            skipped.append(suite)
     spec = importlib.util.spec_from_file_location("unrolled3d_bench_report", root / "report.py")
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
     report.main(results)
-    emit(args, {"results": written, "report": str(results / "report.md")},
-          "\n".join(f"wrote {w}" for w in written) + f"\nwrote {results / 'report.md'}")
+    emit(args, {"results": written, "skipped": skipped, "report": str(results / "report.md")},
+         "\n".join([f"wrote {w}" for w in written] + [f"no case selected in suite {s!r}" for s in skipped]
+                   + [f"wrote {results / 'report.md'}"]))
     return 0

@@ -122,8 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", nargs="+", default=["all"],
                    help=f"suites to run: {', '.join(BENCH_SUITES)} or all (default all; takes long)")
     p.add_argument("--select", "-k", metavar="EXPR", help="pytest -k expression to run only some cases")
-    p.add_argument("--results", help="folder for <suite>_<device>.json and report.md (default bench/results)")
-    p.add_argument("--bench-dir", help="the bench/ folder of a source checkout (default: beside the package)")
+    p.add_argument("--quick", action="store_true",
+                   help="the quick selection: small sizes, one round each (a few minutes on 2 cores)")
+    p.add_argument("--sizes", metavar="N,N", help="volume sizes of the cases, comma-separated (e.g. 64,128)")
+    p.add_argument("--results", help="folder for <suite>_<device>.json and report.md (default: bench/results in a "
+                                     "source checkout, ./bench-results otherwise)")
+    p.add_argument("--bench-dir", help="a bench/ folder to run (default: the suites installed with the package, "
+                                       "or the source checkout's)")
     common(p)
     p.set_defaults(command_name="bench_cmd")
 

@@ -57,6 +57,7 @@ def pytest_configure(config: pytest.Config) -> None:
             config.option.benchmark_warmup = False
 
 
+@pytest.hookimpl(trylast=True)  # after the @parametrize marks: ``n`` ends the case's id, as before
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     marker = metafunc.definition.get_closest_marker("u3d_sizes")
     if marker is None:

@@ -132,7 +132,7 @@ def _child_run(n, n_coils, impl, op, chunk, t):
     return _apply(_physics(n, n_coils, impl, chunk), op, n, t)
 
 
-@pytest.mark.u3d_sizes(SIZES, quick=[32])
+@pytest.mark.u3d_sizes(SIZES)  # not in the quick selection: 22 cases per size
 @pytest.mark.parametrize("n_coils", COILS)
 @pytest.mark.parametrize("impl, op, chunk", CASES, ids=[f"{i}-{o}-{c or 'all'}" for i, o, c in CASES])
 def test_cpu_mri_operator(benchmark, n, n_coils, impl, op, chunk):

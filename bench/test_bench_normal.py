@@ -30,7 +30,7 @@ def _setup(n: int, device: str):
     x0 = torch.randn(1, 1, n, n, n, device=device)
     scaling = float(physics.compute_sqnorm(x0, max_iter=30, tol=1e-3, verbose=False))
     wrapper = DiagCirculantWrapper(physics, (n, n, n), scaling=scaling, device=device)
-    wrapper.fit(n_iter=FIT_STEPS[n], lr=1e-2, progress=False)
+    wrapper.fit(n_iter=FIT_STEPS.get(n, 100), lr=1e-2, progress=False)  # other sizes: --u3d-sizes
     p = n // 2
     offset = (n // 4, n // 4, n // 4)
     patch_h = wrapper.restrict(offset, (p, p, p))

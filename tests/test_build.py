@@ -209,3 +209,23 @@ def test_the_sdist_manifest_names_every_source_the_build_needs():
     for needed in ("csrc", "*.h", "*.cu", "kernels", "weights", "py.typed", "bench"):
         assert needed in manifest, needed
     assert (ROOT / "unrolled3d" / "py.typed").is_file()
+
+
+def test_info_says_which_backend_each_op_runs(monkeypatch, capsys):
+    from unrolled3d.cli import main
+    from unrolled3d.ops.dispatch import backend_table, use_backend
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with use_backend("auto"):  # the tests may run with another default
+        table = backend_table()
+    assert set(table) == {"cone_project", "cone_backproject", "cone_backproject_algo", "masked_gather",
+                          "spectral_filter", "masked_scatter_add"}
+    assert table["cone_project"]["cpu"].startswith("C++/OpenMP")
+    # fused ops on CPU tensors: the PyTorch twins, said plainly (Triton only on CUDA or under the interpreter)
+    assert table["masked_gather"]["cpu"].startswith("PyTorch twin") and "TRITON_INTERPRET" in table["masked_gather"]["cpu"]
+    assert table["masked_gather"]["cuda"] == "Triton"
+    with use_backend("reference"):
+        assert backend_table()["spectral_filter"]["cuda"].startswith("PyTorch twin")
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"running torch {torch.__version__}" in out and "cone_backproject_algo" in out

@@ -159,8 +159,9 @@ def jit_build(verbose: bool = False) -> tuple[ModuleType, Path]:
     cflags = ["-O3", "-fopenmp", f"-DU3D_CUDA_REASON={code}"]
     cuda_flags = []
     if code == CUDA_BUILT:
-        os.environ.setdefault("CUDA_HOME", cuda_home or "")
-        cpp_extension.CUDA_HOME = cuda_home  # read at import of cpp_extension; the guess may differ
+        assert cuda_home is not None  # _cuda_plan found nvcc there
+        os.environ.setdefault("CUDA_HOME", cuda_home)
+        cpp_extension.CUDA_HOME = cuda_home  # cpp_extension guessed it at import, from the nvcc on PATH
         files.append(str(sources / "cone_beam_cuda.cu"))
         cflags.append("-DWITH_CUDA")
         cuda_flags = ["-O3", "-DWITH_CUDA"]
@@ -168,7 +169,7 @@ def jit_build(verbose: bool = False) -> tuple[ModuleType, Path]:
 
         if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
-    if not any((folder / f).exists() for f in ("_C.so",)):
+    if not (folder / "_C.so").exists():  # a cached build is only checked and loaded: no message
         print(f"unrolled3d: building the projector extension for torch {_torch_tag()[0]} "
               f"({'with' if code == CUDA_BUILT else 'without'} CUDA) in {folder}, once (1-5 min)...",
               file=sys.stderr, flush=True)

@@ -7,7 +7,7 @@ Options (``pytest bench ...`` or ``unrolled3d bench ...``):
     its defaults); cases whose sizes are tied to other parameters keep only the listed sizes.
 ``--u3d-quick``
     The quick selection: only the cases that declare ``quick=`` sizes, at those sizes, timed with
-    ``--benchmark-min-rounds 1 --benchmark-max-time 0.1`` unless given. About 3 minutes on 2 cores.
+    ``--benchmark-min-rounds 1 --benchmark-max-time 0.1`` unless given (about 3 CPU-minutes).
 
 Timing uses pytest-benchmark's own rounds (``--benchmark-min-rounds``, ``--benchmark-max-time``);
 ``benchmark.pedantic`` is kept only where extra rounds would distort the figure (the GPU partition

@@ -738,3 +738,87 @@ def test_formats_are_checked_against_endings(files, tmp_path):
         code, _, err = cli(*argv)
         assert code == 2 and not Path(argv[-1]).exists()
         one_error_line(err, ".pt")
+
+
+# =================================================================================== found by bench/robustness_tally.py
+def test_a_bad_device_is_a_value_error_naming_device():
+    """Was torch's RuntimeError listing every device type ("Expected one of cpu, cuda, ipu, ...")."""
+    g = standard_cone_beam(8, 4)
+    with pytest.raises(ValueError, match="device.*tpu"):
+        ConeBeamCT(g, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device.*cuda.*no CUDA"):
+            ConeBeamCT(g, device="cuda")
+    with pytest.raises(TypeError, match="device"):
+        ConeBeamCT(g, device=3.5)
+
+
+def test_fdk_flags_are_booleans():
+    """``padding="yes"`` was taken as true, ``padding="no"`` too."""
+    from unrolled3d.physics import fdk
+
+    g = standard_cone_beam(8, 4)
+    for key in ("padding", "progress"):
+        with pytest.raises(TypeError, match=key):
+            fdk(torch.rand(1, 1, *g.sino_shape), g, **{key: "no"})
+
+
+def test_save_measurements_refuses_what_load_measurements_would_refuse(tmp_path):
+    """A file the reader refuses was written without a word (measurements of another scan's shape)."""
+    from unrolled3d.io import save_measurements
+
+    g = standard_cone_beam(8, 4)
+    with pytest.raises(ValueError, match=r"y.*\(1, 1, 4, 5, 5\).*geometry"):
+        save_measurements(tmp_path / "m.pt", torch.rand(1, 1, 4, 5, 5), g)
+    with pytest.raises(ValueError, match="empty"):
+        save_measurements(tmp_path / "m.pt", torch.rand(0, 1, *g.sino_shape), g)
+    with pytest.raises(ValueError, match="x_true"):
+        save_measurements(tmp_path / "m.pt", torch.rand(1, 1, *g.sino_shape), g, x_true=torch.rand(1, 1, 3, 3, 3))
+    with pytest.raises(ValueError, match="x_true.*NaN"):
+        save_measurements(tmp_path / "m.pt", torch.rand(1, 1, *g.sino_shape), g,
+                          x_true=torch.full((1, 1, 8, 8, 8), float("nan")))
+    with pytest.raises(TypeError, match="geometry"):
+        save_measurements(tmp_path / "m.pt", torch.rand(1, 1, *g.sino_shape), g.to_dict())
+    with pytest.raises(ValueError, match=r"m\.npy.*\.pt"):
+        save_measurements(tmp_path / "m.npy", torch.rand(1, 1, *g.sino_shape), g)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_refuses_a_physics_that_is_not_one(tmp_path, tdata):
+    """Was ``AttributeError: 'str' object has no attribute 'A'`` from inside the first step."""
+    with pytest.raises(TypeError, match="physics"):
+        train(trec(), "ct", tdata, tcfg(tmp_path, steps=1))
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_negative_seed_is_refused_on_the_command_line(tmp_path):
+    """``simulate --seed -1`` was accepted (the configuration's seeds are checked >= 0)."""
+    code, _, err = cli("simulate", "--size", 8, "--views", 4, "--seed", -1, "--out", tmp_path / "m.pt")
+    assert code == 2 and not (tmp_path / "m.pt").exists()
+    one_error_line(err, "--seed", "non-negative")
+    code, _, err = cli("demo", "--quick", "--seed", -1, "--out", tmp_path / "d.png")
+    assert code == 2 and not (tmp_path / "d.png").exists()
+    one_error_line(err, "--seed")
+
+
+def test_cli_resume_with_more_steps_continues_the_run(tmp_path):
+    """``[train] steps`` says how long a run goes, not which run it is (as for TrainConfig): raising it
+    and ``--resume`` continues; it was refused as "another run ... differs in extra.train.steps"."""
+    (tmp_path / "c.toml").write_text(TINY_TOML.format(steps=1, lr=1e-3))
+    assert cli("train", tmp_path / "c.toml", "--out-dir", tmp_path / "run", "--quiet")[0] == 0
+    (tmp_path / "c.toml").write_text(TINY_TOML.format(steps=2, lr=1e-3))
+    code, out, err = cli("train", tmp_path / "c.toml", "--out-dir", tmp_path / "run", "--resume", "--json")
+    assert code == 0, err
+    assert json.loads(out)["steps"] == 2 and json.loads(out)["resumed_from"].endswith("checkpoint_00000001.pt")
+    (tmp_path / "c.toml").write_text(TINY_TOML.format(steps=3, lr=2e-3))  # a setting of the run itself: refused
+    code, _, err = cli("train", tmp_path / "c.toml", "--out-dir", tmp_path / "run", "--resume")
+    assert code == 2
+    one_error_line(err, "another run", "lr")
+
+
+def test_a_toml_size_no_machine_holds_names_the_file_and_key(tmp_path):
+    """``size = 1000000000`` failed naming ``vol_shape`` (the projector's words), not the file's key."""
+    (tmp_path / "c.toml").write_text(tiny_toml(geometry={"size": "1000000000"}))
+    code, _, err = cli("train", tmp_path / "c.toml", "--out-dir", tmp_path / "run")
+    assert code == 2 and not (tmp_path / "run").exists()
+    one_error_line(err, "c.toml", "[geometry] size", "memory")

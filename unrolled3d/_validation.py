@@ -15,8 +15,8 @@ from typing import Any, Sequence
 import torch
 
 __all__ = [
-    "integer", "real", "boolean", "choice", "int_tuple", "int_triple", "real_tuple", "check_patch", "check_tensor",
-    "check_like", "check_finite", "check_nonempty", "check_allocation", "memory_of", "REAL_DTYPES",
+    "integer", "real", "boolean", "check_device", "choice", "int_tuple", "int_triple", "real_tuple", "check_patch",
+    "check_tensor", "check_like", "check_finite", "check_nonempty", "check_allocation", "memory_of", "REAL_DTYPES",
     "LOW_PRECISION_DTYPES", "FLOAT_DTYPES",
 ]
 
@@ -67,6 +67,27 @@ def boolean(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return value
+
+
+def check_device(name: str, value: Any) -> torch.device:
+    """A ``torch.device``, or a string naming one that this machine has (``"cpu"``, ``"cuda:0"``).
+
+    Torch's own answer to ``"tpu"`` is a ``RuntimeError`` listing two dozen device types, and a
+    CUDA device on a machine without one fails only at the first allocation; both become a
+    ``ValueError`` naming the argument here.
+    """
+    if isinstance(value, str):
+        try:
+            dev = torch.device(value)
+        except RuntimeError:
+            raise ValueError(f"{name} must name a device such as 'cpu', 'cuda' or 'cuda:0', got {value!r}") from None
+    elif isinstance(value, torch.device):
+        dev = value
+    else:
+        raise TypeError(f"{name} must be a torch.device or a string such as 'cpu' or 'cuda:0', got {value!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name} is {value!r} but no CUDA device is available (use 'cpu')")
+    return dev
 
 
 def choice(name: str, value: Any, options: Sequence[str]) -> str:

@@ -439,6 +439,8 @@ def train(rec: torch.nn.Module, physics, dataset, config: TrainConfig | None = N
         raise TypeError(f"config must be a TrainConfig, got {type(cfg).__name__}")
     if not isinstance(rec, PatchTrainable):
         raise TypeError(f"rec must provide training_loss (a PartitionedReconstructor), got {type(rec).__name__}")
+    if not callable(getattr(physics, "A", None)):  # checked before any folder is touched, not at the first step
+        raise TypeError(f"physics must be a deepinv physics (with an operator A), got {type(physics).__name__}")
     resume, overwrite = boolean("resume", resume), boolean("overwrite", overwrite)
     if len(dataset) < 1:
         raise ValueError("the dataset is empty")

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .._validation import boolean, choice, integer, real
+from .._validation import boolean, check_allocation, choice, integer, real
 from ..errors import FileFormatError
 from .bench import bench_cmd
 from .output import emit
@@ -63,6 +63,7 @@ def demo(args: argparse.Namespace) -> int:
     from .demo import DEFAULT_WEIGHTS, as_dict, check_png_name, result_table, run_demo
 
     out = check_png_name(args.out)
+    integer("--seed", args.seed, 0)
     check_not_input([out], [args.weights or DEFAULT_WEIGHTS])
     resolve_output(out, args.force)
     size, n_volumes = (24, 1) if args.quick else (args.size, args.volumes)
@@ -108,6 +109,7 @@ def simulate(args: argparse.Namespace) -> int:
     from ..physics import scan_for_volume, standard_cone_beam
 
     noise = real("--noise", args.noise, nonnegative=True)  # NaN and inf refused here
+    integer("--seed", args.seed, 0)  # as [phantoms] seed and [train] seed: torch takes -1, numpy's generators not
     views = integer("--views", args.views, 1)
     out = check_pt_name(args.out, "measurements")
     check_not_input([out], [args.volume])
@@ -350,6 +352,11 @@ def load_train_config(path: str | Path) -> dict[str, dict[str, Any]]:
                 cfg[section][key] = _check_value(f"[{section}] {key}", value, kind, rule)
             except (TypeError, ValueError) as exc:
                 raise FileFormatError(path, str(exc)) from None
+    size = cfg["geometry"]["size"]
+    try:  # a volume no machine holds fails here, naming the key, not deep in the projector
+        check_allocation("[geometry] size", (size, size, size))
+    except ValueError as exc:
+        raise FileFormatError(path, str(exc)) from None
     if cfg["partition"]["patch"] > cfg["geometry"]["size"]:
         raise FileFormatError(path, f"[partition] patch {cfg['partition']['patch']} is larger than the volume "
                                     f"([geometry] size {cfg['geometry']['size']})")
@@ -361,7 +368,7 @@ def train_cmd(args: argparse.Namespace) -> int:
     from ..io import resolve_output, save_model
     from ..models import build_model
     from ..physics import ConeBeamCT, standard_cone_beam
-    from ..train import ARCHIVE_FOLDER, TrainConfig, checkpoints, train
+    from ..train import _NOT_IDENTITY, ARCHIVE_FOLDER, TrainConfig, checkpoints, train
 
     cfg = load_train_config(args.config)
     toml_dir = cfg["train"].pop("out_dir", None)
@@ -406,7 +413,10 @@ def train_cmd(args: argparse.Namespace) -> int:
     tcfg = TrainConfig(**cfg["train"], out_dir=str(ckpt_dir), progress=_show_progress(args))
     resume_cmd = f"unrolled3d train {args.config} --out-dir {out_dir} --resume"
     args.interrupt_hint = f"the checkpoints written so far are in {ckpt_dir}: continue with `{resume_cmd}`"
-    log = train(rec, physics, dataset, tcfg, resume=args.resume, run_info=cfg)
+    # The run's identity is the configuration less what only says how long it goes and how it reports,
+    # as for TrainConfig: `--resume` with a larger [train] steps continues the run (it was refused).
+    run_info = {**cfg, "train": {k: v for k, v in cfg["train"].items() if k not in _NOT_IDENTITY}}
+    log = train(rec, physics, dataset, tcfg, resume=args.resume, run_info=run_info)
     if log["removed_temporaries"]:
         _note(args, f"removed {len(log['removed_temporaries'])} temporary file(s) of an interrupted save")
     if log["resumed_checkpoint"]:

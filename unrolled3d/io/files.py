@@ -98,11 +98,38 @@ def save_measurements(path, y: torch.Tensor, geometry: ConeBeamGeometry, x_true:
 
     Non-finite measurements are refused (``ValueError``): a file is an input of later commands,
     and a NaN in it would only show up as a NaN reconstruction. ``force`` replaces a read-only file.
+
+    Raises
+    ------
+    TypeError
+        ``y`` or ``x_true`` not a floating-point tensor, ``geometry`` not a ``ConeBeamGeometry``.
+    ValueError
+        A name not ending in ``.pt``; ``y`` not ``[B, C, *geometry.sino_shape]``, empty, or not
+        finite; ``x_true`` not of the geometry's volume shape, or not finite. Nothing is written.
     """
+    # Everything load_measurements would refuse is refused here, before a file is written: a file
+    # that its own reader rejects would only fail later, in another command, far from the cause.
+    path = check_pt_name(path, "measurements")
+    if not isinstance(geometry, ConeBeamGeometry):
+        raise TypeError(f"geometry must be a ConeBeamGeometry, got {type(geometry).__name__}")
     if not isinstance(y, torch.Tensor) or not y.is_floating_point():
         raise TypeError(f"y must be a floating-point tensor, got {getattr(y, 'dtype', type(y).__name__)}")
+    if y.ndim != 5 or tuple(y.shape[-3:]) != geometry.sino_shape:
+        raise ValueError(f"y of shape {tuple(y.shape)} does not match the geometry: expected "
+                         f"[B, C, {', '.join(map(str, geometry.sino_shape))}]")
+    if y.numel() == 0:
+        raise ValueError(f"y is empty (shape {tuple(y.shape)}): not saved")
     if not bool(torch.isfinite(y).all()):
         raise ValueError("the measurements contain NaN or infinite values: not saved")
+    if x_true is not None:
+        if not isinstance(x_true, torch.Tensor) or not x_true.is_floating_point():
+            raise TypeError(f"x_true must be a floating-point tensor, got "
+                            f"{getattr(x_true, 'dtype', type(x_true).__name__)}")
+        if tuple(x_true.shape[-3:]) != geometry.vol_shape:
+            raise ValueError(f"x_true of shape {tuple(x_true.shape)} is not a volume of the geometry's shape "
+                             f"{geometry.vol_shape}")
+        if not bool(torch.isfinite(x_true).all()):
+            raise ValueError("x_true contains NaN or infinite values: not saved")
     state = {"format": MEAS_FORMAT, "y": y.detach().cpu(), "geometry": json.dumps(geometry.to_dict()),
              "meta": json.dumps(meta or {})}
     if x_true is not None:

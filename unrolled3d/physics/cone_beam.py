@@ -8,7 +8,7 @@ import torch
 from deepinv.physics import LinearPhysics
 from deepinv.physics.noise import NoiseModel, ZeroNoise
 
-from .._validation import boolean, check_allocation, choice
+from .._validation import boolean, check_allocation, check_device, choice
 from ..geometry import ConeBeamGeometry
 from ..ops.projector import cone_backproject, cone_project
 from .fdk import FDK_WINDOWS, fdk, fdk_tables
@@ -84,6 +84,7 @@ class ConeBeamCT(LinearPhysics):
         choice("layout", layout, LAYOUTS)
         choice("fdk_window", fdk_window, FDK_WINDOWS)
         normalize = boolean("normalize", normalize)
+        device = check_device("device", device)
         if noise_model is not None and not isinstance(noise_model, NoiseModel):
             raise TypeError(f"noise_model must be a deepinv NoiseModel, got {type(noise_model).__name__}")
         super().__init__(

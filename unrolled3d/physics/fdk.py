@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .._validation import boolean
 from ..geometry import ConeBeamGeometry
 from ..ops._precision import output_dtype, upcast
 from ..ops.projector import check_sinogram
@@ -278,6 +279,8 @@ def fdk(
         raise ValueError(f"fdk needs a detector of at least 2 x 2 pixels, got {geometry.det_shape}")
     if window not in FDK_WINDOWS:
         raise ValueError(f"window must be one of {FDK_WINDOWS}, got {window!r}")
+    # a string flag ("no") would be truthy: checked, not coerced (plain Python: traceable)
+    padding, progress = boolean("padding", padding), boolean("progress", progress)
     if slab_voxels is None:
         # under torch.compile the loops below are unrolled into the graph: few large steps
         slab_voxels = 1 << (24 if sino.is_cuda or torch.compiler.is_compiling() else 17)

@@ -373,3 +373,13 @@ def test_bad_api_arguments_name_the_argument(tmp_path):
         RandomCropDataset([tmp_path / "z.h5"], S, normalization=IntensityNormalization("percentile"))
     with pytest.raises(FileFormatError, match=r"z\.h5.*no dataset 'ct'"):
         RandomCropDataset([tmp_path / "z.h5"], S, key="ct")
+
+
+def test_the_example_configuration_is_valid():
+    from unrolled3d.cli.commands import load_train_config
+    from unrolled3d.cli.train_data import augmentation_of, normalization_of
+
+    cfg = load_train_config(Path(__file__).resolve().parents[1] / "examples" / "train_from_files.toml")
+    assert "phantoms" not in cfg and cfg["data"]["val_files"] == 2 and cfg["train"]["val_every"] == 100
+    assert normalization_of(cfg["data"]) == IntensityNormalization("hu", mu_water=0.0193)
+    assert augmentation_of(cfg["data"]) == Augmentation(flip=True, rot90=True, intensity=(0.9, 1.1))

@@ -383,3 +383,34 @@ def test_the_example_configuration_is_valid():
     assert "phantoms" not in cfg and cfg["data"]["val_files"] == 2 and cfg["train"]["val_every"] == 100
     assert normalization_of(cfg["data"]) == IntensityNormalization("hu", mu_water=0.0193)
     assert augmentation_of(cfg["data"]) == Augmentation(flip=True, rot90=True, intensity=(0.9, 1.1))
+
+
+def test_resume_through_the_command_line_is_bitwise_identical(mixed, tmp_path, monkeypatch):
+    """A [data] run killed after step 2 (Ctrl-C) and resumed with --resume writes the model of the
+    uninterrupted run, bit for bit (blocks, augmentations, noise and validation included)."""
+    import unrolled3d.train as train_module
+
+    names = ", ".join(f'"{p}"' for p in mixed)
+    (tmp_path / "c.toml").write_text(toml(f'paths = [{names}]\nnormalization = "percentile"\nval_files = 1\n'
+                                          f'intensity = [0.8, 1.2]\nseed = 3', steps=4,
+                                          extra_train="val_every = 2\nbatch_size = 2\n"))
+    assert cli("train", tmp_path / "c.toml", "--out-dir", tmp_path / "full", "--quiet")[0] == 0
+    real_train = train_module.train
+
+    def killed_after_2(*args, **kwargs):
+        def kill(step, loss):
+            if step == 2:
+                raise KeyboardInterrupt
+        return real_train(*args, **kwargs, callback=kill)
+
+    monkeypatch.setattr(train_module, "train", killed_after_2)
+    code, _, err = cli("train", tmp_path / "c.toml", "--out-dir", tmp_path / "split", "--quiet")
+    assert code == 130 and "--resume" in err and not (tmp_path / "split" / "model.pt").exists()
+    monkeypatch.setattr(train_module, "train", real_train)
+    code, out, err = cli("train", tmp_path / "c.toml", "--out-dir", tmp_path / "split", "--resume", "--json")
+    assert code == 0, err
+    log = json.loads(out.strip().splitlines()[-1])
+    assert log["resumed_from"].endswith("checkpoint_00000002.pt") and [v["step"] for v in log["val"]] == [2, 4]
+    full, _ = load_model(tmp_path / "full" / "model.pt")
+    split, _ = load_model(tmp_path / "split" / "model.pt")
+    assert full.keys() == split.keys() and all(torch.equal(full[k], split[k]) for k in full)

@@ -380,6 +380,14 @@ def train_cmd(args: argparse.Namespace) -> int:
     from ..train import ARCHIVE_FOLDER, TrainConfig, checkpoints, train
 
     cfg = load_train_config(args.config)
+    file_data = None
+    if "data" in cfg:  # the files are checked (headers, sizes, normalisation) before the folder is touched
+        try:
+            file_data = build_file_data(cfg["data"], cfg["geometry"]["size"], Path(args.config).resolve().parent)
+        except ValueError as exc:
+            if isinstance(exc, FileFormatError):  # names the volume file already
+                raise
+            raise FileFormatError(args.config, str(exc)) from None
     toml_dir = cfg["train"].pop("out_dir", None)
     if args.out_dir is None and toml_dir is None:
         raise ValueError("give --out-dir (or out_dir in the config's [train] section)")
@@ -418,12 +426,7 @@ def train_cmd(args: argparse.Namespace) -> int:
     physics = ConeBeamCT(standard_cone_beam(size, views), normalize=True)
     val_data, recorded = None, {"normalization": IntensityNormalization().to_dict()}
     if "data" in cfg:
-        try:
-            dataset, val_set, held_out, norm = build_file_data(cfg["data"], size, Path(args.config).resolve().parent)
-        except ValueError as exc:
-            if isinstance(exc, FileFormatError):  # names the volume file already
-                raise
-            raise FileFormatError(args.config, str(exc)) from None
+        dataset, val_set, held_out, norm = file_data
         _note(args, f"training on random {size}^3 blocks of {len(dataset.paths)} file(s)"
                     + (f", {len(held_out)} held out" if held_out else "")
                     + f", normalisation {norm.kind}")

@@ -3,7 +3,6 @@ ingredients present (smooth variation, texture, thin high-contrast structure), a
 command line's [phantoms] kind."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch

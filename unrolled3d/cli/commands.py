@@ -15,6 +15,7 @@ from .._validation import boolean, check_allocation, choice, integer, real
 from ..errors import FileFormatError
 from .bench import bench_cmd
 from .output import emit
+from .train_data import build_file_data, parse_data_section
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -194,6 +195,7 @@ def reconstruct(args: argparse.Namespace) -> int:
     from ..metrics import psnr
     from ..models import build_model
     from ..normal import DiagCirculantWrapper
+    from ..data import IntensityNormalization
     from ..physics import ConeBeamCT, fdk
 
     # Everything about the output is checked before minutes of computing: its ending, that it is
@@ -219,6 +221,10 @@ def reconstruct(args: argparse.Namespace) -> int:
         if args.weights is None:
             raise ValueError("--method unrolled needs --weights (a model file written by `unrolled3d train`)")
         state, config = load_model(args.weights)
+        try:  # how the training volumes were scaled (files before [data] trained on values as they are)
+            norm = IntensityNormalization.from_dict(config.get("normalization", {"kind": "attenuation"}))
+        except (TypeError, ValueError) as exc:
+            raise FileFormatError(args.weights, f"invalid normalisation entry ({exc})") from None
         if args.patch_size is not None:
             integer("--patch-size", args.patch_size, 1)
             if any(args.patch_size > n for n in g.vol_shape):
@@ -238,6 +244,13 @@ def reconstruct(args: argparse.Namespace) -> int:
                 raise ValueError(f"--normal {args.normal} is for a {target.img_shape} volume, the measurements "
                                  f"are of a {tuple(g.vol_shape)} volume")
         y_n = physics.normalize_measurements(y)
+        # a percentile normalisation: the measurements are brought to the training scale (from
+        # their FDK's percentile, as the training volumes' own percentile), the output back
+        scale = 1.0
+        if norm.needs_sample:
+            _note(args, f"FDK of the measurements for the {norm.percentile:g}th-percentile normalisation")
+            scale = norm.measurement_scale(fdk(y, g, window=physics.fdk_window))
+            y_n = y_n * scale
         if args.memory_budget is not None:
             if args.patch_size is not None:
                 raise ValueError("give either --patch-size or --memory-budget, not both")
@@ -256,11 +269,15 @@ def reconstruct(args: argparse.Namespace) -> int:
                 held: dict[str, torch.Tensor] = {}
                 peak = measure_peak(lambda: held.setdefault("x", rec(y_n, target)), device)
                 x = held["x"]
+        x = x / scale  # the measurements' units (attenuation for "attenuation" and "hu")
     seconds = time.perf_counter() - t0
     if not bool(torch.isfinite(x).all()):  # the inputs are checked finite: this is the model's doing
         raise FloatingPointError("the reconstruction holds NaN or infinite values: not written")
-    write_volume(args.out, x[0, 0], g.voxel_size, force=args.force)  # format from the ending, the scan's voxels
+    out_volume = x[0, 0] if args.method == "fdk" else norm.output(x[0, 0])  # "hu": back to Hounsfield units
+    write_volume(args.out, out_volume, g.voxel_size, force=args.force)  # format from the ending, the scan's voxels
     payload = {"out": args.out, "seconds": round(seconds, 3), "method": args.method}
+    if args.method == "unrolled":
+        payload.update(normalization=norm.to_dict(), units=norm.output_units)
     if budget_info:
         payload.update(budget_info, measured_peak_mib=round(peak / 2**20, 1))
     if x_true is not None:
@@ -320,6 +337,8 @@ def _check_value(name: str, value: Any, kind: str, rule: Any) -> Any:
 def load_train_config(path: str | Path) -> dict[str, dict[str, Any]]:
     """The defaults merged with a TOML training configuration, every value checked.
 
+    The training volumes are synthetic phantoms (``[phantoms]``, the default) or volume files
+    (``[data]``, see :mod:`unrolled3d.cli.train_data`); a configuration with both is refused.
     Unknown sections and keys, and values of the wrong kind (``size = 16.7`` where an integer is
     meant: refused, not truncated; a string where a number is meant) raise a
     :class:`~unrolled3d.errors.FileFormatError` naming the file and the ``[section] key``.
@@ -337,11 +356,21 @@ def load_train_config(path: str | Path) -> dict[str, dict[str, Any]]:
         raise FileFormatError(path, f"not valid TOML ({exc})") from None
     schema = _train_schema()
     cfg = {k: dict(v) for k, v in DEFAULT_TRAIN_CONFIG.items()}
+    if "data" in raw and "phantoms" in raw:
+        raise FileFormatError(path, "[phantoms] and [data] are exclusive: train on synthetic phantoms or on volume "
+                                    "files, not both (remove one of the sections)")
     for section, values in raw.items():
-        if section not in schema:
-            raise FileFormatError(path, f"unknown section [{section}] (known: {', '.join(schema)})")
+        if section not in schema and section != "data":
+            raise FileFormatError(path, f"unknown section [{section}] (known: {', '.join(schema)}, data)")
         if not isinstance(values, dict):
             raise FileFormatError(path, f"[{section}] must be a table of keys, got {values!r}")
+        if section == "data":  # volume files instead of the default phantoms
+            try:
+                cfg["data"] = parse_data_section(values)
+            except (TypeError, ValueError) as exc:
+                raise FileFormatError(path, str(exc)) from None
+            del cfg["phantoms"]
+            continue
         unknown = set(values) - set(schema[section])
         if unknown:
             raise FileFormatError(path, f"unknown keys in [{section}]: {', '.join(sorted(unknown))} "
@@ -357,6 +386,9 @@ def load_train_config(path: str | Path) -> dict[str, dict[str, Any]]:
         check_allocation("[geometry] size", (size, size, size))
     except ValueError as exc:
         raise FileFormatError(path, str(exc)) from None
+    if cfg["train"].get("val_every") and not cfg.get("data", {}).get("val_files"):
+        raise FileFormatError(path, "[train] val_every needs held-out volumes: train from files ([data]) and hold "
+                                    "some out with [data] val_files")
     if cfg["partition"]["patch"] > cfg["geometry"]["size"]:
         raise FileFormatError(path, f"[partition] patch {cfg['partition']['patch']} is larger than the volume "
                                     f"([geometry] size {cfg['geometry']['size']})")
@@ -364,13 +396,21 @@ def load_train_config(path: str | Path) -> dict[str, dict[str, Any]]:
 
 
 def train_cmd(args: argparse.Namespace) -> int:
-    from ..data import PhantomDataset
+    from ..data import IntensityNormalization, PhantomDataset
     from ..io import resolve_output, save_model
     from ..models import build_model
     from ..physics import ConeBeamCT, standard_cone_beam
     from ..train import _NOT_IDENTITY, ARCHIVE_FOLDER, TrainConfig, checkpoints, train
 
     cfg = load_train_config(args.config)
+    file_data = None
+    if "data" in cfg:  # the files are checked (headers, sizes, normalisation) before the folder is touched
+        try:
+            file_data = build_file_data(cfg["data"], cfg["geometry"]["size"], Path(args.config).resolve().parent)
+        except ValueError as exc:
+            if isinstance(exc, FileFormatError):  # names the volume file already
+                raise
+            raise FileFormatError(args.config, str(exc)) from None
     toml_dir = cfg["train"].pop("out_dir", None)
     if args.out_dir is None and toml_dir is None:
         raise ValueError("give --out-dir (or out_dir in the config's [train] section)")
@@ -407,7 +447,25 @@ def train_cmd(args: argparse.Namespace) -> int:
 
     size, views = cfg["geometry"]["size"], cfg["geometry"]["views"]
     physics = ConeBeamCT(standard_cone_beam(size, views), normalize=True)
-    dataset = PhantomDataset(100_000, (size,) * 3, kind=cfg["phantoms"]["kind"], seed=cfg["phantoms"]["seed"])
+    val_data, recorded = None, {"normalization": IntensityNormalization().to_dict()}
+    if "data" in cfg:
+        dataset, val_set, held_out, norm = file_data
+        _note(args, f"training on random {size}^3 blocks of {len(dataset.paths)} file(s)"
+                    + (f", {len(held_out)} held out" if held_out else "")
+                    + f", normalisation {norm.kind}")
+        if val_set is not None:
+            # the validation scans carry the training noise, drawn once from the data seed
+            gen = torch.Generator().manual_seed(cfg["data"]["seed"])
+            val_data = []
+            with torch.no_grad():
+                for i in range(len(val_set)):
+                    x = val_set[i][None]
+                    y = physics.A(x)
+                    val_data.append((x, y + cfg["train"]["noise_std"] * torch.randn(y.shape, generator=gen)))
+        recorded = {"normalization": norm.to_dict(),
+                    "data_files": {"train": [str(p) for p in dataset.paths], "held_out": [str(p) for p in held_out]}}
+    else:
+        dataset = PhantomDataset(100_000, (size,) * 3, kind=cfg["phantoms"]["kind"], seed=cfg["phantoms"]["seed"])
     torch.manual_seed(cfg["train"]["seed"])
     rec = build_model(cfg, (size,) * 3)
     tcfg = TrainConfig(**cfg["train"], out_dir=str(ckpt_dir), progress=_show_progress(args))
@@ -416,15 +474,19 @@ def train_cmd(args: argparse.Namespace) -> int:
     # The run's identity is the configuration less what only says how long it goes and how it reports,
     # as for TrainConfig: `--resume` with a larger [train] steps continues the run (it was refused).
     run_info = {**cfg, "train": {k: v for k, v in cfg["train"].items() if k not in _NOT_IDENTITY}}
-    log = train(rec, physics, dataset, tcfg, resume=args.resume, run_info=run_info)
+    log = train(rec, physics, dataset, tcfg, resume=args.resume, run_info=run_info, val_data=val_data)
     if log["removed_temporaries"]:
         _note(args, f"removed {len(log['removed_temporaries'])} temporary file(s) of an interrupted save")
     if log["resumed_checkpoint"]:
         _note(args, f"resumed from {log['resumed_checkpoint']} (step {log['resumed_from']})")
     args.interrupt_hint = ""
-    save_model(model_path, rec, {**cfg, "command": " ".join(["unrolled3d", *args.argv])})
+    # the model file records how the training volumes were scaled: reconstruct applies the same
+    save_model(model_path, rec, {**cfg, **recorded, "command": " ".join(["unrolled3d", *args.argv])})
     payload = {"model": str(model_path), "steps": log["step"], "final_loss": log["losses"][-1],
                "resumed_from": log["resumed_checkpoint"], "skipped_checkpoints": log["skipped_checkpoints"],
-               "fingerprint": log["fingerprint"]}
-    emit(args, payload, f"wrote {model_path} after {log['step']} steps (last loss {log['losses'][-1]:.3e})")
+               "fingerprint": log["fingerprint"], "normalization": recorded["normalization"]}
+    if log["val"]:
+        payload["val"] = log["val"]
+    last_val = f", validation PSNR {log['val'][-1]['psnr']:.2f} dB" if log["val"] else ""
+    emit(args, payload, f"wrote {model_path} after {log['step']} steps (last loss {log['losses'][-1]:.3e}{last_val})")
     return 0

@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(command_name="fit_normal")
 
     p = sub.add_parser("train", help="train a partitioned unrolled network from a TOML config (resumable)")
-    p.add_argument("config", help="TOML file; sections [geometry] [phantoms] [model] [partition] [train]")
+    p.add_argument("config", help="TOML file; sections [geometry] [phantoms] or [data] (volume files) [model] "
+                                  "[partition] [train]")
     p.add_argument("--out-dir", help="checkpoints and model.pt go here (default: [train] out_dir of the config); "
                                       "a folder belongs to one run")
     p.add_argument("--resume", action="store_true",

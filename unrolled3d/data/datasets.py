@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from .._validation import boolean, choice, int_triple, int_tuple, integer, real, real_tuple
 from ..errors import FileFormatError
 from .phantoms import Ellipsoid, random_ellipsoids, shepp_logan_3d, voxelize
+from .textured import textured_phantom
 
 __all__ = ["PhantomDataset", "VolumeFileDataset"]
 
@@ -51,7 +52,10 @@ class PhantomDataset(Dataset):
     kind : str
         ``"ellipsoids"`` (random foam/blob phantoms,
         :func:`~unrolled3d.data.random_ellipsoids`) or ``"shepp_logan"`` (the 3D Shepp-Logan head,
-        randomly scaled in ``scale_range`` and rotated about ``z`` per item).
+        randomly scaled in ``scale_range`` and rotated about ``z`` per item) or ``"textured"``
+        (smooth soft tissue, organs, texture, fine high-contrast structure, made on the voxel grid:
+        :func:`~unrolled3d.data.textured.textured_phantom`; the options below other than
+        ``seed`` do not apply to it).
     n_ellipsoids
         number of ellipsoids, an int or an inclusive range ``(low, high)``.
     seed : int
@@ -79,7 +83,7 @@ class PhantomDataset(Dataset):
     True
     """
 
-    KINDS = ("ellipsoids", "shepp_logan")
+    KINDS = ("ellipsoids", "shepp_logan", "textured")
 
     def __init__(self, length: int, vol_shape: int | Sequence[int], kind: str = "ellipsoids",
                  n_ellipsoids: int | Sequence[int] = (4, 12), seed: int = 0,
@@ -134,6 +138,9 @@ class PhantomDataset(Dataset):
 
     def phantom(self, i: int) -> list[Ellipsoid]:
         """The analytic phantom (list of ellipsoids, world mm) of item ``i``."""
+        if self.kind == "textured":
+            raise ValueError("a textured phantom is made on the voxel grid: it has no list of ellipsoids (use "
+                             "dataset[i])")
         gen = self.generator(i)
         if self.kind == "ellipsoids":
             lo, hi = self.n_range
@@ -153,6 +160,8 @@ class PhantomDataset(Dataset):
         return out
 
     def __getitem__(self, i: int) -> torch.Tensor:
+        if self.kind == "textured":
+            return textured_phantom(self.vol_shape, self.generator(i)).unsqueeze(0)
         vol = voxelize(self.phantom(i), self.vol_shape, voxel_size=self.voxel_size, supersample=self.supersample)
         return vol.unsqueeze(0)
 

@@ -255,9 +255,14 @@ def _read_npy(path: Path) -> tuple[torch.Tensor, VoxelSize]:
     if not isinstance(arr, np.ndarray):  # an .npz archive saved under a .npy name
         raise FileFormatError(path, f"not a single .npy array")
     vol = _to_tensor(path, arr)
+    return vol, _npy_voxel_size(path, tuple(vol.shape))
+
+
+def _npy_voxel_size(path: Path, shape: tuple[int, ...]) -> VoxelSize:
+    """The voxel size an ``.npy`` file's sidecar states (1 mm without one), checked against its shape."""
     side = _sidecar(path)
     if not side.exists():
-        return vol, (1.0, 1.0, 1.0)
+        return (1.0, 1.0, 1.0)
     try:
         meta = json.loads(side.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -267,13 +272,13 @@ def _read_npy(path: Path) -> tuple[torch.Tensor, VoxelSize]:
         # Some other JSON file that happens to share the name (the writer never replaces one):
         # not a sidecar, so the file says nothing about the voxel size.
         warnings.warn(f"{side} is not a voxel-size sidecar (no {_SIDECAR_KEY!r}): reading {path.name} with "
-                      f"1 mm voxels", stacklevel=3)
-        return vol, (1.0, 1.0, 1.0)
+                      f"1 mm voxels", stacklevel=4)
+        return (1.0, 1.0, 1.0)
     vs_raw = meta[_SIDECAR_KEY]
-    if "shape" in meta and (not isinstance(meta["shape"], list) or meta["shape"] != list(vol.shape)):
+    if "shape" in meta and (not isinstance(meta["shape"], list) or meta["shape"] != list(shape)):
         raise FileFormatError(side, f"describes a volume of shape {meta['shape']} but {path.name} has "
-                         f"{list(vol.shape)} (stale sidecar?)")
-    return vol, _file_voxel_size(side, vs_raw, _SIDECAR_KEY)
+                         f"{list(shape)} (stale sidecar?)")
+    return _file_voxel_size(side, vs_raw, _SIDECAR_KEY)
 
 
 # --------------------------------------------------------------------------- NIfTI
@@ -419,13 +424,16 @@ def _read_tiff(path: Path) -> tuple[torch.Tensor, VoxelSize]:
     if not tif.is_imagej and n_pages != arr.shape[0]:
         raise FileFormatError(path, f"the description says {arr.shape[0]} slices but the file has {n_pages} "
                          f"pages (truncated or corrupt)")
+    return _to_tensor(path, arr), _tiff_voxel_size(path, shaped, ij_vs)
+
+
+def _tiff_voxel_size(path: Path, shaped: dict, ij_vs: VoxelSize | None) -> VoxelSize:
+    """The voxel size of a TIFF stack: our JSON description, else ImageJ's, else 1 mm."""
     if _SIDECAR_KEY in shaped:
-        vs = _file_voxel_size(path, shaped[_SIDECAR_KEY], f"TIFF description {_SIDECAR_KEY}")
-    elif ij_vs is not None:
-        vs = _file_voxel_size(path, ij_vs, "ImageJ spacing/resolution")
-    else:
-        vs = (1.0, 1.0, 1.0)
-    return _to_tensor(path, arr), vs
+        return _file_voxel_size(path, shaped[_SIDECAR_KEY], f"TIFF description {_SIDECAR_KEY}")
+    if ij_vs is not None:
+        return _file_voxel_size(path, ij_vs, "ImageJ spacing/resolution")
+    return (1.0, 1.0, 1.0)
 
 
 # --------------------------------------------------------------------------- torch .pt

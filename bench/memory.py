@@ -8,6 +8,7 @@ output included). CUDA: ``torch.cuda.max_memory_allocated``.
 from __future__ import annotations
 
 import multiprocessing as mp
+import queue as queue_mod
 from typing import Callable
 
 import torch
@@ -48,7 +49,14 @@ def cpu_peak(make_inputs: Callable, run: Callable, warmup: bool = False) -> dict
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(make_inputs, run, queue, warmup))
     proc.start()
-    res = queue.get(timeout=3600)
+    while True:  # a child that dies (an exception, the OOM killer) puts nothing: do not wait an hour
+        try:
+            res = queue.get(timeout=5)
+            break
+        except queue_mod.Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f"the measuring process died (exit code {proc.exitcode}); "
+                                   "its traceback is on stderr") from None
     proc.join()
     if res["high_after"] <= res["high_before"]:
         raise RuntimeError("the call did not raise the RSS high-water mark: the measurement is void")

@@ -127,6 +127,83 @@ def partition_plot(benchmarks: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def partition_speed_table(benchmarks: list[dict]) -> str:
+    """Interleaved partitioned-inference variants (``test_cpu_partition_speed``) and the Trainer
+    memory sweep (``test_cpu_trainer_memory``) of bench/test_bench_partition_speed.py."""
+    out = []
+    speed = sorted((b for b in benchmarks if b["name"].startswith("test_cpu_partition_speed")),
+                   key=lambda b: b["extra_info"]["size"])
+    if speed:
+        e0 = speed[0]["extra_info"]
+        m = e0["machine"]
+        variants = e0["interleaved"]
+        out.append(f"### Partitioned inference: one-patch eager vs compile vs batched patches (demo model, K={e0['K']}, "
+                   f"patch {e0['patch'][0]}^3, stride = patch, 1 sweep; {m['cpu']}, 1 thread, torch {m['torch']})\n")
+        head = " | ".join(f"{v} (s)" for v in variants)
+        out.append(f"| volume | patches | {head} | " + " | ".join(f"{v} speed-up wall / CPU" for v in variants[1:])
+                   + " | load (1 min) | max diff |")
+        out.append("|---" * (3 + 2 * len(variants)) + "|")
+        for b in speed:
+            e = b["extra_info"]
+            secs = " | ".join(f"{e['median_seconds'][v]:.2f}" for v in variants)
+            cpu = e.get("cpu_speedup_median", {})
+            ups = " | ".join(f"{e['speedup_median'][v]:.2f}x / **{cpu[v]:.2f}x**" if v in cpu
+                             else f"{e['speedup_median'][v]:.2f}x / -" for v in variants[1:])
+            loads = e["loadavg_1min_before_each_round"]
+            diff = max(e["max_abs_diff_vs_baseline"].values())
+            out.append(f"| {e['size']}^3 | {e['patches']} | {secs} | {ups} | {min(loads):.1f}-{max(loads):.1f} | {diff:.1e} |")
+        out.append(f"\nMedian over {e0['rounds']} interleaved rounds (times: median wall; speed-ups: median of the "
+                   "per-round ratios to eager_b1, of wall time and of the process's CPU time).\n")
+    mem = sorted((b for b in benchmarks if b["name"].startswith("test_cpu_trainer_memory")),
+                 key=lambda b: b["extra_info"]["size"])
+    if mem:
+        out.append("### deepinv.Trainer step with L_PART (PartitionedLoss): peak extra memory vs volume (patch 24^3)\n")
+        out.append("| volume | peak extra (MiB) | volume (MiB) | measurements (MiB) | step time (s) |")
+        out.append("|---|---|---|---|---|")
+        for b in mem:
+            e = b["extra_info"]
+            out.append(f"| {e['size']}^3 | {e['peak_extra_mib']:.1f} | {e['volume_mib']:.2f} | "
+                       f"{e['measurement_mib']:.2f} | {b['stats']['min']:.2f} |")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def partition_speed_plot(benchmarks: list[dict], path: Path) -> None:
+    """Speed-up per variant and size (left) and the Trainer step's peak memory (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    speed = sorted((b["extra_info"] for b in benchmarks if b["name"].startswith("test_cpu_partition_speed")),
+                   key=lambda e: e["size"])
+    mem = sorted((b["extra_info"] for b in benchmarks if b["name"].startswith("test_cpu_trainer_memory")),
+                 key=lambda e: e["size"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    if speed:
+        variants = speed[0]["interleaved"]
+        width = 0.8 / len(speed)
+        for i, e in enumerate(speed):
+            ups = e.get("cpu_speedup_median", e["speedup_median"])
+            axes[0].bar([j + i * width for j in range(len(variants))], [ups[v] for v in variants],
+                        width, label=f"{e['size']}^3")
+        axes[0].axhline(2.0, color="k", ls="--", lw=1, label="target 2x")
+        axes[0].set_xticks([j + 0.4 - width / 2 for j in range(len(variants))], variants)
+        axes[0].set_ylabel("speed-up over eager_b1 (median, CPU time)")
+        axes[0].set_title("partitioned inference, CPU, 1 thread")
+        axes[0].legend()
+    if mem:
+        axes[1].plot([e["size"] for e in mem], [e["peak_extra_mib"] for e in mem], "o-", label="Trainer step, L_PART")
+        axes[1].set_ylim(0, 1.2 * max(e["peak_extra_mib"] for e in mem))
+        axes[1].set_xlabel("volume edge (voxels)")
+        axes[1].set_ylabel("peak extra memory (MiB)")
+        axes[1].set_title("deepinv.Trainer step, patch 24^3")
+        axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def mri_h_table(benchmarks: list[dict], label: str) -> str:
     """Exact patch ``A^H A`` vs the fitted complex H (and H with a cut kernel) on the same patch."""
     rows = ["| volume | coils | patch | operator | FFT grid | time (ms) | vs best exact | error on patch |",
@@ -259,6 +336,16 @@ def main(results: Path | None = None) -> str:
         gpu_part = _load(name)
         if gpu_part:
             out.append(partition_table(gpu_part, f"GPU ({gpu_part[0]['extra_info'].get('device', '?')})"))
+    # `unrolled3d bench --suite partition_speed` writes both kinds into partition_speed_cpu.json; the
+    # committed results keep the memory sweep in its own run (trainer_memory_cpu.json), preferred
+    speed_run = _load("partition_speed_cpu.json")
+    memory_run = _load("trainer_memory_cpu.json") or speed_run
+    speed = ([b for b in speed_run if b["name"].startswith("test_cpu_partition_speed")]
+             + [b for b in memory_run if b["name"].startswith("test_cpu_trainer_memory")])
+    if speed:
+        out.append(partition_speed_table(speed))
+        partition_speed_plot(speed, RESULTS / "partition_speed.png")
+        out.append("![partitioned inference speed-ups and Trainer memory](partition_speed.png)\n")
     mri_h = [b for b in _load("mri_cpu.json") if b["name"].startswith("test_cpu_mri_patch_normal_H")]
     if mri_h:
         out.append(mri_h_table(mri_h, f"CPU ({_machine('mri_cpu.json')}, 1 thread)"))

@@ -91,19 +91,72 @@ inline double gather_run(const scalar_t* vol, const JosephLine<geom_t>& L, int64
   return sum;
 }
 
+// Detector window [r0, r1] x [c0, c1] of view `view` outside which no ray weighs a voxel of `vs`: a
+// ray that weighs a voxel passes through the open box (-1, W) x (-1, H) x (-1, D) in index space,
+// whose central projection is the convex hull of its eight projected corners when the box does not
+// reach the source plane (den of one sign); otherwise the whole detector. Widened by a pixel
+// against rounding, as slab_rows. Outside it the forward projection is exactly 0, so the projector
+// skips those rays: a patch (A S^T) then costs its own shadow, not the whole detector's ray set-up.
+inline void volume_window(const double* view, int64_t R, int64_t U, const VolumeIndexSpace<geom_t>& vs,
+                          int64_t win[4]) {
+  win[0] = 0;
+  win[1] = R - 1;
+  win[2] = 0;
+  win[3] = U - 1;
+  ViewProjection<double> P;
+  if (!make_view_projection(view, R, U, vs, &P)) return;
+  const double xs[2] = {-1.0, static_cast<double>(vs.n[0])}, ys[2] = {-1.0, static_cast<double>(vs.n[1])};
+  const double zs[2] = {-1.0, static_cast<double>(vs.n[2])};
+  double rlo = 0.0, rhi = 0.0, clo = 0.0, chi = 0.0;
+  int sign = 0;
+  for (int i = 0; i < 8; ++i) {
+    const double x = xs[i & 1], y = ys[(i >> 1) & 1], z = zs[i >> 2];
+    const double den = P.den_c[0] * x + P.den_c[1] * y + P.den_c[2] * z + P.den_c[3];
+    const int sg = den > 0.0 ? 1 : (den < 0.0 ? -1 : 0);
+    if (sg == 0 || (sign != 0 && sg != sign)) return;  // the box reaches the source plane
+    sign = sg;
+    const double row = (P.row_c[0] * x + P.row_c[1] * y + P.row_c[2] * z + P.row_c[3]) / den;
+    const double col = (P.col_c[0] * x + P.col_c[1] * y + P.col_c[2] * z + P.col_c[3]) / den;
+    if (i == 0 || row < rlo) rlo = row;
+    if (i == 0 || row > rhi) rhi = row;
+    if (i == 0 || col < clo) clo = col;
+    if (i == 0 || col > chi) chi = col;
+  }
+  rlo = std::max(rlo - 1.0, 0.0);
+  rhi = std::min(rhi + 1.0, static_cast<double>(R - 1));
+  clo = std::max(clo - 1.0, 0.0);
+  chi = std::min(chi + 1.0, static_cast<double>(U - 1));
+  if (rlo > rhi || clo > chi) {  // the volume's shadow misses the detector
+    win[0] = win[2] = 0;
+    win[1] = win[3] = -1;
+    return;
+  }
+  win[0] = static_cast<int64_t>(std::ceil(rlo));
+  win[1] = static_cast<int64_t>(std::floor(rhi));
+  win[2] = static_cast<int64_t>(std::ceil(clo));
+  win[3] = static_cast<int64_t>(std::floor(chi));
+}
+
 template <typename scalar_t>
 void project_kernel(const scalar_t* vol, scalar_t* sino, const double* views, int64_t N, int64_t V, int64_t R,
                     int64_t U, const VolumeIndexSpace<geom_t>& vs) {
   const int64_t vol_numel = vs.n[0] * vs.n[1] * vs.n[2];
   const int64_t det_numel = V * R * U;
   const int64_t lo[3] = {0, 0, 0}, hi[3] = {vs.n[0], vs.n[1], vs.n[2]};
+  std::vector<int64_t> windows(4 * V);
+  for (int64_t v = 0; v < V; ++v) volume_window(views + 12 * v, R, U, vs, &windows[4 * v]);
 #pragma omp parallel
   {
     std::vector<double> acc(N);
 #pragma omp for collapse(2) schedule(dynamic, 4)
     for (int64_t v = 0; v < V; ++v) {
       for (int64_t r = 0; r < R; ++r) {
+        const int64_t* win = &windows[4 * v];
         for (int64_t c = 0; c < U; ++c) {
+          if (r < win[0] || r > win[1] || c < win[2] || c > win[3]) {  // the ray misses every voxel
+            for (int64_t n = 0; n < N; ++n) sino[n * det_numel + (v * R + r) * U + c] = scalar_t(0);
+            continue;
+          }
           const IndexRay<geom_t> ray = make_ray<geom_t>(views + 12 * v, r, c, R, U, vs);
           const int64_t out = (v * R + r) * U + c;
           if (N == 1) {  // the common case: the whole-volume box, its interior run in SIMD

@@ -77,3 +77,34 @@ def test_the_measured_group_is_patch_batch_size_patches():
         rec = PartitionedReconstructor(Recording(), (32, 32, 32), (16, 16, 16), patch_batch_size=batch)
         choose_patch(rec, y, physics, 2**40, candidates=[16, 24], measure=run_and_measure)
         assert seen == expected, (batch, seen)
+
+
+def test_a_larger_patch_batch_gets_a_smaller_patch_for_the_same_budget():
+    # End to end through choose_patch: a fake measurement that charges what the group solved
+    # (bytes per patch voxel, as the network's activations are). With 8 patches per network call
+    # the budget that fits 40^3 patches one at a time must no longer fit them.
+    seen = []
+
+    class Recording(torch.nn.Module):
+        def forward(self, y, physics, x_init=None):
+            seen.append(x_init.numel())
+            return x_init
+
+    def charged(fn, device):
+        seen.clear()
+        fn()
+        return 100 * sum(seen) if seen else 2**20  # the start point (no base call): 1 MiB
+
+    physics = ConeBeamCT(standard_cone_beam(64, 4))
+    y = physics.A(torch.zeros(1, 1, 64, 64, 64))
+    buffers = 3 * 64**3 * 4 + 2 * y.numel() * 4
+    budget = buffers + 100 * 40**3 + 10
+    picks = {}
+    for batch in (1, 8):
+        rec = PartitionedReconstructor(Recording(), (64, 64, 64), (16, 16, 16), patch_batch_size=batch)
+        choice = choose_patch(rec, y, physics, budget, measure=charged)
+        picks[batch] = choice.patch
+        # the fitted model is the group's: 100 bytes per voxel of `batch` patches (both grids have >= 8)
+        assert choice.patch_model == pytest.approx((0.0, 100.0 * batch), abs=1e-6)
+    assert picks[1] == 40
+    assert picks[8] == 16  # 8 * 24^3 * 100 > budget; 8 * 16^3 * 100 fits

@@ -27,6 +27,23 @@ def test_forward_matches_twin(geometry, dtype):
     torch.testing.assert_close(cone_project(x, geometry), cone_project_ref(x, geometry), **TWIN_TOL[dtype])
 
 
+PATCHES = [((0, 0, 0), (3, 4, 3)), ((4, 5, 6), (3, 4, 3)), ((2, 3, 1), (1, 1, 1)), ((0, 5, 0), (7, 4, 9))]  # in both volumes
+
+
+@pytest.mark.parametrize("offset, shape", PATCHES)
+def test_forward_of_a_patch_matches_twin_and_is_zero_outside_its_shadow(geometry, offset, shape):
+    # The CPU forward projector skips the rays outside each view's shadow of the volume box (the
+    # projected corners, widened by a pixel). For a patch (the geometry of A S^T) most rays miss:
+    # the skipped ones must be exactly 0 and the others the twin's line integrals.
+    patch = geometry.restrict(offset, shape)
+    x = _rand((2, 1, *shape), torch.float64, seed=1)
+    out = cone_project(x, patch)
+    ref = cone_project_ref(x, patch)
+    torch.testing.assert_close(out, ref, **TWIN_TOL[torch.float64])
+    assert torch.equal(out == 0, ref == 0)  # the same rays miss, and those give exactly 0
+    assert bool((ref == 0).any()) and bool((ref != 0).any())
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_backward_matches_twin(geometry, dtype):
     y = _rand((2, 1, *geometry.sino_shape), dtype)

@@ -18,6 +18,7 @@ __all__ = ["BENCH_SUITES", "bench_cmd"]
 BENCH_SUITES = {
     "projector": "test_bench_projector.py", "fused": "test_bench_fused.py", "normal": "test_bench_normal.py",
     "partition": "test_bench_partition.py", "mri": "test_bench_mri.py", "compat": "test_bench_compat.py",
+    "partition_speed": "test_bench_partition_speed.py",
 }
 
 

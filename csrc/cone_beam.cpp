@@ -91,6 +91,30 @@ inline double gather_run(const scalar_t* vol, const JosephLine<geom_t>& L, int64
   return sum;
 }
 
+// Bounds {row lo, row hi, col lo, col hi} of the central projection of the index-space box
+// (-1, W) x (-1, H) x (z_lo, z_hi): the hull of its eight projected corners. False when the box
+// reaches the source plane (den not of one sign), where the projection is unbounded.
+inline bool box_shadow(const ViewProjection<double>& P, const VolumeIndexSpace<geom_t>& vs, double z_lo, double z_hi,
+                       double bounds[4]) {
+  const double xs[2] = {-1.0, static_cast<double>(vs.n[0])}, ys[2] = {-1.0, static_cast<double>(vs.n[1])};
+  const double zs[2] = {z_lo, z_hi};
+  int sign = 0;
+  for (int i = 0; i < 8; ++i) {
+    const double x = xs[i & 1], y = ys[(i >> 1) & 1], z = zs[i >> 2];
+    const double den = P.den_c[0] * x + P.den_c[1] * y + P.den_c[2] * z + P.den_c[3];
+    const int sg = den > 0.0 ? 1 : (den < 0.0 ? -1 : 0);
+    if (sg == 0 || (sign != 0 && sg != sign)) return false;
+    sign = sg;
+    const double row = (P.row_c[0] * x + P.row_c[1] * y + P.row_c[2] * z + P.row_c[3]) / den;
+    const double col = (P.col_c[0] * x + P.col_c[1] * y + P.col_c[2] * z + P.col_c[3]) / den;
+    if (i == 0 || row < bounds[0]) bounds[0] = row;
+    if (i == 0 || row > bounds[1]) bounds[1] = row;
+    if (i == 0 || col < bounds[2]) bounds[2] = col;
+    if (i == 0 || col > bounds[3]) bounds[3] = col;
+  }
+  return true;
+}
+
 // Detector window [r0, r1] x [c0, c1] of view `view` outside which no ray weighs a voxel of `vs`: a
 // ray that weighs a voxel passes through the open box (-1, W) x (-1, H) x (-1, D) in index space,
 // whose central projection is the convex hull of its eight projected corners when the box does not
@@ -105,27 +129,10 @@ inline void volume_window(const double* view, int64_t R, int64_t U, const Volume
   win[3] = U - 1;
   ViewProjection<double> P;
   if (!make_view_projection(view, R, U, vs, &P)) return;
-  const double xs[2] = {-1.0, static_cast<double>(vs.n[0])}, ys[2] = {-1.0, static_cast<double>(vs.n[1])};
-  const double zs[2] = {-1.0, static_cast<double>(vs.n[2])};
-  double rlo = 0.0, rhi = 0.0, clo = 0.0, chi = 0.0;
-  int sign = 0;
-  for (int i = 0; i < 8; ++i) {
-    const double x = xs[i & 1], y = ys[(i >> 1) & 1], z = zs[i >> 2];
-    const double den = P.den_c[0] * x + P.den_c[1] * y + P.den_c[2] * z + P.den_c[3];
-    const int sg = den > 0.0 ? 1 : (den < 0.0 ? -1 : 0);
-    if (sg == 0 || (sign != 0 && sg != sign)) return;  // the box reaches the source plane
-    sign = sg;
-    const double row = (P.row_c[0] * x + P.row_c[1] * y + P.row_c[2] * z + P.row_c[3]) / den;
-    const double col = (P.col_c[0] * x + P.col_c[1] * y + P.col_c[2] * z + P.col_c[3]) / den;
-    if (i == 0 || row < rlo) rlo = row;
-    if (i == 0 || row > rhi) rhi = row;
-    if (i == 0 || col < clo) clo = col;
-    if (i == 0 || col > chi) chi = col;
-  }
-  rlo = std::max(rlo - 1.0, 0.0);
-  rhi = std::min(rhi + 1.0, static_cast<double>(R - 1));
-  clo = std::max(clo - 1.0, 0.0);
-  chi = std::min(chi + 1.0, static_cast<double>(U - 1));
+  double b[4] = {0.0, 0.0, 0.0, 0.0};
+  if (!box_shadow(P, vs, -1.0, static_cast<double>(vs.n[2]), b)) return;  // the box reaches the source plane
+  const double rlo = std::max(b[0] - 1.0, 0.0), rhi = std::min(b[1] + 1.0, static_cast<double>(R - 1));
+  const double clo = std::max(b[2] - 1.0, 0.0), chi = std::min(b[3] + 1.0, static_cast<double>(U - 1));
   if (rlo > rhi || clo > chi) {  // the volume's shadow misses the detector
     win[0] = win[2] = 0;
     win[1] = win[3] = -1;
@@ -241,22 +248,9 @@ inline void slab_rows(const double* view, int64_t R, int64_t U, const VolumeInde
   r1 = R - 1;
   ViewProjection<double> P;
   if (!make_view_projection(view, R, U, vs, &P)) return;
-  const double xs[2] = {-1.0, static_cast<double>(vs.n[0])}, ys[2] = {-1.0, static_cast<double>(vs.n[1])};
-  const double zs[2] = {static_cast<double>(z0) - 1.0, static_cast<double>(z1)};
-  double lo = 0.0, hi = 0.0;
-  int sign = 0;
-  for (int i = 0; i < 8; ++i) {
-    const double x = xs[i & 1], y = ys[(i >> 1) & 1], z = zs[i >> 2];
-    const double den = P.den_c[0] * x + P.den_c[1] * y + P.den_c[2] * z + P.den_c[3];
-    const int sg = den > 0.0 ? 1 : (den < 0.0 ? -1 : 0);
-    if (sg == 0 || (sign != 0 && sg != sign)) return;  // the box reaches the source plane
-    sign = sg;
-    const double row = (P.row_c[0] * x + P.row_c[1] * y + P.row_c[2] * z + P.row_c[3]) / den;
-    if (i == 0 || row < lo) lo = row;
-    if (i == 0 || row > hi) hi = row;
-  }
-  lo = std::max(lo - 1.0, 0.0);
-  hi = std::min(hi + 1.0, static_cast<double>(R - 1));
+  double b[4] = {0.0, 0.0, 0.0, 0.0};
+  if (!box_shadow(P, vs, static_cast<double>(z0) - 1.0, static_cast<double>(z1), b)) return;  // every row
+  const double lo = std::max(b[0] - 1.0, 0.0), hi = std::min(b[1] + 1.0, static_cast<double>(R - 1));
   if (lo > hi) {
     r0 = 0;
     r1 = -1;

@@ -42,6 +42,10 @@ MRI intensity and ``p_99.5`` its 99.5th percentile over the voxels above 5 % of 
 head, not the air). The brightest tissue is then about water's attenuation at 70 keV. This is a
 scaling for simulation, not a conversion: MRI contrast is not attenuation contrast.
 
+The committed results were made from nilearn 0.14.1, dipy 1.12.1 and mricron-data
+1.2.20211006+dfsg-4 (Debian 12); ``sources.json`` records the file each volume was read from
+(a downloaded wheel's or ``.deb``'s name carries its version). Two runs give byte-identical files.
+
 Run: ``python bench/real_volumes.py /tmp/real_volumes`` (downloads a nilearn and a dipy wheel with
 ``pip download`` and the mricron-data ``.deb`` with ``apt-get download`` into ``<out>/_packages``
 unless the packages are installed already).
@@ -205,7 +209,7 @@ def main() -> None:
         vol, p = attenuation_like(vol)
         np.save(out / f"{s.name}.npy", vol)
         record["volumes"][s.name] = {"file": f"{s.name}.npy", "shape": list(vol.shape), "source": s.package,
-                                     "member": s.member, "what": s.what, "licence": s.licence, "role": s.role,
+                                     "member": s.member, "read_from": str(path), "what": s.what, "licence": s.licence, "role": s.role,
                                      "original_voxel_mm": list(voxel), "p99_5": p}
         print(f"{s.name}: {vol.shape} from {s.package} ({s.what})", flush=True)
     (out / "sources.json").write_text(json.dumps(record, indent=1))

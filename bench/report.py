@@ -288,6 +288,39 @@ def quality_table(path: Path) -> str:
             + "\n".join(rows) + "\n" + merged)
 
 
+def quality_real_table(path: Path) -> str:
+    """The held-out real-anatomy table of ``bench/quality_real.py`` (issue 17): one row per view
+    count and method, PSNR/SSIM whole and central, gain over FDK (Hann); then the shipped model."""
+    if not path.exists():
+        return ""
+    q = json.loads(path.read_text())
+    c, d = q["config"], q["data"]
+    rows = ["| views | method | PSNR whole (dB) | vs FDK Hann | PSNR central (dB) | SSIM whole | SSIM central "
+            "| training (s) |", "|---|---|---|---|---|---|---|---|"]
+    for views, v in q["views"].items():
+        hann = v["methods"]["FDK (Hann)"]["mean_psnr_whole"]
+        for name, r in v["methods"].items():
+            t = r.get("train_seconds")
+            rows.append(f"| {views} | {name} | {r['mean_psnr_whole']:.2f} | {r['mean_psnr_whole'] - hann:+.2f} | "
+                        f"{r['mean_psnr_central']:.2f} | {r['mean_ssim_whole']:.3f} | {r['mean_ssim_central']:.3f} | "
+                        f"{'-' if t is None else f'{t:.0f}'} |")
+    text = (f"### Quality on held-out real anatomy ({', '.join(d['test'])}; trained on {', '.join(d['train']) or '-'}"
+            f"{' + textured phantoms' if d.get('textured_every') else ''}; {c['size']}^3, noise {c['noise']}, "
+            f"patch {c['patch']}^3, **{c['steps']} training steps each: a short budget**)\n\n" + "\n".join(rows) + "\n")
+    s = q.get("shipped")
+    if s:
+        m = s["methods"]
+        rows = ["| method | PSNR whole (dB) | PSNR central (dB) | SSIM whole | SSIM central |", "|---|---|---|---|---|"]
+        for name, r in m.items():
+            rows.append(f"| {name} | {r['mean_psnr_whole']:.2f} | {r['mean_psnr_central']:.2f} | "
+                        f"{r['mean_ssim_whole']:.3f} | {r['mean_ssim_central']:.3f} |")
+        text += (f"\nShipped demo model (trained on {s['trained_on'].get('kind')} phantoms) on the same held-out "
+                 f"volumes, {s['size']}^3, {s['views']} views, noise {s['noise']}: "
+                 f"{s['mean_gain_over_fdk_hann_db_whole']:+.2f} dB over FDK (Hann) (target +{s['target_db']:g} dB)"
+                 f"\n\n" + "\n".join(rows) + "\n")
+    return text
+
+
 def _first(*names: str) -> str:
     """The first of these result files that exists (names written by `unrolled3d bench` first)."""
     return next((n for n in names if (RESULTS / n).exists()), names[-1])
@@ -357,6 +390,7 @@ def main(results: Path | None = None) -> str:
         out.append(compat_table(compat, f"CPU ({_machine('compat_cpu.json')})"))
     out.append(quality_table(RESULTS / "quality_cbct.json"))
     out.append(quality_table(RESULTS / "quality_cbct_48.json"))
+    out.append(quality_real_table(RESULTS / "quality_real.json"))
     text = "\n".join(out)
     (RESULTS / "report.md").write_text(text)
     return text

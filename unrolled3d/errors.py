@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["FileFormatError"]
+__all__ = ["FileFormatError", "first_line"]
 
 
 class FileFormatError(ValueError):
@@ -49,3 +49,10 @@ class FileFormatError(ValueError):
 
     def __reduce__(self):  # picklable (e.g. raised in a DataLoader worker)
         return (type(self), (self.path, self.problem))
+
+
+def first_line(exc: BaseException) -> str:
+    """``"Type: first line of its message"`` (the message cut at 200 characters): a library's error
+    in the one line a :class:`FileFormatError` gives it."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}"

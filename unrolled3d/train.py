@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 
 from ._distributed import rank_and_world
 from ._validation import boolean, choice, integer, real
-from .errors import FileFormatError
+from .errors import FileFormatError, first_line
 from .io.atomic import atomic_path, remove_stale_temporaries
 from .metrics import psnr
 from .protocols import Fingerprinted, PatchTrainable
@@ -213,8 +213,7 @@ def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, An
     try:
         state = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # a truncated zip, EOFError, UnpicklingError ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise FileFormatError(p, f"not a readable checkpoint ({type(exc).__name__}: {first[:200]})") from None
+        raise FileFormatError(p, f"not a readable checkpoint ({first_line(exc)})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise FileFormatError(p, f"not an unrolled3d training checkpoint (format {CHECKPOINT_FORMAT})")
     missing = {"step", "model", "optimizer", "scheduler", "rng", "losses", "val"} - set(state)

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from .._validation import boolean, choice, int_triple, int_tuple, integer, real, real_tuple
 from ..errors import FileFormatError
+from ..io.volumes import _h5_dataset, _h5_open
 from .phantoms import Ellipsoid, random_ellipsoids, shepp_logan_3d, voxelize
 from .textured import textured_phantom
 
@@ -268,43 +269,12 @@ class VolumeFileDataset(Dataset):
                              f"({need} bytes with the header), the file has {have} bytes")
         return shape, dtype, offset
 
-    # ----------------------------------------------------------------- hdf5
-    @staticmethod
-    def _h5py():
-        try:
-            import h5py
-        except ImportError:
-            raise ImportError("reading HDF5 volumes needs h5py: pip install h5py") from None
-        return h5py
-
-    def _h5_dataset(self, f, path: Path):
-        h5py = self._h5py()
-        if self.key is not None:
-            if self.key not in f:
-                raise FileFormatError(path, f"no dataset {self.key!r} (has: {sorted(f.keys())})")
-            ds = f[self.key]
-        else:
-            names = [k for k in f.keys() if isinstance(f[k], h5py.Dataset)]
-            if len(names) != 1:
-                raise FileFormatError(path, f"pass key= to choose one of the datasets {names}")
-            ds = f[names[0]]
-        if not isinstance(ds, h5py.Dataset):
-            raise FileFormatError(path, f"{ds.name!r} is a group, not a dataset")
-        return ds
-
-    def _open_h5(self, path: Path):
-        h5py = self._h5py()
-        try:
-            return h5py.File(path, "r")
-        except OSError as exc:
-            raise FileFormatError(path, f"cannot open HDF5 file (corrupt or truncated?): {exc}") from None
-
     def _inspect(self, path: Path) -> None:
         if path.suffix.lower() in _NPY_SUFFIXES:
             self._inspect_npy(path)
             return
-        with self._open_h5(path) as f:
-            ds = self._h5_dataset(f, path)
+        with _h5_open(path) as f:
+            ds = _h5_dataset(path, f, self.key, default=None, chooser="key=")  # no key: the only dataset
             _check_volume(path, tuple(ds.shape), ds.dtype, self.vol_shape)
 
     # ----------------------------------------------------------------- items
@@ -317,8 +287,8 @@ class VolumeFileDataset(Dataset):
                 return np.load(path, mmap_mode="r", allow_pickle=False)
             except (ValueError, OSError, EOFError) as exc:
                 raise FileFormatError(path, f"cannot read .npy volume (corrupt or truncated?): {exc}") from None
-        with self._open_h5(path) as f:
-            ds = self._h5_dataset(f, path)
+        with _h5_open(path) as f:
+            ds = _h5_dataset(path, f, self.key, default=None, chooser="key=")  # no key: the only dataset
             _check_volume(path, tuple(ds.shape), ds.dtype, self.vol_shape)
             try:
                 return ds[()]

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..errors import FileFormatError
+from ..errors import FileFormatError, first_line
 from ..geometry import ConeBeamGeometry
 from .atomic import atomic_path
 from .volumes import read_volume, sniff_format, write_volume
@@ -55,8 +55,7 @@ def load_torch_file(path: str | os.PathLike, what: str) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, EOFError, UnpicklingError (a pickle weights_only refuses) ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise FileFormatError(path, f"not a readable {what} file ({type(exc).__name__}: {first[:200]})") from None
+        raise FileFormatError(path, f"not a readable {what} file ({first_line(exc)})") from None
     if not isinstance(obj, dict):
         raise FileFormatError(path, f"not a {what} file (holds a {type(obj).__name__}, expected a dict)")
     return obj

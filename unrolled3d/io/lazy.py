@@ -33,18 +33,14 @@ import numpy as np
 import torch
 
 from .._validation import int_triple, int_tuple
-from ..errors import FileFormatError
-from .volumes import (VoxelSize, _check_magic, _file_voxel_size, _float32_decimal, _format_of, _import,
-                      _imagej_voxel_size, _npy_voxel_size, _quiet_logger, _require_file, _tiff_voxel_size)
+from ..errors import FileFormatError, first_line
+from .volumes import (VoxelSize, _check_magic, _check_tiff_pages, _file_voxel_size, _float32_decimal,
+                      _format_of, _h5_dataset, _h5_open, _import, _npy_voxel_size, _quiet_logger, _require_file,
+                      _tiff_stack, _tiff_voxel_size)
 
 __all__ = ["LazyVolume"]
 
 Region = tuple[slice, slice, slice]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}"
 
 
 def _check_header(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, int, int]:
@@ -62,7 +58,7 @@ def _npy_map(path: Path) -> np.ndarray:
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:  # truncated ("mmap length is greater than file size"), object dtype, corrupt header
-        raise FileFormatError(path, f"not a readable .npy volume (truncated or corrupt: {_first_line(exc)})") from None
+        raise FileFormatError(path, f"not a readable .npy volume (truncated or corrupt: {first_line(exc)})") from None
     if not isinstance(arr, np.ndarray):
         raise FileFormatError(path, "not a single .npy array")
     return arr
@@ -83,7 +79,7 @@ def _nifti_image(path: Path):
     try:
         return nib.load(str(path))  # header only: the data stay behind img.dataobj
     except Exception as exc:
-        raise FileFormatError(path, f"not a readable NIfTI volume (truncated or corrupt: {_first_line(exc)})") from None
+        raise FileFormatError(path, f"not a readable NIfTI volume (truncated or corrupt: {first_line(exc)})") from None
 
 
 def _nifti_spatial(path: Path, shape: tuple[int, ...]) -> int:
@@ -113,28 +109,8 @@ def _nifti_region(path: Path, key: str | None, region: Region) -> np.ndarray:
     try:  # NIfTI's array is (x, y, z): the region reversed, scaling (scl_slope) applied by nibabel
         block = img.dataobj[(xs, ys, zs) + (0,) * extra]
     except Exception as exc:
-        raise FileFormatError(path, f"the NIfTI data cannot be read (truncated or corrupt: {_first_line(exc)})") from None
+        raise FileFormatError(path, f"the NIfTI data cannot be read (truncated or corrupt: {first_line(exc)})") from None
     return np.ascontiguousarray(np.asarray(block).transpose(2, 1, 0), dtype=np.float32)
-
-
-def _h5_dataset(path: Path, f: Any, key: str | None):
-    h5py = _import("h5py")
-    name = "volume" if key is None else key
-    if name not in f:
-        raise FileFormatError(path, f"no dataset {name!r} (the file holds {sorted(f.keys()) or 'nothing'}; "
-                                    f"choose one with the HDF5 key)")
-    ds = f[name]
-    if not isinstance(ds, h5py.Dataset):
-        raise FileFormatError(path, f"{name!r} is a group, expected a dataset")
-    return ds
-
-
-def _h5_open(path: Path):
-    h5py = _import("h5py")
-    try:
-        return h5py.File(path, "r")
-    except Exception as exc:
-        raise FileFormatError(path, f"not a readable HDF5 file (truncated or corrupt: {_first_line(exc)})") from None
 
 
 def _h5_header(path: Path, key: str | None) -> tuple[tuple[int, int, int], np.dtype, VoxelSize]:
@@ -151,24 +127,18 @@ def _h5_region(path: Path, key: str | None, region: Region) -> np.ndarray:
         try:
             return np.asarray(ds[region], dtype=np.float32)  # h5py reads the chunks of the region only
         except Exception as exc:
-            raise FileFormatError(path, f"the HDF5 dataset cannot be read (corrupt: {_first_line(exc)})") from None
+            raise FileFormatError(path, f"the HDF5 dataset cannot be read (corrupt: {first_line(exc)})") from None
 
 
 def _tiff_header(path: Path, key: str | None) -> tuple[tuple[int, int, int], np.dtype, VoxelSize]:
     tifffile = _import("tifffile")
     try:
         with _quiet_logger("tifffile"), tifffile.TiffFile(path) as tif:
-            if not tif.series:
-                raise ValueError("no image data")
-            series = tif.series[0]
-            shaped = tif.shaped_metadata[0] if tif.shaped_metadata else {}
-            page0 = tif.pages[0]
-            ij_vs = _imagej_voxel_size(tif, page0) if tif.is_imagej else None
-            shape, dtype, page_shape = tuple(series.shape), np.dtype(series.dtype), tuple(page0.shape)
+            series, shaped, page_shape, ij_vs = _tiff_stack(tif)
+            shape, dtype = tuple(series.shape), np.dtype(series.dtype)
     except Exception as exc:
-        raise FileFormatError(path, f"not a readable TIFF stack (truncated or corrupt: {_first_line(exc)})") from None
-    if len(page_shape) != 2:
-        raise FileFormatError(path, f"expected a 3D stack of single-channel 2D pages, got pages of shape {page_shape}")
+        raise FileFormatError(path, f"not a readable TIFF stack (truncated or corrupt: {first_line(exc)})") from None
+    _check_tiff_pages(path, page_shape)
     return _check_header(path, shape, dtype), dtype, _tiff_voxel_size(path, shaped, ij_vs)
 
 
@@ -181,7 +151,7 @@ def _tiff_region(path: Path, key: str | None, region: Region) -> np.ndarray:
             # one page at a time, cropped at once: never more than one full page in memory
             out = [np.asarray(tif.asarray(key=int(k), series=0)[ys, xs], dtype=np.float32) for k in pages]
     except Exception as exc:
-        raise FileFormatError(path, f"the TIFF stack cannot be read (truncated or corrupt: {_first_line(exc)})") from None
+        raise FileFormatError(path, f"the TIFF stack cannot be read (truncated or corrupt: {first_line(exc)})") from None
     return np.stack(out)
 
 
@@ -191,7 +161,7 @@ def _pt_load(path: Path) -> tuple[torch.Tensor, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # a legacy (non-zip) file cannot be mapped, a truncated zip, ...
         raise FileFormatError(path, f"not a memory-mappable .pt volume (truncated, corrupt or an old "
-                                    f"non-zip torch file: {_first_line(exc)})") from None
+                                    f"non-zip torch file: {first_line(exc)})") from None
     vol = obj.get("volume") if isinstance(obj, dict) else obj
     if not isinstance(vol, torch.Tensor):
         raise FileFormatError(path, "expected a tensor, or a dict with a tensor 'volume' (as write_volume saves it)")

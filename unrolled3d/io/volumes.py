@@ -63,7 +63,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..errors import FileFormatError
+from ..errors import FileFormatError, first_line
 from .atomic import atomic_path, check_not_input, resolve_output
 
 __all__ = ["read_volume", "write_volume", "volume_format", "volume_files", "check_volume_target", "sniff_format",
@@ -316,8 +316,7 @@ def _read_nifti(path: Path) -> tuple[torch.Tensor, VoxelSize]:
         disk_dtype = img.get_data_dtype()
         zooms = img.header.get_zooms()
     except Exception as exc:  # ImageFileError, OSError, EOFError, zlib errors...
-        raise FileFormatError(path, f"not a readable NIfTI volume (truncated or corrupt: "
-                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise FileFormatError(path, f"not a readable NIfTI volume (truncated or corrupt: {first_line(exc)})") from None
     while arr.ndim > 3 and arr.shape[-1] == 1:  # (x, y, z, 1) as some tools write 3D volumes
         arr = arr[..., 0]
     if arr.ndim != 3:
@@ -343,18 +342,38 @@ def _write_hdf5(path: Path, arr: np.ndarray, vs: VoxelSize, force: bool = False)
             ds.attrs["unit"] = "mm"
 
 
-def _read_hdf5(path: Path) -> tuple[torch.Tensor, VoxelSize]:
+def _h5_open(path: Path):
+    """``path`` opened read-only with h5py, or a ``FileFormatError`` naming it."""
     h5py = _import("h5py")
     try:
-        f = h5py.File(path, "r")
+        return h5py.File(path, "r")
     except Exception as exc:
-        raise FileFormatError(path, f"not a readable HDF5 file (truncated or corrupt: {type(exc).__name__}: {exc})") from None
-    with f:
-        if "volume" not in f:
-            raise FileFormatError(path, f"no dataset 'volume' (the file holds {sorted(f.keys()) or 'nothing'})")
-        ds = f["volume"]
-        if not isinstance(ds, h5py.Dataset):
-            raise FileFormatError(path, f"'volume' is a group, expected a dataset")
+        raise FileFormatError(path, f"not a readable HDF5 file (truncated or corrupt: {first_line(exc)})") from None
+
+
+def _h5_dataset(path: Path, f: Any, key: str | None, default: str | None = "volume", chooser: str = "the HDF5 key"):
+    """The dataset ``key`` of the open file ``f`` (``None``: ``default``, or with ``default=None``
+    the file's only dataset), or a ``FileFormatError`` saying what the file holds and how to
+    choose (``chooser``: the argument's name where the caller has one)."""
+    h5py = _import("h5py")
+    name = default if key is None else key
+    if name is None:
+        names = [k for k in f.keys() if isinstance(f[k], h5py.Dataset)]
+        if len(names) != 1:
+            raise FileFormatError(path, f"the file holds {len(names)} datasets {names}: choose one with {chooser}")
+        name = names[0]
+    if name not in f:
+        raise FileFormatError(path, f"no dataset {name!r} (the file holds {sorted(f.keys()) or 'nothing'}; "
+                                    f"choose one with {chooser})")
+    ds = f[name]
+    if not isinstance(ds, h5py.Dataset):
+        raise FileFormatError(path, f"{name!r} is a group, expected a dataset")
+    return ds
+
+
+def _read_hdf5(path: Path) -> tuple[torch.Tensor, VoxelSize]:
+    with _h5_open(path) as f:
+        ds = _h5_dataset(path, f, None)
         if ds.dtype.kind not in "biuf":
             raise FileFormatError(path, f"dataset 'volume' has a non-numeric or complex dtype {ds.dtype} "
                              f"(expected real numbers)")
@@ -364,7 +383,7 @@ def _read_hdf5(path: Path) -> tuple[torch.Tensor, VoxelSize]:
         try:
             arr = ds[()]
         except Exception as exc:
-            raise FileFormatError(path, f"dataset 'volume' cannot be read (corrupt: {type(exc).__name__}: {exc})") from None
+            raise FileFormatError(path, f"dataset 'volume' cannot be read (corrupt: {first_line(exc)})") from None
         raw_vs = ds.attrs.get("voxel_size", (1.0, 1.0, 1.0))
     return _to_tensor(path, arr), _file_voxel_size(path, raw_vs, "attribute voxel_size")
 
@@ -401,23 +420,31 @@ def _quiet_logger(name: str) -> Iterator[None]:
         logger.removeFilter(mute)
 
 
+def _tiff_stack(tif: Any) -> tuple[Any, dict, tuple[int, ...], VoxelSize | None]:
+    """``(first series, our JSON description, first page's shape, ImageJ voxel size or None)`` of
+    an open ``tifffile.TiffFile``; ``ValueError`` if it holds no image."""
+    if not tif.series:
+        raise ValueError("no image data")
+    page0 = tif.pages[0]
+    shaped = tif.shaped_metadata[0] if tif.shaped_metadata else {}
+    return tif.series[0], shaped, tuple(page0.shape), _imagej_voxel_size(tif, page0) if tif.is_imagej else None
+
+
+def _check_tiff_pages(path: Path, page_shape: tuple[int, ...]) -> None:
+    if len(page_shape) != 2:  # RGB or multi-sample pages are not slices of one volume
+        raise FileFormatError(path, f"expected a 3D stack of single-channel 2D pages, got pages of shape {page_shape}")
+
+
 def _read_tiff(path: Path) -> tuple[torch.Tensor, VoxelSize]:
     tifffile = _import("tifffile")
     try:
         with _quiet_logger("tifffile"), tifffile.TiffFile(path) as tif:
-            if not tif.series:
-                raise ValueError("no image data")
-            series = tif.series[0]
+            series, shaped, page_shape, ij_vs = _tiff_stack(tif)
             n_pages = len(tif.pages)
-            shaped = tif.shaped_metadata[0] if tif.shaped_metadata else {}
-            page0 = tif.pages[0]
-            page_shape = tuple(page0.shape)
-            ij_vs = _imagej_voxel_size(tif, page0) if tif.is_imagej else None
             arr = series.asarray()
     except Exception as exc:  # tifffile raises many types for damaged files
         raise FileFormatError(path, f"not a readable TIFF stack (truncated or corrupt: {type(exc).__name__}: {exc})") from None
-    if len(page_shape) != 2:  # RGB or multi-sample pages are not slices of one volume
-        raise FileFormatError(path, f"expected a 3D stack of single-channel 2D pages, got pages of shape {page_shape}")
+    _check_tiff_pages(path, page_shape)
     if arr.ndim != 3:
         raise FileFormatError(path, f"expected a 3D stack (pages = z slices), got an image of shape {tuple(arr.shape)}")
     # A stack we wrote has one page per slice: fewer pages means a cut-off IFD chain.

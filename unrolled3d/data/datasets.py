@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from .._validation import boolean, choice, int_triple, int_tuple, integer, real, real_tuple
 from ..errors import FileFormatError
+from ..io.lazy import _npy_map
 from ..io.volumes import _h5_dataset, _h5_open
 from .phantoms import Ellipsoid, random_ellipsoids, shepp_logan_3d, voxelize
 from .textured import textured_phantom
@@ -167,20 +168,6 @@ class PhantomDataset(Dataset):
         return vol.unsqueeze(0)
 
 
-def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, bool, int]:
-    """``(shape, dtype, fortran_order, data offset)`` of a .npy file, read from its header."""
-    with open(path, "rb") as f:
-        try:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            else:  # 2.0 and 3.0 share the 4-byte header length (3.0 only allows utf-8 field names)
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        except Exception as exc:  # numpy raises ValueError / EOFError / SyntaxError on bad headers
-            raise FileFormatError(path, f"not a valid .npy file (corrupt or truncated header): {exc}") from None
-        return tuple(shape), dtype, fortran, f.tell()
-
-
 def _check_volume(path, shape: tuple[int, ...], dtype: np.dtype, expected: tuple[int, int, int] | None) -> None:
     if dtype.hasobject or dtype.kind not in "fiu":
         raise FileFormatError(path, f"volumes must hold real numbers (float or integer), got dtype {dtype}")
@@ -259,15 +246,10 @@ class VolumeFileDataset(Dataset):
                 "vol_shape": None if self.vol_shape is None else list(self.vol_shape)}
 
     # ----------------------------------------------------------------- npy
-    def _inspect_npy(self, path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
-        shape, dtype, _, offset = _npy_header(path)
-        _check_volume(path, shape, dtype, self.vol_shape)
-        need = offset + math.prod(shape) * dtype.itemsize
-        have = path.stat().st_size
-        if have < need:
-            raise FileFormatError(path, f"truncated .npy file: its header announces {shape} {dtype} "
-                             f"({need} bytes with the header), the file has {have} bytes")
-        return shape, dtype, offset
+    def _inspect_npy(self, path: Path) -> np.memmap:
+        arr = _npy_map(path)  # a truncated file fails to map: caught here, naming it
+        _check_volume(path, arr.shape, arr.dtype, self.vol_shape)
+        return arr
 
     def _inspect(self, path: Path) -> None:
         if path.suffix.lower() in _NPY_SUFFIXES:
@@ -282,11 +264,7 @@ class VolumeFileDataset(Dataset):
         """The raw array of item ``i`` (``.npy``: a read-only memory map)."""
         path = self.paths[_index(i, len(self.paths))]
         if path.suffix.lower() in _NPY_SUFFIXES:
-            self._inspect_npy(path)
-            try:
-                return np.load(path, mmap_mode="r", allow_pickle=False)
-            except (ValueError, OSError, EOFError) as exc:
-                raise FileFormatError(path, f"cannot read .npy volume (corrupt or truncated?): {exc}") from None
+            return self._inspect_npy(path)
         with _h5_open(path) as f:
             ds = _h5_dataset(path, f, self.key, default=None, chooser="key=")  # no key: the only dataset
             _check_volume(path, tuple(ds.shape), ds.dtype, self.vol_shape)

@@ -287,7 +287,7 @@ def run_shipped(args: argparse.Namespace, norm: IntensityNormalization, results:
         if (int(post_cfg["geometry"]["size"]), int(post_cfg["geometry"]["views"])) != (n, views):
             raise SystemExit(f"--post-weights {args.post_weights} was trained at {post_cfg['geometry']}, the model "
                              f"at size {n}, {views} views: not one comparison")
-        post_label = f"post-processing {Path(args.post_weights).name} (UNet3D on FDK Hann)"
+        post_label = "post-processing UNet3D"  # short: it labels a figure row (the file is in post_info)
         runs.append((post_label, lambda m: post(m, physics)))
         post_info = {"weights": str(args.post_weights), "parameters": post_cfg["parameters"],
                      "steps": post_cfg["train"]["steps"], "label": post_label}

@@ -251,13 +251,19 @@ class VolumeFileDataset(Dataset):
         _check_volume(path, arr.shape, arr.dtype, self.vol_shape)
         return arr
 
+    # ----------------------------------------------------------------- hdf5
+    def _inspect_h5(self, path: Path, f):
+        """The checked dataset of the open file ``f`` (no ``key``: the file's only dataset)."""
+        ds = _h5_dataset(path, f, self.key, default=None, chooser="key=")
+        _check_volume(path, tuple(ds.shape), ds.dtype, self.vol_shape)
+        return ds
+
     def _inspect(self, path: Path) -> None:
         if path.suffix.lower() in _NPY_SUFFIXES:
             self._inspect_npy(path)
             return
         with _h5_open(path) as f:
-            ds = _h5_dataset(path, f, self.key, default=None, chooser="key=")  # no key: the only dataset
-            _check_volume(path, tuple(ds.shape), ds.dtype, self.vol_shape)
+            self._inspect_h5(path, f)
 
     # ----------------------------------------------------------------- items
     def load(self, i: int) -> np.ndarray:
@@ -266,8 +272,7 @@ class VolumeFileDataset(Dataset):
         if path.suffix.lower() in _NPY_SUFFIXES:
             return self._inspect_npy(path)
         with _h5_open(path) as f:
-            ds = _h5_dataset(path, f, self.key, default=None, chooser="key=")  # no key: the only dataset
-            _check_volume(path, tuple(ds.shape), ds.dtype, self.vol_shape)
+            ds = self._inspect_h5(path, f)
             try:
                 return ds[()]
             except OSError as exc:

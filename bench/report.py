@@ -331,8 +331,9 @@ def quality_real_table(path: Path) -> str:
         what = (f"{trained['kind']} phantoms" if "kind" in trained else
                 f"files ({', '.join(trained.get('paths', []))})")
         post = s.get("post_processing")
-        budget = f", {s['steps']} steps" + (f" (post-processing: {post['steps']} steps)" if post else "") \
-            if "steps" in s else ""
+        post_budget = (f" (post-processing: {post['steps']} steps, {post['parameters']:,} weights)"
+                       if post and "parameters" in post else f" (post-processing: {post['steps']} steps)" if post else "")
+        budget = f", {s['steps']} steps" + post_budget if "steps" in s else ""
         text += (f"\n`{Path(s['weights']).name}` (trained on {what}{budget}) on held-out {tests}, "
                  f"{s['size']}^3, {s['views']} views, noise {s['noise']}: "
                  f"{s['mean_gain_over_fdk_hann_db_whole']:+.2f} dB over FDK (Hann), per volume in order"
@@ -411,6 +412,7 @@ def main(results: Path | None = None) -> str:
     out.append(quality_table(RESULTS / "quality_cbct_48.json"))
     out.append(quality_real_table(RESULTS / "quality_real.json"))
     out.append(quality_real_table(RESULTS / "quality_real_heads_ct.json"))
+    out.append(quality_real_table(RESULTS / "quality_real_heads_ct_post24.json"))  # a wider baseline
     text = "\n".join(out)
     (RESULTS / "report.md").write_text(text)
     return text

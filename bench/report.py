@@ -331,8 +331,10 @@ def quality_real_table(path: Path) -> str:
         what = (f"{trained['kind']} phantoms" if "kind" in trained else
                 f"files ({', '.join(trained.get('paths', []))})")
         post = s.get("post_processing")
-        post_budget = (f" (post-processing: {post['steps']} steps, {post['parameters']:,} weights)"
-                       if post and "parameters" in post else f" (post-processing: {post['steps']} steps)" if post else "")
+        post_budget = ""
+        if post:  # files from before the baseline's size was recorded have no "parameters"
+            weights = f", {post['parameters']:,} weights" if "parameters" in post else ""
+            post_budget = f" (post-processing: {post['steps']} steps{weights})"
         budget = f", {s['steps']} steps" + post_budget if "steps" in s else ""
         text += (f"\n`{Path(s['weights']).name}` (trained on {what}{budget}) on held-out {tests}, "
                  f"{s['size']}^3, {s['views']} views, noise {s['noise']}: "

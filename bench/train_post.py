@@ -7,7 +7,8 @@ The paper's baseline is a DRUNet-3D applied to the FDK reconstruction. Here it i
 ``unrolled3d train`` (same files, normalisation, augmentation, crop and noise draws, seed, Adam,
 cosine schedule; checkpoints and ``--resume`` as there). Only the steps may differ (``--steps``,
 default the configuration's): the comparison in ``quality_real.py --post-weights`` is at equal
-*training time*, and one post-processing step costs less than one unrolled step.
+*training time*, and one post-processing step costs less than one unrolled step. ``--init post.pt``
+fine-tunes a baseline (same ``--base`` and ``--depth``), as ``[model] init`` does the unrolled network.
 
 Writes ``<out-dir>/post.pt`` (``state_dict`` and the configuration as JSON; read back with
 ``torch.load(weights_only=True)`` by :func:`load_post`) and ``<out-dir>/post.json`` (losses, time).
@@ -20,6 +21,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -68,6 +70,7 @@ def main() -> None:
     ap.add_argument("--base", type=int, default=16, help="channels of the UNet3D's first level")
     ap.add_argument("--depth", type=int, default=2)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", help="start from this post.pt (same --base and --depth) instead of random weights")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -84,13 +87,21 @@ def main() -> None:
         train_cfg["steps"] = args.steps
     out = Path(args.out_dir)
     rec = build_post(args.base, args.depth)
+    init = None
+    if args.init is not None:  # fine-tuning, as `[model] init` for the unrolled network
+        start, start_cfg = load_post(args.init)
+        if (start_cfg["post"]["base"], start_cfg["post"]["depth"]) != (args.base, args.depth):
+            raise SystemExit(f"--init {args.init} has base {start_cfg['post']['base']}, depth "
+                             f"{start_cfg['post']['depth']}: give the same --base and --depth")
+        rec.load_state_dict(start.state_dict())
+        init = {"path": str(Path(args.init).resolve()), "sha256": hashlib.sha256(Path(args.init).read_bytes()).hexdigest()}
     t0 = time.perf_counter()
     log = train(rec, physics, dataset, TrainConfig(**train_cfg, out_dir=str(out / "checkpoints"), progress=True),
                 resume=args.resume)
     seconds = time.perf_counter() - t0
     config = {**cfg, "train": train_cfg, "normalization": norm.to_dict(),
               "post": {"base": args.base, "depth": args.depth, "window": "hann"},
-              "parameters": sum(p.numel() for p in rec.parameters())}
+              "parameters": sum(p.numel() for p in rec.parameters()), "init": init}
     save_post(out / "post.pt", rec, config)
     with atomic_path(out / "post.json") as tmp:
         tmp.write_text(json.dumps({"steps": log["step"], "seconds_this_run": seconds,

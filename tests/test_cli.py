@@ -1,6 +1,7 @@
 """The command line, end to end on tiny sizes, and its failures (non-zero exit, one-line reason)."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 import subprocess
@@ -100,6 +101,46 @@ def test_train_writes_a_loadable_model_with_its_command_and_resumes(workdir, cap
     assert config["command"].startswith("unrolled3d train") and any(k.startswith("base.") for k in state)
     assert main(["train", str(workdir / "c.toml"), "--out-dir", str(workdir / "run"), "--resume", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 2
+
+
+def _max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
+
+
+def test_train_fine_tunes_from_the_model_file_that_model_init_names(workdir):
+    # With a learning rate of 1e-30 Adam moves no weight by more than ~1e-30: the run's model is
+    # its starting point. From run/model.pt (2 steps at lr 1e-3) that is run/model.pt; without
+    # init it is the seed's random weights, which differ from run/model.pt by the 2 steps (~1e-3).
+    cfg = ("[geometry]\nsize = 20\nviews = 10\n[model]\nn_iter = 2\nbase = 4\n{init}"
+           "[partition]\npatch = 10\n[train]\nsteps = 1\nlr = 1e-30\n")
+    start, _ = load_model(workdir / "run" / "model.pt")
+    for name, init in (("ft", 'init = "run/model.pt"\n'), ("fresh", "")):
+        (workdir / f"{name}.toml").write_text(cfg.format(init=init))
+        assert main(["train", str(workdir / f"{name}.toml"), "--out-dir", str(workdir / name), "--quiet"]) == 0
+    tuned, config = load_model(workdir / "ft" / "model.pt")
+    fresh, fresh_config = load_model(workdir / "fresh" / "model.pt")
+    assert _max_difference(tuned, start) < 1e-20
+    assert _max_difference(fresh, start) > 1e-5
+    # the model file records where it started, by path and content
+    assert config["model"]["init"] == "run/model.pt" and "init" not in fresh_config
+    assert config["init"] == {"path": str((workdir / "run" / "model.pt").resolve()),
+                              "sha256": hashlib.sha256((workdir / "run" / "model.pt").read_bytes()).hexdigest()}
+
+
+@pytest.mark.parametrize("model, message", [
+    ('base = 6\ninit = "run/model.pt"', "another architecture (base 4 there, 6 here)"),
+    ('base = 4\nshared = false\ninit = "run/model.pt"', "shared True there, False here"),
+    ('base = 4\ninit = "nowhere/model.pt"', "no model file at"),
+    ('base = 4\ninit = "m.pt"', "not an unrolled3d model file"),
+])
+def test_a_model_init_that_cannot_start_the_run_is_refused_before_the_folder_is_made(workdir, capsys, model,
+                                                                                     message):
+    (workdir / "bad_init.toml").write_text(f"[geometry]\nsize = 20\nviews = 10\n[model]\nn_iter = 2\n{model}\n"
+                                           "[partition]\npatch = 10\n[train]\nsteps = 1\n")
+    assert main(["train", str(workdir / "bad_init.toml"), "--out-dir", str(workdir / "bad_init")]) != 0
+    assert message in capsys.readouterr().err
+    assert not (workdir / "bad_init").exists()
 
 
 def test_reconstruct_unrolled_and_with_normal_operator(workdir, capsys):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import sys
 import time
@@ -314,7 +315,8 @@ def _train_schema() -> dict[str, dict[str, tuple[str, Any]]]:
     return {
         "geometry": {"size": ("int", 4), "views": ("int", 1)},
         "phantoms": {"kind": ("choice", PhantomDataset.KINDS), "seed": ("int", 0)},
-        "model": {"n_iter": ("int", 1), "base": ("int", 1), "depth": ("int", 1), "shared": ("bool", None)},
+        "model": {"n_iter": ("int", 1), "base": ("int", 1), "depth": ("int", 1), "shared": ("bool", None),
+                  "init": ("str", None)},
         "partition": {"patch": ("int", 1)},
         "train": train,
     }
@@ -395,6 +397,37 @@ def load_train_config(path: str | Path) -> dict[str, dict[str, Any]]:
     return cfg
 
 
+_ARCHITECTURE = ("n_iter", "base", "depth", "shared")  # the [model] keys the weights' shapes depend on
+
+
+def _initial_weights(cfg: dict[str, dict[str, Any]], config_path: Path) -> tuple[dict, dict[str, Any]] | None:
+    """The weights ``[model] init`` names (a model file, relative to the TOML), checked against ``[model]``.
+
+    Fine-tuning starts from them instead of random weights; the file must hold the same
+    architecture (``n_iter``, ``base``, ``depth``, ``shared``), else a :class:`FileFormatError`
+    names the key. Returns ``None`` without ``init``, else ``(state_dict, record)`` where the
+    record (path and SHA-256 of the file) goes into the new model file's configuration.
+    """
+    from ..io import load_model
+
+    init = cfg["model"].get("init")
+    if init is None:
+        return None
+    path = (config_path.resolve().parent / init).resolve()  # an absolute init stays as it is
+    if not path.is_file():
+        raise FileNotFoundError(f"[model] init {init!r} of {config_path}: no model file at {path}")
+    weights, init_cfg = load_model(path)
+    mine = {k: cfg["model"].get(k, True if k == "shared" else None) for k in _ARCHITECTURE}
+    # files written before `shared` existed had shared denoisers (as models.build_model reads them)
+    theirs = {k: init_cfg["model"].get(k, True if k == "shared" else None) for k in _ARCHITECTURE}
+    differ = [f"{k} {theirs[k]!r} there, {mine[k]!r} here" for k in _ARCHITECTURE if theirs[k] != mine[k]]
+    if differ:
+        raise FileFormatError(config_path, f"[model] init {init!r} holds another architecture ({'; '.join(differ)}): "
+                                           f"fine-tuning needs the same [model] n_iter, base, depth and shared")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return weights, {"path": str(path), "sha256": digest}
+
+
 def train_cmd(args: argparse.Namespace) -> int:
     from ..data import IntensityNormalization, PhantomDataset
     from ..io import resolve_output, save_model
@@ -411,6 +444,7 @@ def train_cmd(args: argparse.Namespace) -> int:
             if isinstance(exc, FileFormatError):  # names the volume file already
                 raise
             raise FileFormatError(args.config, str(exc)) from None
+    initial = _initial_weights(cfg, Path(args.config))  # checked before the folder is touched, like the files
     toml_dir = cfg["train"].pop("out_dir", None)
     if args.out_dir is None and toml_dir is None:
         raise ValueError("give --out-dir (or out_dir in the config's [train] section)")
@@ -468,6 +502,10 @@ def train_cmd(args: argparse.Namespace) -> int:
         dataset = PhantomDataset(100_000, (size,) * 3, kind=cfg["phantoms"]["kind"], seed=cfg["phantoms"]["seed"])
     torch.manual_seed(cfg["train"]["seed"])
     rec = build_model(cfg, (size,) * 3)
+    if initial is not None:  # fine-tuning; a resumed run then loads its checkpoint over these
+        rec.load_state_dict(initial[0])
+        recorded["init"] = initial[1]
+        _note(args, f"starting from the weights of {initial[1]['path']}")
     tcfg = TrainConfig(**cfg["train"], out_dir=str(ckpt_dir), progress=_show_progress(args))
     resume_cmd = f"unrolled3d train {args.config} --out-dir {out_dir} --resume"
     args.interrupt_hint = f"the checkpoints written so far are in {ckpt_dir}: continue with `{resume_cmd}`"

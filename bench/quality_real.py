@@ -290,7 +290,8 @@ def run_shipped(args: argparse.Namespace, norm: IntensityNormalization, results:
         post_label = "post-processing UNet3D"  # short: it labels a figure row (the file is in post_info)
         runs.append((post_label, lambda m: post(m, physics)))
         post_info = {"weights": str(args.post_weights), "parameters": post_cfg["parameters"],
-                     "steps": post_cfg["train"]["steps"], "label": post_label}
+                     "steps": post_cfg["train"]["steps"], "label": post_label,
+                     "init": post_cfg.get("init")}  # a fine-tuned baseline: the file it started from
     per: dict[str, list] = {name: [] for name, _ in runs}
     figures = []
     with torch.no_grad():
@@ -319,7 +320,7 @@ def run_shipped(args: argparse.Namespace, norm: IntensityNormalization, results:
         print(f"post-processing: {methods[post_info['label']]['mean_psnr_whole']:.2f} dB: gain "
               f"{post_info['mean_gain_over_fdk_hann_db_whole']:+.2f} dB over FDK (Hann)", flush=True)
     results["shipped"] = {"weights": str(args.shipped_weights), "trained_on": config.get("phantoms") or config.get("data"),
-                          "steps": config["train"]["steps"], "post_processing": post_info,
+                          "steps": config["train"]["steps"], "init": config.get("init"), "post_processing": post_info,
                           "size": n, "views": views, "noise": noise, "patch": config["partition"]["patch"],
                           "methods": methods, "gain_over_fdk_hann_db_whole": gain,
                           "mean_gain_over_fdk_hann_db_whole": float(np.mean(gain)), "target_db": 3.0,

@@ -293,6 +293,12 @@ def _per_volume_gain(r: dict, hann: dict) -> str:
     return " / ".join(f"{a['psnr_whole'] - b['psnr_whole']:+.2f}" for a, b in zip(r["per_volume"], hann["per_volume"]))
 
 
+def _fine_tuned(info: dict) -> str:
+    """``, fine-tuned from `name` (sha)`` for a model whose result records the file it started from."""
+    init = info.get("init")
+    return f", fine-tuned from `{Path(init['path']).name}` ({init['sha256'][:8]})" if init else ""
+
+
 def quality_real_table(path: Path) -> str:
     """The held-out real-volume tables of ``bench/quality_real.py`` (issue 17): one row per view
     count and method, PSNR/SSIM whole and central, gain over FDK (Hann) (mean and per volume); then
@@ -334,8 +340,8 @@ def quality_real_table(path: Path) -> str:
         post_budget = ""
         if post:  # files from before the baseline's size was recorded have no "parameters"
             weights = f", {post['parameters']:,} weights" if "parameters" in post else ""
-            post_budget = f" (post-processing: {post['steps']} steps{weights})"
-        budget = f", {s['steps']} steps" + post_budget if "steps" in s else ""
+            post_budget = f" (post-processing: {post['steps']} steps{weights}{_fine_tuned(post)})"
+        budget = f", {s['steps']} steps{_fine_tuned(s)}" + post_budget if "steps" in s else ""
         text += (f"\n`{Path(s['weights']).name}` (trained on {what}{budget}) on held-out {tests}, "
                  f"{s['size']}^3, {s['views']} views, noise {s['noise']}: "
                  f"{s['mean_gain_over_fdk_hann_db_whole']:+.2f} dB over FDK (Hann), per volume in order"
@@ -372,7 +378,8 @@ def heads_ct_runs_table(paths: list[Path]) -> str:
                 continue
             seen.add(key)
             size = f", {post['parameters']:,} weights" if is_post and "parameters" in post else ""
-            steps = f"{post['steps'] if is_post else s.get('steps', '?')} steps{size}"
+            # a fine-tuned model's steps came after those of the file it started from
+            steps = f"{post['steps'] if is_post else s.get('steps', '?')} steps{size}{_fine_tuned(post if is_post else s)}"
             method = name if is_post else "partitioned unrolled"  # quality_real.py calls any model "shipped"
             rows.append(f"| `{path.name}` | {method} | `{weights}` | {steps} | {r['mean_psnr_whole']:.2f} | "
                         f"{r['mean_psnr_whole'] - hann['mean_psnr_whole']:+.2f} | {_per_volume_gain(r, hann)} | "
@@ -452,8 +459,10 @@ def main(results: Path | None = None) -> str:
     out.append(quality_table(RESULTS / "quality_cbct_48.json"))
     out.append(quality_real_table(RESULTS / "quality_real.json"))
     out.append(quality_real_table(RESULTS / "quality_real_heads_ct.json"))
-    # the shipped run first, then every other run scored the same way (wider baselines, retrainings)
-    heads = [RESULTS / "quality_real_heads_ct.json"] + sorted(RESULTS.glob("quality_real_heads_ct_*.json"))
+    # the shipped model's run first, then the run it was fine-tuned from (so that a model that other
+    # files score again is labelled by its own run), then every other run scored the same way
+    heads = [RESULTS / "quality_real_heads_ct.json", RESULTS / "quality_real_heads_ct_stage1.json"]
+    heads += [p for p in sorted(RESULTS.glob("quality_real_heads_ct_*.json")) if p not in heads]
     out.append(heads_ct_runs_table(heads))
     text = "\n".join(out)
     (RESULTS / "report.md").write_text(text)

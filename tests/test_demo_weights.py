@@ -1,6 +1,7 @@
 """The demo's shipped weights: safe to load, small, and made by the command they record."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -58,3 +59,18 @@ def test_second_model_trained_on_real_anatomy_loads_and_matches_its_recipe():
     names = sorted(Path(p).name for p in config["data_files"]["train"])
     assert names == sorted(f"{n}_{e}.npy" for n in ("inia19", "mni152") for e in (36, 44, 52, 64, 80))
     assert config["data_files"]["held_out"] == []
+
+
+def test_second_model_was_fine_tuned_from_the_stage_one_model_its_recipe_names():
+    """heads_ct.pt is stage 2: it records the SHA-256 of the file it started from, and that is the
+    stage-1 model heads_ct_stage1.toml describes (same network and data, from random weights)."""
+    _, config = load_model(HEADS)
+    stage1_toml = HEADS.with_name("heads_ct_stage1.toml")
+    assert config["init"]["sha256"] in stage1_toml.read_text()
+    assert config["init"]["sha256"] != hashlib.sha256(HEADS.read_bytes()).hexdigest()
+    stage1, stage2 = load_train_config(stage1_toml), load_train_config(HEADS.with_suffix(".toml"))
+    assert "init" not in stage1["model"] and stage2["model"]["init"].endswith("heads_ct.pt")
+    assert {k: v for k, v in stage2["model"].items() if k != "init"} == stage1["model"]
+    assert stage1["partition"] == stage2["partition"] and stage1["geometry"] == stage2["geometry"]
+    assert {k: v for k, v in stage2["data"].items() if k != "seed"} == {
+        k: v for k, v in stage1["data"].items() if k != "seed"}

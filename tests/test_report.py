@@ -44,6 +44,11 @@ def test_every_run_is_one_row_and_a_model_scored_twice_counts_once(report, tmp_p
     assert "| 36.25 | +5.75 | +5.75 / +5.75 | 0.900 |" in new and "partitioned unrolled" in new
     assert "150 steps, 1,234 weights" in next(r for r in rows if "runs/p3/post.pt" in r)
     assert "held out: colin, dipy" in report.heads_ct_runs_table(files)
+    # a fine-tuned model's steps are said to follow its start's
+    q = json.loads(files[2].read_text())
+    q["shipped"]["init"] = {"path": "/x/heads.pt", "sha256": "0123456789abcdef" * 4}
+    files[2].write_text(json.dumps(q))
+    assert "| 100 steps, fine-tuned from `heads.pt` (01234567) |" in report.heads_ct_runs_table(files)
 
 
 def test_runs_of_another_problem_are_refused_and_one_run_makes_no_table(report, tmp_path):

@@ -417,9 +417,9 @@ def _initial_weights(cfg: dict[str, dict[str, Any]], config_path: Path) -> tuple
     if not path.is_file():
         raise FileNotFoundError(f"[model] init {init!r} of {config_path}: no model file at {path}")
     weights, init_cfg = load_model(path)
-    mine = {k: cfg["model"].get(k, True if k == "shared" else None) for k in _ARCHITECTURE}
     # files written before `shared` existed had shared denoisers (as models.build_model reads them)
-    theirs = {k: init_cfg["model"].get(k, True if k == "shared" else None) for k in _ARCHITECTURE}
+    mine, theirs = ({k: m.get(k, True if k == "shared" else None) for k in _ARCHITECTURE}
+                    for m in (cfg["model"], init_cfg["model"]))
     differ = [f"{k} {theirs[k]!r} there, {mine[k]!r} here" for k in _ARCHITECTURE if theirs[k] != mine[k]]
     if differ:
         raise FileFormatError(config_path, f"[model] init {init!r} holds another architecture ({'; '.join(differ)}): "

@@ -293,10 +293,12 @@ def _per_volume_gain(r: dict, hann: dict) -> str:
     return " / ".join(f"{a['psnr_whole'] - b['psnr_whole']:+.2f}" for a, b in zip(r["per_volume"], hann["per_volume"]))
 
 
-def _fine_tuned(info: dict) -> str:
-    """``, fine-tuned from `name` (sha)`` for a model whose result records the file it started from."""
+def _training(info: dict) -> str:
+    """``N steps[, P weights][, fine-tuned from `name` (sha)]`` of a scored model or baseline: the
+    size where the result records it, the file it started from where it was fine-tuned."""
     init = info.get("init")
-    return f", fine-tuned from `{Path(init['path']).name}` ({init['sha256'][:8]})" if init else ""
+    return (f"{info['steps']} steps" + (f", {info['parameters']:,} weights" if "parameters" in info else "")
+            + (f", fine-tuned from `{Path(init['path']).name}` ({init['sha256'][:8]})" if init else ""))
 
 
 def quality_real_table(path: Path) -> str:
@@ -337,11 +339,9 @@ def quality_real_table(path: Path) -> str:
         what = (f"{trained['kind']} phantoms" if "kind" in trained else
                 f"files ({', '.join(trained.get('paths', []))})")
         post = s.get("post_processing")
-        post_budget = ""
-        if post:  # files from before the baseline's size was recorded have no "parameters"
-            weights = f", {post['parameters']:,} weights" if "parameters" in post else ""
-            post_budget = f" (post-processing: {post['steps']} steps{weights}{_fine_tuned(post)})"
-        budget = f", {s['steps']} steps{_fine_tuned(s)}" + post_budget if "steps" in s else ""
+        # files from before the baseline's size was recorded have no "parameters"
+        post_budget = f" (post-processing: {_training(post)})" if post else ""
+        budget = f", {_training(s)}" + post_budget if "steps" in s else ""
         text += (f"\n`{Path(s['weights']).name}` (trained on {what}{budget}) on held-out {tests}, "
                  f"{s['size']}^3, {s['views']} views, noise {s['noise']}: "
                  f"{s['mean_gain_over_fdk_hann_db_whole']:+.2f} dB over FDK (Hann), per volume in order"
@@ -369,20 +369,18 @@ def heads_ct_runs_table(paths: list[Path]) -> str:
         if any(s[k] != first[k] for k in keys) or s["methods"]["FDK (Hann)"] != hann or q["data"]["test"] != test_files:
             raise ValueError(f"{path.name} scores another problem than {files[0][0].name}: not one table")
         post = s.get("post_processing") or {}
-        entries = [(n, r) for n, r in s["methods"].items() if not n.startswith("FDK")]
-        for name, r in entries:
-            is_post = name == post.get("label")
-            weights = post["weights"] if is_post else s["weights"]
-            key = (weights, r["mean_psnr_whole"])
+        for name, r in s["methods"].items():
+            if name.startswith("FDK"):
+                continue
+            info = post if name == post.get("label") else s
+            key = (info["weights"], r["mean_psnr_whole"])
             if key in seen:
                 continue
             seen.add(key)
-            size = f", {post['parameters']:,} weights" if is_post and "parameters" in post else ""
-            # a fine-tuned model's steps came after those of the file it started from
-            steps = f"{post['steps'] if is_post else s.get('steps', '?')} steps{size}{_fine_tuned(post if is_post else s)}"
-            method = name if is_post else "partitioned unrolled"  # quality_real.py calls any model "shipped"
-            rows.append(f"| `{path.name}` | {method} | `{weights}` | {steps} | {r['mean_psnr_whole']:.2f} | "
-                        f"{r['mean_psnr_whole'] - hann['mean_psnr_whole']:+.2f} | {_per_volume_gain(r, hann)} | "
+            method = name if info is post else "partitioned unrolled"  # quality_real.py calls any model "shipped"
+            rows.append(f"| `{path.name}` | {method} | `{info['weights']}` | {_training(info)} | "
+                        f"{r['mean_psnr_whole']:.2f} | {r['mean_psnr_whole'] - hann['mean_psnr_whole']:+.2f} | "
+                        f"{_per_volume_gain(r, hann)} | "
                         f"{r['mean_ssim_whole']:.3f} |")
     return (f"\n### Every scored `heads_ct` training run ({first['size']}^3, {first['views']} views, noise "
             f"{first['noise']}, held out: {tests}, gains per volume in that order)\n\n" + "\n".join(rows) + "\n")

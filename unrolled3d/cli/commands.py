@@ -409,6 +409,7 @@ def _initial_weights(cfg: dict[str, dict[str, Any]], config_path: Path) -> tuple
     record (path and SHA-256 of the file) goes into the new model file's configuration.
     """
     from ..io import load_model
+    from ..models.config import SHARED_DEFAULT
 
     init = cfg["model"].get("init")
     if init is None:
@@ -417,8 +418,7 @@ def _initial_weights(cfg: dict[str, dict[str, Any]], config_path: Path) -> tuple
     if not path.is_file():
         raise FileNotFoundError(f"[model] init {init!r} of {config_path}: no model file at {path}")
     weights, init_cfg = load_model(path)
-    # files written before `shared` existed had shared denoisers (as models.build_model reads them)
-    mine, theirs = ({k: m.get(k, True if k == "shared" else None) for k in _ARCHITECTURE}
+    mine, theirs = ({k: m.get(k, SHARED_DEFAULT if k == "shared" else None) for k in _ARCHITECTURE}
                     for m in (cfg["model"], init_cfg["model"]))
     differ = [f"{k} {theirs[k]!r} there, {mine[k]!r} here" for k in _ARCHITECTURE if theirs[k] != mine[k]]
     if differ:

@@ -15,6 +15,8 @@ from .unrolled import UnrolledPGD
 
 __all__ = ["build_model"]
 
+SHARED_DEFAULT = True  # `[model] shared` of model files written before the key existed: shared denoisers
+
 
 def build_model(config: Mapping[str, Any], img_shape: Sequence[int], patch: int | None = None
                 ) -> PartitionedReconstructor:
@@ -54,8 +56,7 @@ def build_model(config: Mapping[str, Any], img_shape: Sequence[int], patch: int 
             raise
         raise ValueError(f"the model configuration is malformed ({err}): expected tables [model] and "
                          f"[partition]") from None
-    # files written before the key existed had shared denoisers
-    shared = boolean("[model] shared", m.get("shared", True))
+    shared = boolean("[model] shared", m.get("shared", SHARED_DEFAULT))
     # shared=False: one denoiser per iteration, all starting from the same initial weights
     model = UnrolledPGD(UNet3D(base=base, depth=depth), n_iter=n_iter, step_size=1.0, shared=shared)
     edge = edge if patch is None else patch

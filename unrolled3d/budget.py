@@ -18,6 +18,7 @@ before: on the GPU ``torch.cuda.max_memory_allocated``, on the CPU the resident 
 """
 from __future__ import annotations
 
+import copy
 import math
 import re
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ import torch
 from ._validation import integer
 from .memory import reset_peak_rss, status_bytes, trim_heap
 
-__all__ = ["parse_bytes", "PatchChoice", "choose_patch", "measure_peak"]
+__all__ = ["parse_bytes", "PatchChoice", "choose_patch", "measure_peak", "available_bytes", "InferencePlan",
+           "plan_inference", "bf16_is_native", "patch_cost_model"]
 
 _UNITS = {"": 2**20, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
@@ -156,3 +158,152 @@ def choose_patch(rec, y: torch.Tensor, physics, budget_bytes: int, candidates: S
     choice.patch = fits[-1]
     choice.predicted_bytes = choice.predict(choice.patch)
     return choice
+
+
+# ---------------------------------------------------------------------------------- inference defaults
+#: share of the memory available now that a reconstruction takes when no budget is given
+DEFAULT_BUDGET_SHARE = 0.5
+
+
+def available_bytes(device: torch.device | str = "cpu") -> int:
+    """The default memory budget: half of what is available now (CPU: ``MemAvailable`` of
+    ``/proc/meminfo``; CUDA: the device's free memory)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(DEFAULT_BUDGET_SHARE * free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(DEFAULT_BUDGET_SHARE * int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    return 2 * 2**30  # no /proc: a modest 2 GiB
+
+
+def bf16_is_native(device: torch.device | str = "cpu") -> bool:
+    """Whether bfloat16 convolutions run natively here (CPU: AVX-512 BF16 or AMX through oneDNN;
+    CUDA: compute capability 8.0 or newer)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def patch_cost_model(rec, y: torch.Tensor, physics, x_init: torch.Tensor, sizes: Sequence[int],
+                     measure: Callable[[Callable[[], object], torch.device], int] = measure_peak) -> tuple[float, float]:
+    """``(a, b)`` of the peak of one group of patches, ``a + b p^3`` bytes, measured at two patch
+    edges ``sizes`` (see the module docstring)."""
+    x_ctx = torch.zeros_like(x_init)
+    residual = y.clone()
+    peaks = []
+    with torch.no_grad():
+        for p in sizes:
+            one = rec.with_patch_size((p, p, p))
+            offsets = one.patches()[:one.patch_batch_size]
+            peaks.append(measure(lambda: one.reconstruct_patches(y, physics, x_ctx, offsets, residual), y.device))
+    if len(sizes) < 2 or sizes[0] == sizes[1]:
+        return float(peaks[0]), 0.0
+    b = max(peaks[1] - peaks[0], 0) / (sizes[1] ** 3 - sizes[0] ** 3)
+    return peaks[0] - b * sizes[0] ** 3, b
+
+
+@dataclass
+class InferencePlan:
+    """How :func:`plan_inference` set up a reconstruction, and why (bytes).
+
+    Examples
+    --------
+    >>> from unrolled3d.budget import InferencePlan
+    >>> InferencePlan((96, 96, 96), (96, 96, 96), 1, True, 10, 20, 1).whole_volume
+    True
+    """
+
+    patch: tuple[int, int, int]
+    stride: tuple[int, int, int]
+    n_sweeps: int
+    amp: bool
+    predicted_bytes: int
+    budget_bytes: int
+    patch_batch_size: int
+    img_shape: tuple[int, int, int] | None = None
+
+    @property
+    def whole_volume(self) -> bool:
+        return self.img_shape is None or self.patch == self.img_shape
+
+    def to_dict(self) -> dict:
+        return {"patch": list(self.patch), "stride": list(self.stride), "n_sweeps": self.n_sweeps, "amp": self.amp,
+                "patch_batch_size": self.patch_batch_size, "predicted_peak_mib": round(self.predicted_bytes / 2**20, 1),
+                "budget_mib": round(self.budget_bytes / 2**20, 1), "whole_volume": self.whole_volume}
+
+
+def plan_inference(rec, y: torch.Tensor, physics, x_init: torch.Tensor, budget_bytes: int | None = None,
+                   amp: bool | None = None, n_sweeps: int | None = None,
+                   measure: Callable[[Callable[[], object], torch.device], int] = measure_peak):
+    """The fastest partitioned reconstruction that fits the memory budget: ``(rec', plan)``.
+
+    The network is fully convolutional, so the inference patch is a memory decision, not the
+    training patch: the whole volume when its predicted peak fits the budget (one sweep: there
+    is no context to refresh), else the largest cubic patch that fits, with half overlap and
+    two sweeps. ``amp`` (default: where bfloat16 is native, :func:`bf16_is_native`) runs the
+    network in bfloat16 (the data step stays float32). Measured on held-out real heads with the
+    shipped ``heads_ct.pt`` (``bench/results/inference_speed*.json``): see the README.
+
+    Parameters
+    ----------
+    rec : PartitionedReconstructor
+        The trained model (its base is shared, not copied).
+    y, physics
+        The measurements (on the target device) and the full operator.
+    x_init : torch.Tensor
+        The start point ``physics.A_dagger(y)`` (already computed: its memory is counted as
+        held, and it becomes the first sweep's context).
+    budget_bytes : int, optional
+        Default :func:`available_bytes`.
+    amp, n_sweeps
+        Override the choices above.
+
+    Raises
+    ------
+    ValueError
+        Even the smallest patch does not fit the budget (the message says what it needs).
+    """
+    device = y.device
+    budget = available_bytes(device) if budget_bytes is None else integer("budget_bytes", budget_bytes, 1)
+    shape = tuple(rec.img_shape)
+    n = min(shape)
+    item = y.element_size()
+    vol = math.prod(shape) * y.shape[0] * y.shape[1] * item
+    buffers = 3 * vol + 2 * y.numel() * item  # estimate, blended sum, weight; residual and a projection
+    p1 = min(16, n)
+    p2 = min(max(24, p1), n)
+    a, b = patch_cost_model(rec, y, physics, x_init, (p1, p2), measure)
+    whole = buffers + a + b * math.prod(shape)
+    use_amp = bf16_is_native(device) if amp is None else bool(amp)
+    if whole <= budget:
+        patch, predicted = shape, whole
+    else:
+        fits = [p for p in sorted({*range(p1, n + 1, 8), n}) if buffers + a + b * p**3 <= budget]
+        if not fits:
+            raise ValueError(f"the memory budget {budget / 2**20:.0f} MiB is too small: the smallest patch ({p1}^3) "
+                             f"needs about {(buffers + a + b * p1**3) / 2**20:.0f} MiB")
+        patch, predicted = (fits[-1],) * 3, buffers + a + b * fits[-1] ** 3
+    whole_volume = patch == shape
+    stride = patch if whole_volume else tuple(max(1, p // 2) for p in patch)
+    sweeps = (1 if whole_volume else 2) if n_sweeps is None else integer("n_sweeps", n_sweeps, 1)
+    base = rec.base
+    if hasattr(base, "amp"):  # a shallow copy: the same weights, its own precision setting
+        base = copy.copy(base)
+        base.amp = use_amp
+    else:
+        use_amp = False
+    out = type(rec)(base, shape, patch, stride, n_sweeps=sweeps, progress=rec.progress,
+                    sweep_start=rec.sweep_start, patch_batch_size=rec.patch_batch_size)
+    plan = InferencePlan(tuple(patch), tuple(stride), sweeps, use_amp, int(predicted), budget, rec.patch_batch_size,
+                         shape)
+    return out, plan

@@ -18,6 +18,7 @@ Conventions (the same as ASTRA's 3D cone-beam code, see ``docs/geometry.md``):
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -29,7 +30,7 @@ import torch
 
 from ._validation import check_allocation, check_patch, int_tuple, integer, real, real_tuple
 
-__all__ = ["ConeBeamGeometry", "CircularTrajectory", "MAX_MAGNITUDE"]
+__all__ = ["ConeBeamGeometry", "CircularTrajectory", "DetectorWindow", "MAX_MAGNITUDE"]
 
 #: Largest magnitude a geometry quantity may take in voxel units (positions and ray directions
 #: divided by the voxel size, inverse voxel sizes). The projector traverses rays in single
@@ -73,6 +74,47 @@ class CircularTrajectory:
     det_spacing: tuple[float, float]
     det_offset: tuple[float, float]
     scan: str
+
+
+@dataclass(frozen=True)
+class DetectorWindow:
+    """The detector pixels a sub-volume's shadow reaches: one ``rows x cols`` window per view.
+
+    View ``p``'s window is the pixels ``[row0[p], row0[p] + rows) x [col0[p], col0[p] + cols)``
+    of the full detector; every view's window has the same shape, so the windowed measurements
+    are an array ``[B, C, n_views, rows, cols]`` like any other.
+
+    Attributes
+    ----------
+    row0, col0 : tuple of int
+        First detector row and column of each view's window.
+    shape : (int, int)
+        ``(rows, cols)`` of every window.
+    det_shape : (int, int)
+        The full detector the windows lie in.
+
+    Examples
+    --------
+    >>> from unrolled3d.geometry import DetectorWindow
+    >>> w = DetectorWindow((0, 2), (1, 1), (2, 3), (4, 5))
+    >>> w.shape, w.fraction          # 6 of 20 pixels per view
+    ((2, 3), 0.3)
+    """
+
+    row0: tuple[int, ...]
+    col0: tuple[int, ...]
+    shape: tuple[int, int]
+    det_shape: tuple[int, int]
+
+    @property
+    def fraction(self) -> float:
+        """The share of the detector a window covers."""
+        return (self.shape[0] * self.shape[1]) / (self.det_shape[0] * self.det_shape[1])
+
+    @property
+    def is_full(self) -> bool:
+        """Whether every window is the whole detector."""
+        return self.shape == self.det_shape
 
 
 class ConeBeamGeometry:
@@ -381,6 +423,134 @@ class ConeBeamGeometry:
         patch.trajectory = self.trajectory
         patch._scan_cache = self._scan_cache
         return patch
+
+    def shadow_bounds(self, offset: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+        """Per view, the detector rows and columns the sub-volume's shadow can reach.
+
+        A ray contributes to the projection of the sub-volume ``[offset, offset + shape)`` only
+        if it passes within one voxel of one of its voxel centres (the projector interpolates
+        linearly between neighbouring centres), so the shadow is the perspective image of the
+        box whose corners are the centres extended by one voxel on every side. A box in front of
+        the source projects into the convex hull of its eight corners' images: their extreme
+        detector coordinates, rounded outwards, bound every pixel whose ray can reach it.
+
+        Parameters
+        ----------
+        offset, shape : (int, int, int)
+            The sub-volume, in voxels of this geometry's volume (it may reach outside it).
+
+        Returns
+        -------
+        np.ndarray, int64, shape (n_views, 4)
+            ``(row_lo, row_hi, col_lo, col_hi)`` per view, inclusive, clamped to the detector;
+            ``lo > hi`` where the shadow misses the detector.
+        """
+        off = [int(v) for v in offset]
+        shp = [int(v) for v in shape]
+        # box corners in (x, y, z) world coordinates, from index space (k, j, i) = (z, y, x)
+        axes = []
+        for o, p, n, s, c in zip(off[::-1], shp[::-1], self.vol_shape[::-1], self.voxel_size[::-1],
+                                 self.vol_offset[::-1]):
+            lo, hi = o - 1.0, o + p + 0.0  # centres o .. o+p-1, widened by one voxel
+            axes.append([c + (lo - 0.5 * (n - 1)) * s, c + (hi - 0.5 * (n - 1)) * s])
+        corners = np.array([[x, y, z] for x in axes[0] for y in axes[1] for z in axes[2]])  # (8, 3)
+        src, det, u, v = (self.vectors[:, i:i + 3] for i in (0, 3, 6, 9))
+        normal = np.cross(u, v)
+        # the ray from the source through each corner meets the detector plane at s + t (P - s)
+        to_det = ((det - src) * normal).sum(1)  # (V,)
+        rays = corners[None, :, :] - src[:, None, :]  # (V, 8, 3)
+        t = to_det[:, None] / (rays * normal[:, None, :]).sum(2)
+        hits = src[:, None, :] + t[..., None] * rays - det[:, None, :]
+        # detector coordinates (a, b) of each hit: hit = a u + b v (+ 0 normal), by the dual basis
+        basis = np.stack([u, v, normal], axis=2)  # (V, 3, 3): columns u, v, n
+        ab = np.linalg.solve(basis[:, None, :, :], hits[..., None])[..., 0]  # (V, 8, 3)
+        rows, cols = self.det_shape
+        col = ab[..., 0] + 0.5 * (cols - 1)
+        row = ab[..., 1] + 0.5 * (rows - 1)
+        bounds = np.stack([np.floor(row.min(1)), np.ceil(row.max(1)), np.floor(col.min(1)), np.ceil(col.max(1))], 1)
+        lo_r, hi_r = np.clip(bounds[:, 0], 0, rows - 1), np.clip(bounds[:, 1], -1, rows - 1)
+        lo_c, hi_c = np.clip(bounds[:, 2], 0, cols - 1), np.clip(bounds[:, 3], -1, cols - 1)
+        lo_r = np.where(bounds[:, 0] > rows - 1, rows, lo_r)  # wholly beyond the last row: empty
+        lo_c = np.where(bounds[:, 2] > cols - 1, cols, lo_c)
+        return np.stack([lo_r, hi_r, lo_c, hi_c], 1).astype(np.int64)
+
+    def shadow_shape(self, offset: Sequence[int], shape: Sequence[int]) -> tuple[int, int]:
+        """``(rows, cols)`` of the smallest window holding the sub-volume's shadow in every view
+        (see :meth:`shadow_bounds`)."""
+        b = self.shadow_bounds(offset, shape)
+        return (max(1, int((b[:, 1] - b[:, 0] + 1).max())), max(1, int((b[:, 3] - b[:, 2] + 1).max())))
+
+    def detector_window(self, offset: Sequence[int], shape: Sequence[int],
+                        window_shape: Sequence[int] | None = None) -> DetectorWindow:
+        """The per-view detector windows of the sub-volume's shadow (:meth:`shadow_bounds`).
+
+        Parameters
+        ----------
+        offset, shape : (int, int, int)
+            The sub-volume, in voxels.
+        window_shape : (int, int), optional
+            Make every window at least this ``(rows, cols)`` (clamped to the detector), e.g. the
+            largest shadow of a group of patches solved together, whose measurements are stacked.
+
+        Returns
+        -------
+        DetectorWindow
+            Each view's window holds its shadow and lies inside the detector.
+        """
+        b = self.shadow_bounds(offset, shape)
+        rows, cols = self.det_shape
+        h, w = self.shadow_shape(offset, shape)
+        if window_shape is not None:
+            wh, ww = int_tuple("window_shape", window_shape, 2)
+            h, w = max(h, wh), max(w, ww)
+        h, w = min(h, rows), min(w, cols)
+        # the window starts at its shadow's first row (column), moved back where it would overhang
+        row0 = np.clip(np.minimum(b[:, 0], rows - h), 0, None)
+        col0 = np.clip(np.minimum(b[:, 2], cols - w), 0, None)
+        return DetectorWindow(tuple(int(r) for r in row0), tuple(int(c) for c in col0), (h, w), self.det_shape)
+
+    def windowed(self, window: DetectorWindow) -> "ConeBeamGeometry":
+        """The same views seen through ``window``: each view's detector is its window (its centre
+        moved to the window's centre, ``det_shape`` the window's). A vector geometry (no
+        trajectory: the windows move with the view). Same volume."""
+        if window.det_shape != self.det_shape or len(window.row0) != self.n_views:
+            raise ValueError(f"the window is for a {window.det_shape} detector with {len(window.row0)} views, "
+                             f"this geometry has {self.det_shape} and {self.n_views}")
+        rows, cols = self.det_shape
+        h, w = window.shape
+        shift_c = np.asarray(window.col0, dtype=np.float64) + 0.5 * (w - 1) - 0.5 * (cols - 1)
+        shift_r = np.asarray(window.row0, dtype=np.float64) + 0.5 * (h - 1) - 0.5 * (rows - 1)
+        vec = np.array(self.vectors)
+        vec[:, 3:6] += shift_c[:, None] * vec[:, 6:9] + shift_r[:, None] * vec[:, 9:12]
+        vec.setflags(write=False)
+        out = object.__new__(ConeBeamGeometry)  # the views were checked; a window keeps them valid
+        out.vectors = vec
+        out.det_shape = (h, w)
+        out.vol_shape = self.vol_shape
+        out.voxel_size = self.voxel_size
+        out.vol_offset = self.vol_offset
+        out.trajectory = None
+        out._scan_cache = {}
+        return out
+
+    def detector_rows(self, row0: int, rows: int) -> "ConeBeamGeometry":
+        """The same scan on the detector rows ``[row0, row0 + rows)`` (every view alike), e.g. the
+        band a slab of the volume can reach. A circular scan stays circular (its detector offset
+        moves by the band's shift), so FDK on the band is FDK's exact restriction: the ramp
+        filter runs along detector rows, each row alone."""
+        total, cols = self.det_shape
+        row0 = integer("row0", row0, 0)
+        rows = integer("rows", rows, 1)
+        if row0 + rows > total:
+            raise ValueError(f"detector rows [{row0}, {row0 + rows}) lie outside the detector's {total} rows")
+        n = self.n_views
+        out = self.windowed(DetectorWindow((row0,) * n, (0,) * n, (rows, cols), self.det_shape))
+        if self.trajectory is not None:
+            t = self.trajectory
+            shift = row0 + 0.5 * (rows - 1) - 0.5 * (total - 1)
+            out.trajectory = dataclasses.replace(t, det_offset=(t.det_offset[0] + shift * t.det_spacing[0],
+                                                                t.det_offset[1]))
+        return out
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:

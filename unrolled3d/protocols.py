@@ -36,7 +36,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import torch
 
 __all__ = [
-    "Restrictable", "PatchStartPoint", "Fingerprinted", "PartitionablePhysics", "NormalEquationPhysics",
+    "Restrictable", "MeasurementWindow", "PatchStartPoint", "Fingerprinted", "PartitionablePhysics", "NormalEquationPhysics",
     "ImageKind", "PatchTrainable", "StartPointReconstructor",
 ]
 
@@ -56,6 +56,25 @@ class Restrictable(Protocol):
     def restrict(self, offset: Sequence[int], shape: Sequence[int]) -> Any:
         """The operator ``A S^T`` of the sub-volume ``[offset, offset + shape)`` (a deepinv
         ``LinearPhysics`` acting on ``[B, C, *shape]``), whose cost should grow with the patch."""
+        ...
+
+
+@runtime_checkable
+class MeasurementWindow(Protocol):
+    """A patch operator whose measurements are a part of the whole scan's (e.g. the detector
+    pixels the patch's shadow reaches, :class:`unrolled3d.physics.ConeBeamPatch`): the patch
+    problem's data are ``crop_measurements(y)`` of the full measurements ``y``.
+
+    Examples
+    --------
+    >>> from unrolled3d.protocols import MeasurementWindow
+    >>> from unrolled3d.physics import ConeBeamCT, ConeBeamPatch
+    >>> issubclass(ConeBeamPatch, MeasurementWindow), issubclass(ConeBeamCT, MeasurementWindow)
+    (True, False)
+    """
+
+    def crop_measurements(self, y: torch.Tensor) -> torch.Tensor:
+        """The operator's part of full measurements ``y`` (a linear crop)."""
         ...
 
 

@@ -16,6 +16,7 @@ from .._validation import boolean, check_allocation, choice, integer, real
 from ..errors import FileFormatError
 from .bench import bench_cmd
 from .output import emit
+from .streamed import is_store_path, reconstruct_store, simulate_store
 from .train_data import build_file_data, parse_data_section
 
 if sys.version_info >= (3, 11):
@@ -113,6 +114,8 @@ def simulate(args: argparse.Namespace) -> int:
     noise = real("--noise", args.noise, nonnegative=True)  # NaN and inf refused here
     integer("--seed", args.seed, 0)  # as [phantoms] seed and [train] seed: torch takes -1, numpy's generators not
     views = integer("--views", args.views, 1)
+    if is_store_path(args.out):  # a Zarr store: the volume is made and projected slab by slab
+        return _simulate_store(args, noise, views)
     out = check_pt_name(args.out, "measurements")
     check_not_input([out], [args.volume])
     resolve_output(out, args.force)
@@ -143,6 +146,40 @@ def simulate(args: argparse.Namespace) -> int:
     save_measurements(out, y, g, x_true=x, meta={**source, "noise": noise}, force=args.force)
     emit(args, {"out": args.out, "sino_shape": list(y.shape)}, f"wrote {args.out}: measurements {tuple(y.shape)}")
     return 0
+
+
+def _simulate_store(args: argparse.Namespace, noise: float, views: int) -> int:
+    """``simulate --output m.zarr``: the phantom voxelised (or the volume file read) slab by slab."""
+    from ..data import random_ellipsoids, shepp_logan_3d, voxelize
+    from ..io import LazyVolume, check_not_input
+    from ..physics import scan_for_volume, standard_cone_beam
+
+    check_not_input([args.out], [args.volume])
+    scan = "short" if args.short_scan else "full"
+    if args.volume is not None:
+        if args.phantom is not None or args.size is not None:
+            raise ValueError("--volume replaces --phantom and --size: give one or the other")
+        vol = LazyVolume(args.volume)
+        g = scan_for_volume(vol.shape, vol.voxel_size, views, scan)
+        h, w = vol.shape[1:]
+
+        def slab(z0: int, s: int) -> torch.Tensor:
+            return torch.from_numpy(vol.read((z0, 0, 0), (s, h, w)))
+
+        source = {"volume": str(args.volume)}
+    else:
+        size = 64 if args.size is None else integer("--size", args.size, 4)
+        phantom = args.phantom or "shepp-logan"
+        g = standard_cone_beam(size, views, scan=scan)
+        radius = 0.45 * size
+        ell = shepp_logan_3d(radius) if phantom == "shepp-logan" else random_ellipsoids(10, radius, seed=args.seed)
+
+        def slab(z0: int, s: int) -> torch.Tensor:  # 1 mm voxels, the volume centred on the origin
+            return voxelize(ell, (s, size, size), vol_offset=(z0 + 0.5 * (s - 1) - 0.5 * (size - 1), 0.0, 0.0),
+                            supersample=2)
+
+        source = {"phantom": phantom}
+    return simulate_store(args, g, slab, noise, source)
 
 
 def import_walnut(args: argparse.Namespace) -> int:
@@ -191,23 +228,27 @@ def fit_normal(args: argparse.Namespace) -> int:
 
 
 def reconstruct(args: argparse.Namespace) -> int:
-    from ..budget import choose_patch, measure_peak, parse_bytes
-    from ..io import check_not_input, check_volume_target, load_measurements, load_model, volume_files, write_volume
+    from ..budget import measure_peak, parse_bytes, plan_inference
+    from ..io import check_not_input, check_volume_target, load_measurements, volume_files, write_volume
     from ..metrics import psnr
-    from ..models import build_model
     from ..normal import DiagCirculantWrapper
-    from ..data import IntensityNormalization
     from ..physics import ConeBeamCT, fdk
 
     # Everything about the output is checked before minutes of computing: its ending, that it is
     # none of the inputs (the .npy sidecar included), that it may be replaced.
-    check_not_input(volume_files(args.out), [args.measurements, args.weights, args.normal])
-    check_volume_target(args.out, args.force)
     if args.method == "fdk":
         given = [f for f, v in (("--weights", args.weights), ("--normal", args.normal),
-                                ("--patch-size", args.patch_size), ("--memory-budget", args.memory_budget)) if v]
+                                ("--patch-size", args.patch_size)) if v]
         if given:
             raise ValueError(f"{', '.join(given)} apply to --method unrolled, not to FDK")
+    if args.method == "unrolled" and args.weights is None:
+        raise ValueError("--method unrolled needs --weights (a model file written by `unrolled3d train`)")
+    if is_store_path(args.measurements) or is_store_path(args.out):  # streamed, slab by slab and patch by patch
+        return reconstruct_store(args, _load_unrolled)
+    if args.method == "fdk" and args.memory_budget is not None:
+        raise ValueError("--memory-budget applies to --method unrolled, or to FDK of a Zarr store (streamed)")
+    check_not_input(volume_files(args.out), [args.measurements, args.weights, args.normal])
+    check_volume_target(args.out, args.force)
     budget_info = None
     device = _device(args.device)
     y, g, x_true, _ = load_measurements(args.measurements)
@@ -219,23 +260,7 @@ def reconstruct(args: argparse.Namespace) -> int:
         _note(args, f"FDK of {g.n_views} views into a {g.vol_shape} volume")
         x = fdk(y, g, window=physics.fdk_window, progress=show)
     else:
-        if args.weights is None:
-            raise ValueError("--method unrolled needs --weights (a model file written by `unrolled3d train`)")
-        state, config = load_model(args.weights)
-        try:  # how the training volumes were scaled (files before [data] trained on values as they are)
-            norm = IntensityNormalization.from_dict(config.get("normalization", {"kind": "attenuation"}))
-        except (TypeError, ValueError) as exc:
-            raise FileFormatError(args.weights, f"invalid normalisation entry ({exc})") from None
-        if args.patch_size is not None:
-            integer("--patch-size", args.patch_size, 1)
-            if any(args.patch_size > n for n in g.vol_shape):
-                raise ValueError(f"--patch-size {args.patch_size} is larger than the volume {g.vol_shape}")
-        try:
-            rec = build_model(config, g.vol_shape, patch=args.patch_size)
-            rec.load_state_dict(state)
-        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
-            raise FileFormatError(args.weights, f"the weights do not fit the model its configuration describes "
-                                                f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
+        rec, norm = _load_unrolled(args, g.vol_shape)
         rec.to(device).eval()
         rec.progress = show
         target = physics
@@ -245,30 +270,34 @@ def reconstruct(args: argparse.Namespace) -> int:
                 raise ValueError(f"--normal {args.normal} is for a {target.img_shape} volume, the measurements "
                                  f"are of a {tuple(g.vol_shape)} volume")
         y_n = physics.normalize_measurements(y)
+        with torch.no_grad():
+            x0 = physics.A_dagger(y_n)  # FDK: the start point (the first context), in attenuation units
         # a percentile normalisation: the measurements are brought to the training scale (from
         # their FDK's percentile, as the training volumes' own percentile), the output back
         scale = 1.0
         if norm.needs_sample:
-            _note(args, f"FDK of the measurements for the {norm.percentile:g}th-percentile normalisation")
-            scale = norm.measurement_scale(fdk(y, g, window=physics.fdk_window))
-            y_n = y_n * scale
-        if args.memory_budget is not None:
-            if args.patch_size is not None:
-                raise ValueError("give either --patch-size or --memory-budget, not both")
-            choice_ = choose_patch(rec, y_n, target, parse_bytes(args.memory_budget))
-            rec = rec.with_patch_size(choice_.patch)
-            budget_info = {"patch": choice_.patch, "predicted_peak_mib": round(choice_.predicted_bytes / 2**20, 1)}
-            _note(args, f"memory budget {args.memory_budget}: patches of {choice_.patch}^3 "
-                        f"(predicted peak {budget_info['predicted_peak_mib']:.0f} MiB)")
+            scale = norm.measurement_scale(x0)
+            y_n, x0 = y_n * scale, x0 * scale
+        if args.patch_size is None:
+            # the inference patch is a memory decision: the whole volume when it fits the budget
+            budget = parse_bytes(args.memory_budget) if args.memory_budget is not None else None
+            rec, plan = plan_inference(rec, y_n, target, x0, budget_bytes=budget)
+            budget_info = plan.to_dict()
+            _note(args, f"memory budget {budget_info['budget_mib']:.0f} MiB: "
+                        + ("the whole volume as one patch" if plan.whole_volume else f"patches of {plan.patch}")
+                        + f"{', bfloat16 network' if plan.amp else ''} (predicted peak "
+                        f"{budget_info['predicted_peak_mib']:.0f} MiB)")
             t0 = time.perf_counter()  # the choice's trial runs are not part of the reconstruction time
+        elif args.memory_budget is not None:
+            raise ValueError("give either --patch-size or --memory-budget, not both")
         _note(args, f"partitioned unrolled reconstruction: {len(rec.patches())} patches of {rec.patch_shape} "
                     f"x {rec.n_sweeps} sweeps")
         with torch.no_grad():
-            if args.memory_budget is None:
-                x = rec(y_n, target)
+            if budget_info is None:
+                x = rec(y_n, target, x_init=x0)
             else:  # measure the real run's peak, to set against the prediction
                 held: dict[str, torch.Tensor] = {}
-                peak = measure_peak(lambda: held.setdefault("x", rec(y_n, target)), device)
+                peak = measure_peak(lambda: held.setdefault("x", rec(y_n, target, x_init=x0)), device)
                 x = held["x"]
         x = x / scale  # the measurements' units (attenuation for "attenuation" and "hu")
     seconds = time.perf_counter() - t0
@@ -286,6 +315,31 @@ def reconstruct(args: argparse.Namespace) -> int:
     emit(args, payload, f"wrote {args.out} ({args.method}, {seconds:.1f} s"
                          + (f", PSNR {payload['psnr']:.2f} dB)" if "psnr" in payload else ")"))
     return 0
+
+
+def _load_unrolled(args: argparse.Namespace, vol_shape) -> tuple[Any, Any]:
+    """``(rec, normalisation)``: the model of ``--weights`` on volumes of ``vol_shape`` (patch
+    ``--patch-size`` or the training patch), and how its training volumes were scaled."""
+    from ..data import IntensityNormalization
+    from ..io import load_model
+    from ..models import build_model
+
+    state, config = load_model(args.weights)
+    try:  # how the training volumes were scaled (files before [data] trained on values as they are)
+        norm = IntensityNormalization.from_dict(config.get("normalization", {"kind": "attenuation"}))
+    except (TypeError, ValueError) as exc:
+        raise FileFormatError(args.weights, f"invalid normalisation entry ({exc})") from None
+    if args.patch_size is not None:
+        integer("--patch-size", args.patch_size, 1)
+        if any(args.patch_size > n for n in vol_shape):
+            raise ValueError(f"--patch-size {args.patch_size} is larger than the volume {tuple(vol_shape)}")
+    try:
+        rec = build_model(config, vol_shape, patch=args.patch_size)
+        rec.load_state_dict(state)
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        raise FileFormatError(args.weights, f"the weights do not fit the model its configuration describes "
+                                            f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
+    return rec.eval(), norm
 
 
 # ---------------------------------------------------------------------------------- train

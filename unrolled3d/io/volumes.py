@@ -235,8 +235,15 @@ def _write_npy(path: Path, arr: np.ndarray, vs: VoxelSize, force: bool = False) 
         with open(tmp, "wb") as f:
             np.save(f, arr, allow_pickle=False)
     # Always (re)write the sidecar, so a stale one from an older volume never survives.
-    with atomic_path(_sidecar(path), replace_read_only=force) as tmp:
-        tmp.write_text(json.dumps({_SIDECAR_KEY: list(vs), "shape": list(arr.shape), "axes": "zyx", "unit": "mm"}))
+    write_npy_sidecar(path, vs, arr.shape, force)
+
+
+def write_npy_sidecar(path: str | os.PathLike, voxel_size: Sequence[float], shape: Sequence[int],
+                      force: bool = False) -> None:
+    """The voxel-size sidecar ``X.json`` of the volume ``X.npy`` (e.g. one written block by block)."""
+    with atomic_path(_sidecar(Path(path)), replace_read_only=force) as tmp:
+        tmp.write_text(json.dumps({_SIDECAR_KEY: [float(v) for v in voxel_size], "shape": [int(n) for n in shape],
+                                   "axes": "zyx", "unit": "mm"}))
 
 
 def _read_npy(path: Path) -> tuple[torch.Tensor, VoxelSize]:

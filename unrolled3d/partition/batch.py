@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 from deepinv.physics import LinearPhysics
 
+from ..physics.patch import patch_measurements
 from ..protocols import NormalEquationPhysics
 
 __all__ = ["PatchBatch", "NormalPatchBatch"]
@@ -50,6 +51,14 @@ class PatchBatch(LinearPhysics):
         # a plain list, not a ModuleList: the operators belong to the physics they were cut from
         # (and to the plan that caches them), not to this group's state
         self.operators = operators
+        # Patches see detector windows of their own shapes (ConeBeamPatch): their measurements are
+        # zero-padded at the end of each axis to the group's largest, so that they stack. The
+        # padding is zero in both A x and the cropped data, so every data step is unchanged.
+        shapes = [getattr(op, "measurement_shape", None) for op in operators]
+        self._shapes = None
+        if all(sh is not None for sh in shapes) and len({tuple(sh) for sh in shapes}) > 1:
+            self._shapes = [tuple(sh) for sh in shapes]
+            self._padded = tuple(max(d) for d in zip(*self._shapes))
         self.complex_images = bool(getattr(operators[0], "complex_images", False))
 
     @staticmethod
@@ -69,13 +78,32 @@ class PatchBatch(LinearPhysics):
         return torch.cat([getattr(op, method)(part, **kwargs)
                           for op, part in zip(self.operators, self._split(t, "the input"))])
 
+    def stack_measurements(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Measurements of each patch, zero-padded to the group's measurement shape, stacked."""
+        if self._shapes is None:
+            return torch.cat(list(parts))
+        out = []
+        for part in parts:
+            pad: list[int] = []
+            for have, want in zip(reversed(part.shape[-len(self._padded):]), reversed(self._padded)):
+                pad += [0, want - have]
+            out.append(torch.nn.functional.pad(part, pad))
+        return torch.cat(out)
+
+    def _unpad(self, y: torch.Tensor) -> list[torch.Tensor]:
+        """The inverse of :meth:`_pad`'s stacking: each patch's measurements, padding dropped."""
+        parts = self._split(y, "the measurements")
+        if self._shapes is None:
+            return list(parts)
+        return [part[(..., *(slice(0, n) for n in shape))] for part, shape in zip(parts, self._shapes)]
+
     def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         """``A_g x_g`` for each patch ``g``, stacked."""
-        return self._map("A", x, **kwargs)
+        return self.stack_measurements([op.A(part, **kwargs) for op, part in zip(self.operators, self._split(x, "the input"))])
 
     def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
         """``A_g^T y_g`` for each patch ``g``, stacked."""
-        return self._map("A_adjoint", y, **kwargs)
+        return torch.cat([op.A_adjoint(part, **kwargs) for op, part in zip(self.operators, self._unpad(y))])
 
     def A_adjoint_A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         """``A_g^T A_g x_g`` for each patch ``g``, stacked (each operator's own, possibly fused, form)."""
@@ -83,7 +111,12 @@ class PatchBatch(LinearPhysics):
 
     def A_dagger(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
         """Each patch operator's ``A_dagger``, stacked."""
-        return self._map("A_dagger", y, **kwargs)
+        return torch.cat([op.A_dagger(part, **kwargs) for op, part in zip(self.operators, self._unpad(y))])
+
+    def crop_measurements(self, y: torch.Tensor) -> torch.Tensor:
+        """Each patch's part of the full measurements ``y`` ``[B, ...]``, stacked patch-major
+        (``[G * B, ...]``; the whole ``y`` for operators without detector windows)."""
+        return self.stack_measurements([patch_measurements(op, y) for op in self.operators])
 
 
 class NormalPatchBatch(PatchBatch):

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from .._validation import boolean, check_nonempty, choice, int_triple, integer
 from ..normal import DiagCirculantWrapper
 from ..ops import masked_scatter_add, masked_scatter_add_
-from ..physics.patch import crop, patch_start
+from ..physics.patch import crop, patch_measurements, patch_start
 from .base import as_base_reconstructor
 from .grid import patch_grid
 from .plan import SweepPlan, _unwrap, build_plan, group_physics, patch_operator
@@ -50,8 +50,9 @@ _MAX_PLANS = 4
 
 
 def patch_measurement(residual: torch.Tensor, patch_physics: LinearPhysics, x_ctx_patch: torch.Tensor) -> torch.Tensor:
-    """``y_p = y - A Sbar^T x_ctx = (y - A x_ctx) + A_p x_ctx[p]`` from the sweep's residual."""
-    return residual + patch_physics.A(x_ctx_patch)
+    """``y_p = y - A Sbar^T x_ctx = (y - A x_ctx) + A_p x_ctx[p]`` from the sweep's residual (its
+    part the patch operator sees: :func:`unrolled3d.physics.patch_measurements`)."""
+    return patch_measurements(patch_physics, residual) + patch_physics.A(x_ctx_patch)
 
 
 @torch.compiler.disable
@@ -251,17 +252,18 @@ class PartitionedReconstructor(Reconstructor):
         return plan
 
     # ----------------------------------------------------------------- one patch problem
-    def _solve(self, physics_p, size: int, data: torch.Tensor, ctx: torch.Tensor, start: torch.Tensor,
-               normal: DiagCirculantWrapper | None) -> torch.Tensor:
+    def solve_patches(self, physics_p, size: int, data: torch.Tensor, ctx: torch.Tensor, start: torch.Tensor,
+                      normal: DiagCirculantWrapper | None, cropped: bool = False) -> torch.Tensor:
         """Solve ``size`` stacked patch problems (patch-major ``[size * B, ...]``) with the base.
 
-        Exact mode: ``data`` is the sweep's residual ``y - A x_ctx`` ``[B, ...]``, the base gets
-        ``y_p = residual + A_p x_ctx[p]`` per patch. H mode: ``data`` is ``S A^T (y - A x_ctx)``
-        stacked like ``ctx``, the base gets ``b = data + H_p x_ctx[p]`` and the physics ``H_p``.
+        Exact mode: ``data`` is the sweep's residual ``y - A x_ctx`` ``[B, ...]`` (or, with
+        ``cropped``, its part each patch operator sees, stacked), the base gets
+        ``y_p = crop(residual) + A_p x_ctx[p]`` per patch. H mode: ``data`` is
+        ``S A^T (y - A x_ctx)`` stacked like ``ctx``, the base gets ``b = data + H_p x_ctx[p]`` and
+        the physics ``H_p``.
         """
         if normal is None:
-            a = physics_p.A(ctx)
-            y_p = a + data if size == 1 else (a.unflatten(0, (size, -1)) + data).flatten(0, 1)
+            y_p = physics_p.A(ctx) + (data if cropped else patch_measurements(physics_p, data))
             return self.base(y_p, physics_p, x_init=start)
         b = data + physics_p.A_adjoint_A(ctx)
         _set_start(physics_p, start)  # A_dagger of the normal-equation patch problem: its start point
@@ -303,10 +305,10 @@ class PartitionedReconstructor(Reconstructor):
         if normal is None:
             if residual is None:
                 residual = y - physics.A(x_ctx)
-            return self._solve(group, len(ops), residual, ctx, start, None)
+            return self.solve_patches(group, len(ops), residual, ctx, start, None)
         if residual is None:
             residual = normal.A_adjoint(y - normal.A(x_ctx))
-        return self._solve(group, len(ops), _stack(residual, offsets, shape), ctx, start, normal)
+        return self.solve_patches(group, len(ops), _stack(residual, offsets, shape), ctx, start, normal)
 
     # ----------------------------------------------------------------- inference
     def forward(self, y: torch.Tensor, physics: LinearPhysics, fourier_filter: torch.Tensor | None = None,
@@ -364,7 +366,7 @@ class PartitionedReconstructor(Reconstructor):
             ctx = _stack(x, group.offsets, shape)
             start = ctx if self.sweep_start == "current" else _stack(first, group.offsets, shape)
             data = residual if normal is None else _stack(residual, group.offsets, shape)
-            x_g = self._solve(group.physics, group.size, data, ctx, start, normal)
+            x_g = self.solve_patches(group.physics, group.size, data, ctx, start, normal)
             parts = (x_g,) if group.size == 1 else x_g.chunk(group.size)
             for offset, x_p in zip(group.offsets, parts):
                 if torch.is_grad_enabled() and x_p.requires_grad:
@@ -388,13 +390,18 @@ class PartitionedReconstructor(Reconstructor):
     def training_loss(self, y: torch.Tensor, physics: LinearPhysics, x_true: torch.Tensor,
                       generator: torch.Generator | None = None, offset: Sequence[int] | None = None,
                       fourier_filter: torch.Tensor | None = None, spatial_mask: torch.Tensor | None = None,
-                      x_start: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+                      x_start: torch.Tensor | None = None, reduction: str = "mean",
+                      residual: torch.Tensor | None = None) -> torch.Tensor:
         r"""``L_PART``: MSE between the patch reconstruction with ground-truth context and ``S x*``.
 
         The patch position is drawn at random (``generator``) unless ``offset`` is given. The
         context (outside the patch) is the ground truth, but the base starts from
         ``x_start[p]`` (default ``physics.A_dagger(y)``, FDK), as the first inference sweep does:
         starting from the true patch would hand the network the answer.
+
+        ``residual`` is ``y - A x_true`` when the caller knows it (a simulated ``y = A x_true + n``
+        has residual ``n``, so :func:`unrolled3d.train.train` passes the noise it drew): the step
+        then projects nothing of the whole volume, only the patch on its detector window.
 
         ``reduction="mean"`` (default) gives the MSE over the batch, ``"none"`` one MSE per batch
         item, shape ``(B,)`` (deepinv's per-sample convention).
@@ -414,10 +421,14 @@ class PartitionedReconstructor(Reconstructor):
         # and (H mode) the backprojected residual are computed on the patch alone where the
         # physics allows it, which keeps the step's memory flat in the volume size.
         with torch.no_grad():
-            residual = y - physics.A(x_true)
+            if residual is None:
+                residual = y - physics.A(x_true)
+            elif residual.shape != y.shape:
+                raise ValueError(f"residual must have the shape of y {tuple(y.shape)}, got {tuple(residual.shape)}")
             start = crop(x_start, offset, shape) if x_start is not None else _patch_start(inner, y, offset, shape)
             if normal is not None:  # S A^T r = (A S^T)^T r
-                residual = patch_operator(physics, None, self.img_shape, offset, shape).A_adjoint(residual)
-        x_p = self._solve(op, 1, residual, ctx_p, start, normal)
+                exact = patch_operator(physics, None, self.img_shape, offset, shape)
+                residual = exact.A_adjoint(patch_measurements(exact, residual))
+        x_p = self.solve_patches(op, 1, residual, ctx_p, start, normal)
         errors = (x_p - ctx_p).square().flatten(1).mean(1)
         return errors.mean() if reduction == "mean" else errors

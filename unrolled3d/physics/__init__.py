@@ -12,13 +12,13 @@ projector op needs it too) and is re-exported here.
 """
 from ..geometry import CircularTrajectory, ConeBeamGeometry
 from .compat import TomographyWithAstra, cone_beam_geometry_from_deepinv
-from .cone_beam import ConeBeamCT, from_astra_layout, to_astra_layout
+from .cone_beam import ConeBeamCT, ConeBeamPatch, from_astra_layout, to_astra_layout
 from .fdk import FDK_WINDOWS, fdk, ramp_filter_response
-from .patch import ZeroPaddedPatchPhysics
+from .patch import ZeroPaddedPatchPhysics, patch_measurements
 from .presets import scan_for_volume, standard_cone_beam
 
 __all__ = [
-    "ConeBeamGeometry", "CircularTrajectory", "ConeBeamCT", "fdk", "ramp_filter_response", "FDK_WINDOWS",
+    "ConeBeamGeometry", "CircularTrajectory", "ConeBeamCT", "ConeBeamPatch", "fdk", "ramp_filter_response", "FDK_WINDOWS",
     "to_astra_layout", "from_astra_layout", "TomographyWithAstra", "cone_beam_geometry_from_deepinv",
-    "ZeroPaddedPatchPhysics", "standard_cone_beam", "scan_for_volume",
+    "ZeroPaddedPatchPhysics", "patch_measurements", "standard_cone_beam", "scan_for_volume",
 ]

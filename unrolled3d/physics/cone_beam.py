@@ -1,6 +1,7 @@
 """``ConeBeamCT``: the cone-beam projector pair as a ``deepinv.physics.LinearPhysics``."""
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Sequence
 
@@ -8,12 +9,12 @@ import torch
 from deepinv.physics import LinearPhysics
 from deepinv.physics.noise import NoiseModel, ZeroNoise
 
-from .._validation import boolean, check_allocation, check_device, choice
-from ..geometry import ConeBeamGeometry
+from .._validation import boolean, check_allocation, check_device, choice, real
+from ..geometry import ConeBeamGeometry, DetectorWindow
 from ..ops.projector import cone_backproject, cone_project
 from .fdk import FDK_WINDOWS, fdk, fdk_tables
 
-__all__ = ["ConeBeamCT", "to_astra_layout", "from_astra_layout", "LAYOUTS", "SOLVER_KEYWORDS"]
+__all__ = ["ConeBeamCT", "ConeBeamPatch", "to_astra_layout", "from_astra_layout", "LAYOUTS", "SOLVER_KEYWORDS"]
 
 LAYOUTS = ("views", "astra")
 #: keywords of ``LinearPhysics.A_dagger`` / ``deepinv.optim.linear.least_squares`` that ask for
@@ -36,13 +37,17 @@ class ConeBeamCT(LinearPhysics):
     noise_model : deepinv.physics.NoiseModel
         noise on the measurements (default none).
     normalize : bool
-        if ``True``, divide ``A`` by its spectral norm ``||A||`` (estimated
-        once, deterministically, by Lanczos on ``A^T A`` to about 1e-6, and stored in the
-        ``operator_norm`` buffer) so that ``||A^T A|| = 1``; ``A_dagger`` compensates.
+        if ``True``, divide ``A`` by its spectral norm ``||A||`` (``norm``, or estimated once,
+        deterministically, by :func:`operator_norm`: Lanczos on ``A^T A`` to about 1e-6 up to
+        128^3 voxels, from coarser grids beyond, and stored in the ``operator_norm`` buffer) so
+        that ``||A^T A|| = 1``; ``A_dagger`` compensates.
     fdk_window : str
         ramp filter window of ``A_dagger`` (see :func:`unrolled3d.physics.fdk`).
     device : torch.device, str
         device of the buffers.
+    norm : float, optional
+        ``||A||`` when it is known (e.g. recorded with the measurements or a model): no
+        estimate. Only with ``normalize=True``.
     layout : str
         measurement layout, ``"views"`` (default): ``[B, C, n_views, rows, cols]``,
         contiguous per view, as the projector writes it; ``"astra"``: deepinv's and ASTRA's
@@ -75,6 +80,7 @@ class ConeBeamCT(LinearPhysics):
         fdk_window: str = "ram-lak",
         device: torch.device | str = "cpu",
         layout: str = "views",
+        norm: float | None = None,
         **kwargs,
     ) -> None:
         if not isinstance(geometry, ConeBeamGeometry):
@@ -102,50 +108,12 @@ class ConeBeamCT(LinearPhysics):
         # so that A_dagger holds no geometry work and compiles whole (physics/fdk.py)
         fdk_tables(geometry, self.operator_norm.device)
         if self.normalize:
-            # the estimate works on whole volumes: refuse one the device cannot hold, with words
-            check_allocation("normalize=True: a whole volume", (1, 1, *geometry.vol_shape),
-                             torch.float32, self.operator_norm.device)
-            self.normalize = False  # estimate the norm of the raw operator
-            sqnorm = self._largest_eigenvalue_of_normal()
-            self.normalize = True
-            self.operator_norm.fill_(sqnorm**0.5)
-
-    def _largest_eigenvalue_of_normal(self, max_iter: int = 60, rtol: float = 1e-9) -> float:
-        """``||A||^2``: the largest eigenvalue of ``A^T A`` by Lanczos, started from a constant volume.
-
-        Deterministic on purpose: deepinv's ``compute_sqnorm`` restarts from the global RNG and, on
-        sparse-view scans whose top eigenvalues cluster, power iteration is still 1 % short after
-        100 iterations, so the norm (and every normalised measurement) changed from one
-        construction to the next. Lanczos settles in about 20 products. ``A`` has non-negative
-        entries, so its top singular vector is non-negative (Perron) and the constant start
-        overlaps it. No reorthogonalisation: we stop once the top Ritz value settles, before lost
-        orthogonality can matter (Paige), and keep two vectors instead of a basis.
-        """
-        q = torch.ones((1, 1, *self.img_shape), dtype=torch.float32, device=self.operator_norm.device)
-        q = q / torch.linalg.vector_norm(q)
-        q_prev, beta = torch.zeros_like(q), 0.0
-        alphas: list[float] = []
-        betas: list[float] = []
-        top = 0.0
-        for _ in range(max_iter):
-            w = self.A_adjoint(self.A(q))
-            alpha = float(torch.sum(q.double() * w.double()))
-            w = w - alpha * q - beta * q_prev
-            alphas.append(alpha)
-            tridiagonal = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-            if betas:
-                off = torch.tensor(betas, dtype=torch.float64)
-                tridiagonal += torch.diag(off, 1) + torch.diag(off, -1)
-            new_top = float(torch.linalg.eigvalsh(tridiagonal)[-1])
-            beta = float(torch.linalg.vector_norm(w.double()))
-            if abs(new_top - top) <= rtol * new_top or beta <= rtol * new_top:  # settled, or invariant subspace
-                return new_top
-            top = new_top
-            betas.append(beta)
-            q_prev, q = q, w / beta
-        warnings.warn(f"||A|| estimate (Lanczos) had not settled to rtol={rtol} after {max_iter} products",
-                      stacklevel=3)
-        return top
+            if norm is not None:
+                self.operator_norm.fill_(real("norm", norm, positive=True))
+            else:
+                self.operator_norm.fill_(operator_norm(geometry, self.operator_norm.device))
+        elif norm is not None:
+            raise ValueError("norm is the ||A|| that normalize=True divides by: give it with normalize=True")
 
     @property
     def img_shape(self) -> tuple[int, int, int]:
@@ -238,18 +206,214 @@ class ConeBeamCT(LinearPhysics):
         which made the start point, not the network, the part of a partitioned training step
         that grew with the volume. Returns ``[B, C, *shape]``.
         """
-        return self.restrict(offset, shape).fbp(y)
+        return self._sub_volume(offset, shape).fbp(y)
 
-    def restrict(self, offset: Sequence[int], shape: Sequence[int]) -> "ConeBeamCT":
-        """The patch operator ``A S^T``: the same scan seen by the sub-volume at ``offset``.
-
-        Shares the normalisation (``operator_norm``) of this operator, has no noise model.
-        """
+    def _sub_volume(self, offset: Sequence[int], shape: Sequence[int]) -> "ConeBeamCT":
+        """The sub-volume's operator on the whole detector (no noise, this normalisation)."""
         patch = ConeBeamCT(self.geometry.restrict(offset, shape), fdk_window=self.fdk_window,
                            device=self.operator_norm.device, layout=self.layout)
         patch.normalize = self.normalize
         patch.operator_norm.copy_(self.operator_norm)
         return patch
+
+    def slab(self, z0: int, depth: int) -> "ConeBeamCT":
+        """The operator of the slab ``[z0, z0 + depth)`` of the volume on the band of detector rows
+        its shadow reaches in any view (:meth:`ConeBeamGeometry.detector_rows`; the band's first
+        row is the result's ``row0``). Its FDK is the slab of the full FDK, read from the band
+        only; its projection is the slab's share of the full projection, on the band. Streamed
+        reconstructions (:mod:`unrolled3d.partition.streamed`) go through volumes slab by slab."""
+        d, h, w = self.img_shape
+        offset, shape = (z0, 0, 0), (depth, h, w)
+        bounds = self.geometry.shadow_bounds(offset, shape)
+        lo, hi = int(bounds[:, 0].min()), int(bounds[:, 1].max())
+        if hi < lo:  # the slab's shadow misses the detector: any one row (its projection is zero)
+            lo = hi = 0
+        band = self.geometry.detector_rows(lo, hi - lo + 1).restrict(offset, shape)
+        op = ConeBeamCT(band, fdk_window=self.fdk_window, device=self.operator_norm.device, layout="views")
+        op.normalize = self.normalize
+        op.operator_norm.copy_(self.operator_norm)
+        op.row0 = lo
+        return op
+
+    def restrict(self, offset: Sequence[int], shape: Sequence[int]) -> "ConeBeamPatch":
+        """The patch operator ``A S^T``: the same scan seen by the sub-volume at ``offset``, on the
+        detector pixels its shadow reaches (:class:`ConeBeamPatch`), so that its cost grows with
+        the patch, not with the volume or the detector.
+
+        Shares the normalisation (``operator_norm``) of this operator, has no noise model.
+        """
+        return ConeBeamPatch(self._sub_volume(offset, shape), self.geometry.detector_window(offset, shape))
+
+
+class ConeBeamPatch(ConeBeamCT):
+    r"""``A S^T`` of a sub-volume, on the detector window its shadow reaches in each view.
+
+    Built by :meth:`ConeBeamCT.restrict`. Its measurements are ``[B, C, n_views, h, w]``: view
+    ``p``'s window of the full detector (:class:`unrolled3d.geometry.DetectorWindow`); outside the
+    windows the sub-volume's projection is exactly zero, so this operator is the full-detector
+    ``A S^T`` followed by the crop (:meth:`crop_measurements`), and its adjoint the zero-filled
+    embedding (:meth:`embed_measurements`) followed by the backprojection. A data step
+    ``A_p^T (A_p x - crop(y))`` equals the full-detector one.
+
+    Parameters
+    ----------
+    sub_volume : ConeBeamCT
+        The sub-volume's operator on the whole detector (its normalisation is shared).
+    window : DetectorWindow
+        The per-view windows (:meth:`unrolled3d.geometry.ConeBeamGeometry.detector_window`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from unrolled3d.physics import ConeBeamCT, standard_cone_beam
+    >>> physics = ConeBeamCT(standard_cone_beam(32, 10))
+    >>> patch = physics.restrict((8, 8, 8), (8, 8, 8))
+    >>> patch.window.shape, physics.geometry.det_shape    # rows, cols of the shadow
+    ((12, 15), (40, 48))
+    >>> x = torch.zeros(1, 1, 32, 32, 32, dtype=torch.float64); x[..., 8:16, 8:16, 8:16] = 1
+    >>> y = physics.A(x)
+    >>> bool(torch.allclose(patch.A(x[..., 8:16, 8:16, 8:16]), patch.crop_measurements(y)))
+    True
+    """
+
+    def __init__(self, sub_volume: ConeBeamCT, window: DetectorWindow) -> None:
+        super().__init__(sub_volume.geometry.windowed(window), fdk_window=sub_volume.fdk_window,
+                         device=sub_volume.operator_norm.device, layout=sub_volume.layout)
+        self.normalize = sub_volume.normalize
+        self.operator_norm.copy_(sub_volume.operator_norm)
+        self.window = window
+        self._sub_volume_op = sub_volume
+        self._index_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def _indices(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Index tensors ``(view [V,1,1], row [V,h,1], col [V,1,w])`` of the windows on ``device``."""
+        found = self._index_cache.get(device)
+        if found is None:
+            h, w = self.window.shape
+            rows = torch.tensor(self.window.row0, device=device)[:, None] + torch.arange(h, device=device)
+            cols = torch.tensor(self.window.col0, device=device)[:, None] + torch.arange(w, device=device)
+            views = torch.arange(len(self.window.row0), device=device)
+            found = self._index_cache[device] = (views[:, None, None], rows[:, :, None], cols[:, None, :])
+        return found
+
+    def _full_views(self, y: torch.Tensor) -> torch.Tensor:
+        """Full-detector measurements in this operator's layout -> ``[B, C, V, rows, cols]``."""
+        full = self._sub_volume_op
+        return full._to_views(y)
+
+    def crop_measurements(self, y: torch.Tensor) -> torch.Tensor:
+        """The windows of full-detector measurements ``y`` (of the whole scan, this layout):
+        ``[B, C, V, rows, cols] -> [B, C, V, h, w]``."""
+        v, r, c = self._indices(y.device)
+        return self._from_views(self._full_views(y)[:, :, v, r, c])
+
+    def embed_measurements(self, y: torch.Tensor) -> torch.Tensor:
+        """The adjoint of :meth:`crop_measurements`: windowed ``y`` zero-filled to the detector."""
+        v, r, c = self._indices(y.device)
+        views = self._to_views(y)
+        full = views.new_zeros((*views.shape[:2], *self._sub_volume_op.geometry.sino_shape))
+        full[:, :, v, r, c] = views
+        return self._from_views(full)
+
+    def fbp(self, y: torch.Tensor, window: str | None = None) -> torch.Tensor:
+        """FDK of the windowed measurements: zero-filled to the detector (where the patch's own
+        projection is zero), then FDK of the sub-volume."""
+        return self._sub_volume_op.fbp(self.embed_measurements(y), window=window)
+
+    def A_dagger_patch(self, y: torch.Tensor, offset: Sequence[int], shape: Sequence[int]) -> torch.Tensor:
+        raise TypeError("a patch operator has no patches of its own: restrict the full operator instead")
+
+    def restrict(self, offset: Sequence[int], shape: Sequence[int]) -> "ConeBeamPatch":
+        raise TypeError("a patch operator has no patches of its own: restrict the full operator instead")
+
+
+#: volumes up to this many voxels get the exact Lanczos estimate of ||A||; larger ones the coarse one
+EXACT_NORM_VOXELS = 128**3
+
+
+def largest_eigenvalue_of_normal(physics: "ConeBeamCT", max_iter: int = 60, rtol: float = 1e-9) -> float:
+    """``||A||^2`` of the raw (unnormalised) projector of ``physics``: the largest eigenvalue of
+    ``A^T A`` by Lanczos, started from a constant volume.
+
+    Deterministic on purpose: deepinv's ``compute_sqnorm`` restarts from the global RNG and, on
+    sparse-view scans whose top eigenvalues cluster, power iteration is still 1 % short after
+    100 iterations, so the norm (and every normalised measurement) changed from one
+    construction to the next. Lanczos settles in about 20 products. ``A`` has non-negative
+    entries, so its top singular vector is non-negative (Perron) and the constant start
+    overlaps it. No reorthogonalisation: we stop once the top Ritz value settles, before lost
+    orthogonality can matter (Paige), and keep two vectors instead of a basis.
+    """
+    geometry, device = physics.geometry, physics.operator_norm.device
+    # the estimate works on whole volumes: refuse one the device cannot hold, with words
+    check_allocation("normalize=True: a whole volume", (1, 1, *geometry.vol_shape), torch.float32, device)
+    q = torch.ones((1, 1, *geometry.vol_shape), dtype=torch.float32, device=device)
+    q = q / torch.linalg.vector_norm(q)
+    q_prev, beta = torch.zeros_like(q), 0.0
+    alphas: list[float] = []
+    betas: list[float] = []
+    top = 0.0
+    for _ in range(max_iter):
+        w = cone_backproject(cone_project(q, geometry), geometry)
+        alpha = float(torch.sum(q.double() * w.double()))
+        w = w - alpha * q - beta * q_prev
+        alphas.append(alpha)
+        tridiagonal = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+        if betas:
+            off = torch.tensor(betas, dtype=torch.float64)
+            tridiagonal += torch.diag(off, 1) + torch.diag(off, -1)
+        new_top = float(torch.linalg.eigvalsh(tridiagonal)[-1])
+        beta = float(torch.linalg.vector_norm(w.double()))
+        if abs(new_top - top) <= rtol * new_top or beta <= rtol * new_top:  # settled, or invariant subspace
+            return new_top
+        top = new_top
+        betas.append(beta)
+        q_prev, q = q, w / beta
+    warnings.warn(f"||A|| estimate (Lanczos) had not settled to rtol={rtol} after {max_iter} products",
+                  stacklevel=3)
+    return top
+
+
+def _coarsened(geometry: ConeBeamGeometry, factor: int) -> ConeBeamGeometry:
+    """The same scan of the same box on a grid ``factor`` times coarser (same views, detector)."""
+    shape = tuple(max(2, -(-n // factor)) for n in geometry.vol_shape)
+    voxel = tuple(n * s / m for n, s, m in zip(geometry.vol_shape, geometry.voxel_size, shape))
+    return ConeBeamGeometry(geometry.vectors, geometry.det_shape, shape, voxel, geometry.vol_offset,
+                            trajectory=geometry.trajectory)
+
+
+def operator_norm(geometry: ConeBeamGeometry, device: torch.device | str = "cpu",
+                  exact_voxels: int = EXACT_NORM_VOXELS) -> float:
+    r"""``||A||`` of the projector of ``geometry``.
+
+    Up to ``exact_voxels`` voxels: Lanczos on ``A^T A`` (:func:`largest_eigenvalue_of_normal`,
+    relative accuracy about 1e-6). Beyond, where one product costs a full projection and
+    backprojection of the volume (about 20 are needed): from the same scan on grids ``f`` and
+    ``2f`` times coarser (the smallest power of two ``f`` with at most ``exact_voxels`` voxels).
+    The top eigenvector is smooth (it is the Perron vector of a non-negative operator), so a
+    grid ``f`` times coarser, whose voxels hold ``f^3`` of the fine ones, has ``||A_f||^2 pprox
+    f^3 ||A||^2``; the discretisation error shrinks about linearly with the voxel size, which the
+    two grids extrapolate away (Richardson): ``||A||^2 pprox 2 \lambda_f / f^3 - \lambda_{2f} /
+    (2f)^3``. Measured on 30-view scans of 48^3 and 96^3 volumes against Lanczos on the fine
+    grid: within 0.2 % (a single grid 2 times coarser: 0.5-0.9 % low).
+
+    Examples
+    --------
+    >>> from unrolled3d.physics import standard_cone_beam
+    >>> from unrolled3d.physics.cone_beam import operator_norm
+    >>> g = standard_cone_beam(24, 12)
+    >>> exact, coarse = operator_norm(g), operator_norm(g, exact_voxels=12**3)
+    >>> abs(coarse / exact - 1) < 0.01
+    True
+    """
+    voxels = math.prod(geometry.vol_shape)
+    device = torch.device(device)
+    if voxels <= exact_voxels:
+        return largest_eigenvalue_of_normal(ConeBeamCT(geometry, device=device)) ** 0.5
+    f = 1
+    while voxels / f**3 > exact_voxels:
+        f *= 2
+    lam = [largest_eigenvalue_of_normal(ConeBeamCT(_coarsened(geometry, k), device=device)) / k**3 for k in (f, 2 * f)]
+    return max(2 * lam[0] - lam[1], lam[0]) ** 0.5
 
 
 _fdk = fdk  # the method argument `fdk` shadows the function inside A_dagger

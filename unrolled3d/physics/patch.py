@@ -12,9 +12,9 @@ from typing import Sequence
 import torch
 from deepinv.physics import LinearPhysics
 
-from ..protocols import PatchStartPoint, Restrictable
+from ..protocols import MeasurementWindow, PatchStartPoint, Restrictable
 
-__all__ = ["ZeroPaddedPatchPhysics", "restrict", "patch_start", "crop"]
+__all__ = ["ZeroPaddedPatchPhysics", "restrict", "patch_start", "crop", "patch_measurements"]
 
 
 def crop(x: torch.Tensor, offset: Sequence[int], shape: Sequence[int]) -> torch.Tensor:
@@ -82,3 +82,13 @@ def patch_start(physics: LinearPhysics, y: torch.Tensor, offset: Sequence[int], 
     if isinstance(physics, PatchStartPoint):
         return physics.A_dagger_patch(y, offset, shape)
     return crop(physics.A_dagger(y), offset, shape)
+
+
+def patch_measurements(patch_physics: LinearPhysics, y: torch.Tensor) -> torch.Tensor:
+    """The part of full measurements ``y`` a patch operator sees: its detector windows for an
+    operator that has them (:class:`~unrolled3d.protocols.MeasurementWindow`, e.g.
+    :class:`~unrolled3d.physics.ConeBeamPatch`), else ``y`` itself (the operator's measurements
+    are the whole scan's)."""
+    if isinstance(patch_physics, MeasurementWindow):
+        return patch_physics.crop_measurements(y)
+    return y

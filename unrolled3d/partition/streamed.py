@@ -1,0 +1,365 @@
+r"""Partitioned reconstruction of volumes larger than memory: every volume streamed through stores.
+
+The in-memory :meth:`PartitionedReconstructor.forward <unrolled3d.partition.PartitionedReconstructor.forward>`
+holds the measurements, the start point, the estimate and the blended sums whole. Here they are
+:class:`~unrolled3d.io.stores.ArrayStore` s (Zarr, ``.npy`` or in-memory arrays) read and written
+region by region, so that the resident memory follows the slab and the patch, not the volume:
+
+1. the start point ``x0 = FDK(y)`` is written slab by slab: a slab's FDK reads only the band of
+   detector rows its shadow reaches (:meth:`unrolled3d.physics.ConeBeamCT.slab`; exact, the
+   ramp filter runs along rows);
+2. each sweep forms the residual ``r = y - A x_ctx`` slab by slab (projection is linear: the
+   full projection is the sum of the slabs', each on its band of rows);
+3. each patch reads its context and start point from the volume stores and its data
+   ``crop(r)`` from the residual's detector windows (:class:`~unrolled3d.physics.ConeBeamPatch`),
+   is solved by the base model, and adds ``w x_p`` and ``w`` into the sweep's blended-sum and
+   weight stores;
+4. the sweep's estimate ``sum w x_p / sum w`` is written slab by slab, into the output store after
+   the last sweep.
+
+The patches, their order, the windows and the base calls are those of the in-memory sweep (H mode
+too, with the patch's ``S A^T r`` read from its windows), so both give the same volume up to
+float32 rounding (``tests/test_streamed.py``). With ``torch.distributed`` initialised, ranks share
+the patch list; each rank adds into its own sums and rank 0 adds them up.
+
+Only a cone-beam CT physics (:class:`~unrolled3d.physics.ConeBeamCT`, batch and channel 1) streams.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from .._distributed import rank_and_world
+from .._validation import integer
+from ..io.stores import ArrayStore, create_store
+from ..physics import ConeBeamCT
+from .grid import blend_window
+from .plan import _unwrap, group_physics, patch_operator
+
+__all__ = ["reconstruct_streamed", "fdk_streamed", "residual_streamed", "read_windows", "as_store",
+           "slab_depth", "streamed_patch", "streamed_patch_peak"]
+
+
+def as_store(array: Any, name: str, shape: Sequence[int] | None = None) -> ArrayStore:
+    """``array`` as an :class:`ArrayStore` (itself if it is one), checked against ``shape``."""
+    store = array if isinstance(array, ArrayStore) else ArrayStore(array)
+    if shape is not None and store.shape != tuple(shape):
+        where = f" ({store.path})" if store.path is not None else ""
+        raise ValueError(f"{name}{where} has shape {store.shape}, the geometry needs {tuple(shape)}")
+    return store
+
+
+def slab_depth(physics: ConeBeamCT, budget_bytes: int | None) -> int:
+    """Slices per slab so that a slab's buffers fit ``budget_bytes`` (all slices when ``None``).
+
+    A slab step holds the slab (``s H W`` floats), its projection or FDK on the band of rows it
+    reaches (``V h C``, ``h`` growing with ``s``), and FDK's filtered band (complex, padded to
+    twice the columns): about ``4 s H W + 8 V h C`` floats, costed here at the largest band.
+    """
+    d, h, w = physics.img_shape
+    if budget_bytes is None:
+        return d
+    views, rows, cols = physics.geometry.sino_shape
+    for s in range(d, 0, -1):
+        band = physics.geometry.shadow_bounds((0, 0, 0), (s, h, w))  # the top slab's band (a circular
+        height = int(band[:, 1].max() - band[:, 0].min() + 1)  # scan's bands are alike; costed at one)
+        need = 4 * (4 * s * h * w + 8 * views * max(height, 1) * cols)
+        if need <= budget_bytes:
+            return s
+    raise ValueError(f"the memory budget {budget_bytes / 2**20:.1f} MiB is too small for even one slice of the "
+                     f"volume {physics.img_shape} with its band of {views} views")
+
+
+def _slabs(depth: int, step: int) -> Iterator[tuple[int, int]]:
+    for z0 in range(0, depth, step):
+        yield z0, min(step, depth - z0)
+
+
+def _tensor(block: np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(block).to(device=device, dtype=dtype)[None, None]
+
+
+def fdk_streamed(y: ArrayStore, physics: ConeBeamCT, out: ArrayStore, slab: int, dtype: torch.dtype = torch.float32,
+                 window: str | None = None, progress: Callable[[int], None] | None = None) -> None:
+    """``out = physics.A_dagger(y)`` (FDK, in the physics' units) written slab by slab.
+
+    Parameters
+    ----------
+    y : ArrayStore
+        Measurements ``(n_views, rows, cols)`` (the ``"views"`` layout).
+    physics : ConeBeamCT
+    out : ArrayStore
+        ``(D, H, W)``, written.
+    slab : int
+        Slices per slab (:func:`slab_depth`).
+    """
+    device = physics.operator_norm.device
+    for z0, s in _slabs(physics.img_shape[0], slab):
+        op = physics.slab(z0, s)
+        views, rows, cols = op.geometry.sino_shape
+        band = _tensor(y.read((0, op.row0, 0), (views, rows, cols)), dtype, device)
+        out.write((z0, 0, 0), op.fbp(band, window=window)[0, 0])
+        if progress is not None:
+            progress(s)
+
+
+def residual_streamed(y: ArrayStore, physics: ConeBeamCT, x: ArrayStore, out: ArrayStore, slab: int,
+                      dtype: torch.dtype = torch.float32, progress: Callable[[int], None] | None = None) -> None:
+    """``out = y - A x``, the projection summed slab by slab (each on its band of detector rows)."""
+    device = physics.operator_norm.device
+    views = y.shape[0]
+    for v0, n in _slabs(views, max(1, views // 8)):  # copy y in parts (its size is the measurements')
+        out.write((v0, 0, 0), y.read((v0, 0, 0), (n, *y.shape[1:])))
+    d, h, w = physics.img_shape
+    for z0, s in _slabs(d, slab):
+        op = physics.slab(z0, s)
+        proj = op.A(_tensor(x.read((z0, 0, 0), (s, h, w)), dtype, device))[0, 0]
+        out.add((0, op.row0, 0), -proj.cpu())
+        if progress is not None:
+            progress(s)
+
+
+def read_windows(store: ArrayStore, window) -> np.ndarray:
+    """The per-view detector windows of measurements ``(n_views, rows, cols)`` in ``store``:
+    ``(n_views, h, w)`` (:class:`~unrolled3d.geometry.DetectorWindow`)."""
+    h, w = window.shape
+    out = np.empty((len(window.row0), h, w), dtype=np.float32)
+    for v, (r0, c0) in enumerate(zip(window.row0, window.col0)):
+        out[v] = store.read((v, r0, c0), (1, h, w))[0]
+    return out
+
+
+class _Sweep:
+    """One streamed sweep's stores and patch loop (see the module docstring)."""
+
+    def __init__(self, rec, physics: ConeBeamCT, normal, y: ArrayStore, scratch: Path, slab: int,
+                 dtype: torch.dtype, bar) -> None:
+        self.rec, self.physics, self.normal, self.y = rec, physics, normal, y
+        self.scratch, self.slab, self.dtype, self.bar = scratch, slab, dtype, bar
+        self.device = physics.operator_norm.device
+        self.rank, self.world = rank_and_world()
+        self.window = blend_window(rec.patch_shape, rec.stride, dtype=dtype, device=self.device)
+        self.patches = rec.patches()[self.rank::self.world]
+
+    def scratch_store(self, name: str, shape: Sequence[int]) -> ArrayStore:
+        chunks = (*[min(n, 64) for n in shape],)
+        return create_store(self.scratch / f"{name}.zarr", shape, chunks=chunks, temporary=False, compressed=False,
+                            force=True)
+
+    def patch_data(self, residual: ArrayStore, offsets, ctx: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        """The group's physics and its data: ``crop(r)`` (exact) or ``S A^T r`` (H mode), stacked."""
+        shape = self.rec.patch_shape
+        exact = [self.physics.restrict(o, shape) for o in offsets]
+        windows = [_tensor(read_windows(residual, op.window), self.dtype, self.device) for op in exact]
+        if self.normal is None:
+            group = group_physics(exact, None)
+            data = windows[0] if len(exact) == 1 else group.stack_measurements(windows)
+            return group, data
+        ops = [patch_operator(self.physics, self.normal, self.rec.img_shape, o, shape) for o in offsets]
+        data = torch.cat([op.A_adjoint(win) for op, win in zip(exact, windows)])
+        return group_physics(ops, self.normal), data
+
+    def solve(self, residual: ArrayStore, context: ArrayStore, first: ArrayStore, sums: ArrayStore,
+              weights: ArrayStore) -> None:
+        """Solve this rank's patches, adding ``w x_p`` into ``sums`` and ``w`` into ``weights``."""
+        rec, shape = self.rec, self.rec.patch_shape
+        size = rec.patch_batch_size
+        w = self.window.cpu().numpy()
+        for i in range(0, len(self.patches), size):
+            offsets = self.patches[i:i + size]
+            ctx = torch.cat([_tensor(context.read(o, shape), self.dtype, self.device) for o in offsets])
+            start = ctx if rec.sweep_start == "current" else torch.cat(
+                [_tensor(first.read(o, shape), self.dtype, self.device) for o in offsets])
+            group, data = self.patch_data(residual, offsets, ctx)
+            x_g = rec.solve_patches(group, len(offsets), data, ctx, start, self.normal, cropped=True)
+            for o, x_p in zip(offsets, x_g.detach().cpu().chunk(len(offsets))):
+                sums.add(o, x_p[0, 0].numpy() * w)
+                weights.add(o, w)
+            if self.bar is not None:
+                self.bar.update(len(offsets))
+
+    def blend(self, sums: ArrayStore, weights: ArrayStore, out: ArrayStore) -> None:
+        """``out = sums / weights`` slab by slab (rank 0, after adding the other ranks' sums)."""
+        d, h, w = self.rec.img_shape
+        if self.world > 1:
+            dist.barrier()
+        if self.rank == 0:
+            for z0, s in _slabs(d, self.slab):
+                num = sums.read((z0, 0, 0), (s, h, w))
+                den = weights.read((z0, 0, 0), (s, h, w))
+                for r in range(1, self.world):  # the other ranks' shares
+                    num += self.rank_store(sums, r).read((z0, 0, 0), (s, h, w))
+                    den += self.rank_store(weights, r).read((z0, 0, 0), (s, h, w))
+                out.write((z0, 0, 0), num / den)
+        if self.world > 1:
+            dist.barrier()
+
+    def rank_store(self, store: ArrayStore, rank: int) -> ArrayStore:
+        from ..io.stores import open_store
+        return open_store(str(store.path).replace(f".rank{self.rank}.", f".rank{rank}."))
+
+
+def reconstruct_streamed(rec, y: Any, physics: ConeBeamCT, out: Any, *, normal=None, scratch: str | os.PathLike | None = None,
+                         memory_budget: int | None = None, n_sweeps: int | None = None, x_init: Any = None,
+                         progress: bool = False, dtype: torch.dtype = torch.float32) -> ArrayStore:
+    r"""Partitioned reconstruction with every volume in stores (see the module docstring).
+
+    Parameters
+    ----------
+    rec : PartitionedReconstructor
+        Its base, patch, stride, sweeps, start rule and patch batch are used.
+    y : ArrayStore or array-like
+        Measurements ``(n_views, rows, cols)`` of ``physics`` (``"views"`` layout), in the
+        physics' units (``physics.normalize_measurements`` applied).
+    physics : ConeBeamCT
+        The full operator (batch and channel 1).
+    out : ArrayStore or array-like
+        ``(D, H, W)``: receives the reconstruction.
+    normal : DiagCirculantWrapper, optional
+        H mode: the approximation ``H`` (the data ``S A^T r`` of each patch from its windows).
+    scratch : path, optional
+        A folder for the intermediate volumes (start point, estimates, sums; uncompressed Zarr);
+        default a temporary folder, removed at the end. With several ranks, a folder all share.
+    memory_budget : int, optional
+        Bytes for the slab buffers (:func:`slab_depth`); the patches' own memory is the patch
+        size's business (:mod:`unrolled3d.budget`).
+    n_sweeps : int, optional
+        Override ``rec.n_sweeps``.
+    x_init : ArrayStore or array-like, optional
+        Context of the first sweep (default FDK of ``y``, streamed).
+    progress : bool
+        A progress bar over slabs and patches.
+
+    Returns
+    -------
+    ArrayStore
+        ``out``.
+    """
+    if not isinstance(_unwrap(physics), ConeBeamCT) or isinstance(physics, type(None)):
+        raise TypeError(f"a streamed reconstruction needs a ConeBeamCT physics, got {type(physics).__name__}")
+    physics = _unwrap(physics)
+    if physics.layout != "views":
+        raise ValueError("a streamed reconstruction reads measurements in the 'views' layout (n_views, rows, cols)")
+    if tuple(physics.img_shape) != tuple(rec.img_shape):
+        raise ValueError(f"physics acts on volumes of {physics.img_shape}, the reconstructor on {rec.img_shape}")
+    y = as_store(y, "the measurements", physics.geometry.sino_shape)
+    out = as_store(out, "the output", physics.img_shape)
+    sweeps = rec.n_sweeps if n_sweeps is None else integer("n_sweeps", n_sweeps, 1)
+    slab = slab_depth(physics, memory_budget)
+    rank, world = rank_and_world()
+    with _scratch_folder(scratch) as folder:
+        run = _Sweep(rec, physics, normal, y, folder, slab, dtype, None)
+        d = physics.img_shape[0]
+        total = len(run.patches) * sweeps + d * (2 * sweeps + (x_init is None))
+        with tqdm(total=total, desc="streamed", disable=not progress or rank != 0, leave=False) as bar:
+            run.bar = bar
+            step = bar.update
+            if x_init is None:
+                first = run.scratch_store("x0", physics.img_shape) if rank == 0 else None
+                if rank == 0:
+                    fdk_streamed(y, physics, first, slab, dtype, progress=step)
+                first = _shared(first, folder / "x0.zarr", world)
+            else:
+                first = as_store(x_init, "x_init", physics.img_shape)
+            context = first
+            residual = run.scratch_store(f"residual.rank{rank}", y.shape)
+            for sweep in range(sweeps):
+                residual_streamed(y, physics, context, residual, slab, dtype, progress=step)
+                sums = run.scratch_store(f"sums{sweep}.rank{rank}", physics.img_shape)
+                weights = run.scratch_store(f"weights{sweep}.rank{rank}", physics.img_shape)
+                if world > 1:
+                    dist.barrier()  # every rank's stores exist before rank 0 may read them
+                run.solve(residual, context, first, sums, weights)
+                target = out if sweep == sweeps - 1 else (run.scratch_store(f"x{sweep + 1}", physics.img_shape)
+                                                         if rank == 0 else None)
+                run.blend(sums, weights, target)
+                context = _shared(target, folder / f"x{sweep + 1}.zarr", world) if target is not out else out
+                bar.update(d)
+    return out
+
+
+def _shared(store: ArrayStore | None, path: Path, world: int) -> ArrayStore:
+    """Rank 0's scratch store, opened by the other ranks (after a barrier)."""
+    if world > 1:
+        dist.barrier()
+    if store is not None:
+        return store
+    from ..io.stores import open_store
+    return open_store(path)
+
+
+class _scratch_folder:
+    """A given folder, or a temporary one removed on exit."""
+
+    def __init__(self, folder: str | os.PathLike | None) -> None:
+        self.given = None if folder is None else Path(folder)
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    def __enter__(self) -> Path:
+        if self.given is not None:
+            self.given.mkdir(parents=True, exist_ok=True)
+            return self.given
+        self._tmp = tempfile.TemporaryDirectory(prefix="unrolled3d-stream-")
+        return Path(self._tmp.name)
+
+    def __exit__(self, *exc) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def streamed_patch_peak(rec, physics: ConeBeamCT, p: int, measure=None) -> int:
+    """Peak extra memory (bytes) of one group of ``p``^3 patches solved from windowed data, as
+    :func:`reconstruct_streamed` solves them (zero data: memory does not depend on the values)."""
+    from ..budget import measure_peak
+
+    measure = measure or measure_peak
+    d, h, w = physics.img_shape
+    offset = tuple(max(0, (n - p) // 2) for n in (d, h, w))
+    shape = tuple(min(p, n) for n in (d, h, w))
+    one = rec.with_patch_size(shape)
+    size = min(one.patch_batch_size, len(one.patches()))
+    device = physics.operator_norm.device
+
+    def solve() -> torch.Tensor:
+        ops = [physics.restrict(offset, shape) for _ in range(size)]
+        group = group_physics(ops, None)
+        data = torch.zeros((size, 1, *ops[0].measurement_shape), device=device)
+        ctx = torch.zeros((size, 1, *shape), device=device)
+        return one.solve_patches(group, size, data, ctx, ctx, None, cropped=True)
+
+    with torch.no_grad():
+        return measure(solve, device)
+
+
+def streamed_patch(rec, physics: ConeBeamCT, budget_bytes: int, patch_size: int | None = None, measure=None):
+    """``rec`` on the largest patch whose streamed solve fits ``budget_bytes`` (the whole volume,
+    with one sweep, when it fits), or on ``patch_size`` when given. The peak of a group is
+    modelled as ``a + b p^3`` from two trial patches (:func:`streamed_patch_peak`)."""
+    shape = tuple(rec.img_shape)
+    n = min(shape)
+    if patch_size is not None:
+        p = integer("patch_size", patch_size, 1)
+        if p > n:
+            raise ValueError(f"patch_size {p} is larger than the volume {shape}")
+        return rec.with_patch_size((p,) * 3)
+    p1, p2 = min(16, n), min(24, n)
+    m1 = streamed_patch_peak(rec, physics, p1, measure)
+    b = 0.0 if p2 == p1 else max(streamed_patch_peak(rec, physics, p2, measure) - m1, 0) / (p2**3 - p1**3)
+    a = m1 - b * p1**3
+    if a + b * math.prod(shape) <= budget_bytes:
+        whole = rec.with_patch_size(shape)
+        whole.n_sweeps = 1  # nothing outside the patch: a second sweep would repeat the first
+        return whole
+    fits = [p for p in sorted({*range(p1, n + 1, 8), n}) if a + b * p**3 <= budget_bytes]
+    if not fits:
+        raise ValueError(f"the memory budget {budget_bytes / 2**20:.0f} MiB is too small: one group of {p1}^3 "
+                         f"patches needs about {(a + b * p1**3) / 2**20:.0f} MiB")
+    return rec.with_patch_size((fits[-1],) * 3)

@@ -9,7 +9,7 @@ from fused_testing import (
     torch_chain,
 )
 from unrolled3d import ops
-from unrolled3d.kernels import masked_scatter as ms
+from unrolled3d.kernels import masked_scatter_add as ms
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -5,13 +5,13 @@ public, validating function:
 
 * :mod:`.projector` - the C++/CUDA cone-beam projector pair ``cone_project`` /
   ``cone_backproject`` (exact transposes); its PyTorch twin is :mod:`.projector_ref`;
-* :mod:`.masked_gather`, :mod:`.spectral_filter`, :mod:`.masked_scatter` - the fused Triton
+* :mod:`.masked_gather`, :mod:`.spectral_filter`, :mod:`.masked_scatter_add` - the fused Triton
   kernels of the normal-operator approximation (twins in :mod:`unrolled3d.kernels`);
 * :mod:`.dispatch` - which implementation the fused ops run (Triton or the PyTorch twins).
 """
 from .dispatch import get_backend, set_backend, triton_enabled_for, use_backend
 from .masked_gather import masked_gather
-from .masked_scatter import masked_scatter_add, masked_scatter_add_
+from .masked_scatter_add import masked_scatter_add, masked_scatter_add_
 from .projector import cone_backproject, cone_project
 from .spectral_filter import spectral_filter
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from typing import Iterator, Optional
+from typing import Callable, Iterator
 
 import torch
 
 from .. import kernels
 from .._build import extension_status
 
-__all__ = ["set_backend", "get_backend", "use_backend", "triton_enabled_for", "use_triton", "or_empty", "BACKENDS",
+__all__ = ["set_backend", "get_backend", "use_backend", "triton_enabled_for", "use_triton", "implementation", "BACKENDS",
            "backend_table"]
 
 BACKENDS = ("auto", "reference", "triton")
@@ -88,9 +88,10 @@ def use_triton(t: torch.Tensor) -> bool:
     return ok
 
 
-def or_empty(t: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    """Custom ops cannot return ``None``: unused gradient slots are 0-element tensors."""
-    return t if t is not None else like.new_empty(0)
+def implementation(t: torch.Tensor, triton_fn: Callable, reference_fn: Callable) -> Callable:
+    """The launcher an op on ``t`` runs: ``triton_fn`` or its PyTorch twin ``reference_fn``
+    (see :func:`use_triton`)."""
+    return triton_fn if use_triton(t) else reference_fn
 
 
 #: the registered ops of each kind, as ``unrolled3d info`` lists them

@@ -11,7 +11,7 @@ from fused_testing import (
 from func_testing import LOW, assert_rounded_float32, check_func_transforms, check_vmap
 from unrolled3d import ops
 from unrolled3d.kernels import _common
-from unrolled3d.kernels import masked_scatter as ms
+from unrolled3d.kernels import masked_scatter_add as ms
 
 
 @pytest.mark.parametrize("offset", OFFSETS)

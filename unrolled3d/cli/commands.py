@@ -81,12 +81,12 @@ def demo(args: argparse.Namespace) -> int:
 
 def info(args: argparse.Namespace) -> int:
     from .. import __version__, backends
-    from ..ops.dispatch import backend_table
+    from ..ops.dispatch import BACKENDS, backend_switches, backend_table
 
     info = {"version": __version__, **backends()}
-    table = backend_table()
+    table, switches = backend_table(), backend_switches()
     if args.json:
-        print(json.dumps({**info, "ops": table}))
+        print(json.dumps({**info, "ops": table, "backend_switches": switches}))
         return 0
     for k, v in info.items():
         print(f"{k:18s} {v}")
@@ -100,6 +100,9 @@ def info(args: argparse.Namespace) -> int:
     print(f"\n{'op':{width}s}  {'cpu tensors':{cpu_width}s}  cuda tensors")
     for op, where in table.items():
         print(f"{op:{width}s}  {where['cpu']:{cpu_width}s}  {where['cuda']}")
+    print(f"\nbackend switches ({' | '.join(BACKENDS)}):")
+    for family, sw in switches.items():
+        print(f"  {family:9s}  {sw['variable'] + '=' + sw['value']:34s} read {sw['read']}")
     return 0
 
 

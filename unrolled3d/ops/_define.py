@@ -149,9 +149,8 @@ def _is_tensor(arg: Any) -> bool:
 class _Signature:
     """Where an op's arguments sit: their names, the tensors' and the others' positions."""
 
-    def __init__(self, raw) -> None:
-        schema = raw._schema
-        self.raw = raw
+    def __init__(self, schema) -> None:
+        self.schema = schema
         self.names = tuple(a.name for a in schema.arguments)
         self.tensor_pos = tuple(i for i, a in enumerate(schema.arguments) if _is_tensor(a))
         self.static_pos = tuple(i for i in range(len(self.names)) if i not in self.tensor_pos)
@@ -162,17 +161,19 @@ class _Signature:
         """The positions of the tensor arguments ``names`` (a ValueError names ``what`` otherwise)."""
         unknown = [n for n in names if n not in self.tensor_names]
         if unknown:
-            raise ValueError(f"{what} must name tensor arguments of {self.raw} {self.tensor_names}, got {unknown}")
+            raise ValueError(f"{what} must name tensor arguments of {self.schema.name} {self.tensor_names}, "
+                             f"got {unknown}")
         return tuple(self.names.index(n) for n in names)
 
 
 class _Plan(_Signature):
     """The bookkeeping shared by both autograd paths: what is saved, and the formulas' calls."""
 
-    def __init__(self, raw, vjp, jvp, saves: Sequence[str], materialize: bool) -> None:
-        super().__init__(raw)
+    def __init__(self, schema, vjp, jvp, saves: Sequence[str], materialize: bool) -> None:
+        super().__init__(schema)
         self.vjp, self.jvp, self.materialize = vjp, jvp, materialize
         self.saved_pos = self.positions("saves", saves)
+        self.raw = None  # the op, once registered
 
     def merge(self, inputs: Sequence[Any]) -> list:
         """The Function's inputs (tensors, then one Static) in schema order."""
@@ -216,7 +217,8 @@ class _Plan(_Signature):
         t = Args(self.names, [tangents.get(n) for n in self.names])
         outs = tuple(self.jvp(self.restore(ctx), t))
         if len(outs) != self.n_outputs:
-            raise RuntimeError(f"the jvp of {self.raw} returned {len(outs)} tangents for {self.n_outputs} outputs")
+            raise RuntimeError(f"the jvp of {self.schema.name} returned {len(outs)} tangents for {self.n_outputs} "
+                               "outputs")
         return tuple(o if o is not None else torch.zeros(shape, dtype=dtype, device=device)
                      for o, (shape, dtype, device) in zip(outs, ctx.u3d_outputs))
 
@@ -280,13 +282,11 @@ class RegisteredOp:
     'SpectralFilterFunctionBackward'
     """
 
-    def __init__(self, raw, function: Optional[type], outputs_like: Sequence[Optional[str]]) -> None:
+    def __init__(self, raw, function: Optional[type], like_pos: Sequence[Optional[int]]) -> None:
         self.raw = raw
         self._function = function
-        self._sig = _Signature(raw)
-        named = self._sig.positions("outputs_like", [n for n in outputs_like if n is not None])
-        it = iter(named)
-        self._like_pos = tuple(next(it) if n is not None else None for n in outputs_like)
+        self._sig = _Signature(raw._schema)
+        self._like_pos = tuple(like_pos)
 
     def __repr__(self) -> str:
         return f"RegisteredOp({self.raw})"
@@ -369,26 +369,24 @@ def define_op(name: str, impl: Callable, *, fake: Callable, saves: Sequence[str]
         raise ValueError(f"define_op({name!r}): an op that mutates {tuple(mutates_args)} takes neither autocast "
                          "(the cast would be written instead of its input) nor autograd")
     qualname = f"{namespace}::{name}"
+    # the schema custom_op will infer, read first so that a bad definition registers nothing
+    sig = _Signature(torch._C.parse_schema(qualname + torch.library.infer_schema(impl, mutates_args=mutates_args)))
+    plan = _Plan(sig.schema, vjp, jvp, saves, materialize_grads) if vjp is not None else None
+    like_pos = [sig.positions("outputs_like", [n])[0] if n is not None else None for n in outputs_like]
+    batch_pos = sig.positions("vmap's batch_args", vmap.batch_args) if vmap is not None else ()
+
     op = torch.library.custom_op(qualname, impl, mutates_args=tuple(mutates_args))
     op.register_fake(fake)
     raw = getattr(getattr(torch.ops, namespace), name).default
     function = None
-    if vjp is not None:
-        plan = _Plan(raw, vjp, jvp, saves, materialize_grads)
+    if plan is not None:
+        plan.raw = raw
         _register_autograd(op, plan)
         function = _function(plan, "".join(p.title() for p in name.split("_")) + "Function")
     if vmap is not None:
-        _register_vmap(qualname, raw, vmap)
+        can_fold = vmap.can_fold
+        register_folding_vmap(qualname, batch_pos, vmap.batch_outputs,
+                              (lambda *args: can_fold(Args(sig.names, args))) if can_fold is not None else None)
     if autocast:
         register_float32_autocast(qualname)
-    return RegisteredOp(raw, function, outputs_like)
-
-
-def _register_vmap(qualname: str, raw, fold: Fold) -> None:
-    sig = _Signature(raw)
-    batch = sig.positions("vmap's batch_args", fold.batch_args)
-    can_fold = None
-    if fold.can_fold is not None:
-        def can_fold(*args):
-            return fold.can_fold(Args(sig.names, args))
-    register_folding_vmap(qualname, batch, fold.batch_outputs, can_fold)
+    return RegisteredOp(raw, function, like_pos)

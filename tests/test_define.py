@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from func_testing import assert_rounded_float32, check_func_transforms, check_vmap
-from unrolled3d.ops._define import Args, Fold, define_op, or_empty, total
+from unrolled3d.ops._define import Args, Fold, define_bilinear_backward, define_op, or_empty, product_rule
 
 F64 = torch.float64
 NS = "u3d_define_test"  # the toy ops' own library, apart from the package's
@@ -38,48 +38,19 @@ def _toy_backward_fake(grad_out, x, w, scale, need_x_grad, need_w_grad):
             x.new_empty(x.shape[1:]) if need_w_grad else x.new_empty(0))
 
 
-# out = s x w, bilinear; gx = s G w, gw = s sum_B G x, bilinear in (G, w) and in (G, x)
+# out = s x w, bilinear in (x, w); its backward gx = s G w, gw = s sum_B G x
 def _toy_vjp(a, need, grad):
     need_w = need.w and a.w is not None
     gx, gw = TOY_BACKWARD(grad, a.x, a.w, a.scale, need.x, need_w)
     return {"x": gx if need.x else None, "w": gw if need_w else None}
 
 
-def _toy_jvp(a, t):
-    return (total(TOY(*a.replace(x=t.x)) if t.x is not None else None,
-                  TOY(*a.replace(w=t.w)) if t.w is not None else None),)
-
-
-def _toy_backward_vjp(a, need, h_x, h_w):
-    h_x = h_x if a.need_x_grad else None
-    h_w = h_w if a.need_w_grad else None
-    grads = {}
-    if need.grad_out:
-        grads["grad_out"] = total(TOY(h_x, a.w, a.scale) if h_x is not None else None,
-                                  TOY(a.x, h_w, a.scale) if h_w is not None else None)
-    if need.x and h_w is not None:
-        grads["x"] = TOY_BACKWARD(a.grad_out, a.x, h_w, a.scale, True, False)[0]
-    if need.w and h_x is not None:
-        grads["w"] = TOY_BACKWARD(a.grad_out, h_x, a.w, a.scale, False, True)[1]
-    return grads
-
-
-def _toy_backward_jvp(a, t):
-    gx = gw = None
-    if t.grad_out is not None:
-        gx, gw = TOY_BACKWARD(*a.replace(grad_out=t.grad_out))
-    if t.w is not None and a.need_x_grad:
-        gx = total(gx, TOY_BACKWARD(*a.replace(w=t.w, need_w_grad=False))[0])
-    if t.x is not None and a.need_w_grad:
-        gw = total(gw, TOY_BACKWARD(*a.replace(x=t.x, need_x_grad=False))[1])
-    return gx, gw
-
-
-TOY = define_op("toy_scale", _toy, fake=_toy_fake, saves=("x", "w"), vjp=_toy_vjp, jvp=_toy_jvp, vmap=Fold(("x",)),
-                outputs_like=("x",), namespace=NS)
-TOY_BACKWARD = define_op(
-    "toy_scale_backward", _toy_backward, fake=_toy_backward_fake, saves=("grad_out", "x", "w"), vjp=_toy_backward_vjp,
-    jvp=_toy_backward_jvp, materialize_grads=False, namespace=NS,
+TOY = define_op("toy_scale", _toy, fake=_toy_fake, saves=("x", "w"), vjp=_toy_vjp,
+                jvp=lambda a, t: (product_rule(TOY, a, t, "x", "w"),), vmap=Fold(("x",)), outputs_like=("x",),
+                namespace=NS)
+TOY_BACKWARD = define_bilinear_backward(
+    "toy_scale_backward", _toy_backward, fake=_toy_backward_fake, pair=("x", "w"),
+    forward=lambda a, x, w: TOY(x, w, a.scale), saves=("grad_out", "x", "w"), namespace=NS,
     vmap=Fold(("grad_out", "x"), (True, False), can_fold=lambda a: not a.need_w_grad))
 
 
@@ -186,7 +157,8 @@ def test_a_formula_sees_only_what_the_op_saves():
     def vjp_reading_w(a, need, grad):
         return {"x": grad * a.w}
 
-    op = define_op("toy_saves_x", _toy, fake=_toy_fake, saves=("x",), vjp=vjp_reading_w, jvp=_toy_jvp, namespace=NS)
+    op = define_op("toy_saves_x", _toy, fake=_toy_fake, saves=("x",), vjp=vjp_reading_w,
+                   jvp=lambda a, t: (None,), namespace=NS)
     out = op(_rand(*X, seed=1).requires_grad_(), _rand(*W, seed=2), 0.7)
     with pytest.raises(AttributeError, match="'w' is not available to this formula"):
         out.sum().backward()
@@ -201,15 +173,19 @@ def test_bad_definitions_are_refused():
     with pytest.raises(ValueError, match="give both vjp and jvp"):
         define_op("toy_bad_1", noop, fake=lambda x: x.new_empty(x.shape), vjp=_toy_vjp, namespace=NS)
     with pytest.raises(ValueError, match=r"saves must name tensor arguments .* got \['scale'\]"):
-        define_op("toy_bad_2", _toy, fake=_toy_fake, saves=("scale",), vjp=_toy_vjp, jvp=_toy_jvp, namespace=NS)
+        define_op("toy_bad_2", _toy, fake=_toy_fake, saves=("scale",), vjp=_toy_vjp, jvp=lambda a, t: (None,),
+                  namespace=NS)
 
     def inplace(x: Tensor) -> None:
         x.add_(1)
 
     with pytest.raises(ValueError, match="takes neither autocast"):
         define_op("toy_bad_3", inplace, fake=lambda x: None, mutates_args=("x",), namespace=NS)
+    with pytest.raises(ValueError, match=r"has no argument \['need_weights_grad', 'weights'\]"):
+        define_bilinear_backward("toy_bad_4", _toy_backward, fake=_toy_backward_fake, pair=("x", "weights"),
+                                 forward=lambda a, x, w: TOY(x, w, a.scale), saves=(), namespace=NS)
     # refused before anything was registered
-    assert not any(hasattr(getattr(torch.ops, NS), f"toy_bad_{i}") for i in (1, 2, 3))
+    assert not any(hasattr(getattr(torch.ops, NS), f"toy_bad_{i}") for i in (1, 2, 3, 4))
     op = define_op("toy_inplace", inplace, fake=lambda x: None, mutates_args=("x",), autocast=False, namespace=NS)
     x = torch.zeros(2)
     op(x)

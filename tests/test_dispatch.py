@@ -28,28 +28,22 @@ def test_dispatch_rules():
             ops.masked_gather(rand(VOL, R32), (0, 0, 0), PATCH, PAD)
 
 
-def test_reference_backend_is_what_runs(monkeypatch):
-    """The choice is read when the op runs: the twin is called under "reference"."""
+@pytest.mark.parametrize("backend,launcher", [
+    ("reference", "masked_gather_ref"),
+    pytest.param("compiled", "masked_gather_forward",
+                 marks=pytest.mark.skipif(not INTERP, reason="needs the Triton CPU interpreter to run on the CPU")),
+])
+def test_the_chosen_backend_is_what_runs(monkeypatch, backend, launcher):
+    """The choice is read when the op runs: its launcher is called, the other is not."""
     from unrolled3d.kernels import masked_gather as mg
 
     calls = []
-    real = mg.masked_gather_ref
-    monkeypatch.setattr(mg, "masked_gather_ref", lambda *a: calls.append(1) or real(*a))
-    with ops.use_backend("reference"):
+    for name in ("masked_gather_ref", "masked_gather_forward"):
+        real = getattr(mg, name)
+        monkeypatch.setattr(mg, name, lambda *a, name=name, real=real: calls.append(name) or real(*a))
+    with ops.use_backend(backend):
         ops.masked_gather(rand(VOL, R32), (0, 0, 0), PATCH, PAD)
-    assert calls == [1]
-
-
-@pytest.mark.skipif(not INTERP, reason="needs the Triton CPU interpreter to see the compiled path run on the CPU")
-def test_compiled_backend_is_what_runs(monkeypatch):
-    from unrolled3d.kernels import masked_gather as mg
-
-    calls = []
-    real = mg.masked_gather_forward
-    monkeypatch.setattr(mg, "masked_gather_forward", lambda *a: calls.append(1) or real(*a))
-    with ops.use_backend("compiled"):
-        ops.masked_gather(rand(VOL, R32), (0, 0, 0), PATCH, PAD)
-    assert calls == [1]
+    assert calls == [launcher]
 
 
 def test_the_previous_words_still_work_with_a_deprecation_warning():

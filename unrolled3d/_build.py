@@ -332,9 +332,10 @@ def backends() -> dict[str, Any]:
     -------
     dict
         ``cpp_cpu`` (bool: a compiled projector is loaded), ``extension`` (where it came from),
-        ``extension_mode`` (what ``UNROLLED3D_EXTENSION`` asked for), ``extension_torch`` (the torch it was built for), ``torch`` (the running torch),
-        ``torch_cuda`` (its CUDA, or None), ``openmp``, ``cuda_built``, ``cuda_status``,
-        ``cuda_device`` (a GPU is visible now), ``triton`` (importable), ``triton_interpret``.
+        ``extension_mode`` (what ``UNROLLED3D_EXTENSION`` asked for), ``extension_torch`` (the
+        torch it was built for), ``torch`` (the running torch), ``torch_cuda`` (its CUDA, or
+        None), ``openmp``, ``cuda_built``, ``cuda_status``, ``cuda_device`` (a GPU is visible
+        now), ``triton`` (importable), ``triton_interpret``.
     """
     import torch
 

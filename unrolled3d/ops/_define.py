@@ -30,7 +30,9 @@ A formula calls other ops (often the op's own backward op) through their :class:
 which runs the Function eagerly and the raw op under ``torch.compile``/``torch.export`` (Dynamo
 cannot trace a Function with a custom ``jvp``: "Unsupported custom jvp", torch 2.14). So every
 order of differentiation goes through Functions and stays ``torch.func``-safe, and a backward
-op that is itself differentiable is just another op defined here.
+op that is itself differentiable is just another op defined here. The fused ops are bilinear in
+two of their tensors: :func:`product_rule` is then their jvp, and
+:func:`define_bilinear_backward` writes their backward ops' formulas from that bilinearity.
 
 Non-tensor arguments reach the Function as one :class:`~unrolled3d.ops._func.Static` (see
 there why).
@@ -46,7 +48,8 @@ from torch import Tensor
 from ._func import Static, register_folding_vmap
 from ._precision import output_dtype, register_float32_autocast, upcast
 
-__all__ = ["Args", "Fold", "RegisteredOp", "define_op", "or_empty", "total"]
+__all__ = ["Args", "Fold", "RegisteredOp", "define_op", "define_bilinear_backward", "product_rule", "or_empty",
+           "total"]
 
 _MISSING = object()
 
@@ -71,6 +74,12 @@ def total(*terms: Optional[Tensor]) -> Optional[Tensor]:
         if t is not None:
             out = t if out is None else out + t
     return out
+
+
+def product_rule(op: Callable, a: "Args", t: "Args", *names: str) -> Optional[Tensor]:
+    """The jvp of a single-output ``op`` linear in each of ``names`` (multilinear): the sum, over
+    the names with a tangent, of ``op`` with that argument replaced by its tangent."""
+    return total(*(op(*a.replace(**{n: getattr(t, n)})) for n in names if getattr(t, n) is not None))
 
 
 class Args:
@@ -166,14 +175,19 @@ class _Signature:
         return tuple(self.names.index(n) for n in names)
 
 
-class _Plan(_Signature):
-    """The bookkeeping shared by both autograd paths: what is saved, and the formulas' calls."""
+def _signature(qualname: str, impl: Callable, mutates_args: Sequence[str] = ()) -> _Signature:
+    """The signature ``custom_op`` will infer for ``impl``, read before anything is registered."""
+    return _Signature(torch._C.parse_schema(qualname + torch.library.infer_schema(impl, mutates_args=mutates_args)))
 
-    def __init__(self, schema, vjp, jvp, saves: Sequence[str], materialize: bool) -> None:
-        super().__init__(schema)
-        self.vjp, self.jvp, self.materialize = vjp, jvp, materialize
-        self.saved_pos = self.positions("saves", saves)
-        self.raw = None  # the op, once registered
+
+class _Plan(_Signature):
+    """The bookkeeping shared by both autograd paths of the op ``raw``: what is saved, and the
+    formulas' calls."""
+
+    def __init__(self, raw, vjp, jvp, saved_pos: Sequence[int], materialize: bool) -> None:
+        super().__init__(raw._schema)
+        self.raw, self.vjp, self.jvp, self.materialize = raw, vjp, jvp, materialize
+        self.saved_pos = tuple(saved_pos)
 
     def merge(self, inputs: Sequence[Any]) -> list:
         """The Function's inputs (tensors, then one Static) in schema order."""
@@ -203,11 +217,10 @@ class _Plan(_Signature):
 
     def grads(self, ctx, grads: Sequence[Optional[Tensor]], needs: Sequence[bool]) -> dict:
         """``vjp`` on the saved arguments; ``needs`` per tensor argument."""
-        need = Args(self.names, [False] * len(self.names))
-        for n, flag in zip(self.tensor_names, needs):
-            setattr(need, n, bool(flag))
         if not any(needs):
             return {}
+        flags = dict(zip(self.tensor_names, needs))
+        need = Args(self.names, [bool(flags.get(n, False)) for n in self.names])
         out = dict(self.vjp(self.restore(ctx), need, *grads))
         self.positions("the vjp's result", list(out))
         return out
@@ -282,7 +295,8 @@ class RegisteredOp:
     'SpectralFilterFunctionBackward'
     """
 
-    def __init__(self, raw, function: Optional[type], like_pos: Sequence[Optional[int]]) -> None:
+    def __init__(self, opdef, raw, function: Optional[type], like_pos: Sequence[Optional[int]]) -> None:
+        self._opdef = opdef  # torch.library's CustomOpDef, kept with the op
         self.raw = raw
         self._function = function
         self._sig = _Signature(raw._schema)
@@ -370,8 +384,8 @@ def define_op(name: str, impl: Callable, *, fake: Callable, saves: Sequence[str]
                          "(the cast would be written instead of its input) nor autograd")
     qualname = f"{namespace}::{name}"
     # the schema custom_op will infer, read first so that a bad definition registers nothing
-    sig = _Signature(torch._C.parse_schema(qualname + torch.library.infer_schema(impl, mutates_args=mutates_args)))
-    plan = _Plan(sig.schema, vjp, jvp, saves, materialize_grads) if vjp is not None else None
+    sig = _signature(qualname, impl, mutates_args)
+    saved_pos = sig.positions("saves", saves)
     like_pos = [sig.positions("outputs_like", [n])[0] if n is not None else None for n in outputs_like]
     batch_pos = sig.positions("vmap's batch_args", vmap.batch_args) if vmap is not None else ()
 
@@ -379,8 +393,8 @@ def define_op(name: str, impl: Callable, *, fake: Callable, saves: Sequence[str]
     op.register_fake(fake)
     raw = getattr(getattr(torch.ops, namespace), name).default
     function = None
-    if plan is not None:
-        plan.raw = raw
+    if vjp is not None:
+        plan = _Plan(raw, vjp, jvp, saved_pos, materialize_grads)
         _register_autograd(op, plan)
         function = _function(plan, "".join(p.title() for p in name.split("_")) + "Function")
     if vmap is not None:
@@ -389,4 +403,70 @@ def define_op(name: str, impl: Callable, *, fake: Callable, saves: Sequence[str]
                               (lambda *args: can_fold(Args(sig.names, args))) if can_fold is not None else None)
     if autocast:
         register_float32_autocast(qualname)
-    return RegisteredOp(raw, function, like_pos)
+    return RegisteredOp(op, raw, function, like_pos)
+
+
+def define_bilinear_backward(name: str, impl: Callable, *, fake: Callable, pair: tuple,
+                             forward: Callable[[Args, Tensor, Tensor], Tensor], saves: Sequence[str],
+                             vmap: Optional[Fold] = None, namespace: str = "unrolled3d") -> RegisteredOp:
+    """:func:`define_op` for the backward op of an op ``F`` bilinear in ``pair = (u, v)``, whose
+    own derivative formulas follow from that bilinearity.
+
+    The backward op takes ``grad_out`` (``G``), ``u``, ``v``, other arguments and the flags
+    ``need_<u>_grad``, ``need_<v>_grad``, and returns ``(g_u, g_v) = (J_u(v)^T G, J_v(u)^T G)``
+    (0-element tensors where not asked for). So ``g_u`` is bilinear in ``(G, v)`` and ``g_v`` in
+    ``(G, u)``, and
+
+    * its jvp is the product rule: ``G`` carries both outputs, ``v`` carries ``g_u`` and ``u``
+      carries ``g_v``, each through the backward op itself;
+    * its vjp, given ``(h_u, h_v)``: ``dG = F(h_u, v) + F(u, h_v)``, ``du = g_u`` with ``v``
+      replaced by ``h_v``, ``dv = g_v`` with ``u`` replaced by ``h_u`` (the adjoints of the
+      terms above, w.r.t. the real inner product ``Re<a, b>``: PyTorch's complex convention).
+
+    Parameters
+    ----------
+    pair : (str, str)
+        ``(u, v)``, in the order of the op's outputs.
+    forward : callable
+        ``forward(a, u, v) -> F(u, v)`` on the backward op's arguments ``a``, shaped like
+        ``grad_out`` (for ``dG``).
+    name, impl, fake, saves, vmap, namespace
+        As for :func:`define_op` (gradients not materialised: ``h_u``/``h_v`` may be ``None``).
+
+    Returns
+    -------
+    RegisteredOp
+    """
+    u, v = pair
+    need_u, need_v = f"need_{u}_grad", f"need_{v}_grad"
+    missing = {"grad_out", u, v, need_u, need_v} - set(_signature(f"{namespace}::{name}", impl).names)
+    if missing:
+        raise ValueError(f"define_bilinear_backward({name!r}): the op has no argument {sorted(missing)}")
+    ops: list = []  # the op being defined, for its own formulas
+
+    def vjp(a, need, h_u, h_v):
+        h_u = h_u if getattr(a, need_u) else None
+        h_v = h_v if getattr(a, need_v) else None
+        grads = {}
+        if need.grad_out:
+            grads["grad_out"] = total(forward(a, h_u, getattr(a, v)) if h_u is not None else None,
+                                      forward(a, getattr(a, u), h_v) if h_v is not None else None)
+        if getattr(need, u) and h_v is not None:
+            grads[u] = ops[0](*a.replace(**{v: h_v, need_u: True, need_v: False}))[0]
+        if getattr(need, v) and h_u is not None:
+            grads[v] = ops[0](*a.replace(**{u: h_u, need_u: False, need_v: True}))[1]
+        return grads
+
+    def jvp(a, t):
+        g_u = g_v = None
+        if t.grad_out is not None:
+            g_u, g_v = ops[0](*a.replace(grad_out=t.grad_out))
+        if getattr(t, v) is not None and getattr(a, need_u):
+            g_u = total(g_u, ops[0](*a.replace(**{v: getattr(t, v), need_v: False}))[0])
+        if getattr(t, u) is not None and getattr(a, need_v):
+            g_v = total(g_v, ops[0](*a.replace(**{u: getattr(t, u), need_u: False}))[1])
+        return g_u, g_v
+
+    ops.append(define_op(name, impl, fake=fake, saves=saves, vjp=vjp, jvp=jvp, vmap=vmap, materialize_grads=False,
+                         namespace=namespace))
+    return ops[0]

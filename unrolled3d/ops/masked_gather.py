@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .._validation import FLOAT_DTYPES, check_like, check_tensor, int_tuple
 from ..kernels import masked_gather as _kernel
-from ._define import Fold, define_op, or_empty, total
+from ._define import Fold, define_bilinear_backward, define_op, or_empty, product_rule
 from ._precision import companions
 from .dispatch import implementation
 
@@ -65,8 +65,7 @@ def _gather_backward_fake(grad_out, volume, mask, offset, patch_shape, need_volu
 
 # --------------------------------------------------------------------------- formulas
 # With P = patch extraction, Z = zero-pad, M = mask, V = volume: out = Z(P V * M), bilinear in
-# (V, M), so its jvp is the product rule. Its backward  gv = P^T(Z^T G * M), gm = sum_bc Z^T G * P V
-# is bilinear in (G, M) and in (G, V) in turn.
+# (V, M); its backward is  gv = P^T(Z^T G * M),  gm = sum_bc Z^T G * P V.
 def _gather_vjp(a, need, grad):
     need_v, need_m = need.volume, need.mask and a.mask is not None
     if not (need_v or need_m):
@@ -75,44 +74,14 @@ def _gather_vjp(a, need, grad):
     return {"volume": gv if need_v else None, "mask": gm if need_m else None}
 
 
-def _gather_jvp(a, t):
-    return (total(_GATHER(*a.replace(volume=t.volume)) if t.volume is not None else None,
-                  _GATHER(*a.replace(mask=t.mask)) if t.mask is not None else None),)
-
-
-def _gather_backward_vjp(a, need, h_v, h_m):
-    h_v = h_v if a.need_volume_grad else None
-    h_m = h_m if a.need_mask_grad else None
-    geo = (a.offset, a.patch_shape)
-    pad = list(a.grad_out.shape[2:])
-    grads = {}
-    if need.grad_out:
-        grads["grad_out"] = total(_GATHER(h_v, *geo, pad, a.mask) if h_v is not None else None,
-                                  _GATHER(a.volume, *geo, pad, h_m) if h_m is not None else None)
-    if need.volume and h_m is not None:
-        grads["volume"] = _GATHER_BACKWARD(a.grad_out, a.volume, h_m, *geo, True, False)[0]
-    if need.mask and h_v is not None:
-        grads["mask"] = _GATHER_BACKWARD(a.grad_out, h_v, a.mask, *geo, False, True)[1]
-    return grads
-
-
-def _gather_backward_jvp(a, t):
-    gv = gm = None
-    if t.grad_out is not None:
-        gv, gm = _GATHER_BACKWARD(*a.replace(grad_out=t.grad_out))
-    if t.mask is not None and a.need_volume_grad:
-        gv = total(gv, _GATHER_BACKWARD(*a.replace(mask=t.mask, need_mask_grad=False))[0])
-    if t.volume is not None and a.need_mask_grad:
-        gm = total(gm, _GATHER_BACKWARD(*a.replace(volume=t.volume, need_volume_grad=False))[1])
-    return gv, gm
-
-
 # vmap: the vmapped dimension joins B, except where the mask's gradient sums over B
 _GATHER = define_op("masked_gather", _gather, fake=_gather_fake, saves=("volume", "mask"), vjp=_gather_vjp,
-                    jvp=_gather_jvp, vmap=Fold(("volume",)), outputs_like=("volume",))
-_GATHER_BACKWARD = define_op(
-    "masked_gather_backward", _gather_backward, fake=_gather_backward_fake, saves=("grad_out", "volume", "mask"),
-    vjp=_gather_backward_vjp, jvp=_gather_backward_jvp, materialize_grads=False,
+                    jvp=lambda a, t: (product_rule(_GATHER, a, t, "volume", "mask"),), vmap=Fold(("volume",)),
+                    outputs_like=("volume",))
+_GATHER_BACKWARD = define_bilinear_backward(
+    "masked_gather_backward", _gather_backward, fake=_gather_backward_fake, pair=("volume", "mask"),
+    forward=lambda a, volume, mask: _GATHER(volume, a.offset, a.patch_shape, list(a.grad_out.shape[2:]), mask),
+    saves=("grad_out", "volume", "mask"),
     vmap=Fold(("grad_out", "volume"), (True, False), can_fold=lambda a: not a.need_mask_grad))
 
 

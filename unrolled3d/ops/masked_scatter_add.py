@@ -18,7 +18,7 @@ from torch import Tensor
 from .._validation import FLOAT_DTYPES, check_like, check_tensor, int_tuple
 from ..kernels import masked_scatter_add as _kernel
 from ..kernels._common import overlap
-from ._define import Fold, define_op, or_empty, total
+from ._define import Fold, define_bilinear_backward, define_op, or_empty
 from ._precision import companions, is_low, upcast
 from .dispatch import implementation
 
@@ -91,34 +91,8 @@ def _or_zeros(t, a):
     return t if t is not None else a.output_zeros(0)
 
 
-def _scatter_backward_vjp(a, need, h_s, h_m):
-    h_s = h_s if a.need_src_grad else None
-    h_m = h_m if a.need_mask_grad else None
-    geo = (a.offset, a.patch_shape)
-    grads = {}
-    if need.grad_out and (h_s is not None or h_m is not None):
-        d_g = a.grad_out.new_zeros(a.grad_out.shape)
-        if h_s is not None:
-            d_g = _SCATTER(d_g, h_s, *geo, a.mask, a.window, None)[0]
-        if h_m is not None:
-            d_g = _SCATTER(d_g, a.src, *geo, h_m, a.window, None)[0]
-        grads["grad_out"] = d_g
-    if need.src and h_m is not None:
-        grads["src"] = _SCATTER_BACKWARD(a.grad_out, a.src, h_m, a.window, *geo, True, False)[0]
-    if need.mask and h_s is not None:
-        grads["mask"] = _SCATTER_BACKWARD(a.grad_out, h_s, a.mask, a.window, *geo, False, True)[1]
-    return grads
-
-
-def _scatter_backward_jvp(a, t):
-    gs = gm = None
-    if t.grad_out is not None:
-        gs, gm = _SCATTER_BACKWARD(*a.replace(grad_out=t.grad_out))
-    if t.mask is not None and a.need_src_grad:
-        gs = total(gs, _SCATTER_BACKWARD(*a.replace(mask=t.mask, need_mask_grad=False))[0])
-    if t.src is not None and a.need_mask_grad:
-        gm = total(gm, _SCATTER_BACKWARD(*a.replace(src=t.src, need_src_grad=False))[1])
-    return gs, gm
+def _zeros_like(t):
+    return t.new_zeros(t.shape)  # contiguous, whatever t's strides
 
 
 # vmap: the vmapped dimension joins B for dest and src (out_weight does not depend on them), except
@@ -127,10 +101,12 @@ def _scatter_backward_jvp(a, t):
 _SCATTER = define_op(
     "masked_scatter_add", _scatter, fake=_scatter_fake, saves=("src", "mask", "window"), vjp=_scatter_vjp,
     jvp=_scatter_jvp, vmap=Fold(("dest", "src"), (True, False)), outputs_like=("dest", "weight"))
-_SCATTER_BACKWARD = define_op(
-    "masked_scatter_add_backward", _scatter_backward, fake=_scatter_backward_fake,
-    saves=("grad_out", "src", "mask", "window"), vjp=_scatter_backward_vjp, jvp=_scatter_backward_jvp,
-    materialize_grads=False, vmap=Fold(("grad_out", "src"), (True, False), can_fold=lambda a: not a.need_mask_grad))
+_SCATTER_BACKWARD = define_bilinear_backward(
+    "masked_scatter_add_backward", _scatter_backward, fake=_scatter_backward_fake, pair=("src", "mask"),
+    forward=lambda a, src, mask: _SCATTER(_zeros_like(a.grad_out), src, a.offset, a.patch_shape, mask, a.window,
+                                          None)[0],
+    saves=("grad_out", "src", "mask", "window"),
+    vmap=Fold(("grad_out", "src"), (True, False), can_fold=lambda a: not a.need_mask_grad))
 _SCATTER_INPLACE = define_op("masked_scatter_add_", _scatter_inplace, fake=_scatter_inplace_fake,
                              mutates_args=("dest", "weight"), autocast=False)
 

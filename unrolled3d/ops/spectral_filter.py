@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .._validation import check_tensor
 from ..kernels import spectral_filter as _kernel
-from ._define import Fold, define_op, or_empty, total
+from ._define import Fold, define_bilinear_backward, define_op, or_empty, product_rule
 from ._precision import COMPLEX_LOW_PRECISION, LOW_PRECISION
 from .dispatch import implementation
 
@@ -57,51 +57,20 @@ def _filter_backward_fake(grad_out, spec, lam, scale, need_spec_grad, need_lam_g
 
 
 # --------------------------------------------------------------------------- formulas
-# out = s S L is bilinear in (S, L): its jvp is the product rule. Its backward (PyTorch's complex
-# convention)  gs = s G conj(L),  gl = s sum_bc G conj(S)  (Re if L is real)  is R-bilinear in
-# (G, L) and in (G, S) (conj and Re are R-linear); adjoints w.r.t. the real inner product
-# Re<a, b> give  dG = s h_s L + s S h_l,  dS = s G conj(h_l),  dL = s sum_bc G conj(h_s).
+# out = s S L is bilinear in (S, L); its backward (PyTorch's complex convention) is
+# gs = s G conj(L),  gl = s sum_bc G conj(S)  (its real part if L is real).
 def _filter_vjp(a, need, grad):
     gs, gl = _FILTER_BACKWARD(grad, a.spec, a.lam, a.scale, need.spec, need.lam)
     return {"spec": gs if need.spec else None, "lam": gl if need.lam else None}
 
 
-def _filter_jvp(a, t):
-    return (total(_FILTER(*a.replace(spec=t.spec)) if t.spec is not None else None,
-                  _FILTER(*a.replace(lam=t.lam)) if t.lam is not None else None),)
-
-
-def _filter_backward_vjp(a, need, h_s, h_l):
-    h_s = h_s if a.need_spec_grad else None
-    h_l = h_l if a.need_lam_grad else None
-    grads = {}
-    if need.grad_out:
-        grads["grad_out"] = total(_FILTER(h_s, a.lam, a.scale) if h_s is not None else None,
-                                  _FILTER(a.spec, h_l, a.scale) if h_l is not None else None)
-    if need.spec and h_l is not None:
-        grads["spec"] = _FILTER(a.grad_out, torch.conj_physical(h_l), a.scale)
-    if need.lam and h_s is not None:
-        grads["lam"] = _FILTER_BACKWARD(a.grad_out, h_s, a.lam, a.scale, False, True)[1]
-    return grads
-
-
-def _filter_backward_jvp(a, t):
-    gs = gl = None
-    if t.grad_out is not None:
-        gs, gl = _FILTER_BACKWARD(*a.replace(grad_out=t.grad_out))
-    if t.lam is not None and a.need_spec_grad:
-        gs = total(gs, _FILTER_BACKWARD(*a.replace(lam=t.lam, need_lam_grad=False))[0])
-    if t.spec is not None and a.need_lam_grad:
-        gl = total(gl, _FILTER_BACKWARD(*a.replace(spec=t.spec, need_spec_grad=False))[1])
-    return gs, gl
-
-
 # vmap: the vmapped dimension joins B, except where lam's gradient sums over B
 _FILTER = define_op("spectral_filter", _filter, fake=_filter_fake, saves=("spec", "lam"), vjp=_filter_vjp,
-                    jvp=_filter_jvp, vmap=Fold(("spec",)), outputs_like=("spec",))
-_FILTER_BACKWARD = define_op(
-    "spectral_filter_backward", _filter_backward, fake=_filter_backward_fake, saves=("grad_out", "spec", "lam"),
-    vjp=_filter_backward_vjp, jvp=_filter_backward_jvp, materialize_grads=False,
+                    jvp=lambda a, t: (product_rule(_FILTER, a, t, "spec", "lam"),), vmap=Fold(("spec",)),
+                    outputs_like=("spec",))
+_FILTER_BACKWARD = define_bilinear_backward(
+    "spectral_filter_backward", _filter_backward, fake=_filter_backward_fake, pair=("spec", "lam"),
+    forward=lambda a, spec, lam: _FILTER(spec, lam, a.scale), saves=("grad_out", "spec", "lam"),
     vmap=Fold(("grad_out", "spec"), (True, False), can_fold=lambda a: not a.need_lam_grad))
 
 

@@ -1,5 +1,5 @@
 """Shared by the tests of the fused ops (``test_masked_gather.py``, ``test_spectral_filter.py``,
-``test_masked_scatter.py``, ``test_fused_chain.py``) and by ``bench/test_bench_fused.py``:
+``test_masked_scatter_add.py``, ``test_fused_chain.py``) and by ``bench/test_bench_fused.py``:
 tolerances, inputs, and independent oracles written with padding (no overlap arithmetic).
 
 ``tests/conftest.py`` sets ``TRITON_INTERPRET=1`` (no NVIDIA driver) before anything imports

@@ -1,5 +1,5 @@
-"""``masked_scatter_add`` and ``masked_scatter_add_`` (:mod:`unrolled3d.ops.masked_scatter`, kernel
-:mod:`unrolled3d.kernels.masked_scatter`): the twin against a padding oracle and autograd, the
+"""``masked_scatter_add`` and ``masked_scatter_add_`` (:mod:`unrolled3d.ops.masked_scatter_add`, kernel
+:mod:`unrolled3d.kernels.masked_scatter_add`): the twin against a padding oracle and autograd, the
 Triton launcher against the twin, the in-place fast path, gradients, ``opcheck`` and bad inputs."""
 import pytest
 import torch

@@ -67,8 +67,8 @@ def _scatter_inplace_fake(dest, src, offset, patch_shape, mask, window, weight):
 # --------------------------------------------------------------------------- formulas
 # With P = patch extraction, Z = zero-pad, Wn = window: out = dest + P^T(Z^T S * M * Wn) is affine
 # in dest and bilinear in (S, M); out_weight = weight + a constant; the window is not
-# differentiable. Its backward  gs = Z(P G * Wn * M),  gm = sum_bc P G * Wn * Z^T S  (gdest = G,
-# gweight = G_w) is bilinear in (G, M) and in (G, S) in turn.
+# differentiable. Its backward op computes  gs = Z(P G * Wn * M),  gm = sum_bc P G * Wn * Z^T S
+# (gdest = G and gweight = G_w need no op).
 def _scatter_vjp(a, need, g, g_w):
     need_s, need_m = need.src, need.mask and a.mask is not None
     gs = gm = None
@@ -79,6 +79,7 @@ def _scatter_vjp(a, need, g, g_w):
 
 
 def _scatter_jvp(a, t):
+    # the product rule, each term added into the last: t_dest + P^T(Z^T t_S * M * Wn) + P^T(Z^T S * t_M * Wn)
     out = t.dest
     if t.src is not None:
         out = _SCATTER(*a.replace(dest=_or_zeros(out, a), src=t.src, weight=None))[0]

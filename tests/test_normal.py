@@ -80,11 +80,11 @@ def test_restricted_operator_equals_restriction_of_full_operator(variant):
     kernel = torch.randn((18, 16, 20), generator=gen, dtype=F64)  # a kernel with every lag non-zero
     wrapper.set_parameters(1 + torch.rand((9, 8, 10), generator=gen, dtype=F64), torch.fft.rfftn(kernel))
     offset, shape = (2, 1, 3), (5, 4, 6)
-    patch = wrapper.restrict(offset, shape)
+    patch = wrapper.normal.restrict(offset, shape)
     xp = torch.randn((2, 1, *shape), generator=gen, dtype=F64)
     full = torch.zeros((2, 1, 9, 8, 10), dtype=F64)
     full[..., 2:7, 1:5, 3:9] = xp
-    expected = wrapper.A_adjoint_A(full)[..., 2:7, 1:5, 3:9]
+    expected = wrapper.normal.apply(full)[..., 2:7, 1:5, 3:9]
     torch.testing.assert_close(patch.A_adjoint_A(xp), expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(patch.data_gradient(xp, expected), torch.zeros_like(xp), rtol=0, atol=1e-12)
 
@@ -121,7 +121,7 @@ def test_save_load_round_trip_and_geometry_check(tmp_path):
     w.save(path)
     other = DiagCirculantWrapper(physics, (16, 16, 16)).load(path)
     x = torch.randn(1, 1, 16, 16, 16)
-    torch.testing.assert_close(other.A_adjoint_A(x), w.A_adjoint_A(x))
+    torch.testing.assert_close(other.normal.apply(x), w.normal.apply(x))
     moved = ConeBeamCT(ConeBeamGeometry.circular(12, 64.0, 32.0, (16, 20), 1.5, (16, 16, 16), det_offset=(0, 1)))
     with pytest.raises(ValueError, match="refit"):
         DiagCirculantWrapper(moved, (16, 16, 16)).load(path)
@@ -144,17 +144,17 @@ def test_bad_input():
         DiagCirculantWrapper(physics, (6, 7, 5), scaling=0.0)
     w = DiagCirculantWrapper(physics, (6, 7, 5), dtype=F64)
     with pytest.raises(RuntimeError, match="no parameters yet"):
-        w.A_adjoint_A(torch.zeros(1, 1, 6, 7, 5, dtype=F64))
+        w.normal.apply(torch.zeros(1, 1, 6, 7, 5, dtype=F64))
     with pytest.raises(ValueError, match="fourier_filter must be a tensor of shape"):
         w.set_parameters(fourier_filter=torch.zeros(12, 14, 5))
     with pytest.raises(ValueError, match="spatial_mask must be a tensor of shape"):
         w.set_parameters(spatial_mask=torch.zeros(6, 7))
     w.init_from_psf()
     with pytest.raises(ValueError, match="spatial shape"):
-        w.A_adjoint_A(torch.zeros(1, 1, 6, 7, 6, dtype=F64))
+        w.normal.apply(torch.zeros(1, 1, 6, 7, 6, dtype=F64))
     with pytest.raises(TypeError, match="float32"):
-        w.A_adjoint_A(torch.zeros(1, 1, 6, 7, 5, dtype=torch.float32))
+        w.normal.apply(torch.zeros(1, 1, 6, 7, 5, dtype=torch.float32))
     with pytest.raises(ValueError, match="outside the volume"):
-        w.restrict((4, 0, 0), (3, 3, 3))
+        w.normal.restrict((4, 0, 0), (3, 3, 3))
     with pytest.raises(ValueError, match="n_probes"):
         w.fit(n_iter=1, n_probes=1, batch_size=2, progress=False)

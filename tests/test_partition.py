@@ -136,9 +136,12 @@ def test_least_squares_patches_converge_to_the_full_solution_with_sweeps():
     assert errors[-1] < 0.1 * errors[0]
 
 
-class ExactNormalWrapper(DiagCirculantWrapper):
-    """A DiagCirculantWrapper whose patch operator is exactly S A^T A S^T (to test the H mode's
-    bookkeeping independently of the approximation)."""
+class ExactNormal:
+    """An approximation of A^T A (unrolled3d.protocols.NormalApproximation) whose patch operator is
+    exactly S A^T A S^T (to test the H mode's bookkeeping independently of the approximation)."""
+
+    def __init__(self, physics):
+        self.physics = physics
 
     def restrict(self, offset, shape):
         exact = self.physics.restrict(offset, shape)
@@ -157,18 +160,23 @@ class ExactNormalWrapper(DiagCirculantWrapper):
 
         return Exact()
 
+    def refresh(self, patches):
+        pass  # nothing to refresh: the patch operators hold no parameters
+
 
 def test_normal_mode_gradient_equals_exact_patch_gradient_when_H_is_exact():
     physics = ct()
     x_true = _volume()
     y = physics.A(x_true) + 0.01 * torch.randn((1, 1, *physics.geometry.sino_shape), dtype=F64)
-    wrapper = ExactNormalWrapper(physics, SHAPE, dtype=F64).init_from_psf()
     x_ctx = physics.A_dagger(y)
     rec = PartitionedReconstructor(GradientStepBase(), SHAPE, (6, 8, 6))
     offset = (2, 2, 3)
     exact = rec.reconstruct_patch(y, physics, x_ctx, offset)
-    normal = rec.reconstruct_patch(y, wrapper, x_ctx, offset, normal=wrapper)
+    normal = rec.reconstruct_patch(y, physics, x_ctx, offset, normal=ExactNormal(physics))
     torch.testing.assert_close(normal, exact, rtol=1e-9, atol=1e-9)
+    # the whole reconstruction: H mode with an exact H is the exact mode
+    torch.testing.assert_close(rec(y, physics, normal=ExactNormal(physics), x_init=x_ctx),
+                               rec(y, physics, x_init=x_ctx), rtol=1e-9, atol=1e-9)
 
 
 def test_normal_mode_with_fourier_filter_and_spatial_mask_runs_end_to_end():
@@ -185,11 +193,19 @@ def test_normal_mode_with_fourier_filter_and_spatial_mask_runs_end_to_end():
     out2 = rec(y, blank, fourier_filter=w.fourier_filter.detach(), spatial_mask=w.spatial_mask.detach())
     torch.testing.assert_close(out2, out, rtol=0, atol=0)
     assert not blank.fitted and float(blank.fourier_filter.abs().max()) == 0.0
-    # the parameters of H need a wrapper: a bare physics is refused, not silently wrapped
+    # the parameters of H need an H to take their settings from: a bare physics is refused, not
+    # silently wrapped; with normal= the same call works on the bare physics
     with pytest.raises(TypeError, match="DiagCirculantWrapper"):
         rec(y, physics, fourier_filter=w.fourier_filter.detach())
+    out3 = rec(y, physics, normal=blank.normal, fourier_filter=w.fourier_filter.detach(),
+               spatial_mask=w.spatial_mask.detach())
+    torch.testing.assert_close(out3, out, rtol=0, atol=0)
+    # H given explicitly to the exact physics: the same reconstruction as the wrapper carrying it
+    torch.testing.assert_close(rec(y, physics, normal=w.normal), rec(y, w), rtol=0, atol=0)
+    with pytest.raises(TypeError, match="NormalApproximation"):
+        rec(y, physics, normal=w)  # a wrapper is a physics, not an approximation
     xp = x[..., :6, :8, :6]
-    physics_p = w.restrict((0, 0, 0), (6, 8, 6)).with_start(xp)
+    physics_p = w.normal.restrict((0, 0, 0), (6, 8, 6)).with_start(xp)
     assert physics_p.A_dagger(None) is xp
     # normal-equation form: A = H_p (the backprojected measurement), A^T = identity on b
     torch.testing.assert_close(physics_p.A(xp), physics_p.A_adjoint_A(xp), rtol=0, atol=0)
@@ -289,7 +305,8 @@ def test_training_loss_in_H_mode_equals_the_inference_patch_solve():
     rec = PartitionedReconstructor(GradientStepBase(), SHAPE, (5, 6, 5))
     offset, sl = (2, 3, 3), (slice(2, 7), slice(3, 9), slice(3, 8))
     residual_full = w.A_adjoint(y - w.A(x_true))
-    expected_p = rec.reconstruct_patch(y, w, x_true, offset, residual_full, w, x_start=physics.A_dagger(y)[(..., *sl)])
+    expected_p = rec.reconstruct_patch(y, w, x_true, offset, residual_full, w.normal,
+                                       x_start=physics.A_dagger(y)[(..., *sl)])
     expected = torch.nn.functional.mse_loss(expected_p, x_true[(..., *sl)])
     torch.testing.assert_close(rec.training_loss(y, w, x_true, offset=offset), expected, rtol=1e-10, atol=1e-14)
 
@@ -361,6 +378,15 @@ def test_plan_is_built_once_and_follows_the_operator_parameters():
     fresh = PartitionedReconstructor(GradientStepBase(), SHAPE, (6, 8, 6), patch_batch_size=3)(y, w, x_init=x0)
     torch.testing.assert_close(after, fresh, rtol=1e-12, atol=1e-12)
     assert float((after - before).abs().max()) > 1e-6
+    # ... and parameters replaced by new tensors (not changed in place) too: the plan is kept, H
+    # points its patch operators at what it holds now
+    plans = list(rec._plans)
+    w.normal.spatial_mask = torch.nn.Parameter(2.0 * w.spatial_mask.detach(), requires_grad=False)
+    replaced = rec(y, w, x_init=x0)
+    assert rec._plans[0] is plans[0]
+    fresh = PartitionedReconstructor(GradientStepBase(), SHAPE, (6, 8, 6), patch_batch_size=3)(y, w, x_init=x0)
+    torch.testing.assert_close(replaced, fresh, rtol=1e-12, atol=1e-12)
+    assert float((replaced - after).abs().max()) > 1e-6
 
 
 def test_reconstruct_patches_solves_a_group_like_single_patches():

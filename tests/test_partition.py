@@ -358,6 +358,14 @@ def test_bad_input():
     with pytest.raises(TypeError, match="LinearPhysics"):
         rec(torch.zeros(3), "physics")
 
+    class ExactPatches(ExactNormal):  # restrict gives A S^T itself, not a normal-equation operator
+        def restrict(self, offset, shape):
+            return self.physics.restrict(offset, shape)
+
+    y = physics.A(_volume())
+    with pytest.raises(TypeError, match="normal-equation form"):
+        PartitionedReconstructor(IdentityBase(), SHAPE, (4, 4, 4))(y, physics, normal=ExactPatches(physics))
+
 
 def test_training_start_point_is_fdk_not_the_true_patch():
     # With an identity base the loss is the error of the start point: it must be FDK's (> 0),

@@ -38,6 +38,23 @@ def _check_physics(physics: Any) -> None:
         raise TypeError(f"physics must be a deepinv LinearPhysics, got {type(physics).__name__}")
 
 
+#: what the wrapper reads through from the ``H`` it carries (the attributes of the paper's wrapper)
+_READ_THROUGH = {
+    "img_shape": "Volume shape ``(D, H, W)`` of ``H``.",
+    "scaling": "``H`` approximates ``A^T A / scaling``.",
+    "variant": "Form of ``H``.",
+    "dtype": "Real dtype of ``H``'s parameters.",
+    "complex_images": "Whether ``H`` acts on complex images ``(B, 2, ...)``.",
+    "kernel_radius": "``H``'s kernel radius (``None``: every lag).",
+    "channels": "Image channels: 2 for complex images, 1 for real ones.",
+    "filter_shape": "Shape of ``fourier_filter``.",
+    "spatial_mask": "``m`` (a parameter of :attr:`normal`).",
+    "fourier_filter": "``lam`` (a parameter of :attr:`normal`).",
+    "fitted": "Whether ``H`` has parameters.",
+    "kernel": "``H``'s convolution kernel on the doubled grid.",
+}
+
+
 def _read_through(name: str, doc: str) -> property:
     return property(lambda self: getattr(self.normal, name), doc=doc)
 
@@ -149,20 +166,6 @@ class DiagCirculantWrapper(LinearPhysics):
     def A_dagger(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
         return self.physics.A_dagger(y, **kwargs)
 
-    # ----------------------------------------------------------------- H, read through
-    img_shape = _read_through("img_shape", "Volume shape ``(D, H, W)`` of ``H``.")
-    scaling = _read_through("scaling", "``H`` approximates ``A^T A / scaling``.")
-    variant = _read_through("variant", "Form of ``H``.")
-    dtype = _read_through("dtype", "Real dtype of ``H``'s parameters.")
-    complex_images = _read_through("complex_images", "Whether ``H`` acts on complex images ``(B, 2, ...)``.")
-    kernel_radius = _read_through("kernel_radius", "``H``'s kernel radius (``None``: every lag).")
-    channels = _read_through("channels", "Image channels: 2 for complex images, 1 for real ones.")
-    filter_shape = _read_through("filter_shape", "Shape of ``fourier_filter``.")
-    spatial_mask = _read_through("spatial_mask", "``m`` (a parameter of :attr:`normal`).")
-    fourier_filter = _read_through("fourier_filter", "``lam`` (a parameter of :attr:`normal`).")
-    fitted = _read_through("fitted", "Whether ``H`` has parameters.")
-    kernel = _read_through("kernel", "``H``'s convolution kernel on the doubled grid.")
-
     def set_parameters(self, spatial_mask: torch.Tensor | None = None,
                        fourier_filter: torch.Tensor | None = None) -> "DiagCirculantWrapper":
         """Load ``m`` and/or ``lam`` into ``H`` (:meth:`DiagCirculantNormal.set_parameters`)."""
@@ -221,3 +224,8 @@ class DiagCirculantWrapper(LinearPhysics):
         which must have been fitted for this acquisition."""
         _check_physics(physics)
         return cls.around(physics, load_normal(path, physics, device=device))
+
+
+for _name, _doc in _READ_THROUGH.items():  # read-only: H's parameters are set through H (set_parameters)
+    setattr(DiagCirculantWrapper, _name, _read_through(_name, _doc))
+del _name, _doc

@@ -134,16 +134,17 @@ class SweepPlan:
 
     Examples
     --------
-    >>> import torch
     >>> from unrolled3d.models import UNet3D, UnrolledPGD
+    >>> from unrolled3d.normal import DiagCirculantNormal, init_from_psf
     >>> from unrolled3d.partition import PartitionedReconstructor
     >>> from unrolled3d.physics import ConeBeamCT, standard_cone_beam
     >>> physics = ConeBeamCT(standard_cone_beam(8, 6))
+    >>> H = init_from_psf(DiagCirculantNormal((8, 8, 8)), physics)
     >>> rec = PartitionedReconstructor(UnrolledPGD(UNet3D(base=4, depth=1), n_iter=1), (8, 8, 8), (4, 4, 4),
     ...                                patch_batch_size=4)
-    >>> plan = rec.prepare(physics)
-    >>> [g.size for g in plan.groups]           # 27 patches in groups of 4
-    [4, 4, 4, 4, 4, 4, 3]
+    >>> plan = rec.prepare(physics, normal=H)   # H mode: 27 patch operators of H in groups of 4
+    >>> [g.size for g in plan.groups], type(plan.groups[0].physics).__name__
+    ([4, 4, 4, 4, 4, 4, 3], 'NormalPatchBatch')
     """
 
     def __init__(self, physics: LinearPhysics, normal: Any, device: torch.device,

@@ -245,8 +245,8 @@ def test_the_papers_call_gives_the_h_mode_written_out_from_the_functional_form()
     x_true = _volume(seed=7)
     y = physics.A(x_true)
     fitted = init_from_psf(DiagCirculantNormal(SHAPE, dtype=F64), physics)
-    spatial_mask = fitted.spatial_mask.detach() * (0.8 + 0.4 * torch.rand(SHAPE, generator=torch.Generator().manual_seed(8),
-                                                                          dtype=F64))
+    jitter = torch.rand(SHAPE, generator=torch.Generator().manual_seed(8), dtype=F64)
+    spatial_mask = fitted.spatial_mask.detach() * (0.8 + 0.4 * jitter)  # a mask that is not all ones
     fourier_filter = fitted.fourier_filter.detach()
     rec = PartitionedReconstructor(GradientStepBase(), SHAPE, (6, 8, 6), n_sweeps=2)
     wrapped_physics = DiagCirculantWrapper(physics=physics, img_size=physics.img_size, scaling=1., device="cpu",

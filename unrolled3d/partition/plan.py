@@ -39,8 +39,9 @@ def exact_physics(physics: LinearPhysics) -> LinearPhysics:
     return physics.physics if isinstance(physics, CarriesNormal) else physics
 
 
-def resolve_normal(physics: LinearPhysics, normal: Any = None, fourier_filter: torch.Tensor | None = None,
-                   spatial_mask: torch.Tensor | None = None) -> tuple[LinearPhysics, Any]:
+def resolve_normal(physics: LinearPhysics, normal: NormalApproximation | None = None,
+                   fourier_filter: torch.Tensor | None = None, spatial_mask: torch.Tensor | None = None
+                   ) -> tuple[LinearPhysics, NormalApproximation | None]:
     """``(exact operator, H or None)`` of a call: which patch operators it uses.
 
     ``H`` is ``normal`` if given, else the one ``physics`` carries (a ``DiagCirculantWrapper``),
@@ -67,7 +68,7 @@ def resolve_normal(physics: LinearPhysics, normal: Any = None, fourier_filter: t
 
 
 @torch.compiler.disable
-def patch_operator(physics: LinearPhysics, normal: Any, img_shape: Sequence[int],
+def patch_operator(physics: LinearPhysics, normal: NormalApproximation | None, img_shape: Sequence[int],
                    offset: Sequence[int], shape: Sequence[int]) -> Any:
     """The operator of one patch problem: ``H_p`` (normal-equation form) when ``normal`` is given,
     else the exact ``A S^T`` of ``physics`` (the exact operator, see :func:`exact_physics`). Not
@@ -82,7 +83,7 @@ def patch_operator(physics: LinearPhysics, normal: Any, img_shape: Sequence[int]
 
 
 @torch.compiler.disable
-def group_physics(operators: Sequence[Any], normal: Any) -> Any:
+def group_physics(operators: Sequence[Any], normal: NormalApproximation | None) -> Any:
     """The physics of patches solved together: the operator itself for one patch, else a
     :class:`PatchBatch` (:class:`NormalPatchBatch` in H mode) of them."""
     if len(operators) == 1:
@@ -147,14 +148,14 @@ class SweepPlan:
     ([4, 4, 4, 4, 4, 4, 3], 'NormalPatchBatch')
     """
 
-    def __init__(self, physics: LinearPhysics, normal: Any, device: torch.device,
+    def __init__(self, physics: LinearPhysics, normal: NormalApproximation | None, device: torch.device,
                  dtype: torch.dtype, window: torch.Tensor, groups: list[PatchGroup], rank: int, world: int) -> None:
         self.physics, self.normal = physics, normal
         self.device, self.dtype = device, dtype
         self.window, self.groups = window, groups
         self.rank, self.world = rank, world
 
-    def matches(self, physics: LinearPhysics, normal: Any, like: torch.Tensor) -> bool:
+    def matches(self, physics: LinearPhysics, normal: NormalApproximation | None, like: torch.Tensor) -> bool:
         """Whether this plan serves ``physics`` (and ``normal``) for volumes like ``like``."""
         return (self.physics is physics and self.normal is normal and self.device == like.device
                 and self.dtype == like.dtype)
@@ -169,7 +170,7 @@ class SweepPlan:
 
 
 @torch.compiler.disable
-def build_plan(physics: LinearPhysics, normal: Any, img_shape: Sequence[int],
+def build_plan(physics: LinearPhysics, normal: NormalApproximation | None, img_shape: Sequence[int],
                patch_shape: Sequence[int], stride: Sequence[int], offsets: Sequence[tuple[int, int, int]],
                patch_batch_size: int, like: torch.Tensor) -> SweepPlan:
     """Build the :class:`SweepPlan` of ``physics`` for volumes like ``like`` (not traced by

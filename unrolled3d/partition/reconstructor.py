@@ -45,6 +45,7 @@ from deepinv.physics import LinearPhysics
 from tqdm.auto import tqdm
 
 from .._validation import boolean, check_nonempty, choice, int_triple, integer
+from ..protocols import NormalApproximation
 from ..ops import masked_scatter_add, masked_scatter_add_
 from ..physics.patch import crop, patch_start
 from .base import as_base_reconstructor
@@ -194,7 +195,8 @@ class PartitionedReconstructor(Reconstructor):
         if size is not None and tuple(size)[-3:] != self.img_shape:
             raise ValueError(f"physics acts on volumes of {tuple(size)[-3:]}, the reconstructor on {self.img_shape}")
 
-    def _records_gradients(self, physics: LinearPhysics, normal, *tensors: torch.Tensor | None) -> bool:
+    def _records_gradients(self, physics: LinearPhysics, normal: NormalApproximation | None,
+                           *tensors: torch.Tensor | None) -> bool:
         """Whether a call may need an autograd graph: grad mode on and a parameter of the base, the
         physics or ``H``, or one of ``tensors``, requiring grad."""
         if not torch.is_grad_enabled():
@@ -206,7 +208,8 @@ class PartitionedReconstructor(Reconstructor):
 
     # ----------------------------------------------------------------- plans
     def prepare(self, physics: LinearPhysics, dtype: torch.dtype = torch.float32,
-                device: torch.device | str = "cpu", warm: bool = True, normal=None) -> SweepPlan:
+                device: torch.device | str = "cpu", warm: bool = True,
+                normal: NormalApproximation | None = None) -> SweepPlan:
         """Build (or find) the sweep plan of ``physics`` for volumes of ``dtype`` on ``device``.
 
         :meth:`forward` builds it on first use, so this is needed only before
@@ -248,7 +251,7 @@ class PartitionedReconstructor(Reconstructor):
         """Forget the cached sweep plans (e.g. after changing a physics in place)."""
         self._plans = []
 
-    def _plan(self, physics: LinearPhysics, normal, like: torch.Tensor) -> SweepPlan:
+    def _plan(self, physics: LinearPhysics, normal: NormalApproximation | None, like: torch.Tensor) -> SweepPlan:
         """The cached plan of the exact operator ``physics`` and ``H`` ``normal`` (or a new one)."""
         for plan in self._plans:
             if plan.matches(physics, normal, like):
@@ -260,7 +263,7 @@ class PartitionedReconstructor(Reconstructor):
 
     # ----------------------------------------------------------------- one patch problem
     def _solve(self, physics_p, size: int, data: torch.Tensor, ctx: torch.Tensor, start: torch.Tensor,
-               normal) -> torch.Tensor:
+               normal: NormalApproximation | None) -> torch.Tensor:
         """Solve ``size`` stacked patch problems (patch-major ``[size * B, ...]``) with the base.
 
         Exact mode: ``data`` is the sweep's residual ``y - A x_ctx`` ``[B, ...]``, the base gets
@@ -280,7 +283,8 @@ class PartitionedReconstructor(Reconstructor):
 
     def reconstruct_patch(self, y: torch.Tensor, physics: LinearPhysics, x_ctx: torch.Tensor,
                           offset: Sequence[int], residual: torch.Tensor | None = None,
-                          normal=None, x_start: torch.Tensor | None = None) -> torch.Tensor:
+                          normal: NormalApproximation | None = None,
+                          x_start: torch.Tensor | None = None) -> torch.Tensor:
         """Solve one patch at ``offset`` given the context ``x_ctx`` (full volume).
 
         H mode only with ``normal`` (an approximation ``H``, :class:`~unrolled3d.protocols.NormalApproximation`):
@@ -294,7 +298,8 @@ class PartitionedReconstructor(Reconstructor):
 
     def reconstruct_patches(self, y: torch.Tensor, physics: LinearPhysics, x_ctx: torch.Tensor,
                             offsets: Sequence[Sequence[int]], residual: torch.Tensor | None = None,
-                            normal=None, x_start: torch.Tensor | None = None) -> torch.Tensor:
+                            normal: NormalApproximation | None = None,
+                          x_start: torch.Tensor | None = None) -> torch.Tensor:
         """Solve the patches at ``offsets`` together, as one batch of the base (as a sweep with
         ``patch_batch_size = len(offsets)`` does); returns them stacked patch-major,
         ``[len(offsets) * B, C, *patch]``.
@@ -321,7 +326,7 @@ class PartitionedReconstructor(Reconstructor):
     # ----------------------------------------------------------------- inference
     def forward(self, y: torch.Tensor, physics: LinearPhysics, fourier_filter: torch.Tensor | None = None,
                 spatial_mask: torch.Tensor | None = None, x_init: torch.Tensor | None = None,
-                n_sweeps: int | None = None, normal=None, **kwargs) -> torch.Tensor:
+                n_sweeps: int | None = None, normal: NormalApproximation | None = None, **kwargs) -> torch.Tensor:
         r"""Partitioned reconstruction ``[B, C, D, H, W]`` of the measurements ``y``.
 
         Parameters
@@ -351,7 +356,8 @@ class PartitionedReconstructor(Reconstructor):
         with torch.no_grad():  # nothing can ask for gradients: record no graph (issue 30)
             return self._reconstruct(y, physics, normal, x_init, n_sweeps)
 
-    def _reconstruct(self, y: torch.Tensor, physics: LinearPhysics, normal, x_init: torch.Tensor | None,
+    def _reconstruct(self, y: torch.Tensor, physics: LinearPhysics, normal: NormalApproximation | None,
+                     x_init: torch.Tensor | None,
                      n_sweeps: int | None) -> torch.Tensor:
         """The sweeps of :meth:`forward` with the exact operator ``physics`` and ``H`` ``normal``."""
         x = _start_point(physics, y) if x_init is None else x_init
@@ -374,8 +380,8 @@ class PartitionedReconstructor(Reconstructor):
                 bar.close()
         return x
 
-    def _sweep(self, y: torch.Tensor, physics: LinearPhysics, normal, plan: SweepPlan, x: torch.Tensor,
-               first: torch.Tensor, bar) -> torch.Tensor:
+    def _sweep(self, y: torch.Tensor, physics: LinearPhysics, normal: NormalApproximation | None, plan: SweepPlan,
+               x: torch.Tensor, first: torch.Tensor, bar) -> torch.Tensor:
         """One pass over this rank's patches with ``x`` as context; the blended estimate."""
         shape = self.patch_shape
         residual = y - physics.A(x)
@@ -411,7 +417,8 @@ class PartitionedReconstructor(Reconstructor):
     def training_loss(self, y: torch.Tensor, physics: LinearPhysics, x_true: torch.Tensor,
                       generator: torch.Generator | None = None, offset: Sequence[int] | None = None,
                       fourier_filter: torch.Tensor | None = None, spatial_mask: torch.Tensor | None = None,
-                      x_start: torch.Tensor | None = None, reduction: str = "mean", normal=None) -> torch.Tensor:
+                      x_start: torch.Tensor | None = None, reduction: str = "mean",
+                      normal: NormalApproximation | None = None) -> torch.Tensor:
         r"""``L_PART``: MSE between the patch reconstruction with ground-truth context and ``S x*``.
 
         The patch position is drawn at random (``generator``) unless ``offset`` is given. The

@@ -173,7 +173,7 @@ def import_walnut(args: argparse.Namespace) -> int:
 
 def fit_normal(args: argparse.Namespace) -> int:
     from ..io import check_not_input, check_pt_name, load_measurements, resolve_output
-    from ..normal import DiagCirculantWrapper
+    from ..normal import DiagCirculantNormal, fit_normal as fit_h, relative_error, save_normal
     from ..physics import ConeBeamCT
 
     iters = integer("--iters", args.iters, 1)
@@ -184,10 +184,10 @@ def fit_normal(args: argparse.Namespace) -> int:
     _, g, _, _ = load_measurements(args.measurements)
     _note(args, f"estimating ||A|| of the {g.vol_shape} scan")
     physics = ConeBeamCT(g, normalize=True)
-    w = DiagCirculantWrapper(physics, g.vol_shape, kernel_radius=args.kernel_radius)
-    hist = w.fit(n_iter=iters, lr=lr, progress=_show_progress(args))
-    err = w.relative_error()
-    w.save(out, force=args.force)
+    H = DiagCirculantNormal.for_physics(physics, g.vol_shape, kernel_radius=args.kernel_radius)
+    hist = fit_h(H, physics, n_iter=iters, lr=lr, progress=_show_progress(args))
+    err = relative_error(H, physics)
+    save_normal(H, out, force=args.force)  # with the fingerprint of the geometry it was fitted for
     emit(args, {"out": args.out, "relative_error": err, "first_batch_error": hist[0]},
           f"wrote {args.out}: relative error of H {err:.4f} (started at {hist[0]:.4f})")
     return 0
@@ -198,7 +198,7 @@ def reconstruct(args: argparse.Namespace) -> int:
     from ..io import check_not_input, check_volume_target, load_measurements, load_model, volume_files, write_volume
     from ..metrics import psnr
     from ..models import build_model
-    from ..normal import DiagCirculantWrapper
+    from ..normal import load_normal
     from ..data import IntensityNormalization
     from ..physics import ConeBeamCT, fdk
 
@@ -241,11 +241,11 @@ def reconstruct(args: argparse.Namespace) -> int:
                                                 f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
         rec.to(device).eval()
         rec.progress = show
-        target = physics
+        H = None  # the approximation of A^T A, handed to the reconstructor explicitly (normal=H)
         if args.normal is not None:
-            target = DiagCirculantWrapper.from_file(args.normal, physics, device=device)
-            if target.img_shape != tuple(g.vol_shape):
-                raise ValueError(f"--normal {args.normal} is for a {target.img_shape} volume, the measurements "
+            H = load_normal(args.normal, physics, device=device)  # refused if fitted for another geometry
+            if H.img_shape != tuple(g.vol_shape):
+                raise ValueError(f"--normal {args.normal} is for a {H.img_shape} volume, the measurements "
                                  f"are of a {tuple(g.vol_shape)} volume")
         y_n = physics.normalize_measurements(y)
         # a percentile normalisation: the measurements are brought to the training scale (from
@@ -258,7 +258,7 @@ def reconstruct(args: argparse.Namespace) -> int:
         if args.memory_budget is not None:
             if args.patch_size is not None:
                 raise ValueError("give either --patch-size or --memory-budget, not both")
-            choice_ = choose_patch(rec, y_n, target, parse_bytes(args.memory_budget))
+            choice_ = choose_patch(rec, y_n, physics, parse_bytes(args.memory_budget))
             rec = rec.with_patch_size(choice_.patch)
             budget_info = {"patch": choice_.patch, "predicted_peak_mib": round(choice_.predicted_bytes / 2**20, 1)}
             _note(args, f"memory budget {args.memory_budget}: patches of {choice_.patch}^3 "
@@ -268,10 +268,10 @@ def reconstruct(args: argparse.Namespace) -> int:
                     f"x {rec.n_sweeps} sweeps")
         with torch.no_grad():
             if args.memory_budget is None:
-                x = rec(y_n, target)
+                x = rec(y_n, physics, normal=H)
             else:  # measure the real run's peak, to set against the prediction
                 held: dict[str, torch.Tensor] = {}
-                peak = measure_peak(lambda: held.setdefault("x", rec(y_n, target)), device)
+                peak = measure_peak(lambda: held.setdefault("x", rec(y_n, physics, normal=H)), device)
                 x = held["x"]
         x = x / scale  # the measurements' units (attenuation for "attenuation" and "hu")
     seconds = time.perf_counter() - t0

@@ -86,7 +86,7 @@ class PatchBatch(LinearPhysics):
         return self._map("A_dagger", y, **kwargs)
 
 
-class NormalPatchBatch(PatchBatch):
+class NormalPatchBatch(PatchBatch, NormalEquationPhysics):
     """A :class:`PatchBatch` of patch problems in normal-equation form ``H_g x = b_g``
     (:class:`unrolled3d.protocols.NormalEquationPhysics`, e.g. :class:`unrolled3d.normal.DiagCirculantPatch`).
 

@@ -16,7 +16,7 @@ TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 -m pip install -q --no-index --no-b
   > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
 python3 -m unrolled3d.cli info | tee -a "$OUT/gpu.txt"
-timeout 110 python3 -m pytest -q -p no:cacheprovider tests/test_projector.py tests/test_masked_gather.py tests/test_spectral_filter.py tests/test_masked_scatter.py tests/test_fused_chain.py \
+timeout 110 python3 -m pytest -q -p no:cacheprovider tests/test_projector.py tests/test_masked_gather.py tests/test_spectral_filter.py tests/test_masked_scatter_add.py tests/test_fused_chain.py \
   tests/test_build.py tests/test_cone_beam.py tests/test_normal.py -k "not fit_on_cone_beam" 2>&1 | tee "$OUT/tests.log" | tail -15
 # the gather backprojector's CUDA tests (against the CPU, chunked views, determinism)
 timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_backproject_gather.py -k "cuda" 2>&1 \

@@ -30,7 +30,7 @@ import torch
 from unrolled3d import kernels
 from unrolled3d import ops as fused
 from unrolled3d.kernels import masked_gather as mg
-from unrolled3d.kernels import masked_scatter as ms
+from unrolled3d.kernels import masked_scatter_add as ms
 from unrolled3d.kernels import spectral_filter as sf
 
 CUDA = torch.cuda.is_available()

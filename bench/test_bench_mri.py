@@ -204,7 +204,7 @@ def _h_patch_op(n, n_coils, p, op, chunk, h_path):
     if op in ("patch_H", "patch_H_radius"):
         wrapper = DiagCirculantWrapper(_physics(n, n_coils, "ours", None), (n, n, n),
                                        kernel_radius=_kernel_radius(op, p)).load(h_path)
-        return wrapper.restrict(offset, shape)
+        return wrapper.normal.restrict(offset, shape)
     return _physics(n, n_coils, "ours", chunk).restrict(offset, shape)
 
 
@@ -258,8 +258,8 @@ def test_cpu_mri_patch_normal_H(benchmark, n, n_coils, p, op, chunk):
         ref = _h_apply(exact, "AHA", t)
         info["rel_error_H_patch"] = float((_h_apply(operator, op, t) - ref).norm() / ref.norm())
         t0 = time.perf_counter()
-        wrapper._patch_filters.clear()
-        wrapper.restrict(_h_offset(n, p), (p, p, p))
+        wrapper.normal.clear_cache()
+        wrapper.normal.restrict(_h_offset(n, p), (p, p, p))
         info["restrict_first_seconds"] = time.perf_counter() - t0  # full-grid kernel iFFT + patch FFT, once per shape
         exact_times = [_H_TIMES.get((n, n_coils, p, "patch_AHA", c)) for c in (None, 1)]
         exact_times = [v for v in exact_times if v is not None]

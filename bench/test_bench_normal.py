@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from memory import cpu_peak, cuda_peak
-from unrolled3d.normal import DiagCirculantWrapper
+from unrolled3d.normal import DiagCirculantNormal, fit_normal
 from unrolled3d.physics import ConeBeamCT, ConeBeamGeometry
 
 CUDA = torch.cuda.is_available()
@@ -29,11 +29,11 @@ def _setup(n: int, device: str):
     physics = _physics(n, device)
     x0 = torch.randn(1, 1, n, n, n, device=device)
     scaling = float(physics.compute_sqnorm(x0, max_iter=30, tol=1e-3, verbose=False))
-    wrapper = DiagCirculantWrapper(physics, (n, n, n), scaling=scaling, device=device)
-    wrapper.fit(n_iter=FIT_STEPS.get(n, 100), lr=1e-2, progress=False)  # other sizes: --u3d-sizes
+    H = DiagCirculantNormal((n, n, n), scaling=scaling, device=device)
+    fit_normal(H, physics, n_iter=FIT_STEPS.get(n, 100), lr=1e-2, progress=False)  # other sizes: --u3d-sizes
     p = n // 2
     offset = (n // 4, n // 4, n // 4)
-    patch_h = wrapper.restrict(offset, (p, p, p))
+    patch_h = H.restrict(offset, (p, p, p))
     patch_exact = physics.restrict(offset, (p, p, p))
     return scaling, patch_h, patch_exact
 

@@ -17,10 +17,7 @@ Arguments are trusted: ``offset``, ``patch_shape`` and ``pad_shape`` are sequenc
 ints, tensors have the documented shapes (the registered op
 :func:`unrolled3d.ops.masked_gather` validates them once).
 
-The kernels use only ``tl`` builtins (no ``@triton.jit`` helpers from
-``triton.language.standard`` such as ``tl.cdiv``/``tl.zeros``): those helpers are
-decorated when triton itself is imported, so they break under the CPU interpreter
-whenever triton was imported before ``TRITON_INTERPRET=1`` was set.
+The kernels use only ``tl`` builtins and the tile helpers of :mod:`._common` (see there why).
 """
 
 from __future__ import annotations
@@ -31,7 +28,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import chunks, device_ctx, overlap, tile
+from ._common import (
+    bc_launches, bc_span, chunks, device_ctx, overlap, tile_coords, tile_grid, tile_inside, tile_offsets,
+)
 
 __all__ = [
     "masked_gather_forward",
@@ -60,32 +59,18 @@ def _masked_gather_forward_kernel(
 ):
     # axis 0: [BLOCK_R rows of (i, j)] x [BLOCK_W cols k] tiles of the padded
     # output; axis 1: one (b, c) pair.  All index math in int64.
-    pid = tl.program_id(0).to(tl.int64)
     bc = tl.program_id(1).to(tl.int64) + bc_start
-    rb = pid // n_wb
-    wb = pid % n_wb
     b = bc // C
     c = bc % C
-
-    r = rb * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)  # flattened (i, j)
-    k = wb * BLOCK_W + tl.arange(0, BLOCK_W).to(tl.int64)
-    i = r // Ph
-    j = r % Ph
-    d = od + i
-    h = oh + j
-    w = ow + k
-
+    r, k, i, j, d, h, w = tile_coords(n_wb, Ph, od, oh, ow, BLOCK_R, BLOCK_W)
     row_store = i < Pd
     col_store = k < Pw
-    row_load = row_store & (i < pd) & (j < ph) & (d >= 0) & (d < D) & (h >= 0) & (h < H)
-    col_load = (k < pw) & (w >= 0) & (w < W)
+    row_load, col_load = tile_inside(row_store & (i < pd) & (j < ph), k < pw, d, h, w, D, H, W)
     load_mask = row_load[:, None] & col_load[None, :]
 
-    v_off = b * sv_b + c * sv_c + (d * sv_d + h * sv_h)[:, None] + (w * sv_w)[None, :]
-    x = tl.load(vol_ptr + v_off, mask=load_mask, other=0)
+    x = tl.load(vol_ptr + b * sv_b + c * sv_c + tile_offsets(d, h, w, sv_d, sv_h, sv_w), mask=load_mask, other=0)
     if HAS_MASK:
-        m_off = (i * sm_d + j * sm_h)[:, None] + (k * sm_w)[None, :]
-        x = x * tl.load(mask_ptr + m_off, mask=load_mask, other=0)
+        x = x * tl.load(mask_ptr + tile_offsets(i, j, k, sm_d, sm_h, sm_w), mask=load_mask, other=0)
 
     o_off = bc * Pd * Ph * Pw + (r * Pw)[:, None] + k[None, :]
     tl.store(out_ptr + o_off, x, mask=row_store[:, None] & col_store[None, :])
@@ -111,31 +96,19 @@ def _masked_gather_backward_kernel(
     # axis 0: tiles of the (pd*ph, pw) patch; axis 1: a chunk of (b, c) pairs
     # processed sequentially.  With NEED_GM one program owns *all* (b, c) of its
     # tile, so the mask gradient is a deterministic in-register reduction.
-    pid = tl.program_id(0).to(tl.int64)
-    bc_lo = tl.program_id(1).to(tl.int64) * bc_per_prog + bc_start
-    bc_hi = tl.minimum(bc_lo + bc_per_prog, BC)
-    rb = pid // n_wb
-    wb = pid % n_wb
-
-    r = rb * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
-    k = wb * BLOCK_W + tl.arange(0, BLOCK_W).to(tl.int64)
-    i = r // ph
-    j = r % ph
-    d = od + i
-    h = oh + j
-    w = ow + k
+    bc_lo, bc_hi = bc_span(bc_per_prog, bc_start, BC)
+    r, k, i, j, d, h, w = tile_coords(n_wb, ph, od, oh, ow, BLOCK_R, BLOCK_W)
     row_patch = i < pd
     col_patch = k < pw
-    row_in = row_patch & (d >= 0) & (d < D) & (h >= 0) & (h < H)
-    col_in = col_patch & (w >= 0) & (w < W)
+    row_in, col_in = tile_inside(row_patch, col_patch, d, h, w, D, H, W)
     inside = row_in[:, None] & col_in[None, :]
 
     if HAS_MASK:
-        m = tl.load(mask_ptr + (i * sm_d + j * sm_h)[:, None] + (k * sm_w)[None, :], mask=inside, other=0)
+        m = tl.load(mask_ptr + tile_offsets(i, j, k, sm_d, sm_h, sm_w), mask=inside, other=0)
     acc = tl.full([BLOCK_R, BLOCK_W], 0, dtype=gout_ptr.dtype.element_ty)
-    g_sp = (i * sg_d + j * sg_h)[:, None] + (k * sg_w)[None, :]
-    v_sp = (d * sv_d + h * sv_h)[:, None] + (w * sv_w)[None, :]
-    gv_sp = (d * sgv_d + h * sgv_h)[:, None] + (w * sgv_w)[None, :]
+    g_sp = tile_offsets(i, j, k, sg_d, sg_h, sg_w)
+    v_sp = tile_offsets(d, h, w, sv_d, sv_h, sv_w)
+    gv_sp = tile_offsets(d, h, w, sgv_d, sgv_h, sgv_w)
     for bc in range(bc_lo, bc_hi):
         b = bc // C
         c = bc % C
@@ -166,14 +139,12 @@ def masked_gather_forward(volume: torch.Tensor, offset, patch_shape, pad_shape,
         return out
     m = mask if mask is not None else volume  # dummy pointer when HAS_MASK=False
     sm = mask.stride() if mask is not None else (0, 0, 0)
-    br, bw, nw = tile(pad[0] * pad[1], pad[2])
-    n_wb = triton.cdiv(pad[2], bw)
-    n_tiles = triton.cdiv(pad[0] * pad[1], br) * n_wb
+    grid = tile_grid(pad[0] * pad[1], pad[2])
     with device_ctx(volume):
         for start, count in chunks(B * C):
-            _masked_gather_forward_kernel[(n_tiles, count)](
-                volume, m, out, C, D, H, W, *volume.stride(), *sm, *offset, *patch, *pad, n_wb, start,
-                HAS_MASK=mask is not None, BLOCK_R=br, BLOCK_W=bw, num_warps=nw,
+            _masked_gather_forward_kernel[(grid.n_tiles, count)](
+                volume, m, out, C, D, H, W, *volume.stride(), *sm, *offset, *patch, *pad, grid.n_wb, start,
+                HAS_MASK=mask is not None, BLOCK_R=grid.block_r, BLOCK_W=grid.block_w, num_warps=grid.num_warps,
             )
     return out
 
@@ -202,21 +173,17 @@ def masked_gather_backward(grad_out: torch.Tensor, volume: torch.Tensor, offset,
     sm = mask.stride() if mask is not None else (0, 0, 0)
     gvt = gv if gv is not None else volume
     gmt = gm if gm is not None else volume
-    br, bw, nw = tile(patch[0] * patch[1], patch[2])
-    n_wb = triton.cdiv(patch[2], bw)
-    n_tiles = triton.cdiv(patch[0] * patch[1], br) * n_wb
-    # mask grad: one program reduces over all (b, c); otherwise parallel over (b, c)
-    per_prog = B * C if need_mask_grad else 1
-    launches = [(0, 1)] if need_mask_grad else list(chunks(B * C))
+    grid = tile_grid(patch[0] * patch[1], patch[2])
+    per_prog, launches = bc_launches(B * C, reduce=need_mask_grad)
     with device_ctx(volume):
         for start, count in launches:
-            _masked_gather_backward_kernel[(n_tiles, count)](
+            _masked_gather_backward_kernel[(grid.n_tiles, count)](
                 grad_out, volume, gvt, gmt, m,
                 B * C, C, D, H, W,
                 *grad_out.stride(), *volume.stride(), *gvt.stride(), *sm,
-                *offset, *patch, n_wb, start, per_prog,
+                *offset, *patch, grid.n_wb, start, per_prog,
                 HAS_MASK=mask is not None, NEED_GV=need_volume_grad, NEED_GM=need_mask_grad,
-                BLOCK_R=br, BLOCK_W=bw, num_warps=nw,
+                BLOCK_R=grid.block_r, BLOCK_W=grid.block_w, num_warps=grid.num_warps,
             )
     return gv, gm
 

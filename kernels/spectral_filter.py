@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import chunks, device_ctx
+from ._common import bc_launches, bc_span, chunks, device_ctx
 
 __all__ = [
     "spectral_filter_forward",
@@ -120,8 +120,7 @@ def _spectral_filter_backward_kernel(
     # axis 1 holds chunks of (b, c); with NEED_GL one program loops over all of
     # them so grad_lam is a deterministic in-register reduction (no atomics).
     pid = tl.program_id(0).to(tl.int64)
-    bc_lo = tl.program_id(1).to(tl.int64) * bc_per_prog + bc_start
-    bc_hi = tl.minimum(bc_lo + bc_per_prog, BC)
+    bc_lo, bc_hi = bc_span(bc_per_prog, bc_start, BC)
     s = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     ok = s < N
     two = tl.arange(0, 2).to(tl.int64)
@@ -210,8 +209,7 @@ def spectral_filter_backward(grad_out: torch.Tensor, spec: torch.Tensor, lam: to
     gl_t = gl if gl is not None else lam
     gl_r = torch.view_as_real(gl_t) if gl_t.is_complex() else gl_t
     sc = _scale_tensor(scale, spec)
-    per_prog = B * C if need_lam_grad else 1
-    launches = [(0, 1)] if need_lam_grad else list(chunks(B * C))
+    per_prog, launches = bc_launches(B * C, reduce=need_lam_grad)
     with device_ctx(spec):
         for start, count in launches:
             _spectral_filter_backward_kernel[(triton.cdiv(N, _BLOCK), count)](

@@ -1,6 +1,6 @@
 """Independent references for the ``torch.func`` and low-precision tests of the ops
 (``test_projector.py``, ``test_masked_gather.py``, ``test_spectral_filter.py``,
-``test_masked_scatter.py``): Jacobians by explicit loops, forward derivatives by central
+``test_masked_scatter_add.py``): Jacobians by explicit loops, forward derivatives by central
 differences, and the "float32 result rounded once" criterion of float16/bfloat16 inputs."""
 import torch
 

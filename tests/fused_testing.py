@@ -1,5 +1,5 @@
 """Shared by the tests of the fused ops (``test_masked_gather.py``, ``test_spectral_filter.py``,
-``test_masked_scatter.py``, ``test_fused_chain.py``) and by ``bench/test_bench_fused.py``:
+``test_masked_scatter_add.py``, ``test_fused_chain.py``) and by ``bench/test_bench_fused.py``:
 tolerances, inputs, and independent oracles written with padding (no overlap arithmetic).
 
 ``tests/conftest.py`` sets ``TRITON_INTERPRET=1`` (no NVIDIA driver) before anything imports
@@ -25,7 +25,7 @@ requires_triton = pytest.mark.skipif(
 requires_cuda = pytest.mark.skipif(
     not CUDA or kernels.INTERPRETED, reason="needs a CUDA device with compiled (non-interpreted) Triton kernels")
 #: backends a registered op is checked on: the PyTorch twins, and Triton where it runs
-BACKENDS = ["reference"] + (["triton"] if TDEV is not None else [])
+BACKENDS = ["reference"] + (["compiled"] if TDEV is not None else [])
 
 R64 = torch.float64
 R32 = torch.float32
@@ -116,8 +116,8 @@ GPATCH, GPAD, GVOL = (2, 3, 2), (3, 4, 3), (1, 2, 3, 4, 3)
 
 
 def to_backend(args, backend):
-    """Inputs of an op check, moved to the Triton device (keeping requires_grad) for ``"triton"``."""
-    if backend == "triton" and TDEV != "cpu":
+    """Inputs of an op check, moved to the Triton device (keeping requires_grad) for ``"compiled"``."""
+    if backend == "compiled" and TDEV != "cpu":
         return tuple(a.detach().cuda().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a
                      for a in args)
     return args
@@ -131,8 +131,8 @@ def run_opcheck(op, args, backend):
 
 def check_grads(fn, inputs, backend):
     """gradcheck and gradgradcheck of ``fn`` through the registered ops on ``backend``."""
-    fast = backend == "triton"
-    with ops.use_backend(backend):  # "triton" raises if Triton cannot run, so the path is really exercised
+    fast = backend == "compiled"
+    with ops.use_backend(backend):  # "compiled" raises if Triton cannot run, so the path is really exercised
         assert torch.autograd.gradcheck(fn, inputs, fast_mode=fast)
         assert torch.autograd.gradgradcheck(fn, inputs, fast_mode=fast)
 

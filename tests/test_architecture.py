@@ -74,6 +74,13 @@ RULES = [
      _within("unrolled3d.normal"),
      lambda m: _in(m, "unrolled3d.partition", "unrolled3d.models", "unrolled3d.train", "unrolled3d.cli",
                    "unrolled3d.mri", "unrolled3d.physics")),
+    ("H knows no fit, files or wrapper: the operator, its patch operator and its functional form stand alone",
+     _within("unrolled3d.normal.operator", "unrolled3d.normal.patch", "unrolled3d.normal.functional",
+             "unrolled3d.normal.layout"),
+     lambda m: _in(m, "unrolled3d.normal.fit", "unrolled3d.normal.files", "unrolled3d.normal.wrapper")),
+    ("the partitioned reconstructor reaches H through protocols (normal=, CarriesNormal): it names nothing of normal",
+     _within("unrolled3d.partition"),
+     lambda m: _in(m, "unrolled3d.normal")),
     ("files and data know no operators beyond the geometry",
      _within("unrolled3d.io", "unrolled3d.data"),
      lambda m: _in(m, "unrolled3d.physics", "unrolled3d.mri", "unrolled3d.normal", "unrolled3d.partition",
@@ -106,3 +113,54 @@ def test_the_rules_see_imports():
     """The checker itself: it finds a relative import inside a function (so a rule can fail)."""
     found = _imports("unrolled3d.cli.commands", MODULES["unrolled3d.cli.commands"])
     assert "unrolled3d.train" in found and "unrolled3d.models" in found
+
+
+def _import_cycles() -> list[list[str]]:
+    """Groups of modules that import each other, directly or through others (Tarjan's strongly
+    connected components of the import graph). ``from . import sub`` names the package besides
+    ``sub``: an import of a module's own ancestor package is not counted as a cycle."""
+    graph = {name: {m for m in _imports(name, path) if m != name and not name.startswith(m + ".")}
+             for name, path in MODULES.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while not group or group[-1] != v:
+                group.append(stack.pop())
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_import_cycle():
+    """No two modules import each other, even inside functions or ``if TYPE_CHECKING:`` blocks
+    (where a cycle only hides)."""
+    assert not _import_cycles()
+
+
+def test_the_cycle_check_sees_a_hidden_cycle(monkeypatch):
+    """The checker itself: a ``TYPE_CHECKING`` import back (as fit.py once had) is a cycle."""
+    real = _imports
+
+    def with_hidden_cycle(name, path):
+        found = real(name, path)
+        return found | {"unrolled3d.normal.wrapper"} if name == "unrolled3d.normal.fit" else found
+
+    monkeypatch.setitem(globals(), "_imports", with_hidden_cycle)
+    assert ["unrolled3d.normal.fit", "unrolled3d.normal.wrapper"] in _import_cycles()

@@ -76,7 +76,7 @@ def test_bc_grid_chunking(monkeypatch):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradients(backend):
-    device = TDEV if backend == "triton" else "cpu"
+    device = TDEV if backend == "compiled" else "cpu"
     vol = rand(GVOL, R64, 1).to(device).requires_grad_()
     mask = (rand(GPATCH, R64, 2) + 0.5).to(device).requires_grad_()
     check_grads(lambda v, m: ops.masked_gather(v, GOFF, GPATCH, GPAD, m), (vol, mask), backend)
@@ -117,7 +117,7 @@ def test_torch_func_transforms():
 @pytest.mark.parametrize("in_dims", [(0, None), (2, None), (None, 0), (0, 0)])
 def test_vmap_equals_a_loop(backend, in_dims):
     """vmap over volumes folds into B; over masks (no B of their own) it loops."""
-    device = TDEV if backend == "triton" else "cpu"
+    device = TDEV if backend == "compiled" else "cpu"
     vols = rand((3, *GVOL), R64, 3).to(device).movedim(0, in_dims[0] or 0)
     masks = rand((3, *GPATCH), R64, 4).to(device)
     with ops.use_backend(backend):

@@ -1,12 +1,19 @@
-"""DiagCirculantWrapper: fitting, variants, patch restriction, persistence, bad input."""
+"""The diagonal-circulant H (DiagCirculantNormal) and the paper's DiagCirculantWrapper: fitting, variants,
+patch restriction, files, the wrapper as an exact physics carrying H, bad input."""
 from __future__ import annotations
 
 import pytest
 import torch
 from deepinv.physics import LinearPhysics
 
-from unrolled3d.normal import DiagCirculantWrapper, apply_diag_circulant
+from unrolled3d.errors import FileFormatError
+from unrolled3d.normal import (
+    FILE_FORMAT, DiagCirculantNormal, DiagCirculantPatch, DiagCirculantWrapper, apply_diag_circulant, fit_normal,
+    init_from_psf, load_normal, relative_error, save_normal,
+)
+from unrolled3d.partition import NormalPatchBatch
 from unrolled3d.physics import ConeBeamCT, ConeBeamGeometry
+from unrolled3d.protocols import CarriesNormal, NormalApproximation, NormalEquationPhysics, ParametrizedNormal
 
 F64 = torch.float64
 
@@ -80,11 +87,11 @@ def test_restricted_operator_equals_restriction_of_full_operator(variant):
     kernel = torch.randn((18, 16, 20), generator=gen, dtype=F64)  # a kernel with every lag non-zero
     wrapper.set_parameters(1 + torch.rand((9, 8, 10), generator=gen, dtype=F64), torch.fft.rfftn(kernel))
     offset, shape = (2, 1, 3), (5, 4, 6)
-    patch = wrapper.restrict(offset, shape)
+    patch = wrapper.normal.restrict(offset, shape)
     xp = torch.randn((2, 1, *shape), generator=gen, dtype=F64)
     full = torch.zeros((2, 1, 9, 8, 10), dtype=F64)
     full[..., 2:7, 1:5, 3:9] = xp
-    expected = wrapper.A_adjoint_A(full)[..., 2:7, 1:5, 3:9]
+    expected = wrapper.normal.apply(full)[..., 2:7, 1:5, 3:9]
     torch.testing.assert_close(patch.A_adjoint_A(xp), expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(patch.data_gradient(xp, expected), torch.zeros_like(xp), rtol=0, atol=1e-12)
 
@@ -121,7 +128,7 @@ def test_save_load_round_trip_and_geometry_check(tmp_path):
     w.save(path)
     other = DiagCirculantWrapper(physics, (16, 16, 16)).load(path)
     x = torch.randn(1, 1, 16, 16, 16)
-    torch.testing.assert_close(other.A_adjoint_A(x), w.A_adjoint_A(x))
+    torch.testing.assert_close(other.normal.apply(x), w.normal.apply(x))
     moved = ConeBeamCT(ConeBeamGeometry.circular(12, 64.0, 32.0, (16, 20), 1.5, (16, 16, 16), det_offset=(0, 1)))
     with pytest.raises(ValueError, match="refit"):
         DiagCirculantWrapper(moved, (16, 16, 16)).load(path)
@@ -144,17 +151,152 @@ def test_bad_input():
         DiagCirculantWrapper(physics, (6, 7, 5), scaling=0.0)
     w = DiagCirculantWrapper(physics, (6, 7, 5), dtype=F64)
     with pytest.raises(RuntimeError, match="no parameters yet"):
-        w.A_adjoint_A(torch.zeros(1, 1, 6, 7, 5, dtype=F64))
+        w.normal.apply(torch.zeros(1, 1, 6, 7, 5, dtype=F64))
     with pytest.raises(ValueError, match="fourier_filter must be a tensor of shape"):
         w.set_parameters(fourier_filter=torch.zeros(12, 14, 5))
     with pytest.raises(ValueError, match="spatial_mask must be a tensor of shape"):
         w.set_parameters(spatial_mask=torch.zeros(6, 7))
     w.init_from_psf()
     with pytest.raises(ValueError, match="spatial shape"):
-        w.A_adjoint_A(torch.zeros(1, 1, 6, 7, 6, dtype=F64))
+        w.normal.apply(torch.zeros(1, 1, 6, 7, 6, dtype=F64))
     with pytest.raises(TypeError, match="float32"):
-        w.A_adjoint_A(torch.zeros(1, 1, 6, 7, 5, dtype=torch.float32))
+        w.normal.apply(torch.zeros(1, 1, 6, 7, 5, dtype=torch.float32))
     with pytest.raises(ValueError, match="outside the volume"):
-        w.restrict((4, 0, 0), (3, 3, 3))
+        w.normal.restrict((4, 0, 0), (3, 3, 3))
     with pytest.raises(ValueError, match="n_probes"):
         w.fit(n_iter=1, n_probes=1, batch_size=2, progress=False)
+
+
+# ----------------------------------------------------------------------------- H apart from the physics
+def test_the_wrapper_is_an_exact_physics_carrying_H():
+    physics = _ct(n=12, views=10)
+    w = DiagCirculantWrapper(physics, (12, 12, 12), dtype=F64).init_from_psf()
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn((1, 1, 12, 12, 12), generator=gen, dtype=F64)
+    y = torch.randn(physics.A(x).shape, generator=gen, dtype=F64)
+    # every operator method is the physics' own: a solver sees one operator whichever it calls
+    assert torch.equal(w.A(x), physics.A(x)) and torch.equal(w.A_adjoint(y), physics.A_adjoint(y))
+    assert torch.equal(w.A_adjoint_A(x), physics.A_adjoint(physics.A(x)))
+    assert torch.equal(w.A_dagger(y), physics.A_dagger(y))
+    gap = abs(float((w.A(x) * y).sum() - (x * w.A_adjoint(y)).sum())) / float(w.A(x).norm() * y.norm())
+    assert gap < 1e-10
+    # H is carried beside it (an approximation: not A^T A), found through the protocols
+    assert isinstance(w, CarriesNormal) and w.physics is physics and isinstance(w.normal, DiagCirculantNormal)
+    assert isinstance(w.normal, ParametrizedNormal) and not isinstance(w, NormalApproximation)
+    hx, exact = w.normal.apply(x), w.A_adjoint_A(x)
+    assert 1e-3 < float((hx - exact).norm() / exact.norm()) < 1
+    # the wrapper reads H's parameters and settings through; around() shares a given H
+    assert w.fourier_filter is w.normal.fourier_filter and w.img_shape == (12, 12, 12) and w.fitted
+    assert DiagCirculantWrapper.around(physics, w.normal).normal is w.normal
+    with pytest.raises(TypeError, match="DiagCirculantNormal"):
+        DiagCirculantWrapper.around(physics, w)
+
+
+def test_the_fit_front_gives_the_wrapper_fit_and_names_the_acquisition():
+    physics = _ct(n=16, views=12)
+    H = DiagCirculantNormal.for_physics(physics, (16, 16, 16))
+    assert H.img_shape == (16, 16, 16) and not H.complex_images and not H.fitted
+    history = fit_normal(H, physics, n_iter=4, progress=False)
+    w = DiagCirculantWrapper(physics, (16, 16, 16))
+    assert w.fit(n_iter=4, progress=False) == history  # the same computation, bit for bit
+    assert torch.equal(w.spatial_mask, H.spatial_mask) and torch.equal(w.fourier_filter, H.fourier_filter)
+    assert relative_error(H, physics) == w.relative_error()
+    assert H.acquisition == physics.fingerprint()
+    # the fit reads and writes H through its public interface only: a fresh H given its parameters
+    # by set_parameters applies the same operator
+    copy = DiagCirculantNormal((16, 16, 16), spatial_mask=H.spatial_mask, fourier_filter=H.fourier_filter)
+    x = torch.randn(1, 1, 16, 16, 16)
+    assert torch.equal(copy.apply(x), H.apply(x))
+    with pytest.raises(TypeError, match="LinearPhysics"):
+        fit_normal(H, "physics", n_iter=1)
+    with pytest.raises(TypeError, match="DiagCirculantNormal"):
+        fit_normal(w, physics, n_iter=1)
+
+
+def test_files_are_the_state_dict_plus_metadata(tmp_path):
+    physics = _ct(n=16, views=12)
+    H = DiagCirculantNormal((16, 16, 16), kernel_radius=5, scaling=2.0, variant="one_sided")
+    fit_normal(H, physics, n_iter=2, progress=False)
+    path = tmp_path / "h.pt"
+    save_normal(H, path)
+    raw = torch.load(path, weights_only=True)
+    tensors = {k for k, v in raw.items() if isinstance(v, torch.Tensor)}
+    assert tensors == set(H.state_dict())
+    assert set(raw) - tensors == {"format", "img_shape", "scaling", "variant", "complex_images", "kernel_radius",
+                                  "geometry_fingerprint"}
+    assert raw["geometry_fingerprint"] == physics.fingerprint() and raw["kernel_radius"] == [5, 5, 5]
+    back = load_normal(path, physics)
+    assert back.settings() == H.settings() and back.acquisition == H.acquisition
+    x = torch.randn(1, 1, 16, 16, 16)
+
+    def rel(a, b):
+        return float((a - b).norm() / b.norm())
+
+    # the file holds the spectrum of the cut kernel; applying it cuts it again (inverse FFT, lag
+    # box, FFT): the same operator up to float32 rounding of those FFTs
+    assert rel(back.apply(x), H.apply(x)) < 1e-6
+    # the wrapper writes and reads the same files
+    w = DiagCirculantWrapper(physics, (16, 16, 16), kernel_radius=5, scaling=2.0, variant="one_sided").load(path)
+    assert torch.equal(w.fourier_filter, back.fourier_filter) and torch.equal(w.spatial_mask, back.spatial_mask)
+    w.save(tmp_path / "w.pt")
+    assert rel(load_normal(tmp_path / "w.pt").apply(x), H.apply(x)) < 1e-6
+    # for another geometry: refused
+    moved = ConeBeamCT(ConeBeamGeometry.circular(12, 64.0, 32.0, (16, 20), 1.5, (16, 16, 16), det_offset=(0, 1)))
+    with pytest.raises(FileFormatError, match="refit"):
+        load_normal(path, moved)
+
+
+def test_old_files_load_and_foreign_files_are_refused_with_a_clear_message(tmp_path):
+    physics = _ct(n=16, views=12)
+    H = init_from_psf(DiagCirculantNormal((16, 16, 16)), physics)
+    # a file written before complex images and kernel radii: neither entry
+    old = {"format": FILE_FORMAT, "spatial_mask": H.spatial_mask.detach().clone(),
+           "fourier_filter": H.fourier_filter.detach().clone(), "img_shape": [16, 16, 16], "scaling": 1.0,
+           "variant": "sandwich", "geometry_fingerprint": physics.fingerprint()}
+    torch.save(old, tmp_path / "old.pt")
+    back = load_normal(tmp_path / "old.pt", physics)
+    assert not back.complex_images and back.kernel_radius is None
+    assert torch.equal(back.fourier_filter, H.fourier_filter)
+    assert DiagCirculantWrapper.from_file(tmp_path / "old.pt", physics).fitted
+    import fractions
+
+    torch.save({**old, "extra": fractions.Fraction(1, 3)}, tmp_path / "pickle.pt")  # weights_only refuses it
+    torch.save({**old, "format": "unrolled3d.DiagCirculant/9"}, tmp_path / "future.pt")
+    torch.save({**old, "spatial_mask": torch.ones(16, 16, 15)}, tmp_path / "shape.pt")
+    torch.save({**old, "variant": "two_sided"}, tmp_path / "variant.pt")
+    for name, message in (("pickle.pt", "not a readable"), ("future.pt", "format 'unrolled3d.DiagCirculant/1'"),
+                          ("shape.pt", "spatial_mask must be a tensor of shape"), ("variant.pt", "invalid operator")):
+        with pytest.raises(FileFormatError, match=f"{name}.*{message}"):
+            load_normal(tmp_path / name)
+    with pytest.raises(RuntimeError, match="no parameters yet"):
+        save_normal(DiagCirculantNormal((4, 4, 4)), tmp_path / "blank.pt")
+    with torch.no_grad():
+        H.fourier_filter[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        save_normal(H, tmp_path / "nan.pt")
+    assert not (tmp_path / "nan.pt").exists()
+
+
+def test_the_patch_operators_declare_the_normal_equation_protocol():
+    assert NormalEquationPhysics in DiagCirculantPatch.__mro__  # declared, not only structural
+    assert NormalEquationPhysics in NormalPatchBatch.__mro__
+    H = DiagCirculantNormal((4, 4, 4), spatial_mask=torch.ones(4, 4, 4), fourier_filter=torch.ones(8, 8, 5))
+    assert isinstance(H.restrict((0, 0, 0), (2, 2, 2)), NormalEquationPhysics)
+
+
+def test_bad_input_of_the_operator():
+    with pytest.raises(ValueError, match="img_size"):
+        DiagCirculantNormal((6, 7))
+    with pytest.raises(ValueError, match="variant"):
+        DiagCirculantNormal((6, 7, 5), variant="two_sided")
+    with pytest.raises(ValueError, match="scaling"):
+        DiagCirculantNormal((6, 7, 5), scaling=-1.0)
+    with pytest.raises(TypeError, match="dtype"):
+        DiagCirculantNormal((6, 7, 5), dtype=torch.float16)
+    with pytest.raises(ValueError, match="contradicts"):
+        DiagCirculantNormal((1, 6, 7, 5), complex_images=True)
+    H = DiagCirculantNormal((6, 7, 5))
+    with pytest.raises(RuntimeError, match="no parameters yet"):
+        H.restrict((0, 0, 0), (2, 2, 2))
+    with pytest.raises(ValueError, match="img_size is needed"):
+        DiagCirculantNormal.for_physics(LinearPhysics())

@@ -93,7 +93,7 @@ def test_complex_H_through_the_triton_kernels(variant):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if not fused.triton_enabled_for(torch.device(device)):
         pytest.skip("Triton is not available for this device (no GPU and no TRITON_INTERPRET=1)")
-    with fused.use_backend("triton"):
+    with fused.use_backend("compiled"):
         got = apply_diag_circulant(x.to(device), m.to(device), torch.fft.fftn(k).to(device), variant,
                                    complex_images=True).cpu()
     torch.testing.assert_close(got, _apply_dense(_dense_H(k, m, variant), x), rtol=1e-12, atol=1e-12)
@@ -137,13 +137,13 @@ def test_restricted_complex_operator_equals_restriction_of_full_operator(variant
     assert w.complex_images
     w.set_parameters(1 + torch.rand(shape, generator=_gen(11), dtype=F64), torch.fft.fftn(_crandn(18, 16, 14, seed=12)))
     for offset, pshape in (((2, 1, 3), (5, 4, 3)), ((0, 0, 0), (9, 8, 7)), ((8, 7, 6), (1, 1, 1))):
-        patch = w.restrict(offset, pshape)
+        patch = w.normal.restrict(offset, pshape)
         assert patch.complex_images and patch.img_size == (2, *pshape)
         xp = torch.randn((2, 2, *pshape), generator=_gen(13), dtype=F64)
         full = torch.zeros((2, 2, *shape), dtype=F64)
         sl = tuple(slice(o, o + p) for o, p in zip(offset, pshape))
         full[(..., *sl)] = xp
-        expected = w.A_adjoint_A(full)[(..., *sl)]
+        expected = w.normal.apply(full)[(..., *sl)]
         torch.testing.assert_close(patch.A_adjoint_A(xp), expected, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(patch.data_gradient(xp, expected), torch.zeros_like(xp), rtol=0, atol=1e-12)
 
@@ -152,18 +152,18 @@ def test_patch_filter_is_shared_by_patches_and_follows_updates():
     shape = (8, 7, 6)
     w = DiagCirculantWrapper(_mri(shape, dtype=F64), shape, dtype=F64).init_from_psf()
     assert not w.fourier_filter.requires_grad  # H is fitted, not trained: no autograd by default
-    p1, p2 = w.restrict((0, 0, 0), (4, 3, 3)), w.restrict((4, 4, 3), (4, 3, 3))
+    p1, p2 = w.normal.restrict((0, 0, 0), (4, 3, 3)), w.normal.restrict((4, 4, 3), (4, 3, 3))
     assert p1.lam is p2.lam  # one filter per patch shape, whatever the position
     w.set_parameters(fourier_filter=torch.fft.fftn(_crandn(16, 14, 12, seed=40)))
-    p3 = w.restrict((4, 4, 3), (4, 3, 3))
+    p3 = w.normal.restrict((4, 4, 3), (4, 3, 3))
     assert p3.lam is not p1.lam
     xp = torch.randn((1, 2, 4, 3, 3), generator=_gen(41), dtype=F64)
     full = torch.zeros((1, 2, *shape), dtype=F64)
     full[..., 4:8, 4:7, 3:6] = xp
-    torch.testing.assert_close(p3.A_adjoint_A(xp), w.A_adjoint_A(full)[..., 4:8, 4:7, 3:6], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(p3.A_adjoint_A(xp), w.normal.apply(full)[..., 4:8, 4:7, 3:6], rtol=1e-12, atol=1e-12)
     # trainable end to end on request: the patch operator then carries gradients to lam and m
-    w.requires_grad_(True)
-    w.restrict((1, 1, 1), (4, 3, 3)).A_adjoint_A(xp).square().sum().backward()
+    w.normal.requires_grad_(True)
+    w.normal.restrict((1, 1, 1), (4, 3, 3)).A_adjoint_A(xp).square().sum().backward()
     assert w.fourier_filter.grad is not None and w.spatial_mask.grad is not None
 
 
@@ -264,7 +264,7 @@ def test_save_load_round_trip_and_acquisition_check(tmp_path):
     w.save(path)
     other = DiagCirculantWrapper(physics, shape).load(path)
     x = torch.randn(1, 2, *shape)
-    torch.testing.assert_close(other.A_adjoint_A(x), w.A_adjoint_A(x))
+    torch.testing.assert_close(other.normal.apply(x), w.normal.apply(x))
     with pytest.raises(ValueError, match="refit"):  # another sampling mask: another operator
         DiagCirculantWrapper(_mri(shape, seed=1), shape).load(path)
     with pytest.raises(ValueError, match="complex images"):
@@ -285,7 +285,7 @@ def test_make_self_adjoint_keeps_the_fit_and_symmetrises():
     before = w.relative_error()
     w.make_self_adjoint()
     x, y = (torch.randn(1, 2, *shape, generator=_gen(s), dtype=F64) for s in (1, 2))
-    hx, hy = w.A_adjoint_A(x), w.A_adjoint_A(y)
+    hx, hy = w.normal.apply(x), w.normal.apply(y)
     assert abs(_real_dot(hx, y) - _real_dot(x, hy)) < 1e-12 * float(hx.norm() * y.norm())
     # A^H A is Hermitian: its Hermitian part is at least as close (Frobenius), up to probe noise
     assert w.relative_error() < before + 0.01
@@ -355,7 +355,7 @@ def test_H_mode_equals_exact_mode_when_H_is_exact():
     x_ctx = from_complex_image(_crandn(1, *shape, seed=23)).contiguous()
     rec = PartitionedReconstructor(DataStepBase(), shape, (4, 5, 3))
     exact = rec.reconstruct_patch(y, physics, x_ctx, (1, 2, 1))
-    normal = rec.reconstruct_patch(y, w, x_ctx, (1, 2, 1), normal=w)
+    normal = rec.reconstruct_patch(y, w, x_ctx, (1, 2, 1), normal=w.normal)
     torch.testing.assert_close(normal, exact, rtol=1e-10, atol=1e-10)
 
 
@@ -394,9 +394,9 @@ def test_bad_input():
         w.make_self_adjoint()
     w.init_from_psf()
     with pytest.raises(ValueError, match="2 channels|real, imaginary"):
-        w.A_adjoint_A(torch.zeros(1, 1, *shape))
+        w.normal.apply(torch.zeros(1, 1, *shape))
     with pytest.raises(ValueError, match="real, imaginary"):
-        w.restrict((0, 0, 0), (3, 3, 3)).A_adjoint_A(torch.zeros(1, 3, 3, 3, 3))
+        w.normal.restrict((0, 0, 0), (3, 3, 3)).A_adjoint_A(torch.zeros(1, 3, 3, 3, 3))
     with pytest.raises(ValueError, match="sandwich"):
         DiagCirculantWrapper(physics, shape, variant="symmetric").init_from_psf().make_self_adjoint()
 
@@ -420,9 +420,9 @@ def test_kernel_radius_truncates_the_kernel_and_patches_use_smaller_grids(varian
     # truth: the dense operator of the kernel cut to the lag box
     x = torch.randn((2, 2, *shape), generator=_gen(23), dtype=F64)
     dense = _dense_H(k * _lag_box(shape, radius), m, variant)
-    torch.testing.assert_close(w.A_adjoint_A(x), 1.5 * _apply_dense(dense, x), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(w.normal.apply(x), 1.5 * _apply_dense(dense, x), rtol=1e-10, atol=1e-10)
     for offset, pshape in (((2, 1, 3), (6, 6, 4)), ((0, 0, 0), (9, 8, 7)), ((3, 2, 1), (2, 3, 5))):
-        patch = w.restrict(offset, pshape)
+        patch = w.normal.restrict(offset, pshape)
         # the grid holds p + min(r, p - 1) + 1 (rounded up to a 2-3-5-smooth size), not 2p
         expected_grid = {(6, 6, 4): (9, 10, 6), (9, 8, 7): (12, 12, 9), (2, 3, 5): (4, 6, 8)}[pshape]
         assert patch.grid == expected_grid and tuple(patch.lam.shape) == expected_grid
@@ -430,7 +430,7 @@ def test_kernel_radius_truncates_the_kernel_and_patches_use_smaller_grids(varian
         full = torch.zeros((2, 2, *shape), dtype=F64)
         sl = tuple(slice(o, o + p) for o, p in zip(offset, pshape))
         full[(..., *sl)] = xp
-        torch.testing.assert_close(patch.A_adjoint_A(xp), w.A_adjoint_A(full)[(..., *sl)], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(patch.A_adjoint_A(xp), w.normal.apply(full)[(..., *sl)], rtol=1e-12, atol=1e-12)
 
 
 def test_kernel_radius_on_real_images_restricts_exactly():
@@ -442,12 +442,12 @@ def test_kernel_radius_on_real_images_restricts_exactly():
     # the kernel it uses is k on the lag box, zero elsewhere
     torch.testing.assert_close(w.kernel, k * _lag_box(shape, (radius,) * 3), rtol=1e-12, atol=1e-12)
     offset, pshape = (2, 1, 3), (5, 4, 6)
-    patch = w.restrict(offset, pshape)
+    patch = w.normal.restrict(offset, pshape)
     assert patch.grid == (8, 8, 9)
     xp = torch.randn((2, 1, *pshape), generator=_gen(33), dtype=F64)
     full = torch.zeros((2, 1, *shape), dtype=F64)
     full[..., 2:7, 1:5, 3:9] = xp
-    torch.testing.assert_close(patch.A_adjoint_A(xp), w.A_adjoint_A(full)[..., 2:7, 1:5, 3:9], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(patch.A_adjoint_A(xp), w.normal.apply(full)[..., 2:7, 1:5, 3:9], rtol=1e-12, atol=1e-12)
 
 
 def test_kernel_radius_after_fit_persistence_and_bad_values(tmp_path):
@@ -460,7 +460,7 @@ def test_kernel_radius_after_fit_persistence_and_bad_values(tmp_path):
     w.save(tmp_path / "h.pt")
     x = torch.randn(1, 2, *shape)
     torch.testing.assert_close(DiagCirculantWrapper(physics, shape, kernel_radius=3).load(tmp_path / "h.pt")
-                               .A_adjoint_A(x), w.A_adjoint_A(x))
+                               .normal.apply(x), w.normal.apply(x))
     with pytest.raises(ValueError, match="kernel_radius"):
         DiagCirculantWrapper(physics, shape).load(tmp_path / "h.pt")
     # a radius of n - 1 or more is every lag: the same as no radius

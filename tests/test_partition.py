@@ -8,7 +8,7 @@ import torch.multiprocessing as mp
 from deepinv.models import Reconstructor
 
 from unrolled3d.models import UNet3D, UnrolledPGD
-from unrolled3d.normal import DiagCirculantWrapper
+from unrolled3d.normal import DiagCirculantNormal, DiagCirculantWrapper, apply_diag_circulant, init_from_psf
 from unrolled3d.partition import (
     PartitionedReconstructor, blend_window, patch_grid, patch_measurement,
 )
@@ -138,9 +138,12 @@ def test_least_squares_patches_converge_to_the_full_solution_with_sweeps():
     assert errors[-1] < 0.1 * errors[0]
 
 
-class ExactNormalWrapper(DiagCirculantWrapper):
-    """A DiagCirculantWrapper whose patch operator is exactly S A^T A S^T (to test the H mode's
-    bookkeeping independently of the approximation)."""
+class ExactNormal:
+    """An approximation of A^T A (unrolled3d.protocols.NormalApproximation) whose patch operator is
+    exactly S A^T A S^T (to test the H mode's bookkeeping independently of the approximation)."""
+
+    def __init__(self, physics):
+        self.physics = physics
 
     def restrict(self, offset, shape):
         exact = self.physics.restrict(offset, shape)
@@ -159,18 +162,23 @@ class ExactNormalWrapper(DiagCirculantWrapper):
 
         return Exact()
 
+    def refresh(self, patches):
+        pass  # nothing to refresh: the patch operators hold no parameters
+
 
 def test_normal_mode_gradient_equals_exact_patch_gradient_when_H_is_exact():
     physics = ct()
     x_true = _volume()
     y = physics.A(x_true) + 0.01 * torch.randn((1, 1, *physics.geometry.sino_shape), dtype=F64)
-    wrapper = ExactNormalWrapper(physics, SHAPE, dtype=F64).init_from_psf()
     x_ctx = physics.A_dagger(y)
     rec = PartitionedReconstructor(GradientStepBase(), SHAPE, (6, 8, 6))
     offset = (2, 2, 3)
     exact = rec.reconstruct_patch(y, physics, x_ctx, offset)
-    normal = rec.reconstruct_patch(y, wrapper, x_ctx, offset, normal=wrapper)
+    normal = rec.reconstruct_patch(y, physics, x_ctx, offset, normal=ExactNormal(physics))
     torch.testing.assert_close(normal, exact, rtol=1e-9, atol=1e-9)
+    # the whole reconstruction: H mode with an exact H is the exact mode
+    torch.testing.assert_close(rec(y, physics, normal=ExactNormal(physics), x_init=x_ctx),
+                               rec(y, physics, x_init=x_ctx), rtol=1e-9, atol=1e-9)
 
 
 def test_normal_mode_with_fourier_filter_and_spatial_mask_runs_end_to_end():
@@ -187,15 +195,117 @@ def test_normal_mode_with_fourier_filter_and_spatial_mask_runs_end_to_end():
     out2 = rec(y, blank, fourier_filter=w.fourier_filter.detach(), spatial_mask=w.spatial_mask.detach())
     torch.testing.assert_close(out2, out, rtol=0, atol=0)
     assert not blank.fitted and float(blank.fourier_filter.abs().max()) == 0.0
-    # the parameters of H need a wrapper: a bare physics is refused, not silently wrapped
+    # the parameters of H need an H to take their settings from: a bare physics is refused, not
+    # silently wrapped; with normal= the same call works on the bare physics
     with pytest.raises(TypeError, match="DiagCirculantWrapper"):
         rec(y, physics, fourier_filter=w.fourier_filter.detach())
+    out3 = rec(y, physics, normal=blank.normal, fourier_filter=w.fourier_filter.detach(),
+               spatial_mask=w.spatial_mask.detach())
+    torch.testing.assert_close(out3, out, rtol=0, atol=0)
+    # H given explicitly to the exact physics: the same reconstruction as the wrapper carrying it
+    torch.testing.assert_close(rec(y, physics, normal=w.normal), rec(y, w), rtol=0, atol=0)
+    with pytest.raises(TypeError, match="NormalApproximation"):
+        rec(y, physics, normal=w)  # a wrapper is a physics, not an approximation
     xp = x[..., :6, :8, :6]
-    physics_p = w.restrict((0, 0, 0), (6, 8, 6)).with_start(xp)
+    physics_p = w.normal.restrict((0, 0, 0), (6, 8, 6)).with_start(xp)
     assert physics_p.A_dagger(None) is xp
     # normal-equation form: A = H_p (the backprojected measurement), A^T = identity on b
     torch.testing.assert_close(physics_p.A(xp), physics_p.A_adjoint_A(xp), rtol=0, atol=0)
     assert physics_p.A_adjoint(xp) is xp
+
+
+def _h_mode_by_hand(y, physics, m, lam, patch, stride, n_sweeps, step):
+    """The H mode written out from the functional form H = apply_diag_circulant(., m, lam), apart
+    from the reconstructor: per sweep r = A^T (y - A x); per patch b = S r + S H S^T x[p], whose
+    base (GradientStepBase) takes one step x0[p] - step (S H S^T x0[p] - b) from the first sweep's
+    start x0 = A_dagger(y); the patches blended with the window (sum w x / sum w)."""
+    x = first = physics.A_dagger(y)
+    window = blend_window(patch, stride, dtype=x.dtype)
+    for _ in range(n_sweeps):
+        r = physics.A_adjoint(y - physics.A(x))
+        out, weight = torch.zeros_like(x), torch.zeros(SHAPE, dtype=x.dtype)
+        for o in patch_grid(SHAPE, patch, stride):
+            sl = tuple(slice(oi, oi + p) for oi, p in zip(o, patch))
+
+            def h_p(v, sl=sl):  # S H S^T: the whole-volume H of the patch embedded in zeros, cropped
+                full = torch.zeros_like(x)
+                full[(..., *sl)] = v
+                return apply_diag_circulant(full, m, lam)[(..., *sl)]
+
+            b = r[(..., *sl)] + h_p(x[(..., *sl)])
+            x_p = first[(..., *sl)] - step * (h_p(first[(..., *sl)]) - b)
+            out[(..., *sl)] += window * x_p
+            weight[sl] += window
+        x = out / weight
+    return x
+
+
+def test_the_papers_call_gives_the_h_mode_written_out_from_the_functional_form():
+    # rec(y, DiagCirculantWrapper(physics, img_size, scaling=1., device=...), fourier_filter=..., spatial_mask=...)
+    # as the paper writes it, against the method computed by hand from apply_diag_circulant
+    physics = ct()
+    x_true = _volume(seed=7)
+    y = physics.A(x_true)
+    fitted = init_from_psf(DiagCirculantNormal(SHAPE, dtype=F64), physics)
+    jitter = torch.rand(SHAPE, generator=torch.Generator().manual_seed(8), dtype=F64)
+    spatial_mask = fitted.spatial_mask.detach() * (0.8 + 0.4 * jitter)  # a mask that is not all ones
+    fourier_filter = fitted.fourier_filter.detach()
+    rec = PartitionedReconstructor(GradientStepBase(), SHAPE, (6, 8, 6), n_sweeps=2)
+    wrapped_physics = DiagCirculantWrapper(physics=physics, img_size=physics.img_size, scaling=1., device="cpu",
+                                           dtype=F64)
+    x_hat = rec(y, wrapped_physics, fourier_filter=fourier_filter, spatial_mask=spatial_mask)
+    expected = _h_mode_by_hand(y, physics, spatial_mask, fourier_filter, (6, 8, 6), rec.stride, 2, 0.01)
+    # float64; the reconstructor's patch operator filters on the patch's own grid, the reference on
+    # the doubled volume grid: the same operator up to rounding
+    torch.testing.assert_close(x_hat, expected, rtol=1e-10, atol=1e-12)
+    assert float((x_hat - physics.A_dagger(y)).abs().max()) > 1e-3  # H did something
+    # the explicit form gives the same volume, and the wrapper was left without parameters
+    H = DiagCirculantNormal(SHAPE, dtype=F64, spatial_mask=spatial_mask, fourier_filter=fourier_filter)
+    torch.testing.assert_close(rec(y, physics, normal=H), x_hat, rtol=0, atol=0)
+    assert not wrapped_physics.fitted
+
+
+def _graph_of(call):
+    """``call()``'s output and the number of tensors autograd saved for a backward pass meanwhile."""
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        out = call()
+    return out, len(saved)
+
+
+def test_inference_records_no_graph_when_nothing_asks_for_gradients(one_thread):
+    # issue 30: applying H in an inference records no autograd graph when no parameter (of the
+    # base, the physics or H) and no input needs gradients, whatever the grad mode
+    physics = ConeBeamCT(ct().geometry, normalize=True)
+    x = _volume(dtype=torch.float32)
+    y = physics.A(x)
+    w = DiagCirculantWrapper(physics, SHAPE).init_from_psf()
+    torch.manual_seed(0)
+    rec = PartitionedReconstructor(UnrolledPGD(UNet3D(base=4, depth=1), n_iter=2), SHAPE, (6, 8, 6), stride=(6, 8, 6),
+                                   n_sweeps=1).eval()  # 8 patches, one sweep: enough for a graph
+    rec.requires_grad_(False)  # a model used for inference only
+    calls = {"carried": lambda: rec(y, w), "explicit": lambda: rec(y, physics, normal=w.normal),
+             "paper": lambda: rec(y, w, fourier_filter=w.fourier_filter, spatial_mask=w.spatial_mask)}
+    outs = {}
+    for name, call in calls.items():
+        outs[name], n_saved = _graph_of(call)
+        assert outs[name].grad_fn is None and not outs[name].requires_grad, name
+        assert n_saved == 0, (name, n_saved)
+    torch.testing.assert_close(outs["explicit"], outs["carried"], rtol=0, atol=0)
+    # the measure sees a graph where one is asked for: a trainable base, or a trainable H (whose
+    # gradient then arrives), and none under torch.no_grad()
+    rec.requires_grad_(True)
+    out, n_saved = _graph_of(calls["carried"])
+    assert out.grad_fn is not None and n_saved > 0
+    torch.testing.assert_close(out, outs["carried"], rtol=0, atol=0)
+    with torch.no_grad():
+        assert _graph_of(calls["carried"])[1] == 0
+    rec.requires_grad_(False)
+    w.normal.requires_grad_(True)
+    out, n_saved = _graph_of(calls["explicit"])
+    assert out.grad_fn is not None and n_saved > 0
+    out.square().sum().backward()
+    assert float(w.normal.fourier_filter.grad.abs().max()) > 0
 
 
 def test_training_loss_uses_ground_truth_context():
@@ -250,6 +360,14 @@ def test_bad_input():
     with pytest.raises(TypeError, match="LinearPhysics"):
         rec(torch.zeros(3), "physics")
 
+    class ExactPatches(ExactNormal):  # restrict gives A S^T itself, not a normal-equation operator
+        def restrict(self, offset, shape):
+            return self.physics.restrict(offset, shape)
+
+    y = physics.A(_volume())
+    with pytest.raises(TypeError, match="normal-equation form"):
+        PartitionedReconstructor(IdentityBase(), SHAPE, (4, 4, 4))(y, physics, normal=ExactPatches(physics))
+
 
 def test_training_start_point_is_fdk_not_the_true_patch():
     # With an identity base the loss is the error of the start point: it must be FDK's (> 0),
@@ -291,7 +409,8 @@ def test_training_loss_in_H_mode_equals_the_inference_patch_solve():
     rec = PartitionedReconstructor(GradientStepBase(), SHAPE, (5, 6, 5))
     offset, sl = (2, 3, 3), (slice(2, 7), slice(3, 9), slice(3, 8))
     residual_full = w.A_adjoint(y - w.A(x_true))
-    expected_p = rec.reconstruct_patch(y, w, x_true, offset, residual_full, w, x_start=physics.A_dagger(y)[(..., *sl)])
+    expected_p = rec.reconstruct_patch(y, w, x_true, offset, residual_full, w.normal,
+                                       x_start=physics.A_dagger(y)[(..., *sl)])
     expected = torch.nn.functional.mse_loss(expected_p, x_true[(..., *sl)])
     torch.testing.assert_close(rec.training_loss(y, w, x_true, offset=offset), expected, rtol=1e-10, atol=1e-14)
 
@@ -363,6 +482,15 @@ def test_plan_is_built_once_and_follows_the_operator_parameters():
     fresh = PartitionedReconstructor(GradientStepBase(), SHAPE, (6, 8, 6), patch_batch_size=3)(y, w, x_init=x0)
     torch.testing.assert_close(after, fresh, rtol=1e-12, atol=1e-12)
     assert float((after - before).abs().max()) > 1e-6
+    # ... and parameters replaced by new tensors (not changed in place) too: the plan is kept, H
+    # points its patch operators at what it holds now
+    plans = list(rec._plans)
+    w.normal.spatial_mask = torch.nn.Parameter(2.0 * w.spatial_mask.detach(), requires_grad=False)
+    replaced = rec(y, w, x_init=x0)
+    assert rec._plans[0] is plans[0]
+    fresh = PartitionedReconstructor(GradientStepBase(), SHAPE, (6, 8, 6), patch_batch_size=3)(y, w, x_init=x0)
+    torch.testing.assert_close(replaced, fresh, rtol=1e-12, atol=1e-12)
+    assert float((replaced - after).abs().max()) > 1e-6
 
 
 def test_reconstruct_patches_solves_a_group_like_single_patches():

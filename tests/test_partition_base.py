@@ -12,7 +12,7 @@ from deepinv.physics import LinearPhysics
 from deepinv.unfolded import unfolded_builder
 
 from unrolled3d.models import UNet3D, UnrolledPGD
-from unrolled3d.normal import DiagCirculantWrapper
+from unrolled3d.normal import DiagCirculantNormal, DiagCirculantWrapper, init_from_psf
 from unrolled3d.partition import PartitionedReconstructor, StartPointAdapter, as_base_reconstructor
 from unrolled3d.physics import ConeBeamCT, ConeBeamGeometry
 from unrolled3d.physics.patch import crop
@@ -88,19 +88,19 @@ def test_bases_that_cannot_take_physics_are_refused_at_construction():
 # ----------------------------------------------------------------------------- deepinv's models in H mode
 class FullVolumeH(LinearPhysics):
     """The patch problem built by hand from the full-volume H: ``S H S^T`` by embedding the patch in
-    zeros, applying the wrapper's whole-volume ``A_adjoint_A`` (its doubled volume grid, not the
-    patch grid) and cropping; in normal-equation form like the patch operator (``A = H_p``,
-    ``A^T`` the identity on ``b``, ``A_dagger`` the start point)."""
+    zeros, applying the whole-volume ``H`` (``DiagCirculantNormal.apply``: its doubled volume
+    grid, not the patch grid) and cropping; in normal-equation form like the patch operator
+    (``A = H_p``, ``A^T`` the identity on ``b``, ``A_dagger`` the start point)."""
 
-    def __init__(self, wrapper, offset, shape):
+    def __init__(self, normal, offset, shape):
         super().__init__()
-        self.wrapper, self.offset, self.shape = wrapper, tuple(offset), tuple(shape)
+        self.normal, self.offset, self.shape = normal, tuple(offset), tuple(shape)
         self.x_start = None
 
     def A(self, x, **kwargs):
-        full = x.new_zeros((*x.shape[:2], *self.wrapper.img_shape))
+        full = x.new_zeros((*x.shape[:2], *self.normal.img_shape))
         crop(full, self.offset, self.shape).copy_(x)
-        return crop(DiagCirculantWrapper.A_adjoint_A(self.wrapper, full), self.offset, self.shape)
+        return crop(self.normal.apply(full), self.offset, self.shape)
 
     def A_adjoint(self, y, **kwargs):
         return y
@@ -108,13 +108,22 @@ class FullVolumeH(LinearPhysics):
     def A_dagger(self, y, **kwargs):
         return self.x_start
 
+    def A_adjoint_A(self, x, **kwargs):
+        return self.A(x)
+
     def data_gradient(self, x, b):
         return self.A(x) - b
 
 
-class HandBuiltWrapper(DiagCirculantWrapper):
+class HandBuiltNormal(DiagCirculantNormal):
+    """The same H whose patch operators are built by hand (FullVolumeH): they read H's parameters
+    when applied, so refreshing them is a no-op."""
+
     def restrict(self, offset, shape):
         return FullVolumeH(self, offset, shape)
+
+    def refresh(self, patches):
+        pass
 
 
 def _deepinv_model(kind: str) -> Reconstructor:
@@ -136,7 +145,7 @@ def test_deepinv_models_run_partitioned_in_H_mode(kind, patch_batch_size):
     x = _volume(seed=1)
     y = physics.A(x) + 0.01 * torch.randn(physics.A(x).shape, generator=torch.Generator().manual_seed(2), dtype=F64)
     w = DiagCirculantWrapper(physics, SHAPE, dtype=F64).init_from_psf()
-    hand = HandBuiltWrapper(physics, SHAPE, dtype=F64).init_from_psf()
+    hand = init_from_psf(HandBuiltNormal(SHAPE, dtype=F64), physics)
     torch.testing.assert_close(hand.fourier_filter, w.fourier_filter, rtol=0, atol=0)
     x0 = physics.A_dagger(y)
     # a fresh model per run: deepinv's TV prox warm-starts from its previous call (state in the model)
@@ -145,7 +154,7 @@ def test_deepinv_models_run_partitioned_in_H_mode(kind, patch_batch_size):
                                        patch_batch_size=patch_batch_size)
         out = rec(y, w, x_init=x0)
         expected = PartitionedReconstructor(_deepinv_model(kind), SHAPE, PATCH, stride=STRIDE, n_sweeps=1,
-                                            patch_batch_size=patch_batch_size)(y, hand, x_init=x0)
+                                            patch_batch_size=patch_batch_size)(y, physics, x_init=x0, normal=hand)
     # float64; the two patch operators differ only in their FFT grids (patch vs volume): rounding
     torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
     assert float((out - x0).abs().max()) > 1e-3  # the model did something
@@ -157,5 +166,5 @@ def test_deepinv_models_run_partitioned_in_H_mode(kind, patch_batch_size):
     with torch.no_grad():
         by_hand = as_base_reconstructor(_deepinv_model(kind))(b, h_p, x_init=h_p.x_start)
         rec = PartitionedReconstructor(_deepinv_model(kind), SHAPE, PATCH, stride=STRIDE)
-        patch = rec.reconstruct_patch(y, w, x0, offset, normal=w)
+        patch = rec.reconstruct_patch(y, w, x0, offset, normal=w.normal)
     torch.testing.assert_close(patch, by_hand, rtol=1e-9, atol=1e-9)

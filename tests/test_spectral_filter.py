@@ -77,7 +77,7 @@ def test_bc_grid_chunking(monkeypatch):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("lam_dtype", [R64, C128])
 def test_gradients(backend, lam_dtype):
-    device = TDEV if backend == "triton" else "cpu"
+    device = TDEV if backend == "compiled" else "cpu"
     spec = rand((2, 1, 3, 2, 2), C128, 3).to(device).requires_grad_()
     lam = rand((3, 2, 2), lam_dtype, 4).to(device).requires_grad_()
     check_grads(lambda s, l: ops.spectral_filter(s, l, 0.7), (spec, lam), backend)
@@ -124,7 +124,7 @@ def test_torch_func_transforms(lam_complex):
 @pytest.mark.parametrize("in_dims", [(0, None), (3, None), (None, 0), (0, 0)])
 def test_vmap_equals_a_loop(backend, in_dims):
     """vmap over spectra folds into B; over filters (no B of their own) it loops."""
-    device = TDEV if backend == "triton" else "cpu"
+    device = TDEV if backend == "compiled" else "cpu"
     specs = rand((3, *SPEC), C128, 3).to(device).movedim(0, in_dims[0] or 0)
     lams = rand((3, *SPEC[2:]), C128, 4).to(device)
     with ops.use_backend(backend):

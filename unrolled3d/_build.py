@@ -1,6 +1,20 @@
-"""Loading of the compiled extension (prebuilt, built on first use, or none) and the backend report.
+"""Loading of the compiled extension (prebuilt, built on first use, or none), the backend
+switches' vocabulary, and the backend report.
 
-Where the cone-beam projector comes from, in order:
+**One vocabulary** for both backend switches (:data:`BACKENDS`):
+
+* ``auto`` (default): the compiled kernels where they can run, else the PyTorch reference twins;
+* ``compiled``: the compiled kernels, or an error where they cannot run;
+* ``reference``: the pure-PyTorch reference twins (correct, slow: for debugging and as oracles).
+
+``UNROLLED3D_EXTENSION`` chooses it for the cone-beam projector (C++/OpenMP and CUDA), once, when
+:mod:`unrolled3d.ops` is first imported: its ops are registered once per process.
+``UNROLLED3D_FUSED_BACKEND`` chooses it for the fused ops (Triton) at import too, and
+:func:`unrolled3d.ops.set_backend` / :func:`~unrolled3d.ops.use_backend` switch those later, per
+call. The words of the previous release, ``twins`` (projector) and ``triton`` (fused ops), still
+work with a ``DeprecationWarning``, until the next release.
+
+Where the compiled projector comes from, in order:
 
 1. **prebuilt**: ``unrolled3d._C``, compiled by ``pip install --no-build-isolation`` against the torch
    installed then. ``setup.py`` writes ``_C_build.json`` beside it (the torch and CUDA it was built
@@ -9,13 +23,12 @@ Where the cone-beam projector comes from, in order:
 2. **jit**: the sources (``csrc/``, shipped in the wheel as ``unrolled3d/csrc``) compiled with
    ``torch.utils.cpp_extension.load`` into the user's cache, one folder per torch version, CUDA
    version and source hash, so a new torch or a new release builds once and is then reused.
-3. **twins**: nothing compiled can be had (no compiler, a failed build): ``unrolled3d.ops``
+3. nothing compiled can be had (no compiler, a failed build): under ``auto``, ``unrolled3d.ops``
    registers the pure-PyTorch reference twins under the same op names, with a ``UserWarning``.
 
-``UNROLLED3D_EXTENSION`` = ``auto`` (default), ``prebuilt``, ``jit`` or ``twins`` forces one path
-(``prebuilt``/``jit`` raise instead of falling back); ``UNROLLED3D_CACHE_DIR`` moves the cache
-(default ``$XDG_CACHE_HOME/unrolled3d`` or ``~/.cache/unrolled3d``); ``NO_CUDA=1`` builds the JIT
-extension without its CUDA twin.
+``UNROLLED3D_EXTENSION`` also takes ``prebuilt`` or ``jit``: ``compiled``, from that source only.
+``UNROLLED3D_CACHE_DIR`` moves the cache (default ``$XDG_CACHE_HOME/unrolled3d`` or
+``~/.cache/unrolled3d``); ``NO_CUDA=1`` builds the JIT extension without its CUDA twin.
 """
 from __future__ import annotations
 
@@ -31,7 +44,7 @@ from types import ModuleType
 from typing import Any, Callable, Optional
 
 __all__ = ["load_extension", "extension_status", "backends", "cache_dir", "source_dir", "jit_build",
-           "EXTENSION_MODES"]
+           "EXTENSION_MODES", "BACKENDS", "backend_word"]
 
 _CUDA_REASONS = {
     0: "built",
@@ -42,7 +55,13 @@ _CUDA_REASONS = {
 # The same reason codes as setup.py's (compiled into the extension as U3D_CUDA_REASON).
 CUDA_BUILT, CUDA_DISABLED_BY_USER, CUDA_TORCH_IS_CPU_ONLY, CUDA_NO_TOOLKIT = 0, 1, 2, 3
 
-EXTENSION_MODES = ("auto", "prebuilt", "jit", "twins")
+#: the values of both backend switches (module docstring)
+BACKENDS = ("auto", "compiled", "reference")
+#: the projector's switch also names the source of its compiled kernels
+EXTENSION_MODES = BACKENDS + ("prebuilt", "jit")
+#: the previous release's words, per switch: accepted with a DeprecationWarning
+_DEPRECATED = {"UNROLLED3D_EXTENSION": {"twins": "reference"},
+               "UNROLLED3D_FUSED_BACKEND": {"triton": "compiled"}, "backend": {"triton": "compiled"}}
 _PACKAGE = Path(__file__).resolve().parent
 _SOURCES = ("bindings.cpp", "cone_beam.cpp", "cone_beam.h", "cone_beam_cuda.cu")
 
@@ -53,6 +72,46 @@ _module: Optional[ModuleType] = None
 
 class ExtensionBuildError(RuntimeError):
     """The extension could not be built on first use (no compiler, or the compiler failed)."""
+
+
+def backend_word(value: str, name: str, allowed: tuple = BACKENDS) -> str:
+    """``value`` of the backend switch ``name`` in this release's words.
+
+    Parameters
+    ----------
+    value : str
+        What was asked for.
+    name : str
+        The switch (``"UNROLLED3D_EXTENSION"``, ``"UNROLLED3D_FUSED_BACKEND"`` or ``"backend"``,
+        the argument of :func:`unrolled3d.ops.set_backend`), named in the messages.
+    allowed : tuple of str
+        Its values.
+
+    Raises
+    ------
+    ValueError
+        ``value`` is none of ``allowed`` and no deprecated word of ``name``.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> from unrolled3d._build import backend_word
+    >>> backend_word("reference", "UNROLLED3D_FUSED_BACKEND")
+    'reference'
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     backend_word("triton", "UNROLLED3D_FUSED_BACKEND"), caught[0].category.__name__
+    ('compiled', 'DeprecationWarning')
+    """
+    renamed = _DEPRECATED.get(name, {})
+    if value in renamed:
+        warnings.warn(f"{name}={value!r} is deprecated and will be removed in the next release: use "
+                      f"{renamed[value]!r} (the backend words are {', '.join(BACKENDS)})", DeprecationWarning,
+                      stacklevel=3)
+        return renamed[value]
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
 
 
 # --------------------------------------------------------------------------- where things are
@@ -185,8 +244,39 @@ def jit_build(verbose: bool = False) -> tuple[ModuleType, Path]:
 
 
 # --------------------------------------------------------------------------- the loader
+def _find(mode: str, builder: Callable[[], tuple[ModuleType, Path]]) -> tuple[Optional[ModuleType], str, list]:
+    """``(module or None, source, reasons)`` for the mode asked for; ImportError where a
+    ``compiled``/``prebuilt``/``jit`` mode cannot be met."""
+    reasons: list = []
+    if mode in ("auto", "compiled", "prebuilt"):
+        module, why = _prebuilt()
+        if module is not None:
+            return module, "prebuilt", reasons
+        reasons.append(why)
+        if mode == "prebuilt":
+            raise ImportError(f"UNROLLED3D_EXTENSION=prebuilt: {why}. Rebuild with "
+                              "`pip install --no-build-isolation -e .` after torch")
+    if mode in ("auto", "compiled", "jit"):
+        try:
+            module, folder = builder()
+        except (ExtensionBuildError, FileNotFoundError, OSError) as exc:
+            reasons.append(str(exc))
+            if mode != "auto":
+                raise ImportError(f"UNROLLED3D_EXTENSION={mode}: " + "; ".join(reasons)) from exc
+        else:
+            sys.modules["unrolled3d._C"] = module
+            return module, "jit", reasons + [f"built on first use in {folder}"]
+    if mode == "reference":
+        reasons.append("UNROLLED3D_EXTENSION=reference")
+    else:
+        warnings.warn("unrolled3d: the C++ projector is unavailable, using the pure-PyTorch twins (correct, "
+                      "much slower and memory hungry): " + "; ".join(reasons), UserWarning, stacklevel=3)
+    return None, "twins", reasons
+
+
 def load_extension(builder: Optional[Callable[[], tuple[ModuleType, Path]]] = None) -> Optional[ModuleType]:
-    """Make the compiled projector ops available, once per process.
+    """Make the compiled projector ops available, once per process, as ``UNROLLED3D_EXTENSION``
+    asks (module docstring).
 
     Parameters
     ----------
@@ -205,59 +295,32 @@ def load_extension(builder: Optional[Callable[[], tuple[ModuleType, Path]]] = No
     ValueError
         ``UNROLLED3D_EXTENSION`` is not one of :data:`EXTENSION_MODES`.
     ImportError
-        ``UNROLLED3D_EXTENSION=prebuilt`` or ``jit`` and that path failed.
+        ``UNROLLED3D_EXTENSION=compiled``, ``prebuilt`` or ``jit`` and that cannot be had.
     """
     global _module
     if _status:
         return _module
-    mode = os.environ.get("UNROLLED3D_EXTENSION", "auto")
-    if mode not in EXTENSION_MODES:
-        raise ValueError(f"UNROLLED3D_EXTENSION must be one of {EXTENSION_MODES}, got {mode!r}")
+    mode = backend_word(os.environ.get("UNROLLED3D_EXTENSION", "auto"), "UNROLLED3D_EXTENSION", EXTENSION_MODES)
     import torch
 
-    reasons = []
-    module: Optional[ModuleType] = None
-    source = "twins"
-    if mode in ("auto", "prebuilt"):
-        module, why = _prebuilt()
-        if module is not None:
-            source = "prebuilt"
-        else:
-            reasons.append(why)
-            if mode == "prebuilt":
-                raise ImportError(f"UNROLLED3D_EXTENSION=prebuilt: {why}. Rebuild with "
-                                  "`pip install --no-build-isolation -e .` after torch")
-    if module is None and mode in ("auto", "jit"):
-        try:
-            module, folder = (builder or jit_build)()
-            source = "jit"
-            sys.modules["unrolled3d._C"] = module
-            reasons.append(f"built on first use in {folder}")
-        except (ExtensionBuildError, FileNotFoundError, OSError) as exc:
-            reasons.append(str(exc))
-            if mode == "jit":
-                raise ImportError(f"UNROLLED3D_EXTENSION=jit: {exc}") from exc
-    if module is None:
-        if mode == "twins":
-            reasons.append("UNROLLED3D_EXTENSION=twins")
-        else:
-            warnings.warn("unrolled3d: the C++ projector is unavailable, using the pure-PyTorch twins (correct, "
-                          "much slower and memory hungry): " + "; ".join(reasons), UserWarning, stacklevel=2)
+    module, source, reasons = _find(mode, builder or jit_build)
     _module = module
     built = module.build_info() if module is not None else {}
     record = _PACKAGE / "_C_build.json"
     built_for = str(torch.__version__) if source == "jit" else None
     if source == "prebuilt" and record.is_file():
         built_for = json.loads(record.read_text()).get("torch")
-    _status.update(source=source, reasons=reasons, built_for_torch=built_for,
+    _status.update(mode=mode, source=source, reasons=reasons, built_for_torch=built_for,
                    cuda_built=bool(built.get("cuda", False)), openmp=bool(built.get("openmp", False)),
                    cuda_status=_CUDA_REASONS.get(int(built.get("cuda_reason", -1)), "no compiled extension"))
     return module
 
 
 def extension_status() -> dict[str, Any]:
-    """What :func:`load_extension` found: ``source`` (``"prebuilt"``, ``"jit"``, ``"twins"``),
-    ``reasons``, ``built_for_torch``, ``cuda_built``, ``openmp``, ``cuda_status``."""
+    """What :func:`load_extension` found: ``mode`` (what ``UNROLLED3D_EXTENSION`` asked for, in
+    this release's words), ``source`` (where the projector's kernels come from: ``"prebuilt"``,
+    ``"jit"``, or ``"twins"``: none compiled, the reference twins), ``reasons``,
+    ``built_for_torch``, ``cuda_built``, ``openmp``, ``cuda_status``."""
     load_extension()
     return dict(_status)
 
@@ -269,15 +332,16 @@ def backends() -> dict[str, Any]:
     -------
     dict
         ``cpp_cpu`` (bool: a compiled projector is loaded), ``extension`` (where it came from),
-        ``extension_torch`` (the torch it was built for), ``torch`` (the running torch),
-        ``torch_cuda`` (its CUDA, or None), ``openmp``, ``cuda_built``, ``cuda_status``,
-        ``cuda_device`` (a GPU is visible now), ``triton`` (importable), ``triton_interpret``.
+        ``extension_mode`` (what ``UNROLLED3D_EXTENSION`` asked for), ``extension_torch`` (the
+        torch it was built for), ``torch`` (the running torch), ``torch_cuda`` (its CUDA, or
+        None), ``openmp``, ``cuda_built``, ``cuda_status``, ``cuda_device`` (a GPU is visible
+        now), ``triton`` (importable), ``triton_interpret``.
     """
     import torch
 
     status = extension_status()
     info: dict[str, Any] = {
-        "cpp_cpu": status["source"] != "twins", "extension": status["source"],
+        "cpp_cpu": status["source"] != "twins", "extension": status["source"], "extension_mode": status["mode"],
         "extension_torch": status["built_for_torch"], "torch": str(torch.__version__), "torch_cuda": torch.version.cuda,
         "openmp": status["openmp"], "cuda_built": status["cuda_built"], "cuda_status": status["cuda_status"],
     }

@@ -195,17 +195,20 @@ def bf16_is_native(device: torch.device | str = "cpu") -> bool:
 
 
 def patch_cost_model(rec, y: torch.Tensor, physics, x_init: torch.Tensor, sizes: Sequence[int],
-                     measure: Callable[[Callable[[], object], torch.device], int] = measure_peak) -> tuple[float, float]:
+                     measure: Callable[[Callable[[], object], torch.device], int] = measure_peak,
+                     normal=None) -> tuple[float, float]:
     """``(a, b)`` of the peak of one group of patches, ``a + b p^3`` bytes, measured at two patch
-    edges ``sizes`` (see the module docstring)."""
+    edges ``sizes`` (see the module docstring); ``normal``: H mode."""
     x_ctx = torch.zeros_like(x_init)
-    residual = y.clone()
+    # y - A x_ctx with a zero context (exact mode), or its backprojection (H mode: a volume)
+    residual = y.clone() if normal is None else physics.A_adjoint(y)
     peaks = []
     with torch.no_grad():
         for p in sizes:
             one = rec.with_patch_size((p, p, p))
             offsets = one.patches()[:one.patch_batch_size]
-            peaks.append(measure(lambda: one.reconstruct_patches(y, physics, x_ctx, offsets, residual), y.device))
+            peaks.append(measure(lambda: one.reconstruct_patches(y, physics, x_ctx, offsets, residual, normal=normal),
+                                 y.device))
     if len(sizes) < 2 or sizes[0] == sizes[1]:
         return float(peaks[0]), 0.0
     b = max(peaks[1] - peaks[0], 0) / (sizes[1] ** 3 - sizes[0] ** 3)
@@ -244,7 +247,7 @@ class InferencePlan:
 
 def plan_inference(rec, y: torch.Tensor, physics, x_init: torch.Tensor, budget_bytes: int | None = None,
                    amp: bool | None = None, n_sweeps: int | None = None,
-                   measure: Callable[[Callable[[], object], torch.device], int] = measure_peak):
+                   measure: Callable[[Callable[[], object], torch.device], int] = measure_peak, normal=None):
     """The fastest partitioned reconstruction that fits the memory budget: ``(rec', plan)``.
 
     The network is fully convolutional, so the inference patch is a memory decision, not the
@@ -267,6 +270,8 @@ def plan_inference(rec, y: torch.Tensor, physics, x_init: torch.Tensor, budget_b
         Default :func:`available_bytes`.
     amp, n_sweeps
         Override the choices above.
+    normal : optional
+        H mode: the approximation the reconstruction will use (``rec(y, physics, normal=H)``).
 
     Raises
     ------
@@ -282,7 +287,7 @@ def plan_inference(rec, y: torch.Tensor, physics, x_init: torch.Tensor, budget_b
     buffers = 3 * vol + 2 * y.numel() * item  # estimate, blended sum, weight; residual and a projection
     p1 = min(16, n)
     p2 = min(max(24, p1), n)
-    a, b = patch_cost_model(rec, y, physics, x_init, (p1, p2), measure)
+    a, b = patch_cost_model(rec, y, physics, x_init, (p1, p2), measure, normal)
     whole = buffers + a + b * math.prod(shape)
     use_amp = bf16_is_native(device) if amp is None else bool(amp)
     if whole <= budget:

@@ -16,6 +16,14 @@ methods. They say what each layer may rely on:
   network's data step is ``data_gradient(x, b) = H x - b``; as a deepinv physics its ``A`` is
   ``H`` and its ``A_adjoint`` the identity on ``b`` (the whitened normal equation), so deepinv's
   solvers take the same step.
+* :class:`NormalApproximation`: an approximation ``H`` of ``A^T A`` that a partitioned
+  reconstructor restricts to its patches (``restrict``, ``refresh``), e.g.
+  :class:`unrolled3d.normal.DiagCirculantNormal`; :class:`ParametrizedNormal` adds
+  ``with_parameters``, what the paper's per-call ``fourier_filter=``/``spatial_mask=`` need.
+* :class:`CarriesNormal`: a physics that wraps an exact operator (``physics``) and carries an
+  approximation of its normal operator (``normal``), e.g.
+  :class:`unrolled3d.normal.DiagCirculantWrapper`: how ``H`` reaches a reconstructor without
+  being named, besides the explicit ``rec(y, physics, normal=H)``.
 * :class:`ImageKind`: a physics that declares whether its images are complex (MRI: ``(B, 2, ...)``
   real and imaginary channels), which selects the complex form of the approximation ``H``.
 * :class:`PatchTrainable`: a model trained with the partitioned loss ``L_PART``.
@@ -36,8 +44,9 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import torch
 
 __all__ = [
-    "Restrictable", "MeasurementWindow", "PatchStartPoint", "Fingerprinted", "PartitionablePhysics", "NormalEquationPhysics",
-    "ImageKind", "PatchTrainable", "StartPointReconstructor",
+    "Restrictable", "MeasurementWindow", "PatchStartPoint", "Fingerprinted", "PartitionablePhysics",
+    "NormalEquationPhysics", "NormalApproximation", "ParametrizedNormal", "CarriesNormal", "ImageKind",
+    "PatchTrainable", "StartPointReconstructor",
 ]
 
 
@@ -148,6 +157,74 @@ class NormalEquationPhysics(Protocol):
     def data_gradient(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Gradient of the data term in ``x``: ``H x - b``."""
         ...
+
+
+@runtime_checkable
+class NormalApproximation(Protocol):
+    """An approximation ``H`` of a normal operator ``A^T A`` that can be used patch by patch.
+
+    A partitioned reconstructor builds each patch's operator once with ``restrict`` (it must be
+    in normal-equation form, :class:`NormalEquationPhysics`) and calls ``refresh`` with them at
+    every reconstruction, so that parameters changed since (in place, replaced, or trained)
+    reach every patch.
+
+    Examples
+    --------
+    >>> from unrolled3d.protocols import NormalApproximation
+    >>> from unrolled3d.normal import DiagCirculantNormal
+    >>> issubclass(DiagCirculantNormal, NormalApproximation)
+    True
+    """
+
+    def restrict(self, offset: Sequence[int], shape: Sequence[int]) -> Any:
+        """``S H S^T`` on the patch ``[offset, offset + shape)``: a :class:`NormalEquationPhysics`."""
+        ...
+
+    def refresh(self, patches: Sequence[Any]) -> None:
+        """Point patch operators made by ``restrict`` at the current parameters (cheap when
+        nothing changed)."""
+        ...
+
+
+@runtime_checkable
+class ParametrizedNormal(NormalApproximation, Protocol):
+    """A :class:`NormalApproximation` given by a spatial mask ``m`` and a Fourier filter ``lam``
+    that can be swapped per call (the paper's ``rec(y, wrapped, fourier_filter=..., spatial_mask=...)``).
+
+    Examples
+    --------
+    >>> from unrolled3d.protocols import ParametrizedNormal
+    >>> from unrolled3d.normal import DiagCirculantNormal
+    >>> issubclass(DiagCirculantNormal, ParametrizedNormal)
+    True
+    """
+
+    def with_parameters(self, spatial_mask: torch.Tensor | None = None,
+                        fourier_filter: torch.Tensor | None = None) -> Any:
+        """A new approximation of the same settings with these parameters (this one unchanged)."""
+        ...
+
+
+@runtime_checkable
+class CarriesNormal(Protocol):
+    """A physics that wraps an exact operator and carries an approximation of its normal operator.
+
+    ``physics`` is the exact operator (what the wrapper's ``A``/``A_adjoint`` are, and what a
+    partitioned reconstructor restricts for its exact patch operators and start points);
+    ``normal`` the approximation (:class:`NormalApproximation`) a reconstructor uses in H mode
+    when it is given this physics. Data attributes: check it with ``isinstance``.
+
+    Examples
+    --------
+    >>> from unrolled3d.protocols import CarriesNormal
+    >>> from unrolled3d.normal import DiagCirculantWrapper
+    >>> from unrolled3d.physics import ConeBeamCT, standard_cone_beam
+    >>> isinstance(DiagCirculantWrapper(ConeBeamCT(standard_cone_beam(8, 4)), (8, 8, 8)), CarriesNormal)
+    True
+    """
+
+    physics: Any
+    normal: Any
 
 
 @runtime_checkable

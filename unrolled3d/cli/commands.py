@@ -82,12 +82,12 @@ def demo(args: argparse.Namespace) -> int:
 
 def info(args: argparse.Namespace) -> int:
     from .. import __version__, backends
-    from ..ops.dispatch import backend_table
+    from ..ops.dispatch import BACKENDS, backend_switches, backend_table
 
     info = {"version": __version__, **backends()}
-    table = backend_table()
+    table, switches = backend_table(), backend_switches()
     if args.json:
-        print(json.dumps({**info, "ops": table}))
+        print(json.dumps({**info, "ops": table, "backend_switches": switches}))
         return 0
     for k, v in info.items():
         print(f"{k:18s} {v}")
@@ -101,6 +101,9 @@ def info(args: argparse.Namespace) -> int:
     print(f"\n{'op':{width}s}  {'cpu tensors':{cpu_width}s}  cuda tensors")
     for op, where in table.items():
         print(f"{op:{width}s}  {where['cpu']:{cpu_width}s}  {where['cuda']}")
+    print(f"\nbackend switches ({' | '.join(BACKENDS)}):")
+    for family, sw in switches.items():
+        print(f"  {family:9s}  {sw['variable'] + '=' + sw['value']:34s} read {sw['read']}")
     return 0
 
 
@@ -207,7 +210,7 @@ def import_walnut(args: argparse.Namespace) -> int:
 
 def fit_normal(args: argparse.Namespace) -> int:
     from ..io import check_not_input, check_pt_name, load_measurements, resolve_output
-    from ..normal import DiagCirculantWrapper
+    from ..normal import DiagCirculantNormal, fit_normal as fit_h, relative_error, save_normal
     from ..physics import ConeBeamCT
 
     iters = integer("--iters", args.iters, 1)
@@ -218,10 +221,10 @@ def fit_normal(args: argparse.Namespace) -> int:
     _, g, _, _ = load_measurements(args.measurements)
     _note(args, f"estimating ||A|| of the {g.vol_shape} scan")
     physics = ConeBeamCT(g, normalize=True)
-    w = DiagCirculantWrapper(physics, g.vol_shape, kernel_radius=args.kernel_radius)
-    hist = w.fit(n_iter=iters, lr=lr, progress=_show_progress(args))
-    err = w.relative_error()
-    w.save(out, force=args.force)
+    H = DiagCirculantNormal.for_physics(physics, g.vol_shape, kernel_radius=args.kernel_radius)
+    hist = fit_h(H, physics, n_iter=iters, lr=lr, progress=_show_progress(args))
+    err = relative_error(H, physics)
+    save_normal(H, out, force=args.force)  # with the fingerprint of the geometry it was fitted for
     emit(args, {"out": args.out, "relative_error": err, "first_batch_error": hist[0]},
           f"wrote {args.out}: relative error of H {err:.4f} (started at {hist[0]:.4f})")
     return 0
@@ -231,7 +234,7 @@ def reconstruct(args: argparse.Namespace) -> int:
     from ..budget import measure_peak, parse_bytes, plan_inference
     from ..io import check_not_input, check_volume_target, load_measurements, volume_files, write_volume
     from ..metrics import psnr
-    from ..normal import DiagCirculantWrapper
+    from ..normal import load_normal
     from ..physics import ConeBeamCT, fdk
 
     # Everything about the output is checked before minutes of computing: its ending, that it is
@@ -263,11 +266,11 @@ def reconstruct(args: argparse.Namespace) -> int:
         rec, norm = _load_unrolled(args, g.vol_shape)
         rec.to(device).eval()
         rec.progress = show
-        target = physics
+        H = None  # the approximation of A^T A, handed to the reconstructor explicitly (normal=H)
         if args.normal is not None:
-            target = DiagCirculantWrapper.from_file(args.normal, physics, device=device)
-            if target.img_shape != tuple(g.vol_shape):
-                raise ValueError(f"--normal {args.normal} is for a {target.img_shape} volume, the measurements "
+            H = load_normal(args.normal, physics, device=device)  # refused if fitted for another geometry
+            if H.img_shape != tuple(g.vol_shape):
+                raise ValueError(f"--normal {args.normal} is for a {H.img_shape} volume, the measurements "
                                  f"are of a {tuple(g.vol_shape)} volume")
         y_n = physics.normalize_measurements(y)
         with torch.no_grad():
@@ -281,7 +284,7 @@ def reconstruct(args: argparse.Namespace) -> int:
         if args.patch_size is None:
             # the inference patch is a memory decision: the whole volume when it fits the budget
             budget = parse_bytes(args.memory_budget) if args.memory_budget is not None else None
-            rec, plan = plan_inference(rec, y_n, target, x0, budget_bytes=budget)
+            rec, plan = plan_inference(rec, y_n, physics, x0, budget_bytes=budget, normal=H)
             budget_info = plan.to_dict()
             _note(args, f"memory budget {budget_info['budget_mib']:.0f} MiB: "
                         + ("the whole volume as one patch" if plan.whole_volume else f"patches of {plan.patch}")
@@ -294,10 +297,10 @@ def reconstruct(args: argparse.Namespace) -> int:
                     f"x {rec.n_sweeps} sweeps")
         with torch.no_grad():
             if budget_info is None:
-                x = rec(y_n, target, x_init=x0)
+                x = rec(y_n, physics, normal=H, x_init=x0)
             else:  # measure the real run's peak, to set against the prediction
                 held: dict[str, torch.Tensor] = {}
-                peak = measure_peak(lambda: held.setdefault("x", rec(y_n, target, x_init=x0)), device)
+                peak = measure_peak(lambda: held.setdefault("x", rec(y_n, physics, normal=H, x_init=x0)), device)
                 x = held["x"]
         x = x / scale  # the measurements' units (attenuation for "attenuation" and "hu")
     seconds = time.perf_counter() - t0

@@ -14,8 +14,12 @@ the image is linear: no wrap-around):
   product ``Re <a, b>`` when ``lam`` is real (a Hermitian kernel); the ``"symmetric"`` variant is
   self-adjoint for any ``lam``.
 
-The passes around the FFTs are the fused registered ops of :mod:`unrolled3d.ops`: masked gather
-into the padded buffer, spectral filter with the scaling, masked crop. Complex images go through
+The passes around the FFTs are the public fused ops of :mod:`unrolled3d.ops` (:func:`~unrolled3d.ops.masked_gather`
+into the padded buffer, :func:`~unrolled3d.ops.spectral_filter` with the scaling,
+:func:`~unrolled3d.ops.masked_scatter_add` for the masked crop). Being the public functions, not
+the raw registered ops, they carry the ops' ``torch.func`` rules: ``grad``, ``vmap``, ``jvp``,
+``jacrev``/``jacfwd`` run through ``H`` like through any PyTorch function, and under
+``torch.compile`` they trace to the registered ops. Complex images go through
 the same real ops on *interleaved* views: a complex volume viewed as real is ``(B, 1, D, H, 2W)``
 (``re, im`` adjacent along ``W``), and a zero-padded complex buffer viewed the same way is
 ``(G0, G1, 2 G2)`` real with the data in its first ``(D, H, 2W)`` corner. So the gather and the
@@ -34,9 +38,11 @@ from typing import Sequence
 import torch
 
 from .._validation import check_tensor, int_tuple
+from ..ops import masked_gather, masked_scatter_add, spectral_filter
 
 __all__ = [
-    "VARIANTS", "apply_diag_circulant", "diag_circulant", "to_interleaved", "from_interleaved", "smooth_size",
+    "VARIANTS", "apply_diag_circulant", "diag_circulant", "check_image", "to_interleaved", "from_interleaved",
+    "smooth_size",
 ]
 
 #: the forms of ``H`` (see the module docstring)
@@ -98,12 +104,11 @@ def from_interleaved(v: torch.Tensor) -> torch.Tensor:
 
 
 def _gather(x: torch.Tensor, shape: Sequence[int], pad: Sequence[int], mask: torch.Tensor | None) -> torch.Tensor:
-    return torch.ops.unrolled3d.masked_gather(x, _ORIGIN, list(shape), list(pad), mask)
+    return masked_gather(x, _ORIGIN, shape, pad, mask)
 
 
 def _crop(like: torch.Tensor, buf: torch.Tensor, shape: Sequence[int], mask: torch.Tensor | None) -> torch.Tensor:
-    out, _ = torch.ops.unrolled3d.masked_scatter_add(like.new_zeros(like.shape), buf, _ORIGIN, list(shape), mask,
-                                                     None, None)
+    out, _ = masked_scatter_add(like.new_zeros(like.shape), buf, _ORIGIN, shape, mask)
     return out
 
 
@@ -113,7 +118,7 @@ def _real(x: torch.Tensor, mask: torch.Tensor, lam: torch.Tensor, variant: str, 
 
     def conv(buf: torch.Tensor, conj: bool = False) -> torch.Tensor:
         filt = lam.conj() if conj and lam.is_complex() else lam
-        spec = torch.ops.unrolled3d.spectral_filter(torch.fft.rfftn(buf, dim=_DIMS), filt, scale)
+        spec = spectral_filter(torch.fft.rfftn(buf, dim=_DIMS), filt, scale)
         return torch.fft.irfftn(spec, s=pad, dim=_DIMS)
 
     if variant == "sandwich":
@@ -140,7 +145,7 @@ def _complex(x: torch.Tensor, mask: torch.Tensor, lam: torch.Tensor, variant: st
         filt = lam.conj() if conj and lam.is_complex() else lam
         buf = _gather(v, shape, rpad, m2 if masked_input else None)               # (B, 1, G0, G1, 2 G2)
         spec = torch.fft.fftn(torch.view_as_complex(buf.unflatten(-1, (G2, 2))), dim=_DIMS)
-        spec = torch.ops.unrolled3d.spectral_filter(spec, filt, scale)
+        spec = spectral_filter(spec, filt, scale)
         return torch.view_as_real(torch.fft.ifftn(spec, dim=_DIMS)).flatten(-2)  # (B, 1, G0, G1, 2 G2)
 
     if variant == "sandwich":
@@ -150,6 +155,30 @@ def _complex(x: torch.Tensor, mask: torch.Tensor, lam: torch.Tensor, variant: st
         if variant == "symmetric":
             res = 0.5 * (res + _crop(v, conv(True, conj=True), shape, None))
     return from_interleaved(res)
+
+
+def check_image(x: torch.Tensor, mask: torch.Tensor, complex_images: bool) -> None:
+    """``x`` is a batch ``[B, C, *mask.shape]`` of ``mask``'s dtype and device (``C = 2`` for complex
+    images): the checks of an operator applying ``H`` with the mask ``mask``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from unrolled3d.normal.functional import check_image
+    >>> check_image(torch.zeros(1, 1, 2, 2, 3), torch.ones(2, 2, 2), False)
+    Traceback (most recent call last):
+        ...
+    ValueError: x has spatial shape (2, 2, 3), this operator acts on (2, 2, 2)
+    """
+    if not isinstance(x, torch.Tensor) or x.ndim != 5:
+        raise ValueError(f"x must be a 5-D tensor [B, C, D, H, W], got {getattr(x, 'shape', type(x))}")
+    if tuple(x.shape[-3:]) != tuple(mask.shape):
+        raise ValueError(f"x has spatial shape {tuple(x.shape[-3:])}, this operator acts on {tuple(mask.shape)}")
+    if x.dtype != mask.dtype or x.device != mask.device:
+        raise TypeError(f"x is {x.dtype} on {x.device}, the operator is {mask.dtype} on {mask.device}")
+    if complex_images and x.shape[1] != 2:
+        raise ValueError(f"this operator acts on complex images [B, 2, D, H, W] (real, imaginary channels), "
+                         f"got {x.shape[1]} channels (shape {tuple(x.shape)})")
 
 
 def diag_circulant(x: torch.Tensor, mask: torch.Tensor, lam: torch.Tensor, variant: str, scale: float,

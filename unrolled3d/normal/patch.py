@@ -1,9 +1,9 @@
-"""The operators that apply ``scaling * H``: a shared base and the patch operator.
+"""``DiagCirculantPatch``: the approximation ``H`` restricted to one patch, in normal-equation form.
 
-:class:`DiagCirculantPatch` is *the* patch operator of the normal-operator approximation, built
-by :meth:`unrolled3d.normal.DiagCirculantWrapper.restrict`: ``H`` restricted to one patch, with
-the patch problem in normal-equation form ``H_p x = b`` (see
-:class:`unrolled3d.protocols.NormalEquationPhysics`).
+Built by :meth:`unrolled3d.normal.DiagCirculantNormal.restrict`; it declares the normal-equation
+protocol (:class:`unrolled3d.protocols.NormalEquationPhysics`): the patch problem is
+``H_p x = b`` with ``b = S A^T y_p``, and the data step of an unrolled network is
+``data_gradient(x, b) = H_p x - b``.
 """
 from __future__ import annotations
 
@@ -12,61 +12,16 @@ from typing import Sequence
 import torch
 from deepinv.physics import LinearPhysics
 
-from .functional import diag_circulant
+from ..protocols import NormalEquationPhysics
+from .functional import check_image, diag_circulant
 
-__all__ = ["DiagCirculantOperator", "DiagCirculantPatch"]
-
-
-class DiagCirculantOperator(LinearPhysics):
-    """``A_adjoint_A = scaling * H`` and the data gradient of the normal equation ``H x = b``.
-
-    The base of :class:`~unrolled3d.normal.DiagCirculantWrapper` (the whole volume) and of
-    :class:`DiagCirculantPatch` (one patch). Subclasses provide ``_params() -> (mask, lam)``, the
-    FFT grid ``grid``, ``scaling``, ``variant`` and ``complex_images``.
-
-    Examples
-    --------
-    >>> from unrolled3d.normal import DiagCirculantOperator, DiagCirculantPatch
-    >>> issubclass(DiagCirculantPatch, DiagCirculantOperator)
-    True
-    """
-
-    complex_images: bool = False
-    scaling: float = 1.0
-    variant: str = "sandwich"
-
-    def _params(self) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
-    def _grid(self) -> tuple[int, int, int]:
-        raise NotImplementedError
-
-    def A_adjoint_A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        """``scaling * H x`` for ``x`` of shape ``[B, C, *img_shape]`` (``C = 2`` for complex images)."""
-        mask, lam = self._params()
-        if not isinstance(x, torch.Tensor) or x.ndim != 5:
-            raise ValueError(f"x must be a 5-D tensor [B, C, D, H, W], got {getattr(x, 'shape', type(x))}")
-        if tuple(x.shape[-3:]) != tuple(mask.shape):
-            raise ValueError(f"x has spatial shape {tuple(x.shape[-3:])}, this operator acts on {tuple(mask.shape)}")
-        if x.dtype != mask.dtype or x.device != mask.device:
-            raise TypeError(f"x is {x.dtype} on {x.device}, the operator is {mask.dtype} on {mask.device}")
-        if self.complex_images and x.shape[1] != 2:
-            raise ValueError(f"this operator acts on complex images [B, 2, D, H, W] (real, imaginary channels), "
-                             f"got {x.shape[1]} channels (shape {tuple(x.shape)})")
-        return diag_circulant(x, mask, lam, self.variant, self.scaling, self.complex_images, self._grid())
-
-    def data_gradient(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Gradient of ``0.5 ||A x - y||^2`` with ``A^T A`` replaced by ``scaling * H``:
-        ``scaling * H x - b`` with ``b = A^T y`` (precomputed, shaped like ``x``)."""
-        if b.shape != x.shape:
-            raise ValueError(f"b (A^T y) has shape {tuple(b.shape)}, x has {tuple(x.shape)}")
-        return self.A_adjoint_A(x) - b
+__all__ = ["DiagCirculantPatch"]
 
 
-class DiagCirculantPatch(DiagCirculantOperator):
+class DiagCirculantPatch(LinearPhysics, NormalEquationPhysics):
     r"""``S H S^T``: the approximation restricted to one patch, in normal-equation form.
 
-    Built by :meth:`unrolled3d.normal.DiagCirculantWrapper.restrict`. The measurement handed to a
+    Built by :meth:`unrolled3d.normal.DiagCirculantNormal.restrict`. The measurement handed to a
     reconstructor with this physics is ``b = S A^T y_p`` (the patch's backprojected data), and
     the operator is that of the normal equation ``H_p x = b``:
 
@@ -131,11 +86,18 @@ class DiagCirculantPatch(DiagCirculantOperator):
         self.grid = tuple(2 * s for s in mask.shape) if grid is None else tuple(grid)
         self.x_start = x_start
 
-    def _params(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.mask, self.lam
+    def A_adjoint_A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        """``H_p x = scaling * S H S^T x`` for ``x`` of shape ``[B, C, *patch]`` (``C = 2`` for
+        complex images)."""
+        check_image(x, self.mask, self.complex_images)
+        return diag_circulant(x, self.mask, self.lam, self.variant, self.scaling, self.complex_images, self.grid)
 
-    def _grid(self) -> tuple[int, int, int]:
-        return self.grid
+    def data_gradient(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Gradient of the patch data term with ``A^T A`` replaced by ``H_p``: ``H_p x - b``, with
+        ``b = S A^T y_p`` (shaped like ``x``)."""
+        if b.shape != x.shape:
+            raise ValueError(f"b (A^T y) has shape {tuple(b.shape)}, x has {tuple(x.shape)}")
+        return self.A_adjoint_A(x) - b
 
     def with_start(self, x_start: torch.Tensor) -> "DiagCirculantPatch":
         """The same operator with ``A_dagger`` returning ``x_start`` (tensors shared, not copied)."""

@@ -1,5 +1,5 @@
 """``torch.func`` support of the registered ops: vmap rules (the vmapped dimension folded into
-the batch) and the sum of product-rule terms of their forward derivatives (jvp).
+the batch) and the holder of a Function's non-tensor arguments.
 
 Every op of this package already treats the leading ``B`` of its ``(B, C, ...)`` data
 independently, so ``vmap`` over data tensors is one call with ``B' = N * B``: the vmapped
@@ -13,11 +13,10 @@ The rules are registered with :func:`torch.library.register_vmap` on the raw ops
 ``torch.func.vmap``, ``jacrev``/``jacfwd`` (which vmap the backward and forward-mode ops) and
 direct ``torch.ops.unrolled3d`` callers alike.
 
-How the pieces fit: each op's public function calls an ``autograd.Function`` with a separate
-``setup_context``, a generated vmap rule and a ``jvp`` (what ``torch.func`` needs), whose
-forward runs the raw op. Dynamo cannot trace a Function with a custom ``jvp`` (torch 2.14:
-"Unsupported custom jvp"), so under ``torch.compile``/``torch.export`` the public functions call
-the raw op instead, whose ``register_autograd`` formulas are the same functions.
+How the pieces fit: :mod:`unrolled3d.ops._define` builds, for each fused op, an
+``autograd.Function`` with a separate ``setup_context``, a generated vmap rule and a ``jvp``
+(what ``torch.func`` needs) over the raw op, whose vmap rule is registered here; the projector
+(:mod:`unrolled3d.ops.projector`) writes the same pieces by hand.
 """
 from __future__ import annotations
 
@@ -25,7 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-__all__ = ["Static", "register_folding_vmap", "vmap_by_loop", "sum_terms"]
+__all__ = ["Static", "register_folding_vmap", "vmap_by_loop"]
 
 
 class Static:
@@ -120,17 +119,3 @@ def register_folding_vmap(qualname: str, batch_args: Sequence[int], batch_output
         return (res[0], dims[0]) if single else (res, dims)
 
     torch.library.register_vmap(qualname, rule)
-
-
-def sum_terms(terms: Sequence[Sequence[Optional[torch.Tensor]]], shapes: Sequence[Sequence[int]],
-              like: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Per output ``k``, the sum of ``terms[i][k]`` that are not ``None`` (zeros of ``shapes[k]``
-    if none are): the jvp of a multilinear op, one term per input with a tangent."""
-    out = []
-    for k, shape in enumerate(shapes):
-        parts = [t[k] for t in terms if t[k] is not None]
-        total = like.new_zeros(shape) if not parts else parts[0]
-        for p in parts[1:]:
-            total = total + p
-        out.append(total)
-    return tuple(out)

@@ -1,36 +1,38 @@
 """Which implementation the fused ops run: the Triton launchers or their PyTorch twins.
 
-``"auto"`` (default): Triton on CUDA tensors, and on CPU tensors when ``TRITON_INTERPRET=1``
-was set before :mod:`unrolled3d.kernels` was imported (the Triton CPU interpreter); the PyTorch
-reference twins otherwise. ``"reference"``: always the twins. ``"triton"``: always Triton (an
-error where it cannot run). The environment variable ``UNROLLED3D_FUSED_BACKEND`` sets the
-starting value. The choice is read when an op runs, also inside compiled graphs (the ops are
-opaque custom ops).
+The words are those of every backend switch of the package (:data:`unrolled3d._build.BACKENDS`):
+``"auto"`` (default): Triton on CUDA tensors, and on CPU tensors when ``TRITON_INTERPRET=1`` was
+set before :mod:`unrolled3d.kernels` was imported (the Triton CPU interpreter); the PyTorch
+reference twins otherwise. ``"reference"``: always the twins. ``"compiled"``: always Triton (an
+error where it cannot run). ``"triton"``, the previous release's word for ``"compiled"``, still
+works with a ``DeprecationWarning``.
+
+The environment variable ``UNROLLED3D_FUSED_BACKEND`` sets the starting value, read at import
+like the projector's ``UNROLLED3D_EXTENSION``; :func:`set_backend` / :func:`use_backend` switch it
+later. The choice is read when an op runs, also inside compiled graphs (the ops are opaque
+custom ops).
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import warnings
-from typing import Iterator, Optional
+from typing import Callable, Iterator
 
 import torch
 
 from .. import kernels
-from .._build import extension_status
+from .._build import BACKENDS, backend_word, extension_status
 
-__all__ = ["set_backend", "get_backend", "use_backend", "triton_enabled_for", "use_triton", "or_empty", "BACKENDS",
-           "backend_table"]
+__all__ = ["set_backend", "get_backend", "use_backend", "triton_enabled_for", "use_triton", "implementation",
+           "BACKENDS", "backend_table", "backend_switches"]
 
-BACKENDS = ("auto", "reference", "triton")
-_backend = os.environ.get("UNROLLED3D_FUSED_BACKEND", "auto")
-if _backend not in BACKENDS:
-    raise ValueError(f"UNROLLED3D_FUSED_BACKEND must be one of {BACKENDS}, got {_backend!r}")
+_backend = backend_word(os.environ.get("UNROLLED3D_FUSED_BACKEND", "auto"), "UNROLLED3D_FUSED_BACKEND")
 _warned_interp = False
 
 
 def set_backend(name: str) -> None:
-    """Select the implementation of the fused ops: ``"auto"``, ``"reference"`` or ``"triton"``.
+    """Select the implementation of the fused ops: ``"auto"``, ``"compiled"`` or ``"reference"``.
 
     Examples
     --------
@@ -41,9 +43,7 @@ def set_backend(name: str) -> None:
     >>> set_backend(previous)
     """
     global _backend
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
-    _backend = name
+    _backend = backend_word(name, "backend")
 
 
 def get_backend() -> str:
@@ -82,15 +82,16 @@ def use_triton(t: torch.Tensor) -> bool:
     if _backend == "reference":
         return False
     ok = triton_enabled_for(t.device)
-    if _backend == "triton" and not ok:
-        raise RuntimeError(f"backend 'triton' cannot run on {t.device} tensors (CUDA, or CPU with "
+    if _backend == "compiled" and not ok:
+        raise RuntimeError(f"backend 'compiled' (Triton) cannot run on {t.device} tensors (CUDA, or CPU with "
                            "TRITON_INTERPRET=1 set before import, is required)")
     return ok
 
 
-def or_empty(t: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    """Custom ops cannot return ``None``: unused gradient slots are 0-element tensors."""
-    return t if t is not None else like.new_empty(0)
+def implementation(t: torch.Tensor, triton_fn: Callable, reference_fn: Callable) -> Callable:
+    """The launcher an op on ``t`` runs: ``triton_fn`` or its PyTorch twin ``reference_fn``
+    (see :func:`use_triton`)."""
+    return triton_fn if use_triton(t) else reference_fn
 
 
 #: the registered ops of each kind, as ``unrolled3d info`` lists them
@@ -127,3 +128,27 @@ def backend_table() -> dict[str, dict[str, str]]:
         fused_cuda = "Triton"
     table.update({op: {"cpu": fused_cpu, "cuda": fused_cuda} for op in FUSED_OPS})
     return table
+
+
+def backend_switches() -> dict[str, dict[str, str]]:
+    """The two backend switches, both taking the words of :data:`BACKENDS`, and where each stands
+    (``unrolled3d info``).
+
+    Returns
+    -------
+    dict
+        ``{"projector": {...}, "fused": {...}}``, each with ``variable`` (the environment
+        variable), ``value`` (in effect now) and ``read`` (when it is read, and what else it takes).
+
+    Examples
+    --------
+    >>> from unrolled3d.ops.dispatch import backend_switches
+    >>> backend_switches()["fused"]["variable"]
+    'UNROLLED3D_FUSED_BACKEND'
+    """
+    return {
+        "projector": {"variable": "UNROLLED3D_EXTENSION", "value": extension_status()["mode"],
+                      "read": "once, at import (also prebuilt | jit: compiled, from that source only)"},
+        "fused": {"variable": "UNROLLED3D_FUSED_BACKEND", "value": _backend,
+                  "read": "at import; unrolled3d.ops.set_backend / use_backend switch it later, per call"},
+    }

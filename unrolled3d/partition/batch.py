@@ -119,7 +119,7 @@ class PatchBatch(LinearPhysics):
         return self.stack_measurements([patch_measurements(op, y) for op in self.operators])
 
 
-class NormalPatchBatch(PatchBatch):
+class NormalPatchBatch(PatchBatch, NormalEquationPhysics):
     """A :class:`PatchBatch` of patch problems in normal-equation form ``H_g x = b_g``
     (:class:`unrolled3d.protocols.NormalEquationPhysics`, e.g. :class:`unrolled3d.normal.DiagCirculantPatch`).
 

@@ -7,9 +7,13 @@ module, a cropped mask and the patch's filter spectrum); applying it is tensor w
 traced region (:func:`build_plan` is excluded from compilation) and reused by every sweep and
 every call with the same physics.
 
-The plan of the normal-operator approximation keeps the mask crops as views of the wrapper's
-mask (in-place changes, e.g. ``set_parameters``, reach them) and refreshes the patch filter
-spectrum, which depends on ``lam``, at each call (:meth:`SweepPlan.refresh_filters`).
+In H mode the plan holds the patch operators of an approximation ``H``
+(:class:`~unrolled3d.protocols.NormalApproximation`) and lets ``H`` point them at its current
+parameters at each call (:meth:`SweepPlan.refresh`): parameters set in place, replaced or trained
+reach every patch. Which operator is exact and which ``H`` serves a call is decided here too
+(:func:`resolve_normal`), through protocols: ``H`` given explicitly (``normal=``) or carried by
+the physics (:class:`~unrolled3d.protocols.CarriesNormal`, e.g. the paper's
+``DiagCirculantWrapper``).
 """
 from __future__ import annotations
 
@@ -20,32 +24,66 @@ import torch
 from deepinv.physics import LinearPhysics
 
 from .._distributed import rank_and_world
-from ..normal import DiagCirculantPatch, DiagCirculantWrapper
 from ..physics.patch import restrict
+from ..protocols import CarriesNormal, NormalApproximation, NormalEquationPhysics, ParametrizedNormal
 from .batch import NormalPatchBatch, PatchBatch
 from .grid import blend_window
 
-__all__ = ["PatchGroup", "SweepPlan", "build_plan", "patch_operator", "group_physics"]
+__all__ = ["PatchGroup", "SweepPlan", "build_plan", "patch_operator", "group_physics", "exact_physics",
+           "resolve_normal"]
 
 
-def _unwrap(physics: LinearPhysics) -> LinearPhysics:
-    """The exact operator behind a ``DiagCirculantWrapper`` (any other physics: itself)."""
-    return physics.physics if isinstance(physics, DiagCirculantWrapper) else physics
+def exact_physics(physics: LinearPhysics) -> LinearPhysics:
+    """The exact operator of ``physics``: the one it wraps if it carries an approximation
+    (:class:`~unrolled3d.protocols.CarriesNormal`), else ``physics`` itself."""
+    return physics.physics if isinstance(physics, CarriesNormal) else physics
+
+
+def resolve_normal(physics: LinearPhysics, normal: NormalApproximation | None = None,
+                   fourier_filter: torch.Tensor | None = None, spatial_mask: torch.Tensor | None = None
+                   ) -> tuple[LinearPhysics, NormalApproximation | None]:
+    """``(exact operator, H or None)`` of a call: which patch operators it uses.
+
+    ``H`` is ``normal`` if given, else the one ``physics`` carries (a ``DiagCirculantWrapper``),
+    else none (exact patch operators). ``fourier_filter``/``spatial_mask`` (the paper's API) give
+    that ``H`` new parameters for this call only (:class:`~unrolled3d.protocols.ParametrizedNormal`:
+    a new ``H``; the caller's is left unchanged).
+    """
+    carried = physics.normal if isinstance(physics, CarriesNormal) else None
+    if normal is not None and not isinstance(normal, NormalApproximation):
+        raise TypeError(f"normal must be an approximation of the normal operator with restrict() and refresh() "
+                        f"(unrolled3d.protocols.NormalApproximation, e.g. unrolled3d.normal.DiagCirculantNormal), "
+                        f"got {type(normal).__name__}")
+    H = normal if normal is not None else carried
+    if fourier_filter is not None or spatial_mask is not None:
+        if H is None:
+            raise TypeError("fourier_filter and spatial_mask are the parameters of a normal-operator approximation: "
+                            "pass normal=H (unrolled3d.normal.DiagCirculantNormal) or wrap the physics in "
+                            f"unrolled3d.normal.DiagCirculantWrapper (got {type(physics).__name__})")
+        if not isinstance(H, ParametrizedNormal):
+            raise TypeError(f"fourier_filter and spatial_mask need an approximation that takes them "
+                            f"(unrolled3d.protocols.ParametrizedNormal), got {type(H).__name__}")
+        H = H.with_parameters(spatial_mask=spatial_mask, fourier_filter=fourier_filter)
+    return exact_physics(physics), H
 
 
 @torch.compiler.disable
-def patch_operator(physics: LinearPhysics, normal: DiagCirculantWrapper | None, img_shape: Sequence[int],
+def patch_operator(physics: LinearPhysics, normal: NormalApproximation | None, img_shape: Sequence[int],
                    offset: Sequence[int], shape: Sequence[int]) -> Any:
     """The operator of one patch problem: ``H_p`` (normal-equation form) when ``normal`` is given,
-    else the exact ``A S^T`` of the physics behind ``physics``. Not traced by ``torch.compile``
-    (it builds modules and geometries)."""
+    else the exact ``A S^T`` of ``physics`` (the exact operator, see :func:`exact_physics`). Not
+    traced by ``torch.compile`` (it builds modules and geometries)."""
     if normal is not None:
-        return normal.restrict(offset, shape)
-    return restrict(_unwrap(physics), img_shape, offset, shape)
+        op = normal.restrict(offset, shape)
+        if not isinstance(op, NormalEquationPhysics):
+            raise TypeError(f"{type(normal).__name__}.restrict must return a patch operator in normal-equation form "
+                            f"(unrolled3d.protocols.NormalEquationPhysics), got {type(op).__name__}")
+        return op
+    return restrict(physics, img_shape, offset, shape)
 
 
 @torch.compiler.disable
-def group_physics(operators: Sequence[Any], normal: DiagCirculantWrapper | None) -> Any:
+def group_physics(operators: Sequence[Any], normal: NormalApproximation | None) -> Any:
     """The physics of patches solved together: the operator itself for one patch, else a
     :class:`PatchBatch` (:class:`NormalPatchBatch` in H mode) of them."""
     if len(operators) == 1:
@@ -83,8 +121,8 @@ class SweepPlan:
     Parameters
     ----------
     physics : deepinv.physics.LinearPhysics
-        The full operator the plan was built for (compared by identity).
-    normal : DiagCirculantWrapper or None
+        The exact full operator the plan was built for (compared by identity).
+    normal : NormalApproximation or None
         The approximation whose patches the plan holds (H mode), or ``None`` (exact mode).
     device, dtype
         Of the volumes the plan serves (the window's).
@@ -97,50 +135,42 @@ class SweepPlan:
 
     Examples
     --------
-    >>> import torch
     >>> from unrolled3d.models import UNet3D, UnrolledPGD
+    >>> from unrolled3d.normal import DiagCirculantNormal, init_from_psf
     >>> from unrolled3d.partition import PartitionedReconstructor
     >>> from unrolled3d.physics import ConeBeamCT, standard_cone_beam
     >>> physics = ConeBeamCT(standard_cone_beam(8, 6))
+    >>> H = init_from_psf(DiagCirculantNormal((8, 8, 8)), physics)
     >>> rec = PartitionedReconstructor(UnrolledPGD(UNet3D(base=4, depth=1), n_iter=1), (8, 8, 8), (4, 4, 4),
     ...                                patch_batch_size=4)
-    >>> plan = rec.prepare(physics)
-    >>> [g.size for g in plan.groups]           # 27 patches in groups of 4
-    [4, 4, 4, 4, 4, 4, 3]
+    >>> plan = rec.prepare(physics, normal=H)   # H mode: 27 patch operators of H in groups of 4
+    >>> [g.size for g in plan.groups], type(plan.groups[0].physics).__name__
+    ([4, 4, 4, 4, 4, 4, 3], 'NormalPatchBatch')
     """
 
-    def __init__(self, physics: LinearPhysics, normal: DiagCirculantWrapper | None, device: torch.device,
+    def __init__(self, physics: LinearPhysics, normal: NormalApproximation | None, device: torch.device,
                  dtype: torch.dtype, window: torch.Tensor, groups: list[PatchGroup], rank: int, world: int) -> None:
         self.physics, self.normal = physics, normal
         self.device, self.dtype = device, dtype
         self.window, self.groups = window, groups
         self.rank, self.world = rank, world
-        # the wrapper's mask the patch masks are views of: a new tensor (not an in-place change) voids the plan
-        self.mask = None if normal is None else normal.spatial_mask
 
-    def matches(self, physics: LinearPhysics, normal: DiagCirculantWrapper | None, like: torch.Tensor) -> bool:
+    def matches(self, physics: LinearPhysics, normal: NormalApproximation | None, like: torch.Tensor) -> bool:
         """Whether this plan serves ``physics`` (and ``normal``) for volumes like ``like``."""
         return (self.physics is physics and self.normal is normal and self.device == like.device
-                and self.dtype == like.dtype and (normal is None or self.mask is normal.spatial_mask))
+                and self.dtype == like.dtype)
 
-    def refresh_filters(self) -> None:
-        """Point every patch operator of the approximation at the current patch filter spectrum
-        (:meth:`unrolled3d.normal.DiagCirculantWrapper.patch_filter`: cached while ``lam`` is
-        unchanged, recomputed in traced code and while ``lam`` records gradients)."""
-        if self.normal is None:
-            return
-        lam_p = None
-        for group in self.groups:
-            for op in group.operators:
-                if isinstance(op, DiagCirculantPatch):
-                    if lam_p is None:
-                        lam_p = self.normal.patch_filter(tuple(op.mask.shape))
-                    if op.lam is not lam_p:
-                        op.lam = lam_p
+    def refresh(self) -> None:
+        """H mode: let the approximation point every patch operator at its current parameters
+        (:meth:`unrolled3d.protocols.NormalApproximation.refresh`; for
+        :class:`~unrolled3d.normal.DiagCirculantNormal` the patch filter spectrum is cached while
+        ``lam`` is unchanged and recomputed in traced code and while ``lam`` records gradients)."""
+        if self.normal is not None:
+            self.normal.refresh([op for group in self.groups for op in group.operators])
 
 
 @torch.compiler.disable
-def build_plan(physics: LinearPhysics, normal: DiagCirculantWrapper | None, img_shape: Sequence[int],
+def build_plan(physics: LinearPhysics, normal: NormalApproximation | None, img_shape: Sequence[int],
                patch_shape: Sequence[int], stride: Sequence[int], offsets: Sequence[tuple[int, int, int]],
                patch_batch_size: int, like: torch.Tensor) -> SweepPlan:
     """Build the :class:`SweepPlan` of ``physics`` for volumes like ``like`` (not traced by

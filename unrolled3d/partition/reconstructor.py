@@ -5,11 +5,20 @@ r"""``PartitionedReconstructor``: reconstruct a volume patch by patch with the d
 ``y_p = (y - A x_ctx) + A_p x_ctx[p]``: one full projection per sweep (the residual) and one
 patch projection per patch, whose cost grows with the patch, not the volume.
 
-With a :class:`~unrolled3d.normal.DiagCirculantWrapper` (or ``fourier_filter``/``spatial_mask``)
-the patch's data step uses the restricted ``H`` instead: the patch problem becomes the normal
-equation ``H_p x_p = S A^T y_p``, with ``S A^T y_p = S A^T (y - A x_ctx) + H_p x_ctx[p]`` (one full
-backprojection per sweep, none per patch), handed to the base as the physics
-:class:`~unrolled3d.normal.DiagCirculantPatch` in normal-equation form (any deepinv solver runs on it).
+With an approximation ``H`` of ``A^T A`` (H mode) the patch's data step uses the restricted ``H``
+instead: the patch problem becomes the normal equation ``H_p x_p = S A^T y_p``, with
+``S A^T y_p = S A^T (y - A x_ctx) + H_p x_ctx[p]`` (one full backprojection per sweep, none per
+patch), handed to the base as ``H``'s patch operator in normal-equation form
+(:class:`~unrolled3d.protocols.NormalEquationPhysics`, e.g.
+:class:`~unrolled3d.normal.DiagCirculantPatch`: any deepinv solver runs on it). ``H`` reaches the
+reconstructor explicitly, ``rec(y, physics, normal=H)``, or carried by the physics
+(:class:`~unrolled3d.protocols.CarriesNormal`: the paper's
+``rec(y, DiagCirculantWrapper(...), fourier_filter=..., spatial_mask=...)``); nothing here names a
+wrapper class (:func:`~unrolled3d.partition.plan.resolve_normal`).
+
+A reconstruction in which nothing asks for gradients (grad mode off, or no parameter of the base,
+the physics or ``H`` and neither ``y`` nor ``x_init`` requiring grad) runs under
+``torch.no_grad()``: it records no autograd graph, whatever the operators do inside.
 
 Inference sweeps a grid of overlapping patches (stride half the patch by default) and blends
 them with a smooth window (``sum w x / sum w``) through the fused scatter kernel; each sweep uses
@@ -36,12 +45,12 @@ from deepinv.physics import LinearPhysics
 from tqdm.auto import tqdm
 
 from .._validation import boolean, check_nonempty, choice, int_triple, integer
-from ..normal import DiagCirculantWrapper
+from ..protocols import NormalApproximation
 from ..ops import masked_scatter_add, masked_scatter_add_
 from ..physics.patch import crop, patch_measurements, patch_start
 from .base import as_base_reconstructor
 from .grid import patch_grid
-from .plan import SweepPlan, _unwrap, build_plan, group_physics, patch_operator
+from .plan import SweepPlan, build_plan, exact_physics, group_physics, patch_operator, resolve_normal
 
 __all__ = ["PartitionedReconstructor", "patch_measurement"]
 
@@ -187,23 +196,21 @@ class PartitionedReconstructor(Reconstructor):
         if size is not None and tuple(size)[-3:] != self.img_shape:
             raise ValueError(f"physics acts on volumes of {tuple(size)[-3:]}, the reconstructor on {self.img_shape}")
 
-    def _normal_operator(self, physics, fourier_filter, spatial_mask) -> DiagCirculantWrapper | None:
-        """The ``H`` of this call: ``physics`` itself if it is a :class:`DiagCirculantWrapper`, with
-        the call's ``fourier_filter``/``spatial_mask`` if given (the paper's API; the caller's
-        wrapper is not changed); ``None`` (exact patch operators) for any other physics."""
-        if not isinstance(physics, DiagCirculantWrapper):
-            if fourier_filter is not None or spatial_mask is not None:
-                raise TypeError("fourier_filter and spatial_mask are the parameters of a normal-operator "
-                                "approximation: wrap the physics in unrolled3d.normal.DiagCirculantWrapper and pass "
-                                f"that (got {type(physics).__name__})")
-            return None
-        if fourier_filter is None and spatial_mask is None:
-            return physics
-        return physics.with_parameters(spatial_mask=spatial_mask, fourier_filter=fourier_filter)
+    def _records_gradients(self, physics: LinearPhysics, normal: NormalApproximation | None,
+                           *tensors: torch.Tensor | None) -> bool:
+        """Whether a call may need an autograd graph: grad mode on and a parameter of the base, the
+        physics or ``H``, or one of ``tensors``, requiring grad."""
+        if not torch.is_grad_enabled():
+            return False
+        if any(t is not None and t.requires_grad for t in tensors):
+            return True
+        modules = [m for m in (self, physics, normal) if isinstance(m, torch.nn.Module)]
+        return any(p.requires_grad for m in modules for p in m.parameters())
 
     # ----------------------------------------------------------------- plans
     def prepare(self, physics: LinearPhysics, dtype: torch.dtype = torch.float32,
-                device: torch.device | str = "cpu", warm: bool = True) -> SweepPlan:
+                device: torch.device | str = "cpu", warm: bool = True,
+                normal: NormalApproximation | None = None) -> SweepPlan:
         """Build (or find) the sweep plan of ``physics`` for volumes of ``dtype`` on ``device``.
 
         :meth:`forward` builds it on first use, so this is needed only before
@@ -215,11 +222,14 @@ class PartitionedReconstructor(Reconstructor):
         Parameters
         ----------
         physics : deepinv.physics.LinearPhysics
-            The full operator, or a ``DiagCirculantWrapper`` (H mode).
+            The full operator, or a physics carrying an approximation ``H``
+            (a ``DiagCirculantWrapper``: H mode).
         dtype, device
             Of the volumes to reconstruct.
         warm : bool
             Apply each operator once (see above).
+        normal : NormalApproximation, optional
+            ``H`` (H mode), as :meth:`forward` takes it.
 
         Returns
         -------
@@ -228,10 +238,10 @@ class PartitionedReconstructor(Reconstructor):
         if not isinstance(physics, LinearPhysics):
             raise TypeError(f"physics must be a deepinv LinearPhysics, got {type(physics).__name__}")
         like = torch.empty(0, dtype=dtype, device=device)
-        normal = self._normal_operator(physics, None, None)
+        physics, normal = resolve_normal(physics, normal)
         plan = self._plan(physics, normal, like)
         if warm:
-            channels = (2 if getattr(physics, "complex_images", False) else 1)
+            channels = 2 if any(getattr(o, "complex_images", False) for o in (physics, normal)) else 1
             with torch.no_grad():
                 physics.A(torch.zeros((1, channels, *self.img_shape), dtype=dtype, device=device))
                 for group in plan.groups:
@@ -242,7 +252,8 @@ class PartitionedReconstructor(Reconstructor):
         """Forget the cached sweep plans (e.g. after changing a physics in place)."""
         self._plans = []
 
-    def _plan(self, physics: LinearPhysics, normal: DiagCirculantWrapper | None, like: torch.Tensor) -> SweepPlan:
+    def _plan(self, physics: LinearPhysics, normal: NormalApproximation | None, like: torch.Tensor) -> SweepPlan:
+        """The cached plan of the exact operator ``physics`` and ``H`` ``normal`` (or a new one)."""
         for plan in self._plans:
             if plan.matches(physics, normal, like):
                 return plan
@@ -253,7 +264,7 @@ class PartitionedReconstructor(Reconstructor):
 
     # ----------------------------------------------------------------- one patch problem
     def solve_patches(self, physics_p, size: int, data: torch.Tensor, ctx: torch.Tensor, start: torch.Tensor,
-                      normal: DiagCirculantWrapper | None, cropped: bool = False) -> torch.Tensor:
+                      normal: NormalApproximation | None, cropped: bool = False) -> torch.Tensor:
         """Solve ``size`` stacked patch problems (patch-major ``[size * B, ...]``) with the base.
 
         Exact mode: ``data`` is the sweep's residual ``y - A x_ctx`` ``[B, ...]`` (or, with
@@ -274,20 +285,23 @@ class PartitionedReconstructor(Reconstructor):
 
     def reconstruct_patch(self, y: torch.Tensor, physics: LinearPhysics, x_ctx: torch.Tensor,
                           offset: Sequence[int], residual: torch.Tensor | None = None,
-                          normal: DiagCirculantWrapper | None = None,
+                          normal: NormalApproximation | None = None,
                           x_start: torch.Tensor | None = None) -> torch.Tensor:
         """Solve one patch at ``offset`` given the context ``x_ctx`` (full volume).
 
-        ``residual`` is ``y - A x_ctx`` (exact mode) or ``A^T (y - A x_ctx)`` (``H`` mode); it is
-        computed when not given (callers sweeping many patches compute it once). ``x_start`` is
-        the base's start point on the patch (default: the context's patch, the current estimate).
+        H mode only with ``normal`` (an approximation ``H``, :class:`~unrolled3d.protocols.NormalApproximation`):
+        ``H`` carried by ``physics`` is not used here, whose callers (e.g. :mod:`unrolled3d.budget`)
+        hand in a measurement-space residual. ``residual`` is ``y - A x_ctx`` (exact mode) or
+        ``A^T (y - A x_ctx)`` (H mode); it is computed when not given (callers sweeping many
+        patches compute it once). ``x_start`` is the base's start point on the patch (default:
+        the context's patch, the current estimate).
         """
         return self.reconstruct_patches(y, physics, x_ctx, [offset], residual, normal, x_start)
 
     def reconstruct_patches(self, y: torch.Tensor, physics: LinearPhysics, x_ctx: torch.Tensor,
                             offsets: Sequence[Sequence[int]], residual: torch.Tensor | None = None,
-                            normal: DiagCirculantWrapper | None = None,
-                            x_start: torch.Tensor | None = None) -> torch.Tensor:
+                            normal: NormalApproximation | None = None,
+                          x_start: torch.Tensor | None = None) -> torch.Tensor:
         """Solve the patches at ``offsets`` together, as one batch of the base (as a sweep with
         ``patch_batch_size = len(offsets)`` does); returns them stacked patch-major,
         ``[len(offsets) * B, C, *patch]``.
@@ -298,6 +312,7 @@ class PartitionedReconstructor(Reconstructor):
         offsets = [tuple(int(v) for v in o) for o in offsets]
         if not offsets:
             raise ValueError("offsets must name at least one patch")
+        physics, normal = resolve_normal(exact_physics(physics), normal)
         ops = [patch_operator(physics, normal, self.img_shape, o, shape) for o in offsets]
         group = group_physics(ops, normal)
         ctx = _stack(x_ctx, offsets, shape)
@@ -307,13 +322,13 @@ class PartitionedReconstructor(Reconstructor):
                 residual = y - physics.A(x_ctx)
             return self.solve_patches(group, len(ops), residual, ctx, start, None)
         if residual is None:
-            residual = normal.A_adjoint(y - normal.A(x_ctx))
+            residual = physics.A_adjoint(y - physics.A(x_ctx))
         return self.solve_patches(group, len(ops), _stack(residual, offsets, shape), ctx, start, normal)
 
     # ----------------------------------------------------------------- inference
     def forward(self, y: torch.Tensor, physics: LinearPhysics, fourier_filter: torch.Tensor | None = None,
                 spatial_mask: torch.Tensor | None = None, x_init: torch.Tensor | None = None,
-                n_sweeps: int | None = None, **kwargs) -> torch.Tensor:
+                n_sweeps: int | None = None, normal: NormalApproximation | None = None, **kwargs) -> torch.Tensor:
         r"""Partitioned reconstruction ``[B, C, D, H, W]`` of the measurements ``y``.
 
         Parameters
@@ -321,23 +336,37 @@ class PartitionedReconstructor(Reconstructor):
         y : torch.Tensor
             measurements of ``physics``.
         physics : deepinv.physics.LinearPhysics
-            the full operator (or a ``DiagCirculantWrapper``).
+            the full operator, or a physics carrying an approximation ``H`` of its normal operator
+            (:class:`~unrolled3d.protocols.CarriesNormal`, e.g. a ``DiagCirculantWrapper``: H mode).
         fourier_filter : torch.Tensor
-            ``lam`` of a fitted diagonal-circulant ``H`` (optional).
+            ``lam`` of a fitted diagonal-circulant ``H`` for this call (optional; needs ``normal`` or
+            a physics carrying ``H``, whose settings it takes; that ``H`` is left unchanged).
         spatial_mask : torch.Tensor
-            ``m`` of a fitted ``H`` (optional).
+            ``m`` of a fitted ``H`` for this call (optional, as ``fourier_filter``).
         x_init : torch.Tensor
             context of the first sweep (default ``physics.A_dagger(y)``).
         n_sweeps : int
             override the number of sweeps.
+        normal : NormalApproximation, optional
+            ``H`` (e.g. :class:`~unrolled3d.normal.DiagCirculantNormal`): H mode with the exact
+            ``physics`` (it takes precedence over an ``H`` the physics carries).
         """
         self._check(y, physics)
-        normal = self._normal_operator(physics, fourier_filter, spatial_mask)
+        physics, normal = resolve_normal(physics, normal, fourier_filter, spatial_mask)
+        if self._records_gradients(physics, normal, y, x_init):
+            return self._reconstruct(y, physics, normal, x_init, n_sweeps)
+        with torch.no_grad():  # nothing can ask for gradients: record no graph (issue 30)
+            return self._reconstruct(y, physics, normal, x_init, n_sweeps)
+
+    def _reconstruct(self, y: torch.Tensor, physics: LinearPhysics, normal: NormalApproximation | None,
+                     x_init: torch.Tensor | None,
+                     n_sweeps: int | None) -> torch.Tensor:
+        """The sweeps of :meth:`forward` with the exact operator ``physics`` and ``H`` ``normal``."""
         x = _start_point(physics, y) if x_init is None else x_init
         if tuple(x.shape[-3:]) != self.img_shape:
             raise ValueError(f"x_init has spatial shape {tuple(x.shape[-3:])}, expected {self.img_shape}")
         plan = self._plan(physics, normal, x)
-        plan.refresh_filters()
+        plan.refresh()
         sweeps = self.n_sweeps if n_sweeps is None else integer("n_sweeps", n_sweeps, 1)
         bar = None
         if self.progress and plan.rank == 0 and not torch.compiler.is_compiling():
@@ -353,13 +382,13 @@ class PartitionedReconstructor(Reconstructor):
                 bar.close()
         return x
 
-    def _sweep(self, y: torch.Tensor, physics: LinearPhysics, normal: DiagCirculantWrapper | None,
-               plan: SweepPlan, x: torch.Tensor, first: torch.Tensor, bar) -> torch.Tensor:
+    def _sweep(self, y: torch.Tensor, physics: LinearPhysics, normal: NormalApproximation | None, plan: SweepPlan,
+               x: torch.Tensor, first: torch.Tensor, bar) -> torch.Tensor:
         """One pass over this rank's patches with ``x`` as context; the blended estimate."""
         shape = self.patch_shape
         residual = y - physics.A(x)
         if normal is not None:
-            residual = normal.A_adjoint(residual)
+            residual = physics.A_adjoint(residual)
         out = torch.zeros_like(x)
         weight = torch.zeros(self.img_shape, dtype=x.dtype, device=x.device)
         for group in plan.groups:
@@ -391,13 +420,15 @@ class PartitionedReconstructor(Reconstructor):
                       generator: torch.Generator | None = None, offset: Sequence[int] | None = None,
                       fourier_filter: torch.Tensor | None = None, spatial_mask: torch.Tensor | None = None,
                       x_start: torch.Tensor | None = None, reduction: str = "mean",
+                      normal: NormalApproximation | None = None,
                       residual: torch.Tensor | None = None) -> torch.Tensor:
         r"""``L_PART``: MSE between the patch reconstruction with ground-truth context and ``S x*``.
 
         The patch position is drawn at random (``generator``) unless ``offset`` is given. The
         context (outside the patch) is the ground truth, but the base starts from
         ``x_start[p]`` (default ``physics.A_dagger(y)``, FDK), as the first inference sweep does:
-        starting from the true patch would hand the network the answer.
+        starting from the true patch would hand the network the answer. H mode as in
+        :meth:`forward` (``normal=``, or a physics carrying ``H``; ``fourier_filter``/``spatial_mask``).
 
         ``residual`` is ``y - A x_true`` when the caller knows it (a simulated ``y = A x_true + n``
         has residual ``n``, so :func:`unrolled3d.train.train` passes the noise it drew): the step
@@ -413,8 +444,7 @@ class PartitionedReconstructor(Reconstructor):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         offset = tuple(offset) if offset is not None else self.random_offset(generator)
         shape = self.patch_shape
-        normal = self._normal_operator(physics, fourier_filter, spatial_mask)
-        inner = _unwrap(physics)
+        physics, normal = resolve_normal(physics, normal, fourier_filter, spatial_mask)
         op = patch_operator(physics, normal, self.img_shape, offset, shape)
         ctx_p = crop(x_true, offset, shape)
         # Only the patch is reconstructed, so only patch-sized images are formed: the start point
@@ -425,7 +455,7 @@ class PartitionedReconstructor(Reconstructor):
                 residual = y - physics.A(x_true)
             elif residual.shape != y.shape:
                 raise ValueError(f"residual must have the shape of y {tuple(y.shape)}, got {tuple(residual.shape)}")
-            start = crop(x_start, offset, shape) if x_start is not None else _patch_start(inner, y, offset, shape)
+            start = crop(x_start, offset, shape) if x_start is not None else _patch_start(physics, y, offset, shape)
             if normal is not None:  # S A^T r = (A S^T)^T r
                 exact = patch_operator(physics, None, self.img_shape, offset, shape)
                 residual = exact.A_adjoint(patch_measurements(exact, residual))

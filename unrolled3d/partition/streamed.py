@@ -42,7 +42,7 @@ from .._validation import integer
 from ..io.stores import ArrayStore, create_store
 from ..physics import ConeBeamCT
 from .grid import blend_window
-from .plan import _unwrap, group_physics, patch_operator
+from .plan import group_physics, patch_operator, resolve_normal
 
 __all__ = ["reconstruct_streamed", "fdk_streamed", "residual_streamed", "read_windows", "as_store",
            "slab_depth", "streamed_patch", "streamed_patch_peak"]
@@ -164,6 +164,7 @@ class _Sweep:
             data = windows[0] if len(exact) == 1 else group.stack_measurements(windows)
             return group, data
         ops = [patch_operator(self.physics, self.normal, self.rec.img_shape, o, shape) for o in offsets]
+        self.normal.refresh(ops)  # the patch operators see H's current parameters
         data = torch.cat([op.A_adjoint(win) for op, win in zip(exact, windows)])
         return group_physics(ops, self.normal), data
 
@@ -223,8 +224,9 @@ def reconstruct_streamed(rec, y: Any, physics: ConeBeamCT, out: Any, *, normal=N
         The full operator (batch and channel 1).
     out : ArrayStore or array-like
         ``(D, H, W)``: receives the reconstruction.
-    normal : DiagCirculantWrapper, optional
-        H mode: the approximation ``H`` (the data ``S A^T r`` of each patch from its windows).
+    normal : NormalApproximation, optional
+        H mode: the approximation ``H`` (the data ``S A^T r`` of each patch from its windows), or
+        the one ``physics`` carries.
     scratch : path, optional
         A folder for the intermediate volumes (start point, estimates, sums; uncompressed Zarr);
         default a temporary folder, removed at the end. With several ranks, a folder all share.
@@ -243,9 +245,9 @@ def reconstruct_streamed(rec, y: Any, physics: ConeBeamCT, out: Any, *, normal=N
     ArrayStore
         ``out``.
     """
-    if not isinstance(_unwrap(physics), ConeBeamCT) or isinstance(physics, type(None)):
+    physics, normal = resolve_normal(physics, normal)
+    if not isinstance(physics, ConeBeamCT):
         raise TypeError(f"a streamed reconstruction needs a ConeBeamCT physics, got {type(physics).__name__}")
-    physics = _unwrap(physics)
     if physics.layout != "views":
         raise ValueError("a streamed reconstruction reads measurements in the 'views' layout (n_views, rows, cols)")
     if tuple(physics.img_shape) != tuple(rec.img_shape):

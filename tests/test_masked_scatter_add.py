@@ -1,5 +1,5 @@
-"""``masked_scatter_add`` and ``masked_scatter_add_`` (:mod:`unrolled3d.ops.masked_scatter`, kernel
-:mod:`unrolled3d.kernels.masked_scatter`): the twin against a padding oracle and autograd, the
+"""``masked_scatter_add`` and ``masked_scatter_add_`` (:mod:`unrolled3d.ops.masked_scatter_add`, kernel
+:mod:`unrolled3d.kernels.masked_scatter_add`): the twin against a padding oracle and autograd, the
 Triton launcher against the twin, the in-place fast path, gradients, ``opcheck`` and bad inputs."""
 import pytest
 import torch
@@ -11,7 +11,7 @@ from fused_testing import (
 from func_testing import LOW, assert_rounded_float32, check_func_transforms, check_vmap
 from unrolled3d import ops
 from unrolled3d.kernels import _common
-from unrolled3d.kernels import masked_scatter as ms
+from unrolled3d.kernels import masked_scatter_add as ms
 
 
 @pytest.mark.parametrize("offset", OFFSETS)
@@ -114,7 +114,7 @@ def test_bc_grid_chunking(monkeypatch):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradients(backend):
-    device = TDEV if backend == "triton" else "cpu"
+    device = TDEV if backend == "compiled" else "cpu"
 
     def leaf(t):
         return t.to(device).requires_grad_()
@@ -201,7 +201,7 @@ def test_torch_func_transforms():
 def test_vmap_equals_a_loop(backend, in_dims):
     """vmap over dest/src folds into B (an unbatched one repeated); over masks or weights (no B
     of their own) it loops."""
-    device = TDEV if backend == "triton" else "cpu"
+    device = TDEV if backend == "compiled" else "cpu"
     batched = [rand((3, *GVOL), R64, 1), rand((3, *GVOL[:2], *GPAD), R64, 2), rand((3, *GPATCH), R64, 3),
                rand((3, *GVOL[2:]), R64, 4)]
     batched = [b.to(device) for b in batched]

@@ -8,8 +8,8 @@ pass over the patch region.  If ``weight`` (``(D, H, W)``) is given, ``window``
 (ones if None) is added to it at the same place, which gives the normaliser for
 overlapping patches.
 
-Layout (Liger-Kernel style): ``_masked_scatter_forward_kernel`` /
-``_masked_scatter_backward_kernel`` (Triton), launchers
+Layout (Liger-Kernel style): ``_masked_scatter_add_forward_kernel`` /
+``_masked_scatter_add_backward_kernel`` (Triton), launchers
 ``masked_scatter_add_forward`` / ``masked_scatter_add_backward`` and pure
 PyTorch twins ``masked_scatter_add_ref`` / ``masked_scatter_add_backward_ref``.
 
@@ -27,7 +27,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import chunks, device_ctx, overlap, tile
+from ._common import (
+    bc_launches, bc_span, chunks, device_ctx, overlap, tile_coords, tile_grid, tile_inside, tile_offsets,
+)
 
 __all__ = [
     "masked_scatter_add_forward",
@@ -47,11 +49,20 @@ def _add_window_(weight: torch.Tensor, offset, patch, window: Optional[torch.Ten
     weight[vs] += window[ps] if window is not None else 1
 
 
+def _outputs(dest: torch.Tensor, weight: Optional[torch.Tensor], inplace: bool):
+    """What a scatter writes into: ``dest``/``weight`` themselves in place, else new contiguous
+    copies of them."""
+    if inplace:
+        return dest, weight
+    out = dest.clone(memory_format=torch.contiguous_format)
+    return out, (weight.clone(memory_format=torch.contiguous_format) if weight is not None else None)
+
+
 # --------------------------------------------------------------------------- #
 # Triton kernels
 # --------------------------------------------------------------------------- #
 @triton.jit
-def _masked_scatter_forward_kernel(
+def _masked_scatter_add_forward_kernel(
     dest_ptr, src_ptr, mask_ptr, win_ptr, wt_ptr,
     C, D, H, W,
     sd_b, sd_c, sd_d, sd_h, sd_w,
@@ -71,37 +82,25 @@ def _masked_scatter_forward_kernel(
     # In place: dest[b, c, o + p] += src[b, c, p] * mask[p] * window[p] on the
     # patch tiles (axis 0) for one (b, c) (axis 1); the (b, c) == 0 programs also
     # add the window into the weight map.
-    pid = tl.program_id(0).to(tl.int64)
     bc = tl.program_id(1).to(tl.int64) + bc_start
-    rb = pid // n_wb
-    wb = pid % n_wb
     b = bc // C
     c = bc % C
-
-    r = rb * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
-    k = wb * BLOCK_W + tl.arange(0, BLOCK_W).to(tl.int64)
-    i = r // ph
-    j = r % ph
-    d = od + i
-    h = oh + j
-    w = ow + k
-    row_in = (i < pd) & (d >= 0) & (d < D) & (h >= 0) & (h < H)
-    col_in = (k < pw) & (w >= 0) & (w < W)
+    r, k, i, j, d, h, w = tile_coords(n_wb, ph, od, oh, ow, BLOCK_R, BLOCK_W)
+    row_in, col_in = tile_inside(i < pd, k < pw, d, h, w, D, H, W)
     inside = row_in[:, None] & col_in[None, :]
 
-    x = tl.load(src_ptr + b * ss_b + c * ss_c + (i * ss_d + j * ss_h)[:, None] + (k * ss_w)[None, :],
-                mask=inside, other=0)
+    x = tl.load(src_ptr + b * ss_b + c * ss_c + tile_offsets(i, j, k, ss_d, ss_h, ss_w), mask=inside, other=0)
     if HAS_MASK:
-        x = x * tl.load(mask_ptr + (i * sm_d + j * sm_h)[:, None] + (k * sm_w)[None, :], mask=inside, other=0)
+        x = x * tl.load(mask_ptr + tile_offsets(i, j, k, sm_d, sm_h, sm_w), mask=inside, other=0)
     if HAS_WINDOW:
-        win = tl.load(win_ptr + (i * sw_d + j * sw_h)[:, None] + (k * sw_w)[None, :], mask=inside, other=0)
+        win = tl.load(win_ptr + tile_offsets(i, j, k, sw_d, sw_h, sw_w), mask=inside, other=0)
         x = x * win
-    dp = dest_ptr + b * sd_b + c * sd_c + (d * sd_d + h * sd_h)[:, None] + (w * sd_w)[None, :]
+    dp = dest_ptr + b * sd_b + c * sd_c + tile_offsets(d, h, w, sd_d, sd_h, sd_w)
     y = tl.load(dp, mask=inside, other=0) + x
     tl.store(dp, y, mask=inside)
     if HAS_WEIGHT:
         if bc == 0:
-            tp = wt_ptr + (d * st_d + h * st_h)[:, None] + (w * st_w)[None, :]
+            tp = wt_ptr + tile_offsets(d, h, w, st_d, st_h, st_w)
             wt = tl.load(tp, mask=inside, other=0)
             if HAS_WINDOW:
                 wt = wt + win
@@ -111,7 +110,7 @@ def _masked_scatter_forward_kernel(
 
 
 @triton.jit
-def _masked_scatter_backward_kernel(
+def _masked_scatter_add_backward_kernel(
     gout_ptr, src_ptr, mask_ptr, win_ptr, gsrc_ptr, gmask_ptr,
     BC, C, D, H, W,
     sg_b, sg_c, sg_d, sg_h, sg_w,
@@ -132,33 +131,21 @@ def _masked_scatter_backward_kernel(
     # Tiles cover the whole padded (Pd*Ph, Pw) src grid so grad_src's zero
     # padding is written here too (no separate memset).  grad_src is the masked
     # gather of grad_out; grad_mask reduces over all (b, c) inside one program.
-    pid = tl.program_id(0).to(tl.int64)
-    bc_lo = tl.program_id(1).to(tl.int64) * bc_per_prog + bc_start
-    bc_hi = tl.minimum(bc_lo + bc_per_prog, BC)
-    rb = pid // n_wb
-    wb = pid % n_wb
-
-    r = rb * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
-    k = wb * BLOCK_W + tl.arange(0, BLOCK_W).to(tl.int64)
-    i = r // Ph
-    j = r % Ph
-    d = od + i
-    h = oh + j
-    w = ow + k
+    bc_lo, bc_hi = bc_span(bc_per_prog, bc_start, BC)
+    r, k, i, j, d, h, w = tile_coords(n_wb, Ph, od, oh, ow, BLOCK_R, BLOCK_W)
     row_patch = (i < pd) & (j < ph)
     col_patch = k < pw
-    row_in = row_patch & (d >= 0) & (d < D) & (h >= 0) & (h < H)
-    col_in = col_patch & (w >= 0) & (w < W)
+    row_in, col_in = tile_inside(row_patch, col_patch, d, h, w, D, H, W)
     inside = row_in[:, None] & col_in[None, :]
     store_mask = (i < Pd)[:, None] & (k < Pw)[None, :]
 
     if HAS_MASK:
-        m = tl.load(mask_ptr + (i * sm_d + j * sm_h)[:, None] + (k * sm_w)[None, :], mask=inside, other=0)
+        m = tl.load(mask_ptr + tile_offsets(i, j, k, sm_d, sm_h, sm_w), mask=inside, other=0)
     if HAS_WINDOW:
-        win = tl.load(win_ptr + (i * sw_d + j * sw_h)[:, None] + (k * sw_w)[None, :], mask=inside, other=0)
+        win = tl.load(win_ptr + tile_offsets(i, j, k, sw_d, sw_h, sw_w), mask=inside, other=0)
     acc = tl.full([BLOCK_R, BLOCK_W], 0, dtype=gout_ptr.dtype.element_ty)
-    g_sp = (d * sg_d + h * sg_h)[:, None] + (w * sg_w)[None, :]
-    s_sp = (i * ss_d + j * ss_h)[:, None] + (k * ss_w)[None, :]
+    g_sp = tile_offsets(d, h, w, sg_d, sg_h, sg_w)
+    s_sp = tile_offsets(i, j, k, ss_d, ss_h, ss_w)
     gs_sp = (r * Pw)[:, None] + k[None, :]
     for bc in range(bc_lo, bc_hi):
         b = bc // C
@@ -192,11 +179,7 @@ def masked_scatter_add_forward(dest: torch.Tensor, src: torch.Tensor, offset, pa
     ``weight`` are updated in place and returned (no autograd).
     """
     offset, patch = tuple(offset), tuple(patch_shape)
-    if inplace:
-        out, out_w = dest, weight
-    else:
-        out = dest.clone(memory_format=torch.contiguous_format)
-        out_w = weight.clone(memory_format=torch.contiguous_format) if weight is not None else None
+    out, out_w = _outputs(dest, weight, inplace)
     B, C, D, H, W = dest.shape
     if B * C == 0 or overlap(offset, patch, (D, H, W)) is None:
         if out_w is not None:
@@ -207,20 +190,18 @@ def masked_scatter_add_forward(dest: torch.Tensor, src: torch.Tensor, offset, pa
     win = window if window is not None else src
     wt = out_w if out_w is not None else out
     zeros3 = (0, 0, 0)
-    br, bw, nw = tile(patch[0] * patch[1], patch[2])
-    n_wb = triton.cdiv(patch[2], bw)
-    n_tiles = triton.cdiv(patch[0] * patch[1], br) * n_wb
+    grid = tile_grid(patch[0] * patch[1], patch[2])
     with device_ctx(dest):
         for start, count in chunks(B * C):
-            _masked_scatter_forward_kernel[(n_tiles, count)](
+            _masked_scatter_add_forward_kernel[(grid.n_tiles, count)](
                 out, src, m, win, wt, C, D, H, W,
                 *out.stride(), *src.stride(),
                 *(mask.stride() if mask is not None else zeros3),
                 *(window.stride() if window is not None else zeros3),
                 *(out_w.stride() if out_w is not None else zeros3),
-                *offset, *patch, n_wb, start,
+                *offset, *patch, grid.n_wb, start,
                 HAS_MASK=mask is not None, HAS_WINDOW=window is not None, HAS_WEIGHT=out_w is not None,
-                BLOCK_R=br, BLOCK_W=bw, num_warps=nw,
+                BLOCK_R=grid.block_r, BLOCK_W=grid.block_w, num_warps=grid.num_warps,
             )
     return out, out_w
 
@@ -250,23 +231,20 @@ def masked_scatter_add_backward(grad_out: torch.Tensor, src: torch.Tensor, offse
     m = mask if mask is not None else src
     win = window if window is not None else src
     zeros3 = (0, 0, 0)
-    br, bw, nw = tile(Pd * Ph, Pw)
-    n_wb = triton.cdiv(Pw, bw)
-    n_tiles = triton.cdiv(Pd * Ph, br) * n_wb
-    per_prog = B * C if need_mask_grad else 1
-    launches = [(0, 1)] if need_mask_grad else list(chunks(B * C))
+    grid = tile_grid(Pd * Ph, Pw)
+    per_prog, launches = bc_launches(B * C, reduce=need_mask_grad)
     with device_ctx(src):
         for start, count in launches:
-            _masked_scatter_backward_kernel[(n_tiles, count)](
+            _masked_scatter_add_backward_kernel[(grid.n_tiles, count)](
                 grad_out, src, m, win, gs if gs is not None else src, gm if gm is not None else src,
                 B * C, C, D, H, W,
                 *grad_out.stride(), *src.stride(),
                 *(mask.stride() if mask is not None else zeros3),
                 *(window.stride() if window is not None else zeros3),
-                *offset, *patch, Pd, Ph, Pw, n_wb, start, per_prog,
+                *offset, *patch, Pd, Ph, Pw, grid.n_wb, start, per_prog,
                 HAS_MASK=mask is not None, HAS_WINDOW=window is not None,
                 NEED_GS=need_src_grad, NEED_GM=need_mask_grad,
-                BLOCK_R=br, BLOCK_W=bw, num_warps=nw,
+                BLOCK_R=grid.block_r, BLOCK_W=grid.block_w, num_warps=grid.num_warps,
             )
     return gs, gm
 
@@ -280,11 +258,7 @@ def masked_scatter_add_ref(dest: torch.Tensor, src: torch.Tensor, offset, patch_
     """Reference twin of :func:`masked_scatter_add_forward` (differentiable by autograd
     when ``inplace=False``)."""
     offset, patch = tuple(offset), tuple(patch_shape)
-    if inplace:
-        out, out_w = dest, weight
-    else:
-        out = dest.clone(memory_format=torch.contiguous_format)
-        out_w = weight.clone(memory_format=torch.contiguous_format) if weight is not None else None
+    out, out_w = _outputs(dest, weight, inplace)
     ov = overlap(offset, patch, dest.shape[2:])
     if ov is None:
         return out, out_w

@@ -20,9 +20,9 @@ from .checkpoints import CHECKPOINT_FORMAT, checkpoints, latest_checkpoint, load
 from .config import DataConfig, GeometryConfig, PhantomsConfig, RunConfig, TrainConfig
 from .identity import run_description
 from .loop import train
-from .run_folder import ARCHIVE_FOLDER, RunFolder
+from .run_folder import ARCHIVE_FOLDER, RunFolder, RunFolderInUse
 from .trainer import Trainer, evaluate
 
 __all__ = ["TrainConfig", "RunConfig", "GeometryConfig", "PhantomsConfig", "DataConfig", "train", "evaluate",
-           "Trainer", "RunFolder", "latest_checkpoint", "load_checkpoint", "checkpoints", "run_description",
+           "Trainer", "RunFolder", "RunFolderInUse", "latest_checkpoint", "load_checkpoint", "checkpoints", "run_description",
            "CHECKPOINT_FORMAT", "ARCHIVE_FOLDER"]

@@ -5,7 +5,11 @@ A folder belongs to one run. Its files are the run's checkpoints (``checkpoint_<
 the folder itself or in a sub-folder, ``checkpoints/`` for the command line) and its outputs
 (``model.pt`` for the command line). The rules:
 
-- **claim**: a process owns the folder while it trains (:meth:`RunFolder.claim`);
+- **claim**: a process owns the folder while it trains (:meth:`RunFolder.claim`): an advisory
+  lock (``fcntl.flock``) on ``.run.lock`` in the folder, taken before anything in it is touched
+  and released by the kernel when the process ends, however it ends. Another ``train`` (new,
+  ``resume`` or ``overwrite``) on a held folder is refused at once (:class:`RunFolderInUse`,
+  naming the holder's process id and command);
 - **a new run** refuses a folder that holds another run's files; ``overwrite`` moves them to
   ``archived/<time>/`` inside the folder (the same relative paths: one layout for every caller),
   never deletes them;
@@ -15,7 +19,7 @@ the folder itself or in a sub-folder, ``checkpoints/`` for the command line) and
   (:func:`~unrolled3d.training.run_description`), else a ``ValueError`` names what changed;
   ``resume`` on a folder with outputs but no checkpoint is refused;
 - **stale temporary files** (a kill between the write and the rename of a checkpoint or an
-  output) are removed when a run starts;
+  output) are removed when a run starts, those whose writing process is gone only;
 - **save** writes a checkpoint atomically and durably (:func:`unrolled3d.io.atomic_path`), and
   only then prunes the older ones, and only this run's (a foreign checkpoint is never deleted).
 
@@ -36,8 +40,11 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import shlex
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -53,8 +60,10 @@ from .checkpoints import (CHECKPOINT_FORMAT, CHECKPOINT_NAME_PATTERN, checkpoint
                           read_run)
 from .identity import differences
 
-__all__ = ["RunFolder", "ARCHIVE_FOLDER", "UNREADABLE_SUFFIX"]
+__all__ = ["RunFolder", "RunFolderInUse", "ARCHIVE_FOLDER", "UNREADABLE_SUFFIX", "LOCK_NAME"]
 
+#: the lock file of a claimed folder (removed when the claim ends; a kill leaves it, unlocked)
+LOCK_NAME = ".run.lock"
 #: where ``overwrite`` moves a previous run's files (inside the run's folder)
 ARCHIVE_FOLDER = "archived"
 #: what a checkpoint that cannot be read is renamed to (kept for inspection, out of resume's way)
@@ -62,6 +71,39 @@ UNREADABLE_SUFFIX = ".unreadable"
 # settings compared when a checkpoint older than run fingerprints is resumed
 _LEGACY_FIELDS = ("steps", "lr", "min_lr", "batch_size", "lr_schedule", "weight_decay", "grad_clip", "seed",
                   "noise_std")
+
+
+class RunFolderInUse(RuntimeError):
+    """Another process holds the run's folder (raised at once, never waited for).
+
+    Examples
+    --------
+    >>> from unrolled3d.training.run_folder import RunFolderInUse
+    >>> print(RunFolderInUse("runs/a", {"pid": 42, "command": "unrolled3d train c.toml --out-dir runs/a"}))
+    runs/a is in use by another run: process 42 (unrolled3d train c.toml --out-dir runs/a); wait for it to end or \
+stop it, or choose another folder
+    """
+
+    def __init__(self, root: str | os.PathLike, holder: dict[str, Any]) -> None:
+        self.root, self.holder = os.fspath(root), holder
+        pid, command = holder.get("pid") or "(its id not yet written)", holder.get("command") or "command unknown"
+        super().__init__(f"{self.root} is in use by another run: process {pid} ({command}); wait for it to end or "
+                         f"stop it, or choose another folder")
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    """What the holder of a lock file wrote in it (``{}`` while it has not yet)."""
+    for _ in range(20):  # the holder writes right after it locks: give it a moment
+        os.lseek(fd, 0, os.SEEK_SET)
+        raw = os.read(fd, 65536)
+        try:
+            holder = json.loads(raw)
+        except ValueError:
+            time.sleep(0.05)
+            continue
+        if isinstance(holder, dict):
+            return holder
+    return {}
 
 
 class RunFolder:
@@ -105,20 +147,53 @@ class RunFolder:
         self.skipped_checkpoints: list[Path] = []
         self.last_checkpoint: Path | None = None
         self._mine: list[tuple[int, Path]] = []  # this run's checkpoints: the only ones pruning may delete
-        self._claimed = self._prepared = False
+        self._prepared = False
 
     # ------------------------------------------------------------------ ownership
     @contextlib.contextmanager
     def claim(self, command: str | None = None) -> Iterator["RunFolder"]:
-        """Own the folder while the ``with`` block runs (``command``: what this process is, for the
-        message another process gets)."""
+        """Own the folder while the ``with`` block runs: the lock is taken (rank 0) before anything
+        in the folder is touched, or :class:`RunFolderInUse` is raised at once. ``command``: what
+        this process is, for the message another process gets (default: its command line)."""
+        fd = None
         if self.rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
-        self._claimed = True
+            fd = self._lock(command if command is not None else shlex.join(sys.argv))
         try:
             yield self
         finally:
-            self._claimed = False
+            if fd is not None:
+                self._unlock(fd)
+
+    def _lock(self, command: str) -> int | None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no advisory locks, the folder is not guarded
+            return None
+        path = self.root / LOCK_NAME
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise RunFolderInUse(self.root, holder) from None
+            try:  # the previous holder removes the file when it ends: ours must still be the one there
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "command": command}).encode())
+        return fd
+
+    def _unlock(self, fd: int) -> None:
+        try:
+            (self.root / LOCK_NAME).unlink(missing_ok=True)  # while still held: no one can lock it meanwhile
+        finally:
+            os.close(fd)  # the kernel releases the lock (as it does when the process dies)
 
     def checkpoints(self) -> list[tuple[int, Path]]:
         """``(step, path)`` of the checkpoints in the folder, oldest first."""

@@ -6,7 +6,7 @@ the training settings; its hash is the run's fingerprint, stored in every checkp
 run must have the same fingerprint; :func:`differences` names what changed when it does not.
 
 File contents are hashed by :func:`file_sha256`: streamed (memory stays flat in the file's
-size) and cached by path, size and modification time in ``<cache>/file_sha256.json`` (the
+size) and cached by path, size, modification and change times in ``<cache>/file_sha256.json`` (the
 cache folder of :func:`unrolled3d._build.cache_dir`, ``UNROLLED3D_CACHE_DIR`` to move it), so a
 large data set is read once, not at every start.
 """
@@ -58,7 +58,8 @@ def file_sha256(paths: list[str | os.PathLike]) -> dict[str, str]:
     for p in paths:
         path = Path(p).resolve()
         st = path.stat()
-        key, stamp = str(path), [st.st_size, st.st_mtime_ns]
+        # the change time as well: a rewrite that restores the modification time still changes it
+        key, stamp = str(path), [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
         entry = cache.get(key)
         if not (isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str)):
             digest = hashlib.sha256()
@@ -105,7 +106,11 @@ def _describe_physics(physics: Any) -> dict[str, Any]:
 
 def _describe_data(dataset: Any) -> dict[str, Any]:
     describe = getattr(dataset, "describe", None)
-    return dict(describe()) if callable(describe) else {"type": type(dataset).__name__, "length": len(dataset)}
+    out = dict(describe()) if callable(describe) else {"type": type(dataset).__name__, "length": len(dataset)}
+    paths = getattr(dataset, "paths", None)
+    if isinstance(paths, (list, tuple)) and paths and all(isinstance(p, (str, os.PathLike)) for p in paths):
+        out["sha256"] = file_sha256(list(paths))  # the values, not only the names, sizes and shapes
+    return out
 
 
 def run_description(rec: torch.nn.Module, physics: Any, dataset: Any, config: Any,

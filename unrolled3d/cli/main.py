@@ -5,14 +5,18 @@ Nothing here imports torch before the arguments are parsed, so ``--help`` answer
 
 Exit status: 0 on success; 2 and one line on stderr for every expected failure (a bad argument
 or file, a refused output, a diverged fit, an out-of-memory error); 130 and one line on Ctrl-C
-(``train`` adds how to resume); 1 and one line for anything else, which is a bug: ``--debug``
-shows its traceback (and the traceback of any other failure).
+(SIGINT), 143 on SIGTERM (what schedulers, ``timeout`` and container stops send) and 129 on
+SIGHUP, handled alike: the temporary file of a write under way is removed, and ``train`` says
+how to resume; 1 and one line for anything else, which is a bug: ``--debug`` shows its traceback
+(and the traceback of any other failure).
 """
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-from typing import Sequence
+import threading
+from typing import Any, Sequence
 
 from .bench import BENCH_SUITES
 
@@ -173,6 +177,41 @@ def _one_line_warnings(command: str):
     return show
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is (as SIGINT raises ``KeyboardInterrupt``), so
+    that the same clean-up runs: the ``finally`` blocks, the removal of a temporary file."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    for sig in _TERMINATING:  # one signal is enough: the clean-up is not interrupted by a second
+        signal.signal(sig, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+_TERMINATING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _handle_termination() -> dict[int, Any]:
+    """Route SIGTERM and SIGHUP to :class:`Terminated`; the previous handlers (to restore). Only the
+    main thread may set handlers: elsewhere (main() called from a thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, _raise_terminated) for sig in _TERMINATING}
+
+
+def _interrupted(args: argparse.Namespace, exc: KeyboardInterrupt) -> int:
+    """One line for Ctrl-C, SIGTERM or SIGHUP (with ``train``'s resume hint); the exit status 128 + signal."""
+    signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+    what = {signal.SIGINT: "interrupted"}.get(signum, f"stopped by {signal.Signals(signum).name}")
+    hint = getattr(args, "interrupt_hint", "")
+    print(f"unrolled3d {args.command}: {what}{'; ' + hint if hint else ''}", file=sys.stderr)
+    return 128 + int(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status (see the module docstring)."""
     import warnings
@@ -184,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shown = warnings.showwarning
     if not args.debug:
         warnings.showwarning = _one_line_warnings(args.command)
+    handlers = _handle_termination()
     try:
         import torch
 
@@ -193,12 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # times slower (5x measured on the demo's inference); flushing them to zero costs no accuracy here.
         torch.set_flush_denormal(True)
         return getattr(commands, args.command_name)(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if args.debug:
             raise
-        hint = getattr(args, "interrupt_hint", "")
-        print(f"unrolled3d {args.command}: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
-        return 130
+        return _interrupted(args, exc)
     except _EXPECTED as exc:
         if args.debug:
             raise
@@ -211,4 +249,6 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"rerun with --debug for the traceback", file=sys.stderr)
         return 1
     finally:
-        warnings.showwarning = shown  # main() may be called from a program: leave its warnings as they were
+        warnings.showwarning = shown  # main() may be called from a program: leave its warnings and
+        for sig, handler in handlers.items():  # signal handlers as they were
+            signal.signal(sig, handler)

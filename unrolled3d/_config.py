@@ -23,7 +23,7 @@ from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 from ._validation import boolean, choice, integer, real
 
-__all__ = ["Section", "setting", "integer_in", "real_in", "one_of", "flag", "text", "optional", "Rule"]
+__all__ = ["Section", "setting", "integer_in", "real_in", "one_of", "flag", "text", "optional", "Rule", "short_repr"]
 
 Rule = Callable[[str, Any], Any]
 #: how a field is named in errors: "{cls}.{key}" from Python, "[{section}] {key}" from a table
@@ -75,9 +75,9 @@ def flag(name: str, value: Any) -> bool:
 def text(name: str, value: Any) -> str:
     """A non-empty string of at most 4096 characters (a path, a key)."""
     if not isinstance(value, str):
-        raise TypeError(f"{name} must be a string, got {_short(value)}")
+        raise TypeError(f"{name} must be a string, got {short_repr(value)}")
     if not value or len(value) > 4096:
-        raise ValueError(f"{name} must be a non-empty string of at most 4096 characters, got {_short(value)}")
+        raise ValueError(f"{name} must be a non-empty string of at most 4096 characters, got {short_repr(value)}")
     return value
 
 
@@ -90,9 +90,12 @@ def optional(rule: Rule) -> Rule:
     return maybe
 
 
-def _short(value: Any) -> str:
-    """``repr(value)`` cut at 80 characters (an error stays one readable line)."""
-    r = repr(value)
+def short_repr(value: Any) -> str:
+    """``repr(value)`` cut at 80 characters (an error stays one readable line, whatever a file holds)."""
+    try:
+        r = repr(value)
+    except RecursionError:
+        return f"a {type(value).__name__} nested too deeply"
     return r if len(r) <= 80 else f"{r[:77]}..."
 
 
@@ -165,8 +168,8 @@ class Section:
         Raises a ``ValueError``/``TypeError`` naming ``[section] key``.
         """
         if not isinstance(values, Mapping):
-            raise TypeError(f"[{cls.SECTION}] must be a table of keys, got {_short(values)}")
-        unknown = sorted(map(str, set(values) - set(cls.keys())))
+            raise TypeError(f"[{cls.SECTION}] must be a table of keys, got {short_repr(values)}")
+        unknown = sorted(str(k)[:80] for k in set(values) - set(cls.keys()))
         if unknown:
             raise ValueError(f"unknown keys in [{cls.SECTION}]: {', '.join(unknown)} "
                              f"(known: {', '.join(cls.keys())})")

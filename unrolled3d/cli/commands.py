@@ -217,8 +217,11 @@ def reconstruct(args: argparse.Namespace) -> int:
             integer("--patch-size", args.patch_size, 1)
             if any(args.patch_size > n for n in g.vol_shape):
                 raise ValueError(f"--patch-size {args.patch_size} is larger than the volume {g.vol_shape}")
-        try:
+        try:  # the configuration is read and costed before anything is allocated
             rec = build_model(config, g.vol_shape, patch=args.patch_size)
+        except (TypeError, ValueError) as exc:
+            raise FileFormatError(args.weights, f"its model configuration cannot be built: {exc}") from None
+        try:
             rec.load_state_dict(state)
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
             raise FileFormatError(args.weights, f"the weights do not fit the model its configuration describes "

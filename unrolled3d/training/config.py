@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from .._config import Section, flag, integer_in, one_of, optional, real_in, setting, table_names, text
+from .._config import Section, short_repr, flag, integer_in, one_of, optional, real_in, setting, table_names, text
 from .._validation import check_allocation, real_tuple
 from ..data import Augmentation, IntensityNormalization, PhantomDataset
 from ..data.normalization import NORMALIZATIONS
@@ -182,7 +182,7 @@ def _paths(name: str, value: Any) -> tuple[str, ...]:
         value = [value]
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise TypeError(f"{name} must be a string or a list of strings (files, folders, glob patterns), "
-                        f"got {value!r}"[:300])
+                        f"got {short_repr(value)}")
     if not value:
         raise ValueError(f"{name} is empty: give at least one volume file, folder or glob pattern")
     return tuple(value)
@@ -306,7 +306,7 @@ class RunConfig:
         :data:`RECORDS` are skipped). Raises a ``ValueError``/``TypeError`` naming ``[section] key``."""
         if not isinstance(values, Mapping):
             raise TypeError(f"a configuration must be a table of sections, got {type(values).__name__}")
-        unknown = [str(s) for s in values if s not in _SECTIONS and not (records and s in RECORDS)]
+        unknown = [str(s)[:80] for s in values if s not in _SECTIONS and not (records and s in RECORDS)]
         if unknown:
             raise ValueError(f"unknown section [{unknown[0]}] (known: {', '.join(_SECTIONS)})")
         with table_names():

@@ -110,6 +110,38 @@ def test_a_held_run_folder_is_refused_at_once_to_a_new_run_resume_and_overwrite(
     assert proc.returncode == 0, proc.stderr
 
 
+_HOLD = """
+import sys, time
+from unrolled3d.training import RunFolder
+with RunFolder(sys.argv[1]).claim("holder"):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_the_lock_is_released_by_the_kernel_when_its_holder_is_killed(tmp_path):
+    """kill -9 runs no clean-up: the lock file stays, but no one holds it, and the next claim works."""
+    from unrolled3d.training import RunFolder, RunFolderInUse
+
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True,
+                              env=ENV)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunFolderInUse, match=rf"process {holder.pid} \(holder\)"):
+            with RunFolder(tmp_path / "run").claim("second"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (tmp_path / "run" / ".run.lock").exists()
+    with RunFolder(tmp_path / "run").claim("third"):
+        assert json.loads((tmp_path / "run" / ".run.lock").read_text()) == {"pid": os.getpid(), "command": "third"}
+        with pytest.raises(RunFolderInUse, match="third"):  # one process, two claims: refused as well
+            with RunFolder(tmp_path / "run").claim("fourth"):
+                pass
+    assert not (tmp_path / "run" / ".run.lock").exists()
+
+
 def test_stale_temporary_files_are_removed_only_when_their_writer_is_gone(tmp_path):
     """Item 2: clean-up removed every temporary file, a running writer's included."""
     from unrolled3d.data import PhantomDataset

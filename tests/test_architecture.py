@@ -60,7 +60,7 @@ RULES = [
     ("kernels are leaves", _within("unrolled3d.kernels"), lambda m: not _in(m, "unrolled3d.kernels")),
     ("leaf modules import at most the shared validators",
      _within("unrolled3d._validation", "unrolled3d.protocols", "unrolled3d._distributed", "unrolled3d.memory",
-             "unrolled3d.metrics", "unrolled3d._build", "unrolled3d.geometry", "unrolled3d.errors"),
+             "unrolled3d.metrics", "unrolled3d._build", "unrolled3d.geometry", "unrolled3d.errors", "unrolled3d._config"),
      lambda m: m != "unrolled3d._validation"),
     ("ops hold tensors only: kernels, the geometry, the extension and validators",
      _within("unrolled3d.ops"),
@@ -69,11 +69,11 @@ RULES = [
     ("physics knows no patches (partition), approximations, networks, training or files",
      _within("unrolled3d.physics", "unrolled3d.mri"),
      lambda m: _in(m, "unrolled3d.partition", "unrolled3d.normal", "unrolled3d.models", "unrolled3d.train",
-                   "unrolled3d.cli", "unrolled3d.budget", "unrolled3d.data", "unrolled3d.io")),
+                   "unrolled3d.training", "unrolled3d.cli", "unrolled3d.budget", "unrolled3d.data", "unrolled3d.io")),
     ("the normal-operator approximation knows no partition, networks or training",
      _within("unrolled3d.normal"),
-     lambda m: _in(m, "unrolled3d.partition", "unrolled3d.models", "unrolled3d.train", "unrolled3d.cli",
-                   "unrolled3d.mri", "unrolled3d.physics")),
+     lambda m: _in(m, "unrolled3d.partition", "unrolled3d.models", "unrolled3d.train", "unrolled3d.training",
+                   "unrolled3d.cli", "unrolled3d.mri", "unrolled3d.physics")),
     ("H knows no fit, files or wrapper: the operator, its patch operator and its functional form stand alone",
      _within("unrolled3d.normal.operator", "unrolled3d.normal.patch", "unrolled3d.normal.functional",
              "unrolled3d.normal.layout"),
@@ -84,10 +84,13 @@ RULES = [
     ("files and data know no operators beyond the geometry",
      _within("unrolled3d.io", "unrolled3d.data"),
      lambda m: _in(m, "unrolled3d.physics", "unrolled3d.mri", "unrolled3d.normal", "unrolled3d.partition",
-                   "unrolled3d.models", "unrolled3d.train", "unrolled3d.cli", "unrolled3d.ops")),
+                   "unrolled3d.models", "unrolled3d.train", "unrolled3d.training", "unrolled3d.cli", "unrolled3d.ops")),
     ("inference never imports training",
-     lambda name: not _in(name, "unrolled3d.train", "unrolled3d.cli"),
-     lambda m: _in(m, "unrolled3d.train")),
+     lambda name: not _in(name, "unrolled3d.train", "unrolled3d.training", "unrolled3d.cli"),
+     lambda m: _in(m, "unrolled3d.train", "unrolled3d.training")),
+    ("the first name of the training API only re-exports the package",
+     _within("unrolled3d.train"),
+     lambda m: not _in(m, "unrolled3d.training")),
     ("only the command line imports the command line",
      lambda name: not _in(name, "unrolled3d.cli"),
      lambda m: _in(m, "unrolled3d.cli")),
@@ -112,7 +115,7 @@ def test_import_rules(rule):
 def test_the_rules_see_imports():
     """The checker itself: it finds a relative import inside a function (so a rule can fail)."""
     found = _imports("unrolled3d.cli.commands", MODULES["unrolled3d.cli.commands"])
-    assert "unrolled3d.train" in found and "unrolled3d.models" in found
+    assert "unrolled3d.training" in found and "unrolled3d.models" in found
 
 
 def _import_cycles() -> list[list[str]]:
@@ -164,3 +167,41 @@ def test_the_cycle_check_sees_a_hidden_cycle(monkeypatch):
 
     monkeypatch.setitem(globals(), "_imports", with_hidden_cycle)
     assert ["unrolled3d.normal.fit", "unrolled3d.normal.wrapper"] in _import_cycles()
+
+
+def _private_names_imported(name: str, path: Path, package: str) -> list[str]:
+    """The ``_private`` names ``name`` imports from modules of ``package``."""
+    base = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            parts = base.split(".")
+            mod = (".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+                   if node.level else node.module or "")
+            if _in(mod, package):
+                out += [f"{mod}.{a.name}" for a in node.names if a.name.startswith("_")]
+    return out
+
+
+def test_nothing_outside_training_imports_its_private_names(tmp_path):
+    """The command line used ``train._NOT_IDENTITY``: the run's rules are the training package's
+    public interface (RunFolder, TrainConfig.identity), not its insides."""
+    broken = [f"{name} -> {m}" for name, path in MODULES.items() if not _in(name, "unrolled3d.training")
+              for m in _private_names_imported(name, path, "unrolled3d.training")]
+    assert not broken, broken
+    # the checker sees such an import (so the rule can fail)
+    (tmp_path / "x.py").write_text("def f():\n    from ..training.run_folder import RunFolder, _LEGACY_FIELDS\n")
+    assert _private_names_imported("unrolled3d.cli.x", tmp_path / "x.py", "unrolled3d.training") == [
+        "unrolled3d.training.run_folder._LEGACY_FIELDS"]
+
+
+def test_the_run_folder_rules_live_in_one_module():
+    """Archiving, stale temporaries and checkpoint names are used by the run folder alone: the
+    command line and the loop go through RunFolder."""
+    for name, path in MODULES.items():
+        if name == "unrolled3d.training.run_folder" or not _in(name, "unrolled3d.training", "unrolled3d.cli.commands",
+                                                                 "unrolled3d.cli.train_data"):
+            continue
+        source = path.read_text()
+        for needle in ("remove_stale_temporaries", "os.replace", ".rename(", "shutil.move", ".unlink("):
+            assert needle not in source, f"{name} uses {needle}: the run folder's rules belong to RunFolder"

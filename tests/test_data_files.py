@@ -388,7 +388,7 @@ def test_the_example_configuration_is_valid():
 def test_resume_through_the_command_line_is_bitwise_identical(mixed, tmp_path, monkeypatch):
     """A [data] run killed after step 2 (Ctrl-C) and resumed with --resume writes the model of the
     uninterrupted run, bit for bit (blocks, augmentations, noise and validation included)."""
-    import unrolled3d.train as train_module
+    import unrolled3d.training as train_module
 
     names = ", ".join(f'"{p}"' for p in mixed)
     (tmp_path / "c.toml").write_text(toml(f'paths = [{names}]\nnormalization = "percentile"\nval_files = 1\n'

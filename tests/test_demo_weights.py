@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import shlex
 from pathlib import Path
 
 import torch
@@ -11,6 +12,7 @@ from unrolled3d.cli.commands import load_train_config
 from unrolled3d.models import build_model
 from unrolled3d.cli.demo import DEFAULT_WEIGHTS
 from unrolled3d.io import load_model
+from unrolled3d.training import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,14 +29,20 @@ def test_weights_load_with_weights_only_and_are_small():
 
 def test_recorded_training_command_exists_and_matches_the_shipped_config():
     _, config = load_model(DEFAULT_WEIGHTS)
-    argv = config["command"].split()
+    argv = shlex.split(config["command"])
     assert argv[0] == "unrolled3d"
     args = build_parser().parse_args(argv[1:])
     assert args.command == "train" and not args.resume
     toml_path = ROOT / args.config
     assert toml_path.exists(), toml_path
+    # the file records the tables as they were read (defaults filled in for the keys the code of the
+    # time listed); read through the same objects as the TOML, they are the same configuration
+    assert RunConfig.from_dict(config, records=True) == RunConfig.from_toml(toml_path)
     expected = load_train_config(toml_path)
-    assert {k: v for k, v in config.items() if k != "command"} == expected
+    recorded = {k: v for k, v in config.items() if k != "command"}
+    assert recorded.keys() == expected.keys()
+    for section, table in recorded.items():  # every value the file states is the TOML's
+        assert table == {k: expected[section].get(k) for k in table}, section
 
 
 HEADS = ROOT / "unrolled3d" / "weights" / "heads_ct.pt"
@@ -51,10 +59,12 @@ def test_second_model_trained_on_real_anatomy_loads_and_matches_its_recipe():
     rec = build_model(config, (config["geometry"]["size"],) * 3)
     rec.load_state_dict(state)
     assert all(torch.isfinite(p).all() for p in rec.parameters())
-    args = build_parser().parse_args(config["command"].split()[1:])
+    args = build_parser().parse_args(shlex.split(config["command"])[1:])
     assert args.command == "train" and not args.resume and Path(args.config).suffix == ".toml"
+    assert RunConfig.from_dict(config, records=True) == RunConfig.from_toml(HEADS.with_suffix(".toml"))
     expected = load_train_config(HEADS.with_suffix(".toml"))
-    assert {k: config[k] for k in expected} == expected
+    for section in expected:  # every value the file states is the TOML's
+        assert config[section] == {k: expected[section].get(k) for k in config[section]}, section
     assert config["normalization"] == {"kind": "attenuation"} and "phantoms" not in config
     names = sorted(Path(p).name for p in config["data_files"]["train"])
     assert names == sorted(f"{n}_{e}.npy" for n in ("inia19", "mni152") for e in (36, 44, 52, 64, 80))

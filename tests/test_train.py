@@ -280,3 +280,17 @@ def test_two_rank_training_averages_gradients(tmp_path):
     assert n_differ > 0  # a rank's own gradient would have given another step: the test can fail
     ckpt = load_checkpoint(latest_checkpoint(tmp_path / "ckpt"))
     assert isinstance(ckpt["rng"], list) and len(ckpt["rng"]) == 2  # one RNG state per rank
+
+
+def test_a_model_wrapped_in_ddp_is_refused_with_the_reason(physics, dataset, tmp_path):
+    """train() averages the gradients over ranks itself: a DDP wrapper would average them twice."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        wrapped = torch.nn.parallel.DistributedDataParallel(make_rec())
+        with pytest.raises(TypeError, match="DistributedDataParallel: pass the model itself"):
+            train(wrapped, physics, dataset, TrainConfig(steps=1, progress=False, out_dir=tmp_path / "run"))
+    finally:
+        dist.destroy_process_group()
+    assert not (tmp_path / "run").exists()

@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -12,29 +13,15 @@ from typing import Any
 
 import torch
 
-from .._validation import boolean, check_allocation, choice, integer, real
+from .._validation import integer, real
 from ..errors import FileFormatError
 from .bench import bench_cmd
 from .output import emit
 from .streamed import is_store_path, reconstruct_store, simulate_store
-from .train_data import build_file_data, parse_data_section
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10: the same parser, as the tomli package (a dependency there)
-    import tomli as tomllib
+from .train_data import build_file_data
 
 __all__ = ["demo", "info", "simulate", "fit_normal", "reconstruct", "train_cmd", "import_walnut", "bench_cmd",
-           "load_train_config",
-           "DEFAULT_TRAIN_CONFIG"]
-
-DEFAULT_TRAIN_CONFIG: dict[str, dict[str, Any]] = {
-    "geometry": {"size": 48, "views": 30},
-    "phantoms": {"kind": "ellipsoids", "seed": 0},
-    "model": {"n_iter": 5, "base": 8, "depth": 2, "shared": True},
-    "partition": {"patch": 24},
-    "train": {"steps": 300, "lr": 1e-3, "noise_std": 0.01, "seed": 0, "checkpoint_every": 50},
-}
+           "load_train_config"]
 
 
 def _device(name: str) -> torch.device:
@@ -336,8 +323,11 @@ def _load_unrolled(args: argparse.Namespace, vol_shape) -> tuple[Any, Any]:
         integer("--patch-size", args.patch_size, 1)
         if any(args.patch_size > n for n in vol_shape):
             raise ValueError(f"--patch-size {args.patch_size} is larger than the volume {tuple(vol_shape)}")
-    try:
+    try:  # the configuration is read and costed before anything is allocated
         rec = build_model(config, vol_shape, patch=args.patch_size)
+    except (TypeError, ValueError) as exc:
+        raise FileFormatError(args.weights, f"its model configuration cannot be built: {exc}") from None
+    try:
         rec.load_state_dict(state)
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:
         raise FileFormatError(args.weights, f"the weights do not fit the model its configuration describes "
@@ -346,55 +336,10 @@ def _load_unrolled(args: argparse.Namespace, vol_shape) -> tuple[Any, Any]:
 
 
 # ---------------------------------------------------------------------------------- train
-def _train_schema() -> dict[str, dict[str, tuple[str, Any]]]:
-    """What a training configuration may hold: ``section -> key -> (kind, rule)``.
-
-    Kinds: ``int`` (rule: the minimum), ``real`` (rule: ``"positive"``/``"nonnegative"``/None),
-    ``bool``, ``choice`` (rule: the options), ``str``, ``real?`` (a real or absent).
-    """
-    from ..data import PhantomDataset
-    from ..train import TrainConfig
-
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    train: dict[str, tuple[str, Any]] = {}
-    for name in ("steps", "batch_size"):
-        train[name] = ("int", 1)
-    for name in ("seed", "checkpoint_every", "val_every"):
-        train[name] = ("int", 0)
-    train["keep_checkpoints"] = ("int", 1)
-    train["lr"] = ("real", "positive")
-    for name in ("min_lr", "weight_decay", "noise_std"):
-        train[name] = ("real", "nonnegative")
-    train["grad_clip"] = ("real", "positive")
-    train["lr_schedule"] = ("choice", ("cosine", "constant"))
-    train["out_dir"] = ("str", None)
-    assert set(train) <= set(fields), "the schema names a TrainConfig field that does not exist"
-    return {
-        "geometry": {"size": ("int", 4), "views": ("int", 1)},
-        "phantoms": {"kind": ("choice", PhantomDataset.KINDS), "seed": ("int", 0)},
-        "model": {"n_iter": ("int", 1), "base": ("int", 1), "depth": ("int", 1), "shared": ("bool", None),
-                  "init": ("str", None)},
-        "partition": {"patch": ("int", 1)},
-        "train": train,
-    }
-
-
-def _check_value(name: str, value: Any, kind: str, rule: Any) -> Any:
-    if kind == "int":
-        return integer(name, value, rule)
-    if kind == "real":
-        return real(name, value, positive=rule == "positive", nonnegative=rule == "nonnegative")
-    if kind == "bool":
-        return boolean(name, value)
-    if kind == "choice":
-        return choice(name, value.replace("-", "_") if isinstance(value, str) else value, rule)
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a string, got {value!r}")
-    return value
-
-
 def load_train_config(path: str | Path) -> dict[str, dict[str, Any]]:
-    """The defaults merged with a TOML training configuration, every value checked.
+    """The tables of a TOML training configuration, every key checked and the defaults filled in
+    (:meth:`unrolled3d.training.RunConfig.from_toml`, as plain dictionaries; ``[train] out_dir``
+    kept where the file gives it).
 
     The training volumes are synthetic phantoms (``[phantoms]``, the default) or volume files
     (``[data]``, see :mod:`unrolled3d.cli.train_data`); a configuration with both is refused.
@@ -402,82 +347,36 @@ def load_train_config(path: str | Path) -> dict[str, dict[str, Any]]:
     meant: refused, not truncated; a string where a number is meant) raise a
     :class:`~unrolled3d.errors.FileFormatError` naming the file and the ``[section] key``.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        raise FileFormatError(path, "not a text (TOML) file") from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise FileFormatError(path, f"not valid TOML ({exc})") from None
-    schema = _train_schema()
-    cfg = {k: dict(v) for k, v in DEFAULT_TRAIN_CONFIG.items()}
-    if "data" in raw and "phantoms" in raw:
-        raise FileFormatError(path, "[phantoms] and [data] are exclusive: train on synthetic phantoms or on volume "
-                                    "files, not both (remove one of the sections)")
-    for section, values in raw.items():
-        if section not in schema and section != "data":
-            raise FileFormatError(path, f"unknown section [{section}] (known: {', '.join(schema)}, data)")
-        if not isinstance(values, dict):
-            raise FileFormatError(path, f"[{section}] must be a table of keys, got {values!r}")
-        if section == "data":  # volume files instead of the default phantoms
-            try:
-                cfg["data"] = parse_data_section(values)
-            except (TypeError, ValueError) as exc:
-                raise FileFormatError(path, str(exc)) from None
-            del cfg["phantoms"]
-            continue
-        unknown = set(values) - set(schema[section])
-        if unknown:
-            raise FileFormatError(path, f"unknown keys in [{section}]: {', '.join(sorted(unknown))} "
-                                        f"(known: {', '.join(schema[section])})")
-        for key, value in values.items():
-            kind, rule = schema[section][key]
-            try:
-                cfg[section][key] = _check_value(f"[{section}] {key}", value, kind, rule)
-            except (TypeError, ValueError) as exc:
-                raise FileFormatError(path, str(exc)) from None
-    size = cfg["geometry"]["size"]
-    try:  # a volume no machine holds fails here, naming the key, not deep in the projector
-        check_allocation("[geometry] size", (size, size, size))
-    except ValueError as exc:
-        raise FileFormatError(path, str(exc)) from None
-    if cfg["train"].get("val_every") and not cfg.get("data", {}).get("val_files"):
-        raise FileFormatError(path, "[train] val_every needs held-out volumes: train from files ([data]) and hold "
-                                    "some out with [data] val_files")
-    if cfg["partition"]["patch"] > cfg["geometry"]["size"]:
-        raise FileFormatError(path, f"[partition] patch {cfg['partition']['patch']} is larger than the volume "
-                                    f"([geometry] size {cfg['geometry']['size']})")
-    return cfg
+    from ..training import RunConfig
+
+    run = RunConfig.from_toml(path)
+    return {**run.to_dict(), "train": run.train.to_table()}
 
 
-_ARCHITECTURE = ("n_iter", "base", "depth", "shared")  # the [model] keys the weights' shapes depend on
-
-
-def _initial_weights(cfg: dict[str, dict[str, Any]], config_path: Path) -> tuple[dict, dict[str, Any]] | None:
+def _initial_weights(run: Any, config_path: Path) -> tuple[dict, dict[str, Any]] | None:
     """The weights ``[model] init`` names (a model file, relative to the TOML), checked against ``[model]``.
 
     Fine-tuning starts from them instead of random weights; the file must hold the same
-    architecture (``n_iter``, ``base``, ``depth``, ``shared``), else a :class:`FileFormatError`
+    architecture (:data:`unrolled3d.models.config.ARCHITECTURE`), else a :class:`FileFormatError`
     names the key. Returns ``None`` without ``init``, else ``(state_dict, record)`` where the
     record (path and SHA-256 of the file) goes into the new model file's configuration.
     """
     from ..io import load_model
-    from ..models.config import SHARED_DEFAULT
+    from ..models import ModelConfig
 
-    init = cfg["model"].get("init")
+    init = run.model.init
     if init is None:
         return None
     path = (config_path.resolve().parent / init).resolve()  # an absolute init stays as it is
     if not path.is_file():
         raise FileNotFoundError(f"[model] init {init!r} of {config_path}: no model file at {path}")
     weights, init_cfg = load_model(path)
-    mine, theirs = ({k: m.get(k, SHARED_DEFAULT if k == "shared" else None) for k in _ARCHITECTURE}
-                    for m in (cfg["model"], init_cfg["model"]))
-    differ = [f"{k} {theirs[k]!r} there, {mine[k]!r} here" for k in _ARCHITECTURE if theirs[k] != mine[k]]
+    try:
+        theirs = ModelConfig.from_dict(init_cfg["model"]).architecture()
+    except (TypeError, ValueError) as exc:
+        raise FileFormatError(path, str(exc)) from None
+    mine = run.model.architecture()
+    differ = [f"{k} {theirs[k]!r} there, {mine[k]!r} here" for k in mine if theirs[k] != mine[k]]
     if differ:
         raise FileFormatError(config_path, f"[model] init {init!r} holds another architecture ({'; '.join(differ)}): "
                                            f"fine-tuning needs the same [model] n_iter, base, depth and shared")
@@ -485,98 +384,86 @@ def _initial_weights(cfg: dict[str, dict[str, Any]], config_path: Path) -> tuple
     return weights, {"path": str(path), "sha256": digest}
 
 
-def train_cmd(args: argparse.Namespace) -> int:
+def _file_data(run: Any, config_path: str | Path):
+    """The ``[data]`` sets (files checked: headers, sizes, normalisation), ``None`` for phantoms."""
+    if run.data is None:
+        return None
+    try:
+        return build_file_data(run.data, run.geometry.size, Path(config_path).resolve().parent)
+    except ValueError as exc:
+        if isinstance(exc, FileFormatError):  # names the volume file already
+            raise
+        raise FileFormatError(config_path, str(exc)) from None
+
+
+def _training_set(run: Any, file_data: Any, physics: Any, args: argparse.Namespace):
+    """``(dataset, validation pairs or None, what the model file records of the data)``."""
     from ..data import IntensityNormalization, PhantomDataset
+
+    size = run.geometry.size
+    if file_data is None:
+        phantoms = PhantomDataset(100_000, (size,) * 3, kind=run.phantoms.kind, seed=run.phantoms.seed)
+        return phantoms, None, {"normalization": IntensityNormalization().to_dict()}
+    dataset, val_set, held_out, norm = file_data
+    _note(args, f"training on random {size}^3 blocks of {len(dataset.paths)} file(s)"
+                + (f", {len(held_out)} held out" if held_out else "") + f", normalisation {norm.kind}")
+    val_data = None
+    if val_set is not None:
+        # the validation scans carry the training noise, drawn once from the data seed
+        gen = torch.Generator().manual_seed(run.data.seed)
+        val_data = []
+        with torch.no_grad():
+            for i in range(len(val_set)):
+                x = val_set[i][None]
+                y = physics.A(x)
+                val_data.append((x, y + run.train.noise_std * torch.randn(y.shape, generator=gen)))
+    recorded = {"normalization": norm.to_dict(),
+                "data_files": {"train": [str(p) for p in dataset.paths], "held_out": [str(p) for p in held_out]}}
+    return dataset, val_data, recorded
+
+
+def train_cmd(args: argparse.Namespace) -> int:
+    from .. import training
     from ..io import resolve_output, save_model
     from ..models import build_model
     from ..physics import ConeBeamCT, standard_cone_beam
-    from ..train import _NOT_IDENTITY, ARCHIVE_FOLDER, TrainConfig, checkpoints, train
 
-    cfg = load_train_config(args.config)
-    file_data = None
-    if "data" in cfg:  # the files are checked (headers, sizes, normalisation) before the folder is touched
-        try:
-            file_data = build_file_data(cfg["data"], cfg["geometry"]["size"], Path(args.config).resolve().parent)
-        except ValueError as exc:
-            if isinstance(exc, FileFormatError):  # names the volume file already
-                raise
-            raise FileFormatError(args.config, str(exc)) from None
-    initial = _initial_weights(cfg, Path(args.config))  # checked before the folder is touched, like the files
-    toml_dir = cfg["train"].pop("out_dir", None)
-    if args.out_dir is None and toml_dir is None:
+    run = training.RunConfig.from_toml(args.config)
+    file_data = _file_data(run, args.config)  # the files and the start are checked before the folder is touched
+    initial = _initial_weights(run, Path(args.config))
+    if args.out_dir is None and run.train.out_dir is None:
         raise ValueError("give --out-dir (or out_dir in the config's [train] section)")
-    out_dir = Path(args.out_dir if args.out_dir is not None else toml_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"--out-dir {out_dir} is a file, not a folder")
-    if args.resume and args.overwrite:
-        raise ValueError("--resume continues the run in --out-dir, --overwrite archives it: choose one")
-    ckpt_dir, model_path = out_dir / "checkpoints", out_dir / "model.pt"
-    # The folder belongs to one run: its checkpoints *and* its model.pt. A new run refuses it
-    # unless told to archive them; a resumed run writes model.pt again (the same run's).
-    previous = checkpoints(ckpt_dir)
-    if not args.resume and (previous or model_path.exists()):
-        if not args.overwrite:
-            what = f"{len(previous)} checkpoint(s)" if previous else "a model.pt"
-            raise ValueError(f"{out_dir} holds another run ({what}): continue it with --resume, choose another "
-                             f"--out-dir, or archive it with --overwrite")
-    if args.resume and not previous and model_path.exists():
-        raise ValueError(f"{out_dir} holds a model.pt but no checkpoint to resume from: choose another --out-dir, "
-                         f"or archive it with --overwrite")
-    resolve_output(model_path)  # a read-only model.pt fails now, not after the training
-    if args.overwrite and (previous or model_path.exists()):
-        dest = out_dir / ARCHIVE_FOLDER / time.strftime("%Y%m%d-%H%M%S")
-        n = 1
-        while dest.exists():
-            n += 1
-            dest = dest.with_name(f"{time.strftime('%Y%m%d-%H%M%S')}.{n}")
-        dest.mkdir(parents=True)
-        if ckpt_dir.exists():
-            ckpt_dir.rename(dest / "checkpoints")
-        if model_path.exists():
-            model_path.rename(dest / "model.pt")
-        _note(args, f"archived the previous run to {dest}")
-
-    size, views = cfg["geometry"]["size"], cfg["geometry"]["views"]
-    physics = ConeBeamCT(standard_cone_beam(size, views), normalize=True)
-    val_data, recorded = None, {"normalization": IntensityNormalization().to_dict()}
-    if "data" in cfg:
-        dataset, val_set, held_out, norm = file_data
-        _note(args, f"training on random {size}^3 blocks of {len(dataset.paths)} file(s)"
-                    + (f", {len(held_out)} held out" if held_out else "")
-                    + f", normalisation {norm.kind}")
-        if val_set is not None:
-            # the validation scans carry the training noise, drawn once from the data seed
-            gen = torch.Generator().manual_seed(cfg["data"]["seed"])
-            val_data = []
-            with torch.no_grad():
-                for i in range(len(val_set)):
-                    x = val_set[i][None]
-                    y = physics.A(x)
-                    val_data.append((x, y + cfg["train"]["noise_std"] * torch.randn(y.shape, generator=gen)))
-        recorded = {"normalization": norm.to_dict(),
-                    "data_files": {"train": [str(p) for p in dataset.paths], "held_out": [str(p) for p in held_out]}}
-    else:
-        dataset = PhantomDataset(100_000, (size,) * 3, kind=cfg["phantoms"]["kind"], seed=cfg["phantoms"]["seed"])
-    torch.manual_seed(cfg["train"]["seed"])
-    rec = build_model(cfg, (size,) * 3)
-    if initial is not None:  # fine-tuning; a resumed run then loads its checkpoint over these
-        rec.load_state_dict(initial[0])
-        recorded["init"] = initial[1]
-        _note(args, f"starting from the weights of {initial[1]['path']}")
-    tcfg = TrainConfig(**cfg["train"], out_dir=str(ckpt_dir), progress=_show_progress(args))
-    resume_cmd = f"unrolled3d train {args.config} --out-dir {out_dir} --resume"
-    args.interrupt_hint = f"the checkpoints written so far are in {ckpt_dir}: continue with `{resume_cmd}`"
-    # The run's identity is the configuration less what only says how long it goes and how it reports,
-    # as for TrainConfig: `--resume` with a larger [train] steps continues the run (it was refused).
-    run_info = {**cfg, "train": {k: v for k, v in cfg["train"].items() if k not in _NOT_IDENTITY}}
-    log = train(rec, physics, dataset, tcfg, resume=args.resume, run_info=run_info, val_data=val_data)
-    if log["removed_temporaries"]:
-        _note(args, f"removed {len(log['removed_temporaries'])} temporary file(s) of an interrupted save")
-    if log["resumed_checkpoint"]:
-        _note(args, f"resumed from {log['resumed_checkpoint']} (step {log['resumed_from']})")
-    args.interrupt_hint = ""
-    # the model file records how the training volumes were scaled: reconstruct applies the same
-    save_model(model_path, rec, {**cfg, **recorded, "command": " ".join(["unrolled3d", *args.argv])})
+    out_dir = Path(args.out_dir if args.out_dir is not None else run.train.out_dir)
+    training.RunFolder.check_start(args.resume, args.overwrite)
+    folder = training.RunFolder(out_dir, checkpoints="checkpoints", outputs=("model.pt",))
+    command = shlex.join(["unrolled3d", *args.argv])
+    with folder.claim(command):
+        folder.prepare(resume=args.resume, overwrite=args.overwrite)
+        if folder.archived_to is not None:
+            _note(args, f"archived the previous run to {folder.archived_to}")
+        if folder.removed_temporaries:
+            _note(args, f"removed {len(folder.removed_temporaries)} temporary file(s) of an interrupted save")
+        model_path = out_dir / "model.pt"
+        resolve_output(model_path)  # a read-only model.pt fails now, not after the training
+        size = run.geometry.size
+        physics = ConeBeamCT(standard_cone_beam(size, run.geometry.views), normalize=True)
+        dataset, val_data, recorded = _training_set(run, file_data, physics, args)
+        torch.manual_seed(run.train.seed)
+        rec = build_model(run, (size,) * 3)
+        if initial is not None:  # fine-tuning; a resumed run then loads its checkpoint over these
+            rec.load_state_dict(initial[0])
+            recorded["init"] = initial[1]
+            _note(args, f"starting from the weights of {initial[1]['path']}")
+        tcfg = dataclasses.replace(run.train, out_dir=None, progress=_show_progress(args))
+        resume_cmd = shlex.join(["unrolled3d", "train", str(args.config), "--out-dir", str(out_dir), "--resume"])
+        args.interrupt_hint = f"the checkpoints written so far are in {folder.checkpoint_dir}: continue with `{resume_cmd}`"
+        log = training.train(rec, physics, dataset, tcfg, resume=args.resume, run_info=run.identity(),
+                             val_data=val_data, folder=folder)
+        if log["resumed_checkpoint"]:
+            _note(args, f"resumed from {log['resumed_checkpoint']} (step {log['resumed_from']})")
+        args.interrupt_hint = ""
+        # the model file records how the training volumes were scaled: reconstruct applies the same
+        save_model(model_path, rec, {**run.to_dict(), **recorded, "command": command})
     payload = {"model": str(model_path), "steps": log["step"], "final_loss": log["losses"][-1],
                "resumed_from": log["resumed_checkpoint"], "skipped_checkpoints": log["skipped_checkpoints"],
                "fingerprint": log["fingerprint"], "normalization": recorded["normalization"]}

@@ -173,7 +173,10 @@ def run_demo(weights: str | Path | None = None, size: int | None = None, n_volum
     patch = min(patch_trained, size)
     physics = ConeBeamCT(standard_cone_beam(size, views), normalize=True)
     cfg = {**config, "partition": {**config["partition"], "patch": patch}}
-    rec = build_model(cfg, (size,) * 3)
+    try:  # read and costed before anything is allocated
+        rec = build_model(cfg, (size,) * 3)
+    except (TypeError, ValueError) as exc:
+        raise FileFormatError(path, f"its model configuration cannot be built: {exc}") from None
     rec.load_state_dict(state)
     rec.eval()
     rec.progress = progress

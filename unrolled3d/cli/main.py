@@ -5,36 +5,38 @@ Nothing here imports torch before the arguments are parsed, so ``--help`` answer
 
 Exit status: 0 on success; 2 and one line on stderr for every expected failure (a bad argument
 or file, a refused output, a diverged fit, an out-of-memory error); 130 and one line on Ctrl-C
-(``train`` adds how to resume); 1 and one line for anything else, which is a bug: ``--debug``
-shows its traceback (and the traceback of any other failure).
+(SIGINT), 143 on SIGTERM (what schedulers, ``timeout`` and container stops send) and 129 on
+SIGHUP, handled alike: the temporary file of a write under way is removed, and ``train`` says
+how to resume; 1 and one line for anything else, which is a bug: ``--debug`` shows its traceback
+(and the traceback of any other failure).
 """
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-from typing import Sequence
+import threading
+from typing import Any, Sequence
 
 from .bench import BENCH_SUITES
 
 __all__ = ["main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="unrolled3d", description="Memory-efficient unrolled reconstruction of large 3D volumes."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings (no progress)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (for scripts; no progress)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of a failure (for bug reports)")
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings (no progress)")
-        p.add_argument("--json", action="store_true", help="print one JSON object (for scripts; no progress)")
-        p.add_argument("--debug", action="store_true", help="show the traceback of a failure (for bug reports)")
 
-    def force(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--force", action="store_true",
-                       help="replace a read-only output file (and, for .npy, an unrelated .json of the same name); "
-                            "an output is never written over an input of the command")
+def _force(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="replace a read-only output file (and, for .npy, an unrelated .json of the same name); "
+                        "an output is never written over an input of the command")
 
+
+def _add_scan_commands(sub) -> None:
+    """``demo``, ``simulate``, ``fit-normal``."""
     p = sub.add_parser("demo", help="sparse-view cone-beam CT of held-out phantoms: FDK vs the shipped "
                                     "partitioned unrolled network (CPU, no downloads)")
     p.add_argument("--weights", help="model file from `unrolled3d train` (default: the shipped demo weights)")
@@ -43,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the measurement noise")
     p.add_argument("--out", default="unrolled3d_demo.png", help="PNG of orthogonal slices (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="a tiny run (one 24^3 volume) for smoke tests")
-    common(p)
-    force(p)
+    _common(p)
+    _force(p)
     p.set_defaults(command_name="demo")
 
     p = sub.add_parser("simulate", help="phantom (or a volume file) + cone-beam scan -> measurements file (.pt)")
@@ -58,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", type=float, default=0.01, help="Gaussian noise relative to the largest line integral")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", "--out", dest="out", required=True, metavar="FILE", help="measurements file (.pt)")
-    common(p)
-    force(p)
+    _common(p)
+    _force(p)
     p.set_defaults(command_name="simulate")
 
     p = sub.add_parser("fit-normal", help="fit and save the diagonal-circulant H for a measurement file's geometry")
@@ -70,10 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cut H's kernel to lags |l| <= VOXELS: smaller FFT grids on patches, larger error "
                         "(default: every lag)")
     p.add_argument("--out", required=True, help="operator file (.pt)")
-    common(p)
-    force(p)
+    _common(p)
+    _force(p)
     p.set_defaults(command_name="fit_normal")
 
+
+def _add_train_command(sub) -> None:
+    """``train``."""
     p = sub.add_parser("train", help="train a partitioned unrolled network from a TOML config (resumable)")
     p.add_argument("config", help="TOML file; sections [geometry] [phantoms] or [data] (volume files) [model] "
                                   "[partition] [train]")
@@ -84,9 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in an --out-dir that holds another run: its files are moved to "
                         "<out-dir>/archived/<time>/ first")
-    common(p)
+    _common(p)
     p.set_defaults(command_name="train_cmd")
 
+
+def _add_other_commands(sub) -> None:
+    """``reconstruct``, ``import-walnut``, ``bench``, ``info``."""
     p = sub.add_parser("reconstruct", help="measurements -> volume file: FDK or partitioned unrolled")
     p.add_argument("measurements")
     p.add_argument("--method", choices=["fdk", "unrolled"], default="fdk")
@@ -100,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "--out", dest="out", required=True, metavar="FILE",
                    help="volume file; the ending picks the format: .npy (+ .json voxel size), .nii, .nii.gz, "
                         ".h5, .hdf5, .tif, .tiff, .pt (the scan's voxel size is stored)")
-    common(p)
-    force(p)
+    _common(p)
+    _force(p)
     p.set_defaults(command_name="reconstruct")
 
     p = sub.add_parser("import-walnut", help="a Walnut CBCT orbit folder (e.g. Walnut1/Projections/tubeV2) "
@@ -115,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--binning", type=int, default=1, help="average B x B detector pixels (default 1: none)")
     p.add_argument("--geometry-file", default="scan_geom_corrected.geom",
                    help="geometry file in the folder (default %(default)s; or scan_geom_original.geom)")
-    common(p)
-    force(p)
+    _common(p)
+    _force(p)
     p.set_defaults(command_name="import_walnut")
 
     p = sub.add_parser("bench", help="run the benchmark suites (pytest-benchmark) and write bench/results/report.md")
@@ -130,12 +138,22 @@ def build_parser() -> argparse.ArgumentParser:
                                      "source checkout, ./bench-results otherwise)")
     p.add_argument("--bench-dir", help="a bench/ folder to run (default: the suites installed with the package, "
                                        "or the source checkout's)")
-    common(p)
+    _common(p)
     p.set_defaults(command_name="bench_cmd")
 
     p = sub.add_parser("info", help="which backends (C++ CPU, CUDA, Triton) this installation has, and why not")
-    common(p)
+    _common(p)
     p.set_defaults(command_name="info")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unrolled3d", description="Memory-efficient unrolled reconstruction of large 3D volumes."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_scan_commands(sub)
+    _add_train_command(sub)
+    _add_other_commands(sub)
     return parser
 
 
@@ -159,6 +177,41 @@ def _one_line_warnings(command: str):
     return show
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is (as SIGINT raises ``KeyboardInterrupt``), so
+    that the same clean-up runs: the ``finally`` blocks, the removal of a temporary file."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    for sig in _TERMINATING:  # one signal is enough: the clean-up is not interrupted by a second
+        signal.signal(sig, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+_TERMINATING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _handle_termination() -> dict[int, Any]:
+    """Route SIGTERM and SIGHUP to :class:`Terminated`; the previous handlers (to restore). Only the
+    main thread may set handlers: elsewhere (main() called from a thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, _raise_terminated) for sig in _TERMINATING}
+
+
+def _interrupted(args: argparse.Namespace, exc: KeyboardInterrupt) -> int:
+    """One line for Ctrl-C, SIGTERM or SIGHUP (with ``train``'s resume hint); the exit status 128 + signal."""
+    signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+    what = {signal.SIGINT: "interrupted"}.get(signum, f"stopped by {signal.Signals(signum).name}")
+    hint = getattr(args, "interrupt_hint", "")
+    print(f"unrolled3d {args.command}: {what}{'; ' + hint if hint else ''}", file=sys.stderr)
+    return 128 + int(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status (see the module docstring)."""
     import warnings
@@ -170,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shown = warnings.showwarning
     if not args.debug:
         warnings.showwarning = _one_line_warnings(args.command)
+    handlers = _handle_termination()
     try:
         import torch
 
@@ -179,12 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # times slower (5x measured on the demo's inference); flushing them to zero costs no accuracy here.
         torch.set_flush_denormal(True)
         return getattr(commands, args.command_name)(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if args.debug:
             raise
-        hint = getattr(args, "interrupt_hint", "")
-        print(f"unrolled3d {args.command}: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
-        return 130
+        return _interrupted(args, exc)
     except _EXPECTED as exc:
         if args.debug:
             raise
@@ -197,4 +249,6 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"rerun with --debug for the traceback", file=sys.stderr)
         return 1
     finally:
-        warnings.showwarning = shown  # main() may be called from a program: leave its warnings as they were
+        warnings.showwarning = shown  # main() may be called from a program: leave its warnings and
+        for sig, handler in handlers.items():  # signal handlers as they were
+            signal.signal(sig, handler)

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from .._validation import check_finite
-from ..errors import FileFormatError
 from .output import emit
 
 __all__ = ["simulate_store", "reconstruct_store", "is_store_path"]

@@ -2,8 +2,8 @@
 
 :func:`atomic_path` is the one way the package writes a file:
 
-1. a temporary file beside the target (``.<name>.tmp-<random><suffix>``, same folder, so the
-   rename below is atomic) receives the bytes;
+1. a temporary file beside the target (``.<name>.tmp-<pid>-<random><suffix>``, same folder, so
+   the rename below is atomic; ``<pid>`` is the writing process) receives the bytes;
 2. the temporary file is ``fsync``-ed: its bytes are on the disk before its name is;
 3. it gets the mode of the file it replaces (or the umask's default for a new file) and is
    renamed over the target with ``os.replace``;
@@ -11,7 +11,8 @@
 
 A crash (or ``kill -9``, or a power cut) at any point leaves either the old file or the new one,
 never a truncated one; only a temporary file may remain, which :func:`stale_temporaries` finds
-and :func:`remove_stale_temporaries` removes.
+and :func:`remove_stale_temporaries` removes once the process that wrote it is gone (a running
+writer's temporary file is never taken for a stale one).
 
 The target itself is checked first: a symbolic link is written *through* (its target file is
 replaced, the link stays), a read-only file is refused (``PermissionError``) unless
@@ -131,7 +132,8 @@ def atomic_path(path: str | os.PathLike, replace_read_only: bool = False) -> Ite
         os.umask(umask)
         mode = 0o666 & ~umask  # what a plain open() would give (mkstemp makes the file 0600)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}{TEMP_MARK}", suffix=target.suffix, dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}{TEMP_MARK}{os.getpid()}-", suffix=target.suffix,
+                                   dir=target.parent)
     except PermissionError:
         raise PermissionError(f"cannot write {path}: the folder {target.parent} is not writable") from None
     os.close(fd)
@@ -182,19 +184,39 @@ def check_not_input(outputs: Iterable[str | os.PathLike], inputs: Iterable[str |
                                  f"command")
 
 
+def _owner_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this machine; a reused number counts as alive: the file
+    is then kept, never wrongly removed)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # gone, or no process number at all
+        return False
+    except (PermissionError, OSError):  # someone else's process, or no way to tell: alive
+        return True
+    return True
+
+
 def stale_temporaries(folder: str | os.PathLike, name_pattern: str = r".+") -> list[Path]:
     """Temporary files :func:`atomic_path` left in ``folder`` (a crash between write and rename)
-    for targets whose names match the regular expression ``name_pattern``."""
+    for targets whose names match the regular expression ``name_pattern``, whose writing process
+    is gone (the process id is in the name; names without one, from older versions, are stale)."""
     d = Path(folder)
     if not d.is_dir():
         return []
-    rx = re.compile(rf"^\.({name_pattern}){re.escape(TEMP_MARK)}")
-    return sorted(p for p in d.iterdir() if rx.match(p.name) and p.is_file())
+    rx = re.compile(rf"^\.(?:{name_pattern}){re.escape(TEMP_MARK)}(?:(?P<pid>\d+)-)?")
+    found = []
+    for p in d.iterdir():
+        m = rx.match(p.name)
+        if m and p.is_file() and not (m.group("pid") and _owner_alive(int(m.group("pid")))):
+            found.append(p)
+    return sorted(found)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, name_pattern: str = r".+") -> list[Path]:
-    """Remove :func:`stale_temporaries` (only call it where no other process is writing) and
-    return what was removed."""
+    """Remove :func:`stale_temporaries` (those of processes that are gone) and return what was
+    removed."""
     found = stale_temporaries(folder, name_pattern)
     for p in found:
         p.unlink(missing_ok=True)

@@ -2,7 +2,7 @@
 
 The paper compares its unrolled networks with a DRUNet-3D trained to clean the FDK
 reconstruction. :class:`PostProcessing` is that baseline on any denoising network, built so that
-:func:`unrolled3d.train.train` trains it exactly as it trains the unrolled models (same data and
+:func:`unrolled3d.training.train` trains it exactly as it trains the unrolled models (same data and
 noise draws, optimiser, schedule, checkpoints and exact resumption): only the loss differs, the
 MSE of the whole reconstructed volume to the truth.
 """
@@ -19,7 +19,7 @@ class PostProcessing(Reconstructor):
 
     A deepinv ``Reconstructor`` (``rec(y, physics)``) and a
     :class:`~unrolled3d.protocols.PatchTrainable` (its ``training_loss`` is the whole-volume MSE),
-    so ``unrolled3d.train.train`` takes it as it takes a ``PartitionedReconstructor``.
+    so ``unrolled3d.training.train`` takes it as it takes a ``PartitionedReconstructor``.
 
     Parameters
     ----------

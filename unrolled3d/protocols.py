@@ -257,7 +257,9 @@ class PatchTrainable(Protocol):
 
     def training_loss(self, y: torch.Tensor, physics: Any, x_true: torch.Tensor,
                       generator: torch.Generator | None = None, **kwargs: Any) -> torch.Tensor:
-        """The loss of one training step on the measurements ``y`` of ``x_true``."""
+        """The loss of one training step on the measurements ``y`` of ``x_true``. The training loop
+        passes ``residual=`` (``y - A x_true``, the noise it drew) so that a partitioned loss need
+        not project the whole volume again; a model that has no use for it ignores it."""
         ...
 
 

@@ -160,9 +160,13 @@ class Trainer:
             x = _as_batch(self.dataset[i]).to(device=self.device, dtype=torch.float32)
             with torch.no_grad():
                 y = self.physics.A(x)
+                noise = torch.zeros_like(y)
                 if cfg.noise_std > 0:
-                    y = y + cfg.noise_std * torch.randn(y.shape, generator=self.generator, dtype=y.dtype).to(y.device)
-            loss = self.rec.training_loss(y, self.physics, x, generator=self.generator, **self.loss_kwargs)
+                    noise = cfg.noise_std * torch.randn(y.shape, generator=self.generator, dtype=y.dtype).to(y.device)
+                    y = y + noise
+            # y - A x is the noise just drawn: the loss need not project the whole volume again
+            loss = self.rec.training_loss(y, self.physics, x, generator=self.generator, residual=noise,
+                                          **self.loss_kwargs)
             (loss / cfg.batch_size).backward()
             total += float(loss.detach())
         loss_value = total / cfg.batch_size

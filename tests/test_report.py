@@ -1,21 +1,17 @@
-"""bench/report.py's table of every scored heads_ct training run (issue 17), on made-up result files."""
+"""bench/experiments/report.py's table of every scored heads_ct training run (issue 17), on made-up result files."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("bench_report_under_test", ROOT / "bench" / "report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from unrolled3d.bench.experiments import report  # bench/ ships as unrolled3d.bench
+
+    return report
 
 
 def scored(path: Path, weights: str, psnr: float, post_weights: str, post_psnr: float, views: int = 30) -> Path:

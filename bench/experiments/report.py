@@ -349,6 +349,48 @@ def quality_real_table(path: Path) -> str:
     return text
 
 
+def _peer_parameters(r: dict) -> str:
+    """What a peer's row was run with: TV's lambda and iterations, MBIR's snr_db and sharpness, a
+    model's training scan."""
+    if "lambda" in r:
+        return f"lambda {r['lambda']:g}, {r['iterations']} iterations"
+    if "snr_db" in r:
+        return f"snr_db {r['snr_db']:.1f}, sharpness {r['sharpness']:g}"
+    if "trained_views" in r:
+        return f"trained {r['trained_size']}^3, {r['trained_views']} views, {r['trained_steps']} steps"
+    return ""
+
+
+def quality_peers_table(path: Path) -> str:
+    """``bench/experiments/quality_peers.py`` (issue 28): FDK, TV, MBIR and unrolled models on the
+    held-out volumes, one row per view count and method (PSNR whole, gain over FDK Hann per volume,
+    SSIM, CPU seconds per volume, parameters), the post-processing baseline quoted where the
+    reference run is the same problem; the parameters were chosen on the validation volumes."""
+    if not path.exists():
+        return ""
+    q = json.loads(path.read_text())
+    c, d = q["config"], q["data"]
+    rows = ["| views | method | PSNR whole (dB) | vs FDK Hann | per volume | SSIM whole | CPU s / volume | run with |",
+            "|---|---|---|---|---|---|---|---|"]
+    ref = q.get("reference") or {}
+    for views, v in q["views"].items():
+        hann = v["methods"]["FDK (Hann)"]
+        methods = dict(v["methods"])
+        quoted = {k: r for k, r in ref.items() if k.endswith("(quoted)")} if views == "30" and ref.get("same_problem") else {}
+        for name, r in {**methods, **quoted}.items():
+            cpu = f"{r['cpu_seconds']:.1f}" if "cpu_seconds" in r else "-"
+            rows.append(f"| {views} | {name} | {r['mean_psnr_whole']:.2f} | {r['mean_psnr_whole'] - hann['mean_psnr_whole']:+.2f} "
+                        f"| {_per_volume_gain(r, hann)} | {r['mean_ssim_whole']:.3f} | {cpu} | {_peer_parameters(r)} |")
+        match = v.get("projector_match")
+        if match:
+            rows.append(f"| {views} | (mbirjax's projector vs ours: {100 * match['relative_difference']:.2f} % "
+                        f"relative difference) | | | | | | |")
+    return (f"\n### Classical peers on held-out real volumes ({', '.join(Path(t).stem for t in d['test'])}; "
+            f"{c['size']}^3, noise {c['noise']}; TV and MBIR parameters chosen on {', '.join(Path(t).stem for t in d['val'])}"
+            f"{'; from ' + Path(c['params_from']).name if c.get('params_from') else ''}; gains per volume in that order)"
+            f"\n\n" + "\n".join(rows) + "\n")
+
+
 def heads_ct_runs_table(paths: list[Path]) -> str:
     """Every scored ``heads_ct`` training run side by side (issue 17): one ``quality_real.py
     --skip-trained --shipped`` file per run (the unrolled model and the post-processing baseline
@@ -462,6 +504,8 @@ def main(results: Path | None = None) -> str:
     heads = [RESULTS / "quality_real_heads_ct.json", RESULTS / "quality_real_heads_ct_stage1.json"]
     heads += [p for p in sorted(RESULTS.glob("quality_real_heads_ct_*.json")) if p not in heads]
     out.append(heads_ct_runs_table(heads))
+    for peers in sorted(RESULTS.glob("quality_real_peers_*.json")):
+        out.append(quality_peers_table(peers))
     text = "\n".join(out)
     (RESULTS / "report.md").write_text(text)
     return text

@@ -248,6 +248,15 @@ def load_earlier(out: Path, config: dict) -> dict[str, Any] | None:
     return earlier
 
 
+def merged(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """A view count's results run again with other ``--methods``: the methods (and tunings) of both
+    runs, the new run's where both have one."""
+    if old is None:
+        return new
+    return {**old, **new, "methods": {**old["methods"], **new["methods"]},
+            "tuning": {**old.get("tuning", {}), **new["tuning"]}}
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--test", nargs="+", required=True, help="held-out volume files (scored)")
@@ -298,7 +307,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         for views in args.views:
             t0 = time.perf_counter()
-            results["views"][str(views)] = run_views(views, args, tests, vals, chosen_from.get(str(views)), peer)
+            results["views"][str(views)] = merged(results["views"].get(str(views)),
+                                                  run_views(views, args, tests, vals, chosen_from.get(str(views)), peer))
             results["views"] = dict(sorted(results["views"].items(), key=lambda kv: int(kv[0])))
             results["runs"].append({"views": views, "config": config, "seconds": time.perf_counter() - t0,
                                     "machine": machine(), "mbirjax": peer.info if peer else None})

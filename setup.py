@@ -95,7 +95,8 @@ PACKAGE_DATA = {
     # the demo's trained weights and the configuration that trained them; the type-hint marker
     "unrolled3d": ["weights/*.pt", "weights/*.toml", "weights/*.md", "py.typed"],
     "unrolled3d.csrc": ["*.h", "*.cpp", "*.cu"],
-    "unrolled3d.bench": ["*.py", "peers/*.py", "run_gpu.sh"],
+    # the timing suites at the top; the experiments (quality runs, report, peers) in experiments/
+    "unrolled3d.bench": ["*.py", "run_gpu.sh", "experiments/*.py", "experiments/peers/*.py", "experiments/peers/*.sh"],
 }
 
 

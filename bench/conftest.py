@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # memory.py, peers/
+sys.path.insert(0, str(Path(__file__).parent))  # memory.py
 
 
 def _sizes(text: str) -> list[int]:

@@ -4,7 +4,7 @@ pure-PyTorch twin and mbirjax; CUDA (scatter and gather backprojection) vs ASTRA
 Run: ``.venv/bin/python -m pytest bench/test_bench_projector.py --benchmark-json bench/results/projector.json``.
 Throughput is reported as GUPS: giga (voxel x view) updates per second = D*H*W*n_views / time.
 
-Peer on the CPU: mbirjax, run in its own interpreter (``bench/peers/mbirjax_projector.py --serve``)
+Peer on the CPU: mbirjax, run in its own interpreter (``bench/experiments/peers/mbirjax_projector.py --serve``)
 when ``U3D_MBIRJAX_PYTHON`` names one (e.g. ``/work/venv-mbirjax/bin/python``); skipped otherwise.
 Its cases time one command round trip to that process (the projection, plus a pipe round trip
 well under a millisecond), so both sides get pytest-benchmark's own timing in the same run.
@@ -28,7 +28,7 @@ from unrolled3d.ops.projector import cone_backproject_algo
 from unrolled3d.ops.projector_ref import cone_backproject_ref, cone_project_ref
 
 CUDA = torch.cuda.is_available()
-PEER_SCRIPT = Path(__file__).parent / "peers" / "mbirjax_projector.py"
+PEER_SCRIPT = Path(__file__).parent / "experiments" / "peers" / "mbirjax_projector.py"
 
 
 def geometry(n: int) -> ConeBeamGeometry:

@@ -1,21 +1,17 @@
-"""bench/report.py's table of every scored heads_ct training run (issue 17), on made-up result files."""
+"""bench/experiments/report.py's table of every scored heads_ct training run (issue 17), on made-up result files."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("bench_report_under_test", ROOT / "bench" / "report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from unrolled3d.bench.experiments import report  # bench/ ships as unrolled3d.bench
+
+    return report
 
 
 def scored(path: Path, weights: str, psnr: float, post_weights: str, post_psnr: float, views: int = 30) -> Path:
@@ -57,3 +53,31 @@ def test_runs_of_another_problem_are_refused_and_one_run_makes_no_table(report, 
     with pytest.raises(ValueError, match="q_50.json scores another problem than q.json"):
         report.heads_ct_runs_table([a, b])
     assert report.heads_ct_runs_table([a, tmp_path / "missing.json"]) == ""
+
+
+def peers_result(path: Path, same_problem: bool) -> Path:
+    """A `quality_peers.py` result: two held-out volumes at 30 and 50 views, FDK (Hann) at 30 and 32 dB."""
+    def method(mean: float, **extra) -> dict:
+        return {"mean_psnr_whole": mean, "mean_ssim_whole": 0.8, "cpu_seconds": 2.0,
+                "per_volume": [{"psnr_whole": mean - 1.0}, {"psnr_whole": mean + 1.0}], **extra}
+    views = {str(v): {"methods": {"FDK (Hann)": method(31.0),
+                                  "TV (PGD)": method(32.5, **{"lambda": 0.003, "iterations": 50}),
+                                  "MBIR (mbirjax, validation-tuned)": method(34.0, snr_db=20.04, sharpness=-0.5)},
+                      "projector_match": {"relative_difference": 0.0061}} for v in (30, 50)}
+    ref = {"same_problem": same_problem, "post-processing UNet3D (quoted)": method(33.0)}
+    path.write_text(json.dumps({"config": {"size": 48, "noise": 0.02}, "views": views, "reference": ref,
+                                "data": {"test": ["colin27.npy", "dipy.npy"], "val": ["mni152.npy", "inia19.npy"]}}))
+    return path
+
+
+def test_the_peers_table_gives_each_method_its_gain_parameters_and_cpu_time(report, tmp_path):
+    text = report.quality_peers_table(peers_result(tmp_path / "p.json", same_problem=True))
+    assert "parameters chosen on mni152, inia19" in text and "held-out real volumes (colin27, dipy" in text
+    assert "| 30 | MBIR (mbirjax, validation-tuned) | 34.00 | +3.00 | +3.00 / +3.00 | 0.800 | 2.0 | snr_db 20.0, sharpness -0.5 |" in text
+    assert "| 50 | TV (PGD) | 32.50 | +1.50 | +1.50 / +1.50 | 0.800 | 2.0 | lambda 0.003, 50 iterations |" in text
+    assert "0.61 % relative difference" in text
+    # the post-processing baseline is quoted from the reference run at its view count only
+    assert [r.split(" | ")[0] for r in text.splitlines() if "(quoted)" in r] == ["| 30"]
+    other = report.quality_peers_table(peers_result(tmp_path / "q.json", same_problem=False))
+    assert "(quoted)" not in other  # another problem: nothing quoted
+    assert report.quality_peers_table(tmp_path / "missing.json") == ""

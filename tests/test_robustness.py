@@ -740,7 +740,7 @@ def test_formats_are_checked_against_endings(files, tmp_path):
         one_error_line(err, ".pt")
 
 
-# =================================================================================== found by bench/robustness_tally.py
+# =================================================================================== found by issue 15's tally (tests/robustness)
 def test_a_bad_device_is_a_value_error_naming_device():
     """Was torch's RuntimeError listing every device type ("Expected one of cpu, cuda, ipu, ...")."""
     g = standard_cone_beam(8, 4)

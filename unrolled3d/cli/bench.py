@@ -2,7 +2,8 @@
 
 The suites ship with the package (``unrolled3d/bench``, from the repository's ``bench/``), so the
 command runs from an installed package; in a source checkout it runs ``bench/`` itself. They need
-the ``bench`` extra (``pip install "unrolled3d[bench]"``: pytest-benchmark, pygal).
+the ``bench`` extra (``pip install "unrolled3d[bench]"``: pytest-benchmark, pygal). The report is
+rendered by ``unrolled3d.bench.experiments.report`` (the repository's ``bench/experiments/report.py``).
 """
 from __future__ import annotations
 
@@ -31,11 +32,16 @@ def _device_tag() -> str:
     return "cuda_" + next((w for w in name.replace("-", " ").split() if any(c.isdigit() for c in w)), "gpu")
 
 
+def _holds_suites(folder: Path) -> bool:
+    """Whether ``folder`` is a bench folder: its pytest configuration beside pytest-benchmark suites."""
+    return (folder / "conftest.py").is_file() and any(folder.glob("test_bench_*.py"))
+
+
 def bench_dir() -> Path:
     """The suites: the source checkout's ``bench/`` (editable install) or the installed copy."""
     package = Path(__file__).resolve().parents[1]
     for candidate in (package.parent / "bench", package / "bench"):
-        if (candidate / "report.py").is_file() and (candidate / "conftest.py").is_file():
+        if _holds_suites(candidate):
             return candidate
     raise FileNotFoundError(f"no benchmark suites in {package.parent / 'bench'} or {package / 'bench'}: reinstall "
                             "the package, or pass --bench-dir")
@@ -81,10 +87,11 @@ def _pytest_into(args: argparse.Namespace, root: Path, suite: str, target: Path,
 
 def bench_cmd(args: argparse.Namespace) -> int:
     """Run pytest-benchmark suites and render report.md beside their JSON results."""
+    import importlib
     import importlib.util
 
     root = Path(args.bench_dir) if args.bench_dir else bench_dir()
-    if not (root / "report.py").exists():
+    if not _holds_suites(root):
         raise FileNotFoundError(f"no benchmark suite in {root} (--bench-dir names the bench/ folder of a checkout)")
     if importlib.util.find_spec("pytest_benchmark") is None:
         raise ValueError('the benchmarks need pytest-benchmark: pip install "unrolled3d[bench]"')
@@ -102,10 +109,8 @@ def bench_cmd(args: argparse.Namespace) -> int:
             written.append(str(target))
         else:
             skipped.append(suite)
-    spec = importlib.util.spec_from_file_location("unrolled3d_bench_report", root / "report.py")
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
-    report.main(results)
+    # the report of this package (whichever bench folder ran): it reads the results folder only
+    importlib.import_module("unrolled3d.bench.experiments.report").main(results)
     emit(args, {"results": written, "skipped": skipped, "report": str(results / "report.md")},
          "\n".join([f"wrote {w}" for w in written] + [f"no case selected in suite {s!r}" for s in skipped]
                    + [f"wrote {results / 'report.md'}"]))

@@ -21,7 +21,7 @@ Metric: PSNR of the magnitude images, ``10 log10(max|x|^2 / mean((|x_hat| - |x|)
 voxel of the volume (background included), peak = the truth's maximum magnitude, per test volume
 (test volumes: phantom seed 999, phase seed 999; training: seed 0).
 
-Run: ``nice -n 10 .venv/bin/python bench/quality_mri.py --size 32 --patch 16 --steps 1200``
+Run: ``nice -n 10 .venv/bin/python bench/experiments/quality_mri.py --size 32 --patch 16 --steps 1200``
 (one thread). Writes bench/results/quality_mri.json atomically.
 """
 from __future__ import annotations
@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("--fit-steps", type=int, default=300, help="Adam steps of the H fit")
     ap.add_argument("--n-test", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "quality_mri.json"))
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "quality_mri.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()

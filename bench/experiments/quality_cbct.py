@@ -9,7 +9,7 @@ as a fairer noise-suppressing baseline, with a Hann window. PSNR over the whole 
 truth's range as peak; SSIM with an 11-tap Gaussian window (``unrolled3d.metrics``).
 Writes bench/results/quality_cbct.json.
 
-Run: ``.venv/bin/python bench/quality_cbct.py --size 32 --patch 16 --steps 800``
+Run: ``.venv/bin/python bench/experiments/quality_cbct.py --size 32 --patch 16 --steps 800``
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def main() -> None:
                     help="bench: n x 1.25n detector; standard: standard_cone_beam (the demo's scan)")
     ap.add_argument("--exact-weights", help="model file from `unrolled3d train` (same scan and settings) used "
                                             "for the exact case instead of training it again")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "quality_cbct.json"))
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "quality_cbct.json"))
     ap.add_argument("--merge", action="store_true",
                     help="keep the methods already in --out (same problem settings required) and add or replace "
                          "the ones trained now, so cases run at different times land in one table")

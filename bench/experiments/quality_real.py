@@ -1,6 +1,6 @@
 r"""Reconstruction quality on held-out real anatomy, reported like the paper (issue 17).
 
-Held-out volumes (files, e.g. from ``bench/real_volumes.py``) are each resampled to fit a
+Held-out volumes (files, e.g. from ``bench/experiments/real_volumes.py``) are each resampled to fit a
 ``--size``^3 cube (whole head inside the field of view, ``--margin`` voxels of air around it,
 isotropic scale, linear interpolation after a Gaussian anti-alias) and normalised with the
 package's ``percentile`` normalisation (99.5th percentile -> ``--peak``), as the training blocks
@@ -39,8 +39,8 @@ These are **short-budget** figures (a few hundred steps on 2 shared CPU cores), 
 
 Run::
 
-    python bench/real_volumes.py /tmp/real_volumes
-    OMP_NUM_THREADS=1 python bench/quality_real.py \
+    python bench/experiments/real_volumes.py /tmp/real_volumes
+    OMP_NUM_THREADS=1 python bench/experiments/quality_real.py \
         --train /tmp/real_volumes/mni152.npy /tmp/real_volumes/inia19.npy \
         --test /tmp/real_volumes/colin27.npy /tmp/real_volumes/dipy_aniso.npy --shipped
 """
@@ -72,10 +72,10 @@ from unrolled3d.physics import ConeBeamCT
 from unrolled3d.physics.presets import standard_cone_beam
 from unrolled3d.train import TrainConfig, train
 
-from train_post import build_post, load_post  # this folder is the script's: bench/
+from train_post import build_post, load_post  # this folder is the script's: bench/experiments/
 
-RESULTS = Path(__file__).parent / "results"
-SHIPPED = Path(__file__).resolve().parent.parent / "unrolled3d" / "weights" / "demo_ct.pt"
+RESULTS = Path(__file__).resolve().parents[1] / "results"  # bench/results
+SHIPPED = Path(__file__).resolve().parents[2] / "unrolled3d" / "weights" / "demo_ct.pt"
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -282,7 +282,7 @@ def run_shipped(args: argparse.Namespace, norm: IntensityNormalization, results:
             ("FDK (Hann)", lambda m: physics.A_dagger(m, window="hann")),
             (label, lambda m: rec(m, physics))]
     post_info = None
-    if args.post_weights:  # the baseline trained on the same data (bench/train_post.py)
+    if args.post_weights:  # the baseline trained on the same data (bench/experiments/train_post.py)
         post, post_cfg = load_post(args.post_weights)
         if (int(post_cfg["geometry"]["size"]), int(post_cfg["geometry"]["views"])) != (n, views):
             raise SystemExit(f"--post-weights {args.post_weights} was trained at {post_cfg['geometry']}, the model "
@@ -399,7 +399,7 @@ def main() -> None:
     ap.add_argument("--shipped", action="store_true", help="also score the shipped demo model")
     ap.add_argument("--shipped-weights", default=str(SHIPPED), help="the unrolled model file --shipped scores")
     ap.add_argument("--post-weights", help="with --shipped: also score this post-processing model "
-                                           "(bench/train_post.py, trained at the same scan)")
+                                           "(bench/experiments/train_post.py, trained at the same scan)")
     ap.add_argument("--skip-trained", action="store_true", help="only FDK (and --shipped): no training")
     ap.add_argument("--out", default=str(RESULTS / "quality_real.json"))
     ap.add_argument("--merge-from", nargs="+", metavar="JSON",

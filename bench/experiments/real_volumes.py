@@ -57,7 +57,7 @@ The committed results were made from nilearn 0.14.1, dipy 1.12.1, mricron-data
 1.2.20211006+dfsg-4 (Debian 12), pylinac 1.3.1 and pydicom 3.0.2; ``sources.json`` records the file each volume was read from
 (a downloaded wheel's or ``.deb``'s name carries its version). Two runs give byte-identical files.
 
-Run: ``python bench/real_volumes.py /tmp/real_volumes`` (downloads a nilearn and a dipy wheel with
+Run: ``python bench/experiments/real_volumes.py /tmp/real_volumes`` (downloads a nilearn and a dipy wheel with
 ``pip download`` and the mricron-data ``.deb`` with ``apt-get download`` into ``<out>/_packages``
 unless the packages are installed already).
 """

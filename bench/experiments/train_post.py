@@ -15,7 +15,7 @@ Writes ``<out-dir>/post.pt`` (``state_dict`` and the configuration as JSON; read
 
 Run::
 
-    OMP_NUM_THREADS=1 python bench/train_post.py data/real/heads_b12.toml --out-dir runs/post_b12 \
+    OMP_NUM_THREADS=1 python bench/experiments/train_post.py data/real/heads_b12.toml --out-dir runs/post_b12 \
         --steps 4700
 """
 from __future__ import annotations

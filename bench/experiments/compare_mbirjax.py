@@ -4,10 +4,10 @@ machine's changing load.
 pytest-benchmark (``bench/test_bench_projector.py::test_cpu_algorithms``) runs each implementation's
 rounds back to back; on a machine shared with other jobs the load can change between two cases by
 more than the ratio being measured. Here every call of ours is followed by the same call of
-mbirjax (the ``--serve`` peer of ``bench/peers/mbirjax_projector.py``), and the ratio is taken per
+mbirjax (the ``--serve`` peer of ``bench/experiments/peers/mbirjax_projector.py``), and the ratio is taken per
 adjacent pair; the median over pairs is the figure, the spread shows the noise.
 
-    python bench/compare_mbirjax.py --mbirjax-python /work/venv-mbirjax/bin/python \\
+    python bench/experiments/compare_mbirjax.py --mbirjax-python /work/venv-mbirjax/bin/python \\
         --n 128 --threads 1 2 --pairs 5 --out bench/results/mbirjax_interleaved_cpu.json
 """
 from __future__ import annotations
@@ -23,11 +23,12 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent  # bench/experiments
+BENCH = ROOT.parent  # the timing suites: test_bench_projector.py
 
 
 def _geometry(n: int):
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(BENCH))
     from test_bench_projector import geometry  # the bench's geometry, not a copy
 
     return geometry(n)

@@ -18,6 +18,7 @@ import torch
 
 from .. import kernels
 from .._build import extension_status
+from ._extension import op_schemas
 
 __all__ = ["set_backend", "get_backend", "use_backend", "triton_enabled_for", "use_triton", "or_empty", "BACKENDS",
            "backend_table"]
@@ -93,8 +94,9 @@ def or_empty(t: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
     return t if t is not None else like.new_empty(0)
 
 
-#: the registered ops of each kind, as ``unrolled3d info`` lists them
-PROJECTOR_OPS = ("cone_project", "cone_backproject", "cone_backproject_algo")
+#: the registered ops of each kind, as ``unrolled3d info`` lists them (the compiled extension's:
+#: those csrc/schemas.h declares)
+PROJECTOR_OPS = tuple(op_schemas())
 FUSED_OPS = ("masked_gather", "spectral_filter", "masked_scatter_add")
 
 

@@ -76,14 +76,24 @@ def json_name(step: str, card: str) -> str:
     return f"{step}_{card}.json"
 
 
+#: the test modules and names of the kernels that never ran on a GPU before this plan
+NEW_KERNELS = "backproject_gather or column or fdk_backproject"
+
 BUILD = ("TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 FORCE_CUDA=1 python3 -m pip install -q --no-index "
          "--no-build-isolation --no-deps -e . && python3 -m unrolled3d.cli info")
 
 #: the plan, in order of value
 STEPS: tuple[Step, ...] = (
-    Step("build", 180, shell=BUILD, required=True),
-    # the CUDA tests only (not the nvcc compile test nor the JIT rebuild: the build step did both)
-    Step("tests", 80, args=("tests", "-k", "cuda and not nvcc and not jit"), case_timeout_s=60),
+    Step("build", 240, shell=BUILD, required=True),
+    # the CUDA tests only (not the nvcc compile test nor the JIT rebuild: the build step did both);
+    # a test module whose imports the machine lacks (tests/test_io_volumes.py: nibabel) must not
+    # stop the collection of the others. Those of the kernels that never ran on a GPU (column and
+    # gather backprojectors, FDK's backprojection) come second, in a process of their own: a sticky
+    # CUDA error there cannot void the others.
+    Step("tests", 80, args=("tests", "-k", f"cuda and not nvcc and not jit and not ({NEW_KERNELS})",
+                            "--continue-on-collection-errors"), case_timeout_s=60),
+    Step("tests_new", 50, args=("tests", "-k", f"cuda and ({NEW_KERNELS})", "--continue-on-collection-errors"),
+         case_timeout_s=60),
     # forward and default backprojection against ASTRA, 256^3 and 512^3
     Step("projector", 75, args=("bench/test_bench_projector.py", "-k",
                                 "test_cuda_projector and not gather and not column", "--benchmark-min-rounds=3"),
@@ -179,13 +189,12 @@ def summary(out: Path, card: str) -> str:
 
 
 # --------------------------------------------------------------------------- here: the checks
-def collect(step: Step, timeout_s: int = 900) -> tuple[int, str]:
+def collect(step: Step, timeout_s: int = 900, env: Optional[dict] = None) -> tuple[int, str]:
     """``pytest --collect-only`` of a step's selection here: (cases selected, pytest's output)."""
     cmd = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *step.args]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s, env=env)
     text = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        return 0, text
+    # with --continue-on-collection-errors pytest exits 2 on an error but still collects the rest
     found = re.search(r"(\d+)(?:/\d+)? tests? (?:collected|selected)", text)
     return (int(found.group(1)) if found else 0), text
 

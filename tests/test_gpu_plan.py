@@ -95,7 +95,7 @@ def test_the_test_step_collects_without_what_the_machine_lacks(tmp_path):
     (step,) = [s for s in plan.STEPS if s.name == "tests"]
     n, text = plan.collect(step, env=env)
     assert "nibabel is not installed" in text  # the block worked: test_io_volumes did not import
-    assert n > 50, text[-3000:]
+    assert n > 0 and "test_projector.py::test_cuda_matches_cpu" in text, text[-3000:]
 
 
 def test_what_travels_fits():

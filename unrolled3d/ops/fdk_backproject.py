@@ -76,7 +76,7 @@ def fdk_backproject(images: torch.Tensor, table: torch.Tensor, vol_geom: Sequenc
         compiled kernels need no temporaries and ignore it.
     progress : bool
         A progress bar over the views (compiled kernels: :data:`FDK_PROGRESS_VIEWS` views per
-        step, summed step by step: equal to one call to rounding).
+        step, summed step by step: equal to one call to rounding, to the bit with one step).
 
     Returns
     -------
@@ -88,7 +88,7 @@ def fdk_backproject(images: torch.Tensor, table: torch.Tensor, vol_geom: Sequenc
         return fdk_backproject_raw(images, table, vol_geom, D, H, W, slab_voxels=slab_voxels, progress=progress)
     op = torch.ops.unrolled3d.fdk_backproject
     n_views = images.shape[1]
-    if not progress or torch.compiler.is_compiling() or n_views <= FDK_PROGRESS_VIEWS:
+    if not progress or torch.compiler.is_compiling():
         return op(images, table, list(vol_geom), D, H, W)
     out = None
     for v0 in tqdm(range(0, n_views, FDK_PROGRESS_VIEWS), desc="FDK backprojection", unit="step", leave=False):

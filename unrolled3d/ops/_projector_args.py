@@ -44,22 +44,21 @@ def checked_views(geometry: ConeBeamGeometry, device: torch.device) -> torch.Ten
     return views
 
 
+def _check_trailing(x: torch.Tensor, expected: tuple[int, ...], message: str) -> torch.Tensor:
+    if tuple(x.shape[-3:]) != expected:
+        raise ValueError(message)
+    return x
+
+
 def check_volume(volume: torch.Tensor, geometry: ConeBeamGeometry) -> torch.Tensor:
     """Validate a ``(B, C, D, H, W)`` volume against ``geometry`` (raises ValueError/TypeError)."""
     _check_data("volume", volume, geometry)
-    if tuple(volume.shape[-3:]) != geometry.vol_shape:
-        raise ValueError(
-            f"volume has spatial shape {tuple(volume.shape[-3:])} but the geometry's vol_shape is {geometry.vol_shape}"
-        )
-    return volume
+    return _check_trailing(volume, geometry.vol_shape, f"volume has spatial shape {tuple(volume.shape[-3:])} but "
+                                                       f"the geometry's vol_shape is {geometry.vol_shape}")
 
 
 def check_sinogram(sino: torch.Tensor, geometry: ConeBeamGeometry) -> torch.Tensor:
     """Validate a ``(B, C, n_views, rows, cols)`` measurement against ``geometry``."""
     _check_data("sinogram", sino, geometry)
-    if tuple(sino.shape[-3:]) != geometry.sino_shape:
-        raise ValueError(
-            f"sinogram has shape (..., {', '.join(map(str, sino.shape[-3:]))}) but the geometry expects "
-            f"(n_views, rows, cols) = {geometry.sino_shape}"
-        )
-    return sino
+    return _check_trailing(sino, geometry.sino_shape, f"sinogram has shape (..., {', '.join(map(str, sino.shape[-3:]))}) "
+                                                      f"but the geometry expects (n_views, rows, cols) = {geometry.sino_shape}")

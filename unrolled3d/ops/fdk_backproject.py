@@ -16,8 +16,7 @@ from typing import Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .._build import extension_status
-from . import _extension  # noqa: F401  (the ops exist once it is imported)
+from . import _extension  # the ops exist once it is imported
 from ._precision import register_float32_autocast
 from .projector_ref import fdk_backproject_raw
 
@@ -84,7 +83,7 @@ def fdk_backproject(images: torch.Tensor, table: torch.Tensor, vol_geom: Sequenc
         ``(N, D, H, W)``.
     """
     D, H, W = (int(v) for v in vol_shape)
-    if extension_status()["source"] == "twins":  # the twin itself, with its step size and progress bar
+    if _extension.twin_library() is not None:  # no compiled op: the twin itself, with its steps and progress bar
         return fdk_backproject_raw(images, table, vol_geom, D, H, W, slab_voxels=slab_voxels, progress=progress)
     op = torch.ops.unrolled3d.fdk_backproject
     n_views = images.shape[1]

@@ -1,9 +1,10 @@
 """What the GPU run carries in ``.whl/``: the wheels the lent machine lacks, and the cuFFT shim.
 
 The machine (Python 3.12, torch 2.11 + CUDA 13, no network; see ``shared/DESIGN.md`` section 3)
-lacks deepinv (which the package imports), natsort (deepinv's), and ASTRA (the peer of the
-projector and FDK benchmarks) with the CUDA 12 runtime its wheel links. Nothing in the package or
-its benchmarks imports zarr, so zarr does not travel. ASTRA's library also links cuFFT 11, which
+lacks deepinv (which the package imports), natsort (deepinv's), zarr with the dependencies the
+image lacks (the streamed reconstruction's stores: numcodecs, donfig, PyYAML, google-crc32c), and
+ASTRA (the peer of the projector and FDK benchmarks) with the CUDA 12 runtime its wheel links.
+ASTRA's library also links cuFFT 11, which
 the machine does not have: ``cufft_forward.c`` is a ``libcufft.so.11`` that forwards the five
 functions ASTRA uses to the machine's cuFFT 12.
 
@@ -29,6 +30,11 @@ WHEELS = (
     "natsort==8.4.0",
     "astra-toolbox==2.5.0",
     "nvidia-cuda-runtime-cu12==12.9.79",
+    "zarr==3.1.6",
+    "numcodecs==0.16.6",
+    "donfig==0.8.1.post1",
+    "pyyaml==6.0.3",
+    "google-crc32c==1.9.0",
 )
 #: where prepare.sh builds the shim, inside the wheel folder (it travels with it)
 SHIM = Path("lib") / "libcufft.so.11"

@@ -438,13 +438,13 @@ def train_cmd(args: argparse.Namespace) -> int:
     folder = training.RunFolder(out_dir, checkpoints="checkpoints", outputs=("model.pt",))
     command = shlex.join(["unrolled3d", *args.argv])
     with folder.claim(command):
+        model_path = out_dir / "model.pt"
+        resolve_output(model_path)  # a read-only model.pt fails now: not archived, not after the training
         folder.prepare(resume=args.resume, overwrite=args.overwrite)
         if folder.archived_to is not None:
             _note(args, f"archived the previous run to {folder.archived_to}")
         if folder.removed_temporaries:
             _note(args, f"removed {len(folder.removed_temporaries)} temporary file(s) of an interrupted save")
-        model_path = out_dir / "model.pt"
-        resolve_output(model_path)  # a read-only model.pt fails now, not after the training
         size = run.geometry.size
         physics = ConeBeamCT(standard_cone_beam(size, run.geometry.views), normalize=True)
         dataset, val_data, recorded = _training_set(run, file_data, physics, args)

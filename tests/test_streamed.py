@@ -124,7 +124,7 @@ def test_cli_streams_zarr_scans_like_the_in_memory_path(tmp_path, capsys):
     results = {}
     for src, out in (("m.pt", "a.npy"), ("m.zarr", "b.zarr"), ("m.zarr", "c.npy")):
         assert main(["reconstruct", str(tmp_path / src), "--method", "unrolled", "--weights", weights,
-                     "--patch-size", "12", "--out", str(tmp_path / out), "--json"]) == 0
+                     "--patch-size", "12", "--precision", "float32", "--out", str(tmp_path / out), "--json"]) == 0
         results[out] = json.loads(capsys.readouterr().out)
     a = np.load(tmp_path / "a.npy")
     for out in ("b.zarr", "c.npy"):

@@ -150,7 +150,8 @@ def reconstruct_store(args: argparse.Namespace, load_unrolled) -> int:
             # the model's units: y / ||A|| (the normalised operator), times the percentile scale
             y_n = AffineStore(y, scale * inv_norm)
             start = AffineStore(x0, scale)
-            rec = streamed_patch(rec, physics, budget, args.patch_size)
+            rec = streamed_patch(rec, physics, budget, args.patch_size,
+                                 amp=None if args.precision == "auto" else args.precision == "bfloat16")
             info.update(patch=list(rec.patch_shape), n_sweeps=rec.n_sweeps)
             _note(args, f"streamed partitioned reconstruction: {len(rec.patches())} patches of {rec.patch_shape} "
                         f"x {rec.n_sweeps} sweeps")

@@ -386,10 +386,16 @@ def streamed_patch_peak(rec, physics: ConeBeamCT, p: int, measure=None) -> int:
         return measure(solve, device)
 
 
-def streamed_patch(rec, physics: ConeBeamCT, budget_bytes: int, patch_size: int | None = None, measure=None):
+def streamed_patch(rec, physics: ConeBeamCT, budget_bytes: int, patch_size: int | None = None, measure=None,
+                   amp: bool | None = None):
     """``rec`` on the largest patch whose streamed solve fits ``budget_bytes`` (the whole volume,
     with one sweep, when it fits), or on ``patch_size`` when given. The peak of a group is
-    modelled as ``a + b p^3`` from two trial patches (:func:`streamed_patch_peak`)."""
+    modelled as ``a + b p^3`` from two trial patches (:func:`streamed_patch_peak`). The network
+    runs in bfloat16 where it is native (``amp``: see :func:`unrolled3d.budget.plan_inference`)."""
+    from ..budget import bf16_is_native, network_precision
+
+    rec = rec.with_base(network_precision(rec.base, bf16_is_native(physics.operator_norm.device)
+                                          if amp is None else amp)[0])
     shape = tuple(rec.img_shape)
     n = min(shape)
     if patch_size is not None:

@@ -218,7 +218,8 @@ def fit_normal(args: argparse.Namespace) -> int:
 
 
 def reconstruct(args: argparse.Namespace) -> int:
-    from ..budget import measure_peak, network_precision, parse_bytes, plan_inference
+    from ..budget import (PATCHED_OVERLAP, PATCHED_SWEEPS, measure_peak, network_precision, parse_bytes,
+                          patched_stride, plan_inference)
     from ..io import check_not_input, check_volume_target, load_measurements, volume_files, write_volume
     from ..metrics import psnr
     from ..normal import load_normal
@@ -228,9 +229,14 @@ def reconstruct(args: argparse.Namespace) -> int:
     # none of the inputs (the .npy sidecar included), that it may be replaced.
     if args.method == "fdk":
         given = [f for f, v in (("--weights", args.weights), ("--normal", args.normal),
-                                ("--patch-size", args.patch_size)) if v]
+                                ("--patch-size", args.patch_size), ("--overlap", args.overlap is not None),
+                                ("--sweeps", args.sweeps is not None)) if v]
         if given:
             raise ValueError(f"{', '.join(given)} apply to --method unrolled, not to FDK")
+    if args.sweeps is not None:
+        integer("--sweeps", args.sweeps, 1)
+    if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
+        raise ValueError(f"--overlap must be a fraction in [0, 1) of the patch edge, got {args.overlap}")
     if args.method == "unrolled" and args.weights is None:
         raise ValueError("--method unrolled needs --weights (a model file written by `unrolled3d train`)")
     if is_store_path(args.measurements) or is_store_path(args.out):  # streamed, slab by slab and patch by patch
@@ -272,7 +278,7 @@ def reconstruct(args: argparse.Namespace) -> int:
             # the inference patch is a memory decision: the whole volume when it fits the budget
             budget = parse_bytes(args.memory_budget) if args.memory_budget is not None else None
             rec, plan = plan_inference(rec, y_n, physics, x0, budget_bytes=budget, normal=H,
-                                       amp=_amp(args.precision, device))
+                                       amp=_amp(args.precision, device), n_sweeps=args.sweeps, overlap=args.overlap)
             budget_info = plan.to_dict()
             _note(args, f"memory budget {budget_info['budget_mib']:.0f} MiB: "
                         + ("the whole volume as one patch" if plan.whole_volume else f"patches of {plan.patch}")
@@ -281,8 +287,11 @@ def reconstruct(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()  # the choice's trial runs are not part of the reconstruction time
         elif args.memory_budget is not None:
             raise ValueError("give either --patch-size or --memory-budget, not both")
-        else:
+        else:  # the patch given: the patched defaults (overlap, sweeps) as the planner's
             rec = rec.with_base(network_precision(rec.base, _amp(args.precision, device))[0])
+            rec = rec.with_patch_size(rec.patch_shape, patched_stride(rec.patch_shape, PATCHED_OVERLAP if
+                                                                      args.overlap is None else args.overlap),
+                                      PATCHED_SWEEPS if args.sweeps is None else args.sweeps)
         _note(args, f"partitioned unrolled reconstruction: {len(rec.patches())} patches of {rec.patch_shape} "
                     f"x {rec.n_sweeps} sweeps")
         with torch.no_grad():

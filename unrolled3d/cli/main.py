@@ -106,6 +106,11 @@ def _add_other_commands(sub) -> None:
                    help="memory the reconstruction may use, e.g. 512M, 2G (GPU memory on a GPU, resident memory on "
                         "the CPU; default half of what is available): sizes the patch (measured on trial patches) "
                         "and, for Zarr stores, the slabs")
+    p.add_argument("--overlap", type=float, metavar="FRACTION",
+                   help="share of the patch edge that neighbouring patches overlap, in [0, 1) (default 0.25; "
+                        "unused when the whole volume is one patch)")
+    p.add_argument("--sweeps", type=int, metavar="N",
+                   help="passes over the patch grid, each taking its context from the previous one (default 1)")
     p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="the network's arithmetic (the data step is float32): bfloat16 where the CPU or GPU runs it "
                         "natively (auto, the default: no loss measured on held-out real volumes), or as given")

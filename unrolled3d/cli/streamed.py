@@ -151,7 +151,8 @@ def reconstruct_store(args: argparse.Namespace, load_unrolled) -> int:
             y_n = AffineStore(y, scale * inv_norm)
             start = AffineStore(x0, scale)
             rec = streamed_patch(rec, physics, budget, args.patch_size,
-                                 amp=None if args.precision == "auto" else args.precision == "bfloat16")
+                                 amp=None if args.precision == "auto" else args.precision == "bfloat16",
+                                 n_sweeps=args.sweeps, overlap=args.overlap)
             info.update(patch=list(rec.patch_shape), n_sweeps=rec.n_sweeps)
             _note(args, f"streamed partitioned reconstruction: {len(rec.patches())} patches of {rec.patch_shape} "
                         f"x {rec.n_sweeps} sweeps")

@@ -221,7 +221,7 @@ def fit_normal(args: argparse.Namespace) -> int:
     resolve_output(out, args.force)
     _, g, _, _ = load_measurements(args.measurements)
     _note(args, f"estimating ||A|| of the {g.vol_shape} scan")
-    physics = ConeBeamCT(g, normalize=True)
+    physics = ConeBeamCT(g, normalize=True, progress=_show_progress(args))
     H = DiagCirculantNormal.for_physics(physics, g.vol_shape, kernel_radius=args.kernel_radius)
     hist = fit_h(H, physics, n_iter=iters, lr=lr, progress=_show_progress(args))
     err = relative_error(H, physics)
@@ -414,7 +414,8 @@ def train_cmd(args: argparse.Namespace) -> int:
         model_path = out_dir / "model.pt"
         resolve_output(model_path)  # a read-only model.pt fails now, not after the training
         size = run.geometry.size
-        physics = ConeBeamCT(standard_cone_beam(size, run.geometry.views), normalize=True)
+        physics = ConeBeamCT(standard_cone_beam(size, run.geometry.views), normalize=True,
+                             progress=_show_progress(args))
         dataset, val_data, recorded = _training_set(run, file_data, physics, args)
         torch.manual_seed(run.train.seed)
         rec = build_model(run, (size,) * 3)

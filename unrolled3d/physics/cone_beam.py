@@ -49,7 +49,8 @@ class ConeBeamCT(LinearPhysics):
         estimate. Only with ``normalize=True``. Otherwise the norm is estimated once per
         geometry and remembered, in memory and on disk (:mod:`unrolled3d.physics.norm`).
     progress : bool
-        a progress bar on stderr while ``||A||`` is estimated, once that has taken a second.
+        progress bars on stderr while ``||A||`` is estimated and during FDK (:meth:`fbp`,
+        ``A_dagger``), once either has taken a second.
     layout : str
         measurement layout, ``"views"`` (default): ``[B, C, n_views, rows, cols]``,
         contiguous per view, as the projector writes it; ``"astra"``: deepinv's and ASTRA's
@@ -107,6 +108,7 @@ class ConeBeamCT(LinearPhysics):
         self.layout = layout
         self.fdk_window = fdk_window
         self.normalize = bool(normalize)
+        self.progress = progress
         self.register_buffer("operator_norm", torch.tensor(1.0, dtype=torch.float64, device=device))
         # FDK's per-view tables, once per scan and device (shared with the patches' geometries),
         # so that A_dagger holds no geometry work and compiles whole (physics/fdk.py)
@@ -163,7 +165,7 @@ class ConeBeamCT(LinearPhysics):
         """FDK reconstruction ``y -> [B, C, D, H, W]`` (inverts the normalisation, if any)."""
         views = self._to_views(y).contiguous()  # FDK's filtering runs along rows of each view
         window = self.fdk_window if window is None else choice("window", window, FDK_WINDOWS)
-        return self._scale(_fdk(views, self.geometry, window=window), 1)
+        return self._scale(_fdk(views, self.geometry, window=window, progress=self.progress), 1)
 
     def A_dagger(self, y: torch.Tensor, fbp: bool | None = None, **kwargs) -> torch.Tensor:
         """Pseudo-inverse: FDK, or deepinv's least-squares solve when one is asked for.
@@ -215,7 +217,7 @@ class ConeBeamCT(LinearPhysics):
     def _sub_volume(self, offset: Sequence[int], shape: Sequence[int]) -> "ConeBeamCT":
         """The sub-volume's operator on the whole detector (no noise, this normalisation)."""
         patch = ConeBeamCT(self.geometry.restrict(offset, shape), fdk_window=self.fdk_window,
-                           device=self.operator_norm.device, layout=self.layout)
+                           device=self.operator_norm.device, layout=self.layout, progress=False)
         patch.normalize = self.normalize
         patch.operator_norm.copy_(self.operator_norm)
         return patch
@@ -233,7 +235,8 @@ class ConeBeamCT(LinearPhysics):
         if hi < lo:  # the slab's shadow misses the detector: any one row (its projection is zero)
             lo = hi = 0
         band = self.geometry.detector_rows(lo, hi - lo + 1).restrict(offset, shape)
-        op = ConeBeamCT(band, fdk_window=self.fdk_window, device=self.operator_norm.device, layout="views")
+        op = ConeBeamCT(band, fdk_window=self.fdk_window, device=self.operator_norm.device, layout="views",
+                        progress=False)
         op.normalize = self.normalize
         op.operator_norm.copy_(self.operator_norm)
         op.row0 = lo
@@ -282,7 +285,7 @@ class ConeBeamPatch(ConeBeamCT):
 
     def __init__(self, sub_volume: ConeBeamCT, window: DetectorWindow) -> None:
         super().__init__(sub_volume.geometry.windowed(window), fdk_window=sub_volume.fdk_window,
-                         device=sub_volume.operator_norm.device, layout=sub_volume.layout)
+                         device=sub_volume.operator_norm.device, layout=sub_volume.layout, progress=False)
         self.normalize = sub_volume.normalize
         self.operator_norm.copy_(sub_volume.operator_norm)
         self.window = window

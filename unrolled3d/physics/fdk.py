@@ -22,6 +22,7 @@ must be the world ``z`` axis.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 
 import numpy as np
@@ -331,7 +332,8 @@ def _backproject(images: torch.Tensor, views: torch.Tensor, geometry: ConeBeamGe
     slab = max(1, min(D, slab_voxels // (_VIEW_CHUNK * H * W)))
     chunks = range(0, n_views, _VIEW_CHUNK)
     if progress and not torch.compiler.is_compiling():
-        chunks = tqdm(chunks, desc="FDK backprojection", unit="chunk", leave=False)
+        # shown once it has taken a second: large volumes, not the many small FDKs of a patch loop
+        chunks = tqdm(chunks, desc="FDK backprojection", unit="chunk", leave=False, delay=1.0, file=sys.stderr)
     for p0 in chunks:
         vw = views[p0 : p0 + _VIEW_CHUNK]
         n = vw.shape[0]

@@ -61,12 +61,16 @@ def model_file(tmp_path_factory):
     return _model_file(tmp_path_factory.mktemp("api") / "m.pt", _config())
 
 
-def by_hand(path, y_raw, g, patch, n_sweeps, normal=None):
-    """The rules written out with the building blocks (the README's former partitioned example, fixed)."""
+def by_hand(path, y_raw, g, patch, n_sweeps, normal=None, amp=None):
+    """The rules written out with the building blocks (the README's former partitioned example, fixed);
+    the network in bfloat16 where it is native (``amp=None``, the default precision ``"auto"``)."""
+    from unrolled3d.budget import bf16_is_native
+
     state, cfg = load_model(path)
     rec = build_model(cfg, g.vol_shape, patch=patch)
     rec.load_state_dict(state)
     rec.eval().n_sweeps = n_sweeps
+    rec.base.amp = bf16_is_native("cpu") if amp is None else amp
     physics = ConeBeamCT(g, normalize=True, progress=False)
     with torch.no_grad():
         return rec(physics.normalize_measurements(y_raw), physics, normal=normal)
@@ -132,6 +136,27 @@ def test_unrolled_equals_the_rules_written_out(scan, model_file):
     g, _, y = scan
     got = unrolled3d.reconstruct(y, g, model=model_file, patch_size=8, n_sweeps=2, progress=False)
     torch.testing.assert_close(got, by_hand(model_file, y, g, 8, 2), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("options, amp", [({"precision": "float32"}, False), ({"precision": "bfloat16"}, True),
+                                          ({"amp": False}, False), ({"amp": True, "precision": "auto"}, True)])
+def test_the_network_precision_is_the_one_asked_for(scan, model_file, options, amp):
+    """``precision`` (the CLI's ``--precision``) or ``amp``: the network in float32 or bfloat16, as by hand."""
+    g, _, y = scan
+    got = unrolled3d.reconstruct(y, g, model=model_file, patch_size=8, n_sweeps=2, progress=False, **options)
+    torch.testing.assert_close(got, by_hand(model_file, y, g, 8, 2, amp=amp), rtol=1e-5, atol=1e-6)
+    res = reconstruct_detailed(y, g, model=model_file, progress=False, memory_budget="4G", **options)
+    assert res.plan["amp"] is amp
+
+
+def test_bfloat16_changes_the_network_not_the_rules(scan, model_file):
+    """The two precisions differ (the switch is not ignored), by bfloat16's rounding only."""
+    g, _, y = scan
+    a = unrolled3d.reconstruct(y, g, model=model_file, patch_size=8, progress=False, precision="float32")
+    b = unrolled3d.reconstruct(y, g, model=model_file, patch_size=8, progress=False, precision="bfloat16")
+    assert not torch.equal(a, b)
+    # bfloat16 keeps 8 significant bits (relative step 2^-8 = 0.4 %): a few steps through 2 unrolled iterations
+    assert float((a - b).norm() / a.norm()) < 0.05
 
 
 def test_the_default_plan_is_plan_inference_whole_volume_one_sweep(scan, model_file):
@@ -285,6 +310,9 @@ def test_the_former_readme_mistake_is_refused():
     ({"patch_size": 8, "memory_budget": "1G"}, ValueError, "not both"),
     ({"memory_budget": "lots"}, ValueError, "memory budget must look like"),
     ({"scale_check": "maybe"}, ValueError, "scale_check"),
+    ({"precision": "float16"}, ValueError, "precision"),
+    ({"precision": "float32", "amp": True}, ValueError, "disagree"),
+    ({"model": None, "method": "fdk", "precision": "bfloat16"}, ValueError, r"^precision/amp apply to method='unrolled'"),
     ({"frobnicate": 1}, TypeError, "unexpected options"),
     ({"out": "x.zarr"}, ValueError, "streamed"),
 ])

@@ -112,7 +112,7 @@ def reconstruct_streamed_store(y: Any, geometry_or_physics: Any, model: Any, met
                                                       FDK_WINDOWS))
             slab = slab_depth(physics, budget)
             note(progress, f"FDK of {g.n_views} views into a {g.vol_shape} volume, {slab} slices at a time")
-            fdk_streamed(y, physics, out, slab)
+            fdk_streamed(y, physics, out, slab, budget_bytes=budget)
             result = Reconstruction(out, "fdk", "input", 0.0, {"budget_mib": round(budget / 2**20, 1), "slab": slab})
         else:
             physics = ConeBeamCT(g, normalize=True, norm=norm, fdk_window=scan.fdk_window, progress=progress)
@@ -149,11 +149,12 @@ def _unrolled_streamed(y: Any, physics: Any, out: Any, model: Any, budget: int, 
         x0 = create_store(Path(scratch) / "x0.zarr", g.vol_shape, temporary=False, compressed=False)
         note(progress, f"FDK start point, {slab} slices at a time")
         inv_norm = 1.0 / float(physics.operator_norm)  # the normalised operator's measurements: y / ||A||
-        fdk_streamed(AffineStore(y, inv_norm), physics, x0, slab)  # FDK(y / ||A||): the volume's units
+        fdk_streamed(AffineStore(y, inv_norm), physics, x0, slab, budget_bytes=budget)  # FDK(y / ||A||)
         scale, sample = sample_percentile_scale(model.normalization, x0, slab)
         check = judge(percentile_of(torch.from_numpy(sample) * scale), model, options.get("scale_check", "check"))
         total = scale * check.factor  # the model's units: y / ||A||, times the percentile and rescale factors
-        rec = streamed_patch(model.reconstructor(g.vol_shape), physics, budget, options.get("patch_size"))
+        rec = streamed_patch(model.reconstructor(g.vol_shape), physics, budget, options.get("patch_size"),
+                             amp=options.get("amp"))  # None: bfloat16 where native
         if options.get("n_sweeps") is not None:
             from ._validation import integer
 

@@ -54,7 +54,7 @@ from .pretrained import PRETRAINED, WEIGHTS_DIR, PretrainedModel
 
 __all__ = ["reconstruct", "reconstruct_detailed", "load_pretrained", "Reconstructor", "check_measurement_scale",
            "Reconstruction", "ScaleCheck", "ScaleMismatchWarning", "PretrainedModel", "WARN_FACTOR", "ERROR_FACTOR",
-           "SCALE_CHECKS", "METHODS"]
+           "SCALE_CHECKS", "METHODS", "PRECISIONS", "network_amp"]
 
 
 class Reconstructor(PretrainedModel):
@@ -201,8 +201,10 @@ def reconstruct(y: Any, geometry_or_physics: Any = None, model: Any = None, meth
     progress : bool
         progress bars and notes on stderr.
     **options
-        ``patch_size`` (a patch edge instead of the budget's choice), ``n_sweeps``, ``amp``
-        (bfloat16 network: default where native), ``scale_check`` (:data:`SCALE_CHECKS`,
+        ``patch_size`` (a patch edge instead of the budget's choice), ``n_sweeps``, ``precision``
+        (the network's arithmetic, :data:`PRECISIONS`: ``"auto"``, the default, bfloat16 where the
+        device runs it natively; the data step is float32; ``amp=True``/``False`` is the same as
+        ``"bfloat16"``/``"float32"``), ``scale_check`` (:data:`SCALE_CHECKS`,
         default ``"check"``), ``norm`` (``||A||`` of the raw projector, when known),
         ``fdk_window``, ``device``, ``output_units`` (``"input"`` or ``"model"``), ``out`` (the
         output store of a streamed reconstruction: a path ending ``.zarr``/``.npy``, or an
@@ -218,7 +220,10 @@ def reconstruct(y: Any, geometry_or_physics: Any = None, model: Any = None, meth
                                 **options).volume
 
 
-_OPTIONS = ("patch_size", "n_sweeps", "amp", "scale_check", "norm", "fdk_window", "device", "output_units", "out",
+#: the network's arithmetic: ``"auto"`` (bfloat16 where native), or as named
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+_OPTIONS = ("patch_size", "n_sweeps", "amp", "precision", "scale_check", "norm", "fdk_window", "device", "output_units", "out",
             "force", "measure_memory", "scratch")
 
 
@@ -237,8 +242,10 @@ def reconstruct_detailed(y: Any, geometry_or_physics: Any = None, model: Any = N
     choice("output_units", options.get("output_units", "input"), ("input", "model"))
     if method == "unrolled" and model is None:
         raise ValueError("method='unrolled' needs a model (a shipped name such as 'heads_ct', or a model file)")
+    options["amp"] = network_amp(options.get("precision"), options.get("amp"))
     if method == "fdk":
-        given = [k for k, v in (("model", model), ("normal", normal), ("patch_size", options.get("patch_size"))) if v]
+        given = [k for k, v in (("model", model), ("normal", normal), ("patch_size", options.get("patch_size")),
+                                ("precision/amp", options["amp"] is not None)) if v]
         if given:
             raise ValueError(f"{', '.join(given)} apply to method='unrolled', not to FDK")
     if _is_streamed(y, options.get("out")):
@@ -257,6 +264,21 @@ def reconstruct_detailed(y: Any, geometry_or_physics: Any = None, model: Any = N
     if method == "fdk":
         return _fdk(y, scan, three_d, progress, options)
     return _unrolled(y, scan, three_d, as_pretrained(model, y.device), memory_budget, normal, progress, options)
+
+
+def network_amp(precision: str | None, amp: Any = None) -> bool | None:
+    """The network's bfloat16 switch from ``precision`` (:data:`PRECISIONS`) or ``amp`` (bool):
+    ``None`` for ``"auto"`` (bfloat16 where the device runs it natively:
+    :func:`unrolled3d.budget.bf16_is_native`), ``True`` for bfloat16, ``False`` for float32."""
+    from ._validation import boolean
+
+    wanted = None if amp is None else boolean("amp", amp)
+    if precision is None:
+        return wanted
+    named = {"auto": None, "float32": False, "bfloat16": True}[choice("precision", precision, PRECISIONS)]
+    if wanted is not None and named is not None and wanted != named:
+        raise ValueError(f"precision={precision!r} and amp={amp!r} disagree: give one of them")
+    return wanted if named is None else named
 
 
 def _is_streamed(y: Any, out: Any) -> bool:
@@ -337,12 +359,18 @@ class _Planned:
         self.budget, self.amp = memory_budget, options.get("amp")
         self.measure, self.progress = bool(options.get("measure_memory", False)), progress
         self.info: dict[str, Any] | None = None
-        self.planned = self.patch_size is not None
+        self.planned = False
         self.seconds, self.peak = 0.0, None
 
     def _plan(self, y: torch.Tensor, physics: Any, x0: torch.Tensor, H: Any) -> None:
-        from .budget import parse_bytes, plan_inference
+        from .budget import bf16_is_native, network_precision, parse_bytes, plan_inference
 
+        if self.patch_size is not None:  # the patch as given: only the network's precision is chosen
+            amp = bf16_is_native(y.device) if self.amp is None else self.amp
+            base, amp = network_precision(self.rec.base, amp)
+            self.rec = self.rec.with_base(base)
+            note(self.progress and amp, "bfloat16 network")
+            return
         budget = None if self.budget is None else parse_bytes(self.budget)
         self.rec, plan = plan_inference(self.rec, y, physics, x0, budget_bytes=budget, normal=H, amp=self.amp,
                                         n_sweeps=self.n_sweeps)

@@ -256,7 +256,8 @@ def reconstruct(args: argparse.Namespace) -> int:
         y, g, model=args.weights if unrolled else None, method=args.method, memory_budget=args.memory_budget,
         normal=args.normal, progress=_show_progress(args), patch_size=args.patch_size if unrolled else None,
         device=device, norm=norm_from_record(meta.get("operator_norm"), g), measure_memory=unrolled and
-        args.patch_size is None, scale_check=getattr(args, "scale_check", "check"), fdk_window=getattr(args, "fdk_window", None))
+        args.patch_size is None, scale_check=getattr(args, "scale_check", "check"),
+        fdk_window=getattr(args, "fdk_window", None), precision=getattr(args, "precision", "auto") if unrolled else None)
     x = result.volume
     write_volume(args.out, result.in_model_units()[0, 0], g.voxel_size, force=args.force)  # format from the ending
     payload = {"out": args.out, "seconds": round(result.seconds, 3), "method": args.method}
@@ -406,13 +407,13 @@ def train_cmd(args: argparse.Namespace) -> int:
     folder = training.RunFolder(out_dir, checkpoints="checkpoints", outputs=("model.pt",))
     command = shlex.join(["unrolled3d", *args.argv])
     with folder.claim(command):
+        model_path = out_dir / "model.pt"
+        resolve_output(model_path)  # a read-only model.pt fails now: not archived, not after the training
         folder.prepare(resume=args.resume, overwrite=args.overwrite)
         if folder.archived_to is not None:
             _note(args, f"archived the previous run to {folder.archived_to}")
         if folder.removed_temporaries:
             _note(args, f"removed {len(folder.removed_temporaries)} temporary file(s) of an interrupted save")
-        model_path = out_dir / "model.pt"
-        resolve_output(model_path)  # a read-only model.pt fails now, not after the training
         size = run.geometry.size
         physics = ConeBeamCT(standard_cone_beam(size, run.geometry.views), normalize=True,
                              progress=_show_progress(args))

@@ -16,6 +16,11 @@ from .norm import EXACT_NORM_VOXELS, cached_operator_norm, largest_eigenvalue_of
 __all__ = ["ConeBeamCT", "ConeBeamPatch", "to_astra_layout", "from_astra_layout", "LAYOUTS", "SOLVER_KEYWORDS"]
 
 LAYOUTS = ("views", "astra")
+
+#: voxels x views of an FDK above which :meth:`ConeBeamCT.fbp` shows a progress bar (about a
+#: second of backprojection on a CPU core): large volumes, not the many small FDKs of a patch loop
+#: (with a bar the compiled backprojection runs in steps of views)
+FDK_PROGRESS_WORK = 256**3 * 64
 #: keywords of ``LinearPhysics.A_dagger`` / ``deepinv.optim.linear.least_squares`` that ask for
 #: a least-squares solve rather than FDK.
 SOLVER_KEYWORDS = frozenset({"solver", "tol", "max_iter", "verbose", "init", "z", "gamma", "parallel_dim",
@@ -49,8 +54,8 @@ class ConeBeamCT(LinearPhysics):
         estimate. Only with ``normalize=True``. Otherwise the norm is estimated once per
         geometry and remembered, in memory and on disk (:mod:`unrolled3d.physics.norm`).
     progress : bool
-        progress bars on stderr while ``||A||`` is estimated and during FDK (:meth:`fbp`,
-        ``A_dagger``), once either has taken a second.
+        progress bars on stderr while ``||A||`` is estimated (once that has taken a second) and
+        during the FDK of large scans (:meth:`fbp`, ``A_dagger``; :data:`FDK_PROGRESS_WORK`).
     layout : str
         measurement layout, ``"views"`` (default): ``[B, C, n_views, rows, cols]``,
         contiguous per view, as the projector writes it; ``"astra"``: deepinv's and ASTRA's
@@ -165,7 +170,9 @@ class ConeBeamCT(LinearPhysics):
         """FDK reconstruction ``y -> [B, C, D, H, W]`` (inverts the normalisation, if any)."""
         views = self._to_views(y).contiguous()  # FDK's filtering runs along rows of each view
         window = self.fdk_window if window is None else choice("window", window, FDK_WINDOWS)
-        return self._scale(_fdk(views, self.geometry, window=window, progress=self.progress), 1)
+        g = self.geometry
+        bar = self.progress and g.vol_shape[0] * g.vol_shape[1] * g.vol_shape[2] * g.n_views >= FDK_PROGRESS_WORK
+        return self._scale(_fdk(views, g, window=window, progress=bar), 1)
 
     def A_dagger(self, y: torch.Tensor, fbp: bool | None = None, **kwargs) -> torch.Tensor:
         """Pseudo-inverse: FDK, or deepinv's least-squares solve when one is asked for.

@@ -118,6 +118,9 @@ class ConeBeamCT(LinearPhysics):
         # FDK's per-view tables, once per scan and device (shared with the patches' geometries),
         # so that A_dagger holds no geometry work and compiles whole (physics/fdk.py)
         fdk_tables(geometry, self.operator_norm.device)
+        # likewise the projector's view vectors: made here, not first inside a traced A (torch.export
+        # cannot read a tensor made while tracing; the estimate of ||A|| made them before its cache)
+        geometry.views_tensor(self.operator_norm.device)
         if self.normalize:
             if norm is not None:
                 self.operator_norm.fill_(real("norm", norm, positive=True))

@@ -135,7 +135,7 @@ def reconstruct_store(args: argparse.Namespace, load_unrolled) -> int:
     try:
         if not unrolled:
             _note(args, f"FDK of {g.n_views} views into a {g.vol_shape} volume, {slab} slices at a time")
-            fdk_streamed(y, physics, out, slab)
+            fdk_streamed(y, physics, out, slab, window=getattr(args, "fdk_window", None) or "ram-lak")
         else:
             rec, norm = load_unrolled(args, g.vol_shape)
             scratch = tempfile.TemporaryDirectory(prefix=f".{Path(args.out).name}.scratch-", dir=Path(args.out).parent)
@@ -169,6 +169,12 @@ def reconstruct_store(args: argparse.Namespace, load_unrolled) -> int:
         write_npy_sidecar(path, g.voxel_size, g.vol_shape, force=args.force)
     seconds = time.perf_counter() - t0
     payload = {"out": str(path), "seconds": round(seconds, 3), "method": args.method, "streamed": True, **info}
+    if getattr(args, "preview", None) is not None:  # three planes read from the written store
+        from ..io.stores import open_store
+        from .preview import write_preview
+
+        units = "attenuation (1/mm)" if not unrolled else norm.output_units
+        payload["preview"] = str(write_preview(args, open_store(path), g.vol_shape, units))
     if x_true is not None:
         from ..io.stores import open_store
 

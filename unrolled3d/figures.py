@@ -62,7 +62,21 @@ def display_window(volume: torch.Tensor, percentiles: tuple[float, float] = (0.5
 
 
 class BlockReader(Protocol):
-    """A volume read block by block (the package's array stores, :class:`unrolled3d.io.LazyVolume`)."""
+    """A volume read block by block (the package's array stores, :class:`unrolled3d.io.LazyVolume`):
+    its ``shape`` and ``read(start, size)``, a NumPy block.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from unrolled3d.figures import central_slices
+    >>> class Ramp:  # any object with shape and read() will do
+    ...     shape = (4, 5, 6)
+    ...     def read(self, start, size):
+    ...         z, y, x = np.meshgrid(*[np.arange(a, a + n) for a, n in zip(start, size)], indexing="ij")
+    ...         return (100 * z + 10 * y + x).astype(np.float32)
+    >>> [(plane, i, tuple(s.shape)) for plane, i, s in central_slices(Ramp())]
+    [('axial z', 2, (5, 6)), ('coronal y', 2, (4, 6)), ('sagittal x', 3, (4, 5))]
+    """
 
     @property
     def shape(self) -> tuple[int, ...]: ...

@@ -1,8 +1,9 @@
 """Pictures of volumes: three orthogonal central slices per volume, on one stated display window,
 with a colour bar in the volume's units and the index of every slice.
 
-One function, :func:`save_slices_png`, draws the demo's figure, ``unrolled3d reconstruct
---preview`` and the quality benchmarks' slices, so that they all read the same way.
+One function, :func:`plot_slices` (:func:`save_slices_png` writes it to a PNG), draws the demo's
+figure, ``unrolled3d reconstruct --preview``, the quality benchmarks' slices and the
+documentation's pictures, so that they all read the same way.
 
 Examples
 --------
@@ -16,14 +17,14 @@ True
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from .io.atomic import atomic_path
 
-__all__ = ["save_slices_png", "display_window", "central_slices", "check_png_name", "BlockReader"]
+__all__ = ["plot_slices", "save_slices_png", "display_window", "central_slices", "check_png_name", "BlockReader"]
 
 
 def check_png_name(path: str | Path) -> Path:
@@ -103,9 +104,9 @@ def central_slices(volume: torch.Tensor | BlockReader) -> list[tuple[str, int, t
     return [("axial z", d // 2, cut[0]), ("coronal y", h // 2, cut[1]), ("sagittal x", w // 2, cut[2])]
 
 
-def save_slices_png(volumes: Mapping[str, torch.Tensor | BlockReader], path: str | Path, title: str = "",
-                    window: Sequence[float] | None = None, units: str = "a.u.", force: bool = False) -> Path:
-    """Three orthogonal central slices of each volume, one row per volume, on one display window.
+def plot_slices(volumes: Mapping[str, torch.Tensor | BlockReader], title: str = "",
+                window: Sequence[float] | None = None, units: str = "a.u.", figure: Any = None) -> Any:
+    """Draw three orthogonal central slices of each volume, one row per volume, on one window.
 
     Every panel is titled with its plane and slice index (``axial z = 24 (of 48)``); each row has a
     colour bar labelled with ``units``; the window is stated in the figure's title. Slices are
@@ -118,8 +119,6 @@ def save_slices_png(volumes: Mapping[str, torch.Tensor | BlockReader], path: str
         ``label -> (D, H, W)`` volume (a tensor, or a store read block by block: only its three
         planes are read), the label printed at the left of its row. Every row shares one window,
         so that grey levels compare across rows.
-    path : str or Path
-        PNG written atomically; must end in ``.png``.
     title : str
         The figure's title (the window is appended).
     window : (float, float), optional
@@ -127,15 +126,14 @@ def save_slices_png(volumes: Mapping[str, torch.Tensor | BlockReader], path: str
         volume (its 0.5th and 99.5th percentiles; of its three planes, for a store).
     units : str
         The values' units, on the colour bars (``"1/mm"`` for attenuation, ``"HU"``, ...).
-    force : bool
-        Replace a read-only file.
+    figure : matplotlib.figure.Figure, optional
+        Where to draw; default a new ``pyplot`` figure (shown by ``plt.show()``, captured by
+        notebooks and the documentation's gallery).
 
     Returns
     -------
-    Path
-        ``path``.
+    matplotlib.figure.Figure
     """
-    check_png_name(path)
     if not volumes:
         raise ValueError("volumes is empty: give at least one label -> (D, H, W) tensor")
     rows = {label: central_slices(v if not isinstance(v, torch.Tensor) else v.detach().float().cpu())
@@ -150,13 +148,12 @@ def save_slices_png(volumes: Mapping[str, torch.Tensor | BlockReader], path: str
         lo, hi = float(window[0]), float(window[1])
     if not hi > lo:
         raise ValueError(f"window must be (low, high) with high > low, got {window}")
-    import matplotlib
+    size = (10.5, 3.2 * len(volumes))
+    if figure is None:
+        import matplotlib.pyplot as plt
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(volumes), 3, figsize=(10.5, 3.2 * len(volumes)), squeeze=False,
-                             layout="constrained")
+        figure = plt.figure(figsize=size, layout="constrained")
+    axes = figure.subplots(len(volumes), 3, squeeze=False)
     for row, (label, slices) in enumerate(rows.items()):
         shape = shapes[label]
         for col, (plane, index, img) in enumerate(slices):
@@ -167,11 +164,36 @@ def save_slices_png(volumes: Mapping[str, torch.Tensor | BlockReader], path: str
             ax.set_title(f"{plane} = {index} (of {shape[col]})", fontsize=9)
             if col == 0:
                 ax.set_ylabel(label)
-        bar = fig.colorbar(image, ax=list(axes[row]), fraction=0.025, pad=0.02)
+        bar = figure.colorbar(image, ax=list(axes[row]), fraction=0.025, pad=0.02)
         bar.set_label(units)
     full_title = f"{title}\n" if title else ""
-    fig.suptitle(f"{full_title}window [{lo:.4g}, {hi:.4g}] {units}", fontsize=10)
+    figure.suptitle(f"{full_title}window [{lo:.4g}, {hi:.4g}] {units}", fontsize=10)
+    return figure
+
+
+def save_slices_png(volumes: Mapping[str, torch.Tensor | BlockReader], path: str | Path, title: str = "",
+                    window: Sequence[float] | None = None, units: str = "a.u.", force: bool = False) -> Path:
+    """:func:`plot_slices` written to a PNG file (atomically), without ``pyplot``'s global state.
+
+    Parameters
+    ----------
+    volumes, title, window, units
+        As in :func:`plot_slices`.
+    path : str or Path
+        The PNG; must end in ``.png``.
+    force : bool
+        Replace a read-only file.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    check_png_name(path)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10.5, 3.2 * max(len(volumes), 1)), layout="constrained")
+    plot_slices(volumes, title=title, window=window, units=units, figure=fig)
     with atomic_path(path, replace_read_only=force) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
     return Path(path)

@@ -46,7 +46,7 @@ def run(*argv: str) -> dict:
 # ``simulate --output m.zarr`` voxelises the phantom and projects it slab by slab into a Zarr store;
 # ``reconstruct m.zarr --output x.zarr --memory-budget 1G`` runs FDK (or the network) with slab
 # buffers sized to the budget. ``--preview`` draws the result's central slices, reading three planes.
-print(run("simulate", "--phantom", "ellipsoids", "--size", "32", "--views", "30", "--noise", "0.01",
+print(run("simulate", "--phantom", "ellipsoids", "--size", "32", "--views", "30", "--noise", "0.03",
           "--seed", "2", "--output", str(work / "m.zarr")))
 fdk = run("reconstruct", str(work / "m.zarr"), "--output", str(work / "fdk.zarr"), "--memory-budget", "1G")
 net = run("reconstruct", str(work / "m.zarr"), "--method", "unrolled", "--weights", str(weights),

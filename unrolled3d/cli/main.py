@@ -237,7 +237,7 @@ def _handle_termination() -> dict[int, Any]:
 def _interrupted(args: argparse.Namespace, exc: KeyboardInterrupt) -> int:
     """One line for Ctrl-C, SIGTERM or SIGHUP (with ``train``'s resume hint); the exit status 128 + signal."""
     signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
-    what = {signal.SIGINT: "interrupted"}.get(signum, f"stopped by {signal.Signals(signum).name}")
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
     hint = getattr(args, "interrupt_hint", "")
     print(f"unrolled3d {args.command}: {what}{'; ' + hint if hint else ''}", file=sys.stderr)
     return 128 + int(signum)

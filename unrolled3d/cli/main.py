@@ -20,7 +20,13 @@ from typing import Any, Sequence
 
 from .bench import BENCH_SUITES
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser", "FDK_WINDOWS", "PHANTOMS"]
+
+#: ``reconstruct --fdk-window``: the ramp filter's windows (:data:`unrolled3d.physics.fdk.FDK_WINDOWS`,
+#: restated so that the parser imports no torch; a test keeps the two equal)
+FDK_WINDOWS = ("ram-lak", "shepp-logan", "cosine", "hamming", "hann")
+#: ``simulate --phantom``
+PHANTOMS = ("shepp-logan", "ellipsoids", "textured")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -50,29 +56,37 @@ def _add_scan_commands(sub) -> None:
     p.set_defaults(command_name="demo")
 
     p = sub.add_parser("simulate", help="phantom (or a volume file) + cone-beam scan -> measurements file (.pt)")
-    p.add_argument("--phantom", choices=["shepp-logan", "ellipsoids"], help="analytic phantom (default shepp-logan)")
-    p.add_argument("--size", type=int, help="phantom volume edge in voxels (default 64)")
+    p.add_argument("--phantom", choices=PHANTOMS,
+                   help="shepp-logan (default), ellipsoids (random, drawn with --seed) or textured (soft tissue, "
+                        "organs, fine texture and trabecular-like sheets on the voxel grid, drawn with --seed; "
+                        "training's [phantoms] kind = \"textured\")")
+    p.add_argument("--size", type=int, help="phantom volume edge in voxels, 1 mm voxels (default 64)")
     p.add_argument("--volume", metavar="FILE",
                    help="use this volume as the phantom (.npy, .nii, .nii.gz, .h5, .hdf5, .tif, .tiff, .pt; "
                         "its voxel size is kept) instead of --phantom/--size")
-    p.add_argument("--views", type=int, default=30)
-    p.add_argument("--short-scan", action="store_true")
+    p.add_argument("--views", type=int, default=30,
+                   help="projections over the orbit, equally spaced (default %(default)s)")
+    p.add_argument("--short-scan", action="store_true",
+                   help="a short scan (180 degrees plus the fan angle, Parker-weighted FDK) instead of a full 360")
     p.add_argument("--noise", type=float, default=None,
                    help="Gaussian noise: its std on the normalised measurements A x / ||A|| (the convention of "
                         "[train] noise_std, so 0.02 is the shipped models' training noise; default 0.01)")
     p.add_argument("--noise-relative", type=float, default=None, metavar="FRACTION",
                    help="instead of --noise: its std as a fraction of the largest line integral (what --noise "
                         "meant before)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", "--out", dest="out", required=True, metavar="FILE", help="measurements file (.pt)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the noise and of the random phantoms (default %(default)s)")
+    p.add_argument("--output", "--out", dest="out", required=True, metavar="FILE",
+                   help="measurements file: .pt, or a Zarr store (.zarr) written slab by slab for large volumes")
     _common(p)
     _force(p)
     p.set_defaults(command_name="simulate")
 
     p = sub.add_parser("fit-normal", help="fit and save the diagonal-circulant H for a measurement file's geometry")
-    p.add_argument("measurements", help="file written by `unrolled3d simulate`")
-    p.add_argument("--iters", type=int, default=200)
-    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("measurements", help="measurements file written by `unrolled3d simulate` or `import-walnut`")
+    p.add_argument("--iters", type=int, default=200,
+                   help="Adam steps of the fit, one random probe each (default %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-2, help="Adam's learning rate (default %(default)s)")
     p.add_argument("--kernel-radius", type=int, default=None, metavar="VOXELS",
                    help="cut H's kernel to lags |l| <= VOXELS: smaller FFT grids on patches, larger error "
                         "(default: every lag)")
@@ -101,8 +115,13 @@ def _add_train_command(sub) -> None:
 def _add_other_commands(sub) -> None:
     """``reconstruct``, ``import-walnut``, ``bench``, ``info``."""
     p = sub.add_parser("reconstruct", help="measurements -> volume file: FDK or partitioned unrolled")
-    p.add_argument("measurements")
-    p.add_argument("--method", choices=["fdk", "unrolled"], default="fdk")
+    p.add_argument("measurements", help="measurements file (.pt from `simulate` or `import-walnut`, or a .zarr store)")
+    p.add_argument("--method", choices=["fdk", "unrolled"], default="fdk",
+                   help="fdk (filtered backprojection) or unrolled (the partitioned network of --weights; "
+                        "default %(default)s)")
+    p.add_argument("--fdk-window", choices=FDK_WINDOWS, default=None,
+                   help="the ramp filter's window of --method fdk (default ram-lak; hann smooths noise). The "
+                        "network's start point keeps the FDK it was trained with")
     p.add_argument("--weights", help="model file written by `unrolled3d train`, or a shipped model: heads_ct, "
                                      "demo_ct (method unrolled)")
     p.add_argument("--patch-size", type=int,
@@ -125,7 +144,10 @@ def _add_other_commands(sub) -> None:
                    help="the network's arithmetic (the data step is float32): bfloat16 where the CPU or GPU runs it "
                         "natively (auto, the default: no loss measured on held-out real volumes), or as given")
     p.add_argument("--normal", help="operator file from `unrolled3d fit-normal`: use H on the patches")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default %(default)s)")
+    p.add_argument("--preview", metavar="PNG",
+                   help="also write a PNG of three orthogonal central slices (window, colour bar in the output's "
+                        "units, slice indices)")
     p.add_argument("--output", "--out", dest="out", required=True, metavar="FILE",
                    help="volume file; the ending picks the format: .npy (+ .json voxel size), .nii, .nii.gz, "
                         ".h5, .hdf5, .tif, .tiff, .pt (the scan's voxel size is stored)")
@@ -171,11 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unrolled3d", description="Memory-efficient unrolled reconstruction of large 3D volumes."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_scan_commands(sub)
     _add_train_command(sub)
     _add_other_commands(sub)
     return parser
+
+
+def _version() -> str:
+    from .. import __version__  # the package's __init__ imports no torch
+
+    return __version__
 
 
 #: failures the user can fix (arguments, files, refused outputs, a diverged run, memory): one line, exit 2.
@@ -227,7 +256,7 @@ def _handle_termination() -> dict[int, Any]:
 def _interrupted(args: argparse.Namespace, exc: KeyboardInterrupt) -> int:
     """One line for Ctrl-C, SIGTERM or SIGHUP (with ``train``'s resume hint); the exit status 128 + signal."""
     signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
-    what = {signal.SIGINT: "interrupted"}.get(signum, f"stopped by {signal.Signals(signum).name}")
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
     hint = getattr(args, "interrupt_hint", "")
     print(f"unrolled3d {args.command}: {what}{'; ' + hint if hint else ''}", file=sys.stderr)
     return 128 + int(signum)

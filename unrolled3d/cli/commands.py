@@ -17,6 +17,7 @@ from .._validation import integer, real
 from ..errors import FileFormatError
 from .bench import bench_cmd
 from .output import emit
+from .scan_files import check_field_of_view, hu_to_attenuation, input_units, output_spatial, source_meta
 from .streamed import is_store_path, reconstruct_store, simulate_store
 from .train_data import build_file_data
 
@@ -110,8 +111,9 @@ def simulate(args: argparse.Namespace) -> int:
     check_not_input([out], [args.volume])
     resolve_output(out, args.force)
     scan = "short" if args.short_scan else "full"
+    units, spatial = "attenuation", None
     if args.volume is not None:
-        from ..io import read_volume
+        from ..io import read_spatial, read_volume
 
         if args.phantom is not None or args.size is not None:
             raise ValueError("--volume replaces --phantom and --size: give one or the other")
@@ -120,8 +122,10 @@ def simulate(args: argparse.Namespace) -> int:
             check_finite(vol, "the volume")
         except ValueError as exc:
             raise FileFormatError(args.volume, str(exc)) from None
+        spatial = read_spatial(args.volume)  # its affine goes into the measurements, reconstruct writes it back
+        units = _volume_units(args, float(vol.min()))
         g = scan_for_volume(tuple(vol.shape), voxel_size, views, scan)
-        x = vol.to(torch.float32)[None, None]
+        x = (hu_to_attenuation()(vol) if units == "hu" else vol).to(torch.float32)[None, None]
         source = {"volume": str(args.volume)}
     else:
         size = 64 if args.size is None else integer("--size", args.size, 4)
@@ -133,9 +137,20 @@ def simulate(args: argparse.Namespace) -> int:
         source = {"phantom": phantom}
     y = cone_project(x, g)
     y = y + noise * float(y.max()) * torch.randn(y.shape, generator=torch.Generator().manual_seed(args.seed))
-    save_measurements(out, y, g, x_true=x, meta={**source, "noise": noise}, force=args.force)
-    emit(args, {"out": args.out, "sino_shape": list(y.shape)}, f"wrote {args.out}: measurements {tuple(y.shape)}")
+    meta = {**source_meta(args, source, units, spatial), "noise": noise}
+    save_measurements(out, y, g, x_true=x, meta=meta, force=args.force)
+    emit(args, {"out": args.out, "sino_shape": list(y.shape), "units": units},
+         f"wrote {args.out}: measurements {tuple(y.shape)}")
     return 0
+
+
+def _volume_units(args: argparse.Namespace, smallest: float) -> str:
+    """``--units`` resolved for a volume whose smallest value is ``smallest`` (a note when guessed)."""
+    units = input_units(getattr(args, "units", "auto"), smallest)
+    if units == "hu" and getattr(args, "units", "auto") == "auto":
+        _note(args, f"{args.volume} looks like Hounsfield units (smallest value {smallest:g}): converted to "
+                    f"attenuation in 1/mm before projecting (--units attenuation projects the values as they are)")
+    return units
 
 
 def _simulate_store(args: argparse.Namespace, noise: float, views: int) -> int:
@@ -146,15 +161,19 @@ def _simulate_store(args: argparse.Namespace, noise: float, views: int) -> int:
 
     check_not_input([args.out], [args.volume])
     scan = "short" if args.short_scan else "full"
+    units, spatial = "attenuation", None
     if args.volume is not None:
         if args.phantom is not None or args.size is not None:
             raise ValueError("--volume replaces --phantom and --size: give one or the other")
         vol = LazyVolume(args.volume)
+        spatial = vol.spatial
+        units = _volume_units(args, float(vol.sample().min()))  # a regular sub-sample: the file is not read whole
+        convert = hu_to_attenuation() if units == "hu" else (lambda v: v)
         g = scan_for_volume(vol.shape, vol.voxel_size, views, scan)
         h, w = vol.shape[1:]
 
         def slab(z0: int, s: int) -> torch.Tensor:
-            return torch.from_numpy(vol.read((z0, 0, 0), (s, h, w)))
+            return convert(torch.from_numpy(vol.read((z0, 0, 0), (s, h, w))))
 
         source = {"volume": str(args.volume)}
     else:
@@ -169,7 +188,7 @@ def _simulate_store(args: argparse.Namespace, noise: float, views: int) -> int:
                             supersample=2)
 
         source = {"phantom": phantom}
-    return simulate_store(args, g, slab, noise, source)
+    return simulate_store(args, g, slab, noise, source_meta(args, source, units, spatial))
 
 
 def import_walnut(args: argparse.Namespace) -> int:
@@ -208,6 +227,7 @@ def fit_normal(args: argparse.Namespace) -> int:
     _, g, _, _ = load_measurements(args.measurements)
     _note(args, f"estimating ||A|| of the {g.vol_shape} scan")
     physics = ConeBeamCT(g, normalize=True)
+    check_field_of_view(float(physics.operator_norm), args.measurements)
     H = DiagCirculantNormal.for_physics(physics, g.vol_shape, kernel_radius=args.kernel_radius)
     hist = fit_h(H, physics, n_iter=iters, lr=lr, progress=_show_progress(args))
     err = relative_error(H, physics)
@@ -241,9 +261,12 @@ def reconstruct(args: argparse.Namespace) -> int:
     check_volume_target(args.out, args.force)
     budget_info = None
     device = _device(args.device)
-    y, g, x_true, _ = load_measurements(args.measurements)
+    y, g, x_true, meta = load_measurements(args.measurements)
+    spatial = output_spatial(meta, g, args.measurements)  # the input volume's affine, written back
     physics = ConeBeamCT(g, normalize=args.method == "unrolled", device=device)
-    y = y.to(device)
+    if args.method == "unrolled":
+        check_field_of_view(float(physics.operator_norm), args.measurements)
+    y = y.to(device=device, dtype=torch.float32)  # float64 files too: the projector and the model are float32
     show = _show_progress(args)
     t0 = time.perf_counter()
     if args.method == "fdk":
@@ -293,8 +316,10 @@ def reconstruct(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     if not bool(torch.isfinite(x).all()):  # the inputs are checked finite: this is the model's doing
         raise FloatingPointError("the reconstruction holds NaN or infinite values: not written")
+    if args.method == "fdk" and bool(y.any()) and not bool(x.any()):
+        check_field_of_view(0.0, args.measurements)  # measurements, but nothing of them reaches the volume
     out_volume = x[0, 0] if args.method == "fdk" else norm.output(x[0, 0])  # "hu": back to Hounsfield units
-    write_volume(args.out, out_volume, g.voxel_size, force=args.force)  # format from the ending, the scan's voxels
+    write_volume(args.out, out_volume, force=args.force, spatial=spatial)  # format from the ending, input's affine
     payload = {"out": args.out, "seconds": round(seconds, 3), "method": args.method}
     if args.method == "unrolled":
         payload.update(normalization=norm.to_dict(), units=norm.output_units)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -70,14 +71,15 @@ def simulate_store(args: argparse.Namespace, geometry, slab_source: Callable[[in
     return 0
 
 
-def _output_store(args: argparse.Namespace, shape, voxel_size):
+def _output_store(args: argparse.Namespace, shape, spatial):
+    """The output store: Zarr attributes or the ``.npy`` sidecar (written with the data) carry
+    the voxel size and the input volume's affine."""
     from ..io.stores import create_store, store_kind
 
     kind = store_kind(args.out)
     if kind is None:
         raise ValueError(f"--output {args.out}: a streamed reconstruction writes a .zarr store or a .npy file")
-    attrs = {"voxel_size": list(voxel_size), "axes": "zyx", "unit": "mm"} if kind == "zarr" else None
-    return create_store(args.out, shape, attrs=attrs, force=args.force)
+    return create_store(args.out, shape, force=args.force, spatial=spatial)
 
 
 def _streamed_psnr(x, truth, slab: int) -> float:
@@ -119,16 +121,20 @@ def reconstruct_store(args: argparse.Namespace, load_unrolled) -> int:
     from ..io.stores import AffineStore, create_store
     from ..partition.streamed import fdk_streamed, reconstruct_streamed, slab_depth, streamed_patch
     from ..physics import ConeBeamCT
+    from .scan_files import check_field_of_view, output_spatial
 
     check_not_input([args.out], [args.measurements, args.weights, args.normal])
     if args.device != "cpu":
         raise ValueError("--device: streamed reconstructions run on the CPU for now")
-    y, g, x_true, _ = open_scan(args.measurements)
+    y, g, x_true, meta = open_scan(args.measurements)
+    spatial = output_spatial(meta, g, args.measurements)
     budget = parse_bytes(args.memory_budget) if args.memory_budget is not None else available_bytes("cpu")
     unrolled = args.method == "unrolled"
     physics = ConeBeamCT(g, normalize=unrolled)
+    if unrolled:
+        check_field_of_view(float(physics.operator_norm), args.measurements)
     slab = slab_depth(physics, budget)
-    out = _output_store(args, g.vol_shape, g.voxel_size)
+    out = _output_store(args, g.vol_shape, spatial)
     info: dict = {"budget_mib": round(budget / 2**20, 1), "slab": slab}
     t0 = time.perf_counter()
     stack = contextlib.ExitStack()
@@ -138,7 +144,9 @@ def reconstruct_store(args: argparse.Namespace, load_unrolled) -> int:
             fdk_streamed(y, physics, out, slab)
         else:
             rec, norm = load_unrolled(args, g.vol_shape)
-            scratch = tempfile.TemporaryDirectory(prefix=f".{Path(args.out).name}.scratch-", dir=Path(args.out).parent)
+            # named with the process id: a killed run's scratch is removed by the next (remove_stale_leftovers)
+            scratch = tempfile.TemporaryDirectory(prefix=f".{Path(args.out).name}.scratch-{os.getpid()}-",
+                                                  dir=Path(args.out).parent)
             stack.callback(scratch.cleanup)
             x0 = create_store(Path(scratch.name) / "x0.zarr", g.vol_shape, temporary=False, compressed=False)
             _note(args, f"FDK start point, {slab} slices at a time")
@@ -163,10 +171,6 @@ def reconstruct_store(args: argparse.Namespace, load_unrolled) -> int:
         raise
     finally:
         stack.close()
-    if str(path).endswith(".npy"):
-        from ..io.volumes import write_npy_sidecar
-
-        write_npy_sidecar(path, g.voxel_size, g.vol_shape, force=args.force)
     seconds = time.perf_counter() - t0
     payload = {"out": str(path), "seconds": round(seconds, 3), "method": args.method, "streamed": True, **info}
     if x_true is not None:

@@ -37,7 +37,7 @@ from typing import Any
 
 from ..errors import FileFormatError, first_line
 from ..geometry import ConeBeamGeometry
-from .atomic import fsync_folder
+from .atomic import fsync_folder, remove_stale_leftovers
 from .stores import ArrayStore, ZarrStore, _check_target, _sync_tree, _zarr, store_kind
 
 __all__ = ["MEAS_STORE_FORMAT", "ScanStore", "create_scan", "open_scan"]
@@ -94,6 +94,7 @@ def create_scan(path: str | os.PathLike, geometry: ConeBeamGeometry, with_truth:
     if not isinstance(geometry, ConeBeamGeometry):
         raise TypeError(f"geometry must be a ConeBeamGeometry, got {type(geometry).__name__}")
     final = _check_target(final, "zarr", force)
+    remove_stale_leftovers(final)  # what killed writers of this store left beside it
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     zarr = _zarr()

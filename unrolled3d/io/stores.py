@@ -19,7 +19,13 @@ array-like          anything sliced like NumPy: ``numpy.ndarray``, ``h5py.Datase
 Regions are given as ``start`` and ``size`` tuples of the array's rank; reads return float32
 copies. :func:`create_store` makes a new Zarr or ``.npy`` array under a temporary name, and
 :meth:`ArrayStore.commit` moves it into place atomically (the data synced, then renamed, then the
-folder synced), so that an interrupted run leaves no half-written output under the final name.
+folder synced), so that an interrupted run leaves no half-written output under the final name; a
+new ``.npy`` output gets its voxel-size sidecar before its rename, as one pair
+(:mod:`unrolled3d.io.npy_pair`), and a Zarr output its :class:`~unrolled3d.io.Spatial` as
+attributes. The leftovers of killed writers of the same output are removed first
+(:func:`~unrolled3d.io.atomic.remove_stale_leftovers`); the disk space of a new ``.npy`` file is
+reserved when it is made (a full disk is then an error at once, not a crash of the memory map
+later), and a full disk is one line naming the output (:class:`~unrolled3d.errors.DiskFullError`).
 
 Examples
 --------
@@ -32,6 +38,7 @@ Examples
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -44,7 +51,8 @@ import torch
 
 from .._validation import int_tuple
 from ..errors import FileFormatError, first_line
-from .atomic import fsync_folder, resolve_output
+from .atomic import fsync_folder, no_space_left, remove_stale_leftovers, resolve_output
+from .spatial import Spatial
 
 __all__ = ["ArrayStore", "AffineStore", "NpyStore", "ZarrStore", "open_store", "create_store", "store_kind", "STORE_ENDINGS",
            "default_chunks"]
@@ -145,7 +153,13 @@ class ArrayStore:
     def write(self, start: Sequence[int], block: Any) -> None:
         """Store ``block`` at ``start`` (its shape is the region's size)."""
         block = _as_numpy(block)
-        self._set(_region(start, block.shape, self.shape), block)
+        try:
+            self._set(_region(start, block.shape, self.shape), block)
+        except OSError as exc:
+            full = no_space_left(exc, self._final or self.path or "an array store")
+            if full is None:
+                raise
+            raise full from None
 
     def add(self, start: Sequence[int], block: Any) -> None:
         """Add ``block`` to the region at ``start`` (read, add, write)."""
@@ -167,6 +181,7 @@ class ArrayStore:
             return self.path
         _sync_tree(self.path)
         final = self._final
+        self._before_rename(final)
         if final.exists():  # create_store checked that it may be replaced
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             os.replace(final, old)
@@ -187,6 +202,9 @@ class ArrayStore:
 
     def _reopen(self) -> None:
         """Point at ``self.path`` after a rename (stores that keep a handle)."""
+
+    def _before_rename(self, final: Path) -> None:
+        """What must be in place before the data takes its final name (an ``.npy`` file's sidecar)."""
 
 
 class AffineStore(ArrayStore):
@@ -240,6 +258,15 @@ class NpyStore(ArrayStore):
         super().__init__(arr, path)
         del arr
         self._array = None
+        self.spatial: Spatial | None = None  # a new output's sidecar, written at commit
+
+    def _before_rename(self, final: Path) -> None:
+        if self.spatial is None:
+            return
+        from .volumes import write_npy_sidecar
+
+        # the pair as one: the sidecar names this data (and the volume it replaces), then the rename
+        write_npy_sidecar(final, None, self.shape, force=True, spatial=self.spatial, data_file=self.path)
 
     @staticmethod
     def _map(path: Path, mode: str) -> np.ndarray:
@@ -350,7 +377,7 @@ def open_store(path: str | os.PathLike, writable: bool = False) -> ArrayStore:
 
 def create_store(path: str | os.PathLike, shape: Sequence[int], chunks: Sequence[int] | None = None,
                  attrs: dict[str, Any] | None = None, force: bool = False, temporary: bool = True,
-                 compressed: bool = True) -> ArrayStore:
+                 compressed: bool = True, spatial: Spatial | None = None) -> ArrayStore:
     """A new float32 array at ``path`` (``.zarr`` or ``.npy``), zero-filled.
 
     Parameters
@@ -367,35 +394,80 @@ def create_store(path: str | os.PathLike, shape: Sequence[int], chunks: Sequence
         Allow replacing an existing file or store at ``path`` (at :meth:`~ArrayStore.commit`).
     compressed : bool
         Zarr only: Zstandard-compress the chunks (off for scratch arrays, read and written often).
+    spatial : Spatial, optional
+        The volume's voxel size and affine: Zarr attributes (``voxel_size``, ``affine``,
+        ``frame_code``, ``axes``, ``unit``); for a new ``.npy`` output (``temporary``), its sidecar
+        (written at :meth:`~ArrayStore.commit`, 1 mm voxels without ``spatial``).
     """
     kind = store_kind(path)
     if kind is None:
         raise ValueError(f"{path}: a store's name ends in .zarr or .npy")
     final = _check_target(Path(path), kind, force)
     shape = int_tuple("shape", shape, len(shape))
+    if spatial is not None and not isinstance(spatial, Spatial):
+        raise TypeError(f"spatial must be an unrolled3d.io.Spatial, got {type(spatial).__name__}")
     target = final.with_name(f".{final.name}.tmp-{os.getpid()}") if temporary else final
+    if temporary:
+        remove_stale_leftovers(final)  # what killed writers of this output left
     _remove(target)
     if kind == "npy":
         if attrs:
             raise ValueError(f"{final}: a .npy file keeps no attributes (use a .zarr store)")
-        np.lib.format.open_memmap(target, mode="w+", dtype=np.float32, shape=shape).flush()
+        _new_npy(target, shape, final)
         store: ArrayStore = NpyStore(target, writable=True)
+        if temporary:
+            store.spatial = spatial or Spatial.from_voxel_size(1.0)  # type: ignore[attr-defined]
     else:
         zarr = _zarr()
         chunks = tuple(chunks) if chunks is not None else default_chunks(shape)
         kwargs: dict[str, Any] = {"compressors": None} if not compressed else {}
-        arr = zarr.create_array(str(target), shape=shape, chunks=chunks, dtype="float32", fill_value=0.0,
-                                attributes=json.loads(json.dumps(attrs or {})), overwrite=True, **kwargs)
+        attrs = {**(attrs or {}), **(_spatial_attrs(spatial) if spatial is not None else {})}
+        try:
+            arr = zarr.create_array(str(target), shape=shape, chunks=chunks, dtype="float32", fill_value=0.0,
+                                    attributes=json.loads(json.dumps(attrs)), overwrite=True, **kwargs)
+        except OSError as exc:
+            _remove(target)
+            raise no_space_left(exc, final) or exc
         store = ZarrStore(arr, target)
     if temporary:
         store._final = final
     return store
 
 
+def _spatial_attrs(spatial: Spatial) -> dict[str, Any]:
+    """A volume's place in space as Zarr attributes (the HDF5 writer's names)."""
+    return {"voxel_size": list(spatial.voxel_size), "affine": [list(r) for r in spatial.affine],
+            "frame_code": spatial.code, "axes": "zyx", "unit": "mm"}
+
+
+def _new_npy(target: Path, shape: tuple[int, ...], final: Path) -> None:
+    """A zero-filled float32 ``.npy`` file whose blocks are reserved on the disk now: writing through
+    a memory map into a full disk would kill the process (SIGBUS) instead of raising an error."""
+    try:
+        np.lib.format.open_memmap(target, mode="w+", dtype=np.float32, shape=shape).flush()
+        fd = os.open(target, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # no reservation on this system
+                raise
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        _remove(target)
+        full = no_space_left(exc, final)
+        if full is None:
+            raise
+        raise full from None
+
+
 def _check_target(path: Path, kind: str, force: bool) -> Path:
     """The path a new store may take: nothing there, or (with ``force``) a store of its kind."""
     if kind == "npy":
         final = resolve_output(path, replace_read_only=force)
+        from .volumes import _check_sidecar_target
+
+        _check_sidecar_target(final, force)  # an unrelated X.json is never replaced by X.npy's sidecar
     else:
         final = Path(os.path.realpath(path)) if path.is_symlink() else path
         if final.exists() and not (final.is_dir() and (final / "zarr.json").is_file()):

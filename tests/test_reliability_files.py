@@ -20,7 +20,7 @@ import torch
 
 from reliability_inputs import (can_mount_tmpfs, cli, dead_pid, env, error_lines, measurements, run_on_full_disk,
                                 tiny_model)
-from unrolled3d.errors import DiskFullError, FileFormatError
+from unrolled3d.errors import FileFormatError
 from unrolled3d.io import read_volume, write_volume
 from unrolled3d.io.stores import create_store, open_store
 
@@ -188,6 +188,7 @@ def test_full_disk_during_a_torch_checkpoint_is_one_line():
 def test_full_disk_reported_even_where_the_library_hides_errno(tmp_path, monkeypatch):
     """numpy's '... requested and ... written' on a full device becomes the one line naming the file."""
     import unrolled3d.io.atomic as atomic
+    from unrolled3d.errors import DiskFullError
 
     monkeypatch.setattr(atomic.os, "statvfs", lambda p: os.statvfs_result((4096, 4096, 10, 0, 0, 10, 0, 0, 0, 255)))
 
@@ -278,3 +279,59 @@ def test_reconstruct_stopped_by_sigterm_removes_its_output_store_and_scratch(tmp
     assert proc.returncode == 143, err
     assert error_lines(err) == ["unrolled3d reconstruct: stopped by SIGTERM"], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "w.pt", "w.toml"]
+
+
+@pytest.mark.parametrize("what", ["scan", "store"])
+def test_interrupt_while_a_zarr_output_is_made_leaves_nothing(tmp_path, monkeypatch, what):
+    """Ctrl-C/SIGTERM while a Zarr output is being created (before its writer can discard it) removes it."""
+    import zarr
+
+    from unrolled3d.io.scan_stores import create_scan
+    from unrolled3d.physics import standard_cone_beam
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if what == "scan":
+        monkeypatch.setattr(zarr.Group, "create_array", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            create_scan(tmp_path / "m.zarr", standard_cone_beam(8, 4))
+    else:
+        real = zarr.create_array
+
+        def half_made(store, **kwargs):  # the folder and its metadata exist, then the interrupt
+            real(store, **kwargs)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(zarr, "create_array", half_made)
+        with pytest.raises(KeyboardInterrupt):
+            create_store(tmp_path / "x.zarr", (4, 4, 4))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_discard_waits_for_the_zarr_write_an_interrupt_left_running(tmp_path, monkeypatch):
+    """An interrupt during a Zarr chunk write ends the caller's wait, not the write: discard waits for it, then removes all."""
+    import asyncio
+    import threading
+
+    import zarr.storage
+
+    real_set = zarr.storage.LocalStore.set
+
+    async def slow_set(self, key, value, *args, **kwargs):
+        await asyncio.sleep(1.0)  # the chunk lands after the caller was interrupted
+        return await real_set(self, key, value, *args, **kwargs)
+
+    s = create_store(tmp_path / "x.zarr", (8, 8, 8), chunks=(4, 4, 4))
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", slow_set)
+    # a real signal (interrupt_main would not break the wait on Zarr's future until the write is done)
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            s.write((0, 0, 0), np.ones((8, 8, 8), np.float32))
+            time.sleep(5)  # (the interrupt lands here if the write was faster than the timer)
+        except KeyboardInterrupt:
+            s.discard()
+            raise
+    time.sleep(1.5)  # any write still running would have recreated files by now
+    assert list(tmp_path.iterdir()) == []

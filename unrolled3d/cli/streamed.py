@@ -47,8 +47,9 @@ def simulate_store(args: argparse.Namespace, geometry, slab_source: Callable[[in
     from ..physics import ConeBeamCT
 
     physics = ConeBeamCT(geometry)
-    scan = create_scan(args.out, geometry, with_truth=True, meta={**source, "noise": noise}, force=args.force)
-    try:
+    scan = None
+    try:  # the store is made inside: an interrupt at any point after it exists removes it
+        scan = create_scan(args.out, geometry, with_truth=True, meta={**source, "noise": noise}, force=args.force)
         y = torch.zeros(geometry.sino_shape, dtype=torch.float32)
         d = geometry.vol_shape[0]
         step = slab_depth(physics, 256 * 2**20)  # slab buffers of at most 256 MiB
@@ -64,7 +65,8 @@ def simulate_store(args: argparse.Namespace, geometry, slab_source: Callable[[in
         scan.y.write((0, 0, 0), y)
         path = scan.commit()
     except BaseException:
-        scan.discard()
+        if scan is not None:
+            scan.discard()
         raise
     emit(args, {"out": str(path), "sino_shape": [1, 1, *geometry.sino_shape], "store": "zarr"},
          f"wrote {path}: measurements (1, 1, {', '.join(map(str, geometry.sino_shape))}) and the volume (Zarr)")
@@ -118,7 +120,7 @@ def reconstruct_store(args: argparse.Namespace, load_unrolled) -> int:
     from ..budget import available_bytes, parse_bytes
     from ..io import check_not_input
     from ..io.scan_stores import open_scan
-    from ..io.stores import AffineStore, create_store
+    from ..io.stores import AffineStore, create_store, settle_pending_writes
     from ..partition.streamed import fdk_streamed, reconstruct_streamed, slab_depth, streamed_patch
     from ..physics import ConeBeamCT
     from .scan_files import check_field_of_view, output_spatial
@@ -134,11 +136,12 @@ def reconstruct_store(args: argparse.Namespace, load_unrolled) -> int:
     if unrolled:
         check_field_of_view(float(physics.operator_norm), args.measurements)
     slab = slab_depth(physics, budget)
-    out = _output_store(args, g.vol_shape, spatial)
     info: dict = {"budget_mib": round(budget / 2**20, 1), "slab": slab}
     t0 = time.perf_counter()
     stack = contextlib.ExitStack()
-    try:
+    out = None
+    try:  # the output is made inside: an interrupt at any point after it exists removes it
+        out = _output_store(args, g.vol_shape, spatial)
         if not unrolled:
             _note(args, f"FDK of {g.n_views} views into a {g.vol_shape} volume, {slab} slices at a time")
             fdk_streamed(y, physics, out, slab)
@@ -148,6 +151,7 @@ def reconstruct_store(args: argparse.Namespace, load_unrolled) -> int:
             scratch = tempfile.TemporaryDirectory(prefix=f".{Path(args.out).name}.scratch-{os.getpid()}-",
                                                   dir=Path(args.out).parent)
             stack.callback(scratch.cleanup)
+            stack.callback(settle_pending_writes)  # first (last in, first out): an interrupted write ends
             x0 = create_store(Path(scratch.name) / "x0.zarr", g.vol_shape, temporary=False, compressed=False)
             _note(args, f"FDK start point, {slab} slices at a time")
             inv_norm = 1.0 / float(physics.operator_norm)  # the normalised operator's measurements: y / ||A||
@@ -167,7 +171,8 @@ def reconstruct_store(args: argparse.Namespace, load_unrolled) -> int:
                                      scratch=scratch.name, progress=not (args.quiet or args.json))
         path = out.commit()
     except BaseException:
-        out.discard()
+        if out is not None:
+            out.discard()
         raise
     finally:
         stack.close()

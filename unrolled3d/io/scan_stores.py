@@ -37,8 +37,8 @@ from typing import Any
 
 from ..errors import FileFormatError, first_line
 from ..geometry import ConeBeamGeometry
-from .atomic import fsync_folder, remove_stale_leftovers
-from .stores import ArrayStore, ZarrStore, _check_target, _sync_tree, _zarr, store_kind
+from .atomic import fsync_folder, no_space_left, remove_stale_leftovers
+from .stores import ArrayStore, ZarrStore, _check_target, _sync_tree, _zarr, settle_pending_writes, store_kind
 
 __all__ = ["MEAS_STORE_FORMAT", "ScanStore", "create_scan", "open_scan"]
 
@@ -81,6 +81,9 @@ class ScanStore:
         return self.final
 
     def discard(self) -> None:
+        """Delete the uncommitted store (once Zarr's pending writes are done: see
+        :func:`~unrolled3d.io.stores.settle_pending_writes`)."""
+        settle_pending_writes()
         shutil.rmtree(self.path, ignore_errors=True)
 
 
@@ -99,13 +102,20 @@ def create_scan(path: str | os.PathLike, geometry: ConeBeamGeometry, with_truth:
     shutil.rmtree(tmp, ignore_errors=True)
     zarr = _zarr()
     attrs = {"format": MEAS_STORE_FORMAT, "geometry": geometry.to_dict(), "meta": json.loads(json.dumps(meta or {}))}
-    group = zarr.open_group(str(tmp), mode="w", attributes=attrs)
-    y = group.create_array("y", shape=geometry.sino_shape, dtype="float32", fill_value=0.0,
-                           chunks=tuple(min(c, n) for c, n in zip(_Y_CHUNK, geometry.sino_shape)))
-    x = None
-    if with_truth:
-        x = group.create_array("x_true", shape=geometry.vol_shape, dtype="float32", fill_value=0.0,
-                               chunks=tuple(min(c, n) for c, n in zip(_X_CHUNK, geometry.vol_shape)))
+    try:  # an interrupt while the store is made removes what was made (the caller has no store to discard yet)
+        group = zarr.open_group(str(tmp), mode="w", attributes=attrs)
+        y = group.create_array("y", shape=geometry.sino_shape, dtype="float32", fill_value=0.0,
+                               chunks=tuple(min(c, n) for c, n in zip(_Y_CHUNK, geometry.sino_shape)))
+        x = None
+        if with_truth:
+            x = group.create_array("x_true", shape=geometry.vol_shape, dtype="float32", fill_value=0.0,
+                                   chunks=tuple(min(c, n) for c, n in zip(_X_CHUNK, geometry.vol_shape)))
+    except BaseException as exc:
+        settle_pending_writes()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise no_space_left(exc, final) or exc
+        raise
     return ScanStore(tmp, final, ZarrStore(y, tmp / "y"), None if x is None else ZarrStore(x, tmp / "x_true"))
 
 

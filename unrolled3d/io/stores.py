@@ -55,7 +55,7 @@ from .atomic import fsync_folder, no_space_left, remove_stale_leftovers, resolve
 from .spatial import Spatial
 
 __all__ = ["ArrayStore", "AffineStore", "NpyStore", "ZarrStore", "open_store", "create_store", "store_kind", "STORE_ENDINGS",
-           "default_chunks"]
+           "default_chunks", "settle_pending_writes"]
 
 #: file endings of the stores that :func:`open_store` and :func:`create_store` handle by name
 STORE_ENDINGS = (".zarr", ".npy")
@@ -195,8 +195,10 @@ class ArrayStore:
         return final
 
     def discard(self) -> None:
-        """Delete a store made by :func:`create_store` that was not committed."""
+        """Delete a store made by :func:`create_store` that was not committed (after the writes an
+        interrupted call left running have finished: they would recreate what is deleted)."""
         if self._final is not None and self.path is not None:
+            settle_pending_writes()
             _remove(self.path)
             self._final = None
 
@@ -323,6 +325,31 @@ class ZarrStore(ArrayStore):
         self._array = zarr.open_array(str(self.path), mode="r+")
 
 
+def settle_pending_writes(timeout: float = 120.0) -> None:
+    """Wait until the writes that Zarr still runs in its I/O thread are done.
+
+    Zarr 3 runs every read and write as a task on its own event loop in another thread, and the
+    calling thread merely waits: a Ctrl-C or SIGTERM raised in the caller ends the wait, not the
+    task, which then goes on writing chunks into a store being deleted (leaving it half there).
+    Called before a store is discarded; a no-op where Zarr was never used.
+    """
+    import asyncio
+    import sys
+
+    sync = sys.modules.get("zarr.core.sync")
+    loop = getattr(sync, "loop", [None])[0] if sync is not None else None
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return
+
+    async def others_done() -> None:
+        me = asyncio.current_task()
+        pending = [t for t in asyncio.all_tasks() if t is not me]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    asyncio.run_coroutine_threadsafe(others_done(), loop).result(timeout + 5.0)
+
+
 def _zarr():
     try:
         import zarr
@@ -425,9 +452,12 @@ def create_store(path: str | os.PathLike, shape: Sequence[int], chunks: Sequence
         try:
             arr = zarr.create_array(str(target), shape=shape, chunks=chunks, dtype="float32", fill_value=0.0,
                                     attributes=json.loads(json.dumps(attrs)), overwrite=True, **kwargs)
-        except OSError as exc:
+        except BaseException as exc:  # an interrupt too: the caller has no store to discard yet
+            settle_pending_writes()
             _remove(target)
-            raise no_space_left(exc, final) or exc
+            if isinstance(exc, OSError):
+                raise no_space_left(exc, final) or exc
+            raise
         store = ZarrStore(arr, target)
     if temporary:
         store._final = final
@@ -453,9 +483,9 @@ def _new_npy(target: Path, shape: tuple[int, ...], final: Path) -> None:
                 raise
         finally:
             os.close(fd)
-    except OSError as exc:
+    except BaseException as exc:  # an interrupt too: the caller has no store to discard yet
         _remove(target)
-        full = no_space_left(exc, final)
+        full = no_space_left(exc, final) if isinstance(exc, OSError) else None
         if full is None:
             raise
         raise full from None

@@ -335,3 +335,15 @@ def test_discard_waits_for_the_zarr_write_an_interrupt_left_running(tmp_path, mo
             raise
     time.sleep(1.5)  # any write still running would have recreated files by now
     assert list(tmp_path.iterdir()) == []
+
+
+def test_npy_written_through_a_link_keeps_its_pair_beside_the_data(tmp_path):
+    """Writing X.npy through a symbolic link renews the sidecar beside the data: link and target read the same."""
+    (tmp_path / "data").mkdir()
+    write_volume(tmp_path / "data" / "x.npy", OLD, OLD_VS)
+    (tmp_path / "x.npy").symlink_to(tmp_path / "data" / "x.npy")
+    write_volume(tmp_path / "x.npy", NEW, NEW_VS)
+    for p in (tmp_path / "x.npy", tmp_path / "data" / "x.npy"):
+        vol, vs = read_volume(p)
+        assert np.array_equal(vol.numpy(), NEW) and vs == NEW_VS, p
+    assert (tmp_path / "x.npy").is_symlink()

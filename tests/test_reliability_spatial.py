@@ -15,7 +15,7 @@ import torch
 from reliability_inputs import cli
 from unrolled3d.data import shepp_logan_3d, voxelize
 from unrolled3d.data.normalization import MU_WATER
-from unrolled3d.io import Spatial, load_measurements, read_spatial, read_volume, write_volume
+from unrolled3d.io import load_measurements, read_volume, write_volume
 
 #: an LPS volume (x and y axes flipped) with its origin at (90, 120, -50) mm: the reported case
 LPS = np.array([[-0.8, 0, 0, 90], [0, -0.8, 0, 120], [0, 0, 2, -50], [0, 0, 0, 1.0]])
@@ -48,6 +48,8 @@ def scans(tmp_path_factory):
 
 def test_measurements_record_the_input_affine(scans):
     """The measurements file keeps the input's affine and frame (NIfTI sform/qform code 1: scanner)."""
+    from unrolled3d.io import Spatial
+
     _, g, _, meta = load_measurements(scans / "m.pt")
     rec = Spatial.from_dict(meta["spatial"])
     np.testing.assert_allclose(rec.matrix, LPS, rtol=0, atol=1e-6)  # NIfTI stores float32
@@ -62,6 +64,8 @@ def test_nifti_output_has_the_input_affine(scans, source):
         out = out.with_name(out.name.replace(".nii.gz", ".npy"))
     code, _, err = cli("reconstruct", scans / source, "--output", out, "--quiet")
     assert code == 0, err
+    from unrolled3d.io import read_spatial
+
     if out.suffix == ".npy":
         sp = read_spatial(out)
         np.testing.assert_allclose(sp.matrix, LPS, atol=1e-6)
@@ -84,6 +88,8 @@ def test_tiff_output_is_an_imagej_hyperstack_with_the_voxel_size(scans):
         assert ij["spacing"] == 2.0 and ij["unit"] == "mm"
         assert tif.pages[0].resolution == pytest.approx((1 / 0.8, 1 / 0.8), rel=1e-6)
         assert tif.series[0].axes == "ZYX" and tif.series[0].shape == SHAPE
+    from unrolled3d.io import read_spatial
+
     np.testing.assert_allclose(read_spatial(scans / "x.tif").matrix, LPS, atol=1e-6)
 
 
@@ -113,6 +119,8 @@ def test_zarr_output_has_the_affine_attributes(scans):
 @pytest.mark.parametrize("ext", [".npy", ".nii.gz", ".h5", ".tif", ".pt"])
 def test_write_volume_spatial_round_trip(tmp_path, ext):
     """write_volume(spatial=...) then read_spatial gives the same affine, code and voxel size in every format."""
+    from unrolled3d.io import Spatial, read_spatial
+
     sp = Spatial.from_affine(LPS, code=1)
     write_volume(tmp_path / f"v{ext}", torch.rand(SHAPE), spatial=sp)
     back = read_spatial(tmp_path / f"v{ext}")
@@ -123,6 +131,8 @@ def test_write_volume_spatial_round_trip(tmp_path, ext):
 
 def test_write_volume_refuses_a_spatial_of_another_voxel_size(tmp_path):
     """voxel_size and spatial given together must agree."""
+    from unrolled3d.io import Spatial
+
     with pytest.raises(ValueError, match="affine is for"):
         write_volume(tmp_path / "v.nii", torch.rand(SHAPE), (1.0, 1.0, 1.0), spatial=Spatial.from_affine(LPS))
 

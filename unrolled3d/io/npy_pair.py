@@ -55,9 +55,17 @@ SIDECAR_KEY = "voxel_size_zyx_mm"
 _BLOCK = 8 * 2**20
 
 
-def sidecar_of(path: str | os.PathLike) -> Path:
-    """``X.json`` for ``X.npy``."""
-    return Path(path).with_suffix(".json")
+def sidecar_of(path: str | os.PathLike, reading: bool = False) -> Path:
+    """``X.json`` for ``X.npy``: beside the data, so for a symbolic link beside the file it points to
+    (writes go through links). ``reading``: a link's own ``X.json`` where its target has none (what
+    versions that wrote the sidecar beside the link left)."""
+    path = Path(path)
+    if not path.is_symlink():
+        return path.with_suffix(".json")
+    beside_data = Path(os.path.realpath(path)).with_suffix(".json")
+    if reading and not beside_data.exists() and path.with_suffix(".json").exists():
+        return path.with_suffix(".json")
+    return beside_data
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -67,18 +75,6 @@ def sha256_of(path: str | os.PathLike) -> str:
         while block := f.read(_BLOCK):
             h.update(block)
     return h.hexdigest()
-
-
-class _HashingWriter:
-    """A file object's ``write`` that also feeds a SHA-256 (numpy writes a non-file object chunk
-    by chunk through ``write``)."""
-
-    def __init__(self, f: Any) -> None:
-        self._f, self.hash = f, hashlib.sha256()
-
-    def write(self, data: bytes) -> int:
-        self.hash.update(data)
-        return self._f.write(data)
 
 
 def _identity(path: Path, sha256: str) -> dict[str, Any]:
@@ -104,7 +100,7 @@ def is_our_sidecar(side: str | os.PathLike) -> bool:
 def _load_sidecar(path: Path) -> dict[str, Any] | None:
     """The sidecar of ``path`` as a dict; ``None`` when there is none or it is another JSON file
     (with a warning); a ``FileFormatError`` when it is not JSON."""
-    side = sidecar_of(path)
+    side = sidecar_of(path, reading=True)
     if not side.exists():
         return None
     try:
@@ -146,7 +142,7 @@ def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
     meta = _load_sidecar(path)
     if meta is None or "data" not in meta:
         return meta
-    side = sidecar_of(path)
+    side = sidecar_of(path, reading=True)
     records = _records(meta)
     idents = [_check_identity(side, r) for r in records]
     st = os.stat(path)
@@ -202,10 +198,14 @@ def write_sidecar(path: str | os.PathLike, record: dict[str, Any], data_file: st
 def write_pair(path: str | os.PathLike, arr: np.ndarray, record: dict[str, Any], force: bool = False) -> None:
     """Write ``arr`` to ``X.npy`` and ``record`` to ``X.json`` as one (module docstring)."""
     path = Path(path)
+    arr = np.ascontiguousarray(arr)
     with atomic_path(path, replace_read_only=force) as tmp:
         with open(tmp, "wb") as raw:
-            hashing = _HashingWriter(raw)
-            np.save(hashing, arr, allow_pickle=False)  # type: ignore[arg-type]
+            np.save(raw, arr, allow_pickle=False)  # numpy's direct write (no chunk copies)
+        # the file's SHA-256 from its header and the array's memory: the bytes just written, not read back
+        with open(tmp, "rb") as f:
+            digest = hashlib.sha256(f.read(os.path.getsize(tmp) - arr.nbytes))
+        digest.update(memoryview(arr).cast("B"))
         # the sidecar lands first, naming both the new data and the old: a crash before the data's
         # rename leaves the old volume with its own record
-        write_sidecar(path, record, data_file=tmp, sha256=hashing.hash.hexdigest(), force=force)
+        write_sidecar(path, record, data_file=tmp, sha256=digest.hexdigest(), force=force)

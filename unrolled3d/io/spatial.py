@@ -67,7 +67,9 @@ def _affine(value: Any, where: str) -> Affine:
         raise ValueError(f"{where} holds NaN or infinite values")
     if not np.array_equal(a[3], [0.0, 0.0, 0.0, 1.0]):
         raise ValueError(f"{where}: the last row of an affine must be (0, 0, 0, 1), got {a[3].tolist()}")
-    if abs(np.linalg.det(a[:3, :3])) < 1e-12:
+    norms = np.abs(a[:3, :3]).max(axis=0)  # not the 2-norm: squares of tiny entries underflow
+    # independent columns, whatever their scale (a denormal voxel size is a voxel size, not a singularity)
+    if not np.all(norms > 0) or abs(np.linalg.det(a[:3, :3] / norms)) < 1e-9:
         raise ValueError(f"{where} is singular (its 3 x 3 part maps the volume onto a plane)")
     return tuple(tuple(float(v) for v in row) for row in a)  # type: ignore[return-value]
 
@@ -90,6 +92,17 @@ class Spatial:
     ValueError, TypeError
         A voxel size that is not 3 positive numbers, an affine that is not a finite invertible
         4 x 4 matrix with last row ``(0, 0, 0, 1)``, a code outside 0-5.
+
+    Examples
+    --------
+    >>> from unrolled3d.io import Spatial
+    >>> s = Spatial((2.0, 0.5, 0.5), [[0.5, 0, 0, -10], [0, 0.5, 0, -20], [0, 0, 2, 5], [0, 0, 0, 1]], code=2)
+    >>> s.origin, s.axis_aligned, s.is_default
+    ((-10.0, -20.0, 5.0), True, False)
+    >>> Spatial((1.0, 1.0, 1.0), [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]])
+    Traceback (most recent call last):
+        ...
+    ValueError: Spatial.affine is singular (its 3 x 3 part maps the volume onto a plane)
     """
 
     voxel_size: tuple[float, float, float]

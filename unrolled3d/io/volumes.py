@@ -34,8 +34,8 @@ extension                     layout
                               their voxel size (``spacing = sz``, X/YResolution ``1/sx``, ``1/sy``,
                               ``unit = mm``, ``x/y/zorigin`` for an axis-aligned affine), and the
                               description also holds ``unrolled3d = {JSON}`` with the exact voxel
-                              size and affine. ImageJ has no float64: float64 volumes keep
-                              tifffile's "shaped" JSON description
+                              size and affine. ImageJ has no float64: float64 volumes (and voxel
+                              sizes outside 1e-9 to 1e9 mm) keep tifffile's "shaped" JSON description
                               ``{"shape": [D, H, W], "voxel_size_zyx_mm": [sz, sy, sx], ...}``.
                               On reading: our JSON, else ImageJ's ``spacing`` and resolution (as
                               Fiji writes them), else 1 mm.
@@ -226,8 +226,8 @@ def _require_file(path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- .npy (+ .json)
-def _sidecar(path: Path) -> Path:
-    return sidecar_of(path)
+def _sidecar(path: Path, reading: bool = False) -> Path:
+    return sidecar_of(path, reading)
 
 
 def _is_our_sidecar(side: Path) -> bool:
@@ -272,7 +272,7 @@ def _npy_record(path: Path, shape: tuple[int, ...]) -> dict[str, Any] | None:
     record = read_record(path)
     if record is None:
         return None
-    side = _sidecar(path)
+    side = _sidecar(path, True)
     if "shape" in record and (not isinstance(record["shape"], list) or record["shape"] != list(shape)):
         raise FileFormatError(side, f"describes a volume of shape {record['shape']} but {path.name} has "
                                     f"{list(shape)} (stale sidecar?)")
@@ -284,15 +284,15 @@ def _npy_voxel_size(path: Path, shape: tuple[int, ...]) -> VoxelSize:
     record = _npy_record(path, shape)
     if record is None:
         return (1.0, 1.0, 1.0)
-    return _file_voxel_size(_sidecar(path), record[_SIDECAR_KEY], _SIDECAR_KEY)
+    return _file_voxel_size(_sidecar(path, True), record[_SIDECAR_KEY], _SIDECAR_KEY)
 
 
 def _npy_spatial(path: Path, shape: tuple[int, ...]) -> Spatial:
     record = _npy_record(path, shape)
     if record is None:
         return Spatial.from_voxel_size(1.0)
-    vs = _file_voxel_size(_sidecar(path), record[_SIDECAR_KEY], _SIDECAR_KEY)
-    return _stated_spatial(_sidecar(path), vs, record.get("affine_xyz"), record.get("frame_code", 0))
+    vs = _file_voxel_size(_sidecar(path, True), record[_SIDECAR_KEY], _SIDECAR_KEY)
+    return _stated_spatial(_sidecar(path, True), vs, record.get("affine_xyz"), record.get("frame_code", 0))
 
 
 def _read_npy(path: Path) -> tuple[torch.Tensor, VoxelSize]:
@@ -494,7 +494,9 @@ def _write_tiff(path: Path, arr: np.ndarray, spatial: Spatial, force: bool = Fal
     ours = {_SIDECAR_KEY: list(spatial.voxel_size), "affine_xyz": spatial.to_dict()["affine_xyz"],
             "frame_code": spatial.code, "axes": "ZYX", "unit": "mm"}
     with atomic_path(path, replace_read_only=force) as tmp:
-        if arr.dtype == np.float64:  # ImageJ has no float64: tifffile's JSON description keeps it exact
+        # ImageJ has no float64, and its resolution tags (rationals) cannot state extreme voxel sizes:
+        # tifffile's JSON description keeps those exact
+        if arr.dtype == np.float64 or not all(1e-9 < v < 1e9 for v in spatial.voxel_size):
             tifffile.imwrite(tmp, arr, photometric="minisblack", metadata=ours)
             return
         # an ImageJ hyperstack: Fiji opens it as a z-stack with its voxel size; ImageJ's origin is in

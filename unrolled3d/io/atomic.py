@@ -161,7 +161,7 @@ def atomic_path(path: str | os.PathLike, replace_read_only: bool = False) -> Ite
         os.replace(tmp, target)  # ... then the name,
         fsync_folder(target.parent)  # durably
     except BaseException as exc:
-        full = no_space_left(exc, target, Path(tmp)) if isinstance(exc, Exception) else None
+        full = no_space_left(exc, target) if isinstance(exc, Exception) else None  # measured while tmp holds its space
         if os.path.lexists(tmp):
             os.unlink(tmp)
         if full is not None:
@@ -169,14 +169,14 @@ def atomic_path(path: str | os.PathLike, replace_read_only: bool = False) -> Ite
         raise
 
 
-def no_space_left(exc: BaseException, target: str | os.PathLike, written: Path | None = None) -> DiskFullError | None:
+def no_space_left(exc: BaseException, target: str | os.PathLike) -> DiskFullError | None:
     """A :class:`DiskFullError` for ``target`` when ``exc`` (a failed write) comes from a full disk
     or quota, else ``None``.
 
     ``ENOSPC``/``EDQUOT`` anywhere in the exception's chain says so; libraries that report the
     failure in their own words (numpy: "110592 requested and 49120 written", torch: "[enforce
-    fail at inline_container.cc]") are recognised by the device's free space (under 1 MiB
-    while ``written``, the partial file, still occupies it).
+    fail at inline_container.cc]") are recognised by the device's free space (under 1 MiB, measured
+    while the partial file still occupies its space).
     """
     seen, e = set(), exc
     while e is not None and id(e) not in seen:

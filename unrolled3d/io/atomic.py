@@ -27,6 +27,7 @@ is one of the inputs of the same command.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import re
@@ -40,7 +41,8 @@ from typing import Iterable, Iterator
 from ..errors import DiskFullError
 
 __all__ = ["atomic_path", "fsync_folder", "resolve_output", "check_not_input", "stale_temporaries",
-           "remove_stale_temporaries", "remove_stale_leftovers", "no_space_left", "TEMP_MARK", "LEFTOVER_MARKS"]
+           "remove_stale_temporaries", "remove_stale_leftovers", "no_space_left", "put_in_place", "TEMP_MARK",
+           "LEFTOVER_MARKS"]
 
 #: what every temporary file's name holds after the target's name: ``.<name>.tmp-...``
 TEMP_MARK = ".tmp-"
@@ -318,3 +320,47 @@ def remove_stale_leftovers(target: str | os.PathLike) -> list[Path]:
             continue
         removed.append(p)
     return sorted(removed)
+
+
+_RENAME_EXCHANGE = 2  # renameat2's flag (Linux >= 3.15): swap two names in one step
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the names ``a`` and ``b`` atomically (``renameat2(RENAME_EXCHANGE)``); ``False`` where the
+    system or file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not Linux, or a C library without it
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def put_in_place(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Rename ``src`` (a finished file or folder) onto ``dst``, replacing what is there at once:
+    a reader sees the old or the new, never neither.
+
+    A file is renamed over (``os.replace``); a folder (a Zarr store) over a folder is swapped with it
+    in one step (``renameat2(RENAME_EXCHANGE)``) and the old one, now under ``src``'s name, removed.
+    Where the system cannot swap, the old folder is moved aside first (``.<name>.old-<pid>``): a
+    crash between the two renames then leaves both beside ``dst``, removed by the next write of it
+    (:func:`remove_stale_leftovers`). The folder is synced afterwards.
+    """
+    src, dst = Path(src), Path(dst)
+    if src.is_dir() and dst.is_dir() and not dst.is_symlink():
+        if _exchange(src, dst):
+            shutil.rmtree(src, ignore_errors=True)
+        else:
+            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+            os.replace(dst, old)
+            os.replace(src, dst)
+            shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+    fsync_folder(dst.parent)

@@ -37,7 +37,7 @@ from typing import Any
 
 from ..errors import FileFormatError, first_line
 from ..geometry import ConeBeamGeometry
-from .atomic import fsync_folder, no_space_left, remove_stale_leftovers
+from .atomic import no_space_left, put_in_place, remove_stale_leftovers
 from .stores import ArrayStore, ZarrStore, _check_target, _sync_tree, _zarr, settle_pending_writes, store_kind
 
 __all__ = ["MEAS_STORE_FORMAT", "ScanStore", "create_scan", "open_scan"]
@@ -70,14 +70,7 @@ class ScanStore:
     def commit(self) -> Path:
         """Sync the store, then rename it into place (replacing an old store when allowed)."""
         _sync_tree(self.path)
-        if self.final.exists():
-            old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
-            os.replace(self.final, old)
-            os.replace(self.path, self.final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.path, self.final)
-        fsync_folder(self.final.parent)
+        put_in_place(self.path, self.final)  # swapped with an old store in one step: never neither
         return self.final
 
     def discard(self) -> None:

@@ -51,7 +51,7 @@ import torch
 
 from .._validation import int_tuple
 from ..errors import FileFormatError, first_line
-from .atomic import fsync_folder, no_space_left, remove_stale_leftovers, resolve_output
+from .atomic import fsync_folder, no_space_left, put_in_place, remove_stale_leftovers, resolve_output
 from .spatial import Spatial
 
 __all__ = ["ArrayStore", "AffineStore", "NpyStore", "ZarrStore", "open_store", "create_store", "store_kind", "STORE_ENDINGS",
@@ -176,20 +176,14 @@ class ArrayStore:
     # ------------------------------------------------------------------ lifetime
     def commit(self) -> Path | None:
         """Move a store made by :func:`create_store` under its final name (atomically: synced,
-        renamed, the folder synced); a no-op for any other store. Returns the final path."""
+        renamed or swapped with the store it replaces, the folder synced: see
+        :func:`~unrolled3d.io.atomic.put_in_place`); a no-op for any other store. Returns the final path."""
         if self._final is None or self.path is None:
             return self.path
         _sync_tree(self.path)
         final = self._final
         self._before_rename(final)
-        if final.exists():  # create_store checked that it may be replaced
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(self.path, final)
-            _remove(old)
-        else:
-            os.replace(self.path, final)
-        fsync_folder(final.parent)
+        put_in_place(self.path, final)  # create_store checked that an old one may be replaced
         self.path, self._final = final, None
         self._reopen()
         return final

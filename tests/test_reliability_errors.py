@@ -1,6 +1,7 @@
 """Every error one line naming the file or key and the cause (issue 29): never torch's advice to load
 unsafely, never an "internal error" for a hostile file, a volume outside the field of view named as
-such, float64 measurements taken, long values shortened, MemoryError an exit-2 error."""
+such, float64 measurements taken, a scan orders of magnitude off a calibrated model refused, long
+values shortened, MemoryError an exit-2 error."""
 from __future__ import annotations
 
 import pickle
@@ -107,3 +108,19 @@ def test_memory_error_is_a_clear_exit_2(monkeypatch):
     code, _, err = cli("info")
     assert code == 2 and error_lines(err) == ["unrolled3d info: error: not enough memory: Unable to allocate 3.64 TiB "
                                               "for an array with shape (10000, 10000, 10000)"], err
+
+
+@pytest.mark.parametrize("factor", [1e-8, 1e8])
+@pytest.mark.parametrize("out", ["x.npy", "x.zarr"], ids=["in-memory", "streamed"])
+def test_scan_orders_of_magnitude_off_a_calibrated_model_is_refused(tmp_path, factor, out):
+    """A scan scaled by 1e-8 (or 1e8) into an attenuation model: exit 2, one line saying so, not a -111 dB volume."""
+    from unrolled3d.io import save_measurements
+
+    y, g, x, meta = load_measurements(measurements(tmp_path / "m0.pt"))
+    m = tmp_path / "m.pt"
+    save_measurements(m, y * factor, g, x_true=x * factor, meta=meta)
+    w = tiny_model(tmp_path / "w.pt")
+    code, _, err = cli("reconstruct", m, "--method", "unrolled", "--weights", w, "--output", tmp_path / out)
+    lines = error_lines(err)
+    assert code == 2 and len(lines) == 1 and "m.pt" in lines[0] and "orders of magnitude off" in lines[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "m0.pt", "w.pt", "w.toml"]

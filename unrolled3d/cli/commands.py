@@ -17,7 +17,8 @@ from .._validation import integer, real
 from ..errors import FileFormatError
 from .bench import bench_cmd
 from .output import emit
-from .scan_files import check_field_of_view, hu_to_attenuation, input_units, output_spatial, source_meta
+from .scan_files import (check_field_of_view, check_model_scale, hu_to_attenuation, input_units, output_spatial,
+                         source_meta)
 from .streamed import is_store_path, reconstruct_store, simulate_store
 from .train_data import build_file_data
 
@@ -291,6 +292,7 @@ def reconstruct(args: argparse.Namespace) -> int:
         if norm.needs_sample:
             scale = norm.measurement_scale(x0)
             y_n, x0 = y_n * scale, x0 * scale
+        check_model_scale(x0, norm.kind, args.measurements)  # a calibrated model: refused orders of magnitude off
         if args.patch_size is None:
             # the inference patch is a memory decision: the whole volume when it fits the budget
             budget = parse_bytes(args.memory_budget) if args.memory_budget is not None else None

@@ -99,8 +99,8 @@ def _streamed_psnr(x, truth) -> float:
     return math.inf if mse == 0 else 10 * math.log10((hi - lo) ** 2 / mse)
 
 
-def _sample_scale(norm, x0, slab: int) -> float:
-    """The percentile normalisation's measurement scale from a regular sample of the FDK store."""
+def _sample(x0, slab: int) -> np.ndarray:
+    """A regular sample of the FDK store (every step-th voxel, as the in-memory path takes)."""
     from ..data.normalization import SAMPLE_VOXELS
 
     d, h, w = x0.shape
@@ -111,7 +111,7 @@ def _sample_scale(norm, x0, slab: int) -> float:
         flat = x0.read((z0, 0, 0), (s, h, w)).reshape(-1)
         parts.append(flat[(-offset) % step::step])
         offset += flat.size
-    return norm.measurement_scale(torch.from_numpy(np.concatenate(parts)))
+    return np.concatenate(parts)
 
 
 def reconstruct_store(args: argparse.Namespace, load_unrolled) -> int:
@@ -125,7 +125,7 @@ def reconstruct_store(args: argparse.Namespace, load_unrolled) -> int:
     from ..io.stores import AffineStore, create_store, settle_pending_writes
     from ..partition.streamed import fdk_streamed, reconstruct_streamed, slab_depth, streamed_patch
     from ..physics import ConeBeamCT
-    from .scan_files import check_field_of_view, output_spatial
+    from .scan_files import check_field_of_view, check_model_scale, output_spatial
 
     check_not_input([args.out], [args.measurements, args.weights, args.normal])
     if args.device != "cpu":
@@ -158,7 +158,9 @@ def reconstruct_store(args: argparse.Namespace, load_unrolled) -> int:
             _note(args, f"FDK start point, {slab} slices at a time")
             inv_norm = 1.0 / float(physics.operator_norm)  # the normalised operator's measurements: y / ||A||
             fdk_streamed(AffineStore(y, inv_norm), physics, x0, slab, budget_bytes=budget)  # FDK(y) in attenuation units
-            scale = _sample_scale(norm, x0, slab) if norm.needs_sample else 1.0
+            sample = _sample(x0, slab)
+            check_model_scale(sample, norm.kind, args.measurements)  # a calibrated model: refused far off scale
+            scale = norm.measurement_scale(torch.from_numpy(sample)) if norm.needs_sample else 1.0
             # the model's units: y / ||A|| (the normalised operator), times the percentile scale
             y_n = AffineStore(y, scale * inv_norm)
             start = AffineStore(x0, scale)

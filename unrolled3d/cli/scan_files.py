@@ -9,12 +9,11 @@
   records ``units`` and ``mu_water``.
 * **Place in space**: the input's :class:`~unrolled3d.io.Spatial` (NIfTI qform/sform, HDF5/Zarr
   attributes) goes into the meta (``spatial``); ``reconstruct`` writes its output with it.
-* **Scale**: a model trained on calibrated values (``"attenuation"``, ``"hu"``) is nonlinear in
-  its input's scale: measurements orders of magnitude off (a scan scaled by 1e-8 gave PSNR
-  -111 dB, exit 0) are refused by :func:`check_model_scale` (a ``"percentile"`` model rescales
-  any scan itself).
 * **Field of view**: a geometry whose rays all miss the volume (``||A|| = 0``) is named as such,
-  not left to surface as a NaN reconstruction.
+  with the measurements file, not left to surface as a NaN reconstruction (:func:`known_norm`).
+
+The scale of the measurements against the model's training scans is one of the rules
+:mod:`unrolled3d.api` applies (``--scale-check``), not a file matter.
 """
 from __future__ import annotations
 
@@ -29,7 +28,7 @@ import numpy as np
 from ..errors import FileFormatError
 
 __all__ = ["HU_BELOW", "UNITS", "input_units", "hu_to_attenuation", "source_meta", "output_spatial",
-           "check_field_of_view", "SCALE_RANGE", "check_model_scale"]
+           "check_field_of_view", "known_norm"]
 
 #: a volume whose smallest value is below this is taken for Hounsfield units by ``--units auto``
 HU_BELOW = -500.0
@@ -102,52 +101,26 @@ def output_spatial(meta: dict[str, Any], geometry: Any, path: str | Path) -> Any
 
 
 def check_field_of_view(norm: float, path: str | Path) -> None:
-    """Refuse a scan whose rays all miss the volume (``norm``, the operator norm, is 0)."""
-    if not (math.isfinite(norm) and norm > 0):
-        raise FileFormatError(path, f"no ray of the scan crosses the volume (operator norm ||A|| = {norm:g}): the "
-                                    f"volume lies outside the geometry's field of view (check its vol_offset and "
-                                    f"size)")
+    """Refuse a scan whose rays all miss the volume (``norm``, the operator norm, is 0), naming
+    the measurements file ``path`` (:func:`unrolled3d._scan_rules.check_field_of_view`)."""
+    from .._scan_rules import check_field_of_view as check
+
+    try:
+        check(norm)
+    except ValueError as exc:
+        raise FileFormatError(path, str(exc)) from None
 
 
-#: the 99th percentile of an FDK (1/mm) a calibrated model accepts: the training values lie between
-#: water's attenuation (real scans, 0.0193/mm) and the phantoms' dimensionless densities (about 1);
-#: two orders of magnitude either side
-SCALE_RANGE = (1.93e-4, 100.0)
+def known_norm(meta: dict[str, Any], geometry: Any, path: str | Path, unrolled: bool, device: Any,
+               progress: bool) -> float | None:
+    """``||A||`` of the scan: the one the measurements file recorded (refused for another geometry),
+    else, for the unrolled method, the cached estimate (:mod:`unrolled3d.physics.norm`; the API
+    then reuses it). A scan whose rays all miss the volume is refused naming ``path``."""
+    from ..physics.norm import cached_operator_norm, norm_from_record
 
-
-def check_model_scale(sample: Any, kind: str, path: str | Path) -> None:
-    """Refuse measurements whose FDK ``sample`` (any shape, the model's input units) is orders of
-    magnitude off :data:`SCALE_RANGE`, for a model of normalisation ``kind``.
-
-    A ``"percentile"`` model scales every scan to its training scale itself, and an empty
-    reconstruction (percentile 0) has no scale to judge: both pass.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from unrolled3d.cli.scan_files import check_model_scale
-    >>> check_model_scale(np.full(8, 0.02), "attenuation", "m.pt")  # a head in 1/mm
-    >>> check_model_scale(np.full(8, 2e-10), "attenuation", "m.pt")
-    Traceback (most recent call last):
-    ...
-    unrolled3d.errors.FileFormatError: m.pt: its FDK's 99th percentile is 2e-10 (1/mm), outside the 0.000193 to 100 a model trained on attenuation values takes: the scan is scaled orders of magnitude off (check its units), or reconstruct it with a model trained with normalization = "percentile"
-    """
-    if kind == "percentile":
-        return
-    import torch
-
-    from ..data.normalization import SAMPLE_VOXELS
-
-    if isinstance(sample, torch.Tensor):
-        sample = sample.detach().reshape(-1).cpu().numpy()
-    flat = np.asarray(sample).reshape(-1)
-    flat = flat[::max(1, flat.size // SAMPLE_VOXELS)]  # the bound on the sample training uses
-    p = float(np.percentile(np.abs(flat.astype(np.float64)), 99.0))
-    lo, hi = SCALE_RANGE
-    if p == 0 or lo <= p <= hi:
-        return
-    what = "Hounsfield-unit" if kind == "hu" else "attenuation"
-    raise FileFormatError(path, f"its FDK's 99th percentile is {p:.3g} (1/mm), outside the {lo:g} to {hi:g} a model "
-                                f"trained on {what} values takes: the scan is scaled orders of magnitude off (check "
-                                f"its units), or reconstruct it with a model trained with normalization = "
-                                f'"percentile"')
+    norm = norm_from_record(meta.get("operator_norm"), geometry)
+    if unrolled:
+        if norm is None:
+            norm = cached_operator_norm(geometry, device, progress=progress)
+        check_field_of_view(norm, path)
+    return norm

@@ -174,6 +174,11 @@ class ArrayStore:
             self.write((s, *[0] * (len(self.shape) - 1)), np.full((n, *self.shape[1:]), value, dtype=np.float32))
 
     # ------------------------------------------------------------------ lifetime
+    @property
+    def destination(self) -> Path | None:
+        """Where the array will be once committed (its path when it is in place already)."""
+        return self._final or self.path
+
     def commit(self) -> Path | None:
         """Move a store made by :func:`create_store` under its final name (atomically: synced,
         renamed or swapped with the store it replaces, the folder synced: see

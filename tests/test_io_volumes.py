@@ -109,11 +109,20 @@ def test_hdf5_layout(tmp_path):
 
 
 def test_tiff_layout_pages_are_z_slices(tmp_path):
+    """float32: an ImageJ hyperstack (what Fiji opens with its voxel size), our exact JSON inside its
+    description; float64 (no ImageJ float64): tifffile's JSON description."""
     v = volume()
     write_volume(tmp_path / "v.tif", v, VS)
     with tifffile.TiffFile(tmp_path / "v.tif") as tif:
         assert len(tif.pages) == SHAPE[0]
         assert np.array_equal(tif.pages[2].asarray(), v[2].numpy())
+        ij = tif.imagej_metadata
+        assert tif.is_imagej and ij["spacing"] == VS[0] and ij["unit"] == "mm" and ij["slices"] == SHAPE[0]
+        assert tif.pages[0].resolution == pytest.approx((1 / VS[2], 1 / VS[1]), rel=1e-6)
+        assert json.loads(ij["unrolled3d"])["voxel_size_zyx_mm"] == list(VS)
+    write_volume(tmp_path / "v64.tif", v.double(), VS)
+    with tifffile.TiffFile(tmp_path / "v64.tif") as tif:
+        assert len(tif.pages) == SHAPE[0] and not tif.is_imagej
         assert json.loads(tif.pages[0].description)["voxel_size_zyx_mm"] == list(VS)
 
 

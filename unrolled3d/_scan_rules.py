@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from .pretrained import PretrainedModel
 
 __all__ = ["Reconstruction", "ScaleCheck", "ScaleMismatchWarning", "METHODS", "SCALE_CHECKS", "WARN_FACTOR",
-           "ERROR_FACTOR", "Scan", "scan_of", "measurements", "judge", "note", "normal_operator", "normalised_physics",
-           "in_physics_units", "shaped"]
+           "ERROR_FACTOR", "CALIBRATED_RANGE", "Scan", "scan_of", "measurements", "judge", "note", "normal_operator",
+           "normalised_physics", "check_field_of_view", "in_physics_units", "shaped"]
 
 METHODS = ("unrolled", "fdk")
 #: what to do about a scan of another scale than the training scans'
@@ -30,6 +30,11 @@ SCALE_CHECKS = ("check", "warn", "rescale", "ignore")
 WARN_FACTOR = 3.0
 #: and this many times an error (``scale_check="check"``): the output would be meaningless
 ERROR_FACTOR = 10.0
+#: the fallback for a calibrated model (``"attenuation"``, ``"hu"``) whose file records no training
+#: scale and whose recipe cannot make one again: its scans' FDK percentile (1/mm) must lie in this
+#: range, from water's attenuation (real scans, 0.0193/mm) to the phantoms' densities (about 1),
+#: two orders of magnitude either side (a scan scaled by 1e-8 had given PSNR -111 dB, exit 0)
+CALIBRATED_RANGE = (1.93e-4, 100.0)
 
 
 class ScaleMismatchWarning(UserWarning):
@@ -253,6 +258,10 @@ def judge(percentile: float, model: PretrainedModel, action: str) -> ScaleCheck:
     """Compare a scan's FDK percentile (model units) with the training scans' (see :data:`SCALE_CHECKS`)."""
     training = model.training_scale if action != "ignore" else None
     if training is None:
+        if action != "ignore":
+            fallback = _calibrated_range(percentile, model, action)
+            if fallback is not None:
+                return fallback
         why = "scale_check='ignore'" if action == "ignore" else "the model file records no training scale"
         return ScaleCheck("unchecked", None, 1.0, percentile, why)
     ratio = training.ratio(percentile) if percentile > 0 else 0.0
@@ -274,6 +283,29 @@ def judge(percentile: float, model: PretrainedModel, action: str) -> ScaleCheck:
     return ScaleCheck("warned", ratio, 1.0, percentile, text)
 
 
+def _calibrated_range(percentile: float, model: PretrainedModel, action: str) -> ScaleCheck | None:
+    """The check of a calibrated model without a recorded training scale (:data:`CALIBRATED_RANGE`):
+    ``None`` when it passes (a ``"percentile"`` model scales every scan itself; an all-zero FDK has
+    no scale to judge), else a warning or (``"check"``) a ``ValueError``."""
+    from .models.scale import SCALE_PERCENTILE
+
+    kind = model.normalization.kind
+    lo, hi = CALIBRATED_RANGE
+    if kind == "percentile" or percentile == 0 or lo <= percentile <= hi:
+        return None
+    what = model.name or model.path.name
+    text = (f"the {SCALE_PERCENTILE:g}th percentile of the measurements' FDK is {percentile:.3g} (1/mm), outside the "
+            f"{lo:g} to {hi:g} a model trained on {'Hounsfield-unit' if kind == 'hu' else 'attenuation'} values "
+            f"takes ({what} records no training scale): the scan is scaled orders of magnitude off")
+    hint = ("check its units, or use a model trained with normalization = \"percentile\"; scale_check='ignore' "
+            "skips this")
+    if action == "check":
+        raise ValueError(f"{text} ({hint})")
+    rescale = "; nothing to rescale to" if action == "rescale" else ""
+    warnings.warn(f"{text}{rescale}: expect a poor reconstruction ({hint})", ScaleMismatchWarning, stacklevel=3)
+    return ScaleCheck("warned", None, 1.0, percentile, text)
+
+
 def _times(ratio: float) -> str:
     if ratio <= 0:
         return "zero times"
@@ -284,8 +316,20 @@ def normalised_physics(scan: Scan, norm: float | None, device: torch.device, pro
     from .physics import ConeBeamCT
 
     known = scan.norm if scan.norm is not None else norm
-    return ConeBeamCT(scan.geometry, normalize=True, norm=known, device=device, fdk_window=scan.fdk_window,
-                      progress=progress)
+    physics = ConeBeamCT(scan.geometry, normalize=True, norm=known, device=device, fdk_window=scan.fdk_window,
+                         progress=progress)
+    check_field_of_view(float(physics.operator_norm))
+    return physics
+
+
+def check_field_of_view(norm: float) -> None:
+    """Refuse a scan whose rays all miss the volume (``norm``, its ``||A||``, is 0): named as such,
+    not left to surface as a reconstruction of NaN."""
+    import math
+
+    if not (math.isfinite(norm) and norm > 0):
+        raise ValueError(f"no ray of the scan crosses the volume (operator norm ||A|| = {norm:g}): the volume lies "
+                         f"outside the geometry's field of view (check its vol_offset and size)")
 
 
 def in_physics_units(y: torch.Tensor, scan: Scan, physics: Any) -> torch.Tensor:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ._validation import choice
-from ._scan_rules import Reconstruction, judge, note, scan_of
+from ._scan_rules import Reconstruction, check_field_of_view, judge, note, scan_of
 
 __all__ = ["reconstruct_streamed_store", "open_measurements_store", "sample_percentile_scale"]
 
@@ -80,11 +80,12 @@ def _output(out: Any, shape: tuple[int, ...], voxel_size: tuple[float, ...], for
         if tuple(out.shape) != tuple(shape):
             raise ValueError(f"out has shape {tuple(out.shape)}, the geometry's volume is {tuple(shape)}")
         return out, False
-    kind = store_kind(out)
-    if kind is None:
+    from .io.spatial import Spatial
+
+    if store_kind(out) is None:
         raise ValueError(f"out {out}: a streamed reconstruction writes a .zarr store or a .npy file")
-    attrs = {"voxel_size": list(voxel_size), "axes": "zyx", "unit": "mm"} if kind == "zarr" else None
-    return create_store(out, shape, attrs=attrs, force=force), True
+    # the voxel size in the Zarr attributes, or in the .npy's sidecar (landed with the data)
+    return create_store(out, shape, force=force, spatial=Spatial.from_voxel_size(voxel_size)), True
 
 
 def reconstruct_streamed_store(y: Any, geometry_or_physics: Any, model: Any, method: str, memory_budget: Any,
@@ -101,9 +102,10 @@ def reconstruct_streamed_store(y: Any, geometry_or_physics: Any, model: Any, met
     g = scan.geometry
     budget = parse_bytes(memory_budget) if memory_budget is not None else available_bytes("cpu")
     norm = scan.norm or options.get("norm") or norm_from_record(meta.get("operator_norm"), g)
-    out, ours = _output(options.get("out"), g.vol_shape, g.voxel_size, bool(options.get("force", False)))
     t0 = time.perf_counter()
-    try:
+    out, ours = None, False
+    try:  # the output is made inside: an interrupt at any point after it exists removes it
+        out, ours = _output(options.get("out"), g.vol_shape, g.voxel_size, bool(options.get("force", False)))
         if method == "fdk":
             from .partition.streamed import fdk_streamed
             from .physics import FDK_WINDOWS
@@ -116,6 +118,7 @@ def reconstruct_streamed_store(y: Any, geometry_or_physics: Any, model: Any, met
             result = Reconstruction(out, "fdk", "input", 0.0, {"budget_mib": round(budget / 2**20, 1), "slab": slab})
         else:
             physics = ConeBeamCT(g, normalize=True, norm=norm, fdk_window=scan.fdk_window, progress=progress)
+            check_field_of_view(float(physics.operator_norm))
             result = _unrolled_streamed(y, physics, out, model.to("cpu"), budget, normal, progress,
                                         options)
         path = out.commit() if ours else None
@@ -135,7 +138,7 @@ def _unrolled_streamed(y: Any, physics: Any, out: Any, model: Any, budget: int, 
                        options: dict[str, Any]) -> Reconstruction:
     """The streamed partitioned reconstruction with the model's rules (FDK start point in scratch)."""
     from ._scan_rules import normal_operator
-    from .io.stores import AffineStore, create_store
+    from .io.stores import AffineStore, create_store, settle_pending_writes
     from .models.scale import percentile_of
     from .partition.streamed import fdk_streamed, reconstruct_streamed, slab_depth, streamed_patch
 
@@ -144,8 +147,8 @@ def _unrolled_streamed(y: Any, physics: Any, out: Any, model: Any, budget: int, 
     info: dict[str, Any] = {"budget_mib": round(budget / 2**20, 1), "slab": slab}
     H = normal_operator(normal, physics, torch.device("cpu"))
     with contextlib.ExitStack() as stack:
-        where = options.get("scratch") or (Path(out.path).parent if getattr(out, "path", None) else None)
-        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix=".unrolled3d-scratch-", dir=where))
+        scratch = stack.enter_context(_scratch_folder(out, options.get("scratch")))
+        stack.callback(settle_pending_writes)  # first (last in, first out): an interrupted chunk write ends
         x0 = create_store(Path(scratch) / "x0.zarr", g.vol_shape, temporary=False, compressed=False)
         note(progress, f"FDK start point, {slab} slices at a time")
         inv_norm = 1.0 / float(physics.operator_norm)  # the normalised operator's measurements: y / ||A||
@@ -172,3 +175,13 @@ def _unrolled_streamed(y: Any, physics: Any, out: Any, model: Any, budget: int, 
                                  progress=progress)
     return Reconstruction(out, "unrolled", units, 0.0, info, check, model.normalization.to_dict(),
                           float(physics.operator_norm))
+
+
+def _scratch_folder(out: Any, where: Any) -> tempfile.TemporaryDirectory:
+    """The scratch folder of a streamed reconstruction: in ``where``, else beside the output, named
+    ``.<output name>.scratch-<pid>-...`` so that the next write of that output removes what a
+    killed run left (:func:`unrolled3d.io.atomic.remove_stale_leftovers`)."""
+    destination = getattr(out, "destination", None)
+    name = destination.name if destination is not None else "unrolled3d"
+    folder = where or (destination.parent if destination is not None else None)
+    return tempfile.TemporaryDirectory(prefix=f".{name}.scratch-{os.getpid()}-", dir=folder)

@@ -14,7 +14,10 @@ applied here once for the Python API and the command line (``unrolled3d reconstr
 3. **The scale check** (:func:`check_measurement_scale`): the 99.5th percentile of the FDK start
    point is compared with the training scans' (:class:`~unrolled3d.models.scale.TrainingScale`);
    beyond :data:`WARN_FACTOR` a :class:`ScaleMismatchWarning`, beyond :data:`ERROR_FACTOR` a
-   ``ValueError`` (``scale_check="rescale"`` brings the scan to the training scale instead).
+   ``ValueError`` (``scale_check="rescale"`` brings the scan to the training scale instead). A
+   calibrated model whose file records no training scale (and whose recipe cannot make one again)
+   is held to a fixed range instead (:data:`~unrolled3d._scan_rules.CALIBRATED_RANGE`). A scan
+   whose rays all miss the volume (``||A|| = 0``) is refused as outside the field of view.
 4. **Inference plan**: the patch by the memory budget (the whole volume and one sweep when it
    fits, bfloat16 where native: :func:`unrolled3d.budget.plan_inference`), under
    ``torch.no_grad``, with progress on stderr.

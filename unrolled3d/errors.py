@@ -8,9 +8,10 @@ the command line turns it into exit status 2 and one line.
 """
 from __future__ import annotations
 
+import errno
 import os
 
-__all__ = ["FileFormatError", "first_line"]
+__all__ = ["FileFormatError", "DiskFullError", "first_line"]
 
 
 class FileFormatError(ValueError):
@@ -49,6 +50,34 @@ class FileFormatError(ValueError):
 
     def __reduce__(self):  # picklable (e.g. raised in a DataLoader worker)
         return (type(self), (self.path, self.problem))
+
+
+class DiskFullError(OSError):
+    """No space left on the device (or the quota) while writing a file: one line naming it.
+
+    An ``OSError`` with ``errno.ENOSPC``; its message is the sentence alone (no ``[Errno 28]``),
+    whatever the library that hit the full disk said (numpy's "110592 requested and 49120
+    written", torch's "[enforce fail at inline_container.cc]", HDF5's error stack).
+
+    Examples
+    --------
+    >>> from unrolled3d.errors import DiskFullError
+    >>> err = DiskFullError("out/x.npy", "12 KiB free")
+    >>> print(err); err.errno == errno.ENOSPC, err.filename
+    no space left on the device writing out/x.npy (12 KiB free)
+    (True, 'out/x.npy')
+    """
+
+    def __init__(self, path: str | os.PathLike, detail: str = "") -> None:
+        self.path, self.detail = os.fspath(path), detail
+        text = f"no space left on the device writing {self.path}" + (f" ({detail})" if detail else "")
+        super().__init__(errno.ENOSPC, text, self.path)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.detail))
 
 
 def first_line(exc: BaseException) -> str:

@@ -18,6 +18,7 @@ from ..errors import FileFormatError
 from .bench import bench_cmd
 from .output import emit
 from .preview import check_preview, write_preview
+from .scan_files import check_field_of_view, hu_to_attenuation, input_units, known_norm, output_spatial, source_meta
 from .streamed import is_store_path, reconstruct_store, simulate_store
 
 __all__ = ["demo", "info", "simulate", "fit_normal", "reconstruct", "train_cmd", "import_walnut", "bench_cmd",
@@ -110,8 +111,9 @@ def simulate(args: argparse.Namespace) -> int:
     check_not_input([out], [args.volume])
     resolve_output(out, args.force)
     scan = "short" if args.short_scan else "full"
+    units, spatial = "attenuation", None
     if args.volume is not None:
-        from ..io import read_volume
+        from ..io import read_spatial, read_volume
 
         if args.phantom is not None or args.size is not None:
             raise ValueError("--volume replaces --phantom and --size: give one or the other")
@@ -120,8 +122,10 @@ def simulate(args: argparse.Namespace) -> int:
             check_finite(vol, "the volume")
         except ValueError as exc:
             raise FileFormatError(args.volume, str(exc)) from None
+        spatial = read_spatial(args.volume)  # its affine goes into the measurements, reconstruct writes it back
+        units = _volume_units(args, float(vol.min()))
         g = scan_for_volume(tuple(vol.shape), voxel_size, views, scan)
-        x = vol.to(torch.float32)[None, None]
+        x = (hu_to_attenuation()(vol) if units == "hu" else vol).to(torch.float32)[None, None]
         source = {"volume": str(args.volume)}
     else:
         size = 64 if args.size is None else integer("--size", args.size, 4)
@@ -133,8 +137,10 @@ def simulate(args: argparse.Namespace) -> int:
     # one noise convention (unrolled3d.physics.noise): --noise is the std on normalised measurements
     raw_std, record = scan_noise(g, float(y.max()), **noise, progress=_show_progress(args))
     y = y + raw_std * torch.randn(y.shape, generator=torch.Generator().manual_seed(args.seed))
-    save_measurements(out, y, g, x_true=x, meta={**source, **record}, force=args.force)
-    emit(args, {"out": args.out, "sino_shape": list(y.shape)}, f"wrote {args.out}: measurements {tuple(y.shape)}")
+    meta = {**source_meta(args, source, units, spatial), **record}
+    save_measurements(out, y, g, x_true=x, meta=meta, force=args.force)
+    emit(args, {"out": args.out, "sino_shape": list(y.shape), "units": units},
+         f"wrote {args.out}: measurements {tuple(y.shape)}")
     return 0
 
 
@@ -150,6 +156,15 @@ def _phantom_volume(kind: str, size: int, seed: int) -> torch.Tensor:
     radius = 0.45 * size
     ell = shepp_logan_3d(radius) if kind == "shepp-logan" else random_ellipsoids(10, radius, seed=seed)
     return voxelize(ell, (size,) * 3, supersample=2)
+
+
+def _volume_units(args: argparse.Namespace, smallest: float) -> str:
+    """``--units`` resolved for a volume whose smallest value is ``smallest`` (a note when guessed)."""
+    units = input_units(getattr(args, "units", "auto"), smallest)
+    if units == "hu" and getattr(args, "units", "auto") == "auto":
+        _note(args, f"{args.volume} looks like Hounsfield units (smallest value {smallest:g}): converted to "
+                    f"attenuation in 1/mm before projecting (--units attenuation projects the values as they are)")
+    return units
 
 
 def _noise_option(args: argparse.Namespace) -> dict[str, float]:
@@ -171,15 +186,19 @@ def _simulate_store(args: argparse.Namespace, noise: dict[str, float], views: in
 
     check_not_input([args.out], [args.volume])
     scan = "short" if args.short_scan else "full"
+    units, spatial = "attenuation", None
     if args.volume is not None:
         if args.phantom is not None or args.size is not None:
             raise ValueError("--volume replaces --phantom and --size: give one or the other")
         vol = LazyVolume(args.volume)
+        spatial = vol.spatial
+        units = _volume_units(args, float(vol.sample().min()))  # a regular sub-sample: the file is not read whole
+        convert = hu_to_attenuation() if units == "hu" else (lambda v: v)
         g = scan_for_volume(vol.shape, vol.voxel_size, views, scan)
         h, w = vol.shape[1:]
 
         def slab(z0: int, s: int) -> torch.Tensor:
-            return torch.from_numpy(vol.read((z0, 0, 0), (s, h, w)))
+            return convert(torch.from_numpy(vol.read((z0, 0, 0), (s, h, w))))
 
         source = {"volume": str(args.volume)}
     else:
@@ -200,7 +219,7 @@ def _simulate_store(args: argparse.Namespace, noise: dict[str, float], views: in
                                 supersample=2)
 
         source = {"phantom": phantom}
-    return simulate_store(args, g, slab, noise, source)
+    return simulate_store(args, g, slab, noise, source_meta(args, source, units, spatial))
 
 
 def import_walnut(args: argparse.Namespace) -> int:
@@ -239,6 +258,7 @@ def fit_normal(args: argparse.Namespace) -> int:
     _, g, _, _ = load_measurements(args.measurements)
     _note(args, f"estimating ||A|| of the {g.vol_shape} scan")
     physics = ConeBeamCT(g, normalize=True, progress=_show_progress(args))
+    check_field_of_view(float(physics.operator_norm), args.measurements)
     H = DiagCirculantNormal.for_physics(physics, g.vol_shape, kernel_radius=args.kernel_radius)
     hist = fit_h(H, physics, n_iter=iters, lr=lr, progress=_show_progress(args))
     err = relative_error(H, physics)
@@ -254,7 +274,6 @@ def reconstruct(args: argparse.Namespace) -> int:
     from ..api import reconstruct_detailed
     from ..io import check_not_input, check_volume_target, load_measurements, volume_files, write_volume
     from ..metrics import psnr
-    from ..physics.norm import norm_from_record
 
     # Everything about the output is checked before minutes of computing: its ending, that it is
     # none of the inputs (the .npy sidecar included), that it may be replaced.
@@ -268,18 +287,23 @@ def reconstruct(args: argparse.Namespace) -> int:
     check_volume_target(args.out, args.force)
     device = _device(args.device)
     y, g, x_true, meta = load_measurements(args.measurements)
+    spatial = output_spatial(meta, g, args.measurements)  # the input volume's affine, written back
     if unrolled and args.patch_size is not None and any(args.patch_size > n for n in g.vol_shape):
         raise ValueError(f"--patch-size {args.patch_size} is larger than the volume {tuple(g.vol_shape)}")
+    norm = known_norm(meta, g, args.measurements, unrolled, device, _show_progress(args))
     result = reconstruct_detailed(
         y, g, model=args.weights if unrolled else None, method=args.method, memory_budget=args.memory_budget,
         normal=args.normal, progress=_show_progress(args), patch_size=args.patch_size if unrolled else None,
-        device=device, norm=norm_from_record(meta.get("operator_norm"), g), measure_memory=unrolled and
+        device=device, norm=norm, measure_memory=unrolled and
         args.patch_size is None, scale_check=getattr(args, "scale_check", "check"),
         fdk_window=getattr(args, "fdk_window", None), precision=getattr(args, "precision", "auto") if unrolled else None,
         n_sweeps=args.sweeps if unrolled else None, overlap=args.overlap if unrolled else None)
     x = result.volume
+    if not unrolled and bool(y.any()) and not bool(x.any()):
+        check_field_of_view(0.0, args.measurements)  # measurements, but nothing of them reaches the volume
+    # format from the ending, the input volume's affine and voxel size
     out_volume = result.in_model_units()[0, 0]
-    write_volume(args.out, out_volume, g.voxel_size, force=args.force)  # format from the ending
+    write_volume(args.out, out_volume, force=args.force, spatial=spatial)
     payload = {"out": args.out, "seconds": round(result.seconds, 3), "method": args.method}
     units = "attenuation (1/mm)" if not unrolled else result.model_units
     if write_preview(args, out_volume, g.vol_shape, units) is not None:

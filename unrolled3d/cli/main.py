@@ -68,6 +68,9 @@ def _add_scan_commands(sub) -> None:
                    help="projections over the orbit, equally spaced (default %(default)s)")
     p.add_argument("--short-scan", action="store_true",
                    help="a short scan (180 degrees plus the fan angle, Parker-weighted FDK) instead of a full 360")
+    p.add_argument("--units", choices=["auto", "attenuation", "hu"], default="auto",
+                   help="the --volume's values: attenuation in 1/mm, or Hounsfield units (converted to attenuation "
+                        "before projecting); auto (default): HU when its smallest value is below -500")
     p.add_argument("--noise", type=float, default=None,
                    help="Gaussian noise: its std on the normalised measurements A x / ||A|| (the convention of "
                         "[train] noise_std, so 0.02 is the shipped models' training noise; default 0.01)")
@@ -209,11 +212,22 @@ def _version() -> str:
 
 #: failures the user can fix (arguments, files, refused outputs, a diverged run, memory): one line, exit 2.
 #: RuntimeError is here because torch reports running out of memory with it.
-_EXPECTED = (ValueError, TypeError, OSError, ImportError, ArithmeticError, RuntimeError)
+_EXPECTED = (ValueError, TypeError, OSError, ImportError, ArithmeticError, RuntimeError, MemoryError)
+#: a word (a path, a value) longer than this is shortened in an error line: a 200 KB path argument
+#: must not become a 200 KB message
+_LONGEST_WORD = 200
+
+
+def _shorten(word: str) -> str:
+    if len(word) <= _LONGEST_WORD:
+        return word
+    return f"{word[:100]}...{word[-40:]} ({len(word)} characters)"
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    text = " ".join(_shorten(w) for w in str(exc).split())
+    if isinstance(exc, MemoryError):  # numpy: "Unable to allocate 3.6 TiB for an array ..."; Python: ""
+        text = f"not enough memory{': ' + text if text else ''}"
     return text or type(exc).__name__
 
 

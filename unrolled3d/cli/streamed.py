@@ -45,8 +45,9 @@ def simulate_store(args: argparse.Namespace, geometry, slab_source: Callable[[in
 
     physics = ConeBeamCT(geometry)
     meta = {**source, "noise": noise}  # replaced by the noise's full record once the scan is known
-    scan = create_scan(args.out, geometry, with_truth=True, meta=meta, force=args.force)
-    try:
+    scan = None
+    try:  # the store is made inside: an interrupt at any point after it exists removes it
+        scan = create_scan(args.out, geometry, with_truth=True, meta=meta, force=args.force)
         y = torch.zeros(geometry.sino_shape, dtype=torch.float32)
         d = geometry.vol_shape[0]
         step = slab_depth(physics, 256 * 2**20)  # slab buffers of at most 256 MiB
@@ -64,21 +65,23 @@ def simulate_store(args: argparse.Namespace, geometry, slab_source: Callable[[in
         scan.set_meta({**source, **record})
         path = scan.commit()
     except BaseException:
-        scan.discard()
+        if scan is not None:
+            scan.discard()
         raise
     emit(args, {"out": str(path), "sino_shape": [1, 1, *geometry.sino_shape], "store": "zarr"},
          f"wrote {path}: measurements (1, 1, {', '.join(map(str, geometry.sino_shape))}) and the volume (Zarr)")
     return 0
 
 
-def _output_store(args: argparse.Namespace, shape, voxel_size):
+def _output_store(args: argparse.Namespace, shape, spatial):
+    """The output store: Zarr attributes or the ``.npy`` sidecar (written with the data) carry
+    the voxel size and the input volume's affine."""
     from ..io.stores import create_store, store_kind
 
     kind = store_kind(args.out)
     if kind is None:
         raise ValueError(f"--output {args.out}: a streamed reconstruction writes a .zarr store or a .npy file")
-    attrs = {"voxel_size": list(voxel_size), "axes": "zyx", "unit": "mm"} if kind == "zarr" else None
-    return create_store(args.out, shape, attrs=attrs, force=args.force)
+    return create_store(args.out, shape, force=args.force, spatial=spatial)
 
 
 def _streamed_psnr(x, truth, convert: Callable[[np.ndarray], np.ndarray] = lambda v: v) -> float:
@@ -102,31 +105,32 @@ def reconstruct_store(args: argparse.Namespace) -> int:
     from ..api import reconstruct_detailed
     from ..io import check_not_input
     from ..io.scan_stores import open_scan
-    from ..physics.norm import norm_from_record
+    from .scan_files import known_norm, output_spatial
 
     check_not_input([args.out], [args.measurements, args.weights, args.normal])
     if args.device != "cpu":
         raise ValueError("--device: streamed reconstructions run on the CPU for now")
     y, g, x_true, meta = open_scan(args.measurements)
-    out = _output_store(args, g.vol_shape, g.voxel_size)
+    spatial = output_spatial(meta, g, args.measurements)  # the input volume's affine, written back
     unrolled = args.method == "unrolled"
-    try:
+    show = not (args.quiet or args.json)
+    norm = known_norm(meta, g, args.measurements, unrolled, "cpu", show)
+    out = None
+    try:  # the output is made inside: an interrupt at any point after it exists removes it
+        out = _output_store(args, g.vol_shape, spatial)
         result = reconstruct_detailed(
             y, g, model=args.weights if unrolled else None, method=args.method, memory_budget=args.memory_budget,
-            normal=args.normal, progress=not (args.quiet or args.json), out=out,
-            patch_size=args.patch_size if unrolled else None, norm=norm_from_record(meta.get("operator_norm"), g),
+            normal=args.normal, progress=show, out=out,
+            patch_size=args.patch_size if unrolled else None, norm=norm,
             output_units="model", scale_check=getattr(args, "scale_check", "check"),
             fdk_window=getattr(args, "fdk_window", None),
             precision=getattr(args, "precision", "auto") if unrolled else None,
             n_sweeps=args.sweeps if unrolled else None, overlap=args.overlap if unrolled else None)
         path = out.commit()
     except BaseException:
-        out.discard()
+        if out is not None:
+            out.discard()
         raise
-    if str(path).endswith(".npy"):
-        from ..io.volumes import write_npy_sidecar
-
-        write_npy_sidecar(path, g.voxel_size, g.vol_shape, force=args.force)
     payload = {"out": str(path), "seconds": round(result.seconds, 3), "method": args.method, "streamed": True,
                **(result.plan or {})}
     if unrolled:

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from .._validation import boolean, choice, int_triple, int_tuple, integer, real, real_tuple
 from ..errors import FileFormatError
 from ..io.lazy import _npy_map
-from ..io.volumes import _h5_dataset, _h5_open
+from ..io.hdf5 import dataset as _h5_dataset, open_file as _h5_open, read_whole as _h5_read_whole
 from .phantoms import Ellipsoid, random_ellipsoids, shepp_logan_3d, voxelize
 from .textured import textured_phantom
 
@@ -272,11 +272,8 @@ class VolumeFileDataset(Dataset):
         if path.suffix.lower() in _NPY_SUFFIXES:
             return self._inspect_npy(path)
         with _h5_open(path) as f:
-            ds = self._inspect_h5(path, f)
-            try:
-                return ds[()]
-            except OSError as exc:
-                raise FileFormatError(path, f"cannot read HDF5 dataset (corrupt or truncated?): {exc}") from None
+            # its size checked against the memory first; a corrupt dataset is a FileFormatError
+            return _h5_read_whole(path, self._inspect_h5(path, f))
 
     def __getitem__(self, i: int) -> torch.Tensor:
         arr = self.load(i)

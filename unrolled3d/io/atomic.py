@@ -12,7 +12,13 @@
 A crash (or ``kill -9``, or a power cut) at any point leaves either the old file or the new one,
 never a truncated one; only a temporary file may remain, which :func:`stale_temporaries` finds
 and :func:`remove_stale_temporaries` removes once the process that wrote it is gone (a running
-writer's temporary file is never taken for a stale one).
+writer's temporary file is never taken for a stale one). Every write removes the leftovers of
+dead writers of the same target first (:func:`remove_stale_leftovers`: temporary files, and the
+temporary, replaced and scratch folders of stores, ``.<name>.tmp-<pid>``, ``.<name>.old-<pid>``,
+``.<name>.scratch-<pid>-...``).
+
+A full disk (or quota) while writing is a :class:`~unrolled3d.errors.DiskFullError`, one line
+naming the target, whatever the library that hit it said; the old file stays.
 
 The target itself is checked first: a symbolic link is written *through* (its target file is
 replaced, the link stays), a read-only file is refused (``PermissionError``) unless
@@ -21,20 +27,30 @@ is one of the inputs of the same command.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import re
+import shutil
 import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from ..errors import DiskFullError
+
 __all__ = ["atomic_path", "fsync_folder", "resolve_output", "check_not_input", "stale_temporaries",
-           "remove_stale_temporaries", "TEMP_MARK"]
+           "remove_stale_temporaries", "remove_stale_leftovers", "no_space_left", "put_in_place", "TEMP_MARK",
+           "LEFTOVER_MARKS"]
 
 #: what every temporary file's name holds after the target's name: ``.<name>.tmp-...``
 TEMP_MARK = ".tmp-"
+#: the marks of what a writer of ``<name>`` leaves beside it while it runs: its temporary file or
+#: store, the store it is replacing, its scratch folder (each followed by the writer's process id)
+LEFTOVER_MARKS = (TEMP_MARK, ".old-", ".scratch-")
+#: free bytes under which a failed write is taken for a full disk when the library did not say ENOSPC
+_NEARLY_FULL = 2**20
 
 
 def fsync_folder(folder: str | os.PathLike) -> None:
@@ -131,11 +147,14 @@ def atomic_path(path: str | os.PathLike, replace_read_only: bool = False) -> Ite
         umask = os.umask(0)
         os.umask(umask)
         mode = 0o666 & ~umask  # what a plain open() would give (mkstemp makes the file 0600)
+    remove_stale_leftovers(target)  # of writers of this target that were killed
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}{TEMP_MARK}{os.getpid()}-", suffix=target.suffix,
                                    dir=target.parent)
     except PermissionError:
         raise PermissionError(f"cannot write {path}: the folder {target.parent} is not writable") from None
+    except OSError as exc:
+        raise no_space_left(exc, target) or exc
     os.close(fd)
     try:
         yield Path(tmp)
@@ -143,10 +162,46 @@ def atomic_path(path: str | os.PathLike, replace_read_only: bool = False) -> Ite
         os.chmod(tmp, mode)
         os.replace(tmp, target)  # ... then the name,
         fsync_folder(target.parent)  # durably
-    except BaseException:
+    except BaseException as exc:
+        full = no_space_left(exc, target) if isinstance(exc, Exception) else None  # measured while tmp holds its space
         if os.path.lexists(tmp):
             os.unlink(tmp)
+        if full is not None:
+            raise full from None
         raise
+
+
+def no_space_left(exc: BaseException, target: str | os.PathLike) -> DiskFullError | None:
+    """A :class:`DiskFullError` for ``target`` when ``exc`` (a failed write) comes from a full disk
+    or quota, else ``None``.
+
+    ``ENOSPC``/``EDQUOT`` anywhere in the exception's chain says so; libraries that report the
+    failure in their own words (numpy: "110592 requested and 49120 written", torch: "[enforce
+    fail at inline_container.cc]") are recognised by the device's free space (under 1 MiB, measured
+    while the partial file still occupies its space).
+    """
+    seen, e = set(), exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            break
+        e = e.__cause__ or e.__context__
+    else:
+        e = None
+    if isinstance(exc, DiskFullError):
+        return exc
+    folder = Path(target).parent
+    try:
+        st = os.statvfs(folder)
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        free = None
+    full = e is not None or (isinstance(exc, (OSError, RuntimeError)) and free is not None and free < _NEARLY_FULL)
+    if not full:
+        return None
+    from .limits import human_bytes
+
+    return DiskFullError(target, f"{human_bytes(free)} free in {folder}" if free is not None else "")
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -205,7 +260,7 @@ def stale_temporaries(folder: str | os.PathLike, name_pattern: str = r".+") -> l
     d = Path(folder)
     if not d.is_dir():
         return []
-    rx = re.compile(rf"^\.(?:{name_pattern}){re.escape(TEMP_MARK)}(?:(?P<pid>\d+)-)?")
+    rx = re.compile(rf"^\.(?:{name_pattern}){re.escape(TEMP_MARK)}(?:(?P<pid>\d+)(?:-|$))?")
     found = []
     for p in d.iterdir():
         m = rx.match(p.name)
@@ -221,3 +276,91 @@ def remove_stale_temporaries(folder: str | os.PathLike, name_pattern: str = r".+
     for p in found:
         p.unlink(missing_ok=True)
     return found
+
+
+def remove_stale_leftovers(target: str | os.PathLike) -> list[Path]:
+    """Remove what killed writers of ``target`` left beside it: files and folders named
+    ``.<name><mark><pid>...`` (:data:`LEFTOVER_MARKS`) whose process ``<pid>`` is gone. A running
+    writer's leftovers (its process alive, or a reused number) are kept. Returns what was removed.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from pathlib import Path
+    >>> from unrolled3d.io.atomic import remove_stale_leftovers
+    >>> d = Path(tempfile.mkdtemp())
+    >>> (d / ".x.zarr.tmp-999999999").mkdir(); (d / f".x.zarr.tmp-{os.getpid()}").mkdir()
+    >>> [p.name for p in remove_stale_leftovers(d / "x.zarr")]      # the dead writer's only
+    ['.x.zarr.tmp-999999999']
+    """
+    target = Path(target)
+    folder = target.parent
+    if not folder.is_dir():
+        return []
+    marks = "|".join(re.escape(m) for m in LEFTOVER_MARKS)
+    rx = re.compile(rf"^\.{re.escape(target.name)}(?:{marks})(?P<pid>\d+)(?:-|$)")
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    for name in names:
+        m = rx.match(name)
+        if m is None or _owner_alive(int(m.group("pid"))):
+            continue
+        p = folder / name
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        except FileNotFoundError:  # another process cleaned it first
+            continue
+        except OSError:  # not ours to remove (permissions): leave it, never fail a write for it
+            continue
+        removed.append(p)
+    return sorted(removed)
+
+
+_RENAME_EXCHANGE = 2  # renameat2's flag (Linux >= 3.15): swap two names in one step
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the names ``a`` and ``b`` atomically (``renameat2(RENAME_EXCHANGE)``); ``False`` where the
+    system or file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not Linux, or a C library without it
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def put_in_place(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Rename ``src`` (a finished file or folder) onto ``dst``, replacing what is there at once:
+    a reader sees the old or the new, never neither.
+
+    A file is renamed over (``os.replace``); a folder (a Zarr store) over a folder is swapped with it
+    in one step (``renameat2(RENAME_EXCHANGE)``) and the old one, now under ``src``'s name, removed.
+    Where the system cannot swap, the old folder is moved aside first (``.<name>.old-<pid>``): a
+    crash between the two renames then leaves both beside ``dst``, removed by the next write of it
+    (:func:`remove_stale_leftovers`). The folder is synced afterwards.
+    """
+    src, dst = Path(src), Path(dst)
+    if src.is_dir() and dst.is_dir() and not dst.is_symlink():
+        if _exchange(src, dst):
+            shutil.rmtree(src, ignore_errors=True)
+        else:
+            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+            os.replace(dst, old)
+            os.replace(src, dst)
+            shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+    fsync_folder(dst.parent)

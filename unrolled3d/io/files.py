@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from ..errors import FileFormatError, first_line
+from ..errors import FileFormatError
 from ..geometry import ConeBeamGeometry
 from .atomic import atomic_path
-from .volumes import read_volume, sniff_format, write_volume
+from .volumes import check_tensor_size, describe_load_error, read_volume, sniff_format, write_volume
 
 __all__ = ["save_measurements", "load_measurements", "save_volume", "load_volume", "save_model", "load_model",
            "load_torch_file", "check_pt_name", "MEAS_FORMAT", "MODEL_FORMAT"]
@@ -55,7 +55,8 @@ def load_torch_file(path: str | os.PathLike, what: str) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, EOFError, UnpicklingError (a pickle weights_only refuses) ...
-        raise FileFormatError(path, f"not a readable {what} file ({first_line(exc)})") from None
+        # in our words: torch's own suggest loading with weights_only=False, which would run the file
+        raise FileFormatError(path, f"not a readable {what} file ({describe_load_error(exc)})") from None
     if not isinstance(obj, dict):
         raise FileFormatError(path, f"not a {what} file (holds a {type(obj).__name__}, expected a dict)")
     return obj
@@ -84,6 +85,7 @@ def _json_entry(state: dict, key: str, path: Path, what: str, default: str | Non
 def _finite_tensor(t: torch.Tensor, path: Path, key: str) -> torch.Tensor:
     if not (t.is_floating_point() or t.is_complex()):
         raise FileFormatError(path, f"{key!r} has dtype {t.dtype}, expected floating-point values")
+    check_tensor_size(path, key, t)  # before isfinite materialises a stride-0 giant
     bad = ~torch.isfinite(t)
     if bool(bad.any()):
         raise FileFormatError(path, f"{key!r} contains NaN or infinite values ({int(bad.sum())} of {t.numel()} "
@@ -222,6 +224,7 @@ def load_model(path) -> tuple[dict, dict[str, Any]]:
     for k, v in weights.items():
         if not isinstance(v, torch.Tensor):
             raise FileFormatError(path, f"weight {k!r} is a {type(v).__name__}, not a tensor")
+        check_tensor_size(path, f"weight {k}", v)
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise FileFormatError(path, f"weight {k!r} contains NaN or infinite values")
     return weights, config

@@ -11,7 +11,8 @@ format     how a region is read
 npy        ``np.load(mmap_mode="r")``: a memory map, only the region's pages are touched
 NIfTI      nibabel's ``dataobj`` array proxy, sliced (``.nii``: a memory map; ``.nii.gz``: the
            stream is decompressed up to the region, in chunks, never held whole)
-HDF5       the h5py dataset sliced (only the chunks holding the region are read)
+HDF5       the h5py dataset sliced (only the chunks holding the region are read; a read that would
+           touch too many chunks is refused, see :mod:`unrolled3d.io.hdf5`)
 TIFF       the region's pages only (``tifffile``, ``key=`` the page numbers), then cropped
 pt         ``torch.load(mmap=True, weights_only=True)``: the tensor's storage is mapped
 =========  ======================================================================================
@@ -34,9 +35,11 @@ import torch
 
 from .._validation import int_triple, int_tuple
 from ..errors import FileFormatError, first_line
+from . import hdf5
 from .volumes import (VoxelSize, _check_magic, _check_tiff_pages, _file_voxel_size, _float32_decimal,
                       _format_of, _h5_dataset, _h5_open, _import, _npy_voxel_size, _quiet_logger, _require_file,
-                      _tiff_stack, _tiff_voxel_size)
+                      _tiff_stack, _tiff_voxel_size, describe_load_error, read_spatial)
+from .spatial import Spatial
 
 __all__ = ["LazyVolume"]
 
@@ -123,11 +126,8 @@ def _h5_header(path: Path, key: str | None) -> tuple[tuple[int, int, int], np.dt
 
 def _h5_region(path: Path, key: str | None, region: Region) -> np.ndarray:
     with _h5_open(path) as f:
-        ds = _h5_dataset(path, f, key)
-        try:
-            return np.asarray(ds[region], dtype=np.float32)  # h5py reads the chunks of the region only
-        except Exception as exc:
-            raise FileFormatError(path, f"the HDF5 dataset cannot be read (corrupt: {first_line(exc)})") from None
+        # h5py reads the chunks of the region only; a layout of tiny chunks is refused, not waited on
+        return np.asarray(hdf5.read_region(path, _h5_dataset(path, f, key), region), dtype=np.float32)
 
 
 def _tiff_header(path: Path, key: str | None) -> tuple[tuple[int, int, int], np.dtype, VoxelSize]:
@@ -160,8 +160,8 @@ def _pt_load(path: Path) -> tuple[torch.Tensor, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # a legacy (non-zip) file cannot be mapped, a truncated zip, ...
-        raise FileFormatError(path, f"not a memory-mappable .pt volume (truncated, corrupt or an old "
-                                    f"non-zip torch file: {first_line(exc)})") from None
+        raise FileFormatError(path, f"not a memory-mappable .pt volume (an old non-zip torch file, or "
+                                    f"{describe_load_error(exc)})") from None
     vol = obj.get("volume") if isinstance(obj, dict) else obj
     if not isinstance(vol, torch.Tensor):
         raise FileFormatError(path, "expected a tensor, or a dict with a tensor 'volume' (as write_volume saves it)")
@@ -258,6 +258,15 @@ class LazyVolume:
         return f"LazyVolume({str(self.path)!r}, shape={self.shape}, format={self.format!r})"
 
     @property
+    def spatial(self) -> Spatial:
+        """Where the volume lies in space (:func:`unrolled3d.io.read_spatial` of the file)."""
+        if self.format == "hdf5" and self.key is not None:
+            from .volumes import _h5_spatial
+
+            return _h5_spatial(self.path, self.key)
+        return read_spatial(self.path)
+
+    @property
     def nbytes(self) -> int:
         """Bytes of the whole volume on disk (uncompressed), for reports."""
         return int(np.prod(self.shape)) * self.dtype.itemsize
@@ -280,9 +289,17 @@ class LazyVolume:
     def sample(self, max_voxels: int = 2**21) -> np.ndarray:
         """A regular sub-sample of the whole volume (every ``k``-th voxel on each axis, the
         smallest ``k`` giving at most ``max_voxels``), float32 ``(d, h, w)``: what statistics
-        such as a percentile are computed from without reading the file whole."""
+        such as a percentile are computed from without reading the file whole.
+
+        A chunked HDF5 file whose chunks such a sample would visit by the thousand (tiny chunks,
+        or a huge declared size) gives whole chunks on a regular grid of chunks instead, flattened
+        to ``(1, 1, n)``, and a layout no sample can read in bounded time is refused
+        (:func:`unrolled3d.io.hdf5.sample`)."""
         if isinstance(max_voxels, bool) or not isinstance(max_voxels, int) or max_voxels < 1:
             raise ValueError(f"max_voxels must be a positive integer, got {max_voxels!r}")
+        if self.format == "hdf5":
+            with _h5_open(self.path) as f:
+                return hdf5.sample(self.path, _h5_dataset(self.path, f, self.key), max_voxels)
         k = 1
         while int(np.prod([-(-n // k) for n in self.shape])) > max_voxels:
             k += 1

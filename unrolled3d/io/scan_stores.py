@@ -37,8 +37,8 @@ from typing import Any
 
 from ..errors import FileFormatError, first_line
 from ..geometry import ConeBeamGeometry
-from .atomic import fsync_folder
-from .stores import ArrayStore, ZarrStore, _check_target, _sync_tree, _zarr, store_kind
+from .atomic import no_space_left, put_in_place, remove_stale_leftovers
+from .stores import ArrayStore, ZarrStore, _check_target, _sync_tree, _zarr, settle_pending_writes, store_kind
 
 __all__ = ["MEAS_STORE_FORMAT", "ScanStore", "create_scan", "open_scan"]
 
@@ -70,17 +70,13 @@ class ScanStore:
     def commit(self) -> Path:
         """Sync the store, then rename it into place (replacing an old store when allowed)."""
         _sync_tree(self.path)
-        if self.final.exists():
-            old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
-            os.replace(self.final, old)
-            os.replace(self.path, self.final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.path, self.final)
-        fsync_folder(self.final.parent)
+        put_in_place(self.path, self.final)  # swapped with an old store in one step: never neither
         return self.final
 
     def discard(self) -> None:
+        """Delete the uncommitted store (once Zarr's pending writes are done: see
+        :func:`~unrolled3d.io.stores.settle_pending_writes`)."""
+        settle_pending_writes()
         shutil.rmtree(self.path, ignore_errors=True)
 
     def set_meta(self, meta: dict[str, Any]) -> None:
@@ -100,17 +96,25 @@ def create_scan(path: str | os.PathLike, geometry: ConeBeamGeometry, with_truth:
     if not isinstance(geometry, ConeBeamGeometry):
         raise TypeError(f"geometry must be a ConeBeamGeometry, got {type(geometry).__name__}")
     final = _check_target(final, "zarr", force)
+    remove_stale_leftovers(final)  # what killed writers of this store left beside it
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     zarr = _zarr()
     attrs = {"format": MEAS_STORE_FORMAT, "geometry": geometry.to_dict(), "meta": json.loads(json.dumps(meta or {}))}
-    group = zarr.open_group(str(tmp), mode="w", attributes=attrs)
-    y = group.create_array("y", shape=geometry.sino_shape, dtype="float32", fill_value=0.0,
-                           chunks=tuple(min(c, n) for c, n in zip(_Y_CHUNK, geometry.sino_shape)))
-    x = None
-    if with_truth:
-        x = group.create_array("x_true", shape=geometry.vol_shape, dtype="float32", fill_value=0.0,
-                               chunks=tuple(min(c, n) for c, n in zip(_X_CHUNK, geometry.vol_shape)))
+    try:  # an interrupt while the store is made removes what was made (the caller has no store to discard yet)
+        group = zarr.open_group(str(tmp), mode="w", attributes=attrs)
+        y = group.create_array("y", shape=geometry.sino_shape, dtype="float32", fill_value=0.0,
+                               chunks=tuple(min(c, n) for c, n in zip(_Y_CHUNK, geometry.sino_shape)))
+        x = None
+        if with_truth:
+            x = group.create_array("x_true", shape=geometry.vol_shape, dtype="float32", fill_value=0.0,
+                                   chunks=tuple(min(c, n) for c, n in zip(_X_CHUNK, geometry.vol_shape)))
+    except BaseException as exc:
+        settle_pending_writes()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise no_space_left(exc, final) or exc
+        raise
     return ScanStore(tmp, final, ZarrStore(y, tmp / "y"), None if x is None else ZarrStore(x, tmp / "x_true"))
 
 

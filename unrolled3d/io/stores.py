@@ -19,7 +19,13 @@ array-like          anything sliced like NumPy: ``numpy.ndarray``, ``h5py.Datase
 Regions are given as ``start`` and ``size`` tuples of the array's rank; reads return float32
 copies. :func:`create_store` makes a new Zarr or ``.npy`` array under a temporary name, and
 :meth:`ArrayStore.commit` moves it into place atomically (the data synced, then renamed, then the
-folder synced), so that an interrupted run leaves no half-written output under the final name.
+folder synced), so that an interrupted run leaves no half-written output under the final name; a
+new ``.npy`` output gets its voxel-size sidecar before its rename, as one pair
+(:mod:`unrolled3d.io.npy_pair`), and a Zarr output its :class:`~unrolled3d.io.Spatial` as
+attributes. The leftovers of killed writers of the same output are removed first
+(:func:`~unrolled3d.io.atomic.remove_stale_leftovers`); the disk space of a new ``.npy`` file is
+reserved when it is made (a full disk is then an error at once, not a crash of the memory map
+later), and a full disk is one line naming the output (:class:`~unrolled3d.errors.DiskFullError`).
 
 Examples
 --------
@@ -32,6 +38,7 @@ Examples
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -44,10 +51,11 @@ import torch
 
 from .._validation import int_tuple
 from ..errors import FileFormatError, first_line
-from .atomic import fsync_folder, resolve_output
+from .atomic import fsync_folder, no_space_left, put_in_place, remove_stale_leftovers, resolve_output
+from .spatial import Spatial
 
 __all__ = ["ArrayStore", "AffineStore", "NpyStore", "ZarrStore", "open_store", "create_store", "store_kind", "STORE_ENDINGS",
-           "default_chunks"]
+           "default_chunks", "settle_pending_writes"]
 
 #: file endings of the stores that :func:`open_store` and :func:`create_store` handle by name
 STORE_ENDINGS = (".zarr", ".npy")
@@ -145,7 +153,13 @@ class ArrayStore:
     def write(self, start: Sequence[int], block: Any) -> None:
         """Store ``block`` at ``start`` (its shape is the region's size)."""
         block = _as_numpy(block)
-        self._set(_region(start, block.shape, self.shape), block)
+        try:
+            self._set(_region(start, block.shape, self.shape), block)
+        except OSError as exc:
+            full = no_space_left(exc, self._final or self.path or "an array store")
+            if full is None:
+                raise
+            raise full from None
 
     def add(self, start: Sequence[int], block: Any) -> None:
         """Add ``block`` to the region at ``start`` (read, add, write)."""
@@ -160,33 +174,38 @@ class ArrayStore:
             self.write((s, *[0] * (len(self.shape) - 1)), np.full((n, *self.shape[1:]), value, dtype=np.float32))
 
     # ------------------------------------------------------------------ lifetime
+    @property
+    def destination(self) -> Path | None:
+        """Where the array will be once committed (its path when it is in place already)."""
+        return self._final or self.path
+
     def commit(self) -> Path | None:
         """Move a store made by :func:`create_store` under its final name (atomically: synced,
-        renamed, the folder synced); a no-op for any other store. Returns the final path."""
+        renamed or swapped with the store it replaces, the folder synced: see
+        :func:`~unrolled3d.io.atomic.put_in_place`); a no-op for any other store. Returns the final path."""
         if self._final is None or self.path is None:
             return self.path
         _sync_tree(self.path)
         final = self._final
-        if final.exists():  # create_store checked that it may be replaced
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(self.path, final)
-            _remove(old)
-        else:
-            os.replace(self.path, final)
-        fsync_folder(final.parent)
+        self._before_rename(final)
+        put_in_place(self.path, final)  # create_store checked that an old one may be replaced
         self.path, self._final = final, None
         self._reopen()
         return final
 
     def discard(self) -> None:
-        """Delete a store made by :func:`create_store` that was not committed."""
+        """Delete a store made by :func:`create_store` that was not committed (after the writes an
+        interrupted call left running have finished: they would recreate what is deleted)."""
         if self._final is not None and self.path is not None:
+            settle_pending_writes()
             _remove(self.path)
             self._final = None
 
     def _reopen(self) -> None:
         """Point at ``self.path`` after a rename (stores that keep a handle)."""
+
+    def _before_rename(self, final: Path) -> None:
+        """What must be in place before the data takes its final name (an ``.npy`` file's sidecar)."""
 
 
 class AffineStore(ArrayStore):
@@ -240,6 +259,15 @@ class NpyStore(ArrayStore):
         super().__init__(arr, path)
         del arr
         self._array = None
+        self.spatial: Spatial | None = None  # a new output's sidecar, written at commit
+
+    def _before_rename(self, final: Path) -> None:
+        if self.spatial is None:
+            return
+        from .volumes import write_npy_sidecar
+
+        # the pair as one: the sidecar names this data (and the volume it replaces), then the rename
+        write_npy_sidecar(final, None, self.shape, force=True, spatial=self.spatial, data_file=self.path)
 
     @staticmethod
     def _map(path: Path, mode: str) -> np.ndarray:
@@ -294,6 +322,31 @@ class ZarrStore(ArrayStore):
     def _reopen(self) -> None:
         zarr = _zarr()
         self._array = zarr.open_array(str(self.path), mode="r+")
+
+
+def settle_pending_writes(timeout: float = 120.0) -> None:
+    """Wait until the writes that Zarr still runs in its I/O thread are done.
+
+    Zarr 3 runs every read and write as a task on its own event loop in another thread, and the
+    calling thread merely waits: a Ctrl-C or SIGTERM raised in the caller ends the wait, not the
+    task, which then goes on writing chunks into a store being deleted (leaving it half there).
+    Called before a store is discarded; a no-op where Zarr was never used.
+    """
+    import asyncio
+    import sys
+
+    sync = sys.modules.get("zarr.core.sync")
+    loop = getattr(sync, "loop", [None])[0] if sync is not None else None
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return
+
+    async def others_done() -> None:
+        me = asyncio.current_task()
+        pending = [t for t in asyncio.all_tasks() if t is not me]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    asyncio.run_coroutine_threadsafe(others_done(), loop).result(timeout + 5.0)
 
 
 def _zarr():
@@ -353,7 +406,7 @@ def open_store(path: str | os.PathLike, writable: bool = False) -> ArrayStore:
 
 def create_store(path: str | os.PathLike, shape: Sequence[int], chunks: Sequence[int] | None = None,
                  attrs: dict[str, Any] | None = None, force: bool = False, temporary: bool = True,
-                 compressed: bool = True) -> ArrayStore:
+                 compressed: bool = True, spatial: Spatial | None = None) -> ArrayStore:
     """A new float32 array at ``path`` (``.zarr`` or ``.npy``), zero-filled.
 
     Parameters
@@ -370,35 +423,83 @@ def create_store(path: str | os.PathLike, shape: Sequence[int], chunks: Sequence
         Allow replacing an existing file or store at ``path`` (at :meth:`~ArrayStore.commit`).
     compressed : bool
         Zarr only: Zstandard-compress the chunks (off for scratch arrays, read and written often).
+    spatial : Spatial, optional
+        The volume's voxel size and affine: Zarr attributes (``voxel_size``, ``affine``,
+        ``frame_code``, ``axes``, ``unit``); for a new ``.npy`` output (``temporary``), its sidecar
+        (written at :meth:`~ArrayStore.commit`, 1 mm voxels without ``spatial``).
     """
     kind = store_kind(path)
     if kind is None:
         raise ValueError(f"{path}: a store's name ends in .zarr or .npy")
     final = _check_target(Path(path), kind, force)
     shape = int_tuple("shape", shape, len(shape))
+    if spatial is not None and not isinstance(spatial, Spatial):
+        raise TypeError(f"spatial must be an unrolled3d.io.Spatial, got {type(spatial).__name__}")
     target = final.with_name(f".{final.name}.tmp-{os.getpid()}") if temporary else final
+    if temporary:
+        remove_stale_leftovers(final)  # what killed writers of this output left
     _remove(target)
     if kind == "npy":
         if attrs:
             raise ValueError(f"{final}: a .npy file keeps no attributes (use a .zarr store)")
-        np.lib.format.open_memmap(target, mode="w+", dtype=np.float32, shape=shape).flush()
+        _new_npy(target, shape, final)
         store: ArrayStore = NpyStore(target, writable=True)
+        if temporary:
+            store.spatial = spatial or Spatial.from_voxel_size(1.0)  # type: ignore[attr-defined]
     else:
         zarr = _zarr()
         chunks = tuple(chunks) if chunks is not None else default_chunks(shape)
         kwargs: dict[str, Any] = {"compressors": None} if not compressed else {}
-        arr = zarr.create_array(str(target), shape=shape, chunks=chunks, dtype="float32", fill_value=0.0,
-                                attributes=json.loads(json.dumps(attrs or {})), overwrite=True, **kwargs)
+        attrs = {**(attrs or {}), **(_spatial_attrs(spatial) if spatial is not None else {})}
+        try:
+            arr = zarr.create_array(str(target), shape=shape, chunks=chunks, dtype="float32", fill_value=0.0,
+                                    attributes=json.loads(json.dumps(attrs)), overwrite=True, **kwargs)
+        except BaseException as exc:  # an interrupt too: the caller has no store to discard yet
+            settle_pending_writes()
+            _remove(target)
+            if isinstance(exc, OSError):
+                raise no_space_left(exc, final) or exc
+            raise
         store = ZarrStore(arr, target)
     if temporary:
         store._final = final
     return store
 
 
+def _spatial_attrs(spatial: Spatial) -> dict[str, Any]:
+    """A volume's place in space as Zarr attributes (the HDF5 writer's names)."""
+    return {"voxel_size": list(spatial.voxel_size), "affine": [list(r) for r in spatial.affine],
+            "frame_code": spatial.code, "axes": "zyx", "unit": "mm"}
+
+
+def _new_npy(target: Path, shape: tuple[int, ...], final: Path) -> None:
+    """A zero-filled float32 ``.npy`` file whose blocks are reserved on the disk now: writing through
+    a memory map into a full disk would kill the process (SIGBUS) instead of raising an error."""
+    try:
+        np.lib.format.open_memmap(target, mode="w+", dtype=np.float32, shape=shape).flush()
+        fd = os.open(target, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # no reservation on this system
+                raise
+        finally:
+            os.close(fd)
+    except BaseException as exc:  # an interrupt too: the caller has no store to discard yet
+        _remove(target)
+        full = no_space_left(exc, final) if isinstance(exc, OSError) else None
+        if full is None:
+            raise
+        raise full from None
+
+
 def _check_target(path: Path, kind: str, force: bool) -> Path:
     """The path a new store may take: nothing there, or (with ``force``) a store of its kind."""
     if kind == "npy":
         final = resolve_output(path, replace_read_only=force)
+        from .volumes import _check_sidecar_target
+
+        _check_sidecar_target(final, force)  # an unrelated X.json is never replaced by X.npy's sidecar
     else:
         final = Path(os.path.realpath(path)) if path.is_symlink() else path
         if final.exists() and not (final.is_dir() and (final / "zarr.json").is_file()):

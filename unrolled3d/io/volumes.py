@@ -7,28 +7,41 @@ Every format stores the array ``[z, y, x]`` = ``(D, H, W)`` of the package (see
 extension                     layout
 ============================  ====================================================================
 ``.npy``                      the array as is; voxel size in a sidecar ``<name>.json``
-                              (``{"voxel_size_zyx_mm": [sz, sy, sx], "shape": [D, H, W]}``, the
-                              same sidecar as :func:`unrolled3d.io.save_volume`); no sidecar on
-                              reading means 1 mm voxels.
+                              (``{"voxel_size_zyx_mm": [sz, sy, sx], "shape": [D, H, W],
+                              "affine_xyz": ..., "data": ...}``, the same sidecar as
+                              :func:`unrolled3d.io.save_volume`); no sidecar on reading means
+                              1 mm voxels. The pair is written as one, and read only when the
+                              sidecar's record of the data (size, SHA-256) is the file's
+                              (:mod:`unrolled3d.io.npy_pair`).
 ``.nii``, ``.nii.gz``         NIfTI-1 (nibabel). NIfTI's data array is indexed ``(i, j, k)`` with
                               ``i`` varying fastest; we store ``i = x`` (W), ``j = y`` (H),
                               ``k = z`` (D), i.e. the NIfTI array is ``volume.permute(2, 1, 0)`` and
                               the zooms (``pixdim[1:4]``) are ``(sx, sy, sz)``; the affine is
-                              ``diag(sx, sy, sz, 1)`` and the spatial unit is mm. Reading applies
-                              the same mapping by index and does **not** reorient by the affine.
+                              ``diag(sx, sy, sz, 1)`` (sform code 2), or the ``spatial`` one given
+                              (sform and qform, with its frame code); the spatial unit is mm.
+                              Reading applies the same mapping by index and does **not** reorient
+                              by the affine (:func:`read_spatial` returns it).
                               Trailing singleton dimensions (``(x, y, z, 1)``) are accepted.
-``.h5``, ``.hdf5``            HDF5 (h5py): dataset ``volume`` ``[z, y, x]`` with attribute
-                              ``voxel_size = (sz, sy, sx)`` (and ``axes = "zyx"``, ``unit = "mm"``);
-                              no attribute on reading means 1 mm voxels.
-``.tif``, ``.tiff``           one multi-page TIFF (tifffile), page ``k`` = slice ``z = k``. The voxel
-                              size is a JSON object in the first page's ImageDescription, written by
-                              tifffile's "shaped" metadata:
-                              ``{"shape": [D, H, W], "voxel_size_zyx_mm": [sz, sy, sx], ...}``
-                              (exact floats, float32 and float64 pages). On reading, stacks without
-                              it but with ImageJ metadata (``spacing`` for ``sz``, X/YResolution
-                              for ``sx``/``sy``, as Fiji writes them) use those; otherwise 1 mm.
-``.pt``                       ``torch.save({"volume": tensor, "voxel_size": tensor(sz, sy, sx)})``,
-                              the format :func:`unrolled3d.io.save_volume` writes.
+``.h5``, ``.hdf5``            HDF5 (h5py): dataset ``volume`` ``[z, y, x]`` in chunks of up to
+                              ``64^3``, gzip level 4 with byte shuffling, with attributes
+                              ``voxel_size = (sz, sy, sx)``, ``affine`` (4 x 4, index ``(x, y, z)``
+                              to world mm), ``frame_code``, ``axes = "zyx"``, ``unit = "mm"``; no
+                              attribute on reading means 1 mm voxels. Read safely
+                              (:mod:`unrolled3d.io.hdf5`: nothing outside the file, no plug-in
+                              filters, sizes and chunk layouts costed before reading).
+``.tif``, ``.tiff``           one multi-page TIFF (tifffile), page ``k`` = slice ``z = k``. float32
+                              volumes are ImageJ hyperstacks: Fiji opens them as z-stacks with
+                              their voxel size (``spacing = sz``, X/YResolution ``1/sx``, ``1/sy``,
+                              ``unit = mm``, ``x/y/zorigin`` for an axis-aligned affine), and the
+                              description also holds ``unrolled3d = {JSON}`` with the exact voxel
+                              size and affine. ImageJ has no float64: float64 volumes (and voxel
+                              sizes outside 1e-9 to 1e9 mm) keep tifffile's "shaped" JSON description
+                              ``{"shape": [D, H, W], "voxel_size_zyx_mm": [sz, sy, sx], ...}``.
+                              On reading: our JSON, else ImageJ's ``spacing`` and resolution (as
+                              Fiji writes them), else 1 mm.
+``.pt``                       ``torch.save({"volume": tensor, "voxel_size": tensor(sz, sy, sx),
+                              "affine": tensor (4, 4), "frame_code": int})``, the format
+                              :func:`unrolled3d.io.save_volume` writes.
 ============================  ====================================================================
 
 Values: float32 and float64 volumes round-trip exactly in every format. Other real dtypes are
@@ -38,7 +51,9 @@ shortest decimal that rounds to that float32, so decimal voxel sizes such as 0.1
 back exactly, and any other value to float32 precision (about 6e-8 relative).
 
 Writes are atomic and durable (:func:`unrolled3d.io.atomic_path`): a temporary file beside the
-target, synced, renamed over it, the folder synced; a crash never leaves a half-written volume.
+target, synced, renamed over it, the folder synced; a crash never leaves a half-written volume,
+and a full disk is one ``OSError`` line, "no space left on the device writing FILE". Readers check
+a file's declared size against the machine's memory before allocating anything for it.
 A symbolic link is written through, a replaced file keeps its mode, a read-only file is refused
 (``PermissionError``), and an ``X.json`` that is not a voxel-size sidecar is never replaced by the
 sidecar of ``X.npy`` (``FileExistsError``); ``force=True`` allows both. Readers check what they
@@ -51,11 +66,12 @@ warning. The format libraries (tifffile, h5py, nibabel) are imported only when u
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import logging
 import math
 import os
-import warnings
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -64,15 +80,19 @@ import numpy as np
 import torch
 
 from ..errors import FileFormatError, first_line
+from . import hdf5
 from .atomic import atomic_path, check_not_input, resolve_output
+from .limits import check_declared_size
+from .npy_pair import SIDECAR_KEY, is_our_sidecar, read_record, sidecar_of, write_pair, write_sidecar
+from .spatial import Spatial
 
-__all__ = ["read_volume", "write_volume", "volume_format", "volume_files", "check_volume_target", "sniff_format",
-           "SUPPORTED_EXTENSIONS"]
+__all__ = ["read_volume", "write_volume", "read_spatial", "volume_format", "volume_files", "check_volume_target",
+           "sniff_format", "write_npy_sidecar", "check_tensor_size", "describe_load_error", "SUPPORTED_EXTENSIONS"]
 
 #: File name endings understood by :func:`read_volume` and :func:`write_volume`.
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (".npy", ".nii", ".nii.gz", ".h5", ".hdf5", ".tif", ".tiff", ".pt")
 
-_SIDECAR_KEY = "voxel_size_zyx_mm"
+_SIDECAR_KEY = SIDECAR_KEY
 
 VoxelSize = tuple[float, float, float]
 
@@ -206,17 +226,13 @@ def _require_file(path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- .npy (+ .json)
-def _sidecar(path: Path) -> Path:
-    return path.with_suffix(".json")
+def _sidecar(path: Path, reading: bool = False) -> Path:
+    return sidecar_of(path, reading)
 
 
 def _is_our_sidecar(side: Path) -> bool:
     """``side`` holds a voxel-size sidecar (JSON object with our key), not some other JSON file."""
-    try:
-        meta = json.loads(side.read_text())
-    except (OSError, ValueError):  # unreadable, not JSON, not UTF-8
-        return False
-    return isinstance(meta, dict) and _SIDECAR_KEY in meta
+    return is_our_sidecar(side)
 
 
 def _check_sidecar_target(path: Path, force: bool) -> None:
@@ -228,28 +244,62 @@ def _check_sidecar_target(path: Path, force: bool) -> None:
                               f"replacement)")
 
 
-def _write_npy(path: Path, arr: np.ndarray, vs: VoxelSize, force: bool = False) -> None:
+def _sidecar_record(spatial: Spatial, shape: Sequence[int]) -> dict[str, Any]:
+    """What an ``.npy`` volume's sidecar says of it (its identity is added by :mod:`.npy_pair`)."""
+    return {**spatial.to_dict(), "shape": [int(n) for n in shape], "axes": "zyx", "unit": "mm"}
+
+
+def _write_npy(path: Path, arr: np.ndarray, spatial: Spatial, force: bool = False) -> None:
     _check_sidecar_target(path, force)
     resolve_output(_sidecar(path), replace_read_only=force)  # a read-only sidecar fails before the volume
-    with atomic_path(path, replace_read_only=force) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-    # Always (re)write the sidecar, so a stale one from an older volume never survives.
-    write_npy_sidecar(path, vs, arr.shape, force)
+    # the sidecar is always (re)written, so a stale one from an older volume never survives
+    write_pair(path, arr, _sidecar_record(spatial, arr.shape), force=force)
 
 
-def write_npy_sidecar(path: str | os.PathLike, voxel_size: Sequence[float], shape: Sequence[int],
-                      force: bool = False) -> None:
-    """The voxel-size sidecar ``X.json`` of the volume ``X.npy`` (e.g. one written block by block)."""
-    with atomic_path(_sidecar(Path(path)), replace_read_only=force) as tmp:
-        tmp.write_text(json.dumps({_SIDECAR_KEY: [float(v) for v in voxel_size], "shape": [int(n) for n in shape],
-                                   "axes": "zyx", "unit": "mm"}))
+def write_npy_sidecar(path: str | os.PathLike, voxel_size: Sequence[float] | None, shape: Sequence[int],
+                      force: bool = False, spatial: Spatial | None = None,
+                      data_file: str | os.PathLike | None = None) -> None:
+    """The voxel-size sidecar ``X.json`` of the volume ``X.npy`` (e.g. one written block by block),
+    recording the identity of ``data_file`` (default ``X.npy``: the data that is, or is about to
+    be renamed to, ``X.npy``; see :mod:`unrolled3d.io.npy_pair`). ``spatial`` replaces
+    ``voxel_size`` when the volume's affine is known."""
+    spatial = _spatial_of(voxel_size, spatial)
+    write_sidecar(path, _sidecar_record(spatial, shape), data_file=data_file, force=force)
+
+
+def _npy_record(path: Path, shape: tuple[int, ...]) -> dict[str, Any] | None:
+    """The sidecar record of an ``.npy`` file (``None``: none), checked against its shape."""
+    record = read_record(path)
+    if record is None:
+        return None
+    side = _sidecar(path, True)
+    if "shape" in record and (not isinstance(record["shape"], list) or record["shape"] != list(shape)):
+        raise FileFormatError(side, f"describes a volume of shape {record['shape']} but {path.name} has "
+                                    f"{list(shape)} (stale sidecar?)")
+    return record
+
+
+def _npy_voxel_size(path: Path, shape: tuple[int, ...]) -> VoxelSize:
+    """The voxel size an ``.npy`` file's sidecar states (1 mm without one), checked against its shape."""
+    record = _npy_record(path, shape)
+    if record is None:
+        return (1.0, 1.0, 1.0)
+    return _file_voxel_size(_sidecar(path, True), record[_SIDECAR_KEY], _SIDECAR_KEY)
+
+
+def _npy_spatial(path: Path, shape: tuple[int, ...]) -> Spatial:
+    record = _npy_record(path, shape)
+    if record is None:
+        return Spatial.from_voxel_size(1.0)
+    vs = _file_voxel_size(_sidecar(path, True), record[_SIDECAR_KEY], _SIDECAR_KEY)
+    return _stated_spatial(_sidecar(path, True), vs, record.get("affine_xyz"), record.get("frame_code", 0))
 
 
 def _read_npy(path: Path) -> tuple[torch.Tensor, VoxelSize]:
     with open(path, "rb") as f:
         if f.read(6) != b"\x93NUMPY":
             raise FileFormatError(path, f"not a .npy file (no NumPy header: corrupt or another format)")
+    _npy_declared_shape(path)
     try:
         arr = np.load(path, allow_pickle=False)
     except ValueError as exc:
@@ -265,35 +315,63 @@ def _read_npy(path: Path) -> tuple[torch.Tensor, VoxelSize]:
     return vol, _npy_voxel_size(path, tuple(vol.shape))
 
 
-def _npy_voxel_size(path: Path, shape: tuple[int, ...]) -> VoxelSize:
-    """The voxel size an ``.npy`` file's sidecar states (1 mm without one), checked against its shape."""
-    side = _sidecar(path)
-    if not side.exists():
-        return (1.0, 1.0, 1.0)
+def _npy_declared_shape(path: Path) -> tuple[int, ...] | None:
+    """The shape an ``.npy`` header declares, checked against the file's size before anything is
+    allocated (``None`` when the header cannot be parsed: ``np.load`` says why)."""
     try:
-        meta = json.loads(side.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FileFormatError(side, f"not a valid voxel-size sidecar of {path.name}: expected JSON with "
-                                    f"{_SIDECAR_KEY!r} ({type(exc).__name__}: {exc})") from None
-    if not isinstance(meta, dict) or _SIDECAR_KEY not in meta:
-        # Some other JSON file that happens to share the name (the writer never replaces one):
-        # not a sidecar, so the file says nothing about the voxel size.
-        warnings.warn(f"{side} is not a voxel-size sidecar (no {_SIDECAR_KEY!r}): reading {path.name} with "
-                      f"1 mm voxels", stacklevel=4)
-        return (1.0, 1.0, 1.0)
-    vs_raw = meta[_SIDECAR_KEY]
-    if "shape" in meta and (not isinstance(meta["shape"], list) or meta["shape"] != list(shape)):
-        raise FileFormatError(side, f"describes a volume of shape {meta['shape']} but {path.name} has "
-                         f"{list(shape)} (stale sidecar?)")
-    return _file_voxel_size(side, vs_raw, _SIDECAR_KEY)
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            shape, _, dtype = np.lib.format._read_array_header(f, version)  # type: ignore[attr-defined]
+            offset = f.tell()
+    except Exception:
+        return None
+    if dtype.hasobject:
+        return None
+    need = math.prod(shape) * dtype.itemsize
+    have = os.path.getsize(path) - offset
+    if need > have:
+        raise FileFormatError(path, f"the header declares {' x '.join(map(str, shape)) or 'one'} values of {dtype} "
+                                    f"({need} bytes) but the file holds {have} bytes of data (truncated or corrupt)")
+    return tuple(shape)
+
+
+# --------------------------------------------------------------------------- spatial records
+def _spatial_of(voxel_size: Any, spatial: Spatial | None) -> Spatial:
+    """The :class:`Spatial` a writer stores: ``spatial`` (checked against ``voxel_size`` when both
+    are given), or plain voxels of ``voxel_size`` (1 mm when neither is)."""
+    if spatial is None:
+        return Spatial.from_voxel_size(_check_voxel_size((1.0, 1.0, 1.0) if voxel_size is None else voxel_size))
+    if not isinstance(spatial, Spatial):
+        raise TypeError(f"spatial must be an unrolled3d.io.Spatial, got {type(spatial).__name__}")
+    return spatial if voxel_size is None else spatial.with_voxel_size(_check_voxel_size(voxel_size))
+
+
+def _stated_spatial(path: Path, vs: VoxelSize, affine: Any, code: Any) -> Spatial:
+    """A file's voxel size and (optional) affine as a :class:`Spatial`; a malformed affine is the file's error."""
+    if affine is None:
+        return Spatial.from_voxel_size(vs)
+    try:
+        return Spatial(vs, affine, int(code) if isinstance(code, (int, np.integer)) else code)
+    except (TypeError, ValueError) as exc:
+        raise FileFormatError(path, f"invalid affine ({exc})") from None
 
 
 # --------------------------------------------------------------------------- NIfTI
-def _write_nifti(path: Path, arr: np.ndarray, vs: VoxelSize, force: bool = False) -> None:
+def _orthonormal_columns(m: np.ndarray) -> bool:
+    """Whether a 3 x 3 matrix is a rotation (or reflection) times axis scalings: what a qform states."""
+    q = m / np.linalg.norm(m, axis=0)
+    return bool(np.allclose(q.T @ q, np.eye(3), atol=1e-6))
+
+
+def _write_nifti(path: Path, arr: np.ndarray, spatial: Spatial, force: bool = False) -> None:
     nib = _import("nibabel")
-    sz, sy, sx = vs
+    sz, sy, sx = spatial.voxel_size
     # (D, H, W) = (z, y, x) -> NIfTI (i, j, k) = (x, y, z): reverse the axes.
-    img = nib.Nifti1Image(arr.transpose(2, 1, 0), np.diag([sx, sy, sz, 1.0]))
+    img = nib.Nifti1Image(arr.transpose(2, 1, 0), spatial.matrix)
+    if spatial.code:  # the input's frame: both forms where the qform can state it, the sform always
+        img.set_sform(spatial.matrix, code=spatial.code)
+        if _orthonormal_columns(spatial.matrix[:3, :3]):
+            img.set_qform(spatial.matrix, code=spatial.code)
     img.set_data_dtype(arr.dtype)
     img.header.set_zooms((sx, sy, sz))
     img.header.set_xyzt_units(xyz="mm")
@@ -315,14 +393,39 @@ def _float32_decimal(z: float) -> float:
     return float(str(np.float32(z)))
 
 
-def _read_nifti(path: Path) -> tuple[torch.Tensor, VoxelSize]:
+def _nifti_load(path: Path):
     nib = _import("nibabel")
     try:
-        img = nib.load(str(path))
+        return nib.load(str(path))  # the header only: the data stay behind img.dataobj
+    except Exception as exc:  # ImageFileError, OSError, EOFError, zlib errors...
+        raise FileFormatError(path, f"not a readable NIfTI volume (truncated or corrupt: {first_line(exc)})") from None
+
+
+def _nifti_zooms(path: Path, img: Any) -> VoxelSize:
+    zooms = img.header.get_zooms()
+    if len(zooms) < 3:
+        raise FileFormatError(path, f"the NIfTI header has {len(zooms)} zooms, expected 3")
+    sx, sy, sz = (_float32_decimal(z) for z in zooms[:3])
+    return _file_voxel_size(path, (sz, sy, sx), "NIfTI zooms")
+
+
+def _nifti_spatial(path: Path) -> Spatial:
+    img = _nifti_load(path)
+    vs = _nifti_zooms(path, img)
+    header = img.header
+    code = int(header["sform_code"]) if int(header["sform_code"]) > 0 else int(header["qform_code"])
+    if code == 0 or code not in (1, 2, 3, 4, 5):  # no frame stated: nibabel's fallback affine is a guess
+        return Spatial.from_voxel_size(vs)
+    return _stated_spatial(path, vs, img.affine, code)
+
+
+def _read_nifti(path: Path) -> tuple[torch.Tensor, VoxelSize]:
+    img = _nifti_load(path)
+    check_declared_size(path, "the NIfTI header", img.shape, img.get_data_dtype().itemsize)
+    try:
         arr = np.asanyarray(img.dataobj)  # forces the read: truncation shows here
         disk_dtype = img.get_data_dtype()
-        zooms = img.header.get_zooms()
-    except Exception as exc:  # ImageFileError, OSError, EOFError, zlib errors...
+    except Exception as exc:  # OSError, EOFError, zlib errors...
         raise FileFormatError(path, f"not a readable NIfTI volume (truncated or corrupt: {first_line(exc)})") from None
     while arr.ndim > 3 and arr.shape[-1] == 1:  # (x, y, z, 1) as some tools write 3D volumes
         arr = arr[..., 0]
@@ -330,52 +433,41 @@ def _read_nifti(path: Path) -> tuple[torch.Tensor, VoxelSize]:
         raise FileFormatError(path, f"expected a 3D volume, got a NIfTI array of shape {tuple(arr.shape)}")
     if disk_dtype.kind not in "biuf" or arr.dtype.kind not in "biuf":
         raise FileFormatError(path, f"the volume has a non-numeric or complex dtype {disk_dtype} (expected real numbers)")
-    if len(zooms) < 3:
-        raise FileFormatError(path, f"the NIfTI header has {len(zooms)} zooms, expected 3")
-    sx, sy, sz = (_float32_decimal(z) for z in zooms[:3])
+    vs = _nifti_zooms(path, img)
     # Scaled integer data come out of nibabel as float64: keep float64 only for float64 files.
-    vol = _to_tensor(path, arr.transpose(2, 1, 0), keep_float64=disk_dtype == np.float64)
-    return vol, _file_voxel_size(path, (sz, sy, sx), "NIfTI zooms")
+    return _to_tensor(path, arr.transpose(2, 1, 0), keep_float64=disk_dtype == np.float64), vs
 
 
 # --------------------------------------------------------------------------- HDF5
-def _write_hdf5(path: Path, arr: np.ndarray, vs: VoxelSize, force: bool = False) -> None:
+def _write_hdf5(path: Path, arr: np.ndarray, spatial: Spatial, force: bool = False) -> None:
     h5py = _import("h5py")
+    chunks = tuple(min(64, n) for n in arr.shape)  # 1 MiB float32 chunks: a block read decodes little
+    # HDF5 is built in memory, then written as plain bytes: an HDF5 library that meets a full disk
+    # mid-file leaves its objects half-closed and can crash the process later (seen with h5py 3.16)
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        ds = f.create_dataset("volume", data=arr, chunks=chunks, compression="gzip", compression_opts=4,
+                              shuffle=True)
+        ds.attrs["voxel_size"] = np.asarray(spatial.voxel_size, dtype=np.float64)
+        ds.attrs["affine"] = spatial.matrix
+        ds.attrs["frame_code"] = spatial.code
+        ds.attrs["axes"] = "zyx"
+        ds.attrs["unit"] = "mm"
     with atomic_path(path, replace_read_only=force) as tmp:
-        with h5py.File(tmp, "w") as f:
-            ds = f.create_dataset("volume", data=arr)
-            ds.attrs["voxel_size"] = np.asarray(vs, dtype=np.float64)
-            ds.attrs["axes"] = "zyx"
-            ds.attrs["unit"] = "mm"
+        with open(tmp, "wb") as raw:
+            raw.write(buffer.getbuffer())
 
 
-def _h5_open(path: Path):
-    """``path`` opened read-only with h5py, or a ``FileFormatError`` naming it."""
-    h5py = _import("h5py")
-    try:
-        return h5py.File(path, "r")
-    except Exception as exc:
-        raise FileFormatError(path, f"not a readable HDF5 file (truncated or corrupt: {first_line(exc)})") from None
+# the checked access of every HDF5 read (kept under these names for the modules that import them)
+_h5_open = hdf5.open_file
+_h5_dataset = hdf5.dataset
 
 
-def _h5_dataset(path: Path, f: Any, key: str | None, default: str | None = "volume", chooser: str = "the HDF5 key"):
-    """The dataset ``key`` of the open file ``f`` (``None``: ``default``, or with ``default=None``
-    the file's only dataset), or a ``FileFormatError`` saying what the file holds and how to
-    choose (``chooser``: the argument's name where the caller has one)."""
-    h5py = _import("h5py")
-    name = default if key is None else key
-    if name is None:
-        names = [k for k in f.keys() if isinstance(f[k], h5py.Dataset)]
-        if len(names) != 1:
-            raise FileFormatError(path, f"the file holds {len(names)} datasets {names}: choose one with {chooser}")
-        name = names[0]
-    if name not in f:
-        raise FileFormatError(path, f"no dataset {name!r} (the file holds {sorted(f.keys()) or 'nothing'}; "
-                                    f"choose one with {chooser})")
-    ds = f[name]
-    if not isinstance(ds, h5py.Dataset):
-        raise FileFormatError(path, f"{name!r} is a group, expected a dataset")
-    return ds
+def _h5_spatial(path: Path, key: str | None = None) -> Spatial:
+    with _h5_open(path) as f:
+        ds = _h5_dataset(path, f, key)
+        vs = _file_voxel_size(path, ds.attrs.get("voxel_size", (1.0, 1.0, 1.0)), "attribute voxel_size")
+        return _stated_spatial(path, vs, ds.attrs.get("affine"), ds.attrs.get("frame_code", 0))
 
 
 def _read_hdf5(path: Path) -> tuple[torch.Tensor, VoxelSize]:
@@ -387,21 +479,34 @@ def _read_hdf5(path: Path) -> tuple[torch.Tensor, VoxelSize]:
         if ds.ndim != 3:
             raise FileFormatError(path, f"expected a 3D volume (D, H, W), dataset 'volume' has {ds.ndim} "
                              f"dimensions {tuple(ds.shape)}")
-        try:
-            arr = ds[()]
-        except Exception as exc:
-            raise FileFormatError(path, f"dataset 'volume' cannot be read (corrupt: {first_line(exc)})") from None
+        arr = hdf5.read_whole(path, ds)
         raw_vs = ds.attrs.get("voxel_size", (1.0, 1.0, 1.0))
     return _to_tensor(path, arr), _file_voxel_size(path, raw_vs, "attribute voxel_size")
 
 
 # --------------------------------------------------------------------------- TIFF stack
-def _write_tiff(path: Path, arr: np.ndarray, vs: VoxelSize, force: bool = False) -> None:
+_TIFF_KEY = "unrolled3d"  # our JSON inside an ImageJ description
+
+
+def _write_tiff(path: Path, arr: np.ndarray, spatial: Spatial, force: bool = False) -> None:
     tifffile = _import("tifffile")
+    sz, sy, sx = spatial.voxel_size
+    ours = {_SIDECAR_KEY: list(spatial.voxel_size), "affine_xyz": spatial.to_dict()["affine_xyz"],
+            "frame_code": spatial.code, "axes": "ZYX", "unit": "mm"}
     with atomic_path(path, replace_read_only=force) as tmp:
-        # A 3D array is written one page per z slice; `metadata` becomes the JSON description.
-        tifffile.imwrite(tmp, arr, photometric="minisblack",
-                         metadata={_SIDECAR_KEY: list(vs), "axes": "ZYX", "unit": "mm"})
+        # ImageJ has no float64, and its resolution tags (rationals) cannot state extreme voxel sizes:
+        # tifffile's JSON description keeps those exact
+        if arr.dtype == np.float64 or not all(1e-9 < v < 1e9 for v in spatial.voxel_size):
+            tifffile.imwrite(tmp, arr, photometric="minisblack", metadata=ours)
+            return
+        # an ImageJ hyperstack: Fiji opens it as a z-stack with its voxel size; ImageJ's origin is in
+        # voxels, (index - origin) * size, and states axis-aligned affines only
+        meta: dict[str, Any] = {"spacing": sz, "unit": "mm", "axes": "ZYX"}
+        if spatial.axis_aligned and any(spatial.origin):
+            meta.update(zip(("xorigin", "yorigin", "zorigin"),
+                            (-o / v + 0.0 for o, v in zip(spatial.origin, (sx, sy, sz)))))
+        meta[_TIFF_KEY] = json.dumps(ours)
+        tifffile.imwrite(tmp, arr, imagej=True, resolution=(1.0 / sx, 1.0 / sy), metadata=meta)
 
 
 def _imagej_voxel_size(tif: Any, page: Any) -> VoxelSize | None:
@@ -427,14 +532,26 @@ def _quiet_logger(name: str) -> Iterator[None]:
         logger.removeFilter(mute)
 
 
+def _ours_in_tiff(tif: Any) -> dict:
+    """Our JSON of a TIFF we wrote: tifffile's shaped description, or the key in ImageJ's ({} if none)."""
+    shaped = tif.shaped_metadata[0] if tif.shaped_metadata else {}
+    if _SIDECAR_KEY in shaped:
+        return dict(shaped)
+    raw = (tif.imagej_metadata or {}).get(_TIFF_KEY) if tif.is_imagej else None
+    try:
+        ours = json.loads(raw) if isinstance(raw, str) else {}
+    except ValueError:
+        ours = {}
+    return ours if isinstance(ours, dict) and _SIDECAR_KEY in ours else {}
+
+
 def _tiff_stack(tif: Any) -> tuple[Any, dict, tuple[int, ...], VoxelSize | None]:
     """``(first series, our JSON description, first page's shape, ImageJ voxel size or None)`` of
     an open ``tifffile.TiffFile``; ``ValueError`` if it holds no image."""
     if not tif.series:
         raise ValueError("no image data")
     page0 = tif.pages[0]
-    shaped = tif.shaped_metadata[0] if tif.shaped_metadata else {}
-    return tif.series[0], shaped, tuple(page0.shape), _imagej_voxel_size(tif, page0) if tif.is_imagej else None
+    return tif.series[0], _ours_in_tiff(tif), tuple(page0.shape), _imagej_voxel_size(tif, page0) if tif.is_imagej else None
 
 
 def _check_tiff_pages(path: Path, page_shape: tuple[int, ...]) -> None:
@@ -446,52 +563,121 @@ def _read_tiff(path: Path) -> tuple[torch.Tensor, VoxelSize]:
     tifffile = _import("tifffile")
     try:
         with _quiet_logger("tifffile"), tifffile.TiffFile(path) as tif:
-            series, shaped, page_shape, ij_vs = _tiff_stack(tif)
-            n_pages = len(tif.pages)
+            series, ours, page_shape, ij_vs = _tiff_stack(tif)
+            check_declared_size(path, "the TIFF stack", series.shape, np.dtype(series.dtype).itemsize)
+            n_pages, imagej = len(tif.pages), tif.is_imagej
+            declared = (tif.imagej_metadata or {}).get("images") if imagej else None
             arr = series.asarray()
+    except FileFormatError:
+        raise
     except Exception as exc:  # tifffile raises many types for damaged files
         raise FileFormatError(path, f"not a readable TIFF stack (truncated or corrupt: {type(exc).__name__}: {exc})") from None
     _check_tiff_pages(path, page_shape)
+    if ours and imagej and isinstance(declared, int) and n_pages != declared:  # our hyperstack, cut off
+        raise FileFormatError(path, f"the description says {declared} slices but the file has {n_pages} pages "
+                                    f"(truncated or corrupt)")
     if arr.ndim != 3:
         raise FileFormatError(path, f"expected a 3D stack (pages = z slices), got an image of shape {tuple(arr.shape)}")
     # A stack we wrote has one page per slice: fewer pages means a cut-off IFD chain.
-    if not tif.is_imagej and n_pages != arr.shape[0]:
+    if (not imagej or ours) and n_pages != arr.shape[0]:
         raise FileFormatError(path, f"the description says {arr.shape[0]} slices but the file has {n_pages} "
                          f"pages (truncated or corrupt)")
-    return _to_tensor(path, arr), _tiff_voxel_size(path, shaped, ij_vs)
+    return _to_tensor(path, arr), _tiff_voxel_size(path, ours, ij_vs)
 
 
-def _tiff_voxel_size(path: Path, shaped: dict, ij_vs: VoxelSize | None) -> VoxelSize:
+def _tiff_voxel_size(path: Path, ours: dict, ij_vs: VoxelSize | None) -> VoxelSize:
     """The voxel size of a TIFF stack: our JSON description, else ImageJ's, else 1 mm."""
-    if _SIDECAR_KEY in shaped:
-        return _file_voxel_size(path, shaped[_SIDECAR_KEY], f"TIFF description {_SIDECAR_KEY}")
+    if _SIDECAR_KEY in ours:
+        return _file_voxel_size(path, ours[_SIDECAR_KEY], f"TIFF description {_SIDECAR_KEY}")
     if ij_vs is not None:
         return _file_voxel_size(path, ij_vs, "ImageJ spacing/resolution")
     return (1.0, 1.0, 1.0)
 
 
+def _tiff_spatial(path: Path) -> Spatial:
+    tifffile = _import("tifffile")
+    try:
+        with _quiet_logger("tifffile"), tifffile.TiffFile(path) as tif:
+            _, ours, _, ij_vs = _tiff_stack(tif)
+            ij = dict(tif.imagej_metadata or {}) if tif.is_imagej else {}
+    except Exception as exc:
+        raise FileFormatError(path, f"not a readable TIFF stack (truncated or corrupt: {first_line(exc)})") from None
+    vs = _tiff_voxel_size(path, ours, ij_vs)
+    if "affine_xyz" in ours:
+        return _stated_spatial(path, vs, ours["affine_xyz"], ours.get("frame_code", 0))
+    origins = [ij.get(k) for k in ("xorigin", "yorigin", "zorigin")]
+    if any(isinstance(o, (int, float)) for o in origins):  # Fiji's calibration origin, in voxels
+        sz, sy, sx = vs
+        affine = np.diag([sx, sy, sz, 1.0])
+        affine[:3, 3] = [-float(o or 0.0) * v for o, v in zip(origins, (sx, sy, sz))]
+        return _stated_spatial(path, vs, affine, 0)
+    return Spatial.from_voxel_size(vs)
+
+
 # --------------------------------------------------------------------------- torch .pt
-def _write_pt(path: Path, arr: np.ndarray, vs: VoxelSize, force: bool = False) -> None:
+def _write_pt(path: Path, arr: np.ndarray, spatial: Spatial, force: bool = False) -> None:
+    state = {"volume": torch.from_numpy(arr), "voxel_size": torch.tensor(spatial.voxel_size, dtype=torch.float64),
+             "affine": torch.tensor(spatial.matrix, dtype=torch.float64), "frame_code": spatial.code}
     with atomic_path(path, replace_read_only=force) as tmp:
-        torch.save({"volume": torch.from_numpy(arr), "voxel_size": torch.tensor(vs, dtype=torch.float64)}, tmp)
+        torch.save(state, tmp)
 
 
-def _read_pt(path: Path) -> tuple[torch.Tensor, VoxelSize]:
+def check_tensor_size(path: str | os.PathLike, key: str, t: torch.Tensor) -> None:
+    """Refuse a tensor of a loaded file whose declared size exceeds the machine's memory (a
+    stride-0 tensor of a tiny file can declare 10^12 values) before anything materialises it."""
+    check_declared_size(path, f"entry {key!r}", tuple(t.shape), t.element_size())
+
+
+def _pt_state(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise FileFormatError(path, f"not a readable .pt volume (truncated or corrupt: {type(exc).__name__}: {exc})") from None
+        raise FileFormatError(path, f"not a readable .pt volume ({describe_load_error(exc)})") from None
     if not isinstance(state, dict) or not isinstance(state.get("volume"), torch.Tensor):
         raise FileFormatError(path, f"expected a dict with a tensor 'volume' (as write_volume saves it)")
-    vol = state["volume"]
-    if vol.is_complex():
-        raise FileFormatError(path, f"the volume has a complex dtype {vol.dtype} (expected real numbers)")
-    arr = vol.to(torch.float32).numpy() if vol.dtype not in (torch.float32, torch.float64) else vol.numpy()
-    raw_vs = state.get("voxel_size", (1.0, 1.0, 1.0))
+    return state
+
+
+def _pt_voxel_size(path: Path, raw_vs: Any) -> VoxelSize:
     if isinstance(raw_vs, torch.Tensor) and raw_vs.dtype == torch.float32:
         # files.save_volume stores a float32 tensor: give back the decimal it came from.
         raw_vs = [_float32_decimal(v) for v in raw_vs.reshape(-1).tolist()]
-    return _to_tensor(path, arr), _file_voxel_size(path, raw_vs, "voxel_size")
+    return _file_voxel_size(path, raw_vs, "voxel_size")
+
+
+def _read_pt(path: Path) -> tuple[torch.Tensor, VoxelSize]:
+    state = _pt_state(path)
+    vol = state["volume"]
+    if vol.is_complex():
+        raise FileFormatError(path, f"the volume has a complex dtype {vol.dtype} (expected real numbers)")
+    check_tensor_size(path, "volume", vol)
+    arr = vol.to(torch.float32).numpy() if vol.dtype not in (torch.float32, torch.float64) else vol.numpy()
+    return _to_tensor(path, arr), _pt_voxel_size(path, state.get("voxel_size", (1.0, 1.0, 1.0)))
+
+
+def _pt_spatial(path: Path) -> Spatial:
+    state = _pt_state(path)
+    vs = _pt_voxel_size(path, state.get("voxel_size", (1.0, 1.0, 1.0)))
+    affine = state.get("affine")
+    if isinstance(affine, torch.Tensor):
+        affine = affine.tolist()
+    return _stated_spatial(path, vs, affine, state.get("frame_code", 0))
+
+
+def describe_load_error(exc: BaseException) -> str:
+    """A ``torch.load`` failure in a few words, without torch's advice (loading with
+    ``weights_only=False`` would run whatever the file holds: never a fix for a file of unknown origin)."""
+    text = " ".join(str(exc).split())
+    if "Weights only load failed" in text or type(exc).__name__ == "UnpicklingError":
+        found = re.search(r"(?:Unsupported global|Unsupported operand|GLOBAL) ([\w.]+(?: [\w.]+)?)", text)
+        what = f" ({found.group(0)})" if found else ""
+        return (f"it holds Python objects other than tensors and plain containers{what}, which a safe load refuses: "
+                f"not a file this package wrote, or altered")
+    if "central directory" in text or "zip archive" in text or isinstance(exc, EOFError):
+        return "truncated or corrupt: its zip archive cannot be read"
+    if "numel" in text and "overflow" in text:
+        return "a tensor in it declares more values than any machine holds (a corrupt or hostile file)"
+    return f"truncated or corrupt: {first_line(exc)}"
 
 
 _WRITERS: dict[str, Callable[..., None]] = {
@@ -531,8 +717,9 @@ def check_volume_target(path: str | os.PathLike, force: bool = False) -> None:
 
 
 def write_volume(path: str | os.PathLike, volume: torch.Tensor | np.ndarray,
-                 voxel_size: float | Sequence[float] = (1.0, 1.0, 1.0), force: bool = False) -> None:
-    """Write a volume and its voxel size; the format follows the file name's ending.
+                 voxel_size: float | Sequence[float] | None = None, force: bool = False,
+                 spatial: Spatial | None = None) -> None:
+    """Write a volume and its voxel size (and affine); the format follows the file name's ending.
 
     Parameters
     ----------
@@ -543,17 +730,24 @@ def write_volume(path: str | os.PathLike, volume: torch.Tensor | np.ndarray,
     volume : torch.Tensor or numpy.ndarray, shape (D, H, W) = (z, y, x)
         Real values; leading singleton dimensions (``[1, 1, D, H, W]``) are dropped. float32 and
         float64 are stored as such, any other real dtype as float32.
-    voxel_size : float or (float, float, float)
-        ``(sz, sy, sx)`` in mm (one number: cubic voxels).
+    voxel_size : float or (float, float, float), optional
+        ``(sz, sy, sx)`` in mm (one number: cubic voxels); default ``spatial``'s, else 1 mm.
     force : bool
         Also replace a read-only file, and (``.npy``) a ``.json`` file of the same name that is
         not a voxel-size sidecar. Default: refuse both.
+    spatial : Spatial, optional
+        The volume's place in space (:class:`unrolled3d.io.Spatial`, e.g. :func:`read_spatial` of
+        the input it was made from): NIfTI files get its affine and frame code, the other formats
+        keep it as an attribute or in their description/sidecar. Its voxel size must agree with
+        ``voxel_size`` when both are given.
 
     Raises
     ------
     ValueError
         Unknown ending (the message lists the supported ones), a shape that is not one volume,
-        a non-positive voxel size.
+        a non-positive voxel size, a ``spatial`` of another voxel size.
+    OSError
+        No space left on the device (one line naming the file; the old file, if any, is kept).
     TypeError
         ``volume`` is not a real tensor/array, ``voxel_size`` is not numbers.
     PermissionError
@@ -563,9 +757,9 @@ def write_volume(path: str | os.PathLike, volume: torch.Tensor | np.ndarray,
     """
     path = Path(path)
     fmt = _format_of(path)
-    vs = _check_voxel_size(voxel_size)
+    spatial = _spatial_of(voxel_size, spatial)
     arr = _as_array(volume)
-    _WRITERS[fmt](path, arr, vs, force=force)
+    _WRITERS[fmt](path, arr, spatial, force=force)
 
 
 def read_volume(path: str | os.PathLike) -> tuple[torch.Tensor, VoxelSize]:
@@ -600,3 +794,44 @@ def read_volume(path: str | os.PathLike) -> tuple[torch.Tensor, VoxelSize]:
     _require_file(path)
     _check_magic(path, fmt)
     return _READERS[fmt](path)
+
+
+_SPATIAL: dict[str, Callable[[Path], Spatial]] = {
+    "npy": lambda p: _npy_spatial(p, tuple(np.load(p, mmap_mode="r", allow_pickle=False).shape)),
+    "nifti": _nifti_spatial, "hdf5": _h5_spatial, "tiff": _tiff_spatial, "pt": _pt_spatial,
+}
+
+
+def read_spatial(path: str | os.PathLike) -> Spatial:
+    """Where the volume of a file lies in space (:class:`unrolled3d.io.Spatial`), from its header.
+
+    NIfTI: the sform (or the qform) with its code (a file stating no frame gives plain voxels);
+    HDF5: the ``affine`` and ``frame_code`` attributes of ``volume``; TIFF: our description's
+    affine, else Fiji's origin; ``.npy``: the sidecar's; ``.pt``: the ``affine`` entry. Without
+    an affine, ``diag(sx, sy, sz, 1)`` of the file's voxel size (code 0).
+
+    Raises
+    ------
+    FileNotFoundError, FileFormatError
+        As :func:`read_volume` for the header.
+
+    Examples
+    --------
+    >>> import os, tempfile, torch
+    >>> from unrolled3d.io import Spatial, read_spatial, write_volume
+    >>> lps = Spatial.from_affine([[-0.8, 0, 0, 90], [0, -0.8, 0, 120], [0, 0, 2, -50], [0, 0, 0, 1]], code=1)
+    >>> path = os.path.join(tempfile.mkdtemp(), "v.h5")
+    >>> write_volume(path, torch.zeros(3, 4, 5), spatial=lps)
+    >>> read_spatial(path) == lps
+    True
+    """
+    path = Path(path)
+    fmt = _format_of(path)
+    _require_file(path)
+    _check_magic(path, fmt)
+    try:
+        return _SPATIAL[fmt](path)
+    except FileFormatError:
+        raise
+    except (OSError, ValueError) as exc:  # an .npy header np.load refuses
+        raise FileFormatError(path, f"not a readable volume ({first_line(exc)})") from None

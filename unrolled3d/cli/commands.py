@@ -218,7 +218,8 @@ def fit_normal(args: argparse.Namespace) -> int:
 
 
 def reconstruct(args: argparse.Namespace) -> int:
-    from ..budget import measure_peak, parse_bytes, plan_inference
+    from ..budget import (PATCHED_OVERLAP, PATCHED_SWEEPS, measure_peak, network_precision, parse_bytes,
+                          patched_stride, plan_inference)
     from ..io import check_not_input, check_volume_target, load_measurements, volume_files, write_volume
     from ..metrics import psnr
     from ..normal import load_normal
@@ -228,9 +229,14 @@ def reconstruct(args: argparse.Namespace) -> int:
     # none of the inputs (the .npy sidecar included), that it may be replaced.
     if args.method == "fdk":
         given = [f for f, v in (("--weights", args.weights), ("--normal", args.normal),
-                                ("--patch-size", args.patch_size)) if v]
+                                ("--patch-size", args.patch_size), ("--overlap", args.overlap is not None),
+                                ("--sweeps", args.sweeps is not None)) if v]
         if given:
             raise ValueError(f"{', '.join(given)} apply to --method unrolled, not to FDK")
+    if args.sweeps is not None:
+        integer("--sweeps", args.sweeps, 1)
+    if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
+        raise ValueError(f"--overlap must be a fraction in [0, 1) of the patch edge, got {args.overlap}")
     if args.method == "unrolled" and args.weights is None:
         raise ValueError("--method unrolled needs --weights (a model file written by `unrolled3d train`)")
     if is_store_path(args.measurements) or is_store_path(args.out):  # streamed, slab by slab and patch by patch
@@ -271,7 +277,8 @@ def reconstruct(args: argparse.Namespace) -> int:
         if args.patch_size is None:
             # the inference patch is a memory decision: the whole volume when it fits the budget
             budget = parse_bytes(args.memory_budget) if args.memory_budget is not None else None
-            rec, plan = plan_inference(rec, y_n, physics, x0, budget_bytes=budget, normal=H)
+            rec, plan = plan_inference(rec, y_n, physics, x0, budget_bytes=budget, normal=H,
+                                       amp=_amp(args.precision, device), n_sweeps=args.sweeps, overlap=args.overlap)
             budget_info = plan.to_dict()
             _note(args, f"memory budget {budget_info['budget_mib']:.0f} MiB: "
                         + ("the whole volume as one patch" if plan.whole_volume else f"patches of {plan.patch}")
@@ -280,6 +287,11 @@ def reconstruct(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()  # the choice's trial runs are not part of the reconstruction time
         elif args.memory_budget is not None:
             raise ValueError("give either --patch-size or --memory-budget, not both")
+        else:  # the patch given: the patched defaults (overlap, sweeps) as the planner's
+            rec = rec.with_base(network_precision(rec.base, _amp(args.precision, device))[0])
+            rec = rec.with_patch_size(rec.patch_shape, patched_stride(rec.patch_shape, PATCHED_OVERLAP if
+                                                                      args.overlap is None else args.overlap),
+                                      PATCHED_SWEEPS if args.sweeps is None else args.sweeps)
         _note(args, f"partitioned unrolled reconstruction: {len(rec.patches())} patches of {rec.patch_shape} "
                     f"x {rec.n_sweeps} sweeps")
         with torch.no_grad():
@@ -305,6 +317,13 @@ def reconstruct(args: argparse.Namespace) -> int:
     emit(args, payload, f"wrote {args.out} ({args.method}, {seconds:.1f} s"
                          + (f", PSNR {payload['psnr']:.2f} dB)" if "psnr" in payload else ")"))
     return 0
+
+
+def _amp(precision: str, device) -> bool:
+    """``--precision`` as the network's bfloat16 switch (``auto``: where bfloat16 is native)."""
+    from ..budget import bf16_is_native
+
+    return bf16_is_native(device) if precision == "auto" else precision == "bfloat16"
 
 
 def _load_unrolled(args: argparse.Namespace, vol_shape) -> tuple[Any, Any]:
@@ -438,13 +457,13 @@ def train_cmd(args: argparse.Namespace) -> int:
     folder = training.RunFolder(out_dir, checkpoints="checkpoints", outputs=("model.pt",))
     command = shlex.join(["unrolled3d", *args.argv])
     with folder.claim(command):
+        model_path = out_dir / "model.pt"
+        resolve_output(model_path)  # a read-only model.pt fails now: not archived, not after the training
         folder.prepare(resume=args.resume, overwrite=args.overwrite)
         if folder.archived_to is not None:
             _note(args, f"archived the previous run to {folder.archived_to}")
         if folder.removed_temporaries:
             _note(args, f"removed {len(folder.removed_temporaries)} temporary file(s) of an interrupted save")
-        model_path = out_dir / "model.pt"
-        resolve_output(model_path)  # a read-only model.pt fails now, not after the training
         size = run.geometry.size
         physics = ConeBeamCT(standard_cone_beam(size, run.geometry.views), normalize=True)
         dataset, val_data, recorded = _training_set(run, file_data, physics, args)

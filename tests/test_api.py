@@ -79,16 +79,16 @@ def by_hand(path, y_raw, g, patch, n_sweeps, normal=None, amp=None, overlap=0.25
 
 
 # ---------------------------------------------------------------------------------- load_pretrained
-@pytest.mark.parametrize("name", ["heads_ct", "demo_ct"])
-def test_load_pretrained_reads_the_recipe_normalisation_patch_and_training_scale(name):
+@pytest.mark.parametrize("name, size, patch", [("heads_ct", 96, 48), ("demo_ct", 48, 24)])
+def test_load_pretrained_reads_the_recipe_normalisation_patch_and_training_scale(name, size, patch):
     model = unrolled3d.load_pretrained(name)
     _, config = load_model(model.path)
     assert model.name == name and model.path.name == f"{name}.pt"
-    assert model.scan == {"size": 48, "views": 30, "noise_std": 0.02} == {
+    assert model.scan == {"size": size, "views": 30, "noise_std": 0.02} == {
         "size": config["geometry"]["size"], "views": config["geometry"]["views"],
         "noise_std": config["train"]["noise_std"]}
-    assert model.patch == config["partition"]["patch"] == 24 and model.normalization.kind == "attenuation"
-    assert model.training_geometry == standard_cone_beam(48, 30)
+    assert model.patch == config["partition"]["patch"] == patch and model.normalization.kind == "attenuation"
+    assert model.training_geometry == standard_cone_beam(size, 30)
     table = json.loads(unrolled3d.pretrained.TRAINING_SCALES_FILE.read_text())
     assert model.training_scale == TrainingScale.from_dict(table[model.sha256]["training_scale"])
     assert not model.base.training and next(model.base.parameters()).device.type == "cpu"

@@ -64,7 +64,9 @@ else:  # run as a script: this folder, bench/experiments/, is on the path
 TEST_SEED, VAL_SEED = 123, 321  # quality_real.py's held-out noise draws; the validation set's own
 
 #: settings of a run that may differ between runs appended to one file
-_PER_RUN = ("views", "out", "methods", "params_from", "models", "reference", "mbirjax_python")
+_PER_RUN = ("views", "out", "methods", "params_from", "models", "reference", "mbirjax_python", "inference")
+#: settings added later, with the value files written before them had
+_ADDED = {"inference": "training-patch", "score_on_val": False}
 
 
 def noisy(physics: ConeBeamCT, volumes: list[torch.Tensor], noise: float, seed: int) -> list[torch.Tensor]:
@@ -164,6 +166,8 @@ def run_views(views: int, args, tests, vals, earlier: dict | None, peer: Mbirjax
     n = args.size
     physics = ConeBeamCT(standard_cone_beam(n, views), normalize=True)
     yt, yv = noisy(physics, tests, args.noise, TEST_SEED), noisy(physics, vals, args.noise, VAL_SEED)
+    if args.score_on_val:  # choosing between models: the held-out volumes stay untouched
+        tests, yt = vals, yv
     out: dict[str, Any] = {"methods": {}, "tuning": {}, "operator_norm": float(physics.operator_norm)}
     m = out["methods"]
     m["FDK (ram-lak)"] = score_all(lambda y: physics.A_dagger(y, window="ram-lak"), tests, yt, args.slab)
@@ -186,7 +190,10 @@ def run_views(views: int, args, tests, vals, earlier: dict | None, peer: Mbirjax
         m["MBIR (mbirjax, validation-tuned)"] = score_mbir(peer, tests, yt, args.slab, mb["chosen"]["snr_db"],
                                                            mb["chosen"]["sharpness"], args.mbir_iterations)
     for path in args.models if "models" in args.methods else []:
-        label, run, info = unrolled_model(path, n, physics)
+        label, run, info = unrolled_model(path, n, physics, args.inference)
+        if args.inference == "planned":  # planned (untimed) before the timed runs
+            with torch.no_grad():
+                run(yt[0])
         m[label] = {**score_all(run, tests, yt, args.slab), **info}
     for name, r in m.items():
         print(f"  {views} views, {name}: PSNR {r['mean_psnr_whole']:.2f} dB, SSIM {r['mean_ssim_whole']:.3f}, "
@@ -206,8 +213,17 @@ def projector_match(peer: MbirjaxPeer, physics: ConeBeamCT, x: torch.Tensor) -> 
             "use_ror_mask": False}
 
 
-def unrolled_model(path: str, n: int, physics: ConeBeamCT) -> tuple[str, Callable, dict[str, Any]]:
-    """A model file as a reconstruction (its default inference) with what it was trained on."""
+def unrolled_model(path: str, n: int, physics: ConeBeamCT,
+                   inference: str = "training-patch") -> tuple[str, Callable, dict[str, Any]]:
+    """A model file as a reconstruction with what it was trained on.
+
+    ``inference="training-patch"``: the model's training patch, half overlap, two sweeps (the
+    library's ``build_model`` default); ``"planned"``: what ``unrolled3d reconstruct`` does by
+    default (:func:`unrolled3d.budget.plan_inference`: the whole volume as one patch when it fits
+    the memory, the network in bfloat16 where the CPU has it natively), planned once on the first
+    volume (same shape for all) and recorded in ``info["plan"]``; the planning's trial runs are not
+    timed, as ``reconstruct`` does not time them.
+    """
     state, config = load_model(path)
     rec = build_model(config, (n, n, n))
     rec.load_state_dict(state)
@@ -215,8 +231,23 @@ def unrolled_model(path: str, n: int, physics: ConeBeamCT) -> tuple[str, Callabl
     geo = config["geometry"]
     label = f"{Path(path).name} (unrolled, partitioned)"
     info = {"weights": str(path), "trained_size": int(geo["size"]), "trained_views": int(geo["views"]),
-            "trained_steps": int(config["train"]["steps"]), "patch": config["partition"]["patch"]}
-    return label, (lambda y: rec(y, physics)), info
+            "trained_steps": int(config["train"]["steps"]), "patch": config["partition"]["patch"],
+            "inference": inference}
+    if inference == "training-patch":
+        return label, (lambda y: rec(y, physics)), info
+    label = f"{Path(path).name} (unrolled, planned inference)"
+    planned: dict[str, Any] = {}
+
+    def run(y: torch.Tensor) -> torch.Tensor:
+        x0 = physics.A_dagger(y)
+        if "rec" not in planned:
+            from unrolled3d.budget import plan_inference
+
+            planned["rec"], plan = plan_inference(rec, y, physics, x0)
+            info["plan"] = plan.to_dict()
+        return planned["rec"](y, physics, x_init=x0)
+
+    return label, run, info
 
 
 # ------------------------------------------------------------------------------------------- files
@@ -246,7 +277,7 @@ def load_earlier(out: Path, config: dict) -> dict[str, Any] | None:
         return None
     earlier = json.loads(out.read_text())
     same = {k: v for k, v in config.items() if k not in _PER_RUN}
-    differ = [k for k, v in same.items() if earlier["config"].get(k) != v]
+    differ = [k for k, v in same.items() if earlier["config"].get(k, _ADDED.get(k)) != v]
     if differ:
         raise SystemExit(f"{out} holds another problem (differs in {differ}): choose another --out")
     return earlier
@@ -273,6 +304,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--slab", type=int, default=12)
     ap.add_argument("--methods", nargs="+", default=["tv", "mbir", "models"], choices=["tv", "mbir", "models"])
     ap.add_argument("--models", nargs="*", default=[], help="unrolled model files to score")
+    ap.add_argument("--inference", choices=["training-patch", "planned"], default="training-patch",
+                    help="the models' inference: their training patch (half overlap, 2 sweeps) or what "
+                         "`unrolled3d reconstruct` plans by default (whole volume when it fits, bfloat16 network)")
+    ap.add_argument("--score-on-val", action="store_true",
+                    help="score the methods on the --val volumes (their noise draws) instead of --test: choosing "
+                         "between models without touching the held-out volumes (no tuning, no --reference)")
     ap.add_argument("--mbirjax-python", help="the python of mbirjax's environment (peers/setup_mbirjax.sh)")
     ap.add_argument("--snr-db", type=float, nargs="+", default=[-5.0, 0.0, 5.0])
     ap.add_argument("--snr-relative", action=argparse.BooleanOptionalAction, default=True,
@@ -288,6 +325,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if set(args.val) & set(args.test) or {Path(p).name for p in args.val} & {Path(p).name for p in args.test}:
         raise SystemExit("--val and --test must be different files: parameters are never chosen on held-out volumes")
+    if args.score_on_val and (set(args.methods) - {"models"} or args.reference):
+        raise SystemExit("--score-on-val scores models only (--methods models, no --reference): the peers are "
+                         "tuned on --val and scored on --test")
     if "mbir" in args.methods and not args.mbirjax_python:
         raise SystemExit("MBIR needs --mbirjax-python (or leave mbir out of --methods)")
     return args
@@ -305,6 +345,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = load_earlier(out, config) or {
         "what": "classical peers (MBIR, TV) beside FDK and unrolled models; parameters chosen on --val only",
         "config": config, "data": {"test": [Path(p).name for p in args.test], "val": [Path(p).name for p in args.val],
+                                   "scored": [Path(p).name for p in (args.val if args.score_on_val else args.test)],
                                    "normalization": norm.to_dict()}, "views": {}, "runs": []}
     chosen_from = json.loads(Path(args.params_from).read_text())["views"] if args.params_from else {}
     peer = MbirjaxPeer(args.mbirjax_python) if "mbir" in args.methods else None

@@ -289,7 +289,7 @@ def main() -> None:
     ap.add_argument("--training-set", metavar="EXTENTS",
                     help="also write <out>/train/<name>_<extent>.npy for the training volumes: each scaled so "
                          "its 99.5th percentile is 1 and zoomed so its longest axis spans each of these "
-                         "comma-separated voxel counts (the recipe of unrolled3d/weights/heads_ct.toml)")
+                         "comma-separated voxel counts (the recipes of unrolled3d/weights/heads_ct*.toml)")
     args = ap.parse_args()
     extents = _extents(args.training_set) if args.training_set else []
     out = Path(args.out)

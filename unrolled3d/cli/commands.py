@@ -446,8 +446,16 @@ def train_cmd(args: argparse.Namespace) -> int:
         model_path = out_dir / "model.pt"
         resolve_output(model_path)  # a read-only model.pt fails now, not after the training
         size = run.geometry.size
-        physics = ConeBeamCT(standard_cone_beam(size, run.geometry.views), normalize=True)
-        dataset, val_data, recorded = _training_set(run, file_data, physics, args)
+        val_metric = None
+        if run.mri is not None:  # complex images, multi-coil k-space, a mask per item
+            from ..metrics import magnitude_psnr
+            from .mri_train import mri_training_setup
+
+            physics, dataset, val_data, recorded = mri_training_setup(run, file_data, lambda t: _note(args, t))
+            val_metric = magnitude_psnr
+        else:
+            physics = ConeBeamCT(standard_cone_beam(size, run.geometry.views), normalize=True)
+            dataset, val_data, recorded = _training_set(run, file_data, physics, args)
         torch.manual_seed(run.train.seed)
         rec = build_model(run, (size,) * 3)
         if initial is not None:  # fine-tuning; a resumed run then loads its checkpoint over these
@@ -458,7 +466,7 @@ def train_cmd(args: argparse.Namespace) -> int:
         resume_cmd = shlex.join(["unrolled3d", "train", str(args.config), "--out-dir", str(out_dir), "--resume"])
         args.interrupt_hint = f"the checkpoints written so far are in {folder.checkpoint_dir}: continue with `{resume_cmd}`"
         log = training.train(rec, physics, dataset, tcfg, resume=args.resume, run_info=run.identity(),
-                             val_data=val_data, folder=folder)
+                             val_data=val_data, folder=folder, val_metric=val_metric)
         if log["resumed_checkpoint"]:
             _note(args, f"resumed from {log['resumed_checkpoint']} (step {log['resumed_from']})")
         args.interrupt_hint = ""

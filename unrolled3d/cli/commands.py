@@ -101,9 +101,14 @@ def simulate(args: argparse.Namespace) -> int:
     from ..ops import cone_project
     from ..physics import scan_for_volume, standard_cone_beam
 
+    from .mri import check_ct_simulate_options, simulate_mri
+
+    if args.modality == "mri":
+        return simulate_mri(args)
+    check_ct_simulate_options(args)
     noise = real("--noise", args.noise, nonnegative=True)  # NaN and inf refused here
     integer("--seed", args.seed, 0)  # as [phantoms] seed and [train] seed: torch takes -1, numpy's generators not
-    views = integer("--views", args.views, 1)
+    views = integer("--views", 30 if args.views is None else args.views, 1)
     if is_store_path(args.out):  # a Zarr store: the volume is made and projected slab by slab
         return _simulate_store(args, noise, views)
     out = check_pt_name(args.out, "measurements")
@@ -224,6 +229,11 @@ def reconstruct(args: argparse.Namespace) -> int:
     from ..normal import load_normal
     from ..physics import ConeBeamCT, fdk
 
+    from .mri import MRI_METHODS, is_mri_input, reconstruct_mri
+
+    if args.method in MRI_METHODS or is_mri_input(args.measurements):  # MRI k-space (or an MRI method)
+        return reconstruct_mri(args, _load_unrolled)
+    args.method = args.method or "fdk"
     # Everything about the output is checked before minutes of computing: its ending, that it is
     # none of the inputs (the .npy sidecar included), that it may be replaced.
     if args.method == "fdk":
@@ -307,14 +317,26 @@ def reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_unrolled(args: argparse.Namespace, vol_shape) -> tuple[Any, Any]:
+#: why a model of one modality is refused on data of the other (key: what the model was trained for)
+_OTHER_MODALITY = {
+    "mri": "is an MRI model (trained on multi-coil k-space: its configuration has [mri]), the measurements are "
+           "cone-beam CT: use a CT model (e.g. unrolled3d/weights/heads_ct.pt)",
+    "ct": "is a CT model (trained on cone-beam scans), the file holds MRI k-space: use an MRI model "
+          "(e.g. unrolled3d/weights/mri_heads.pt)"}
+
+
+def _load_unrolled(args: argparse.Namespace, vol_shape, modality: str = "ct") -> tuple[Any, Any]:
     """``(rec, normalisation)``: the model of ``--weights`` on volumes of ``vol_shape`` (patch
-    ``--patch-size`` or the training patch), and how its training volumes were scaled."""
+    ``--patch-size`` or the training patch), and how its training volumes were scaled; a model
+    trained for another ``modality`` (``"ct"`` or ``"mri"``) is refused."""
     from ..data import IntensityNormalization
     from ..io import load_model
     from ..models import build_model
 
     state, config = load_model(args.weights)
+    trained_for = "ct" if config.get("mri") is None else "mri"
+    if trained_for != modality:
+        raise FileFormatError(args.weights, _OTHER_MODALITY[trained_for])
     try:  # how the training volumes were scaled (files before [data] trained on values as they are)
         norm = IntensityNormalization.from_dict(config.get("normalization", {"kind": "attenuation"}))
     except (TypeError, ValueError) as exc:

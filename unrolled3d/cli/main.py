@@ -49,17 +49,29 @@ def _add_scan_commands(sub) -> None:
     _force(p)
     p.set_defaults(command_name="demo")
 
-    p = sub.add_parser("simulate", help="phantom (or a volume file) + cone-beam scan -> measurements file (.pt)")
+    p = sub.add_parser("simulate", help="phantom (or a volume file) + cone-beam scan -> measurements file (.pt); "
+                                        "--modality mri: multi-coil k-space file (.pt)")
+    p.add_argument("--modality", choices=["ct", "mri"], default="ct",
+                   help="ct: cone-beam projections (default); mri: the volume as the magnitude of a complex image "
+                        "(smooth random phase), multi-coil k-space undersampled by a mask")
     p.add_argument("--phantom", choices=["shepp-logan", "ellipsoids"], help="analytic phantom (default shepp-logan)")
     p.add_argument("--size", type=int, help="phantom volume edge in voxels (default 64)")
     p.add_argument("--volume", metavar="FILE",
                    help="use this volume as the phantom (.npy, .nii, .nii.gz, .h5, .hdf5, .tif, .tiff, .pt; "
                         "its voxel size is kept) instead of --phantom/--size")
-    p.add_argument("--views", type=int, default=30)
-    p.add_argument("--short-scan", action="store_true")
-    p.add_argument("--noise", type=float, default=0.01, help="Gaussian noise relative to the largest line integral")
+    p.add_argument("--views", type=int, help="CT: projections over the scan (default 30)")
+    p.add_argument("--short-scan", action="store_true", help="CT: a short scan (180 degrees plus the fan angle)")
+    p.add_argument("--coils", type=int, help="MRI: receive coils (birdcage maps, default 8)")
+    p.add_argument("--acceleration", type=float, metavar="R",
+                   help="MRI: undersampling factor, 1/R of the phase-encode lines sampled (default 8)")
+    p.add_argument("--mask", choices=["poisson", "random"],
+                   help="MRI: Poisson-disc (default) or variable-density random sampling, centre fully sampled")
+    p.add_argument("--noise", type=float, default=0.01,
+                   help="Gaussian noise std relative to the largest line integral (CT) or, per real channel of the "
+                        "sampled k-space, to the image's largest magnitude (MRI)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", "--out", dest="out", required=True, metavar="FILE", help="measurements file (.pt)")
+    p.add_argument("--output", "--out", dest="out", required=True, metavar="FILE",
+                   help="measurements file (.pt; MRI: a k-space file with coil maps, mask and voxel size)")
     _common(p)
     _force(p)
     p.set_defaults(command_name="simulate")
@@ -95,9 +107,14 @@ def _add_train_command(sub) -> None:
 
 def _add_other_commands(sub) -> None:
     """``reconstruct``, ``import-walnut``, ``bench``, ``info``."""
-    p = sub.add_parser("reconstruct", help="measurements -> volume file: FDK or partitioned unrolled")
-    p.add_argument("measurements")
-    p.add_argument("--method", choices=["fdk", "unrolled"], default="fdk")
+    p = sub.add_parser("reconstruct", help="measurements -> volume file: FDK or partitioned unrolled (CT); "
+                                           "zero-filled, CG-SENSE or partitioned unrolled (MRI k-space)")
+    p.add_argument("measurements", help="file written by `unrolled3d simulate` (cone-beam measurements or MRI k-space)")
+    p.add_argument("--method", choices=["fdk", "unrolled", "zero-filled", "cg-sense"],
+                   help="fdk (CT, the default for CT), cg-sense (MRI, the default for k-space), zero-filled (MRI), "
+                        "unrolled (either, with an MRI or a CT model)")
+    p.add_argument("--cg-iters", type=int, help="CG-SENSE iterations (default 5, chosen on validation heads)")
+    p.add_argument("--cg-lam", type=float, help="CG-SENSE Tikhonov weight (default 0.03, chosen on validation heads)")
     p.add_argument("--weights", help="model file written by `unrolled3d train` (method unrolled)")
     p.add_argument("--patch-size", type=int, help="override the model's patch edge")
     p.add_argument("--memory-budget", metavar="SIZE",
@@ -107,7 +124,7 @@ def _add_other_commands(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--output", "--out", dest="out", required=True, metavar="FILE",
                    help="volume file; the ending picks the format: .npy (+ .json voxel size), .nii, .nii.gz, "
-                        ".h5, .hdf5, .tif, .tiff, .pt (the scan's voxel size is stored)")
+                        ".h5, .hdf5, .tif, .tiff, .pt (the scan's voxel size is stored); MRI: the magnitude image")
     _common(p)
     _force(p)
     p.set_defaults(command_name="reconstruct")

@@ -46,6 +46,16 @@ class MRITrainingSet(Dataset):
         seed of the phases.
     max_phase : float
         range of the phases (radians).
+
+    Examples
+    --------
+    >>> from unrolled3d.cli.mri_train import MRITrainingSet
+    >>> from unrolled3d.data import PhantomDataset
+    >>> from unrolled3d.mri import MaskBank
+    >>> items = MRITrainingSet(PhantomDataset(4, 8), MaskBank((8, 8, 8), (2.0, 3.0), count=2))
+    >>> x, params = items[1]
+    >>> x.shape, params["mask"].shape     # real and imaginary channels; the item's mask
+    (torch.Size([2, 8, 8, 8]), torch.Size([8, 8, 8]))
     """
 
     def __init__(self, magnitudes: Dataset, masks: Any, seed: int = 0, max_phase: float = torch.pi) -> None:

@@ -254,9 +254,8 @@ class DataConfig(Section):
 
 def _accelerations(name: str, value: Any) -> tuple[float, float]:
     """``R`` or a range ``[R_low, R_high]`` of accelerations, each ``>= 1``."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = [value, value]
-    lo, hi = real_tuple(name, value, 2)
+    pair = [value, value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    lo, hi = real_tuple(name, pair, 2)
     if lo < 1 or lo > hi:
         raise ValueError(f"{name} must be an acceleration R >= 1 or a range [low, high] with 1 <= low <= high, "
                          f"got {short_repr(value)}")
@@ -284,7 +283,7 @@ class MRIConfig(Section):
     >>> MRIConfig(acceleration=0.5)
     Traceback (most recent call last):
         ...
-    ValueError: MRIConfig.acceleration must be an acceleration R >= 1 or a range [low, high] with 1 <= low <= high, got 0.5
+    ValueError: MRIConfig.acceleration must be an acceleration R >= 1 or a range [low, high] ..., got 0.5
     """
 
     SECTION = "mri"

@@ -88,7 +88,8 @@ def evaluate(rec: torch.nn.Module, physics: Any, val_data: ValData,
     psnrs, mses = [], []
     try:
         for x, y, *params in val_data:
-            _with_parameters((x, *params), physics)
+            if params:  # (x, y, params): y was measured with these physics parameters
+                _with_parameters((x, *params), physics)
             x = _as_batch(x).to(device)
             y = physics.A(x) if y is None else y.to(device)
             x_hat = rec(y, physics)

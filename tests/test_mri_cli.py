@@ -258,3 +258,16 @@ def test_kspace_files_refuse_bad_contents(tmp_path):
         load_kspace(tmp_path / "c.pt")
     with pytest.raises(FileNotFoundError):
         load_kspace(tmp_path / "missing.pt")
+
+
+def test_training_from_files_validates_held_out_files_with_the_fixed_mask(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        np.save(tmp_path / f"v{k}.npy", (1 + rng.random((18, 16, 16))).astype(np.float32))
+    toml = TOML.replace("[train]\n", "[train]\nval_every = 3\n") + (
+        '[data]\npaths = ["*.npy"]\nnormalization = "percentile"\nval_files = 1\nval_crops = 1\n')
+    (tmp_path / "f.toml").write_text(toml)
+    code, res = _run(["train", str(tmp_path / "f.toml"), "--out-dir", str(tmp_path / "run")], capsys)
+    assert code == 0 and len(res["val"]) == 1 and math.isfinite(res["val"][0]["psnr"])
+    _, config = load_model(tmp_path / "run" / "model.pt")
+    assert len(config["data_files"]["held_out"]) == 1 and config["normalization"]["kind"] == "percentile"

@@ -41,6 +41,11 @@ except ImportError as _exc:  # build isolation without torch: the extension is b
     print(f"unrolled3d: no prebuilt extension ({_exc}): it will be compiled on first use against the installed torch")
 
 
+# The extension's compiled sources (unrolled3d/_build.py compiles the same for a build on first use;
+# tests/test_build.py checks that the two lists agree).
+CPU_SOURCES = ("bindings.cpp", "cone_beam.cpp", "column_backproject.cpp", "fdk_backproject.cpp")
+CUDA_SOURCES = ("cone_beam_cuda.cu", "column_backproject_cuda.cu", "fdk_backproject_cuda.cu")
+
 # Reason codes compiled into the extension; unrolled3d/_build.py turns them back into words.
 CUDA_BUILT, CUDA_DISABLED_BY_USER, CUDA_TORCH_IS_CPU_ONLY, CUDA_NO_TOOLKIT = 0, 1, 2, 3
 
@@ -63,7 +68,7 @@ def _extension():
     if os.environ.get("FORCE_CUDA", "0") == "1" and not build_cuda:
         sys.exit(f"unrolled3d: FORCE_CUDA=1 but the CUDA twin cannot be built: {reason}")
     print(f"unrolled3d: CUDA projector {'ENABLED' if build_cuda else 'DISABLED'}: {reason}")
-    sources = ["csrc/bindings.cpp", "csrc/cone_beam.cpp"]
+    sources = [f"csrc/{name}" for name in CPU_SOURCES]
     define = [("U3D_CUDA_REASON", str(code))]
     cxx = ["-O3", "-fopenmp"]  # the C++ standard is torch's choice (C++20 for torch >= 2.10)
     link = ["-fopenmp"]
@@ -72,7 +77,7 @@ def _extension():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
         return CUDAExtension(
             "unrolled3d._C",
-            sources + ["csrc/cone_beam_cuda.cu"],
+            sources + [f"csrc/{name}" for name in CUDA_SOURCES],
             define_macros=define + [("WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
             extra_link_args=link,

@@ -1,33 +1,58 @@
 #!/usr/bin/env bash
-# The GPU check run on a lent machine (see README "Benchmarks"): builds the extension there,
-# runs the CUDA/Triton tests and the CUDA benchmarks, and writes logs and JSON to $OUT.
-# Expects wheels in .whl/ (deepinv, natsort, astra-toolbox, nvidia-cuda-runtime-cu12) and a
-# cuFFT 11 stub in .whl/stub (ASTRA's projectors do not use cuFFT; its wheel links it).
+# The GPU run on a lent machine: bare, no network, one command of at most 10 minutes, about 15
+# minutes of device time in all. Prepared beforehand by bench/gpu/prepare.sh (the wheels the
+# machine lacks and the cuFFT shim, in .whl/), then run there by the device tool as
+#     command: bash bench/run_gpu.sh      carry: [".whl"]      timeout_s: 540
+# It installs the carried wheels, points ASTRA at the CUDA 12 runtime and at the cuFFT shim
+# (forwarding to the cuFFT 12 of torch's CUDA 13), then runs bench/gpu/plan.py: the build, the
+# CUDA tests and the benchmarks in order of value, under one deadline (480 s from the start of
+# this script), each step under `timeout -s INT -k 10` with its own budget. $OUT receives
+# run_<card>.log and at most 7 <step>_<card>.json files, <card> from nvidia-smi (e.g. h100_80gb_hbm3).
 set -uo pipefail
+T0=$(date +%s.%N)
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
+cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site
-export LD_LIBRARY_PATH="$PWD/.whl/stub:/tmp/site/nvidia/cuda_runtime/lib:${LD_LIBRARY_PATH:-}"
-t0=$(date +%s)
-TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 -m pip install -q --no-index --no-build-isolation --no-deps -e . \
-  > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
-echo "build: $(( $(date +%s) - t0 )) s"
-python3 -m unrolled3d.cli info | tee -a "$OUT/gpu.txt"
-timeout 110 python3 -m pytest -q -p no:cacheprovider tests/test_projector.py tests/test_masked_gather.py tests/test_spectral_filter.py tests/test_masked_scatter_add.py tests/test_fused_chain.py \
-  tests/test_build.py tests/test_cone_beam.py tests/test_normal.py -k "not fit_on_cone_beam" 2>&1 | tee "$OUT/tests.log" | tail -15
-# the gather backprojector's CUDA tests (against the CPU, chunked views, determinism)
-timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_backproject_gather.py -k "cuda" 2>&1 \
-  | tee "$OUT/tests_gather.log" | tail -5
-# projector: forward, back ("cuda" = default scatter, "cuda_gather") and ASTRA at 256^3 and 512^3
-for suite in projector fused normal; do
-  limit=100; [ "$suite" = projector ] && limit=200
-  timeout $limit python3 -m pytest -q -p no:cacheprovider "bench/test_bench_${suite}.py" -k "cuda" \
-    --benchmark-json "$OUT/${suite}_cuda.json" --benchmark-columns=min,mean,rounds 2>&1 | tail -25
-done
-# partitioned vs full unrolled, memory and time of a training step (to 512^3) and of inference
-# (to 256^3); full unrolled is expected to run out of memory at the large sizes (recorded as oom)
-timeout 240 python3 -m pytest -q -p no:cacheprovider bench/test_bench_partition.py -k "cuda" \
-  --benchmark-json "$OUT/partition_cuda.json" --benchmark-columns=min,mean,rounds 2>&1 | tail -25
+card=$(python3 -c 'import sys; sys.path.insert(0, "bench/gpu"); import plan; print(plan.card_slug(plan.card_name()))')
+LOG="$OUT/run_${card}.log"
+say() { echo "$*" | tee -a "$LOG"; }
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  python3 -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__)"
+} 2>&1 | tee -a "$LOG"
+
+# 1. the wheels the machine lacks (deepinv, natsort, astra-toolbox, the CUDA 12 runtime)
+if ! ls .whl/*.whl > /dev/null 2>&1 || ! python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --upgrade --target /tmp/site .whl/*.whl >> "$LOG" 2>&1; then
+  say "no carried wheels could be installed: run bench/gpu/prepare.sh here first, and carry .whl"
+  exit 1
+fi
+export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+
+# 2. ASTRA's libraries: libcudart.so.12 from its wheel, libcufft.so.11 = the shim, forwarding to
+#    torch's cuFFT 12 (its path in U3D_CUFFT_LIBRARY)
+CUFFT12=$(python3 - <<'PY'
+import glob, os, site, torch
+roots = site.getsitepackages() + [os.path.dirname(os.path.dirname(torch.__file__))]
+hits = [h for r in roots for p in ("nvidia/cu13/lib/libcufft.so.12", "nvidia/cufft/lib/libcufft.so.12")
+        for h in glob.glob(os.path.join(r, p))]
+print(hits[0] if hits else "")
+PY
+)
+export U3D_CUFFT_LIBRARY="$CUFFT12"
+SHIM_DIR="$PWD/.whl/lib"
+if ! python3 -c "import ctypes; ctypes.CDLL('$SHIM_DIR/libcufft.so.11')" 2>> "$LOG"; then
+  say "the carried cuFFT shim does not load here; rebuilding it with this machine's cc"
+  SHIM_DIR=/tmp/u3d_shim
+  mkdir -p "$SHIM_DIR"
+  cc -shared -fPIC -O2 -o "$SHIM_DIR/libcufft.so.11" bench/gpu/cufft_forward.c \
+    -Wl,--version-script=bench/gpu/cufft_forward.map -Wl,-soname,libcufft.so.11 -ldl >> "$LOG" 2>&1 \
+    || say "no shim: ASTRA's FDK_CUDA will fail (its projectors do not call cuFFT)"
+fi
+export LD_LIBRARY_PATH="$SHIM_DIR:/tmp/site/nvidia/cuda_runtime/lib${CUFFT12:+:$(dirname "$CUFFT12")}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+say "cuFFT 12: ${CUFFT12:-not found}; shim: $SHIM_DIR"
+python3 -c "import astra; print('astra', astra.__version__, 'cuda', astra.use_cuda())" >> "$LOG" 2>&1 \
+  || say "astra does not import: its benchmark cases will be skipped"
+
+# 3. the plan (bench/gpu/plan.py): build, CUDA tests, benchmarks, under the deadline
+python3 bench/gpu/plan.py run --out "$OUT" --t0 "$T0"

@@ -15,6 +15,7 @@
 //             here, but about 10x slower than "tile" on a CPU: each candidate pixel costs a full
 //             weight evaluation (with data-dependent branches), where a splat shares one plane
 //             crossing among four voxels.
+//   "column"  the CUDA column backprojector's blocks run on the host (column_backproject.cpp).
 // None of them uses atomics, so all are deterministic.
 #include "cone_beam.h"
 
@@ -80,8 +81,8 @@ inline double gather_run(const scalar_t* vol, const JosephLine<geom_t>& L, int64
   }
 #endif
   for (; k <= k1; ++k) {  // the scalar loop (and the odd last plane)
-    const geom_t qb = qb0 + static_cast<geom_t>(k) * db;
-    const geom_t qc = qc0 + static_cast<geom_t>(k) * dc;
+    const geom_t qb = plane_q(qb0, k, db);
+    const geom_t qc = plane_q(qc0, k, dc);
     const int64_t ib = static_cast<int64_t>(qb), ic = static_cast<int64_t>(qc);
     const geom_t fb = qb - static_cast<geom_t>(ib), fc = qc - static_cast<geom_t>(ic);
     const int64_t i00 = k * sa + ib * sb + ic * sc;
@@ -315,8 +316,8 @@ inline void splat_run(scalar_t* dst, const JosephLine<geom_t>& L, int64_t k0, in
   }
 #endif
   for (; k <= k1; ++k) {  // the scalar loop (and the odd last plane)
-    const geom_t qb = qb0 + static_cast<geom_t>(k) * db;
-    const geom_t qc = qc0 + static_cast<geom_t>(k) * dc;
+    const geom_t qb = plane_q(qb0, k, db);
+    const geom_t qc = plane_q(qc0, k, dc);
     const int64_t ib = static_cast<int64_t>(qb), ic = static_cast<int64_t>(qc);
     const geom_t fb = qb - static_cast<geom_t>(ib), fc = qc - static_cast<geom_t>(ic);
     const int64_t i00 = k * sa + ib * sb + ic * sc;
@@ -491,9 +492,14 @@ at::Tensor cone_backproject_algo_cpu(const at::Tensor& sino, const at::Tensor& v
               vw.size(0));
   const int64_t B = s.size(0), C = s.size(1), V = s.size(2), R = s.size(3), U = s.size(4);
   check_extents(depth, height, width, R, U);
+  const auto vs = make_index_space<geom_t>(depth, height, width, geom);
+  if (algo == BackprojectAlgorithm::kColumn && s.numel() > 0) {  // writes every voxel once: no zero fill
+    at::Tensor vol = at::empty({B, C, depth, height, width}, s.options());
+    column_backproject_cpu(s, vol, vw, vs);
+    return vol;
+  }
   at::Tensor vol = at::zeros({B, C, depth, height, width}, s.options());
   if (s.numel() == 0) return vol;
-  const auto vs = make_index_space<geom_t>(depth, height, width, geom);
   AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "cone_backproject_cpu", [&] {
     const scalar_t* in = s.data_ptr<scalar_t>();
     scalar_t* out = vol.data_ptr<scalar_t>();

@@ -14,8 +14,10 @@
 // units), interpolate bilinearly in the other two axes (zero outside the volume), weight each
 // plane by the world length of the ray between two planes. Every backprojector visits exactly the
 // same (voxel, weight) pairs, so it is the transpose to rounding: by ray (joseph_traverse /
-// joseph_traverse_box, splatting) or by voxel (joseph_gather, each voxel summing the pixels whose
-// rays weigh it). Per-ray set-up is one function, joseph_line, so all of them see the same numbers.
+// joseph_traverse_box, splatting), by voxel (joseph_gather, each voxel summing the pixels whose
+// rays weigh it) or by column (column_backproject.h). Per-ray set-up is one chain of functions,
+// make_view_frame -> make_ray -> joseph_line(_core), and the plane crossing one (plane_q), with
+// their multiply-adds written out (madd), so all of them see the same numbers on each device.
 #pragma once
 
 #include <cmath>
@@ -23,8 +25,10 @@
 
 #ifdef __CUDACC__
 #define U3D_HD __host__ __device__ __forceinline__
+#define U3D_UNROLL _Pragma("unroll")
 #else
 #define U3D_HD inline
+#define U3D_UNROLL
 #endif
 
 namespace unrolled3d {
@@ -60,6 +64,52 @@ U3D_HD VolumeIndexSpace<T> make_index_space(int64_t D, int64_t H, int64_t W, con
   return s;
 }
 
+// a * b + c. On a GPU this is one fused multiply-add, written out so that every kernel that
+// shares a formula below (the forward projector and all its transposes) gets bit-identical numbers
+// whatever nvcc would contract on its own; on the host (no FMA in baseline x86-64) two roundings,
+// as the expression reads.
+template <typename T>
+U3D_HD T madd(T a, T b, T c) {
+#ifdef __CUDA_ARCH__
+  return fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
+// Where the line q = q0 + k * dq meets plane k: the one formula of every traversal and gather.
+template <typename T, typename K>
+U3D_HD T plane_q(T q0, K k, T dq) {
+  return madd(static_cast<T>(k), dq, q0);
+}
+
+// One view's constants in the arithmetic type T: the cone_vec vectors (world mm), the source in
+// index space, and the detector's centre in pixel units. Built once per view (host or device);
+// make_ray then costs a handful of multiply-adds per pixel. For T = double this is exactly the
+// arithmetic of the original per-pixel set-up; for T = float (the CUDA float32 path) it is the
+// same formulas in float, which every CUDA kernel shares.
+template <typename T>
+struct ViewFrame {
+  T src[3], det[3], u[3], v[3];  // world (x, y, z), mm
+  T s[3];                        // the source in index coordinates
+  T hc, hr;                      // (cols - 1) / 2, (rows - 1) / 2
+};
+
+template <typename T>
+U3D_HD ViewFrame<T> make_view_frame(const double* view, int64_t rows, int64_t cols, const VolumeIndexSpace<T>& vs) {
+  ViewFrame<T> f;
+  for (int a = 0; a < 3; ++a) {
+    f.src[a] = static_cast<T>(view[a]);
+    f.det[a] = static_cast<T>(view[3 + a]);
+    f.u[a] = static_cast<T>(view[6 + a]);
+    f.v[a] = static_cast<T>(view[9 + a]);
+    f.s[a] = madd(f.src[a], vs.inv_voxel[a], vs.origin_idx[a]);
+  }
+  f.hc = static_cast<T>(0.5 * static_cast<double>(cols - 1));
+  f.hr = static_cast<T>(0.5 * static_cast<double>(rows - 1));
+  return f;
+}
+
 // A ray in index space: start point (the source) and direction (to the pixel centre), plus the
 // world length of the direction vector, so that world length = |t2 - t1| * world_norm.
 template <typename T>
@@ -69,23 +119,27 @@ struct IndexRay {
   T world_norm;
 };
 
+template <typename T, typename I>
+U3D_HD IndexRay<T> make_ray(const ViewFrame<T>& f, I r, I c, const VolumeIndexSpace<T>& vs) {
+  const T cu = static_cast<T>(c) - f.hc;
+  const T cv = static_cast<T>(r) - f.hr;
+  IndexRay<T> ray;
+  T norm2 = T(0);
+  for (int a = 0; a < 3; ++a) {
+    const T pix = madd(cv, f.v[a], madd(cu, f.u[a], f.det[a]));
+    const T dw = pix - f.src[a];
+    norm2 = madd(dw, dw, norm2);
+    ray.s[a] = f.s[a];
+    ray.d[a] = dw * vs.inv_voxel[a];
+  }
+  ray.world_norm = sqrt(norm2);
+  return ray;
+}
+
 template <typename T>
 U3D_HD IndexRay<T> make_ray(const double* view, int64_t r, int64_t c, int64_t rows, int64_t cols,
                             const VolumeIndexSpace<T>& vs) {
-  const double cu = static_cast<double>(c) - 0.5 * static_cast<double>(cols - 1);
-  const double cv = static_cast<double>(r) - 0.5 * static_cast<double>(rows - 1);
-  IndexRay<T> ray;
-  double norm2 = 0.0;
-  for (int a = 0; a < 3; ++a) {
-    const double src = view[a];
-    const double pix = view[3 + a] + cu * view[6 + a] + cv * view[9 + a];
-    const double dw = pix - src;
-    norm2 += dw * dw;
-    ray.s[a] = static_cast<T>(src) * vs.inv_voxel[a] + vs.origin_idx[a];
-    ray.d[a] = static_cast<T>(dw) * vs.inv_voxel[a];
-  }
-  ray.world_norm = static_cast<T>(sqrt(norm2));
-  return ray;
+  return make_ray(make_view_frame<T>(view, rows, cols, vs), r, c, vs);
 }
 
 // The loop-invariant part of one ray's Joseph traversal: everything joseph_traverse needs besides
@@ -103,8 +157,17 @@ struct JosephLine {
   int32_t k_first, k_last;
 };
 
+// v[i] for a run-time i in 0..2, by selects: a GPU would put an array indexed at run time in
+// local memory (the kernels' stack frame), where registers are what the selects use.
 template <typename T>
-U3D_HD JosephLine<T> joseph_line(const IndexRay<T>& ray, const VolumeIndexSpace<T>& vs) {
+U3D_HD T pick3(const T (&v)[3], int i) {
+  return i == 0 ? v[0] : (i == 1 ? v[1] : v[2]);
+}
+
+// The line of a ray without its plane range (a = -1: degenerate ray). The column backprojector
+// needs no range: its voxels are inside the volume, where the range holds by construction.
+template <typename T>
+U3D_HD JosephLine<T> joseph_line_core(const IndexRay<T>& ray) {
   JosephLine<T> L;
   L.qb0 = L.db = L.qc0 = L.dc = L.w = T(0);
   L.a = -1;
@@ -117,19 +180,32 @@ U3D_HD JosephLine<T> joseph_line(const IndexRay<T>& ray, const VolumeIndexSpace<
   if (ay > ax && ay >= az) a = 1;
   else if (az > ax && az > ay) a = 2;
   const int b = (a + 1) % 3, c = (a + 2) % 3;
-  const T da = ray.d[a];
+  const T da = pick3(ray.d, a);
   if (da == T(0)) return L;  // degenerate ray (source on the pixel)
   const T inv = T(1) / da;
   // Position on the other axes as a function of the plane index k: q = q0 + k * dq
-  const T db = ray.d[b] * inv, dc = ray.d[c] * inv;
-  const T qb0 = ray.s[b] - ray.s[a] * db, qc0 = ray.s[c] - ray.s[a] * dc;
-  const T w = ray.world_norm * fabs(inv);  // world length between consecutive planes
+  L.db = pick3(ray.d, b) * inv;
+  L.dc = pick3(ray.d, c) * inv;
+  const T sa = pick3(ray.s, a);
+  L.qb0 = madd(-sa, L.db, pick3(ray.s, b));
+  L.qc0 = madd(-sa, L.dc, pick3(ray.s, c));
+  L.w = ray.world_norm * fabs(inv);  // world length between consecutive planes
+  L.a = a;
+  return L;
+}
 
+template <typename T>
+U3D_HD JosephLine<T> joseph_line(const IndexRay<T>& ray, const VolumeIndexSpace<T>& vs) {
+  JosephLine<T> L = joseph_line_core(ray);
+  if (L.a < 0) return L;
+  const int a = L.a, b = (a + 1) % 3, c = (a + 2) % 3;
+  const T qb0 = L.qb0, db = L.db, qc0 = L.qc0, dc = L.dc;
+  L.a = -1;  // unless a plane is found below
   // Planes whose bilinear footprint can touch the volume: -1 < q < n on both other axes.
-  T kmin = T(0), kmax = static_cast<T>(vs.n[a] - 1);
+  T kmin = T(0), kmax = static_cast<T>(pick3(vs.n, a) - 1);
   const T qs0[2] = {qb0, qc0};
   const T dqs[2] = {db, dc};
-  const int64_t ns[2] = {vs.n[b], vs.n[c]};
+  const int64_t ns[2] = {pick3(vs.n, b), pick3(vs.n, c)};
   for (int o = 0; o < 2; ++o) {
     const T lo = T(-1), hi = static_cast<T>(ns[o]);
     if (dqs[o] == T(0)) {
@@ -145,7 +221,6 @@ U3D_HD JosephLine<T> joseph_line(const IndexRay<T>& ray, const VolumeIndexSpace<
   const int64_t k_first = static_cast<int64_t>(ceil(kmin));
   const int64_t k_last = static_cast<int64_t>(floor(kmax));
   if (k_first > k_last) return L;
-  L.qb0 = qb0; L.db = db; L.qc0 = qc0; L.dc = dc; L.w = w;
   L.a = a;
   L.k_first = static_cast<int32_t>(k_first);
   L.k_last = static_cast<int32_t>(k_last);
@@ -153,26 +228,28 @@ U3D_HD JosephLine<T> joseph_line(const IndexRay<T>& ray, const VolumeIndexSpace<
 }
 
 // Visit every (linear voxel index, weight) pair of the Joseph discretisation of the ray `L`.
-// visit(int64_t index, T weight) is called at most 4 times per crossed plane.
-template <typename T, typename Visit>
+// visit(I index, T weight) is called at most 4 times per crossed plane. I is the index type:
+// int64_t, or int32_t where the volume has fewer than 2^31 voxels (the CUDA forward checks).
+template <typename I = int64_t, typename T, typename Visit>
 U3D_HD void joseph_traverse(const JosephLine<T>& L, const VolumeIndexSpace<T>& vs, Visit&& visit) {
   if (L.a < 0) return;
   const int a = L.a, b = (a + 1) % 3, c = (a + 2) % 3;
   const T qb0 = L.qb0, db = L.db, qc0 = L.qc0, dc = L.dc, w = L.w;
   const T qs0[2] = {qb0, qc0};
   const T dqs[2] = {db, dc};
-  const int64_t k_first = L.k_first, k_last = L.k_last;
-  const int64_t nb = vs.n[b], nc = vs.n[c];
-  const int64_t sa = vs.stride[a], sb = vs.stride[b], sc = vs.stride[c];
+  const I k_first = L.k_first, k_last = L.k_last;
+  const I nb = static_cast<I>(pick3(vs.n, b)), nc = static_cast<I>(pick3(vs.n, c));
+  const I sa = static_cast<I>(pick3(vs.stride, a)), sb = static_cast<I>(pick3(vs.stride, b));
+  const I sc = static_cast<I>(pick3(vs.stride, c));
 
   // Planes where all four neighbours are inside (0 <= q < n - 1 on both axes) need no bounds
   // checks. The range is estimated in floating point, then its ends are verified exactly (q is
   // monotone in k, so valid ends mean every plane between is valid).
-  auto interior = [&](int64_t k) {
-    const T qb = qb0 + static_cast<T>(k) * db, qc = qc0 + static_cast<T>(k) * dc;
+  auto interior = [&](I k) {
+    const T qb = plane_q(qb0, k, db), qc = plane_q(qc0, k, dc);
     return qb >= T(0) && qb < static_cast<T>(nb - 1) && qc >= T(0) && qc < static_cast<T>(nc - 1);
   };
-  int64_t i_first = k_last + 1, i_last = k_last;  // empty unless found below
+  I i_first = k_last + 1, i_last = k_last;  // empty unless found below
   {
     T lo = static_cast<T>(k_first), hi = static_cast<T>(k_last);
     const T his[2] = {static_cast<T>(nb - 1), static_cast<T>(nc - 1)};
@@ -188,20 +265,20 @@ U3D_HD void joseph_traverse(const JosephLine<T>& L, const VolumeIndexSpace<T>& v
       }
     }
     if (ok && lo <= hi) {
-      int64_t f = static_cast<int64_t>(ceil(lo)), l = static_cast<int64_t>(floor(hi));
+      I f = static_cast<I>(ceil(lo)), l = static_cast<I>(floor(hi));
       while (f <= l && !interior(f)) ++f;  // at most a step or two: rounding at the ends
       while (l >= f && !interior(l)) --l;
       if (f <= l) { i_first = f; i_last = l; }
     }
   }
 
-  auto plane_checked = [&](int64_t k) {
-    const T qb = qb0 + static_cast<T>(k) * db;
-    const T qc = qc0 + static_cast<T>(k) * dc;
+  auto plane_checked = [&](I k) {
+    const T qb = plane_q(qb0, k, db);
+    const T qc = plane_q(qc0, k, dc);
     // q > -1 on these planes, so truncation of q + 1 is floor(q) + 1 (no libm floor call).
-    const int64_t ib = static_cast<int64_t>(qb + T(1)) - 1, ic = static_cast<int64_t>(qc + T(1)) - 1;
+    const I ib = static_cast<I>(qb + T(1)) - 1, ic = static_cast<I>(qc + T(1)) - 1;
     const T fb = qb - static_cast<T>(ib), fc = qc - static_cast<T>(ic);
-    const int64_t base = k * sa;
+    const I base = k * sa;
     const bool b0 = ib >= 0 && ib < nb, b1 = ib + 1 >= 0 && ib + 1 < nb;
     const bool c0 = ic >= 0 && ic < nc, c1 = ic + 1 >= 0 && ic + 1 < nc;
     if (b0 && c0) visit(base + ib * sb + ic * sc, w * (T(1) - fb) * (T(1) - fc));
@@ -209,25 +286,25 @@ U3D_HD void joseph_traverse(const JosephLine<T>& L, const VolumeIndexSpace<T>& v
     if (b0 && c1) visit(base + ib * sb + (ic + 1) * sc, w * (T(1) - fb) * fc);
     if (b1 && c1) visit(base + (ib + 1) * sb + (ic + 1) * sc, w * fb * fc);
   };
-  const int64_t pre_end = i_first <= i_last ? i_first - 1 : k_last;
-  for (int64_t k = k_first; k <= pre_end; ++k) plane_checked(k);
-  for (int64_t k = i_first; k <= i_last; ++k) {
-    const T qb = qb0 + static_cast<T>(k) * db;
-    const T qc = qc0 + static_cast<T>(k) * dc;
-    const int64_t ib = static_cast<int64_t>(qb), ic = static_cast<int64_t>(qc);  // q >= 0: truncation = floor
+  const I pre_end = i_first <= i_last ? i_first - 1 : k_last;
+  for (I k = k_first; k <= pre_end; ++k) plane_checked(k);
+  for (I k = i_first; k <= i_last; ++k) {
+    const T qb = plane_q(qb0, k, db);
+    const T qc = plane_q(qc0, k, dc);
+    const I ib = static_cast<I>(qb), ic = static_cast<I>(qc);  // q >= 0: truncation = floor
     const T fb = qb - static_cast<T>(ib), fc = qc - static_cast<T>(ic);
-    const int64_t i00 = k * sa + ib * sb + ic * sc;
+    const I i00 = k * sa + ib * sb + ic * sc;
     visit(i00, w * (T(1) - fb) * (T(1) - fc));
     visit(i00 + sb, w * fb * (T(1) - fc));
     visit(i00 + sc, w * (T(1) - fb) * fc);
     visit(i00 + sb + sc, w * fb * fc);
   }
   if (i_first <= i_last)
-    for (int64_t k = i_last + 1; k <= k_last; ++k) plane_checked(k);
+    for (I k = i_last + 1; k <= k_last; ++k) plane_checked(k);
 }
-template <typename T, typename Visit>
+template <typename I = int64_t, typename T, typename Visit>
 U3D_HD void joseph_traverse(const IndexRay<T>& ray, const VolumeIndexSpace<T>& vs, Visit&& visit) {
-  joseph_traverse(joseph_line(ray, vs), vs, visit);
+  joseph_traverse<I>(joseph_line(ray, vs), vs, visit);
 }
 
 template <typename T>
@@ -302,7 +379,7 @@ U3D_HD void joseph_traverse_box(const JosephLine<T>& L, const VolumeIndexSpace<T
   if (k_first < kf) k_first = kf;
   if (k_last > kl) k_last = kl;
   auto interior = [&](int64_t k) {
-    const T qb = qb0 + static_cast<T>(k) * db, qc = qc0 + static_cast<T>(k) * dc;
+    const T qb = plane_q(qb0, k, db), qc = plane_q(qc0, k, dc);
     return qb >= static_cast<T>(lb) && qb < static_cast<T>(hb - 1) && qc >= static_cast<T>(lc) &&
            qc < static_cast<T>(hc - 1);
   };
@@ -316,8 +393,8 @@ U3D_HD void joseph_traverse_box(const JosephLine<T>& L, const VolumeIndexSpace<T
     if (f <= l) { i_first = f; i_last = l; }
   }
   auto plane_checked = [&](int64_t k) {
-    const T qb = qb0 + static_cast<T>(k) * db;
-    const T qc = qc0 + static_cast<T>(k) * dc;
+    const T qb = plane_q(qb0, k, db);
+    const T qc = plane_q(qc0, k, dc);
     // k is within L.k_first..L.k_last, where q > -1: truncation of q + 1 is floor(q) + 1.
     const int64_t ib = static_cast<int64_t>(qb + T(1)) - 1, ic = static_cast<int64_t>(qc + T(1)) - 1;
     const T fb = qb - static_cast<T>(ib), fc = qc - static_cast<T>(ic);
@@ -343,8 +420,8 @@ U3D_HD void joseph_traverse_box(const JosephLine<T>& L, const VolumeIndexSpace<T
   const int64_t sa = vs.stride[a], sb = vs.stride[a == 2 ? 0 : a + 1], sc = vs.stride[a == 0 ? 2 : a - 1];
   joseph_traverse_box(L, vs, lo, hi, visit, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k <= k1; ++k) {
-      const T qb = L.qb0 + static_cast<T>(k) * L.db;
-      const T qc = L.qc0 + static_cast<T>(k) * L.dc;
+      const T qb = plane_q(L.qb0, k, L.db);
+      const T qc = plane_q(L.qc0, k, L.dc);
       const int64_t ib = static_cast<int64_t>(qb), ic = static_cast<int64_t>(qc);  // q >= 0: truncation = floor
       const T fb = qb - static_cast<T>(ib), fc = qc - static_cast<T>(ic);
       const int64_t i00 = k * sa + ib * sb + ic * sc;
@@ -507,9 +584,9 @@ U3D_HD T joseph_weight(const JosephLine<T>& L, int32_t x, int32_t y, int32_t z) 
   const int32_t k = a == 0 ? x : (a == 1 ? y : z);
   if (k < L.k_first || k > L.k_last) return T(0);
   const int32_t jb = a == 0 ? y : (a == 1 ? z : x), jc = a == 0 ? z : (a == 1 ? x : y);
-  const T tb = T(1) - fabs(L.qb0 + static_cast<T>(k) * L.db - static_cast<T>(jb));
+  const T tb = T(1) - fabs(plane_q(L.qb0, k, L.db) - static_cast<T>(jb));
   if (!(tb > T(0))) return T(0);
-  const T tc = T(1) - fabs(L.qc0 + static_cast<T>(k) * L.dc - static_cast<T>(jc));
+  const T tc = T(1) - fabs(plane_q(L.qc0, k, L.dc) - static_cast<T>(jc));
   if (!(tc > T(0))) return T(0);
   return L.w * tb * tc;  // same association as joseph_traverse: (w * tb) * tc
 }
@@ -530,34 +607,47 @@ U3D_HD Acc joseph_gather(const JosephLine<T>* lines, int32_t x, int32_t y, int32
 
 }  // namespace unrolled3d
 
-// Entry points (defined in cone_beam.cpp / cone_beam_cuda.cu).
+// Entry points (defined in cone_beam.cpp / cone_beam_cuda.cu; schemas in schemas.h).
 //   cone_project:      volume (B, C, D, H, W) -> sinogram (B, C, V, rows, cols)
 //   cone_backproject:  its transpose, sinogram (B, C, V, R, U) -> volume (B, C, depth, height, width),
 //                      with the device's default algorithm ("auto")
 //   cone_backproject_algo: the same transpose with a chosen algorithm:
-//     "auto"    the device's default: "tile" on the CPU, "scatter" on CUDA (the CUDA gather kernel
-//               becomes the default once measured faster on a GPU; see bench/run_gpu.sh)
+//     "auto"    the device's default: "tile" on the CPU, "scatter" on CUDA (the default on CUDA
+//               changes once another is measured faster there; see bench/run_gpu.sh)
 //     "scatter" CPU: threads own z-slabs and re-trace every ray; CUDA: one thread per ray, atomicAdd
 //     "tile"    CPU only: each thread owns a z-slab and splats the rays that reach it (SIMD)
-//     "gather"  one thread per voxel sums the pixels of its footprint window (joseph_gather): no
-//               atomics, deterministic; the same code on both devices
+//     "gather"  one thread per voxel sums the pixels of its footprint window (joseph_gather) from
+//               per-pixel line tables: no atomics, deterministic; the same code on both devices
+//     "column"  a block owns a tile of (x, y) columns and a run of slices, each thread a column
+//               walking z, per view the block's lines in shared memory (column_backproject.h):
+//               no atomics, each voxel written once; the same code on both devices
 //   views (V, 12) float64 on the data's device; vol_geom = 6 doubles (sz, sy, sx, oz, oy, ox) in mm.
 // Inputs are validated in Python (unrolled3d/ops/projector.py); the C++ side re-checks cheaply.
 #include <torch/types.h>
 namespace unrolled3d {
-enum class BackprojectAlgorithm { kAuto, kScatter, kTile, kGather };
+enum class BackprojectAlgorithm { kAuto, kScatter, kTile, kGather, kColumn };
 
 inline BackprojectAlgorithm parse_backproject_algorithm(c10::string_view name, bool cuda) {
   if (name == "auto") return BackprojectAlgorithm::kAuto;
   if (name == "scatter") return BackprojectAlgorithm::kScatter;
   if (name == "gather") return BackprojectAlgorithm::kGather;
+  if (name == "column") return BackprojectAlgorithm::kColumn;
   if (name == "tile") {
-    TORCH_CHECK(!cuda, "unrolled3d: backprojection algorithm 'tile' is CPU-only; use 'gather' or 'scatter' on CUDA");
+    TORCH_CHECK(!cuda, "unrolled3d: backprojection algorithm 'tile' is CPU-only; use 'column', 'gather' or 'scatter' on CUDA");
     return BackprojectAlgorithm::kTile;
   }
   TORCH_CHECK(false, "unrolled3d: unknown backprojection algorithm '", std::string(name),
-              "' (expected 'auto', 'scatter', 'tile' or 'gather')");
+              "' (expected 'auto', 'scatter', 'tile', 'gather' or 'column')");
 }
+
+// The column backprojector (column_backproject.cpp / column_backproject_cuda.cu): writes every
+// voxel of `vol` (B, C, D, H, W), contiguous like the contiguous `sino`; `vs` in double (the CUDA
+// twin rounds it to its arithmetic type).
+void column_backproject_cpu(const at::Tensor& sino, at::Tensor& vol, const at::Tensor& views,
+                            const VolumeIndexSpace<double>& vs);
+#ifdef WITH_CUDA
+void column_backproject_cuda(const at::Tensor& sino, at::Tensor& vol, const at::Tensor& views, const VolumeGeom& geom);
+#endif
 
 at::Tensor cone_project_cpu(const at::Tensor& volume, const at::Tensor& views, at::ArrayRef<double> vol_geom,
                             int64_t rows, int64_t cols);

@@ -1,13 +1,19 @@
 // CUDA twin of the cone-beam Joseph projector pair. See cone_beam.h for conventions.
-// Forward: one thread per ray (view, row, col), one grid row (blockIdx.y) per batch item.
-// Backprojection, two algorithms with the forward's very (voxel, weight) pairs, so both are its
-// transpose up to floating-point summation order:
+// Forward: a block is a 16 x 16 tile of one view's pixels (a compact bundle of rays, whose voxels
+// at each plane overlap in L1), one thread per ray, looping over the batch items with the ray set
+// up once; indices 32-bit when the volume has fewer than 2^31 voxels.
+// Backprojection, three algorithms with the forward's very (voxel, weight) pairs (every kernel
+// starts from the same per-view frame, make_view_frame, and the same make_ray / joseph_line
+// arithmetic), so each is its transpose up to floating-point summation order:
 //   "scatter" one thread per ray scatters its weights with atomicAdd (order-dependent rounding);
 //   "gather"  one thread per voxel sums the pixels of its footprint window, view chunk by view
 //             chunk: a kernel builds the chunk's per-pixel JosephLine tables (O(chunk * R * U)
 //             memory), then each thread reads them for the pixels its window holds and adds its sum
-//             to its own voxel. No atomics: deterministic.
+//             to its own voxel. No atomics: deterministic;
+//   "column"  column_backproject_cuda.cu: one thread per (x, y) column walking z, the view's lines
+//             in shared memory, each voxel written once.
 #include "cone_beam.h"
+#include "view_consts_cuda.h"
 
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
@@ -19,6 +25,7 @@ namespace unrolled3d {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int kRayTX = 16, kRayTY = 16;  // forward: pixels per block
 
 // float32 data use float geometry (fast on every GPU); float64 data use double geometry.
 template <typename scalar_t>
@@ -26,22 +33,28 @@ struct GeomType { using type = float; };
 template <>
 struct GeomType<double> { using type = double; };
 
-template <typename scalar_t, typename geom_t>
-__global__ void project_kernel(const scalar_t* __restrict__ vol, scalar_t* __restrict__ sino,
-                               const double* __restrict__ views, int64_t V, int64_t R, int64_t U,
-                               VolumeIndexSpace<geom_t> vs) {
-  const int64_t ray_id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t det_numel = V * R * U;
-  if (ray_id >= det_numel) return;
-  const int64_t n = blockIdx.y;
-  const int64_t c = ray_id % U;
-  const int64_t r = (ray_id / U) % R;
-  const int64_t v = ray_id / (U * R);
-  const IndexRay<geom_t> ray = make_ray<geom_t>(views + 12 * v, r, c, R, U, vs);
-  const scalar_t* vol_n = vol + n * vs.n[0] * vs.n[1] * vs.n[2];
-  geom_t acc = 0;
-  joseph_traverse(ray, vs, [&](int64_t idx, geom_t w) { acc += w * static_cast<geom_t>(__ldg(vol_n + idx)); });
-  sino[n * det_numel + ray_id] = static_cast<scalar_t>(acc);
+// grid (ceil(U / 16), ceil(R / 16), min(V, 65535)); views beyond gridDim.z loop. Compiled for at
+// least 2 blocks per multiprocessor (at most 128 registers): without it ptxas held the float64
+// 32-bit-index kernel to 64 registers and spilled (sm_90, ptxas -v).
+template <typename scalar_t, typename geom_t, typename I>
+__global__ void __launch_bounds__(kRayTX * kRayTY, 2) project_kernel(
+    const scalar_t* __restrict__ vol, scalar_t* __restrict__ sino, const ViewConsts<geom_t>* __restrict__ consts,
+    int64_t N, int32_t V, int32_t R, int32_t U, VolumeIndexSpace<geom_t> vs) {
+  const int32_t c = blockIdx.x * kRayTX + threadIdx.x, r = blockIdx.y * kRayTY + threadIdx.y;
+  if (c >= U || r >= R) return;
+  const int64_t det_numel = static_cast<int64_t>(V) * R * U;
+  const int64_t vol_numel = vs.n[0] * vs.n[1] * vs.n[2];
+  for (int32_t v = blockIdx.z; v < V; v += gridDim.z) {
+    const ViewFrame<geom_t> frame = consts[v].frame;  // the same address in every thread: one broadcast load
+    const JosephLine<geom_t> L = joseph_line(make_ray(frame, r, c, vs), vs);
+    const int64_t out = (static_cast<int64_t>(v) * R + r) * U + c;
+    for (int64_t n = 0; n < N; ++n) {
+      const scalar_t* vol_n = vol + n * vol_numel;
+      geom_t acc = 0;
+      joseph_traverse<I>(L, vs, [&](I idx, geom_t w) { acc += w * static_cast<geom_t>(__ldg(vol_n + idx)); });
+      sino[n * det_numel + out] = static_cast<scalar_t>(acc);
+    }
+  }
 }
 
 template <typename scalar_t, typename geom_t>
@@ -175,14 +188,24 @@ at::Tensor cone_project_cuda(const at::Tensor& volume, const at::Tensor& views, 
   const int64_t V = vw.size(0);
   check_extents(D, H, W, rows, cols);
   at::Tensor sino = at::empty({B, C, V, rows, cols}, vol.options());
-  const int64_t det_numel = V * rows * cols;
   if (sino.numel() == 0) return sino;
+  TORCH_CHECK(V < (int64_t(1) << 31), "unrolled3d: at most 2^31 - 1 views per CUDA call");
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(vol.scalar_type(), "cone_project_cuda", [&] {
     using geom_t = typename GeomType<scalar_t>::type;
     const auto vs = make_index_space<geom_t>(D, H, W, geom);
-    project_kernel<scalar_t, geom_t><<<grid_for(det_numel, B * C), kThreads, 0, stream>>>(
-        vol.data_ptr<scalar_t>(), sino.data_ptr<scalar_t>(), vw.data_ptr<double>(), V, rows, cols, vs);
+    const at::Tensor consts = view_consts_cuda<geom_t>(vw, rows, cols, geom, D, H, W, stream);
+    const auto* cp = reinterpret_cast<const ViewConsts<geom_t>*>(consts.data_ptr<uint8_t>());
+    const dim3 block(kRayTX, kRayTY, 1);
+    const dim3 grid(static_cast<unsigned>((cols + kRayTX - 1) / kRayTX), static_cast<unsigned>((rows + kRayTY - 1) / kRayTY),
+                    static_cast<unsigned>(std::min<int64_t>(V, 65535)));
+    const auto args = [&](auto kernel) {
+      kernel<<<grid, block, 0, stream>>>(vol.data_ptr<scalar_t>(), sino.data_ptr<scalar_t>(), cp, B * C,
+                                         static_cast<int32_t>(V), static_cast<int32_t>(rows), static_cast<int32_t>(cols), vs);
+    };
+    // 32-bit voxel indices when the volume allows (its largest index is D*H*W - 1)
+    if (D * H * W < (int64_t(1) << 31)) args(project_kernel<scalar_t, geom_t, int32_t>);
+    else args(project_kernel<scalar_t, geom_t, int64_t>);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return sino;
@@ -204,6 +227,11 @@ at::Tensor cone_backproject_algo_cuda(const at::Tensor& sino, const at::Tensor& 
               vw.size(0));
   const int64_t B = s.size(0), C = s.size(1), V = s.size(2), R = s.size(3), U = s.size(4);
   check_extents(depth, height, width, R, U);
+  if (algo == BackprojectAlgorithm::kColumn && s.numel() > 0) {  // writes every voxel once: no zero fill
+    at::Tensor vol = at::empty({B, C, depth, height, width}, s.options());
+    column_backproject_cuda(s, vol, vw, geom);
+    return vol;
+  }
   at::Tensor vol = at::zeros({B, C, depth, height, width}, s.options());
   const int64_t det_numel = V * R * U;
   if (s.numel() == 0) return vol;

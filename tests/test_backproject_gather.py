@@ -1,8 +1,10 @@
-"""The backprojection algorithms ("scatter", "tile", "gather", see csrc/cone_beam.h) against each
-other and against the forward projector: each must be the transpose of cone_project to rounding,
-on every geometry convention (odd sizes, offsets, anisotropic voxels, vector geometry, short scans,
-patches, detectors larger and smaller than the volume's shadow, z-driven rays, driving-axis ties, a
-detector plane through the source with a pixel on the source)."""
+"""The backprojection algorithms ("scatter", "tile", "gather", "column", see csrc/cone_beam.h) against
+each other and against the forward projector: each must be the transpose of cone_project to
+rounding, on every geometry convention (odd sizes, offsets, anisotropic voxels, vector geometry,
+short scans, patches, detectors larger and smaller than the volume's shadow, z-driven rays,
+driving-axis ties, a detector plane through the source with a pixel on the source), and for the
+column backprojector the shapes of its CUDA blocks (several tiles of columns and runs of slices,
+partial ones at the edges, a window cut into several chunks)."""
 from __future__ import annotations
 
 import math
@@ -15,7 +17,9 @@ from unrolled3d.ops.projector import BACKPROJECT_ALGORITHMS, cone_backproject, c
 from unrolled3d.physics import ConeBeamGeometry
 from conftest import adjoint_gap, circular_geometry, requires_cuda, wobbly_vector_geometry
 
-NEW = ["tile", "gather"]  # compared with the old "scatter"
+NEW = ["tile", "gather", "column"]  # compared with the old "scatter"
+# per-voxel sums in a fixed order whatever the thread count: bit for bit deterministic
+PER_VOXEL = ("gather", "column")
 
 
 def _steep_geometry() -> ConeBeamGeometry:
@@ -53,8 +57,23 @@ SOURCE_PLANE_VIEWS = np.array([
 SOURCE_PLANE_DET, SOURCE_PLANE_VOL, SOURCE_PLANE_GEOM = (7, 9), (5, 6, 7), [1.0, 1.2, 0.9, 0.0, 0.0, 0.0]
 
 
+def _tiled_geometry() -> ConeBeamGeometry:
+    """More than one CUDA block of the column backprojector on every axis (16 x 16 columns, 8 or 16
+    slices), with partial blocks at the far edges."""
+    return circular_geometry(vol_shape=(19, 21, 35), det_shape=(26, 40), n_views=5)
+
+
+def _chunked_geometry() -> ConeBeamGeometry:
+    """Pixels 0.2 mm for voxels of about 1 mm: a block's detector window holds thousands of pixels,
+    cut into many chunks of at most 256 or 512."""
+    return ConeBeamGeometry.circular(4, 60.0, 35.0, (40, 56), 0.2, (10, 12, 11), voxel_size=(0.9, 1.2, 1.05),
+                                     vol_offset=(0.3, -0.2, 0.1), det_offset=(0.5, -0.4))
+
+
 GEOMETRIES = {
     "circular": circular_geometry,
+    "tiled": _tiled_geometry,
+    "chunked": _chunked_geometry,
     "vector": wobbly_vector_geometry,
     "short_scan": lambda: circular_geometry(scan="short"),
     "patch": lambda: circular_geometry(vol_shape=(12, 14, 13)).restrict((3, 2, 5), (6, 7, 5)),
@@ -160,8 +179,8 @@ def test_batch_items_are_independent(algorithm):
 
 @pytest.mark.parametrize("algorithm", NEW)
 def test_deterministic_across_calls_and_thread_counts(algorithm):
-    # No atomics: repeated calls give the same bits. "gather" sums each voxel in window order
-    # whatever the thread count. "tile" gives each voxel its rays in pixel order in whichever slab
+    # No atomics: repeated calls give the same bits. "gather" and "column" sum each voxel in a fixed
+    # order whatever the thread count. "tile" gives each voxel its rays in pixel order in whichever slab
     # holds it; only a plane that is interior in one slab split and bounds-checked in another can
     # round its floor differently (q + 1 rounding up to an integer), so across thread counts it is
     # equal to rounding, not bit for bit by construction.
@@ -177,7 +196,7 @@ def test_deterministic_across_calls_and_thread_counts(algorithm):
     finally:
         torch.set_num_threads(n)
     assert torch.equal(two, again)
-    if algorithm == "gather":
+    if algorithm in PER_VOXEL:
         assert torch.equal(one, two)
     else:
         torch.testing.assert_close(one, two, rtol=1e-6, atol=1e-6 * float(one.abs().max()))
@@ -230,31 +249,73 @@ def test_bad_algorithm_raises():
         torch.ops.unrolled3d.cone_backproject_algo(y, g.views_tensor("cpu"), g.vol_geom, *g.vol_shape, "fastest")
 
 
+def test_chunked_geometry_cuts_windows_into_chunks():
+    # Guards the fixture: the column backprojector's block window must exceed a chunk (at most 512
+    # pixels), or the chunk loop is not exercised.
+    # The volume fits one tile of columns, so a block's window holds the volume's shadow.
+    g = _chunked_geometry()
+    shadow = cone_project(torch.ones(1, 1, *g.vol_shape, dtype=torch.float64), g)[0, 0] > 0
+    assert int(shadow.flatten(1).sum(1).min()) > 3 * 512  # every view: more than three chunks
+
+
+def test_column_writes_every_voxel_once():
+    # The column backprojector allocates its output without zeroing it and writes each voxel once:
+    # voxels no ray reaches must come out 0, not whatever the memory held. A detector that sees a
+    # corner of the volume leaves most voxels unreached.
+    g = circular_geometry(vol_shape=(19, 21, 35), det_shape=(4, 5))
+    for _ in range(3):
+        # a freed buffer of the output's size, full of NaN: the allocator tends to hand it out next
+        # (111 KB: below glibc's threshold for fresh, zeroed pages)
+        torch.full((1, 1, *g.vol_shape), float("nan"), dtype=torch.float64).sum()
+        y = _rand((1, 1, *g.sino_shape), torch.float64, 17)
+        ref = cone_backproject_algo(y, g, "scatter")
+        out = cone_backproject_algo(y, g, "column")
+        assert bool((ref == 0).any()) and bool((ref != 0).any())
+        assert torch.equal(out == 0, ref == 0)
+        assert float((out - ref).abs().max() / ref.abs().max()) < 1e-12
+
+
 # ----------------------------------------------------------------------------- CUDA
 @requires_cuda
+@pytest.mark.parametrize("algorithm", ["gather", "column"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cuda_gather_matches_cpu(geom, dtype):
-    y = _rand((5, 1, *geom.sino_shape), dtype, 12)  # five items: two groups of the kernel's four
+def test_cuda_algorithm_matches_cpu(geom, dtype, algorithm):
+    y = _rand((5, 1, *geom.sino_shape), dtype, 12)  # five items: two groups of the gather kernel's four
     ref = cone_backproject_algo(y, geom, "tile")
-    out = cone_backproject_algo(y.cuda(), geom, "gather").cpu()
+    out = cone_backproject_algo(y.cuda(), geom, algorithm).cpu()
     # float32 on CUDA uses float geometry: ~1e-6 relative differences in the weights
-    tol = dict(rtol=1e-4, atol=1e-4 * float(ref.abs().max())) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    tol = dict(rtol=1e-10, atol=1e-12)
+    if dtype == torch.float32:
+        tol = dict(rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
     torch.testing.assert_close(out, ref, **tol)
     scatter = cone_backproject_algo(y.cuda(), geom, "scatter").cpu()
     torch.testing.assert_close(scatter, ref, **tol)
 
 
 @requires_cuda
+@pytest.mark.parametrize("algorithm", ["gather", "column"])
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-13), (torch.float32, 1e-5)])
-def test_cuda_gather_adjointness_many_views(dtype, tol):
-    # 150 views: three chunks of the gather kernel (at most 64 views per launch).
+def test_cuda_algorithm_adjointness_many_views(dtype, tol, algorithm):
+    # 150 views: three chunks of the gather kernel (at most 64 views per launch); 2 x 3 x 4 blocks
+    # of the column kernel.
     g = ConeBeamGeometry.circular(150, 300.0, 200.0, (40, 48), 1.4, (32, 36, 30), voxel_size=(1.0, 1.1, 1.2),
                                   det_offset=(2.0, -3.0), vol_offset=(1.0, 0.0, -2.0))
     x = _rand((1, 1, *g.vol_shape), dtype, 13, "cuda")
     y = _rand((1, 1, *g.sino_shape), dtype, 14, "cuda")
-    assert adjoint_gap(cone_project(x, g), y, x, cone_backproject_algo(y, g, "gather")) < tol
+    assert adjoint_gap(cone_project(x, g), y, x, cone_backproject_algo(y, g, algorithm)) < tol
     # deterministic: no atomics
-    assert torch.equal(cone_backproject_algo(y, g, "gather"), cone_backproject_algo(y, g, "gather"))
+    assert torch.equal(cone_backproject_algo(y, g, algorithm), cone_backproject_algo(y, g, algorithm))
+
+
+@requires_cuda
+def test_cuda_column_float32_equals_the_cuda_forward_transpose_closely():
+    # On CUDA every kernel starts from the same float frames and lines: column and scatter are the
+    # same transpose of the CUDA forward, differing by summation order only.
+    g = _tiled_geometry()
+    y = _rand((2, 1, *g.sino_shape), torch.float32, 18, "cuda")
+    col = cone_backproject_algo(y, g, "column").double()
+    sca = cone_backproject_algo(y, g, "scatter").double()
+    assert float((col - sca).norm() / sca.norm()) < 1e-6
 
 
 @requires_cuda

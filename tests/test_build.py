@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -40,22 +42,39 @@ def test_kernels_install_as_subpackage():
     assert Path(unrolled3d.kernels.__file__).resolve().parent == (ROOT / "kernels").resolve()
 
 
+CUDA_SOURCES = ("cone_beam_cuda.cu", "column_backproject_cuda.cu", "fdk_backproject_cuda.cu")
+# ptxas -v: "N bytes stack frame, S bytes spill stores, L bytes spill loads" per kernel
+_PTXAS_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
 @pytest.mark.skipif(_nvcc() is None, reason="nvcc not found (no CUDA toolkit on this machine)")
 @pytest.mark.skipif(torch.version.cuda is None, reason="torch is a CPU-only build: no CUDA headers to compile against")
-def test_cuda_sources_compile_with_nvcc(tmp_path):
+@pytest.mark.parametrize("source", CUDA_SOURCES)
+def test_cuda_sources_compile_with_nvcc(tmp_path, source):
+    """Each CUDA source compiles for sm_90 (the lent H100/H200), and ptxas reports no register
+    spill in any kernel. Its report (registers, shared memory, stack per kernel) is printed: run
+    with -s to read it, and it is written beside the object file."""
     from torch.utils.cpp_extension import include_paths
 
+    obj = tmp_path / (source + ".o")
     cmd = [
-        _nvcc(), "-c", str(ROOT / "csrc" / "cone_beam_cuda.cu"), "-o", str(tmp_path / "cone_beam_cuda.o"),
+        _nvcc(), "-c", str(ROOT / "csrc" / source), "-o", str(obj),
         "-std=c++20", "-O1", "-DWITH_CUDA", "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC",
-        "-gencode", "arch=compute_90,code=sm_90",
+        "-gencode", "arch=compute_90,code=sm_90", "-Xptxas", "-v",
         f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
         *[f"-I{p}" for p in include_paths(device_type="cuda")],
-        f"-I{sys.prefix}/include",
+        f"-I{sysconfig.get_paths()['include']}",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert (tmp_path / "cone_beam_cuda.o").stat().st_size > 10_000
+    assert obj.stat().st_size > 10_000
+    report = [line for line in proc.stderr.splitlines() if "ptxas" in line or "stack frame" in line]
+    (tmp_path / (source + ".ptxas.txt")).write_text("\n".join(report) + "\n")
+    print(f"ptxas -v, {source}:", *report, sep="\n  ")
+    frames = _PTXAS_FRAME.findall(proc.stderr)
+    assert frames, "no ptxas report: -Xptxas -v printed nothing"
+    spills = [line for line in report if (m := _PTXAS_FRAME.search(line)) and (int(m[2]) or int(m[3]))]
+    assert not spills, f"{source}: ptxas spilled registers:\n" + "\n".join(spills)
 
 
 # --------------------------------------------------------------------------- install anywhere (issue 16)
@@ -66,7 +85,8 @@ _GEOMETRY = "ConeBeamGeometry.circular(4, 50.0, 30.0, (6, 7), 1.0, (5, 4, 6))"
 
 
 def _run_ops(extra_env: dict[str, str], out: Path) -> subprocess.CompletedProcess:
-    """Project, backproject (two algorithms) and take a gradient in a fresh process, saving the results."""
+    """Project, backproject (three algorithms), reconstruct (FDK) and take a gradient in a fresh process,
+    saving the results."""
     code = f"""
 import torch, unrolled3d
 from unrolled3d.geometry import ConeBeamGeometry
@@ -78,8 +98,10 @@ x = torch.rand(2, 1, 5, 4, 6, dtype=torch.float64, generator=gen, requires_grad=
 y = torch.rand(2, 1, 4, 6, 7, dtype=torch.float64, generator=gen)
 p = cone_project(x, g)
 (p * y).sum().backward()
+from unrolled3d.physics import fdk
 torch.save(dict(p=p.detach(), b=cone_backproject(y, g), gather=cone_backproject_algo(y, g, "gather"),
-                grad=x.grad, status=unrolled3d.backends()), {str(out)!r})
+                column=cone_backproject_algo(y, g, "column"), fdk=fdk(y, g), grad=x.grad,
+                status=unrolled3d.backends()), {str(out)!r})
 """
     env = {**os.environ, "OMP_NUM_THREADS": "1", **extra_env}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1500)
@@ -95,7 +117,7 @@ def compiled_results(tmp_path_factory) -> dict:
 
 
 def _assert_same(results: dict, reference: dict) -> None:
-    for key in ("p", "b", "gather", "grad"):
+    for key in ("p", "b", "gather", "column", "fdk", "grad"):
         torch.testing.assert_close(results[key], reference[key], rtol=1e-10, atol=1e-12, msg=key)
 
 
@@ -218,8 +240,8 @@ def test_info_says_which_backend_each_op_runs(monkeypatch, capsys):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with use_backend("auto"):  # the tests may run with another default
         table = backend_table()
-    assert set(table) == {"cone_project", "cone_backproject", "cone_backproject_algo", "masked_gather",
-                          "spectral_filter", "masked_scatter_add"}
+    assert set(table) == {"cone_project", "cone_backproject", "cone_backproject_algo", "fdk_backproject",
+                          "masked_gather", "spectral_filter", "masked_scatter_add"}
     assert table["cone_project"]["cpu"].startswith("C++/OpenMP")
     # fused ops on CPU tensors: the PyTorch twins, said plainly (Triton only on CUDA or under the interpreter)
     assert table["masked_gather"]["cpu"].startswith("PyTorch twin") and "TRITON_INTERPRET" in table["masked_gather"]["cpu"]
@@ -229,3 +251,31 @@ def test_info_says_which_backend_each_op_runs(monkeypatch, capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert f"running torch {torch.__version__}" in out and "cone_backproject_algo" in out
+
+
+# --------------------------------------------------------------------------- the schemas, written once
+def test_the_schemas_are_read_from_the_one_file_the_extension_defines_them_from():
+    """csrc/schemas.h holds the ops' schemas; Python reads that file (for the twins), and the
+    loaded extension's ops have exactly those schemas."""
+    from unrolled3d.ops._extension import TWINS, op_schemas
+
+    schemas = op_schemas()
+    assert list(schemas) == ["cone_project", "cone_backproject", "cone_backproject_algo", "fdk_backproject"]
+    assert set(schemas) == set(TWINS)
+    for name, schema in schemas.items():
+        assert str(getattr(torch.ops.unrolled3d, name).default._schema) == f"unrolled3d::{name}{schema}"
+    # and nowhere else: no other source spells a schema out
+    spelled = [p.name for p in list((ROOT / "csrc").iterdir()) + list((ROOT / "unrolled3d" / "ops").glob("*.py"))
+               if p.is_file() and p.name != "schemas.h" and "Tensor views, float[] vol_geom" in p.read_text()]
+    assert not spelled, spelled
+
+
+def test_setup_and_the_jit_build_compile_the_same_sources():
+    setup = _setup_module()
+    assert tuple(setup["CPU_SOURCES"]) == _build._CPU_SOURCES
+    assert tuple(setup["CUDA_SOURCES"]) == _build._CUDA_SOURCES
+    compiled = set(_build._CPU_SOURCES + _build._CUDA_SOURCES)
+    on_disk = {p.name for p in (ROOT / "csrc").iterdir() if p.suffix in (".cpp", ".cu")}
+    assert compiled == on_disk, sorted(compiled ^ on_disk)
+    included = {m for p in (ROOT / "csrc").iterdir() if p.is_file() for m in re.findall(r'#include "(\w+\.h)"', p.read_text())}
+    assert included <= set(_build._HEADERS), sorted(included - set(_build._HEADERS))  # the JIT cache key hashes them

@@ -209,6 +209,7 @@ def test_mri_section_is_checked(tmp_path):
      "--cg-iters applies to --method cg-sense"),
     (["reconstruct", "{k}", "--weights", "{model}", "--out", "x.npy"], "--weights applies to --method unrolled"),
     (["reconstruct", "{k}", "--normal", "{model}", "--out", "x.npy"], "--normal applies to cone-beam CT"),
+    (["reconstruct", "{k}", "--precision", "bfloat16", "--out", "x.npy"], "MRI reconstructions run in float32"),
     (["reconstruct", "{k}", "--cg-iters", "0", "--out", "x.npy"], "--cg-iters must be a positive integer"),
     (["reconstruct", "{k}", "--cg-lam", "-1", "--out", "x.npy"], "--cg-lam must be >= 0"),
     (["reconstruct", "{k}", "--out", "x.zarr"], "not Zarr stores"),

@@ -63,7 +63,11 @@ EXTENSION_MODES = BACKENDS + ("prebuilt", "jit")
 _DEPRECATED = {"UNROLLED3D_EXTENSION": {"twins": "reference"},
                "UNROLLED3D_FUSED_BACKEND": {"triton": "compiled"}, "backend": {"triton": "compiled"}}
 _PACKAGE = Path(__file__).resolve().parent
-_SOURCES = ("bindings.cpp", "cone_beam.cpp", "cone_beam.h", "cone_beam_cuda.cu")
+# the compiled sources (as setup.py's CPU_SOURCES / CUDA_SOURCES) and the headers they include
+_CPU_SOURCES = ("bindings.cpp", "cone_beam.cpp", "column_backproject.cpp", "fdk_backproject.cpp")
+_CUDA_SOURCES = ("cone_beam_cuda.cu", "column_backproject_cuda.cu", "fdk_backproject_cuda.cu")
+_HEADERS = ("cone_beam.h", "column_backproject.h", "fdk_backproject.h", "schemas.h", "view_consts_cuda.h")
+_SOURCES = _CPU_SOURCES + _HEADERS + _CUDA_SOURCES
 
 # What load_extension found: filled once per process (the ops can be registered only once).
 _status: dict[str, Any] = {}
@@ -214,14 +218,14 @@ def jit_build(verbose: bool = False) -> tuple[ModuleType, Path]:
     code, cuda_home = _cuda_plan()
     folder = cache_dir() / _build_key(sources, code)
     folder.mkdir(parents=True, exist_ok=True)
-    files = [str(sources / "bindings.cpp"), str(sources / "cone_beam.cpp")]
+    files = [str(sources / name) for name in _CPU_SOURCES]
     cflags = ["-O3", "-fopenmp", f"-DU3D_CUDA_REASON={code}"]
     cuda_flags = []
     if code == CUDA_BUILT:
         assert cuda_home is not None  # _cuda_plan found nvcc there
         os.environ.setdefault("CUDA_HOME", cuda_home)
         cpp_extension.CUDA_HOME = cuda_home  # cpp_extension guessed it at import, from the nvcc on PATH
-        files.append(str(sources / "cone_beam_cuda.cu"))
+        files += [str(sources / name) for name in _CUDA_SOURCES]
         cflags.append("-DWITH_CUDA")
         cuda_flags = ["-O3", "-DWITH_CUDA"]
         import torch

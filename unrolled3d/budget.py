@@ -30,7 +30,7 @@ from ._validation import integer
 from .memory import reset_peak_rss, status_bytes, trim_heap
 
 __all__ = ["parse_bytes", "PatchChoice", "choose_patch", "measure_peak", "available_bytes", "InferencePlan",
-           "plan_inference", "bf16_is_native", "patch_cost_model"]
+           "plan_inference", "bf16_is_native", "patch_cost_model", "network_precision"]
 
 _UNITS = {"": 2**20, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
@@ -194,6 +194,21 @@ def bf16_is_native(device: torch.device | str = "cpu") -> bool:
         return False
 
 
+def network_precision(base, amp: bool):
+    """``(base', amp')``: the base model running its network in bfloat16 (``amp``) or float32.
+
+    A shallow copy when the setting changes: the same weights, its own precision (the caller's
+    model is left as it was). ``amp'`` is ``False`` for a base without the setting (``amp``
+    attribute of :class:`~unrolled3d.models.UnrolledPGD`)."""
+    if not hasattr(base, "amp"):
+        return base, False
+    if bool(base.amp) == bool(amp):
+        return base, bool(amp)
+    base = copy.copy(base)
+    base.amp = bool(amp)
+    return base, bool(amp)
+
+
 def patch_cost_model(rec, y: torch.Tensor, physics, x_init: torch.Tensor, sizes: Sequence[int],
                      measure: Callable[[Callable[[], object], torch.device], int] = measure_peak,
                      normal=None) -> tuple[float, float]:
@@ -301,12 +316,7 @@ def plan_inference(rec, y: torch.Tensor, physics, x_init: torch.Tensor, budget_b
     whole_volume = patch == shape
     stride = patch if whole_volume else tuple(max(1, p // 2) for p in patch)
     sweeps = (1 if whole_volume else 2) if n_sweeps is None else integer("n_sweeps", n_sweeps, 1)
-    base = rec.base
-    if hasattr(base, "amp"):  # a shallow copy: the same weights, its own precision setting
-        base = copy.copy(base)
-        base.amp = use_amp
-    else:
-        use_amp = False
+    base, use_amp = network_precision(rec.base, use_amp)
     out = type(rec)(base, shape, patch, stride, n_sweeps=sweeps, progress=rec.progress,
                     sweep_start=rec.sweep_start, patch_batch_size=rec.patch_batch_size)
     plan = InferencePlan(tuple(patch), tuple(stride), sweeps, use_amp, int(predicted), budget, rec.patch_batch_size,

@@ -223,7 +223,7 @@ def fit_normal(args: argparse.Namespace) -> int:
 
 
 def reconstruct(args: argparse.Namespace) -> int:
-    from ..budget import measure_peak, parse_bytes, plan_inference
+    from ..budget import measure_peak, network_precision, parse_bytes, plan_inference
     from ..io import check_not_input, check_volume_target, load_measurements, volume_files, write_volume
     from ..metrics import psnr
     from ..normal import load_normal
@@ -281,7 +281,8 @@ def reconstruct(args: argparse.Namespace) -> int:
         if args.patch_size is None:
             # the inference patch is a memory decision: the whole volume when it fits the budget
             budget = parse_bytes(args.memory_budget) if args.memory_budget is not None else None
-            rec, plan = plan_inference(rec, y_n, physics, x0, budget_bytes=budget, normal=H)
+            rec, plan = plan_inference(rec, y_n, physics, x0, budget_bytes=budget, normal=H,
+                                       amp=_amp(args.precision, device))
             budget_info = plan.to_dict()
             _note(args, f"memory budget {budget_info['budget_mib']:.0f} MiB: "
                         + ("the whole volume as one patch" if plan.whole_volume else f"patches of {plan.patch}")
@@ -290,6 +291,8 @@ def reconstruct(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()  # the choice's trial runs are not part of the reconstruction time
         elif args.memory_budget is not None:
             raise ValueError("give either --patch-size or --memory-budget, not both")
+        else:
+            rec = rec.with_base(network_precision(rec.base, _amp(args.precision, device))[0])
         _note(args, f"partitioned unrolled reconstruction: {len(rec.patches())} patches of {rec.patch_shape} "
                     f"x {rec.n_sweeps} sweeps")
         with torch.no_grad():
@@ -323,6 +326,13 @@ _OTHER_MODALITY = {
            "cone-beam CT: use a CT model (e.g. unrolled3d/weights/heads_ct.pt)",
     "ct": "is a CT model (trained on cone-beam scans), the file holds MRI k-space: use an MRI model "
           "(e.g. unrolled3d/weights/mri_heads.pt)"}
+
+
+def _amp(precision: str, device) -> bool:
+    """``--precision`` as the network's bfloat16 switch (``auto``: where bfloat16 is native)."""
+    from ..budget import bf16_is_native
+
+    return bf16_is_native(device) if precision == "auto" else precision == "bfloat16"
 
 
 def _load_unrolled(args: argparse.Namespace, vol_shape, modality: str = "ct") -> tuple[Any, Any]:
@@ -460,13 +470,13 @@ def train_cmd(args: argparse.Namespace) -> int:
     folder = training.RunFolder(out_dir, checkpoints="checkpoints", outputs=("model.pt",))
     command = shlex.join(["unrolled3d", *args.argv])
     with folder.claim(command):
+        model_path = out_dir / "model.pt"
+        resolve_output(model_path)  # a read-only model.pt fails now: not archived, not after the training
         folder.prepare(resume=args.resume, overwrite=args.overwrite)
         if folder.archived_to is not None:
             _note(args, f"archived the previous run to {folder.archived_to}")
         if folder.removed_temporaries:
             _note(args, f"removed {len(folder.removed_temporaries)} temporary file(s) of an interrupted save")
-        model_path = out_dir / "model.pt"
-        resolve_output(model_path)  # a read-only model.pt fails now, not after the training
         size = run.geometry.size
         val_metric = None
         if run.mri is not None:  # complex images, multi-coil k-space, a mask per item

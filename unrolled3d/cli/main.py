@@ -116,10 +116,16 @@ def _add_other_commands(sub) -> None:
     p.add_argument("--cg-iters", type=int, help="CG-SENSE iterations (default 5, chosen on validation heads)")
     p.add_argument("--cg-lam", type=float, help="CG-SENSE Tikhonov weight (default 0.03, chosen on validation heads)")
     p.add_argument("--weights", help="model file written by `unrolled3d train` (method unrolled)")
-    p.add_argument("--patch-size", type=int, help="override the model's patch edge")
+    p.add_argument("--patch-size", type=int,
+                   help="patch edge of the unrolled method (default: the largest that fits the memory budget, the "
+                        "whole volume when it fits)")
     p.add_argument("--memory-budget", metavar="SIZE",
-                   help="pick the largest patch whose reconstruction fits SIZE (e.g. 512M, 2G; GPU memory on "
-                        "a GPU, resident memory on the CPU), measured on trial patches")
+                   help="memory the reconstruction may use, e.g. 512M, 2G (GPU memory on a GPU, resident memory on "
+                        "the CPU; default half of what is available): sizes the patch (measured on trial patches) "
+                        "and, for Zarr stores, the slabs")
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="the network's arithmetic (the data step is float32): bfloat16 where the CPU or GPU runs it "
+                        "natively (auto, the default: no loss measured on held-out real volumes), or as given")
     p.add_argument("--normal", help="operator file from `unrolled3d fit-normal`: use H on the patches")
     p.add_argument("--device", default="cpu")
     p.add_argument("--output", "--out", dest="out", required=True, metavar="FILE",

@@ -163,6 +163,9 @@ def _check_options(args: argparse.Namespace, method: str) -> None:
     given = _given(args, {"normal": "--normal", "fdk_window": "--fdk-window"})
     if given:
         raise ValueError(f"{_listed(given)} to cone-beam CT, not to MRI k-space")
+    if getattr(args, "precision", "auto") == "bfloat16":  # auto and float32 are what MRI runs: float32
+        raise ValueError("--precision bfloat16 applies to cone-beam CT; MRI reconstructions run in float32 "
+                         "(give --precision auto or float32)")
     if method != "unrolled":
         given = _given(args, {"weights": "--weights", "patch_size": "--patch-size", "memory_budget": "--memory-budget"})
         if given:

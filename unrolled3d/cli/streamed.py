@@ -80,15 +80,17 @@ def _output_store(args: argparse.Namespace, shape, voxel_size):
     return create_store(args.out, shape, attrs=attrs, force=args.force)
 
 
-def _streamed_psnr(x, truth, slab: int) -> float:
-    """PSNR of the store ``x`` against the store ``truth`` (peak: the truth's range), slab by slab."""
+def _streamed_psnr(x, truth) -> float:
+    """PSNR of the store ``x`` against the store ``truth`` (peak: the truth's range), a slice at a
+    time (float32 differences, float64 sums: two slices of memory)."""
     d, h, w = truth.shape
     sq, lo, hi = 0.0, math.inf, -math.inf
-    for z0 in range(0, d, slab):
-        s = min(slab, d - z0)
-        t = truth.read((z0, 0, 0), (s, h, w)).astype(np.float64)
-        sq += float(np.square(x.read((z0, 0, 0), (s, h, w)) - t).sum())
+    for z in range(d):
+        t = truth.read((z, 0, 0), (1, h, w))
+        diff = x.read((z, 0, 0), (1, h, w))
         lo, hi = min(lo, float(t.min())), max(hi, float(t.max()))
+        diff -= t
+        sq += float(np.dot(diff.ravel(), diff.ravel()))
     mse = sq / (d * h * w)
     return math.inf if mse == 0 else 10 * math.log10((hi - lo) ** 2 / mse)
 
@@ -135,7 +137,7 @@ def reconstruct_store(args: argparse.Namespace, load_unrolled) -> int:
     try:
         if not unrolled:
             _note(args, f"FDK of {g.n_views} views into a {g.vol_shape} volume, {slab} slices at a time")
-            fdk_streamed(y, physics, out, slab)
+            fdk_streamed(y, physics, out, slab, budget_bytes=budget)
         else:
             rec, norm = load_unrolled(args, g.vol_shape)
             scratch = tempfile.TemporaryDirectory(prefix=f".{Path(args.out).name}.scratch-", dir=Path(args.out).parent)
@@ -143,12 +145,13 @@ def reconstruct_store(args: argparse.Namespace, load_unrolled) -> int:
             x0 = create_store(Path(scratch.name) / "x0.zarr", g.vol_shape, temporary=False, compressed=False)
             _note(args, f"FDK start point, {slab} slices at a time")
             inv_norm = 1.0 / float(physics.operator_norm)  # the normalised operator's measurements: y / ||A||
-            fdk_streamed(AffineStore(y, inv_norm), physics, x0, slab)  # FDK(y) in attenuation units
+            fdk_streamed(AffineStore(y, inv_norm), physics, x0, slab, budget_bytes=budget)  # FDK(y) in attenuation units
             scale = _sample_scale(norm, x0, slab) if norm.needs_sample else 1.0
             # the model's units: y / ||A|| (the normalised operator), times the percentile scale
             y_n = AffineStore(y, scale * inv_norm)
             start = AffineStore(x0, scale)
-            rec = streamed_patch(rec, physics, budget, args.patch_size)
+            rec = streamed_patch(rec, physics, budget, args.patch_size,
+                                 amp=None if args.precision == "auto" else args.precision == "bfloat16")
             info.update(patch=list(rec.patch_shape), n_sweeps=rec.n_sweeps)
             _note(args, f"streamed partitioned reconstruction: {len(rec.patches())} patches of {rec.patch_shape} "
                         f"x {rec.n_sweeps} sweeps")
@@ -172,7 +175,7 @@ def reconstruct_store(args: argparse.Namespace, load_unrolled) -> int:
     if x_true is not None:
         from ..io.stores import open_store
 
-        payload["psnr"] = _streamed_psnr(open_store(path), x_true, slab)
+        payload["psnr"] = _streamed_psnr(open_store(path), x_true)
     emit(args, payload, f"wrote {path} ({args.method}, streamed, {seconds:.1f} s"
                         + (f", PSNR {payload['psnr']:.2f} dB)" if "psnr" in payload else ")"))
     return 0

@@ -306,14 +306,17 @@ def _zarr():
     return zarr
 
 
-def default_chunks(shape: Sequence[int], target_bytes: int = 2**21) -> tuple[int, ...]:
+def default_chunks(shape: Sequence[int], target_bytes: int = 2**17) -> tuple[int, ...]:
     """Chunks of about ``target_bytes`` (float32), cubic-ish: equal edges, each at most the array's.
+
+    Small chunks (32^3 floats, 128 KiB, by default) keep the memory of a region's read or
+    read-modify-write close to the region's own: Zarr decodes whole chunks, several at a time.
 
     Examples
     --------
     >>> from unrolled3d.io.stores import default_chunks
     >>> default_chunks((512, 512, 512)), default_chunks((30, 640, 768))
-    ((80, 80, 80), (30, 80, 80))
+    ((32, 32, 32), (30, 32, 32))
     """
     edge = max(1, int(round((target_bytes / 4) ** (1 / len(shape)))))
     edge = max(16, edge - edge % 16) if edge >= 16 else edge

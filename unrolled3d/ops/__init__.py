@@ -4,7 +4,9 @@ One module per op, each with its kernels' calls, fake (shape-only) kernels, deri
 and public, validating function:
 
 * :mod:`.projector` - the C++/CUDA cone-beam projector pair ``cone_project`` /
-  ``cone_backproject`` (exact transposes); its PyTorch twin is :mod:`.projector_ref`;
+  ``cone_backproject`` (exact transposes), and :mod:`.fdk_backproject` - FDK's weighted
+  backprojection (C++/CUDA); their PyTorch twins are :mod:`.projector_ref`, their schemas
+  ``csrc/schemas.h`` (read by :mod:`._extension`);
 * :mod:`.masked_gather`, :mod:`.spectral_filter`, :mod:`.masked_scatter_add` - the fused Triton
   kernels of the normal-operator approximation (twins in :mod:`unrolled3d.kernels`);
 * :mod:`.dispatch` - which implementation the fused ops run (Triton or the PyTorch twins);

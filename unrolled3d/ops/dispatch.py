@@ -23,6 +23,7 @@ import torch
 
 from .. import kernels
 from .._build import BACKENDS, backend_word, extension_status
+from ._extension import op_schemas
 
 __all__ = ["set_backend", "get_backend", "use_backend", "triton_enabled_for", "use_triton", "implementation",
            "BACKENDS", "backend_table", "backend_switches"]
@@ -94,8 +95,9 @@ def implementation(t: torch.Tensor, triton_fn: Callable, reference_fn: Callable)
     return triton_fn if use_triton(t) else reference_fn
 
 
-#: the registered ops of each kind, as ``unrolled3d info`` lists them
-PROJECTOR_OPS = ("cone_project", "cone_backproject", "cone_backproject_algo")
+#: the registered ops of each kind, as ``unrolled3d info`` lists them (the compiled extension's:
+#: those csrc/schemas.h declares)
+PROJECTOR_OPS = tuple(op_schemas())
 FUSED_OPS = ("masked_gather", "spectral_filter", "masked_scatter_add")
 
 

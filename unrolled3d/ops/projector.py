@@ -1,13 +1,11 @@
 """The cone-beam projector pair as autograd-compatible ``torch.library`` ops.
 
 ``torch.ops.unrolled3d.cone_project`` / ``cone_backproject`` / ``cone_backproject_algo`` are defined
-in C++ (``csrc/bindings.cpp``: schema, CPU and CUDA kernels). Here they get their shape-only
-("fake") kernels and their autograd formulas, so they work under ``torch.compile``: the backward of
-the projection is the backprojection with the same geometry, and vice versa (an exact transpose).
-The pure-PyTorch twin is :mod:`unrolled3d.ops.projector_ref`. When no compiled extension can be
-had (see :mod:`unrolled3d._build`: prebuilt, built on first use, or neither), the three ops are
-defined here instead, with the twin as their CPU and CUDA kernels: same schemas, same fake kernels
-and autograd, so every caller works unchanged, only slower (``unrolled3d info`` says which runs).
+by the compiled extension (schemas in ``csrc/schemas.h``, CPU and CUDA kernels in ``csrc/``), or,
+when none can be had, by their PyTorch twins under the same schemas (:mod:`._extension`; the
+twins are :mod:`unrolled3d.ops.projector_ref`). Here they get their shape-only ("fake") kernels
+and their autograd formulas, so they work under ``torch.compile``: the backward of the projection
+is the backprojection with the same geometry, and vice versa (an exact transpose).
 
 Backprojection algorithms (``cone_backproject_algo``; all visit exactly the forward's (voxel,
 weight) pairs, so each is the transpose of :func:`cone_project` to rounding; see ``csrc/cone_beam.h``):
@@ -17,58 +15,30 @@ weight) pairs, so each is the transpose of :func:`cone_project` to rounding; see
 - ``"scatter"``: by ray; CPU threads own z-slabs and re-trace every ray, CUDA uses ``atomicAdd``;
 - ``"tile"`` (CPU only): each thread owns a z-slab, sets up only the rays that can reach it and
   splats them, two planes per SIMD instruction, with no synchronisation between threads;
-- ``"gather"``: by voxel; each voxel sums the pixels of its footprint window, no atomics, the same
-  code on both devices (on the CPU it is slower than splatting and serves as the host twin of the
-  CUDA kernel).
+- ``"gather"``: by voxel; each voxel sums the pixels of its footprint window from per-pixel line
+  tables, no atomics, the same code on both devices;
+- ``"column"``: by column; a block of threads owns a tile of (x, y) columns and a run of slices,
+  each thread one column walking z, per view the block's lines in shared memory, each voxel
+  written once (``csrc/column_backproject.h``); the same code on both devices (on the CPU it is
+  the host twin of the CUDA kernel, slower than ``"tile"``).
 """
 from __future__ import annotations
 
 import torch
 
-from .._build import load_extension
-from .._validation import check_allocation, check_nonempty
+from .._validation import check_allocation
 from ..geometry import ConeBeamGeometry
+from . import _extension  # noqa: F401  (the ops exist once it is imported)
 from ._func import Static, register_folding_vmap
-from ._joseph import backproject_raw, project_raw
-from ._precision import LOW_PRECISION, output_dtype, register_float32_autocast, upcast
-
-# The schemas, as csrc/bindings.cpp declares them.
-_SCHEMAS = {
-    "cone_project": "(Tensor volume, Tensor views, float[] vol_geom, int rows, int cols) -> Tensor",
-    "cone_backproject": "(Tensor sino, Tensor views, float[] vol_geom, int depth, int height, int width) -> Tensor",
-    "cone_backproject_algo": "(Tensor sino, Tensor views, float[] vol_geom, int depth, int height, int width, "
-                             "str algorithm) -> Tensor",
-}
-
-
-def _backproject_algo_twin(sino, views, vol_geom, depth, height, width, algorithm):
-    # every algorithm is the same linear map: the twin is the reference transpose
-    return backproject_raw(sino, views, vol_geom, depth, height, width)
-
-
-def _register_twins() -> torch.library.Library:
-    """Define the three ops with the PyTorch twin as their CPU and CUDA kernels."""
-    lib = torch.library.Library("unrolled3d", "FRAGMENT")
-    for name, fn in (("cone_project", project_raw), ("cone_backproject", backproject_raw),
-                     ("cone_backproject_algo", _backproject_algo_twin)):
-        lib.define(name + _SCHEMAS[name])
-        for key in ("CPU", "CUDA"):
-            lib.impl(name, fn, key)
-    return lib
-
-
-# registers the C++ schemas and kernels, or (None) leaves the twins to stand in; the Library object
-# must live as long as the process, or the registrations go with it
-_TWIN_LIBRARY = _register_twins() if load_extension() is None else None
+from ._precision import output_dtype, register_float32_autocast, upcast
+from ._projector_args import check_sinogram, check_volume, checked_views
+from .projector_ref import BACKPROJECT_ALGORITHMS
 
 __all__ = [
     "cone_project", "cone_backproject", "cone_backproject_algo", "BACKPROJECT_ALGORITHMS", "check_volume",
     "check_sinogram",
 ]
 
-#: float16/bfloat16 are computed in float32 (ops/_precision.py)
-_FLOAT_DTYPES = (torch.float32, torch.float64, *LOW_PRECISION)
-BACKPROJECT_ALGORITHMS = ("auto", "scatter", "tile", "gather")
 _CPU_ONLY_ALGORITHMS = ("tile",)
 
 
@@ -202,59 +172,6 @@ torch.library.register_autograd("unrolled3d::cone_backproject_algo", _backprojec
 register_float32_autocast("unrolled3d::cone_backproject_algo")
 
 
-# --------------------------------------------------------------------------- checks
-def _check_data(name: str, x: object, geometry: object) -> torch.Tensor:
-    if not isinstance(geometry, ConeBeamGeometry):
-        raise TypeError(f"geometry must be a ConeBeamGeometry, got {type(geometry).__name__}")
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32 or float64 (float16/bfloat16: computed in float32), got {x.dtype}")
-    if x.device.type not in ("cpu", "cuda"):
-        raise ValueError(f"{name} must be on a CPU or CUDA device, got {x.device}")
-    if x.ndim != 5:
-        raise ValueError(f"{name} must be 5-D (B, C, ...), got shape {tuple(x.shape)}")
-    check_nonempty(x, name)
-    if not x.is_contiguous():  # the kernels read a contiguous copy: an expanded view may not fit
-        check_allocation(f"a contiguous copy of the {name}", tuple(x.shape), x.dtype, x.device)
-    return x
-
-
-def _views(geometry: ConeBeamGeometry, device: torch.device) -> torch.Tensor:
-    """The geometry's ``(n_views, 12)`` float64 vectors on ``device``, checked finite.
-
-    The geometry refuses non-finite vectors when it is built, and its array is read-only; the
-    check is repeated here (12 numbers per view, nothing next to a projection) because the C++
-    op trusts its views and a NaN view would give silent zeros.
-    """
-    views = geometry.views_tensor(device)
-    # no data-dependent branch inside a compiled graph (the geometry was checked when built)
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(views).all()):
-        raise ValueError("geometry: the view vectors contain NaN or infinite values")
-    return views
-
-
-def check_volume(volume: torch.Tensor, geometry: ConeBeamGeometry) -> torch.Tensor:
-    """Validate a ``(B, C, D, H, W)`` volume against ``geometry`` (raises ValueError/TypeError)."""
-    _check_data("volume", volume, geometry)
-    if tuple(volume.shape[-3:]) != geometry.vol_shape:
-        raise ValueError(
-            f"volume has spatial shape {tuple(volume.shape[-3:])} but the geometry's vol_shape is {geometry.vol_shape}"
-        )
-    return volume
-
-
-def check_sinogram(sino: torch.Tensor, geometry: ConeBeamGeometry) -> torch.Tensor:
-    """Validate a ``(B, C, n_views, rows, cols)`` measurement against ``geometry``."""
-    _check_data("sinogram", sino, geometry)
-    if tuple(sino.shape[-3:]) != geometry.sino_shape:
-        raise ValueError(
-            f"sinogram has shape (..., {', '.join(map(str, sino.shape[-3:]))}) but the geometry expects "
-            f"(n_views, rows, cols) = {geometry.sino_shape}"
-        )
-    return sino
-
-
 # --------------------------------------------------------------------------- public API
 def cone_project(volume: torch.Tensor, geometry: ConeBeamGeometry) -> torch.Tensor:
     """Forward cone-beam projection (Joseph's method): line integrals in mm x volume units.
@@ -288,7 +205,7 @@ def cone_project(volume: torch.Tensor, geometry: ConeBeamGeometry) -> torch.Tens
     check_volume(volume, geometry)
     rows, cols = geometry.det_shape
     check_allocation("the projection", (*volume.shape[:2], *geometry.sino_shape), volume.dtype, volume.device)
-    views = _views(geometry, volume.device)
+    views = checked_views(geometry, volume.device)
     if torch.compiler.is_compiling():  # see ops/_func.py: the raw op, same formulas, no jvp
         out = torch.ops.unrolled3d.cone_project(upcast(volume), views, geometry.vol_geom, rows, cols)
     else:
@@ -313,7 +230,7 @@ def cone_backproject(sino: torch.Tensor, geometry: ConeBeamGeometry) -> torch.Te
     """
     check_sinogram(sino, geometry)
     check_allocation("the backprojection", (*sino.shape[:2], *geometry.vol_shape), sino.dtype, sino.device)
-    views = _views(geometry, sino.device)
+    views = checked_views(geometry, sino.device)
     if torch.compiler.is_compiling():  # see ops/_func.py: the raw op, same formulas, no jvp
         out = torch.ops.unrolled3d.cone_backproject(upcast(sino), views, geometry.vol_geom, *geometry.vol_shape)
     else:
@@ -330,7 +247,7 @@ def cone_backproject_algo(sino: torch.Tensor, geometry: ConeBeamGeometry, algori
     sino : torch.Tensor
         ``(B, C, n_views, rows, cols)``, CPU or CUDA; dtypes as in :func:`cone_backproject`.
     geometry : ConeBeamGeometry
-    algorithm : {"auto", "scatter", "tile", "gather"}
+    algorithm : {"auto", "scatter", "tile", "gather", "column"}
         See the module docstring. ``"tile"`` is CPU-only.
 
     Returns
@@ -344,7 +261,7 @@ def cone_backproject_algo(sino: torch.Tensor, geometry: ConeBeamGeometry, algori
         raise ValueError(f"algorithm must be one of {BACKPROJECT_ALGORITHMS}, got {algorithm!r}")
     check_sinogram(sino, geometry)
     if algorithm in _CPU_ONLY_ALGORITHMS and sino.device.type != "cpu":
-        raise ValueError(f"algorithm {algorithm!r} is CPU-only; use 'gather' or 'scatter' on {sino.device}")
-    out = torch.ops.unrolled3d.cone_backproject_algo(upcast(sino), _views(geometry, sino.device),
+        raise ValueError(f"algorithm {algorithm!r} is CPU-only; use 'column', 'gather' or 'scatter' on {sino.device}")
+    out = torch.ops.unrolled3d.cone_backproject_algo(upcast(sino), checked_views(geometry, sino.device),
                                                      geometry.vol_geom, *geometry.vol_shape, algorithm)
     return out.to(output_dtype(sino))

@@ -177,9 +177,16 @@ class PartitionedReconstructor(Reconstructor):
         """The same reconstructor (base shared, not copied) on patches of ``patch_size``: the
         default stride follows the new patch, an explicit stride is kept; sweeps, start rule,
         progress and patch batch are kept."""
-        return PartitionedReconstructor(self.base, self.img_shape, patch_size,
-                                        None if self._default_stride else self.stride, n_sweeps=self.n_sweeps,
-                                        progress=self.progress, sweep_start=self.sweep_start,
+        return self._like(self.base, patch_size)
+
+    def with_base(self, base: torch.nn.Module) -> "PartitionedReconstructor":
+        """The same reconstructor (patch, stride, sweeps, start rule, progress, patch batch) with
+        another base model, e.g. the same network in another precision."""
+        return self._like(base, self.patch_shape)
+
+    def _like(self, base: torch.nn.Module, patch_size: Sequence[int] | int) -> "PartitionedReconstructor":
+        return PartitionedReconstructor(base, self.img_shape, patch_size, None if self._default_stride else self.stride,
+                                        n_sweeps=self.n_sweeps, progress=self.progress, sweep_start=self.sweep_start,
                                         patch_batch_size=self.patch_batch_size)
 
     def patches(self) -> list[tuple[int, int, int]]:

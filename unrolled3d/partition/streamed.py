@@ -45,7 +45,7 @@ from .grid import blend_window
 from .plan import group_physics, patch_operator, resolve_normal
 
 __all__ = ["reconstruct_streamed", "fdk_streamed", "residual_streamed", "read_windows", "as_store",
-           "slab_depth", "streamed_patch", "streamed_patch_peak"]
+           "slab_depth", "fdk_tile", "streamed_patch", "streamed_patch_peak"]
 
 
 def as_store(array: Any, name: str, shape: Sequence[int] | None = None) -> ArrayStore:
@@ -57,25 +57,46 @@ def as_store(array: Any, name: str, shape: Sequence[int] | None = None) -> Array
     return store
 
 
-def slab_depth(physics: ConeBeamCT, budget_bytes: int | None) -> int:
-    """Slices per slab so that a slab's buffers fit ``budget_bytes`` (all slices when ``None``).
+#: bytes FDK's voxel-driven backprojection holds per voxel of a slice and per view of a chunk of
+#: up to 8 views (coordinates, weights, samples; measured: 10.7 MiB for a 160^2 slice and 8 views)
+_FDK_BYTES_PER_VOXEL_VIEW = 56
 
-    A slab step holds the slab (``s H W`` floats), its projection or FDK on the band of rows it
-    reaches (``V h C``, ``h`` growing with ``s``), and FDK's filtered band (complex, padded to
-    twice the columns): about ``4 s H W + 8 V h C`` floats, costed here at the largest band.
+
+def slab_depth(physics: ConeBeamCT, budget_bytes: int | None) -> int:
+    """Slices per slab so that a slab's buffers take at most half of ``budget_bytes`` (all
+    slices when ``None``; the other half is FDK's tile, :func:`fdk_tile`).
+
+    A slab step holds the slab (``s H W`` floats) and its projection or measurements on the band
+    of rows it reaches (``V h C``, ``h`` growing with ``s``; FDK filters it padded to twice the
+    columns, complex): about ``s H W + 12 V h C`` floats, costed at the largest band (the top or
+    bottom slab's, where the cone is widest).
     """
     d, h, w = physics.img_shape
     if budget_bytes is None:
         return d
     views, rows, cols = physics.geometry.sino_shape
     for s in range(d, 0, -1):
-        band = physics.geometry.shadow_bounds((0, 0, 0), (s, h, w))  # the top slab's band (a circular
-        height = int(band[:, 1].max() - band[:, 0].min() + 1)  # scan's bands are alike; costed at one)
-        need = 4 * (4 * s * h * w + 8 * views * max(height, 1) * cols)
-        if need <= budget_bytes:
+        bands = [physics.geometry.shadow_bounds((z0, 0, 0), (s, h, w)) for z0 in (0, d - s)]
+        height = max(int(b[:, 1].max() - b[:, 0].min() + 1) for b in bands)
+        if 4 * (s * h * w + 12 * views * max(height, 1) * cols) <= budget_bytes // 2:
             return s
     raise ValueError(f"the memory budget {budget_bytes / 2**20:.1f} MiB is too small for even one slice of the "
                      f"volume {physics.img_shape} with its band of {views} views")
+
+
+def fdk_tile(physics: ConeBeamCT, slab: int, budget_bytes: int | None) -> int:
+    """The in-plane edge of the tiles a slab's FDK is computed in, so that FDK's buffers take at
+    most half of ``budget_bytes`` (the whole slice when ``None`` or when it fits)."""
+    d, h, w = physics.img_shape
+    views = min(physics.geometry.n_views, 8)
+    if budget_bytes is None:
+        return max(h, w)
+    per_voxel = _FDK_BYTES_PER_VOXEL_VIEW * views + 4 * slab
+    edge = int(math.isqrt(max(0, budget_bytes // 2 // per_voxel)))
+    if edge < 4:
+        raise ValueError(f"the memory budget {budget_bytes / 2**20:.1f} MiB is too small for FDK of even a "
+                         f"4 x 4 tile of the volume {physics.img_shape}")
+    return min(edge, max(h, w))
 
 
 def _slabs(depth: int, step: int) -> Iterator[tuple[int, int]]:
@@ -88,7 +109,8 @@ def _tensor(block: np.ndarray, dtype: torch.dtype, device: torch.device) -> torc
 
 
 def fdk_streamed(y: ArrayStore, physics: ConeBeamCT, out: ArrayStore, slab: int, dtype: torch.dtype = torch.float32,
-                 window: str | None = None, progress: Callable[[int], None] | None = None) -> None:
+                 window: str | None = None, progress: Callable[[int], None] | None = None,
+                 budget_bytes: int | None = None) -> None:
     """``out = physics.A_dagger(y)`` (FDK, in the physics' units) written slab by slab.
 
     Parameters
@@ -100,13 +122,24 @@ def fdk_streamed(y: ArrayStore, physics: ConeBeamCT, out: ArrayStore, slab: int,
         ``(D, H, W)``, written.
     slab : int
         Slices per slab (:func:`slab_depth`).
+    budget_bytes : int, optional
+        FDK's share of the memory: a slab is reconstructed in in-plane tiles (:func:`fdk_tile`)
+        when a whole slice's FDK would not fit.
     """
     device = physics.operator_norm.device
-    for z0, s in _slabs(physics.img_shape[0], slab):
+    d, h, w = physics.img_shape
+    edge = fdk_tile(physics, slab, budget_bytes)
+    for z0, s in _slabs(d, slab):
         op = physics.slab(z0, s)
         views, rows, cols = op.geometry.sino_shape
         band = _tensor(y.read((0, op.row0, 0), (views, rows, cols)), dtype, device)
-        out.write((z0, 0, 0), op.fbp(band, window=window)[0, 0])
+        if edge >= max(h, w):
+            out.write((z0, 0, 0), op.fbp(band, window=window)[0, 0])
+        else:  # FDK is voxel-driven: a tile's FDK is the crop of the slab's
+            for y0 in range(0, h, edge):
+                for x0 in range(0, w, edge):
+                    tile = op._sub_volume((0, y0, x0), (s, min(edge, h - y0), min(edge, w - x0)))
+                    out.write((z0, y0, x0), tile.fbp(band, window=window)[0, 0])
         if progress is not None:
             progress(s)
 
@@ -267,7 +300,7 @@ def reconstruct_streamed(rec, y: Any, physics: ConeBeamCT, out: Any, *, normal=N
             if x_init is None:
                 first = run.scratch_store("x0", physics.img_shape) if rank == 0 else None
                 if rank == 0:
-                    fdk_streamed(y, physics, first, slab, dtype, progress=step)
+                    fdk_streamed(y, physics, first, slab, dtype, progress=step, budget_bytes=memory_budget)
                 first = _shared(first, folder / "x0.zarr", world)
             else:
                 first = as_store(x_init, "x_init", physics.img_shape)
@@ -299,7 +332,9 @@ def _shared(store: ArrayStore | None, path: Path, world: int) -> ArrayStore:
 
 
 class _scratch_folder:
-    """A given folder, or a temporary one removed on exit."""
+    """A given folder, or a temporary one removed on exit (made by rank 0 and shared with the
+    other ranks, which must see one another's sums: the ranks run on one machine or share the
+    temporary folder's file system)."""
 
     def __init__(self, folder: str | os.PathLike | None) -> None:
         self.given = None if folder is None else Path(folder)
@@ -309,12 +344,22 @@ class _scratch_folder:
         if self.given is not None:
             self.given.mkdir(parents=True, exist_ok=True)
             return self.given
-        self._tmp = tempfile.TemporaryDirectory(prefix="unrolled3d-stream-")
-        return Path(self._tmp.name)
+        rank, world = rank_and_world()
+        name = [None]
+        if rank == 0:
+            self._tmp = tempfile.TemporaryDirectory(prefix="unrolled3d-stream-")
+            name = [self._tmp.name]
+        if world > 1:
+            dist.broadcast_object_list(name, src=0)
+        return Path(name[0])
 
     def __exit__(self, *exc) -> None:
         if self._tmp is not None:
+            if rank_and_world()[1] > 1 and exc[0] is None:
+                dist.barrier()  # every rank is done with the folder
             self._tmp.cleanup()
+        elif self.given is None and rank_and_world()[1] > 1 and exc[0] is None:
+            dist.barrier()
 
 
 def streamed_patch_peak(rec, physics: ConeBeamCT, p: int, measure=None) -> int:
@@ -341,10 +386,16 @@ def streamed_patch_peak(rec, physics: ConeBeamCT, p: int, measure=None) -> int:
         return measure(solve, device)
 
 
-def streamed_patch(rec, physics: ConeBeamCT, budget_bytes: int, patch_size: int | None = None, measure=None):
+def streamed_patch(rec, physics: ConeBeamCT, budget_bytes: int, patch_size: int | None = None, measure=None,
+                   amp: bool | None = None):
     """``rec`` on the largest patch whose streamed solve fits ``budget_bytes`` (the whole volume,
     with one sweep, when it fits), or on ``patch_size`` when given. The peak of a group is
-    modelled as ``a + b p^3`` from two trial patches (:func:`streamed_patch_peak`)."""
+    modelled as ``a + b p^3`` from two trial patches (:func:`streamed_patch_peak`). The network
+    runs in bfloat16 where it is native (``amp``: see :func:`unrolled3d.budget.plan_inference`)."""
+    from ..budget import bf16_is_native, network_precision
+
+    rec = rec.with_base(network_precision(rec.base, bf16_is_native(physics.operator_norm.device)
+                                          if amp is None else amp)[0])
     shape = tuple(rec.img_shape)
     n = min(shape)
     if patch_size is not None:

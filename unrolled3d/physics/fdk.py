@@ -10,7 +10,10 @@ source-to-detector distance ``D_sd``, source-to-axis distance ``R``):
 3. redundancy weighting: 1/2 for a full scan, Parker weights for a short scan;
 4. voxel-driven backprojection with bilinear interpolation on the detector and the distance
    weight ``R * D_sd / U^2``, ``U = (x - s) . n`` the depth of the voxel along the principal ray,
-   times the angular step ``d beta``.
+   times the angular step ``d beta`` (the op ``unrolled3d.ops.fdk_backproject``: C++ on the CPU,
+   CUDA on a GPU, its PyTorch twin without a compiled extension).
+
+Steps 1-2 are tensor arithmetic and ``torch.fft`` on the data's device.
 
 For a circular trajectory these are the exact FDK weights. For a vector (``cone_vec``)
 geometry the same formula is applied view by view with the view's own ``R``, ``D_sd`` and
@@ -26,11 +29,10 @@ import warnings
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-
 from .._validation import boolean
 from ..geometry import ConeBeamGeometry
 from ..ops._precision import output_dtype, upcast
+from ..ops.fdk_backproject import fdk_backproject
 from ..ops.projector import check_sinogram
 
 __all__ = ["fdk", "fdk_tables", "ramp_filter_response", "FDK_WINDOWS"]
@@ -139,9 +141,8 @@ def _parker_weights(beta: np.ndarray, gamma: np.ndarray, gamma_max: float) -> np
 # geometries of patches share, then copied once per device. fdk() itself is then plain tensor
 # arithmetic with no numpy and no data-dependent Python branch, which torch.compile traces
 # whole (fullgraph) once the tables exist; ConeBeamCT builds them when it is constructed.
-#: columns of the per-view backprojection table
-_SRC, _N, _U, _V = slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 12)
-_REL_U, _REL_V, _DU, _DV, _DSD, _WEIGHT = 12, 13, 14, 15, 16, 17
+#: the columns of the per-view backprojection table are named in unrolled3d.ops.projector_ref
+#: (FDK_SRC, ..., FDK_WEIGHT), which its twin and csrc/fdk_backproject.h read
 
 
 class _Tables:
@@ -251,12 +252,12 @@ def fdk(
     progress : bool
         Show a progress bar over the views of the backprojection (not inside ``torch.compile``).
     slab_voxels : int, optional
-        Voxels x views per step of the backprojection (at least one z-slice of
-        ``_VIEW_CHUNK`` = 8 views): bounds its temporaries, about eight step-sized buffers.
-        Default 2^17 on the CPU (0.5 MiB each in float32: cache-sized steps were the fastest,
-        0.6 s against 1.3 s for 2^21 at 64^3 and 90 views on one core), 2^24 on a GPU (fewer
-        kernel launches) and under ``torch.compile``, which unrolls the steps into its graph
-        (inductor at 64^3 and 64 views: 60 s to compile instead of 700 s at 2^17). The result
+        Voxels x views per step of the PyTorch twin of the backprojection, which runs when no
+        compiled extension can be had (at least one z-slice of 8 views): bounds its temporaries,
+        about eight step-sized buffers. Default 2^17 on the CPU (0.5 MiB each in float32:
+        cache-sized steps were the fastest, 0.6 s against 1.3 s for 2^21 at 64^3 and 90 views on
+        one core), 2^24 on a GPU and under ``torch.compile``. The compiled kernels (C++ and CUDA,
+        ``unrolled3d.ops.fdk_backproject``) need no temporaries and do not read it. The result
         does not depend on it.
 
     Returns
@@ -282,7 +283,7 @@ def fdk(
     # a string flag ("no") would be truthy: checked, not coerced (plain Python: traceable)
     padding, progress = boolean("padding", padding), boolean("progress", progress)
     if slab_voxels is None:
-        # under torch.compile the loops below are unrolled into the graph: few large steps
+        # under torch.compile the twin's loops are unrolled into the graph: few large steps
         slab_voxels = 1 << (24 if sino.is_cuda or torch.compiler.is_compiling() else 17)
     if not isinstance(slab_voxels, int) or isinstance(slab_voxels, bool) or slab_voxels < 1:
         raise ValueError(f"slab_voxels must be a positive integer, got {slab_voxels!r}")
@@ -301,57 +302,7 @@ def fdk(
     n_pad = int(2 ** math.ceil(math.log2(2 * cols))) if padding else cols
     resp = _unit_ramp_response(n_pad, window, dtype, device)
     filtered = torch.fft.irfft(torch.fft.rfft(sino * pre, n=n_pad, dim=-1) * resp, n=n_pad, dim=-1)[..., :cols]
-    # -- 4. voxel-driven backprojection
-    return _backproject(filtered.reshape(B * C, n_views, rows, cols), tables.views.to(dtype), geometry,
-                        slab_voxels, progress).reshape(B, C, *geometry.vol_shape).to(out_dtype)
-
-
-#: views backprojected together: a fixed number, so that the sum over views runs in the same
-#: order whatever the slab size (the result does not depend on ``slab_voxels``, to the bit)
-_VIEW_CHUNK = 8
-
-
-def _backproject(images: torch.Tensor, views: torch.Tensor, geometry: ConeBeamGeometry, slab_voxels: int,
-                 progress: bool) -> torch.Tensor:
-    """``sum_p w_p(x) * images[:, p](hit_p(x))`` over the views, by z-slabs and chunks of
-    ``_VIEW_CHUNK`` views (``images (BC, V, rows, cols)`` -> ``(BC, D, H, W)``)."""
-    device, dtype = images.device, images.dtype
-    BC, n_views, rows, cols = images.shape
-    D, H, W = geometry.vol_shape
-    sz, sy, sx = geometry.voxel_size
-    oz, oy, ox = geometry.vol_offset
-    axis = lambda n, s, o: (torch.arange(n, device=device, dtype=dtype) - 0.5 * (n - 1)) * s + o  # noqa: E731
-    X = axis(W, sx, ox)[None, None, None, :]
-    Y = axis(H, sy, oy)[None, None, :, None]
-    Z_all = axis(D, sz, oz)[None, :, None, None]
-    out = torch.zeros(BC, D, H * W, device=device, dtype=dtype)
-    # Slabs of whole z-slices: each step's coordinate, weight and sample buffers (about eight
-    # step-sized images) hold a slab of voxels for a chunk of views, so FDK's memory is its
-    # output plus a bounded step -- the same per-voxel arithmetic in any slab size.
-    slab = max(1, min(D, slab_voxels // (_VIEW_CHUNK * H * W)))
-    chunks = range(0, n_views, _VIEW_CHUNK)
-    if progress and not torch.compiler.is_compiling():
-        chunks = tqdm(chunks, desc="FDK backprojection", unit="chunk", leave=False)
-    for p0 in chunks:
-        vw = views[p0 : p0 + _VIEW_CHUNK]
-        n = vw.shape[0]
-        col = lambda k: vw[:, k].reshape(n, 1, 1, 1)  # noqa: E731  a per-view scalar, broadcast
-        # the chunk's images as a batch of n "images" with BC channels each
-        img = images[:, p0 : p0 + n].transpose(0, 1)
-        for z0 in range(0, D, slab):
-            Z = Z_all[:, z0 : z0 + slab]
-            d = Z.shape[1]
-            dx, dy, dz = X - col(0), Y - col(1), Z - col(2)
-            depth = dx * col(3) + dy * col(4) + dz * col(5)  # U, mm
-            scale = col(_DSD) / depth
-            # detector-plane hit relative to the detector centre, in pixels
-            hu = (col(_REL_U) + scale * (dx * col(6) + dy * col(7) + dz * col(8))) / col(_DU)
-            hv = (col(_REL_V) + scale * (dx * col(9) + dy * col(10) + dz * col(11))) / col(_DV)
-            grid = torch.stack([hu / (0.5 * (cols - 1)), hv / (0.5 * (rows - 1))], dim=-1).reshape(n, d, H * W, 2)
-            sample = torch.nn.functional.grid_sample(img, grid, mode="bilinear", padding_mode="zeros",
-                                                     align_corners=True)  # (n, BC, d, H*W)
-            weighted = sample * (col(_WEIGHT) / depth**2).reshape(n, 1, d, H * W)
-            acc = out[:, z0 : z0 + d]
-            for q in range(n):  # in view order, whatever the slab: the same sums to the bit
-                acc.add_(weighted[q])
-    return out.reshape(BC, D, H, W)
+    # -- 4. voxel-driven backprojection (ops/fdk_backproject.py: C++/CUDA, or the PyTorch twin)
+    out = fdk_backproject(filtered.reshape(B * C, n_views, rows, cols), tables.views.to(dtype), geometry.vol_geom,
+                          geometry.vol_shape, slab_voxels=slab_voxels, progress=progress)
+    return out.reshape(B, C, *geometry.vol_shape).to(out_dtype)

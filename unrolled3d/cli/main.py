@@ -113,8 +113,8 @@ def _add_other_commands(sub) -> None:
     p.add_argument("--method", choices=["fdk", "unrolled", "zero-filled", "cg-sense"],
                    help="fdk (CT, the default for CT), cg-sense (MRI, the default for k-space), zero-filled (MRI), "
                         "unrolled (either, with an MRI or a CT model)")
-    p.add_argument("--cg-iters", type=int, help="CG-SENSE iterations (default 5, chosen on validation heads)")
-    p.add_argument("--cg-lam", type=float, help="CG-SENSE Tikhonov weight (default 0.03, chosen on validation heads)")
+    p.add_argument("--cg-iters", type=int, help="CG-SENSE iterations (default 2, chosen on validation heads)")
+    p.add_argument("--cg-lam", type=float, help="CG-SENSE Tikhonov weight (default 0, chosen on validation heads)")
     p.add_argument("--weights", help="model file written by `unrolled3d train` (method unrolled)")
     p.add_argument("--patch-size", type=int,
                    help="patch edge of the unrolled method (default: the largest that fits the memory budget, the "

@@ -98,7 +98,7 @@ def packages() -> list[str]:
 PACKAGE_DIR = {"unrolled3d.kernels": "kernels", "unrolled3d.csrc": "csrc", "unrolled3d.bench": "bench"}
 PACKAGE_DATA = {
     # the demo's trained weights and the configuration that trained them; the type-hint marker
-    "unrolled3d": ["weights/*.pt", "weights/*.toml", "weights/*.md", "py.typed"],
+    "unrolled3d": ["weights/*.pt", "weights/*.toml", "weights/*.md", "weights/*.json", "py.typed"],
     "unrolled3d.csrc": ["*.h", "*.cpp", "*.cu"],
     # the timing suites at the top; the experiments (quality runs, report, peers) in experiments/
     "unrolled3d.bench": ["*.py", "run_gpu.sh", "experiments/*.py", "experiments/peers/*.py", "experiments/peers/*.sh"],

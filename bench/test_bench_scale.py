@@ -10,7 +10,9 @@ a patch costs what the patch costs.
 ``bench/experiments/real_volumes.py``): the same scan reconstructed by the old default (24^3
 patches, stride 12, 2 sweeps, float32), by the new default (the inference plan of
 :func:`unrolled3d.budget.plan_inference`: the whole volume as one patch when it fits, bfloat16
-network where it is native) and by FDK, each once, CPU time (``time.process_time``) and PSNR
+network where it is native), by the patched default (``patched_64``: 64^3 patches sharing a
+quarter of their edge, one sweep, bfloat16 network: what the plan does on a volume too large for
+one patch) and by FDK, each once, CPU time (``time.process_time``) and PSNR
 recorded. Run:
 
     U3D_REAL_VOLUMES=/work/data/real_volumes OMP_NUM_THREADS=1 pytest bench/test_bench_scale.py \\
@@ -25,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from unrolled3d.budget import plan_inference
+from unrolled3d.budget import PATCHED_SWEEPS, bf16_is_native, network_precision, patched_stride, plan_inference
 from unrolled3d.io import load_model
 from unrolled3d.metrics import psnr
 from unrolled3d.models import build_model
@@ -87,7 +89,7 @@ def _held_out(name: str, n: int) -> torch.Tensor:
 
 @pytest.mark.skipif(REAL is None, reason="needs held-out real volumes: U3D_REAL_VOLUMES=<folder of real_volumes.py>")
 @pytest.mark.parametrize("volume", HELD_OUT)
-@pytest.mark.parametrize("config", ["fdk_hann", "new_default", "old_default"])
+@pytest.mark.parametrize("config", ["fdk_hann", "new_default", "patched_64", "old_default"])
 @pytest.mark.u3d_sizes([96, 128], quick=[48])
 def test_cpu_inference(benchmark, config, volume, n):
     torch.set_num_threads(int(os.environ.get("U3D_THREADS", "1")))
@@ -106,6 +108,10 @@ def test_cpu_inference(benchmark, config, volume, n):
         elif config == "old_default":
             rec = _model(n)
             run = lambda: rec(y, physics)  # noqa: E731
+        elif config == "patched_64":
+            rec = _model(n, 64, patched_stride((64,))[0], PATCHED_SWEEPS)
+            rec = rec.with_base(network_precision(rec.base, bf16_is_native())[0])
+            run = lambda: rec(y, physics)  # noqa: E731  (FDK counted: the reconstructor's own start)
         else:
             x0 = physics.A_dagger(y)
             rec, plan = plan_inference(_model(n), y, physics, x0)

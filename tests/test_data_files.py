@@ -269,7 +269,10 @@ def test_reconstruct_applies_the_model_files_normalisation(hu_run):
     write_volume(d / "mu.npy", mu)
     assert cli("simulate", "--volume", d / "mu.npy", "--views", "8", "--noise", "0.005", "--out", d / "m.pt",
                "--quiet")[0] == 0
+    # the training patch, half overlap and 2 sweeps, in float32 (the by-hand reconstructor's): the
+    # default plan would take the whole volume in one sweep, and the network is in bfloat16 where native
     code, out, err = cli("reconstruct", d / "m.pt", "--method", "unrolled", "--weights", d / "run" / "model.pt",
+                         "--patch-size", 8, "--overlap", 0.5, "--sweeps", 2, "--precision", "float32",
                          "--out", d / "r.npy", "--json")
     assert code == 0, err
     res = json.loads(out)
@@ -296,7 +299,8 @@ def test_reconstruct_applies_a_percentile_normalisation_and_its_inverse(tmp_path
     assert cli("simulate", "--volume", tmp_path / "v1.h5", "--views", "8", "--noise", "0", "--out", tmp_path / "m.pt",
                "--quiet")[0] == 0
     code, out, err = cli("reconstruct", tmp_path / "m.pt", "--method", "unrolled", "--weights",
-                         tmp_path / "run" / "model.pt", "--out", tmp_path / "r.pt", "--json")
+                         tmp_path / "run" / "model.pt", "--patch-size", 8, "--overlap", 0.5, "--sweeps", 2,
+                         "--precision", "float32", "--out", tmp_path / "r.pt", "--json")
     assert code == 0, err
     assert json.loads(out)["normalization"] == {"kind": "percentile", "percentile": 95.0, "value": 0.5}
     y, g, _, _ = load_measurements(tmp_path / "m.pt")

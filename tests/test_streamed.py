@@ -27,7 +27,7 @@ from unrolled3d.models import UNet3D, UnrolledPGD
 from unrolled3d.normal import DiagCirculantNormal
 from unrolled3d.normal.fit import init_from_psf
 from unrolled3d.partition import PartitionedReconstructor
-from unrolled3d.partition.streamed import fdk_streamed, reconstruct_streamed, residual_streamed
+from unrolled3d.partition.streamed import fdk_streamed, reconstruct_streamed, residual_streamed, streamed_patch
 from unrolled3d.physics import ConeBeamCT, standard_cone_beam
 
 N = 20
@@ -199,3 +199,23 @@ def test_streamed_reconstruction_stays_within_the_budget(tmp_path):
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res["code"] == 0
     assert res["peak"] <= 1.15 * budget, f"peak {res['peak'] / 2**20:.1f} MiB for a {budget / 2**20:.1f} MiB budget"
+
+
+def test_patched_defaults_are_shared_by_the_planner_the_stream_and_the_cli(tmp_path):
+    """One rule for patches: a quarter of the edge shared, one sweep (in memory, streamed, CLI)."""
+    from unrolled3d.budget import PATCHED_OVERLAP, PATCHED_SWEEPS, patched_stride
+
+    assert (PATCHED_OVERLAP, PATCHED_SWEEPS) == (0.25, 1)
+    assert patched_stride((64, 48, 12)) == (48, 36, 9)
+    assert patched_stride((8,), 0.0) == (8,) and patched_stride((8,), 0.5) == (4,)
+    for bad in (1.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="overlap"):
+            patched_stride((8,), bad)
+    physics, _, _, base = _problem()
+    rec = PartitionedReconstructor(base, (N,) * 3, (8, 8, 8), n_sweeps=2)
+    streamed = streamed_patch(rec, physics, 2**40, patch_size=8)
+    assert (streamed.patch_shape, streamed.stride, streamed.n_sweeps) == ((8,) * 3, (6,) * 3, 1)
+    streamed = streamed_patch(rec, physics, 2**40, patch_size=8, n_sweeps=2, overlap=0.5)
+    assert (streamed.stride, streamed.n_sweeps) == ((4,) * 3, 2)
+    whole = streamed_patch(rec, physics, 2**40)
+    assert (whole.patch_shape, whole.n_sweeps) == ((N,) * 3, 1)

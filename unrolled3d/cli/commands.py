@@ -100,13 +100,14 @@ def simulate(args: argparse.Namespace) -> int:
     from ..io import check_not_input, check_pt_name, resolve_output, save_measurements
     from ..ops import cone_project
     from ..physics import scan_for_volume, standard_cone_beam
+    from ..physics.noise import scan_noise
 
     from .mri import check_ct_simulate_options, simulate_mri
 
     if args.modality == "mri":
         return simulate_mri(args)
     check_ct_simulate_options(args)
-    noise = real("--noise", args.noise, nonnegative=True)  # NaN and inf refused here
+    noise = _noise_option(args)
     integer("--seed", args.seed, 0)  # as [phantoms] seed and [train] seed: torch takes -1, numpy's generators not
     views = integer("--views", 30 if args.views is None else args.views, 1)
     if is_store_path(args.out):  # a Zarr store: the volume is made and projected slab by slab
@@ -137,13 +138,26 @@ def simulate(args: argparse.Namespace) -> int:
         x = voxelize(ell, g.vol_shape, supersample=2)[None, None]
         source = {"phantom": phantom}
     y = cone_project(x, g)
-    y = y + noise * float(y.max()) * torch.randn(y.shape, generator=torch.Generator().manual_seed(args.seed))
-    save_measurements(out, y, g, x_true=x, meta={**source, "noise": noise}, force=args.force)
+    # one noise convention (unrolled3d.physics.noise): --noise is the std on normalised measurements
+    raw_std, record = scan_noise(g, float(y.max()), **noise, progress=_show_progress(args))
+    y = y + raw_std * torch.randn(y.shape, generator=torch.Generator().manual_seed(args.seed))
+    save_measurements(out, y, g, x_true=x, meta={**source, **record}, force=args.force)
     emit(args, {"out": args.out, "sino_shape": list(y.shape)}, f"wrote {args.out}: measurements {tuple(y.shape)}")
     return 0
 
 
-def _simulate_store(args: argparse.Namespace, noise: float, views: int) -> int:
+def _noise_option(args: argparse.Namespace) -> dict[str, float]:
+    """``{"noise_std": --noise}`` (on normalised measurements, the default 0.01) or
+    ``{"relative": --noise-relative}`` (to the largest line integral); NaN, inf and negatives refused."""
+    relative = getattr(args, "noise_relative", None)
+    if relative is not None:
+        if args.noise is not None:
+            raise ValueError("give --noise (on normalised measurements) or --noise-relative, not both")
+        return {"relative": real("--noise-relative", relative, nonnegative=True)}
+    return {"noise_std": real("--noise", 0.01 if args.noise is None else args.noise, nonnegative=True)}
+
+
+def _simulate_store(args: argparse.Namespace, noise: dict[str, float], views: int) -> int:
     """``simulate --output m.zarr``: the phantom voxelised (or the volume file read) slab by slab."""
     from ..data import random_ellipsoids, shepp_logan_3d, voxelize
     from ..io import LazyVolume, check_not_input
@@ -212,7 +226,7 @@ def fit_normal(args: argparse.Namespace) -> int:
     resolve_output(out, args.force)
     _, g, _, _ = load_measurements(args.measurements)
     _note(args, f"estimating ||A|| of the {g.vol_shape} scan")
-    physics = ConeBeamCT(g, normalize=True)
+    physics = ConeBeamCT(g, normalize=True, progress=_show_progress(args))
     H = DiagCirculantNormal.for_physics(physics, g.vol_shape, kernel_radius=args.kernel_radius)
     hist = fit_h(H, physics, n_iter=iters, lr=lr, progress=_show_progress(args))
     err = relative_error(H, physics)
@@ -223,148 +237,78 @@ def fit_normal(args: argparse.Namespace) -> int:
 
 
 def reconstruct(args: argparse.Namespace) -> int:
-    from ..budget import measure_peak, network_precision, parse_bytes, plan_inference
+    """``unrolled3d reconstruct``: the files around :func:`unrolled3d.api.reconstruct_detailed`,
+    which applies the rules (units, the model's normalisation, the scale check, the plan)."""
+    from ..api import reconstruct_detailed
     from ..io import check_not_input, check_volume_target, load_measurements, volume_files, write_volume
     from ..metrics import psnr
-    from ..normal import load_normal
-    from ..physics import ConeBeamCT, fdk
+    from ..physics.norm import norm_from_record
 
-    from .mri import MRI_METHODS, is_mri_input, reconstruct_mri
+    from .mri import MRI_METHODS, is_mri_input, reconstruct_mri, refuse_mri_model
 
     if args.method in MRI_METHODS or is_mri_input(args.measurements):  # MRI k-space (or an MRI method)
-        return reconstruct_mri(args, _load_unrolled)
+        return reconstruct_mri(args)
     args.method = args.method or "fdk"
     # Everything about the output is checked before minutes of computing: its ending, that it is
     # none of the inputs (the .npy sidecar included), that it may be replaced.
-    if args.method == "fdk":
-        given = [f for f, v in (("--weights", args.weights), ("--normal", args.normal),
-                                ("--patch-size", args.patch_size)) if v]
-        if given:
-            raise ValueError(f"{', '.join(given)} apply to --method unrolled, not to FDK")
-    if args.method == "unrolled" and args.weights is None:
-        raise ValueError("--method unrolled needs --weights (a model file written by `unrolled3d train`)")
+    unrolled = _check_reconstruct_options(args)
+    if unrolled:
+        refuse_mri_model(args.weights)
     if is_store_path(args.measurements) or is_store_path(args.out):  # streamed, slab by slab and patch by patch
-        return reconstruct_store(args, _load_unrolled)
-    if args.method == "fdk" and args.memory_budget is not None:
+        return reconstruct_store(args)
+    if not unrolled and args.memory_budget is not None:
         raise ValueError("--memory-budget applies to --method unrolled, or to FDK of a Zarr store (streamed)")
     check_not_input(volume_files(args.out), [args.measurements, args.weights, args.normal])
     check_volume_target(args.out, args.force)
-    budget_info = None
     device = _device(args.device)
-    y, g, x_true, _ = load_measurements(args.measurements)
-    physics = ConeBeamCT(g, normalize=args.method == "unrolled", device=device)
-    y = y.to(device)
-    show = _show_progress(args)
-    t0 = time.perf_counter()
-    if args.method == "fdk":
-        _note(args, f"FDK of {g.n_views} views into a {g.vol_shape} volume")
-        x = fdk(y, g, window=physics.fdk_window, progress=show)
-    else:
-        rec, norm = _load_unrolled(args, g.vol_shape)
-        rec.to(device).eval()
-        rec.progress = show
-        H = None  # the approximation of A^T A, handed to the reconstructor explicitly (normal=H)
-        if args.normal is not None:
-            H = load_normal(args.normal, physics, device=device)  # refused if fitted for another geometry
-            if H.img_shape != tuple(g.vol_shape):
-                raise ValueError(f"--normal {args.normal} is for a {H.img_shape} volume, the measurements "
-                                 f"are of a {tuple(g.vol_shape)} volume")
-        y_n = physics.normalize_measurements(y)
-        with torch.no_grad():
-            x0 = physics.A_dagger(y_n)  # FDK: the start point (the first context), in attenuation units
-        # a percentile normalisation: the measurements are brought to the training scale (from
-        # their FDK's percentile, as the training volumes' own percentile), the output back
-        scale = 1.0
-        if norm.needs_sample:
-            scale = norm.measurement_scale(x0)
-            y_n, x0 = y_n * scale, x0 * scale
-        if args.patch_size is None:
-            # the inference patch is a memory decision: the whole volume when it fits the budget
-            budget = parse_bytes(args.memory_budget) if args.memory_budget is not None else None
-            rec, plan = plan_inference(rec, y_n, physics, x0, budget_bytes=budget, normal=H,
-                                       amp=_amp(args.precision, device))
-            budget_info = plan.to_dict()
-            _note(args, f"memory budget {budget_info['budget_mib']:.0f} MiB: "
-                        + ("the whole volume as one patch" if plan.whole_volume else f"patches of {plan.patch}")
-                        + f"{', bfloat16 network' if plan.amp else ''} (predicted peak "
-                        f"{budget_info['predicted_peak_mib']:.0f} MiB)")
-            t0 = time.perf_counter()  # the choice's trial runs are not part of the reconstruction time
-        elif args.memory_budget is not None:
-            raise ValueError("give either --patch-size or --memory-budget, not both")
-        else:
-            rec = rec.with_base(network_precision(rec.base, _amp(args.precision, device))[0])
-        _note(args, f"partitioned unrolled reconstruction: {len(rec.patches())} patches of {rec.patch_shape} "
-                    f"x {rec.n_sweeps} sweeps")
-        with torch.no_grad():
-            if budget_info is None:
-                x = rec(y_n, physics, normal=H, x_init=x0)
-            else:  # measure the real run's peak, to set against the prediction
-                held: dict[str, torch.Tensor] = {}
-                peak = measure_peak(lambda: held.setdefault("x", rec(y_n, physics, normal=H, x_init=x0)), device)
-                x = held["x"]
-        x = x / scale  # the measurements' units (attenuation for "attenuation" and "hu")
-    seconds = time.perf_counter() - t0
-    if not bool(torch.isfinite(x).all()):  # the inputs are checked finite: this is the model's doing
-        raise FloatingPointError("the reconstruction holds NaN or infinite values: not written")
-    out_volume = x[0, 0] if args.method == "fdk" else norm.output(x[0, 0])  # "hu": back to Hounsfield units
-    write_volume(args.out, out_volume, g.voxel_size, force=args.force)  # format from the ending, the scan's voxels
-    payload = {"out": args.out, "seconds": round(seconds, 3), "method": args.method}
-    if args.method == "unrolled":
-        payload.update(normalization=norm.to_dict(), units=norm.output_units)
-    if budget_info:
-        payload.update(budget_info, measured_peak_mib=round(peak / 2**20, 1))
+    y, g, x_true, meta = load_measurements(args.measurements)
+    if unrolled and args.patch_size is not None and any(args.patch_size > n for n in g.vol_shape):
+        raise ValueError(f"--patch-size {args.patch_size} is larger than the volume {tuple(g.vol_shape)}")
+    result = reconstruct_detailed(
+        y, g, model=args.weights if unrolled else None, method=args.method, memory_budget=args.memory_budget,
+        normal=args.normal, progress=_show_progress(args), patch_size=args.patch_size if unrolled else None,
+        device=device, norm=norm_from_record(meta.get("operator_norm"), g), measure_memory=unrolled and
+        args.patch_size is None, scale_check=getattr(args, "scale_check", "check"),
+        fdk_window=getattr(args, "fdk_window", None), precision=getattr(args, "precision", "auto") if unrolled else None,
+        n_sweeps=args.sweeps if unrolled else None, overlap=args.overlap if unrolled else None)
+    x = result.volume
+    write_volume(args.out, result.in_model_units()[0, 0], g.voxel_size, force=args.force)  # format from the ending
+    payload = {"out": args.out, "seconds": round(result.seconds, 3), "method": args.method}
+    if unrolled:
+        payload.update(normalization=result.normalization, units=result.model_units,
+                       scale_check=result.scale.to_dict() if result.scale else None)
+    if result.plan:
+        payload.update(result.plan)
+    if result.peak_bytes is not None:
+        payload.update(measured_peak_mib=round(result.peak_bytes / 2**20, 1))
     if x_true is not None:
         payload["psnr"] = psnr(x.cpu(), x_true)
-    emit(args, payload, f"wrote {args.out} ({args.method}, {seconds:.1f} s"
+    emit(args, payload, f"wrote {args.out} ({args.method}, {result.seconds:.1f} s"
                          + (f", PSNR {payload['psnr']:.2f} dB)" if "psnr" in payload else ")"))
     return 0
 
 
-#: why a model of one modality is refused on data of the other (key: what the model was trained for)
-_OTHER_MODALITY = {
-    "mri": "is an MRI model (trained on multi-coil k-space: its configuration has [mri]), the measurements are "
-           "cone-beam CT: use a CT model (e.g. unrolled3d/weights/heads_ct.pt)",
-    "ct": "is a CT model (trained on cone-beam scans), the file holds MRI k-space: use an MRI model "
-          "(e.g. unrolled3d/weights/mri_heads.pt)"}
-
-
-def _amp(precision: str, device) -> bool:
-    """``--precision`` as the network's bfloat16 switch (``auto``: where bfloat16 is native)."""
-    from ..budget import bf16_is_native
-
-    return bf16_is_native(device) if precision == "auto" else precision == "bfloat16"
-
-
-def _load_unrolled(args: argparse.Namespace, vol_shape, modality: str = "ct") -> tuple[Any, Any]:
-    """``(rec, normalisation)``: the model of ``--weights`` on volumes of ``vol_shape`` (patch
-    ``--patch-size`` or the training patch), and how its training volumes were scaled; a model
-    trained for another ``modality`` (``"ct"`` or ``"mri"``) is refused."""
-    from ..data import IntensityNormalization
-    from ..io import load_model
-    from ..models import build_model
-
-    state, config = load_model(args.weights)
-    trained_for = "ct" if config.get("mri") is None else "mri"
-    if trained_for != modality:
-        raise FileFormatError(args.weights, _OTHER_MODALITY[trained_for])
-    try:  # how the training volumes were scaled (files before [data] trained on values as they are)
-        norm = IntensityNormalization.from_dict(config.get("normalization", {"kind": "attenuation"}))
-    except (TypeError, ValueError) as exc:
-        raise FileFormatError(args.weights, f"invalid normalisation entry ({exc})") from None
+def _check_reconstruct_options(args: argparse.Namespace) -> bool:
+    """The options of ``reconstruct`` that go together (before any file is read); whether unrolled."""
+    if args.method == "fdk":
+        given = [f for f, v in (("--weights", args.weights), ("--normal", args.normal),
+                                ("--patch-size", args.patch_size), ("--overlap", args.overlap is not None),
+                                ("--sweeps", args.sweeps is not None)) if v]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to --method unrolled, not to FDK")
+        return False
+    if args.sweeps is not None:
+        integer("--sweeps", args.sweeps, 1)
+    if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
+        raise ValueError(f"--overlap must be a fraction in [0, 1) of the patch edge, got {args.overlap}")
+    if args.weights is None:
+        raise ValueError("--method unrolled needs --weights (a model file written by `unrolled3d train`, or a "
+                         "shipped model: heads_ct, demo_ct)")
     if args.patch_size is not None:
         integer("--patch-size", args.patch_size, 1)
-        if any(args.patch_size > n for n in vol_shape):
-            raise ValueError(f"--patch-size {args.patch_size} is larger than the volume {tuple(vol_shape)}")
-    try:  # the configuration is read and costed before anything is allocated
-        rec = build_model(config, vol_shape, patch=args.patch_size)
-    except (TypeError, ValueError) as exc:
-        raise FileFormatError(args.weights, f"its model configuration cannot be built: {exc}") from None
-    try:
-        rec.load_state_dict(state)
-    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
-        raise FileFormatError(args.weights, f"the weights do not fit the model its configuration describes "
-                                            f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
-    return rec.eval(), norm
+        if args.memory_budget is not None:
+            raise ValueError("give either --patch-size or --memory-budget, not both")
+    return True
 
 
 # ---------------------------------------------------------------------------------- train
@@ -454,6 +398,17 @@ def _training_set(run: Any, file_data: Any, physics: Any, args: argparse.Namespa
     return dataset, val_data, recorded
 
 
+def _training_records(dataset: Any, physics: Any, noise_std: float, args: argparse.Namespace) -> dict[str, Any]:
+    """What a model file records of its training scans: their scale and ``||A||`` of the scan."""
+    from ..models.scale import measure_training_scale
+    from ..physics.norm import norm_record
+
+    _note(args, "measuring the scale of the training scans")
+    scale = measure_training_scale(dataset, physics, noise_std)
+    return {"training_scale": scale.to_dict(),
+            "operator_norm": norm_record(physics.geometry, float(physics.operator_norm))}
+
+
 def train_cmd(args: argparse.Namespace) -> int:
     from .. import training
     from ..io import resolve_output, save_model
@@ -486,7 +441,8 @@ def train_cmd(args: argparse.Namespace) -> int:
             physics, dataset, val_data, recorded = mri_training_setup(run, file_data, lambda t: _note(args, t))
             val_metric = magnitude_psnr
         else:
-            physics = ConeBeamCT(standard_cone_beam(size, run.geometry.views), normalize=True)
+            physics = ConeBeamCT(standard_cone_beam(size, run.geometry.views), normalize=True,
+                                 progress=_show_progress(args))
             dataset, val_data, recorded = _training_set(run, file_data, physics, args)
         torch.manual_seed(run.train.seed)
         rec = build_model(run, (size,) * 3)
@@ -502,7 +458,10 @@ def train_cmd(args: argparse.Namespace) -> int:
         if log["resumed_checkpoint"]:
             _note(args, f"resumed from {log['resumed_checkpoint']} (step {log['resumed_from']})")
         args.interrupt_hint = ""
-        # the model file records how the training volumes were scaled: reconstruct applies the same
+        # the model file records how the training volumes were scaled (reconstruct applies the same),
+        # the scale of the training scans (reconstruct checks new scans against it) and ||A||
+        if run.mri is None:  # MRI: k-space is scaled by its zero-filled image's percentile, no scan scale check
+            recorded.update(_training_records(dataset, physics, run.train.noise_std, args))
         save_model(model_path, rec, {**run.to_dict(), **recorded, "command": command})
     payload = {"model": str(model_path), "steps": log["step"], "final_loss": log["losses"][-1],
                "resumed_from": log["resumed_checkpoint"], "skipped_checkpoints": log["skipped_checkpoints"],

@@ -171,7 +171,7 @@ def run_demo(weights: str | Path | None = None, size: int | None = None, n_volum
     if size < 16:
         raise ValueError(f"size must be at least 16 voxels, got {size}")
     patch = min(patch_trained, size)
-    physics = ConeBeamCT(standard_cone_beam(size, views), normalize=True)
+    physics = ConeBeamCT(standard_cone_beam(size, views), normalize=True, progress=progress)
     cfg = {**config, "partition": {**config["partition"], "patch": patch}}
     try:  # read and costed before anything is allocated
         rec = build_model(cfg, (size,) * 3)

@@ -66,9 +66,13 @@ def _add_scan_commands(sub) -> None:
                    help="MRI: undersampling factor, 1/R of the phase-encode lines sampled (default 8)")
     p.add_argument("--mask", choices=["poisson", "random"],
                    help="MRI: Poisson-disc (default) or variable-density random sampling, centre fully sampled")
-    p.add_argument("--noise", type=float, default=0.01,
-                   help="Gaussian noise std relative to the largest line integral (CT) or, per real channel of the "
-                        "sampled k-space, to the image's largest magnitude (MRI)")
+    p.add_argument("--noise", type=float, default=None,
+                   help="Gaussian noise (default 0.01). CT: its std on the normalised measurements A x / ||A|| (the "
+                        "convention of [train] noise_std, so 0.02 is the shipped models' training noise); MRI: its "
+                        "std per real channel of the sampled k-space, relative to the image's largest magnitude")
+    p.add_argument("--noise-relative", type=float, default=None, metavar="FRACTION",
+                   help="CT, instead of --noise: its std as a fraction of the largest line integral (what --noise "
+                        "meant before)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", "--out", dest="out", required=True, metavar="FILE",
                    help="measurements file (.pt; MRI: a k-space file with coil maps, mask and voxel size)")
@@ -115,14 +119,24 @@ def _add_other_commands(sub) -> None:
                         "unrolled (either, with an MRI or a CT model)")
     p.add_argument("--cg-iters", type=int, help="CG-SENSE iterations (default 2, chosen on validation heads)")
     p.add_argument("--cg-lam", type=float, help="CG-SENSE Tikhonov weight (default 0, chosen on validation heads)")
-    p.add_argument("--weights", help="model file written by `unrolled3d train` (method unrolled)")
+    p.add_argument("--weights", help="model file written by `unrolled3d train`, or a shipped CT model: heads_ct, "
+                                     "demo_ct (method unrolled)")
     p.add_argument("--patch-size", type=int,
                    help="patch edge of the unrolled method (default: the largest that fits the memory budget, the "
                         "whole volume when it fits)")
+    p.add_argument("--scale-check", choices=["check", "warn", "rescale", "ignore"], default="check",
+                   help="measurements of another scale than the model's training scans: 'check' warns beyond 3x "
+                        "and refuses beyond 10x, 'warn' only warns, 'rescale' brings them to the training scale "
+                        "(the output back), 'ignore' (default %(default)s)")
     p.add_argument("--memory-budget", metavar="SIZE",
                    help="memory the reconstruction may use, e.g. 512M, 2G (GPU memory on a GPU, resident memory on "
                         "the CPU; default half of what is available): sizes the patch (measured on trial patches) "
                         "and, for Zarr stores, the slabs")
+    p.add_argument("--overlap", type=float, metavar="FRACTION",
+                   help="share of the patch edge that neighbouring patches overlap, in [0, 1) (default 0.25; "
+                        "unused when the whole volume is one patch)")
+    p.add_argument("--sweeps", type=int, metavar="N",
+                   help="passes over the patch grid, each taking its context from the previous one (default 1)")
     p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="the network's arithmetic (the data step is float32): bfloat16 where the CPU or GPU runs it "
                         "natively (auto, the default: no loss measured on held-out real volumes), or as given")

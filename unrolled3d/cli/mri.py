@@ -25,7 +25,7 @@ import argparse
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -34,7 +34,8 @@ from ..errors import FileFormatError
 from .output import emit
 from .streamed import is_store_path
 
-__all__ = ["MRI_METHODS", "CG_DEFAULTS", "is_mri_input", "simulate_mri", "reconstruct_mri", "unrolled_mri"]
+__all__ = ["MRI_METHODS", "CG_DEFAULTS", "is_mri_input", "simulate_mri", "reconstruct_mri", "unrolled_mri",
+           "load_mri_model", "refuse_mri_model"]
 
 MRI_METHODS = ("zero-filled", "cg-sense")
 #: CG-SENSE's iterations and Tikhonov weight chosen on the validation heads (MNI152, INIA19) at
@@ -127,7 +128,10 @@ def simulate_mri(args: argparse.Namespace) -> int:
     ct_only = _given(args, {"views": "--views", "short_scan": "--short-scan"})
     if ct_only:
         raise ValueError(f"{_listed(ct_only)} to cone-beam CT, not to --modality mri")
-    noise = real("--noise", args.noise, nonnegative=True)
+    if getattr(args, "noise_relative", None) is not None:  # MRI's --noise is relative to the image already
+        raise ValueError("--noise-relative applies to cone-beam CT; for MRI give --noise (its std relative to the "
+                         "image's largest magnitude)")
+    noise = real("--noise", 0.01 if args.noise is None else args.noise, nonnegative=True)
     seed = integer("--seed", args.seed, 0)
     coils = integer("--coils", 8 if args.coils is None else args.coils, 1)
     r = _acceleration(args.acceleration)
@@ -164,6 +168,13 @@ def _check_options(args: argparse.Namespace, method: str) -> None:
     given = _given(args, {"normal": "--normal", "fdk_window": "--fdk-window"})
     if given:
         raise ValueError(f"{_listed(given)} to cone-beam CT, not to MRI k-space")
+    given = [opt for attr, opt in (("overlap", "--overlap"), ("sweeps", "--sweeps"))
+             if getattr(args, attr, None) is not None]  # --overlap 0 is given too
+    if getattr(args, "scale_check", "check") != "check":
+        given.append("--scale-check")
+    if given:
+        raise ValueError(f"{_listed(given)} to cone-beam CT's unrolled reconstruction, not to MRI k-space "
+                         f"(MRI: --patch-size, --memory-budget)")
     if getattr(args, "precision", "auto") == "bfloat16":  # auto and float32 are what MRI runs: float32
         raise ValueError("--precision bfloat16 applies to cone-beam CT; MRI reconstructions run in float32 "
                          "(give --precision auto or float32)")
@@ -230,7 +241,55 @@ def unrolled_mri(rec: Any, norm: Any, y: torch.Tensor, physics: Any, budget_byte
     return x / scale, info
 
 
-def reconstruct_mri(args: argparse.Namespace, load_unrolled: Callable[..., tuple[Any, Any]]) -> int:
+#: why a model of one modality is refused on data of the other (key: what the model was trained for)
+_OTHER_MODALITY = {
+    "mri": "is an MRI model (trained on multi-coil k-space: its configuration has [mri]), the measurements are "
+           "cone-beam CT: use a CT model (e.g. heads_ct)",
+    "ct": "is a CT model (trained on cone-beam scans), the file holds MRI k-space: use an MRI model "
+          "(e.g. unrolled3d/weights/mri_heads.pt)"}
+
+
+def refuse_mri_model(weights: str | None) -> None:
+    """A model file trained for MRI (an ``[mri]`` section) given for cone-beam data: one clear line
+    (shipped names such as ``heads_ct`` are CT models)."""
+    from ..io import load_model
+
+    if weights is not None and Path(weights).is_file() and load_model(weights)[1].get("mri") is not None:
+        raise FileFormatError(weights, _OTHER_MODALITY["mri"])
+
+
+def load_mri_model(args: argparse.Namespace, vol_shape: tuple[int, int, int]) -> tuple[Any, Any]:
+    """``(rec, normalisation)``: the MRI model of ``--weights`` on volumes of ``vol_shape`` (patch
+    ``--patch-size`` or the whole-volume plan), and how its training volumes were scaled; a CT
+    model is refused."""
+    from ..data import IntensityNormalization
+    from ..io import load_model
+    from ..models import build_model
+
+    state, config = load_model(args.weights)
+    if config.get("mri") is None:
+        raise FileFormatError(args.weights, _OTHER_MODALITY["ct"])
+    try:
+        norm = IntensityNormalization.from_dict(config.get("normalization", {"kind": "attenuation"}))
+    except (TypeError, ValueError) as exc:
+        raise FileFormatError(args.weights, f"invalid normalisation entry ({exc})") from None
+    if args.patch_size is not None:
+        integer("--patch-size", args.patch_size, 1)
+        if any(args.patch_size > n for n in vol_shape):
+            raise ValueError(f"--patch-size {args.patch_size} is larger than the volume {tuple(vol_shape)}")
+    try:  # the configuration is read and costed before anything is allocated
+        rec = build_model(config, vol_shape, patch=args.patch_size)
+    except (TypeError, ValueError) as exc:
+        raise FileFormatError(args.weights, f"its model configuration cannot be built: {exc}") from None
+    try:
+        rec.load_state_dict(state)
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        raise FileFormatError(args.weights, f"the weights do not fit the model its configuration describes "
+                                            f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
+    return rec.eval(), norm
+
+
+def reconstruct_mri(args: argparse.Namespace) -> int:
     """``reconstruct`` of a k-space file: zero-filled, CG-SENSE or an MRI model; writes ``|x|``."""
     from ..budget import parse_bytes
     from ..io import check_not_input, check_volume_target, load_kspace, volume_files, write_volume
@@ -258,7 +317,7 @@ def reconstruct_mri(args: argparse.Namespace, load_unrolled: Callable[..., tuple
             x = cg_sense(y, physics, n_iter=n_iter, tol=0.0, lam=lam)
         info = {"cg_iters": n_iter, "cg_lam": lam}
     else:
-        rec, norm = load_unrolled(args, scan.shape, modality="mri")
+        rec, norm = load_mri_model(args, scan.shape)
         rec.to(device).eval()
         rec.progress = not (args.quiet or args.json)
         budget = parse_bytes(args.memory_budget) if args.memory_budget is not None else None

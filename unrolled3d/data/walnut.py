@@ -262,12 +262,7 @@ def read_walnut(
     view_step = integer("view_step", view_step, 1)
     binning = integer("binning", binning, 1)
     progress = boolean("progress", progress)
-    try:
-        eps = float(eps)
-    except (TypeError, ValueError):
-        raise TypeError(f"eps must be a positive number, got {eps!r}") from None
-    if not (math.isfinite(eps) and 0 < eps < 1):
-        raise ValueError(f"eps must be in (0, 1), got {eps!r}")
+    eps = _fraction("eps", eps)
     if not folder.is_dir():
         raise FileNotFoundError(f"Walnut scan folder {folder} does not exist (or is not a folder)")
 
@@ -277,35 +272,11 @@ def read_walnut(
         raise ValueError(f"Walnut scan in {folder}: {geometry_file} has {vectors.shape[0]} rows but there are "
                          f"{len(files)} projections scan_000000 .. scan_{len(files) - 1:06d} (expected one row each)")
     views = walnut_views(len(files), view_step)
-
-    dark = raw_to_detector(_read_image(folder / _DARK))
-    flats = [raw_to_detector(_read_image(folder / name)) for name in _FLATS]
-    shape = dark.shape
-    for name, img in zip(_FLATS, flats):
-        if img.shape != shape:
-            raise ValueError(f"Walnut scan in {folder}: {name} has shape {img.shape[::-1]} but {_DARK} has "
-                             f"{shape[::-1]} (raw TIFF shapes)")
-    if shape[0] < binning or shape[1] < binning:
-        raise ValueError(f"binning {binning} is larger than the detector {shape}")
-    dark = _bin(dark, binning)
-    flat = _bin(0.5 * (flats[0] + flats[1]), binning)  # the authors average the two flat fields
-    denom = flat - dark
-    dead = denom < eps
-    n_dead = int(dead.sum())
-    if n_dead == denom.size:
-        raise ValueError(f"Walnut scan in {folder}: the flat field is not brighter than the dark field in any pixel")
-    denom = np.maximum(denom, eps)
+    dark, denom, dead, shape = _flat_field(folder, binning, eps)
 
     # The geometry first: a bad vol_shape/voxel_size fails before the projections are read.
     rows, cols = dark.shape
-    vec = vectors[[k for k, _ in views]].copy()
-    if binning > 1:
-        full_rows, full_cols = shape
-        u, v = vec[:, 6:9].copy(), vec[:, 9:12].copy()
-        # Kept pixels 0 .. cols*b-1 are centred (cols*b - full_cols)/2 pixels from the old centre.
-        vec[:, 3:6] += 0.5 * (cols * binning - full_cols) * u + 0.5 * (rows * binning - full_rows) * v
-        vec[:, 6:9] = binning * u
-        vec[:, 9:12] = binning * v
+    vec = _binned_vectors(vectors[[k for k, _ in views]], shape, binning)
     try:
         geometry = ConeBeamGeometry.from_vectors(vec, (rows, cols), vol_shape, voxel_size, vol_offset)
     except ValueError as exc:  # the arguments are checked: the scan's vectors do not fit them
@@ -318,12 +289,9 @@ def read_walnut(
         if img.shape != shape:
             raise ValueError(f"Walnut scan in {folder}: {files[file_idx].name} has shape {img.shape[::-1]} but "
                              f"{_DARK} has {shape[::-1]} (raw TIFF shapes)")
-        t = (_bin(img, binning) - dark) / denom
-        t[dead] = 1.0  # a dead pixel measured nothing: no attenuation
-        low = t < eps
-        n_clamped += int(low.sum())
-        t[low] = eps
-        y[i] = -np.log(t)
+        y[i], clamped = _line_integrals(_bin(img, binning), dark, denom, dead, eps)
+        n_clamped += clamped
+    n_dead = int(dead.sum())
     if n_dead or n_clamped:
         warnings.warn(
             f"Walnut scan in {folder}: {n_dead} dead detector pixel(s) with flat - dark < {eps:g} were set to "
@@ -331,5 +299,60 @@ def read_walnut(
             f"(line integral {-math.log(eps):.3g})",
             RuntimeWarning, stacklevel=2,
         )
-
     return torch.from_numpy(y)[None, None], geometry
+
+
+def _fraction(name: str, value) -> float:
+    """``value`` as a float in the open interval (0, 1), or a TypeError/ValueError naming ``name``."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a positive number, got {value!r}") from None
+    if not (math.isfinite(value) and 0 < value < 1):
+        raise ValueError(f"{name} must be in (0, 1), got {value!r}")
+    return value
+
+
+def _flat_field(folder: Path, binning: int, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
+    """``(dark, flat - dark, dead, raw shape)``, binned: the dark field, the clamped flat-minus-dark
+    denominator (the authors average the two flat fields) and the dead pixels (``flat - dark < eps``)."""
+    dark = raw_to_detector(_read_image(folder / _DARK))
+    flats = [raw_to_detector(_read_image(folder / name)) for name in _FLATS]
+    shape = dark.shape
+    for name, img in zip(_FLATS, flats):
+        if img.shape != shape:
+            raise ValueError(f"Walnut scan in {folder}: {name} has shape {img.shape[::-1]} but {_DARK} has "
+                             f"{shape[::-1]} (raw TIFF shapes)")
+    if shape[0] < binning or shape[1] < binning:
+        raise ValueError(f"binning {binning} is larger than the detector {shape}")
+    dark = _bin(dark, binning)
+    denom = _bin(0.5 * (flats[0] + flats[1]), binning) - dark
+    dead = denom < eps
+    if bool(dead.all()):
+        raise ValueError(f"Walnut scan in {folder}: the flat field is not brighter than the dark field in any pixel")
+    return dark, np.maximum(denom, eps), dead, shape
+
+
+def _binned_vectors(vec: np.ndarray, raw_shape: tuple, binning: int) -> np.ndarray:
+    """The ASTRA cone_vec rows of a detector binned by ``binning`` (a copy)."""
+    vec = vec.copy()
+    if binning > 1:
+        full_rows, full_cols = raw_shape
+        rows, cols = full_rows // binning, full_cols // binning
+        u, v = vec[:, 6:9].copy(), vec[:, 9:12].copy()
+        # Kept pixels 0 .. cols*b-1 are centred (cols*b - full_cols)/2 pixels from the old centre.
+        vec[:, 3:6] += 0.5 * (cols * binning - full_cols) * u + 0.5 * (rows * binning - full_rows) * v
+        vec[:, 6:9] = binning * u
+        vec[:, 9:12] = binning * v
+    return vec
+
+
+def _line_integrals(img: np.ndarray, dark: np.ndarray, denom: np.ndarray, dead: np.ndarray,
+                    eps: float) -> tuple[np.ndarray, int]:
+    """``(-ln t, clamped)``: one binned projection's line integrals, ``t = (img - dark) / denom``
+    (1 on dead pixels, clamped below at ``eps``), and how many values were clamped."""
+    t = (img - dark) / denom
+    t[dead] = 1.0  # a dead pixel measured nothing: no attenuation
+    low = t < eps
+    t[low] = eps
+    return -np.log(t), int(low.sum())

@@ -83,6 +83,12 @@ class ScanStore:
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
+    def set_meta(self, meta: dict[str, Any]) -> None:
+        """Replace the store's ``meta`` attribute (what is known only once the scan is made,
+        e.g. its noise), before :meth:`commit`."""
+        group = _zarr().open_group(str(self.path), mode="r+")
+        group.attrs["meta"] = json.loads(json.dumps(meta))
+
 
 def create_scan(path: str | os.PathLike, geometry: ConeBeamGeometry, with_truth: bool = True,
                 meta: dict[str, Any] | None = None, force: bool = False) -> ScanStore:

@@ -173,20 +173,25 @@ class PartitionedReconstructor(Reconstructor):
         return state
 
     # ----------------------------------------------------------------- helpers
-    def with_patch_size(self, patch_size: Sequence[int] | int) -> "PartitionedReconstructor":
+    def with_patch_size(self, patch_size: Sequence[int] | int, stride: Sequence[int] | int | None = None,
+                        n_sweeps: int | None = None) -> "PartitionedReconstructor":
         """The same reconstructor (base shared, not copied) on patches of ``patch_size``: the
-        default stride follows the new patch, an explicit stride is kept; sweeps, start rule,
-        progress and patch batch are kept."""
-        return self._like(self.base, patch_size)
+        stride given, else the default stride follows the new patch and an explicit one is kept;
+        ``n_sweeps`` given or kept; start rule, progress and patch batch are kept."""
+        return self._like(self.base, patch_size, stride, n_sweeps)
 
     def with_base(self, base: torch.nn.Module) -> "PartitionedReconstructor":
         """The same reconstructor (patch, stride, sweeps, start rule, progress, patch batch) with
         another base model, e.g. the same network in another precision."""
         return self._like(base, self.patch_shape)
 
-    def _like(self, base: torch.nn.Module, patch_size: Sequence[int] | int) -> "PartitionedReconstructor":
-        return PartitionedReconstructor(base, self.img_shape, patch_size, None if self._default_stride else self.stride,
-                                        n_sweeps=self.n_sweeps, progress=self.progress, sweep_start=self.sweep_start,
+    def _like(self, base: torch.nn.Module, patch_size: Sequence[int] | int, stride: Sequence[int] | int | None = None,
+              n_sweeps: int | None = None) -> "PartitionedReconstructor":
+        if stride is None and not self._default_stride:
+            stride = self.stride
+        return PartitionedReconstructor(base, self.img_shape, patch_size, stride,
+                                        n_sweeps=self.n_sweeps if n_sweeps is None else n_sweeps,
+                                        progress=self.progress, sweep_start=self.sweep_start,
                                         patch_batch_size=self.patch_batch_size)
 
     def patches(self) -> list[tuple[int, int, int]]:

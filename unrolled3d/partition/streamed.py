@@ -387,32 +387,40 @@ def streamed_patch_peak(rec, physics: ConeBeamCT, p: int, measure=None) -> int:
 
 
 def streamed_patch(rec, physics: ConeBeamCT, budget_bytes: int, patch_size: int | None = None, measure=None,
-                   amp: bool | None = None):
+                   amp: bool | None = None, n_sweeps: int | None = None, overlap: float | None = None):
     """``rec`` on the largest patch whose streamed solve fits ``budget_bytes`` (the whole volume,
-    with one sweep, when it fits), or on ``patch_size`` when given. The peak of a group is
-    modelled as ``a + b p^3`` from two trial patches (:func:`streamed_patch_peak`). The network
-    runs in bfloat16 where it is native (``amp``: see :func:`unrolled3d.budget.plan_inference`)."""
-    from ..budget import bf16_is_native, network_precision
+    with one sweep, when it fits), or on ``patch_size`` when given; patches share ``overlap`` of
+    their edge and are swept ``n_sweeps`` times (defaults :data:`unrolled3d.budget.PATCHED_OVERLAP`,
+    :data:`~unrolled3d.budget.PATCHED_SWEEPS`, as in memory). The peak of a group is modelled as
+    ``a + b p^3`` from two trial patches (:func:`streamed_patch_peak`). The network runs in
+    bfloat16 where it is native (``amp``: see :func:`unrolled3d.budget.plan_inference`)."""
+    from ..budget import PATCHED_OVERLAP, PATCHED_SWEEPS, bf16_is_native, network_precision, patched_stride
 
     rec = rec.with_base(network_precision(rec.base, bf16_is_native(physics.operator_norm.device)
                                           if amp is None else amp)[0])
     shape = tuple(rec.img_shape)
     n = min(shape)
+    sweeps = PATCHED_SWEEPS if n_sweeps is None else integer("n_sweeps", n_sweeps, 1)
+    overlap = PATCHED_OVERLAP if overlap is None else overlap
+
+    def on_patches(patch: tuple[int, ...]):
+        if patch == shape:  # nothing outside the patch: a second sweep would repeat the first
+            return rec.with_patch_size(shape, shape, 1 if n_sweeps is None else sweeps)
+        return rec.with_patch_size(patch, patched_stride(patch, overlap), sweeps)
+
     if patch_size is not None:
         p = integer("patch_size", patch_size, 1)
         if p > n:
             raise ValueError(f"patch_size {p} is larger than the volume {shape}")
-        return rec.with_patch_size((p,) * 3)
+        return on_patches((p,) * 3)
     p1, p2 = min(16, n), min(24, n)
     m1 = streamed_patch_peak(rec, physics, p1, measure)
     b = 0.0 if p2 == p1 else max(streamed_patch_peak(rec, physics, p2, measure) - m1, 0) / (p2**3 - p1**3)
     a = m1 - b * p1**3
     if a + b * math.prod(shape) <= budget_bytes:
-        whole = rec.with_patch_size(shape)
-        whole.n_sweeps = 1  # nothing outside the patch: a second sweep would repeat the first
-        return whole
+        return on_patches(shape)
     fits = [p for p in sorted({*range(p1, n + 1, 8), n}) if a + b * p**3 <= budget_bytes]
     if not fits:
         raise ValueError(f"the memory budget {budget_bytes / 2**20:.0f} MiB is too small: one group of {p1}^3 "
                          f"patches needs about {(a + b * p1**3) / 2**20:.0f} MiB")
-    return rec.with_patch_size((fits[-1],) * 3)
+    return on_patches((fits[-1],) * 3)

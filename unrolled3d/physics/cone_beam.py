@@ -1,22 +1,26 @@
 """``ConeBeamCT``: the cone-beam projector pair as a ``deepinv.physics.LinearPhysics``."""
 from __future__ import annotations
 
-import math
-import warnings
 from typing import Sequence
 
 import torch
 from deepinv.physics import LinearPhysics
 from deepinv.physics.noise import NoiseModel, ZeroNoise
 
-from .._validation import boolean, check_allocation, check_device, choice, real
+from .._validation import boolean, check_device, choice, real
 from ..geometry import ConeBeamGeometry, DetectorWindow
 from ..ops.projector import cone_backproject, cone_project
 from .fdk import FDK_WINDOWS, fdk, fdk_tables
+from .norm import EXACT_NORM_VOXELS, cached_operator_norm, largest_eigenvalue_of_normal, operator_norm  # noqa: F401
 
 __all__ = ["ConeBeamCT", "ConeBeamPatch", "to_astra_layout", "from_astra_layout", "LAYOUTS", "SOLVER_KEYWORDS"]
 
 LAYOUTS = ("views", "astra")
+
+#: voxels x views of an FDK above which :meth:`ConeBeamCT.fbp` shows a progress bar (about a
+#: second of backprojection on a CPU core): large volumes, not the many small FDKs of a patch loop
+#: (with a bar the compiled backprojection runs in steps of views)
+FDK_PROGRESS_WORK = 256**3 * 64
 #: keywords of ``LinearPhysics.A_dagger`` / ``deepinv.optim.linear.least_squares`` that ask for
 #: a least-squares solve rather than FDK.
 SOLVER_KEYWORDS = frozenset({"solver", "tol", "max_iter", "verbose", "init", "z", "gamma", "parallel_dim",
@@ -47,7 +51,11 @@ class ConeBeamCT(LinearPhysics):
         device of the buffers.
     norm : float, optional
         ``||A||`` when it is known (e.g. recorded with the measurements or a model): no
-        estimate. Only with ``normalize=True``.
+        estimate. Only with ``normalize=True``. Otherwise the norm is estimated once per
+        geometry and remembered, in memory and on disk (:mod:`unrolled3d.physics.norm`).
+    progress : bool
+        progress bars on stderr while ``||A||`` is estimated (once that has taken a second) and
+        during the FDK of large scans (:meth:`fbp`, ``A_dagger``; :data:`FDK_PROGRESS_WORK`).
     layout : str
         measurement layout, ``"views"`` (default): ``[B, C, n_views, rows, cols]``,
         contiguous per view, as the projector writes it; ``"astra"``: deepinv's and ASTRA's
@@ -81,6 +89,7 @@ class ConeBeamCT(LinearPhysics):
         device: torch.device | str = "cpu",
         layout: str = "views",
         norm: float | None = None,
+        progress: bool = True,
         **kwargs,
     ) -> None:
         if not isinstance(geometry, ConeBeamGeometry):
@@ -90,6 +99,7 @@ class ConeBeamCT(LinearPhysics):
         choice("layout", layout, LAYOUTS)
         choice("fdk_window", fdk_window, FDK_WINDOWS)
         normalize = boolean("normalize", normalize)
+        progress = boolean("progress", progress)
         device = check_device("device", device)
         if noise_model is not None and not isinstance(noise_model, NoiseModel):
             raise TypeError(f"noise_model must be a deepinv NoiseModel, got {type(noise_model).__name__}")
@@ -103,15 +113,19 @@ class ConeBeamCT(LinearPhysics):
         self.layout = layout
         self.fdk_window = fdk_window
         self.normalize = bool(normalize)
+        self.progress = progress
         self.register_buffer("operator_norm", torch.tensor(1.0, dtype=torch.float64, device=device))
         # FDK's per-view tables, once per scan and device (shared with the patches' geometries),
         # so that A_dagger holds no geometry work and compiles whole (physics/fdk.py)
         fdk_tables(geometry, self.operator_norm.device)
+        # likewise the projector's view vectors: made here, not first inside a traced A (torch.export
+        # cannot read a tensor made while tracing; the estimate of ||A|| made them before its cache)
+        geometry.views_tensor(self.operator_norm.device)
         if self.normalize:
             if norm is not None:
                 self.operator_norm.fill_(real("norm", norm, positive=True))
             else:
-                self.operator_norm.fill_(operator_norm(geometry, self.operator_norm.device))
+                self.operator_norm.fill_(cached_operator_norm(geometry, self.operator_norm.device, progress=progress))
         elif norm is not None:
             raise ValueError("norm is the ||A|| that normalize=True divides by: give it with normalize=True")
 
@@ -159,7 +173,9 @@ class ConeBeamCT(LinearPhysics):
         """FDK reconstruction ``y -> [B, C, D, H, W]`` (inverts the normalisation, if any)."""
         views = self._to_views(y).contiguous()  # FDK's filtering runs along rows of each view
         window = self.fdk_window if window is None else choice("window", window, FDK_WINDOWS)
-        return self._scale(_fdk(views, self.geometry, window=window), 1)
+        g = self.geometry
+        bar = self.progress and g.vol_shape[0] * g.vol_shape[1] * g.vol_shape[2] * g.n_views >= FDK_PROGRESS_WORK
+        return self._scale(_fdk(views, g, window=window, progress=bar), 1)
 
     def A_dagger(self, y: torch.Tensor, fbp: bool | None = None, **kwargs) -> torch.Tensor:
         """Pseudo-inverse: FDK, or deepinv's least-squares solve when one is asked for.
@@ -211,7 +227,7 @@ class ConeBeamCT(LinearPhysics):
     def _sub_volume(self, offset: Sequence[int], shape: Sequence[int]) -> "ConeBeamCT":
         """The sub-volume's operator on the whole detector (no noise, this normalisation)."""
         patch = ConeBeamCT(self.geometry.restrict(offset, shape), fdk_window=self.fdk_window,
-                           device=self.operator_norm.device, layout=self.layout)
+                           device=self.operator_norm.device, layout=self.layout, progress=False)
         patch.normalize = self.normalize
         patch.operator_norm.copy_(self.operator_norm)
         return patch
@@ -229,7 +245,8 @@ class ConeBeamCT(LinearPhysics):
         if hi < lo:  # the slab's shadow misses the detector: any one row (its projection is zero)
             lo = hi = 0
         band = self.geometry.detector_rows(lo, hi - lo + 1).restrict(offset, shape)
-        op = ConeBeamCT(band, fdk_window=self.fdk_window, device=self.operator_norm.device, layout="views")
+        op = ConeBeamCT(band, fdk_window=self.fdk_window, device=self.operator_norm.device, layout="views",
+                        progress=False)
         op.normalize = self.normalize
         op.operator_norm.copy_(self.operator_norm)
         op.row0 = lo
@@ -278,7 +295,7 @@ class ConeBeamPatch(ConeBeamCT):
 
     def __init__(self, sub_volume: ConeBeamCT, window: DetectorWindow) -> None:
         super().__init__(sub_volume.geometry.windowed(window), fdk_window=sub_volume.fdk_window,
-                         device=sub_volume.operator_norm.device, layout=sub_volume.layout)
+                         device=sub_volume.operator_norm.device, layout=sub_volume.layout, progress=False)
         self.normalize = sub_volume.normalize
         self.operator_norm.copy_(sub_volume.operator_norm)
         self.window = window
@@ -325,95 +342,6 @@ class ConeBeamPatch(ConeBeamCT):
 
     def restrict(self, offset: Sequence[int], shape: Sequence[int]) -> "ConeBeamPatch":
         raise TypeError("a patch operator has no patches of its own: restrict the full operator instead")
-
-
-#: volumes up to this many voxels get the exact Lanczos estimate of ||A||; larger ones the coarse one
-EXACT_NORM_VOXELS = 128**3
-
-
-def largest_eigenvalue_of_normal(physics: "ConeBeamCT", max_iter: int = 60, rtol: float = 1e-9) -> float:
-    """``||A||^2`` of the raw (unnormalised) projector of ``physics``: the largest eigenvalue of
-    ``A^T A`` by Lanczos, started from a constant volume.
-
-    Deterministic on purpose: deepinv's ``compute_sqnorm`` restarts from the global RNG and, on
-    sparse-view scans whose top eigenvalues cluster, power iteration is still 1 % short after
-    100 iterations, so the norm (and every normalised measurement) changed from one
-    construction to the next. Lanczos settles in about 20 products. ``A`` has non-negative
-    entries, so its top singular vector is non-negative (Perron) and the constant start
-    overlaps it. No reorthogonalisation: we stop once the top Ritz value settles, before lost
-    orthogonality can matter (Paige), and keep two vectors instead of a basis.
-    """
-    geometry, device = physics.geometry, physics.operator_norm.device
-    # the estimate works on whole volumes: refuse one the device cannot hold, with words
-    check_allocation("normalize=True: a whole volume", (1, 1, *geometry.vol_shape), torch.float32, device)
-    q = torch.ones((1, 1, *geometry.vol_shape), dtype=torch.float32, device=device)
-    q = q / torch.linalg.vector_norm(q)
-    q_prev, beta = torch.zeros_like(q), 0.0
-    alphas: list[float] = []
-    betas: list[float] = []
-    top = 0.0
-    for _ in range(max_iter):
-        w = cone_backproject(cone_project(q, geometry), geometry)
-        alpha = float(torch.sum(q.double() * w.double()))
-        w = w - alpha * q - beta * q_prev
-        alphas.append(alpha)
-        tridiagonal = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-        if betas:
-            off = torch.tensor(betas, dtype=torch.float64)
-            tridiagonal += torch.diag(off, 1) + torch.diag(off, -1)
-        new_top = float(torch.linalg.eigvalsh(tridiagonal)[-1])
-        beta = float(torch.linalg.vector_norm(w.double()))
-        if abs(new_top - top) <= rtol * new_top or beta <= rtol * new_top:  # settled, or invariant subspace
-            return new_top
-        top = new_top
-        betas.append(beta)
-        q_prev, q = q, w / beta
-    warnings.warn(f"||A|| estimate (Lanczos) had not settled to rtol={rtol} after {max_iter} products",
-                  stacklevel=3)
-    return top
-
-
-def _coarsened(geometry: ConeBeamGeometry, factor: int) -> ConeBeamGeometry:
-    """The same scan of the same box on a grid ``factor`` times coarser (same views, detector)."""
-    shape = tuple(max(2, -(-n // factor)) for n in geometry.vol_shape)
-    voxel = tuple(n * s / m for n, s, m in zip(geometry.vol_shape, geometry.voxel_size, shape))
-    return ConeBeamGeometry(geometry.vectors, geometry.det_shape, shape, voxel, geometry.vol_offset,
-                            trajectory=geometry.trajectory)
-
-
-def operator_norm(geometry: ConeBeamGeometry, device: torch.device | str = "cpu",
-                  exact_voxels: int = EXACT_NORM_VOXELS) -> float:
-    r"""``||A||`` of the projector of ``geometry``.
-
-    Up to ``exact_voxels`` voxels: Lanczos on ``A^T A`` (:func:`largest_eigenvalue_of_normal`,
-    relative accuracy about 1e-6). Beyond, where one product costs a full projection and
-    backprojection of the volume (about 20 are needed): from the same scan on grids ``f`` and
-    ``2f`` times coarser (the smallest power of two ``f`` with at most ``exact_voxels`` voxels).
-    The top eigenvector is smooth (it is the Perron vector of a non-negative operator), so a
-    grid ``f`` times coarser, whose voxels hold ``f^3`` of the fine ones, has ``||A_f||^2 pprox
-    f^3 ||A||^2``; the discretisation error shrinks about linearly with the voxel size, which the
-    two grids extrapolate away (Richardson): ``||A||^2 pprox 2 \lambda_f / f^3 - \lambda_{2f} /
-    (2f)^3``. Measured on 30-view scans of 48^3 and 96^3 volumes against Lanczos on the fine
-    grid: within 0.2 % (a single grid 2 times coarser: 0.5-0.9 % low).
-
-    Examples
-    --------
-    >>> from unrolled3d.physics import standard_cone_beam
-    >>> from unrolled3d.physics.cone_beam import operator_norm
-    >>> g = standard_cone_beam(24, 12)
-    >>> exact, coarse = operator_norm(g), operator_norm(g, exact_voxels=12**3)
-    >>> abs(coarse / exact - 1) < 0.01
-    True
-    """
-    voxels = math.prod(geometry.vol_shape)
-    device = torch.device(device)
-    if voxels <= exact_voxels:
-        return largest_eigenvalue_of_normal(ConeBeamCT(geometry, device=device)) ** 0.5
-    f = 1
-    while voxels / f**3 > exact_voxels:
-        f *= 2
-    lam = [largest_eigenvalue_of_normal(ConeBeamCT(_coarsened(geometry, k), device=device)) / k**3 for k in (f, 2 * f)]
-    return max(2 * lam[0] - lam[1], lam[0]) ** 0.5
 
 
 _fdk = fdk  # the method argument `fdk` shadows the function inside A_dagger

@@ -48,8 +48,9 @@ __all__ = ["TrainConfig", "GeometryConfig", "PhantomsConfig", "DataConfig", "MRI
 
 #: seeds are 32-bit (numpy's and torch's generators take them; ``seed + rank`` cannot overflow)
 SEED_MAX = 2**32 - 1
-#: what a model file records beside the sections (how the data were scaled, which files, the start, the command)
-RECORDS = ("normalization", "data_files", "init", "command")
+#: what a model file records beside the sections (how the data were scaled, which files, the start, the command,
+#: the scale of the training scans and ||A|| of the training scan: unrolled3d.models.scale, unrolled3d.physics.norm)
+RECORDS = ("normalization", "data_files", "init", "command", "training_scale", "operator_norm")
 _seed = integer_in(0, SEED_MAX)
 _count = integer_in(0, 10**9)
 

@@ -108,3 +108,21 @@ def test_a_larger_patch_batch_gets_a_smaller_patch_for_the_same_budget():
         assert choice.patch_model == pytest.approx((0.0, 100.0 * batch), abs=1e-6)
     assert picks[1] == 40
     assert picks[8] == 16  # 8 * 24^3 * 100 > budget; 8 * 16^3 * 100 fits
+
+
+def test_peak_model_skips_the_first_solve_and_never_models_a_flat_peak():
+    """The patch memory model: warm-up unmeasured, growth found, an upper bound where none is seen."""
+    from unrolled3d.budget import peak_model
+
+    calls = []
+
+    def warm_then_linear(p):  # the first solve of a process allocates 17 MiB it keeps
+        calls.append(p)
+        return (17 << 20) if len(calls) == 1 else 1000 + 200 * p**3
+
+    a, b = peak_model(warm_then_linear, 512)
+    assert calls == [16, 16, 32] and (a, b) == pytest.approx((1000, 200))
+    seen = []
+    a, b = peak_model(lambda p: seen.append(p) or 5000, 100)  # no growth: bigger trials, then an upper bound
+    assert seen == [16, 16, 32, 64, 100] and a == 0 and b == pytest.approx(5000 / 100**3)
+    assert peak_model(lambda p: 7, 12) == (7.0, 0.0)  # a volume no larger than the smallest trial

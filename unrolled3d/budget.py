@@ -30,7 +30,7 @@ from ._validation import integer, real
 from .memory import reset_peak_rss, status_bytes, trim_heap
 
 __all__ = ["parse_bytes", "PatchChoice", "choose_patch", "measure_peak", "available_bytes", "InferencePlan",
-           "plan_inference", "bf16_is_native", "patch_cost_model", "network_precision", "PATCHED_OVERLAP",
+           "plan_inference", "bf16_is_native", "patch_cost_model", "peak_model", "network_precision", "PATCHED_OVERLAP",
            "PATCHED_SWEEPS", "patched_stride"]
 
 _UNITS = {"": 2**20, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
@@ -230,25 +230,48 @@ def patched_stride(patch: Sequence[int], overlap: float = PATCHED_OVERLAP) -> tu
     return tuple(max(1, int(p) - int(round(overlap * int(p)))) for p in patch)
 
 
-def patch_cost_model(rec, y: torch.Tensor, physics, x_init: torch.Tensor, sizes: Sequence[int],
+def peak_model(peak_at: Callable[[int], int], n: int) -> tuple[float, float]:
+    """``(a, b)``: the peak of one group of ``p``^3 patches modelled as ``a + b p^3`` bytes from
+    trial patches of edge 16 and 32 (at most ``n``), ``peak_at(p)`` measuring one.
+
+    The first trial is run once unmeasured: a process's first solve allocates what later ones
+    reuse (thread pools, oneDNN's primitives: 17 MiB against 2 MiB seen for 16^3), which made a
+    16^3 patch look dearer than a 24^3 one and the model flat (a 512^3 volume "fitting" 1 GiB).
+    A growth not seen (an allocator reusing memory) is looked for at twice the edge, and if still
+    not seen, the peak of the largest trial is taken as all proportional to ``p^3`` (an upper
+    bound: ``a = 0``, ``b = peak / p^3``)."""
+    p1 = min(16, n)
+    peak_at(p1)  # warm-up, not measured
+    m1 = float(peak_at(p1))
+    p2 = min(32, n)
+    while p2 > p1:
+        m2 = float(peak_at(p2))
+        if m2 > m1:
+            b = (m2 - m1) / (p2**3 - p1**3)
+            return m1 - b * p1**3, b
+        if p2 == n:
+            return 0.0, max(m1, m2) / p2**3
+        p2 = min(2 * p2, n)
+    return m1, 0.0
+
+
+def patch_cost_model(rec, y: torch.Tensor, physics, x_init: torch.Tensor,
                      measure: Callable[[Callable[[], object], torch.device], int] = measure_peak,
                      normal=None) -> tuple[float, float]:
-    """``(a, b)`` of the peak of one group of patches, ``a + b p^3`` bytes, measured at two patch
-    edges ``sizes`` (see the module docstring); ``normal``: H mode."""
+    """``(a, b)`` of the peak of one group of patches, ``a + b p^3`` bytes (:func:`peak_model`:
+    trial patches of 16^3 and 32^3); ``normal``: H mode."""
     x_ctx = torch.zeros_like(x_init)
     # y - A x_ctx with a zero context (exact mode), or its backprojection (H mode: a volume)
     residual = y.clone() if normal is None else physics.A_adjoint(y)
-    peaks = []
-    with torch.no_grad():
-        for p in sizes:
-            one = rec.with_patch_size((p, p, p))
-            offsets = one.patches()[:one.patch_batch_size]
-            peaks.append(measure(lambda: one.reconstruct_patches(y, physics, x_ctx, offsets, residual, normal=normal),
-                                 y.device))
-    if len(sizes) < 2 or sizes[0] == sizes[1]:
-        return float(peaks[0]), 0.0
-    b = max(peaks[1] - peaks[0], 0) / (sizes[1] ** 3 - sizes[0] ** 3)
-    return peaks[0] - b * sizes[0] ** 3, b
+
+    def peak_at(p: int) -> int:
+        one = rec.with_patch_size((p, p, p))
+        offsets = one.patches()[:one.patch_batch_size]
+        with torch.no_grad():
+            return measure(lambda: one.reconstruct_patches(y, physics, x_ctx, offsets, residual, normal=normal),
+                           y.device)
+
+    return peak_model(peak_at, min(rec.img_shape))
 
 
 @dataclass
@@ -322,8 +345,7 @@ def plan_inference(rec, y: torch.Tensor, physics, x_init: torch.Tensor, budget_b
     vol = math.prod(shape) * y.shape[0] * y.shape[1] * item
     buffers = 3 * vol + 2 * y.numel() * item  # estimate, blended sum, weight; residual and a projection
     p1 = min(16, n)
-    p2 = min(max(24, p1), n)
-    a, b = patch_cost_model(rec, y, physics, x_init, (p1, p2), measure, normal)
+    a, b = patch_cost_model(rec, y, physics, x_init, measure, normal)
     whole = buffers + a + b * math.prod(shape)
     use_amp = bf16_is_native(device) if amp is None else bool(amp)
     if whole <= budget:

@@ -54,8 +54,12 @@ from unrolled3d.models import build_model
 from unrolled3d.physics import ConeBeamCT
 from unrolled3d.physics.presets import standard_cone_beam
 
-from baselines import MbirjaxPeer, TVPGD  # this folder is the script's: bench/experiments/
-from quality_real import held_out_volume, machine, scores, summarise
+if __package__:  # imported as unrolled3d.bench.experiments.quality_peers (the tests)
+    from .baselines import MbirjaxPeer, TVPGD
+    from .quality_real import held_out_volume, machine, scores, summarise
+else:  # run as a script: this folder, bench/experiments/, is on the path
+    from baselines import MbirjaxPeer, TVPGD
+    from quality_real import held_out_volume, machine, scores, summarise
 
 TEST_SEED, VAL_SEED = 123, 321  # quality_real.py's held-out noise draws; the validation set's own
 

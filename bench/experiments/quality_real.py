@@ -72,7 +72,10 @@ from unrolled3d.physics import ConeBeamCT
 from unrolled3d.physics.presets import standard_cone_beam
 from unrolled3d.train import TrainConfig, train
 
-from train_post import build_post, load_post  # this folder is the script's: bench/experiments/
+if __package__:  # imported as unrolled3d.bench.experiments.quality_real (the bench suites, the tests)
+    from .train_post import build_post, load_post
+else:  # run as a script: this folder, bench/experiments/, is on the path
+    from train_post import build_post, load_post
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"  # bench/results
 SHIPPED = Path(__file__).resolve().parents[2] / "unrolled3d" / "weights" / "demo_ct.pt"

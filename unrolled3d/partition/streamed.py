@@ -392,9 +392,10 @@ def streamed_patch(rec, physics: ConeBeamCT, budget_bytes: int, patch_size: int 
     with one sweep, when it fits), or on ``patch_size`` when given; patches share ``overlap`` of
     their edge and are swept ``n_sweeps`` times (defaults :data:`unrolled3d.budget.PATCHED_OVERLAP`,
     :data:`~unrolled3d.budget.PATCHED_SWEEPS`, as in memory). The peak of a group is modelled as
-    ``a + b p^3`` from two trial patches (:func:`streamed_patch_peak`). The network runs in
+    ``a + b p^3`` from trial patches (:func:`unrolled3d.budget.peak_model`, :func:`streamed_patch_peak`). The network runs in
     bfloat16 where it is native (``amp``: see :func:`unrolled3d.budget.plan_inference`)."""
-    from ..budget import PATCHED_OVERLAP, PATCHED_SWEEPS, bf16_is_native, network_precision, patched_stride
+    from ..budget import (PATCHED_OVERLAP, PATCHED_SWEEPS, bf16_is_native, network_precision, patched_stride,
+                          peak_model)
 
     rec = rec.with_base(network_precision(rec.base, bf16_is_native(physics.operator_norm.device)
                                           if amp is None else amp)[0])
@@ -413,10 +414,8 @@ def streamed_patch(rec, physics: ConeBeamCT, budget_bytes: int, patch_size: int 
         if p > n:
             raise ValueError(f"patch_size {p} is larger than the volume {shape}")
         return on_patches((p,) * 3)
-    p1, p2 = min(16, n), min(24, n)
-    m1 = streamed_patch_peak(rec, physics, p1, measure)
-    b = 0.0 if p2 == p1 else max(streamed_patch_peak(rec, physics, p2, measure) - m1, 0) / (p2**3 - p1**3)
-    a = m1 - b * p1**3
+    p1 = min(16, n)
+    a, b = peak_model(lambda p: streamed_patch_peak(rec, physics, p, measure), n)
     if a + b * math.prod(shape) <= budget_bytes:
         return on_patches(shape)
     fits = [p for p in sorted({*range(p1, n + 1, 8), n}) if a + b * p**3 <= budget_bytes]

@@ -76,6 +76,11 @@ from unrolled3d.normal import DiagCirculantWrapper
 from unrolled3d.partition import PartitionedReconstructor
 from unrolled3d.train import TrainConfig, train
 
+if __package__:  # imported as unrolled3d.bench.experiments.quality_mri (the tests)
+    from .quality_real import centre_in_cube, zoom_to_fit
+else:  # run as a script: this folder, bench/experiments/, is on the path
+    from quality_real import centre_in_cube, zoom_to_fit
+
 CG_ITERS = (5, 10, 20, 40)
 CG_LAMS = (0.0, 0.01, 0.03, 0.1)
 #: CG-SENSE's grid on the real heads (few iterations are a regulariser too: early stopping)
@@ -182,8 +187,6 @@ def head_magnitude(path: str, n: int, margin: int) -> torch.Tensor:
     """A volume file as a ``(n, n, n)`` magnitude: zoomed to span ``n - 2 margin`` voxels, divided by
     its 99.5th percentile (as ``real_volumes.py --training-set`` scales the training files) and
     centred in air."""
-    from unrolled3d.bench.experiments.quality_real import centre_in_cube, zoom_to_fit
-
     vol = np.load(path).astype(np.float32)
     z = zoom_to_fit(vol, n - 2 * margin)
     z = z / np.percentile(z, 99.5)

@@ -57,6 +57,24 @@ def pytest_configure(config: pytest.Config) -> None:
             config.option.benchmark_warmup = False
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-benchmark's hook
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    """What ran the suite, in the results file (``machine_info["unrolled3d"]``), so that the report
+    states it instead of assuming it: the device (the GPU's name, or ``cpu``), torch's threads at
+    the end of the run (cases that change them record their own in ``extra_info``), torch, the
+    logical CPUs, and the sizes or quick selection asked for."""
+    import os
+
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    machine_info["unrolled3d"] = {
+        "device": device, "threads": torch.get_num_threads(), "torch": str(torch.__version__),
+        "cuda": torch.version.cuda, "logical_cpus": os.cpu_count(),
+        "sizes": config.getoption("--u3d-sizes"), "quick": bool(config.getoption("--u3d-quick")),
+    }
+
+
 @pytest.hookimpl(trylast=True)  # after the @parametrize marks: ``n`` ends the case's id, as before
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     marker = metafunc.definition.get_closest_marker("u3d_sizes")

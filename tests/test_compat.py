@@ -247,12 +247,13 @@ def test_measurements_of_the_wrong_layout_are_refused(pair):
         compat.A_adjoint(y)
 
 
-# ------------------------------------------------------------------ the README's before/after example
+# ------------------------------------------------------------------ the guide's before/after example
 def _readme_blocks() -> tuple[str, str]:
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    """The swap-in's before/after blocks, in docs/guide/deepinv.md (the README links there)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "guide" / "deepinv.md").read_text()
     before = re.search(r"<!-- deepinv-before -->\s*```python\n(.*?)```", text, re.S)
     after = re.search(r"<!-- deepinv-after -->\s*```python\n(.*?)```", text, re.S)
-    assert before and after, "README lacks the marked deepinv before/after example"
+    assert before and after, "docs/guide/deepinv.md lacks the marked deepinv before/after example"
     return before.group(1), after.group(1)
 
 
@@ -262,6 +263,6 @@ def test_readme_swap_is_one_import_line_and_runs():
     assert len(before.splitlines()) == len(after.splitlines()) and len(diff) == 1, diff
     assert "import TomographyWithAstra" in diff[0][0] and "from unrolled3d.physics import" in diff[0][1]
     namespace: dict = {}
-    exec(compile(after, "README.md (after)", "exec"), namespace)  # noqa: S102 -- our own README
+    exec(compile(after, "docs/guide/deepinv.md (after)", "exec"), namespace)  # noqa: S102 -- our own docs
     x, x_hat = namespace["x"], namespace["x_hat"]
     assert x_hat.shape == x.shape and torch.isfinite(x_hat).all()

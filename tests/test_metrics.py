@@ -86,3 +86,59 @@ def test_per_sample_metrics_are_the_pooled_ones_of_each_item():
         psnr_per_sample(y, torch.zeros_like(x))
     with pytest.raises(ValueError, match="batch axis"):
         ssim_per_sample(y[0, 0], x[0, 0], radius=2)
+
+
+# ------------------------------------------------------------ the two SSIM definitions (issue 30)
+def _pair(shape=(2, 1, 14, 15, 16), seed=3):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(shape, generator=gen, dtype=torch.float64)
+    x[1] *= 3.0  # items of different ranges
+    return 0.7 * x + 0.3 * torch.rand(shape, generator=gen, dtype=torch.float64), x
+
+
+def test_ssim_is_scikit_image_s():
+    skimage_metrics = pytest.importorskip("skimage.metrics", reason="scikit-image is in requirements-test.txt")
+    y, x = _pair()
+    for i in range(2):
+        r = float(x[i].max() - x[i].min())
+        ref = skimage_metrics.structural_similarity(x[i, 0].numpy(), y[i, 0].numpy(), gaussian_weights=True,
+                                                    sigma=1.5, use_sample_covariance=False, data_range=r)
+        assert ssim(y[i, 0], x[i, 0]) == pytest.approx(ref, rel=1e-12)
+        assert float(ssim_per_sample(y, x)[i]) == pytest.approx(ref, rel=1e-12)
+
+
+def test_deepinv_definition_is_deepinv_s_own():
+    """``definition="deepinv"`` against deepinv's SSIM (torchmetrics underneath) on volumes, with
+    its default range (1) and with each truth's range; float64, so the two agree to rounding."""
+    from deepinv.loss.metric import SSIM
+
+    y, x = _pair()
+    theirs_unit = SSIM()(y, x)  # max_pixel=1, min_pixel=0
+    theirs_own = SSIM(max_pixel=None, min_pixel=None)(y, x)
+    ours_unit = VolumeSSIM(data_range=1.0, definition="deepinv")(y, x)
+    ours_own = VolumeSSIM(definition="deepinv")(y, x)
+    torch.testing.assert_close(ours_unit, theirs_unit.double(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ours_own, theirs_own.double(), rtol=1e-10, atol=1e-12)
+    assert ssim(y[0], x[0], definition="deepinv") == pytest.approx(float(theirs_own[0]), rel=1e-10)
+    # on an object in air the definitions differ widely (the border windows, mostly air, weigh in
+    # deepinv's): the figures are not interchangeable
+    cube = torch.zeros(1, 1, 16, 16, 16, dtype=torch.float64)
+    cube[..., 4:12, 4:12, 4:12] = 1.0
+    noisy = cube + 0.1 * torch.randn(cube.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert float(VolumeSSIM()(noisy, cube)) - float(SSIM()(noisy, cube)) > 0.3
+
+
+def test_ssim_definition_bad_input():
+    x = torch.rand(12, 12, 12)
+    with pytest.raises(ValueError, match="definition"):
+        ssim(x, x, definition="torchmetrics")
+    with pytest.raises(ValueError, match="definition"):
+        VolumeSSIM(definition="skimage ")
+    with pytest.raises(ValueError, match="longer than 5"):
+        ssim(torch.rand(5, 12, 12), torch.rand(5, 12, 12), definition="deepinv")
+    # 6 slices: the reflect padding of the 11-tap window fits; SSIM is 1 for equal volumes, in (-1, 1) otherwise
+    # (two independent random volumes can score below 0)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(6, 12, 12, generator=gen), torch.rand(6, 12, 12, generator=gen)
+    assert ssim(x, x, definition="deepinv") == pytest.approx(1.0, abs=1e-6)  # float32
+    assert -1 < ssim(x, y, definition="deepinv") < 1

@@ -210,6 +210,7 @@ def test_mri_section_is_checked(tmp_path):
     (["reconstruct", "{k}", "--weights", "{model}", "--out", "x.npy"], "--weights applies to --method unrolled"),
     (["reconstruct", "{k}", "--normal", "{model}", "--out", "x.npy"], "--normal applies to cone-beam CT"),
     (["reconstruct", "{k}", "--precision", "bfloat16", "--out", "x.npy"], "MRI reconstructions run in float32"),
+    (["reconstruct", "{k}", "--preview", "p.png", "--out", "x.npy"], "--preview applies to cone-beam CT"),
     (["reconstruct", "{k}", "--method", "unrolled", "--weights", "{model}", "--overlap", "0", "--sweeps", "2",
       "--out", "x.npy"], "--overlap, --sweeps apply to cone-beam CT's unrolled reconstruction"),
     (["reconstruct", "{k}", "--scale-check", "rescale", "--out", "x.npy"],

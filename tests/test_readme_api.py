@@ -20,6 +20,7 @@ from unrolled3d.io import save_measurements
 from unrolled3d.metrics import psnr
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guide" / "partitioned.md"
 
 
 def _block(marker: str) -> str:
@@ -30,12 +31,12 @@ def _block(marker: str) -> str:
     return code.group(1)
 
 
-def _block_after(first: str) -> str:
-    """The python block after the one that follows ``first`` (the building blocks)."""
-    text = README.read_text()
-    start = text.index(first)
-    blocks = re.findall(r"```python\n(.*?)```", text[start:], re.S)
-    return blocks[1]
+def _guide_block(marker: str) -> str:
+    """The python block after ``marker`` in the partitioned-reconstruction guide (the building blocks)."""
+    text = GUIDE.read_text()
+    code = re.search(r"```python\n(.*?)```", text[text.index(marker):], re.S)
+    assert code is not None, f"no python block after {marker!r} in {GUIDE}"
+    return code.group(1)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_the_partitioned_example_beats_fdk_and_matches_the_command_line(example,
 @pytest.mark.slow
 def test_the_building_blocks_block_runs(example, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # it writes h.pt
-    code = _block_after("<!-- partitioned-example").replace("n_iter=200", "n_iter=5")
+    code = _guide_block("<!-- building-blocks").replace("n_iter=200", "n_iter=5")
     namespace = dict(example)
     exec(compile(code, "README.md (building blocks)", "exec"), namespace)
     x = example["x"]

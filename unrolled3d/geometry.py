@@ -134,6 +134,8 @@ class ConeBeamGeometry:
     vol_offset : (float, float, float)
         World position ``(oz, oy, ox)`` of the volume centre, mm.
 
+    Notes
+    -----
     Use :meth:`circular` for circular scans and :meth:`from_vectors` for measured trajectories.
 
     Examples

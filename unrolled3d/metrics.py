@@ -1,14 +1,37 @@
 """Image quality metrics on volumes: pooled figures (``psnr``, ``ssim``: one float) and per-sample
 ones (``psnr_per_sample``, ``ssim_per_sample``: one value per batch item), the latter also as
-deepinv ``Metric`` classes (:class:`VolumePSNR`, :class:`VolumeSSIM`) for ``deepinv.Trainer``."""
+deepinv ``Metric`` classes (:class:`VolumePSNR`, :class:`VolumeSSIM`) for ``deepinv.Trainer``.
+
+Two definitions of SSIM
+-----------------------
+Both follow Wang et al. (2004) with a Gaussian window (``sigma = 1.5``, 11 taps), ``K1 = 0.01``,
+``K2 = 0.03``; they differ at the border and in the default dynamic range:
+
+* ``definition="skimage"`` (the default, and the one of every SSIM figure in this package's
+  tables, README and ``bench/results``): the mean over the voxels whose whole window lies inside
+  the volume (no padding), equal to ``skimage.metrics.structural_similarity(truth, estimate,
+  gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=...)``; default
+  ``data_range`` the truth's ``max - min``.
+* ``definition="deepinv"``: the mean over every voxel of the volume reflect-padded by the window's
+  radius, local variances clamped at 0: ``deepinv.loss.metric.SSIM`` and torchmetrics'
+  ``structural_similarity_index_measure`` on ``[B, C, D, H, W]``. deepinv's ``SSIM()`` uses
+  ``data_range = 1`` unless ``max_pixel=None, min_pixel=None``: pass ``data_range=1.0`` to match it.
+
+How far apart they are depends on the volume (the border windows, often air around an object,
+weigh in deepinv's): on the demo's held-out 48^3 phantom FDK reads 0.192 (scikit-image) and
+0.153 (deepinv), the shipped network 0.968 and 0.968; a noisy cube in air (the example of
+:func:`ssim`) 0.962 and 0.608; issue 30 met 0.827 and 0.698 on one volume. Compare figures of
+one definition only.
+"""
 from __future__ import annotations
 
 import math
+from typing import Any, Literal
 
 import torch
 from deepinv.loss.metric import Metric
 
-__all__ = ["psnr", "ssim", "psnr_per_sample", "ssim_per_sample", "magnitude_psnr", "VolumePSNR", "VolumeSSIM"]
+__all__ = ["SSIM_DEFINITIONS", "psnr", "ssim", "psnr_per_sample", "ssim_per_sample", "magnitude_psnr", "VolumePSNR", "VolumeSSIM"]
 
 
 def psnr(estimate: torch.Tensor, truth: torch.Tensor, data_range: float | None = None) -> float:
@@ -37,16 +60,31 @@ def _gaussian_window(sigma: float, radius: int, dtype: torch.dtype) -> torch.Ten
     return w / w.sum()
 
 
-def _check_ssim_args(estimate: torch.Tensor, truth: torch.Tensor, radius: int) -> None:
+#: the SSIM definitions (see the module docstring)
+SSIM_DEFINITIONS = ("skimage", "deepinv")
+
+
+def _check_ssim_args(estimate: torch.Tensor, truth: torch.Tensor, radius: int, definition: str = "skimage") -> None:
     if estimate.shape != truth.shape:
         raise ValueError(f"estimate has shape {tuple(estimate.shape)} but truth has {tuple(truth.shape)}")
-    if truth.ndim < 3 or min(truth.shape[-3:]) <= 2 * radius:
+    if definition not in SSIM_DEFINITIONS:
+        raise ValueError(f"definition must be one of {SSIM_DEFINITIONS}, got {definition!r}")
+    if definition == "skimage" and (truth.ndim < 3 or min(truth.shape[-3:]) <= 2 * radius):
         raise ValueError(f"ssim needs 3 spatial axes longer than {2 * radius} voxels, got shape {tuple(truth.shape)}")
+    if definition == "deepinv" and (truth.ndim < 3 or min(truth.shape[-3:]) <= radius):
+        # reflect padding by the radius needs more voxels than the radius on every axis
+        raise ValueError(f"ssim (deepinv) needs 3 spatial axes longer than {radius} voxels, "
+                         f"got shape {tuple(truth.shape)}")
 
 
-def _ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: torch.Tensor, sigma: float, radius: int) -> torch.Tensor:
-    """Local SSIM of ``x``, ``y`` ``(N, 1, D, H, W)`` (float64) at every voxel whose window fits;
-    ``data_range`` broadcasts against ``(N, 1, 1, 1, 1)``."""
+def _ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: torch.Tensor, sigma: float, radius: int,
+              definition: str = "skimage") -> torch.Tensor:
+    """Local SSIM of ``x``, ``y`` ``(N, 1, D, H, W)`` (float64): at every voxel whose window fits
+    (``"skimage"``), or at every voxel of the volume reflect-padded by ``radius`` with the local
+    variances clamped at 0 (``"deepinv"``); ``data_range`` broadcasts against ``(N, 1, 1, 1, 1)``."""
+    if definition == "deepinv":
+        x = torch.nn.functional.pad(x, (radius,) * 6, mode="reflect")
+        y = torch.nn.functional.pad(y, (radius,) * 6, mode="reflect")
     w = _gaussian_window(sigma, radius, torch.float64).to(x.device)
     kernels = (w.view(1, 1, -1, 1, 1), w.view(1, 1, 1, -1, 1), w.view(1, 1, 1, 1, -1))
 
@@ -59,34 +97,59 @@ def _ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: torch.Tensor, sigma:
     vx = blur(x * x) - mx * mx
     vy = blur(y * y) - my * my
     cxy = blur(x * y) - mx * my
+    if definition == "deepinv":  # torchmetrics clamps the variances (rounding can make them negative)
+        vx, vy = vx.clamp_min(0), vy.clamp_min(0)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
 
 
 def ssim(estimate: torch.Tensor, truth: torch.Tensor, data_range: float | None = None,
-         sigma: float = 1.5, radius: int = 5) -> float:
+         sigma: float = 1.5, radius: int = 5, definition: Literal["skimage", "deepinv"] = "skimage") -> float:
     """Structural similarity (Wang et al. 2004) of two volumes, averaged over the volume.
 
     Local statistics use a separable Gaussian window (``sigma`` voxels, truncated at ``radius``:
-    the classic 11-tap window) applied in 3D without padding, so only voxels whose whole window
-    lies inside the volume count; ``K1 = 0.01``, ``K2 = 0.03``; statistics in float64.
+    the classic 11-tap window); ``K1 = 0.01``, ``K2 = 0.03``; statistics in float64. With
+    ``definition="skimage"`` (default) the window is applied in 3D without padding, so only voxels
+    whose whole window lies inside the volume count: scikit-image's
+    ``structural_similarity(..., gaussian_weights=True, use_sample_covariance=False)``. With
+    ``definition="deepinv"``, deepinv's and torchmetrics' SSIM (reflect padding, every voxel; see
+    the module docstring: the two differ by about 0.1 on a reconstruction).
 
     Parameters
     ----------
     estimate, truth : torch.Tensor
-        Same shape, the last three axes ``(D, H, W)`` spatial (each > ``2 * radius``); leading axes
-        are averaged over (pooled: one figure for the whole batch, see :func:`ssim_per_sample`).
+        Same shape, the last three axes ``(D, H, W)`` spatial (each > ``2 * radius``, or >
+        ``radius`` for ``"deepinv"``); leading axes are averaged over (pooled: one figure for the
+        whole batch, see :func:`ssim_per_sample`).
     data_range : float, optional
-        Dynamic range ``L``; default ``truth.max() - truth.min()``.
+        Dynamic range ``L``; default ``truth.max() - truth.min()`` (deepinv's ``SSIM()`` uses 1).
+    sigma, radius
+        The Gaussian window's standard deviation and half-width, in voxels.
+    definition : {"skimage", "deepinv"}
+        Which SSIM (see above). The package's tables use ``"skimage"``.
+
+    Returns
+    -------
+    float
+        The mean local SSIM, at most 1.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from unrolled3d.metrics import ssim
+    >>> x = torch.zeros(16, 16, 16); x[4:12, 4:12, 4:12] = 1.0
+    >>> noisy = x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    >>> round(ssim(noisy, x), 3), round(ssim(noisy, x, definition="deepinv"), 3)
+    (0.962, 0.608)
     """
-    _check_ssim_args(estimate, truth, radius)
+    _check_ssim_args(estimate, truth, radius, definition)
     if data_range is None:
         data_range = float(truth.max() - truth.min())
     if data_range <= 0:
         raise ValueError(f"data_range must be positive, got {data_range}")
     x = estimate.detach().double().reshape(-1, 1, *truth.shape[-3:])
     y = truth.detach().double().reshape(-1, 1, *truth.shape[-3:])
-    return float(_ssim_map(x, y, torch.tensor(data_range, dtype=torch.float64), sigma, radius).mean())
+    return float(_ssim_map(x, y, torch.tensor(data_range, dtype=torch.float64), sigma, radius, definition).mean())
 
 
 def _per_sample_range(truth: torch.Tensor, data_range: float | None) -> torch.Tensor:
@@ -103,7 +166,8 @@ def _per_sample_range(truth: torch.Tensor, data_range: float | None) -> torch.Te
 
 
 def ssim_per_sample(estimate: torch.Tensor, truth: torch.Tensor, data_range: float | None = None,
-                    sigma: float = 1.5, radius: int = 5) -> torch.Tensor:
+                    sigma: float = 1.5, radius: int = 5,
+                    definition: Literal["skimage", "deepinv"] = "skimage") -> torch.Tensor:
     """SSIM of each batch item: ``(B,)`` float64, each the :func:`ssim` of ``estimate[i]`` and
     ``truth[i]`` (channels averaged) with that item's ``data_range`` (default its truth's
     ``max - min``).
@@ -114,10 +178,11 @@ def ssim_per_sample(estimate: torch.Tensor, truth: torch.Tensor, data_range: flo
         ``(B, C, D, H, W)`` (or ``(B, D, H, W)``), same shape.
     data_range : float, optional
         One range for every item instead.
-    sigma, radius
-        As in :func:`ssim`.
+    sigma, radius, definition
+        As in :func:`ssim` (``definition="deepinv"`` with ``data_range=1.0`` is
+        ``deepinv.loss.metric.SSIM()``; with the default range, ``SSIM(max_pixel=None, min_pixel=None)``).
     """
-    _check_ssim_args(estimate, truth, radius)
+    _check_ssim_args(estimate, truth, radius, definition)
     if truth.ndim < 4:
         raise ValueError(f"ssim_per_sample needs a batch axis: (B, [C,] D, H, W), got shape {tuple(truth.shape)}")
     b = truth.shape[0]
@@ -126,7 +191,7 @@ def ssim_per_sample(estimate: torch.Tensor, truth: torch.Tensor, data_range: flo
     y = truth.detach().double().reshape(b, -1, *truth.shape[-3:])
     channels = x.shape[1]
     rng_map = rng.repeat_interleave(channels).view(-1, 1, 1, 1, 1)
-    s = _ssim_map(x.reshape(-1, 1, *x.shape[-3:]), y.reshape(-1, 1, *y.shape[-3:]), rng_map, sigma, radius)
+    s = _ssim_map(x.reshape(-1, 1, *x.shape[-3:]), y.reshape(-1, 1, *y.shape[-3:]), rng_map, sigma, radius, definition)
     return s.reshape(b, -1).mean(1)
 
 
@@ -183,14 +248,19 @@ class VolumePSNR(Metric):
 class VolumeSSIM(Metric):
     r"""Per-sample 3D SSIM as a deepinv ``Metric`` (:func:`ssim_per_sample`).
 
-    ``metric(x_net, x)`` returns ``(B,)``. Higher is better.
+    ``metric(x_net, x)`` returns ``(B,)``. Higher is better. ``definition="skimage"`` (default:
+    scikit-image's SSIM, the one of the package's tables) or ``"deepinv"`` (deepinv's own
+    ``SSIM``, through torchmetrics: reflect padding, every voxel); they differ by about 0.1 on a
+    reconstruction (see :mod:`unrolled3d.metrics`).
 
     Parameters
     ----------
     data_range : float, optional
-        Dynamic range; default each ground truth's ``max - min``.
+        Dynamic range; default each ground truth's ``max - min`` (deepinv's ``SSIM()`` uses 1).
     sigma, radius
         The Gaussian window (:func:`ssim`).
+    definition : {"skimage", "deepinv"}
+        Which SSIM.
     **kwargs
         deepinv ``Metric`` options.
 
@@ -203,13 +273,16 @@ class VolumeSSIM(Metric):
     [1.0, 0.0]
     """
 
-    def __init__(self, data_range: float | None = None, sigma: float = 1.5, radius: int = 5, **kwargs) -> None:
+    def __init__(self, data_range: float | None = None, sigma: float = 1.5, radius: int = 5,
+                 definition: Literal["skimage", "deepinv"] = "skimage", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.data_range, self.sigma, self.radius = data_range, sigma, radius
+        if definition not in SSIM_DEFINITIONS:
+            raise ValueError(f"definition must be one of {SSIM_DEFINITIONS}, got {definition!r}")
+        self.data_range, self.sigma, self.radius, self.definition = data_range, sigma, radius, definition
         self.lower_better = False
 
-    def metric(self, x_net: torch.Tensor, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return ssim_per_sample(x_net, x, self.data_range, self.sigma, self.radius)
+    def metric(self, x_net: torch.Tensor, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return ssim_per_sample(x_net, x, self.data_range, self.sigma, self.radius, self.definition)
 
 
 def magnitude_psnr(estimate: torch.Tensor, truth: torch.Tensor, peak: float | None = None) -> float:

@@ -59,7 +59,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from unrolled3d.cli.demo import save_slices_png
+from unrolled3d.figures import save_slices_png
 from unrolled3d.data import Augmentation, IntensityNormalization, RandomCropDataset
 from unrolled3d.data.datasets import PhantomDataset
 from unrolled3d.io import atomic_path, load_model
@@ -265,7 +265,7 @@ def run_views(views: int, args: argparse.Namespace, tests: list[torch.Tensor], t
             labels[f"{name}\n{s['psnr_whole']:.2f} dB, SSIM {s['ssim_whole']:.3f}"] = vol
         save_slices_png(labels, Path(args.out).with_suffix(".png"),
                         title=f"held-out {Path(args.test[0]).stem}, {n}^3, {views} views, noise {args.noise:g} "
-                              f"(short budget: {args.steps} steps)")
+                              f"(short budget: {args.steps} steps)", units="attenuation (scaled, a.u.)")
         results["figure"] = str(Path(args.out).with_suffix(".png").name)
 
 
@@ -311,7 +311,8 @@ def run_shipped(args: argparse.Namespace, norm: IntensityNormalization, results:
             stem = Path(args.out).stem + "_shipped" + ("" if i == 0 else f"_{Path(args.test[i]).stem}")
             png = Path(args.out).with_name(stem + ".png")
             save_slices_png(shown, png, title=f"{Path(args.shipped_weights).stem} on held-out "
-                                              f"{Path(args.test[i]).stem}, {n}^3, {views} views, noise {noise:g}")
+                                              f"{Path(args.test[i]).stem}, {n}^3, {views} views, noise {noise:g}",
+                            units="attenuation (scaled, a.u.)")
             figures.append(png.name)
     methods = {k: summarise(v) for k, v in per.items()}
     gain = [a["psnr_whole"] - b["psnr_whole"] for a, b in zip(per[label],

@@ -24,12 +24,59 @@ def _machine(name: str) -> str:
     return f"{info.get('node', '')} {cpu}".strip()
 
 
+def run_label(name: str, benchmarks: list[dict] | None = None) -> str:
+    """What ran the results of ``name``, from the file itself: the device (the GPU's name, or the
+    CPU's brand), the threads, torch and the volume sizes the rows hold; never a fixed label.
+
+    The threads and the device come from each row's ``extra_info`` where the case records them,
+    else from the run's ``machine_info["unrolled3d"]`` (bench/conftest.py records it); a file that
+    has neither says "threads not recorded".
+    """
+    path = RESULTS / name
+    if not path.exists():
+        return "?"
+    data = json.loads(path.read_text())
+    info = data.get("machine_info", {})
+    env = info.get("unrolled3d", {})
+    rows = [b.get("extra_info", {}) for b in (data.get("benchmarks", []) if benchmarks is None else benchmarks)]
+    devices = sorted({str(e["device"]) for e in rows if e.get("device") not in (None, "cpu")
+                      and not str(e["device"]).startswith("cuda")})
+    gpu = ", ".join(devices) or (env.get("device") if env.get("device", "cpu") != "cpu" else "")
+    parts = [gpu or f"CPU {info.get('cpu', {}).get('brand_raw', '?')}".strip()]
+    if not gpu:
+        threads = sorted({int(e["threads"]) for e in rows if isinstance(e.get("threads"), int)})
+        if not threads and "threads" in env:
+            threads = [int(env["threads"])]
+        parts.append(f"{'/'.join(map(str, threads))} thread{'s' if threads != [1] else ''}" if threads
+                     else "threads not recorded")
+    if env.get("torch"):
+        parts.append(f"torch {env['torch']}")
+    sizes = sorted({int(e["size"]) for e in rows if isinstance(e.get("size"), int)})
+    if sizes:
+        parts.append("sizes " + ", ".join(f"{n}^3" for n in sizes))
+    if env.get("quick"):
+        parts.append("--quick")
+    return "; ".join(parts)
+
+
+def _gpu_files(suite: str) -> list[str]:
+    """``<suite>_cuda_<gpu>.json`` result files, whatever the GPU."""
+    return sorted(p.name for p in RESULTS.glob(f"{suite}_cuda*.json"))
+
+
+def _ratio(e: dict) -> str:
+    """The memory ratio of a row: blank when not measured, "unmeasured" when the probe was void."""
+    if "mem_ratio" not in e or e["mem_ratio"] is None:
+        return ""
+    return "unmeasured" if e["mem_ratio"] != e["mem_ratio"] else f"{e['mem_ratio']:.2f}"  # NaN: void probe
+
+
 def projector_table(benchmarks: list[dict], label: str) -> str:
     rows = ["| direction | size (n^3, n views, n x n detector) | implementation | time (ms) | GUPS | peak extra / (in+out) |",
             "|---|---|---|---|---|---|"]
     for b in sorted(benchmarks, key=lambda b: (b["extra_info"]["direction"], b["extra_info"]["size"], b["extra_info"]["impl"])):
         e = b["extra_info"]
-        ratio = f"{e['mem_ratio']:.2f}" if "mem_ratio" in e else ""
+        ratio = _ratio(e)
         extra = f" (vs ours: rel. diff {e['rel_diff_vs_unrolled3d']:.1e})" if "rel_diff_vs_unrolled3d" in e else ""
         rows.append(f"| {e['direction']} | {e['size']} | {e['impl']}{extra} | {b['stats']['min'] * 1e3:.1f} | "
                     f"{e['gups']:.3f} | {ratio} |")
@@ -48,7 +95,7 @@ def speedups(benchmarks: list[dict], fast: str, slow: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fused_table(benchmarks: list[dict]) -> str:
+def fused_table(benchmarks: list[dict], label: str = "") -> str:
     rows = ["| op | Triton GPU time (us) | eager GPU time (us) | speed-up | Triton GB/s | eager GB/s |",
             "|---|---|---|---|---|---|"]
     by = {}
@@ -61,7 +108,8 @@ def fused_table(benchmarks: list[dict]) -> str:
             t, e = d["triton"], d["torch_eager"]
             rows.append(f"| {op} | {t['gpu_ms_per_op'] * 1e3:.1f} | {e['gpu_ms_per_op'] * 1e3:.1f} | "
                         f"{e['gpu_ms_per_op'] / t['gpu_ms_per_op']:.2f}x | {t['GB_per_s']:.0f} | {e['GB_per_s']:.0f} |")
-    return ("### Fused Triton ops vs PyTorch eager, NVIDIA H200 (128^3 patch of a 256^3 volume, FFT grid 256^3; "
+    problem = next((b["extra_info"]["problem"] for b in benchmarks if "problem" in b["extra_info"]), "")
+    return (f"### Fused Triton ops vs PyTorch eager, {label} ({problem + '; ' if problem else ''}"
             "GPU time from CUDA-graph replay)\n\n" + "\n".join(rows) + "\n")
 
 
@@ -71,12 +119,15 @@ def normal_table(benchmarks: list[dict], label: str) -> str:
     for b in sorted(benchmarks, key=lambda b: (b["extra_info"]["size"], b["extra_info"]["impl"])):
         e = b["extra_info"]
         rows.append(f"| {e['size']}^3 | {e['patch']}^3 | {'exact S A^T A S^T' if e['impl'] == 'exact' else 'H_p'} | "
-                    f"{b['stats']['min'] * 1e3:.2f} | {e['rel_error_H']:.3f} | {e.get('mem_ratio', float('nan')):.2f} |")
+                    f"{b['stats']['min'] * 1e3:.2f} | {e['rel_error_H']:.3f} | {_ratio(e)} |")
     return f"### Normal operator on a patch, {label}\n\n" + "\n".join(rows) + "\n"
 
 
 def _mib(e: dict) -> str:
-    return "out of memory" if e.get("oom") else f"{e['peak_extra_mib']:.0f}"
+    if e.get("oom"):
+        return "out of memory"
+    peak = e.get("peak_extra_mib")
+    return "unmeasured" if peak is None or peak != peak else f"{peak:.0f}"
 
 
 def partition_table(benchmarks: list[dict], label: str) -> str:
@@ -127,6 +178,12 @@ def partition_plot(benchmarks: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _threads(machine: dict) -> str:
+    """``"N thread(s)"`` from a case's recorded ``machine()``, or that it was not recorded."""
+    n = machine.get("threads")
+    return f"{n} thread{'s' if n != 1 else ''}" if isinstance(n, int) else "threads not recorded"
+
+
 def partition_speed_table(benchmarks: list[dict]) -> str:
     """Interleaved partitioned-inference variants (``test_cpu_partition_speed``) and the Trainer
     memory sweep (``test_cpu_trainer_memory``) of bench/test_bench_partition_speed.py."""
@@ -138,7 +195,7 @@ def partition_speed_table(benchmarks: list[dict]) -> str:
         m = e0["machine"]
         variants = e0["interleaved"]
         out.append(f"### Partitioned inference: one-patch eager vs compile vs batched patches (demo model, K={e0['K']}, "
-                   f"patch {e0['patch'][0]}^3, stride = patch, 1 sweep; {m['cpu']}, 1 thread, torch {m['torch']})\n")
+                   f"patch {e0['patch'][0]}^3, stride = patch, 1 sweep; {m['cpu']}, {_threads(m)}, torch {m['torch']})\n")
         head = " | ".join(f"{v} (s)" for v in variants)
         out.append(f"| volume | patches | {head} | " + " | ".join(f"{v} speed-up wall / CPU" for v in variants[1:])
                    + " | load (1 min) | max diff |")
@@ -190,7 +247,7 @@ def partition_speed_plot(benchmarks: list[dict], path: Path) -> None:
         axes[0].axhline(2.0, color="k", ls="--", lw=1, label="target 2x")
         axes[0].set_xticks([j + 0.4 - width / 2 for j in range(len(variants))], variants)
         axes[0].set_ylabel("speed-up over eager_b1 (median, CPU time)")
-        axes[0].set_title("partitioned inference, CPU, 1 thread")
+        axes[0].set_title(f"partitioned inference, CPU, {_threads(speed[0].get('machine', {}))}")
         axes[0].legend()
     if mem:
         axes[1].plot([e["size"] for e in mem], [e["peak_extra_mib"] for e in mem], "o-", label="Trainer step, L_PART")
@@ -223,7 +280,7 @@ def mri_h_table(benchmarks: list[dict], label: str) -> str:
     return f"### MRI: H vs the exact patch normal operator, {label}\n\n" + "\n".join(rows) + "\n"
 
 
-def throughput_plot(series: dict[str, list[dict]], fused: list[dict], path: Path) -> None:
+def throughput_plot(series: dict[str, list[dict]], fused: list[dict], path: Path, fused_device: str = "GPU") -> None:
     """Left: projector throughput (GUPS) per implementation and size; right: fused-op speed-ups."""
     import matplotlib
 
@@ -253,7 +310,7 @@ def throughput_plot(series: dict[str, list[dict]], fused: list[dict], path: Path
     ops = [op for op in sorted(by) if {"triton", "torch_eager"} <= set(by[op])]
     ax.barh(ops, [by[op]["torch_eager"] / by[op]["triton"] for op in ops])
     ax.axvline(1.0, color="k", lw=0.8)
-    ax.set_xlabel("speed-up of the fused Triton op over PyTorch eager (H200)")
+    ax.set_xlabel(f"speed-up of the fused Triton op over PyTorch eager ({fused_device})")
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -434,11 +491,13 @@ def _first(*names: str) -> str:
 
 
 def compat_table(benchmarks: list[dict], label: str) -> str:
-    rows = ["| op (128^3, 128 views) | native ConeBeamCT (ms) | compat.TomographyWithAstra (ms) | overhead |",
-            "|---|---|---|---|"]
-    for b in sorted(benchmarks, key=lambda b: b["extra_info"]["op"]):
+    rows = ["| op | volume, views | native ConeBeamCT (ms) | compat.TomographyWithAstra (ms) | overhead |",
+            "|---|---|---|---|---|"]
+    for b in sorted(benchmarks, key=lambda b: (b["extra_info"]["op"], b["extra_info"].get("size", 0))):
         e = b["extra_info"]
-        rows.append(f"| {e['op']} | {e['native_s'] * 1e3:.1f} | {e['adapter_s'] * 1e3:.1f} | {100 * e['overhead']:+.1f} % |")
+        scan = f"{e['size']}^3, {e['n_views']} views" if "size" in e and "n_views" in e else "?"
+        rows.append(f"| {e['op']} | {scan} | {e['native_s'] * 1e3:.1f} | {e['adapter_s'] * 1e3:.1f} | "
+                    f"{100 * e['overhead']:+.1f} % |")
     return f"### deepinv drop-in overhead, {label}\n\n" + "\n".join(rows) + "\n"
 
 
@@ -451,31 +510,36 @@ def main(results: Path | None = None) -> str:
     cpu_file = _first("projector_cpu.json", "cpu_2core.json")
     cpu = [b for b in _load(cpu_file) if b["name"].startswith("test_cpu_projector")]
     if cpu:
-        out.append(projector_table(cpu, f"CPU ({_machine(cpu_file)}, 2 threads)"))
+        out.append(projector_table(cpu, run_label(cpu_file, cpu)))
         out.append(speedups(cpu, "cpp", "torch_twin"))
-    gpu = _load("projector_cuda_h200.json")
-    if gpu:
-        out.append(projector_table(gpu, "NVIDIA H200 (torch 2.11, CUDA 13)"))
+    gpu: list[dict] = []
+    gpu_label = "GPU"
+    for name in _gpu_files("projector"):
+        gpu = _load(name)
+        gpu_label = run_label(name).split(";")[0]
+        out.append(projector_table(gpu, run_label(name)))
         out.append(speedups(gpu, "cuda", "astra"))
-    fused = _load("fused_cuda_h200.json")
-    if fused:
-        out.append(fused_table(fused))
+    fused: list[dict] = []
+    fused_device = "GPU"
+    for name in _gpu_files("fused"):
+        fused = _load(name)
+        fused_device = run_label(name).split(";")[0]
+        out.append(fused_table(fused, run_label(name)))
     normal_file = _first("normal_cpu.json", "cpu_2core.json")
     cpu_normal = [b for b in _load(normal_file) if b["name"].startswith("test_cpu_patch_normal")]
     if cpu_normal:
-        out.append(normal_table(cpu_normal, "CPU (2 threads)"))
-    gpu_normal = _load("normal_cuda_h200.json")
-    if gpu_normal:
-        out.append(normal_table(gpu_normal, "NVIDIA H200"))
+        out.append(normal_table(cpu_normal, run_label(normal_file, cpu_normal)))
+    for name in _gpu_files("normal"):
+        out.append(normal_table(_load(name), run_label(name)))
     part = _load("partition_cpu.json")
     if part:
-        out.append(partition_table(part, f"CPU ({_machine('partition_cpu.json')})"))
+        out.append(partition_table(part, run_label("partition_cpu.json")))
         partition_plot(part, RESULTS / "partition_memory.png")
         out.append("![memory vs volume size](partition_memory.png)\n")
     for name in sorted(p.name for p in RESULTS.glob("partition_cuda*.json")):
         gpu_part = _load(name)
         if gpu_part:
-            out.append(partition_table(gpu_part, f"GPU ({gpu_part[0]['extra_info'].get('device', '?')})"))
+            out.append(partition_table(gpu_part, run_label(name)))
     # `unrolled3d bench --suite partition_speed` writes both kinds into partition_speed_cpu.json; the
     # committed results keep the memory sweep in its own run (trainer_memory_cpu.json), preferred
     speed_run = _load("partition_speed_cpu.json")
@@ -488,13 +552,13 @@ def main(results: Path | None = None) -> str:
         out.append("![partitioned inference speed-ups and Trainer memory](partition_speed.png)\n")
     mri_h = [b for b in _load("mri_cpu.json") if b["name"].startswith("test_cpu_mri_patch_normal_H")]
     if mri_h:
-        out.append(mri_h_table(mri_h, f"CPU ({_machine('mri_cpu.json')}, 1 thread)"))
+        out.append(mri_h_table(mri_h, run_label("mri_cpu.json", mri_h)))
     if cpu or gpu or fused:
-        throughput_plot({"CPU": cpu, "H200": gpu}, fused, RESULTS / "throughput.png")
+        throughput_plot({"CPU": cpu, gpu_label: gpu}, fused, RESULTS / "throughput.png", fused_device)
         out.append("![projector throughput and fused-op speed-ups](throughput.png)\n")
     compat = _load("compat_cpu.json")
     if compat:
-        out.append(compat_table(compat, f"CPU ({_machine('compat_cpu.json')})"))
+        out.append(compat_table(compat, run_label("compat_cpu.json")))
     out.append(quality_table(RESULTS / "quality_cbct.json"))
     out.append(quality_table(RESULTS / "quality_cbct_48.json"))
     out.append(quality_real_table(RESULTS / "quality_real.json"))

@@ -47,14 +47,17 @@ def bench_dir() -> Path:
                             "the package, or pass --bench-dir")
 
 
-def _run_suite(args: argparse.Namespace, root: Path, suite: str, target: Path) -> bool:
-    """Run one suite into ``target`` (written atomically); ``False`` when it selected no case."""
+def _run_suite(args: argparse.Namespace, root: Path, suite: str, target: Path) -> str:
+    """Run one suite into ``target`` (written atomically): ``"written"``, ``"no cases"`` (it
+    selected none), or the one-line reason it failed (its previous results are kept)."""
     quiet = args.quiet or args.json
     try:
         _pytest_into(args, root, suite, target, quiet)
     except _NoCases:
-        return False
-    return True
+        return "no cases"
+    except RuntimeError as exc:  # a failed case: the later suites still run, the failure is reported
+        return " ".join(str(exc).split())
+    return "written"
 
 
 class _NoCases(Exception):
@@ -102,16 +105,23 @@ def bench_cmd(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"unknown suite(s) {unknown}; choose from {', '.join(BENCH_SUITES)} or all")
     tag = _device_tag()
-    written, skipped = [], []
+    written, skipped, failed = [], [], {}
     for suite in suites:
         target = results / f"{suite}_{tag}.json"
-        if _run_suite(args, root, suite, target):
+        outcome = _run_suite(args, root, suite, target)
+        if outcome == "written":
             written.append(str(target))
-        else:
+        elif outcome == "no cases":
             skipped.append(suite)
+        else:
+            failed[suite] = outcome
     # the report of this package (whichever bench folder ran): it reads the results folder only
     importlib.import_module("unrolled3d.bench.experiments.report").main(results)
-    emit(args, {"results": written, "skipped": skipped, "report": str(results / "report.md")},
+    emit(args, {"results": written, "skipped": skipped, "failed": failed, "report": str(results / "report.md")},
          "\n".join([f"wrote {w}" for w in written] + [f"no case selected in suite {s!r}" for s in skipped]
+                   + [f"suite {s!r} failed: {why[:300]}" for s, why in failed.items()]
                    + [f"wrote {results / 'report.md'}"]))
+    if failed:  # after every suite ran and the report was written: one line, exit 2
+        raise RuntimeError(f"{len(failed)} of {len(suites)} benchmark suite(s) failed ({', '.join(failed)}); "
+                           f"the others' results and the report were written")
     return 0

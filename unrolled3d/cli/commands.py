@@ -17,8 +17,8 @@ from .._validation import integer, real
 from ..errors import FileFormatError
 from .bench import bench_cmd
 from .output import emit
+from .preview import check_preview, write_preview
 from .streamed import is_store_path, reconstruct_store, simulate_store
-from .train_data import build_file_data
 
 __all__ = ["demo", "info", "simulate", "fit_normal", "reconstruct", "train_cmd", "import_walnut", "bench_cmd",
            "load_train_config"]
@@ -96,7 +96,6 @@ def info(args: argparse.Namespace) -> int:
 
 def simulate(args: argparse.Namespace) -> int:
     from .._validation import check_finite
-    from ..data import random_ellipsoids, shepp_logan_3d, voxelize
     from ..io import check_not_input, check_pt_name, resolve_output, save_measurements
     from ..ops import cone_project
     from ..physics import scan_for_volume, standard_cone_beam
@@ -133,9 +132,7 @@ def simulate(args: argparse.Namespace) -> int:
         size = 64 if args.size is None else integer("--size", args.size, 4)
         phantom = args.phantom or "shepp-logan"
         g = standard_cone_beam(size, views, scan=scan)
-        radius = 0.45 * size
-        ell = shepp_logan_3d(radius) if phantom == "shepp-logan" else random_ellipsoids(10, radius, seed=args.seed)
-        x = voxelize(ell, g.vol_shape, supersample=2)[None, None]
+        x = _phantom_volume(phantom, size, args.seed)[None, None]
         source = {"phantom": phantom}
     y = cone_project(x, g)
     # one noise convention (unrolled3d.physics.noise): --noise is the std on normalised measurements
@@ -144,6 +141,20 @@ def simulate(args: argparse.Namespace) -> int:
     save_measurements(out, y, g, x_true=x, meta={**source, **record}, force=args.force)
     emit(args, {"out": args.out, "sino_shape": list(y.shape)}, f"wrote {args.out}: measurements {tuple(y.shape)}")
     return 0
+
+
+def _phantom_volume(kind: str, size: int, seed: int) -> torch.Tensor:
+    """``simulate --phantom``: the ``(size,) * 3`` phantom (1 mm voxels), random kinds drawn with ``seed``."""
+    from ..data import random_ellipsoids, shepp_logan_3d, voxelize
+    from ..data.textured import textured_phantom
+
+    if kind == "textured":
+        if size < 8:
+            raise ValueError(f"--size must be at least 8 for --phantom textured, got {size}")
+        return textured_phantom((size,) * 3, torch.Generator().manual_seed(seed))
+    radius = 0.45 * size
+    ell = shepp_logan_3d(radius) if kind == "shepp-logan" else random_ellipsoids(10, radius, seed=seed)
+    return voxelize(ell, (size,) * 3, supersample=2)
 
 
 def _noise_option(args: argparse.Namespace) -> dict[str, float]:
@@ -181,11 +192,17 @@ def _simulate_store(args: argparse.Namespace, noise: dict[str, float], views: in
         phantom = args.phantom or "shepp-logan"
         g = standard_cone_beam(size, views, scan=scan)
         radius = 0.45 * size
-        ell = shepp_logan_3d(radius) if phantom == "shepp-logan" else random_ellipsoids(10, radius, seed=args.seed)
+        if phantom == "textured":  # drawn on the voxel grid: made whole, then handed out slab by slab
+            whole = _phantom_volume(phantom, size, args.seed)
 
-        def slab(z0: int, s: int) -> torch.Tensor:  # 1 mm voxels, the volume centred on the origin
-            return voxelize(ell, (s, size, size), vol_offset=(z0 + 0.5 * (s - 1) - 0.5 * (size - 1), 0.0, 0.0),
-                            supersample=2)
+            def slab(z0: int, s: int) -> torch.Tensor:
+                return whole[z0:z0 + s]
+        else:
+            ell = shepp_logan_3d(radius) if phantom == "shepp-logan" else random_ellipsoids(10, radius, seed=args.seed)
+
+            def slab(z0: int, s: int) -> torch.Tensor:  # 1 mm voxels, the volume centred on the origin
+                return voxelize(ell, (s, size, size), vol_offset=(z0 + 0.5 * (s - 1) - 0.5 * (size - 1), 0.0, 0.0),
+                                supersample=2)
 
         source = {"phantom": phantom}
     return simulate_store(args, g, slab, noise, source)
@@ -252,6 +269,7 @@ def reconstruct(args: argparse.Namespace) -> int:
     # Everything about the output is checked before minutes of computing: its ending, that it is
     # none of the inputs (the .npy sidecar included), that it may be replaced.
     unrolled = _check_reconstruct_options(args)
+    check_preview(args)
     if unrolled:
         refuse_mri_model(args.weights)
     if is_store_path(args.measurements) or is_store_path(args.out):  # streamed, slab by slab and patch by patch
@@ -272,8 +290,12 @@ def reconstruct(args: argparse.Namespace) -> int:
         fdk_window=getattr(args, "fdk_window", None), precision=getattr(args, "precision", "auto") if unrolled else None,
         n_sweeps=args.sweeps if unrolled else None, overlap=args.overlap if unrolled else None)
     x = result.volume
-    write_volume(args.out, result.in_model_units()[0, 0], g.voxel_size, force=args.force)  # format from the ending
+    out_volume = result.in_model_units()[0, 0]
+    write_volume(args.out, out_volume, g.voxel_size, force=args.force)  # format from the ending
     payload = {"out": args.out, "seconds": round(result.seconds, 3), "method": args.method}
+    units = "attenuation (1/mm)" if not unrolled else result.model_units
+    if write_preview(args, out_volume, g.vol_shape, units) is not None:
+        payload["preview"] = args.preview
     if unrolled:
         payload.update(normalization=result.normalization, units=result.model_units,
                        scale_check=result.scale.to_dict() if result.scale else None)
@@ -297,6 +319,9 @@ def _check_reconstruct_options(args: argparse.Namespace) -> bool:
         if given:
             raise ValueError(f"{', '.join(given)} apply to --method unrolled, not to FDK")
         return False
+    if getattr(args, "fdk_window", None) is not None:  # the network was trained from one start point
+        raise ValueError("--fdk-window applies to --method fdk: the network's start point is the FDK it was "
+                         "trained with")
     if args.sweeps is not None:
         integer("--sweeps", args.sweeps, 1)
     if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
@@ -365,6 +390,8 @@ def _file_data(run: Any, config_path: str | Path):
     if run.data is None:
         return None
     try:
+        from .train_data import build_file_data  # the training stack: imported by `train` alone
+
         return build_file_data(run.data, run.geometry.size, Path(config_path).resolve().parent)
     except ValueError as exc:
         if isinstance(exc, FileFormatError):  # names the volume file already

@@ -18,8 +18,9 @@ from tqdm.auto import tqdm
 
 from .._validation import integer
 from ..errors import FileFormatError
+from ..figures import check_png_name, save_slices_png
 from ..data import PhantomDataset
-from ..io import atomic_path, load_model
+from ..io import load_model
 from ..memory import PeakRSS
 from ..metrics import psnr, ssim
 from ..models import build_model
@@ -73,60 +74,6 @@ class DemoResult:
     train_command: str
     png: str
     seconds: float = 0.0
-
-
-def check_png_name(path: str | Path) -> Path:
-    """``path`` ends in ``.png`` (the figure is PNG bytes: a ``.txt`` or ``.npy`` name would lie)."""
-    p = Path(path)
-    if p.suffix.lower() != ".png":
-        raise ValueError(f"the figure {p} must end in .png (it is a PNG image), got {p.suffix or 'no ending'!r}")
-    return p
-
-
-def save_slices_png(volumes: dict[str, torch.Tensor], path: str | Path, title: str = "", force: bool = False) -> Path:
-    """Orthogonal central slices (axial, coronal, sagittal) of each volume, one row per volume.
-
-    Parameters
-    ----------
-    volumes : dict
-        ``label -> (D, H, W)`` tensors; labels are printed at the left of each row. All rows share
-        the grey scale of the first volume.
-    path : str or Path
-        PNG written atomically; must end in ``.png``.
-    force : bool
-        Replace a read-only file.
-    """
-    check_png_name(path)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ref = next(iter(volumes.values()))
-    vmin, vmax = float(ref.min()), float(ref.max())
-    fig, axes = plt.subplots(len(volumes), 3, figsize=(9, 3 * len(volumes)), squeeze=False)
-    for row, (label, vol) in enumerate(volumes.items()):
-        v = vol.detach().float().cpu()
-        D, H, W = v.shape
-        for col, (img, name) in enumerate(
-            [(v[D // 2], "axial (z)"), (v[:, H // 2], "coronal (y)"), (v[:, :, W // 2], "sagittal (x)")]
-        ):
-            ax = axes[row, col]
-            ax.imshow(img.numpy(), cmap="gray", vmin=vmin, vmax=vmax, origin="lower")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(name)
-            if col == 0:
-                ax.set_ylabel(label)
-    if title:
-        fig.suptitle(title)
-    # tight_layout ignores the suptitle: keep the top 0.4 inch of the figure for it
-    fig.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.4 / fig.get_figheight() if title else 1.0))
-    with atomic_path(path, replace_read_only=force) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return Path(path)
 
 
 def run_demo(weights: str | Path | None = None, size: int | None = None, n_volumes: int = 2, seed: int = 0,
@@ -206,8 +153,12 @@ def run_demo(weights: str | Path | None = None, size: int | None = None, n_volum
     labels = {"ground truth": "ground truth"}
     for name, r in methods.items():
         labels[name] = f"{name}\n{r.psnr[0]:.2f} dB, SSIM {r.ssim[0]:.3f}"
+    # the window of the ground truth (its full range: the phantoms are piecewise constant), the
+    # values in 1/mm (1 mm voxels, line integrals in mm)
+    truth = shown["ground truth"]
     png = save_slices_png({labels[k]: v for k, v in shown.items()}, out,
-                          title=f"held-out phantom {size}^3, {views}-view cone beam, noise {noise:g}", force=force)
+                          title=f"held-out phantom {size}^3, {views}-view cone beam, noise {noise:g}",
+                          window=(float(truth.min()), float(truth.max())), units="attenuation (1/mm)", force=force)
     return DemoResult(size, views, noise, n_volumes, patch, methods, str(path), str(config.get("command", "")),
                       str(png), time.perf_counter() - t_start)
 

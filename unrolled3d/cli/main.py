@@ -20,7 +20,13 @@ from typing import Any, Sequence
 
 from .bench import BENCH_SUITES
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser", "FDK_WINDOWS", "PHANTOMS"]
+
+#: ``reconstruct --fdk-window``: the ramp filter's windows (:data:`unrolled3d.physics.fdk.FDK_WINDOWS`,
+#: restated so that the parser imports no torch; a test keeps the two equal)
+FDK_WINDOWS = ("ram-lak", "shepp-logan", "cosine", "hamming", "hann")
+#: ``simulate --phantom``
+PHANTOMS = ("shepp-logan", "ellipsoids", "textured")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -54,13 +60,17 @@ def _add_scan_commands(sub) -> None:
     p.add_argument("--modality", choices=["ct", "mri"], default="ct",
                    help="ct: cone-beam projections (default); mri: the volume as the magnitude of a complex image "
                         "(smooth random phase), multi-coil k-space undersampled by a mask")
-    p.add_argument("--phantom", choices=["shepp-logan", "ellipsoids"], help="analytic phantom (default shepp-logan)")
-    p.add_argument("--size", type=int, help="phantom volume edge in voxels (default 64)")
+    p.add_argument("--phantom", choices=PHANTOMS,
+                   help="shepp-logan (default), ellipsoids (random, drawn with --seed) or textured (soft tissue, "
+                        "organs, fine texture and trabecular-like sheets on the voxel grid, drawn with --seed; "
+                        "training's [phantoms] kind = \"textured\")")
+    p.add_argument("--size", type=int, help="phantom volume edge in voxels, 1 mm voxels (default 64)")
     p.add_argument("--volume", metavar="FILE",
                    help="use this volume as the phantom (.npy, .nii, .nii.gz, .h5, .hdf5, .tif, .tiff, .pt; "
                         "its voxel size is kept) instead of --phantom/--size")
-    p.add_argument("--views", type=int, help="CT: projections over the scan (default 30)")
-    p.add_argument("--short-scan", action="store_true", help="CT: a short scan (180 degrees plus the fan angle)")
+    p.add_argument("--views", type=int, help="CT: projections over the orbit, equally spaced (default 30)")
+    p.add_argument("--short-scan", action="store_true",
+                   help="CT: a short scan (180 degrees plus the fan angle, Parker-weighted FDK) instead of a full 360")
     p.add_argument("--coils", type=int, help="MRI: receive coils (birdcage maps, default 8)")
     p.add_argument("--acceleration", type=float, metavar="R",
                    help="MRI: undersampling factor, 1/R of the phase-encode lines sampled (default 8)")
@@ -73,17 +83,20 @@ def _add_scan_commands(sub) -> None:
     p.add_argument("--noise-relative", type=float, default=None, metavar="FRACTION",
                    help="CT, instead of --noise: its std as a fraction of the largest line integral (what --noise "
                         "meant before)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the noise, of the random phantoms and (MRI) of the phase and mask (default %(default)s)")
     p.add_argument("--output", "--out", dest="out", required=True, metavar="FILE",
-                   help="measurements file (.pt; MRI: a k-space file with coil maps, mask and voxel size)")
+                   help="measurements file: .pt, or a Zarr store (.zarr) written slab by slab for large volumes; MRI: "
+                        "a k-space file (.pt) with coil maps, mask and voxel size")
     _common(p)
     _force(p)
     p.set_defaults(command_name="simulate")
 
     p = sub.add_parser("fit-normal", help="fit and save the diagonal-circulant H for a measurement file's geometry")
-    p.add_argument("measurements", help="file written by `unrolled3d simulate`")
-    p.add_argument("--iters", type=int, default=200)
-    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("measurements", help="measurements file written by `unrolled3d simulate` or `import-walnut`")
+    p.add_argument("--iters", type=int, default=200,
+                   help="Adam steps of the fit, one random probe each (default %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-2, help="Adam's learning rate (default %(default)s)")
     p.add_argument("--kernel-radius", type=int, default=None, metavar="VOXELS",
                    help="cut H's kernel to lags |l| <= VOXELS: smaller FFT grids on patches, larger error "
                         "(default: every lag)")
@@ -113,10 +126,14 @@ def _add_other_commands(sub) -> None:
     """``reconstruct``, ``import-walnut``, ``bench``, ``info``."""
     p = sub.add_parser("reconstruct", help="measurements -> volume file: FDK or partitioned unrolled (CT); "
                                            "zero-filled, CG-SENSE or partitioned unrolled (MRI k-space)")
-    p.add_argument("measurements", help="file written by `unrolled3d simulate` (cone-beam measurements or MRI k-space)")
+    p.add_argument("measurements", help="measurements file (.pt from `simulate` or `import-walnut`, or a .zarr store; "
+                                        "or an MRI k-space file from `simulate --modality mri`)")
     p.add_argument("--method", choices=["fdk", "unrolled", "zero-filled", "cg-sense"],
-                   help="fdk (CT, the default for CT), cg-sense (MRI, the default for k-space), zero-filled (MRI), "
-                        "unrolled (either, with an MRI or a CT model)")
+                   help="fdk (filtered backprojection; CT, the default for CT), cg-sense (MRI, the default for "
+                        "k-space), zero-filled (MRI), unrolled (either: the partitioned network of --weights)")
+    p.add_argument("--fdk-window", choices=FDK_WINDOWS, default=None,
+                   help="the ramp filter's window of --method fdk (default ram-lak; hann smooths noise). The "
+                        "network's start point keeps the FDK it was trained with")
     p.add_argument("--cg-iters", type=int, help="CG-SENSE iterations (default 2, chosen on validation heads)")
     p.add_argument("--cg-lam", type=float, help="CG-SENSE Tikhonov weight (default 0, chosen on validation heads)")
     p.add_argument("--weights", help="model file written by `unrolled3d train`, or a shipped CT model: heads_ct, "
@@ -141,7 +158,10 @@ def _add_other_commands(sub) -> None:
                    help="the network's arithmetic (the data step is float32): bfloat16 where the CPU or GPU runs it "
                         "natively (auto, the default: no loss measured on held-out real volumes), or as given")
     p.add_argument("--normal", help="operator file from `unrolled3d fit-normal`: use H on the patches")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default %(default)s)")
+    p.add_argument("--preview", metavar="PNG",
+                   help="also write a PNG of three orthogonal central slices (window, colour bar in the output's "
+                        "units, slice indices)")
     p.add_argument("--output", "--out", dest="out", required=True, metavar="FILE",
                    help="volume file; the ending picks the format: .npy (+ .json voxel size), .nii, .nii.gz, "
                         ".h5, .hdf5, .tif, .tiff, .pt (the scan's voxel size is stored); MRI: the magnitude image")
@@ -187,11 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unrolled3d", description="Memory-efficient unrolled reconstruction of large 3D volumes."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_scan_commands(sub)
     _add_train_command(sub)
     _add_other_commands(sub)
     return parser
+
+
+def _version() -> str:
+    from .. import __version__  # the package's __init__ imports no torch
+
+    return __version__
 
 
 #: failures the user can fix (arguments, files, refused outputs, a diverged run, memory): one line, exit 2.
@@ -243,7 +270,7 @@ def _handle_termination() -> dict[int, Any]:
 def _interrupted(args: argparse.Namespace, exc: KeyboardInterrupt) -> int:
     """One line for Ctrl-C, SIGTERM or SIGHUP (with ``train``'s resume hint); the exit status 128 + signal."""
     signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
-    what = {signal.SIGINT: "interrupted"}.get(signum, f"stopped by {signal.Signals(signum).name}")
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
     hint = getattr(args, "interrupt_hint", "")
     print(f"unrolled3d {args.command}: {what}{'; ' + hint if hint else ''}", file=sys.stderr)
     return 128 + int(signum)

@@ -83,7 +83,6 @@ def check_ct_simulate_options(args: argparse.Namespace) -> None:
 
 def _magnitude(args: argparse.Namespace, seed: int) -> tuple[torch.Tensor, tuple[float, float, float], dict]:
     """The image's magnitude ``(D, H, W)``, its voxel size and where it came from."""
-    from ..data import random_ellipsoids, shepp_logan_3d, voxelize
     from ..io import read_volume
 
     if args.volume is not None:
@@ -95,11 +94,11 @@ def _magnitude(args: argparse.Namespace, seed: int) -> tuple[torch.Tensor, tuple
         except ValueError as exc:
             raise FileFormatError(args.volume, str(exc)) from None
         return vol.to(torch.float32), tuple(voxel_size), {"volume": str(args.volume)}
+    from .commands import _phantom_volume  # CT's phantoms, the same choices
+
     size = 64 if args.size is None else integer("--size", args.size, 4)
     phantom = args.phantom or "shepp-logan"
-    radius = 0.45 * size
-    ell = shepp_logan_3d(radius) if phantom == "shepp-logan" else random_ellipsoids(10, radius, seed=seed)
-    return voxelize(ell, (size,) * 3, supersample=2), (1.0, 1.0, 1.0), {"phantom": phantom}
+    return _phantom_volume(phantom, size, seed), (1.0, 1.0, 1.0), {"phantom": phantom}
 
 
 def _acceleration(value: Any) -> float:
@@ -165,7 +164,7 @@ def simulate_mri(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------- reconstruct
 def _check_options(args: argparse.Namespace, method: str) -> None:
     """Options of another method or modality are refused, not ignored."""
-    given = _given(args, {"normal": "--normal", "fdk_window": "--fdk-window"})
+    given = _given(args, {"normal": "--normal", "fdk_window": "--fdk-window", "preview": "--preview"})
     if given:
         raise ValueError(f"{_listed(given)} to cone-beam CT, not to MRI k-space")
     given = [opt for attr, opt in (("overlap", "--overlap"), ("sweeps", "--sweeps"))

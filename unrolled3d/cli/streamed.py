@@ -132,6 +132,12 @@ def reconstruct_store(args: argparse.Namespace) -> int:
     if unrolled:
         payload.update(normalization=result.normalization, units=result.model_units,
                        scale_check=result.scale.to_dict() if result.scale else None)
+    if getattr(args, "preview", None) is not None:  # three planes read from the written store
+        from ..io.stores import open_store
+        from .preview import write_preview
+
+        units = "attenuation (1/mm)" if not unrolled else result.model_units
+        payload["preview"] = str(write_preview(args, open_store(path), g.vol_shape, units))
     if x_true is not None:
         from ..io.stores import open_store
 

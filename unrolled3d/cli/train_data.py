@@ -62,10 +62,10 @@ def build_file_data(data: DataConfig | Mapping[str, Any], size: int, root: str |
                          f"at least one must remain for training")
     train_files, held_out = split_by_file(files, data.val_files, seed=data.seed)
     norm = data.normalization_map()
-    common = {"size": size, "normalization": norm, "key": data.h5_key, "pad": data.pad}
-    train_set = RandomCropDataset(train_files, augmentation=data.augmentation(), length=TRAIN_BLOCKS,
-                                  seed=data.seed, **common)
+    train_set = RandomCropDataset(train_files, size, normalization=norm, augmentation=data.augmentation(),
+                                  length=TRAIN_BLOCKS, seed=data.seed, key=data.h5_key, pad=data.pad)
     val_set = None
     if held_out:
-        val_set = RandomCropDataset(held_out, length=data.val_crops, seed=data.seed + 1, **common)
+        val_set = RandomCropDataset(held_out, size, normalization=norm, length=data.val_crops, seed=data.seed + 1,
+                                    key=data.h5_key, pad=data.pad)
     return train_set, val_set, held_out, norm

@@ -331,6 +331,8 @@ class MultiCoilMRI3D(_MRICore):
         coils per FFT batch in ``A``, ``A_adjoint`` and ``A_adjoint_A``
         (``None``: all at once; smaller values bound the working memory).
 
+    Notes
+    -----
     The real dtype of the operator follows ``coil_maps`` (complex64 -> float32); inputs of
     another precision are computed in their own precision (the maps are cast per call), except
     float16/bfloat16, computed in float32 and rounded back once (float32 under

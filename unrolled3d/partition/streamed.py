@@ -363,7 +363,7 @@ class _scratch_folder:
 
 
 def streamed_patch_peak(rec, physics: ConeBeamCT, p: int, measure=None) -> int:
-    """Peak extra memory (bytes) of one group of ``p``^3 patches solved from windowed data, as
+    """Peak extra memory (bytes) of one group of ``p^3`` patches solved from windowed data, as
     :func:`reconstruct_streamed` solves them (zero data: memory does not depend on the values)."""
     from ..budget import measure_peak
 

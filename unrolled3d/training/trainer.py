@@ -20,13 +20,14 @@ average the gradients a second time). A checkpoint holds every rank's generator 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import torch
 import torch.distributed as dist
 
 from .._distributed import rank_and_world
 from ..metrics import psnr
+from ..protocols import PatchTrainable
 
 __all__ = ["Trainer", "evaluate"]
 
@@ -152,7 +153,7 @@ class Trainer:
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
         self.rank, self.world = rank_and_world()
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed + self.rank)
-        self.step_count, self.resumed_from = 0, None
+        self.step_count, self.resumed_from = 0, cast("int | None", None)
         self.losses: list[float] = []
         self.val: list[dict[str, float]] = []
         if self.world > 1:
@@ -183,8 +184,9 @@ class Trainer:
                     noise = cfg.noise_std * torch.randn(y.shape, generator=self.generator, dtype=y.dtype).to(y.device)
                     y = y + noise
             # y - A x is the noise just drawn: the loss need not project the whole volume again
-            loss = self.rec.training_loss(y, self.physics, x, generator=self.generator, residual=noise,
-                                          **self.loss_kwargs)
+            # the model is a Module declaring PatchTrainable (train() checks it): the loss is its own
+            loss = cast(PatchTrainable, self.rec).training_loss(y, self.physics, x, generator=self.generator,
+                                                                residual=noise, **self.loss_kwargs)
             (loss / cfg.batch_size).backward()
             total += float(loss.detach())
         loss_value = total / cfg.batch_size
@@ -217,6 +219,8 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Validate on ``val_data`` (:func:`evaluate`); the result, with the step, is kept in :attr:`val`."""
+        if self.val_data is None:
+            raise ValueError("val_data is empty: this trainer was given no validation data")
         metrics = evaluate(self.rec, self.physics, self.val_data, metric=self.val_metric)
         self.val.append({"step": self.step_count, **metrics})
         return metrics

@@ -104,7 +104,7 @@ def simulate(args: argparse.Namespace) -> int:
     from .mri import check_ct_simulate_options, simulate_mri
 
     if args.modality == "mri":
-        return simulate_mri(args)
+        return simulate_mri(args, _phantom_volume)
     check_ct_simulate_options(args)
     noise = _noise_option(args)
     integer("--seed", args.seed, 0)  # as [phantoms] seed and [train] seed: torch takes -1, numpy's generators not

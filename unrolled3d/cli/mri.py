@@ -25,7 +25,7 @@ import argparse
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -81,8 +81,10 @@ def check_ct_simulate_options(args: argparse.Namespace) -> None:
         raise ValueError(f"{_listed(given)} to --modality mri, not to cone-beam CT")
 
 
-def _magnitude(args: argparse.Namespace, seed: int) -> tuple[torch.Tensor, tuple[float, float, float], dict]:
-    """The image's magnitude ``(D, H, W)``, its voxel size and where it came from."""
+def _magnitude(args: argparse.Namespace, seed: int, phantom_volume: Callable[[str, int, int], torch.Tensor]
+               ) -> tuple[torch.Tensor, tuple[float, float, float], dict]:
+    """The image's magnitude ``(D, H, W)``, its voxel size and where it came from (``phantom_volume``:
+    CT's ``simulate --phantom`` maker, ``(kind, size, seed) -> (size,) * 3``, the same choices)."""
     from ..io import read_volume
 
     if args.volume is not None:
@@ -94,11 +96,9 @@ def _magnitude(args: argparse.Namespace, seed: int) -> tuple[torch.Tensor, tuple
         except ValueError as exc:
             raise FileFormatError(args.volume, str(exc)) from None
         return vol.to(torch.float32), tuple(voxel_size), {"volume": str(args.volume)}
-    from .commands import _phantom_volume  # CT's phantoms, the same choices
-
     size = 64 if args.size is None else integer("--size", args.size, 4)
     phantom = args.phantom or "shepp-logan"
-    return _phantom_volume(phantom, size, seed), (1.0, 1.0, 1.0), {"phantom": phantom}
+    return phantom_volume(phantom, size, seed), (1.0, 1.0, 1.0), {"phantom": phantom}
 
 
 def _acceleration(value: Any) -> float:
@@ -118,7 +118,7 @@ def _mask(shape: tuple[int, int, int], r: float, seed: int, kind: str) -> torch.
         raise ValueError(f"--acceleration {r:g}: {exc}") from None
 
 
-def simulate_mri(args: argparse.Namespace) -> int:
+def simulate_mri(args: argparse.Namespace, phantom_volume: Callable[[str, int, int], torch.Tensor]) -> int:
     """``simulate --modality mri``: a magnitude -> complex image -> coils -> masked noisy k-space file."""
     from ..data import smooth_phase
     from ..io import check_not_input, check_pt_name, resolve_output, save_kspace
@@ -140,7 +140,7 @@ def simulate_mri(args: argparse.Namespace) -> int:
     out = check_pt_name(args.out, "k-space")
     check_not_input([out], [args.volume])
     resolve_output(out, args.force)
-    magnitude, voxel_size, source = _magnitude(args, seed)
+    magnitude, voxel_size, source = _magnitude(args, seed, phantom_volume)
     shape = tuple(int(s) for s in magnitude.shape)
     mask = _mask(shape, r, seed, kind)
     maps = birdcage_maps(coils, shape)

@@ -1,6 +1,9 @@
-"""Reconstruction quality on held-out volumes, accelerated 3D multi-coil MRI (issue 6).
+"""Reconstruction quality on held-out volumes, accelerated 3D multi-coil MRI (issues 6 and 28).
 
-Data: complex volumes ``|x| exp(i phi)`` -- random-ellipsoid phantom magnitudes
+Two experiments; the second is the one that scores the shipped model.
+
+**Phantoms** (issue 6, default; ``bench/results/quality_mri.json``). Data: complex volumes
+``|x| exp(i phi)`` -- random-ellipsoid phantom magnitudes
 (:class:`~unrolled3d.data.datasets.PhantomDataset`) times a random smooth phase
 (:class:`~unrolled3d.data.ComplexPhantomDataset`, quadratic polynomial, range up to pi) -- made on
 the fly. Acquisition: ``--coils`` birdcage coils (normalised, ``sum |S_c|^2 = 1``), a Poisson-disc
@@ -8,44 +11,82 @@ variable-density mask of acceleration ``--accel`` with the default centred calib
 (``min(24, n/4)`` lines per phase-encode axis), complex Gaussian noise of std ``--noise`` per real
 channel on the sampled k-space (training: the same std added by :func:`unrolled3d.train.train` to
 all of k-space; the unsampled entries never reach a reconstruction, since ``A^H`` masks them).
-
 Methods: zero-filled (``A^H y``), CG-SENSE (``n_iter`` and Tikhonov ``lam`` picked on 2
 validation volumes of another seed, never on the test set), and a partitioned UnrolledPGD (K
 iterations, one shared UNet3D on the 2 real/imaginary channels, patches ``--patch``^3, 2 sweeps at
 inference) trained with ``L_PART`` on simulated k-space, once with the exact patch operator and
 once with the fitted complex diagonal-circulant ``H``; the same network, seed and budget
 (``--steps`` Adam steps of one volume each, peak lr ``--lr`` with a cosine decay; lr 3e-3 was
-chosen over 1e-3 in a 400-step pilot scored on the validation volumes, not the test set).
+chosen over 1e-3 in a 400-step pilot scored on the validation volumes, not the test set). Test
+volumes: phantom seed 999, phase seed 999; training: seed 0.
+
+**Real heads** (issue 28, ``--test``; ``bench/results/quality_mri_heads.json``): a trained MRI
+model file (``--weights``, default the shipped ``unrolled3d/weights/mri_heads.pt``) against
+zero-filled and CG-SENSE on real anatomy. Each volume file is zoomed so its longest axis spans
+``size - 2 margin`` voxels, divided by its 99.5th percentile (the rule of the training files,
+``real_volumes.py --training-set``) and centred in a ``size``^3 cube of air; its magnitude gets a
+smooth random phase (seed per volume) and is measured by 8 birdcage coils through a Poisson-disc
+mask of R ``--accel`` (seed per volume, none of the training bank's), with noise std ``--noise``
+per real channel on the sampled k-space (the training noise). Choices are made on the
+validation volumes (``--val``: MNI152 and INIA19, the training anatomy) only: CG-SENSE's
+iterations and Tikhonov weight (grid :data:`HEAD_CG_ITERS` x :data:`HEAD_CG_LAMS`) and the model's
+inference (the whole volume as one patch, or the training patch with half overlap and two
+sweeps); then the held-out volumes (``--test``: Colin 27 and dipy's head, other subjects) are
+scored once, each method with its chosen settings. The model runs through the command line's
+own function (:func:`unrolled3d.cli.mri.unrolled_mri`: k-space scaled from the zero-filled
+image's percentile, as ``unrolled3d reconstruct`` does).
 
 Metric: PSNR of the magnitude images, ``10 log10(max|x|^2 / mean((|x_hat| - |x|)^2))`` over every
-voxel of the volume (background included), peak = the truth's maximum magnitude, per test volume
-(test volumes: phantom seed 999, phase seed 999; training: seed 0).
+voxel of the volume (background included), peak = the truth's maximum magnitude, per volume;
+the real-heads run adds the SSIM of the magnitudes (peak as the PSNR's).
 
 Run: ``nice -n 10 .venv/bin/python bench/experiments/quality_mri.py --size 32 --patch 16 --steps 1200``
-(one thread). Writes bench/results/quality_mri.json atomically.
+(phantoms, one thread), and for the shipped model::
+
+    OMP_NUM_THREADS=1 python bench/experiments/quality_mri.py --size 64 --accel 8 \
+        --val data/real_mri/mni152.npy data/real_mri/inia19.npy \
+        --test /work/data/real_volumes/colin27.npy /work/data/real_volumes/dipy_aniso.npy
+
+Writes its JSON atomically.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
+import os
+import platform
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-from unrolled3d.data import ComplexPhantomDataset
+from unrolled3d.cli.mri import magnitude, unrolled_mri
+from unrolled3d.data import ComplexPhantomDataset, IntensityNormalization, smooth_phase
 from unrolled3d.data.datasets import PhantomDataset
-from unrolled3d.io import atomic_path
-from unrolled3d.metrics import magnitude_psnr
+from unrolled3d.io import atomic_path, load_model
+from unrolled3d.metrics import magnitude_psnr, ssim
+from unrolled3d.models import build_model
 from unrolled3d.models import UNet3D, UnrolledPGD
 from unrolled3d.mri import MultiCoilMRI3D, acceleration, birdcage_maps, cg_sense, variable_density_mask, zero_filled
 from unrolled3d.normal import DiagCirculantWrapper
 from unrolled3d.partition import PartitionedReconstructor
 from unrolled3d.train import TrainConfig, train
 
+if __package__:  # imported as unrolled3d.bench.experiments.quality_mri (the tests)
+    from .quality_real import centre_in_cube, zoom_to_fit
+else:  # run as a script: this folder, bench/experiments/, is on the path
+    from quality_real import centre_in_cube, zoom_to_fit
+
 CG_ITERS = (5, 10, 20, 40)
 CG_LAMS = (0.0, 0.01, 0.03, 0.1)
+#: CG-SENSE's grid on the real heads (few iterations are a regulariser too: early stopping)
+HEAD_CG_ITERS = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30)
+HEAD_CG_LAMS = (0.0, 0.01, 0.03, 0.1, 0.3)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _volumes(n: int, count: int, seed: int) -> ComplexPhantomDataset:
@@ -68,23 +109,8 @@ def _pick_cg(physics, val) -> tuple[int, float, dict]:
     return int(it), float(lam), table
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--patch", type=int, default=16)
-    ap.add_argument("--coils", type=int, default=8)
-    ap.add_argument("--accel", type=float, default=8.0)
-    ap.add_argument("--noise", type=float, default=0.01, help="noise std per real channel of sampled k-space")
-    ap.add_argument("--steps", type=int, default=1200)
-    ap.add_argument("--lr", type=float, default=3e-3, help="peak Adam learning rate (cosine schedule)")
-    ap.add_argument("--iters", type=int, default=5, help="unrolled iterations K")
-    ap.add_argument("--base", type=int, default=8, help="UNet3D base channels")
-    ap.add_argument("--fit-steps", type=int, default=300, help="Adam steps of the H fit")
-    ap.add_argument("--n-test", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "quality_mri.json"))
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+def run_phantoms(args: argparse.Namespace) -> None:
+    """The phantom experiment (issue 6)."""
     t_start = time.perf_counter()
     n, p = args.size, args.patch
     shape = (n, n, n)
@@ -149,8 +175,173 @@ def main() -> None:
     results["target"] = "partitioned unrolled >= CG-SENSE + 3 dB"
     results["total_seconds"] = time.perf_counter() - t_start
     print(json.dumps({k: round(v["mean_psnr"], 2) for k, v in results["methods"].items()}))
-    with atomic_path(args.out) as tmp:
+    with atomic_path(args.out or RESULTS / "quality_mri.json") as tmp:
         tmp.write_text(json.dumps(results, indent=1))
+
+
+# ------------------------------------------------------------------------------ real heads (issue 28)
+RESULTS = ROOT / "bench" / "results"
+
+
+def head_magnitude(path: str, n: int, margin: int) -> torch.Tensor:
+    """A volume file as a ``(n, n, n)`` magnitude: zoomed to span ``n - 2 margin`` voxels, divided by
+    its 99.5th percentile (as ``real_volumes.py --training-set`` scales the training files) and
+    centred in air."""
+    vol = np.load(path).astype(np.float32)
+    z = zoom_to_fit(vol, n - 2 * margin)
+    z = z / np.percentile(z, 99.5)
+    return torch.from_numpy(centre_in_cube(z, n))
+
+
+def head_scans(paths: list[str], args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
+    """Each file's complex truth, its acquisition (mask of its own seed) and its noisy k-space."""
+    n = args.size
+    maps = birdcage_maps(args.coils, (n, n, n))
+    scans = []
+    for k, path in enumerate(paths):
+        mag = head_magnitude(path, n, args.margin)
+        phase = smooth_phase((n, n, n), torch.Generator().manual_seed(seed + k), dtype=torch.float64)
+        x = torch.stack([mag * phase.cos(), mag * phase.sin()]).float()[None]
+        mask = variable_density_mask((n, n, n), args.accel, seed=seed + k, kind="poisson")
+        physics = MultiCoilMRI3D(mask, maps)
+        y = _measure(physics, x, args.noise, torch.Generator().manual_seed(seed + 100 + k))
+        scans.append({"name": Path(path).stem, "x": x, "y": y, "physics": physics, "acceleration": acceleration(mask)})
+    return scans
+
+
+def head_scores(x_hat: torch.Tensor, x: torch.Tensor) -> dict[str, float]:
+    """Magnitude PSNR and SSIM (peak: the truth's largest magnitude)."""
+    peak = float(magnitude(x).max())
+    return {"psnr": magnitude_psnr(x_hat, x), "ssim": ssim(magnitude(x_hat), magnitude(x), peak)}
+
+
+def cg_table(scans: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean magnitude PSNR of CG-SENSE over ``scans`` for every (iterations, lam) of the grid."""
+    table = {}
+    for lam in HEAD_CG_LAMS:
+        for it in HEAD_CG_ITERS:
+            vals = [magnitude_psnr(cg_sense(s["y"], s["physics"], n_iter=it, tol=0.0, lam=lam), s["x"]) for s in scans]
+            table[f"iters={it},lam={lam}"] = float(np.mean(vals))
+    return table
+
+
+def load_mri_model(path: str, n: int, patch: int | None):
+    """``(rec, normalisation, config)`` of an MRI model file on ``n``^3 volumes (patch: the training
+    patch with half overlap and two sweeps; ``None``: chosen by the command line's plan)."""
+    state, config = load_model(path)
+    if config.get("mri") is None:
+        raise SystemExit(f"{path} is not an MRI model (no [mri] section)")
+    rec = build_model(config, (n, n, n), patch=patch)
+    rec.load_state_dict(state)
+    norm = IntensityNormalization.from_dict(config.get("normalization", {"kind": "attenuation"}))
+    return rec.eval(), norm, config
+
+
+def run_model(scans: list[dict[str, Any]], args: argparse.Namespace, inference: str) -> list[dict[str, Any]]:
+    """The model on each scan, ``inference`` = ``"whole"`` (the command line's default plan) or
+    ``"patches"`` (the training patch, half overlap, two sweeps); per-volume scores and times."""
+    _, config = load_model(args.weights)
+    patch = None if inference == "whole" else config["partition"]["patch"]
+    out = []
+    for s in scans:
+        rec, norm, _ = load_mri_model(args.weights, args.size, patch)
+        t0 = time.perf_counter()
+        x_hat, info = unrolled_mri(rec, norm, s["y"], s["physics"], patch=patch)
+        out.append({"volume": s["name"], **head_scores(x_hat, s["x"]), "seconds": time.perf_counter() - t0,
+                    "scale": info["scale"], "patch": info["patch"], "sweeps": info["sweeps"]})
+    return out
+
+
+def _summary(per: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"mean_psnr": float(np.mean([p["psnr"] for p in per])), "mean_ssim": float(np.mean([p["ssim"] for p in per])),
+            "per_volume": per}
+
+
+def _classical(scans: list[dict[str, Any]], it: int, lam: float) -> dict[str, dict[str, Any]]:
+    zf = [{"volume": s["name"], **head_scores(zero_filled(s["y"], s["physics"]), s["x"])} for s in scans]
+    cg = [{"volume": s["name"], **head_scores(cg_sense(s["y"], s["physics"], n_iter=it, tol=0.0, lam=lam), s["x"])}
+          for s in scans]
+    return {"zero-filled": _summary(zf), "CG-SENSE": {**_summary(cg), "n_iter": it, "lam": lam}}
+
+
+def run_heads(args: argparse.Namespace) -> None:
+    """Settings chosen on ``--val``, then ``--test`` scored once (module docstring)."""
+    t_start = time.perf_counter()
+    val, test = head_scans(args.val, args, seed=2000), head_scans(args.test, args, seed=3000)
+    table = cg_table(val)
+    best = max(table, key=table.get)
+    it, lam = int(best.split(",")[0].split("=")[1]), float(best.split(",")[1].split("=")[1])
+    print(f"CG-SENSE chosen on validation: {it} iterations, lam {lam} ({table[best]:.2f} dB)", flush=True)
+    inference = {name: _summary(run_model(val, args, name)) for name in ("whole", "patches")}
+    chosen = max(inference, key=lambda k: inference[k]["mean_psnr"])
+    print("validation: " + ", ".join(f"{k} {v['mean_psnr']:.2f} dB" for k, v in inference.items())
+          + f"; chosen: {chosen}", flush=True)
+    validation = {**_classical(val, it, lam), "model": inference}
+    held_out = _classical(test, it, lam)  # the held-out volumes: scored once, with the chosen settings
+    held_out["model"] = {**_summary(run_model(test, args, chosen)), "inference": chosen}
+    cg = held_out["CG-SENSE"]
+    gains = [m["psnr"] - c["psnr"] for m, c in zip(held_out["model"]["per_volume"], cg["per_volume"])]
+    _, config = load_model(args.weights)
+    results = {
+        "experiment": "shipped MRI model vs zero-filled and CG-SENSE on real heads (issue 28, item 3)",
+        "weights": {"path": str(Path(args.weights).resolve().relative_to(ROOT)) if Path(args.weights).resolve()
+                    .is_relative_to(ROOT) else args.weights,
+                    "sha256": hashlib.sha256(Path(args.weights).read_bytes()).hexdigest(),
+                    "config": {k: v for k, v in config.items() if k != "data_files"},
+                    "training_files": [Path(p).name for p in config.get("data_files", {}).get("train", [])]},
+        "scan": {"size": args.size, "coils": args.coils, "acceleration": args.accel, "mask": "poisson",
+                 "noise_std_per_channel": args.noise, "margin": args.margin,
+                 "acceleration_measured": {s["name"]: s["acceleration"] for s in val + test}},
+        "volumes": {"validation": [Path(p).name for p in args.val], "held_out": [Path(p).name for p in args.test]},
+        "psnr_definition": "magnitude images: 10 log10(max|x|^2 / mean((|x_hat| - |x|)^2)) over the whole volume, "
+                           "peak = max |x| of the truth, per volume; SSIM of the magnitudes with the same peak",
+        "selection": {"cg_sense_validation_table": table, "cg_sense_chosen": {"n_iter": it, "lam": lam},
+                      "model_inference_chosen": chosen},
+        "validation": validation, "held_out": held_out,
+        "gain_over_cg_sense_dB": {"mean": float(np.mean(gains)), "per_volume": dict(zip([s["name"] for s in test], gains))},
+        "target": "shipped MRI model >= CG-SENSE (validation-tuned) + 3 dB on the held-out heads",
+        "models_scored_on_held_out": 1,
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(), "load_average": list(os.getloadavg())},
+        "total_seconds": time.perf_counter() - t_start,
+    }
+    for name, m in held_out.items():
+        print(f"held out, {name}: {m['mean_psnr']:.2f} dB ("
+              + ", ".join(f"{p['volume']} {p['psnr']:.2f}" for p in m["per_volume"]) + ")", flush=True)
+    print(f"gain over CG-SENSE: {results['gain_over_cg_sense_dB']['mean']:+.2f} dB", flush=True)
+    with atomic_path(args.out or RESULTS / "quality_mri_heads.json") as tmp:
+        tmp.write_text(json.dumps(results, indent=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--patch", type=int, default=16)
+    ap.add_argument("--coils", type=int, default=8)
+    ap.add_argument("--accel", type=float, default=8.0)
+    ap.add_argument("--noise", type=float, default=0.01, help="noise std per real channel of sampled k-space")
+    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--lr", type=float, default=3e-3, help="peak Adam learning rate (cosine schedule)")
+    ap.add_argument("--iters", type=int, default=5, help="unrolled iterations K")
+    ap.add_argument("--base", type=int, default=8, help="UNet3D base channels")
+    ap.add_argument("--fit-steps", type=int, default=300, help="Adam steps of the H fit")
+    ap.add_argument("--n-test", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", help="JSON written (default bench/results/quality_mri.json, or quality_mri_heads.json "
+                                  "with --test)")
+    ap.add_argument("--val", nargs="+", help="real heads: validation volume files (settings are chosen on these)")
+    ap.add_argument("--test", nargs="+", help="real heads: held-out volume files (scored once)")
+    ap.add_argument("--weights", default=str(ROOT / "unrolled3d" / "weights" / "mri_heads.pt"),
+                    help="real heads: the MRI model file scored")
+    ap.add_argument("--margin", type=int, default=1, help="real heads: voxels of air around a head")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.test:
+        if not args.val:
+            ap.error("--test needs --val (the volumes the settings are chosen on)")
+        run_heads(args)
+    else:
+        run_phantoms(args)
 
 
 if __name__ == "__main__":

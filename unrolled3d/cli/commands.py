@@ -102,9 +102,14 @@ def simulate(args: argparse.Namespace) -> int:
     from ..physics import scan_for_volume, standard_cone_beam
     from ..physics.noise import scan_noise
 
+    from .mri import check_ct_simulate_options, simulate_mri
+
+    if args.modality == "mri":
+        return simulate_mri(args, _phantom_volume)
+    check_ct_simulate_options(args)
     noise = _noise_option(args)
     integer("--seed", args.seed, 0)  # as [phantoms] seed and [train] seed: torch takes -1, numpy's generators not
-    views = integer("--views", args.views, 1)
+    views = integer("--views", 30 if args.views is None else args.views, 1)
     if is_store_path(args.out):  # a Zarr store: the volume is made and projected slab by slab
         return _simulate_store(args, noise, views)
     out = check_pt_name(args.out, "measurements")
@@ -275,10 +280,17 @@ def reconstruct(args: argparse.Namespace) -> int:
     from ..io import check_not_input, check_volume_target, load_measurements, volume_files, write_volume
     from ..metrics import psnr
 
+    from .mri import MRI_METHODS, is_mri_input, reconstruct_mri, refuse_mri_model
+
+    if args.method in MRI_METHODS or is_mri_input(args.measurements):  # MRI k-space (or an MRI method)
+        return reconstruct_mri(args)
+    args.method = args.method or "fdk"
     # Everything about the output is checked before minutes of computing: its ending, that it is
     # none of the inputs (the .npy sidecar included), that it may be replaced.
     unrolled = _check_reconstruct_options(args)
     check_preview(args)
+    if unrolled:
+        refuse_mri_model(args.weights)
     if is_store_path(args.measurements) or is_store_path(args.out):  # streamed, slab by slab and patch by patch
         return reconstruct_store(args)
     if not unrolled and args.memory_budget is not None:
@@ -472,9 +484,17 @@ def train_cmd(args: argparse.Namespace) -> int:
         if folder.removed_temporaries:
             _note(args, f"removed {len(folder.removed_temporaries)} temporary file(s) of an interrupted save")
         size = run.geometry.size
-        physics = ConeBeamCT(standard_cone_beam(size, run.geometry.views), normalize=True,
-                             progress=_show_progress(args))
-        dataset, val_data, recorded = _training_set(run, file_data, physics, args)
+        val_metric = None
+        if run.mri is not None:  # complex images, multi-coil k-space, a mask per item
+            from ..metrics import magnitude_psnr
+            from .mri_train import mri_training_setup
+
+            physics, dataset, val_data, recorded = mri_training_setup(run, file_data, lambda t: _note(args, t))
+            val_metric = magnitude_psnr
+        else:
+            physics = ConeBeamCT(standard_cone_beam(size, run.geometry.views), normalize=True,
+                                 progress=_show_progress(args))
+            dataset, val_data, recorded = _training_set(run, file_data, physics, args)
         torch.manual_seed(run.train.seed)
         rec = build_model(run, (size,) * 3)
         if initial is not None:  # fine-tuning; a resumed run then loads its checkpoint over these
@@ -485,13 +505,14 @@ def train_cmd(args: argparse.Namespace) -> int:
         resume_cmd = shlex.join(["unrolled3d", "train", str(args.config), "--out-dir", str(out_dir), "--resume"])
         args.interrupt_hint = f"the checkpoints written so far are in {folder.checkpoint_dir}: continue with `{resume_cmd}`"
         log = training.train(rec, physics, dataset, tcfg, resume=args.resume, run_info=run.identity(),
-                             val_data=val_data, folder=folder)
+                             val_data=val_data, folder=folder, val_metric=val_metric)
         if log["resumed_checkpoint"]:
             _note(args, f"resumed from {log['resumed_checkpoint']} (step {log['resumed_from']})")
         args.interrupt_hint = ""
         # the model file records how the training volumes were scaled (reconstruct applies the same),
         # the scale of the training scans (reconstruct checks new scans against it) and ||A||
-        recorded.update(_training_records(dataset, physics, run.train.noise_std, args))
+        if run.mri is None:  # MRI: k-space is scaled by its zero-filled image's percentile, no scan scale check
+            recorded.update(_training_records(dataset, physics, run.train.noise_std, args))
         save_model(model_path, rec, {**run.to_dict(), **recorded, "command": command})
     payload = {"model": str(model_path), "steps": log["step"], "final_loss": log["losses"][-1],
                "resumed_from": log["resumed_checkpoint"], "skipped_checkpoints": log["skipped_checkpoints"],

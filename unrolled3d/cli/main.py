@@ -55,7 +55,11 @@ def _add_scan_commands(sub) -> None:
     _force(p)
     p.set_defaults(command_name="demo")
 
-    p = sub.add_parser("simulate", help="phantom (or a volume file) + cone-beam scan -> measurements file (.pt)")
+    p = sub.add_parser("simulate", help="phantom (or a volume file) + cone-beam scan -> measurements file (.pt); "
+                                        "--modality mri: multi-coil k-space file (.pt)")
+    p.add_argument("--modality", choices=["ct", "mri"], default="ct",
+                   help="ct: cone-beam projections (default); mri: the volume as the magnitude of a complex image "
+                        "(smooth random phase), multi-coil k-space undersampled by a mask")
     p.add_argument("--phantom", choices=PHANTOMS,
                    help="shepp-logan (default), ellipsoids (random, drawn with --seed) or textured (soft tissue, "
                         "organs, fine texture and trabecular-like sheets on the voxel grid, drawn with --seed; "
@@ -64,23 +68,29 @@ def _add_scan_commands(sub) -> None:
     p.add_argument("--volume", metavar="FILE",
                    help="use this volume as the phantom (.npy, .nii, .nii.gz, .h5, .hdf5, .tif, .tiff, .pt; "
                         "its voxel size is kept) instead of --phantom/--size")
-    p.add_argument("--views", type=int, default=30,
-                   help="projections over the orbit, equally spaced (default %(default)s)")
+    p.add_argument("--views", type=int, help="CT: projections over the orbit, equally spaced (default 30)")
     p.add_argument("--short-scan", action="store_true",
-                   help="a short scan (180 degrees plus the fan angle, Parker-weighted FDK) instead of a full 360")
+                   help="CT: a short scan (180 degrees plus the fan angle, Parker-weighted FDK) instead of a full 360")
+    p.add_argument("--coils", type=int, help="MRI: receive coils (birdcage maps, default 8)")
+    p.add_argument("--acceleration", type=float, metavar="R",
+                   help="MRI: undersampling factor, 1/R of the phase-encode lines sampled (default 8)")
+    p.add_argument("--mask", choices=["poisson", "random"],
+                   help="MRI: Poisson-disc (default) or variable-density random sampling, centre fully sampled")
     p.add_argument("--units", choices=["auto", "attenuation", "hu"], default="auto",
                    help="the --volume's values: attenuation in 1/mm, or Hounsfield units (converted to attenuation "
                         "before projecting); auto (default): HU when its smallest value is below -500")
     p.add_argument("--noise", type=float, default=None,
-                   help="Gaussian noise: its std on the normalised measurements A x / ||A|| (the convention of "
-                        "[train] noise_std, so 0.02 is the shipped models' training noise; default 0.01)")
+                   help="Gaussian noise (default 0.01). CT: its std on the normalised measurements A x / ||A|| (the "
+                        "convention of [train] noise_std, so 0.02 is the shipped models' training noise); MRI: its "
+                        "std per real channel of the sampled k-space, relative to the image's largest magnitude")
     p.add_argument("--noise-relative", type=float, default=None, metavar="FRACTION",
-                   help="instead of --noise: its std as a fraction of the largest line integral (what --noise "
+                   help="CT, instead of --noise: its std as a fraction of the largest line integral (what --noise "
                         "meant before)")
     p.add_argument("--seed", type=int, default=0,
-                   help="seed of the noise and of the random phantoms (default %(default)s)")
+                   help="seed of the noise, of the random phantoms and (MRI) of the phase and mask (default %(default)s)")
     p.add_argument("--output", "--out", dest="out", required=True, metavar="FILE",
-                   help="measurements file: .pt, or a Zarr store (.zarr) written slab by slab for large volumes")
+                   help="measurements file: .pt, or a Zarr store (.zarr) written slab by slab for large volumes; MRI: "
+                        "a k-space file (.pt) with coil maps, mask and voxel size")
     _common(p)
     _force(p)
     p.set_defaults(command_name="simulate")
@@ -117,15 +127,19 @@ def _add_train_command(sub) -> None:
 
 def _add_other_commands(sub) -> None:
     """``reconstruct``, ``import-walnut``, ``bench``, ``info``."""
-    p = sub.add_parser("reconstruct", help="measurements -> volume file: FDK or partitioned unrolled")
-    p.add_argument("measurements", help="measurements file (.pt from `simulate` or `import-walnut`, or a .zarr store)")
-    p.add_argument("--method", choices=["fdk", "unrolled"], default="fdk",
-                   help="fdk (filtered backprojection) or unrolled (the partitioned network of --weights; "
-                        "default %(default)s)")
+    p = sub.add_parser("reconstruct", help="measurements -> volume file: FDK or partitioned unrolled (CT); "
+                                           "zero-filled, CG-SENSE or partitioned unrolled (MRI k-space)")
+    p.add_argument("measurements", help="measurements file (.pt from `simulate` or `import-walnut`, or a .zarr store; "
+                                        "or an MRI k-space file from `simulate --modality mri`)")
+    p.add_argument("--method", choices=["fdk", "unrolled", "zero-filled", "cg-sense"],
+                   help="fdk (filtered backprojection; CT, the default for CT), cg-sense (MRI, the default for "
+                        "k-space), zero-filled (MRI), unrolled (either: the partitioned network of --weights)")
     p.add_argument("--fdk-window", choices=FDK_WINDOWS, default=None,
                    help="the ramp filter's window of --method fdk (default ram-lak; hann smooths noise). The "
                         "network's start point keeps the FDK it was trained with")
-    p.add_argument("--weights", help="model file written by `unrolled3d train`, or a shipped model: heads_ct, "
+    p.add_argument("--cg-iters", type=int, help="CG-SENSE iterations (default 2, chosen on validation heads)")
+    p.add_argument("--cg-lam", type=float, help="CG-SENSE Tikhonov weight (default 0, chosen on validation heads)")
+    p.add_argument("--weights", help="model file written by `unrolled3d train`, or a shipped CT model: heads_ct, "
                                      "demo_ct (method unrolled)")
     p.add_argument("--patch-size", type=int,
                    help="patch edge of the unrolled method (default: the largest that fits the memory budget, the "
@@ -153,7 +167,7 @@ def _add_other_commands(sub) -> None:
                         "units, slice indices)")
     p.add_argument("--output", "--out", dest="out", required=True, metavar="FILE",
                    help="volume file; the ending picks the format: .npy (+ .json voxel size), .nii, .nii.gz, "
-                        ".h5, .hdf5, .tif, .tiff, .pt (the scan's voxel size is stored)")
+                        ".h5, .hdf5, .tif, .tiff, .pt (the scan's voxel size is stored); MRI: the magnitude image")
     _common(p)
     _force(p)
     p.set_defaults(command_name="reconstruct")

@@ -8,12 +8,14 @@
 * :mod:`.hdf5` - HDF5 read safely (nothing outside the file, no plug-in filters, costed reads);
 * :mod:`.limits` - a file's declared size against the machine's memory;
 * :mod:`.lazy` - :class:`LazyVolume`: regions of a volume file read without reading the file;
-* :mod:`.files` - measurements (+ geometry) and trained model files.
+* :mod:`.files` - measurements (+ geometry) and trained model files;
+* :mod:`.kspace_files` - MRI k-space files (+ coil maps, mask, the volume's grid).
 """
 from .atomic import (atomic_path, check_not_input, fsync_folder, remove_stale_temporaries, resolve_output,
                      stale_temporaries)
 from .files import (check_pt_name, load_measurements, load_model, load_torch_file, load_volume, save_measurements,
                     save_model, save_volume)
+from .kspace_files import KSPACE_FORMAT, KspaceScan, file_kind, load_kspace, save_kspace
 from .lazy import LazyVolume
 from .spatial import Spatial
 from .volumes import (SUPPORTED_EXTENSIONS, check_volume_target, read_spatial, read_volume, sniff_format,
@@ -25,4 +27,5 @@ __all__ = [
     "sniff_format",
     "SUPPORTED_EXTENSIONS", "save_measurements", "load_measurements", "save_volume", "load_volume", "save_model",
     "load_model", "load_torch_file", "check_pt_name", "LazyVolume", "Spatial", "read_spatial",
+    "save_kspace", "load_kspace", "file_kind", "KspaceScan", "KSPACE_FORMAT",
 ]

@@ -19,7 +19,7 @@ from .cost import check_model_memory
 from .unet3d import UNet3D
 from .unrolled import UnrolledPGD
 
-__all__ = ["ModelConfig", "PartitionConfig", "build_model", "ARCHITECTURE", "SHARED_DEFAULT"]
+__all__ = ["ModelConfig", "PartitionConfig", "build_model", "image_channels", "ARCHITECTURE", "SHARED_DEFAULT"]
 
 SHARED_DEFAULT = True  # `[model] shared` of model files written before the key existed: shared denoisers
 #: the [model] keys the weights' shapes depend on (a model file must state them; fine-tuning must match them)
@@ -99,6 +99,13 @@ def _sections(config: Any) -> tuple[ModelConfig, PartitionConfig]:
         return ModelConfig.from_dict(config["model"]), PartitionConfig.from_dict(config["partition"])
 
 
+def image_channels(config: Any) -> int:
+    """Image channels of the model a configuration describes: 2 (real, imaginary) for MRI (an
+    ``[mri]`` section: complex images), 1 for CT."""
+    mri = config.get("mri") if isinstance(config, Mapping) else getattr(config, "mri", None)
+    return 1 if mri is None else 2
+
+
 def build_model(config: Any, img_shape: Sequence[int], patch: int | None = None) -> PartitionedReconstructor:
     """The partitioned unrolled network of a training configuration.
 
@@ -117,7 +124,8 @@ def build_model(config: Any, img_shape: Sequence[int], patch: int | None = None)
     Returns
     -------
     PartitionedReconstructor
-        Randomly initialised; load the weights with ``load_state_dict``.
+        Randomly initialised; load the weights with ``load_state_dict``. Its images have 2
+        channels (real, imaginary) for an MRI configuration (an ``[mri]`` section), else 1.
 
     Raises
     ------
@@ -135,7 +143,8 @@ def build_model(config: Any, img_shape: Sequence[int], patch: int | None = None)
     model, partition = _sections(config)
     edge = partition.patch if patch is None else patch
     check_model_memory(model, edge, training=False)
+    channels = image_channels(config)
     # shared=False: one denoiser per iteration, all starting from the same initial weights
-    net = UnrolledPGD(UNet3D(base=model.base, depth=model.depth), n_iter=model.n_iter, step_size=1.0,
-                      shared=model.shared)
+    net = UnrolledPGD(UNet3D(in_channels=channels, out_channels=channels, base=model.base, depth=model.depth),
+                      n_iter=model.n_iter, step_size=1.0, shared=model.shared)
     return PartitionedReconstructor(net, img_shape, (edge,) * 3)

@@ -17,12 +17,12 @@ state needed to continue bit for bit: after ``resume=True`` the next step's loss
 to the uninterrupted run's (on the same hardware, thread count and library versions).
 """
 from .checkpoints import CHECKPOINT_FORMAT, checkpoints, latest_checkpoint, load_checkpoint
-from .config import DataConfig, GeometryConfig, PhantomsConfig, RunConfig, TrainConfig
+from .config import DataConfig, GeometryConfig, MRIConfig, PhantomsConfig, RunConfig, TrainConfig
 from .identity import run_description
 from .loop import train
 from .run_folder import ARCHIVE_FOLDER, RunFolder, RunFolderInUse
 from .trainer import Trainer, evaluate
 
-__all__ = ["TrainConfig", "RunConfig", "GeometryConfig", "PhantomsConfig", "DataConfig", "train", "evaluate",
+__all__ = ["TrainConfig", "RunConfig", "GeometryConfig", "PhantomsConfig", "DataConfig", "MRIConfig", "train", "evaluate",
            "Trainer", "RunFolder", "RunFolderInUse", "latest_checkpoint", "load_checkpoint", "checkpoints", "run_description",
            "CHECKPOINT_FORMAT", "ARCHIVE_FOLDER"]

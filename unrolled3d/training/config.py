@@ -8,6 +8,7 @@ r"""A training run's configuration: one dataclass per TOML section, and :class:`
     [model]      ModelConfig       the unrolled network (unrolled3d.models.config)
     [partition]  PartitionConfig   the training patch
     [train]      TrainConfig       the optimisation (what unrolled3d.training.train takes)
+    [mri]        MRIConfig         an MRI run instead of CT: coils, accelerations, mask kind
 
 Every key's default and bounds are stated once, on its field; the keys a table may hold are the
 fields. The command line reads a file with :meth:`RunConfig.from_toml`, :func:`train` takes the
@@ -42,7 +43,8 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10: the same parser, as the tomli package (a dependency there)
     import tomli as tomllib
 
-__all__ = ["TrainConfig", "GeometryConfig", "PhantomsConfig", "DataConfig", "RunConfig", "RECORDS", "SEED_MAX"]
+__all__ = ["TrainConfig", "GeometryConfig", "PhantomsConfig", "DataConfig", "MRIConfig", "RunConfig", "RECORDS",
+           "SEED_MAX"]
 
 #: seeds are 32-bit (numpy's and torch's generators take them; ``seed + rank`` cannot overflow)
 SEED_MAX = 2**32 - 1
@@ -251,8 +253,53 @@ class DataConfig(Section):
         return Augmentation(flip=self.flip, rot90=self.rot90, intensity=intensity)
 
 
+def _accelerations(name: str, value: Any) -> tuple[float, float]:
+    """``R`` or a range ``[R_low, R_high]`` of accelerations, each ``>= 1``."""
+    pair = [value, value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    lo, hi = real_tuple(name, pair, 2)
+    if lo < 1 or lo > hi:
+        raise ValueError(f"{name} must be an acceleration R >= 1 or a range [low, high] with 1 <= low <= high, "
+                         f"got {short_repr(value)}")
+    return (lo, hi)
+
+
+@dataclasses.dataclass(frozen=True)
+class MRIConfig(Section):
+    """``[mri]``: train for 3D multi-coil Cartesian MRI (:class:`~unrolled3d.mri.MultiCoilMRI3D`)
+    instead of cone-beam CT.
+
+    The training volumes (``[phantoms]`` or ``[data]``) are magnitudes: each item gets a random
+    smooth phase (:func:`~unrolled3d.data.smooth_phase`, range up to ``max_phase``), is seen by
+    ``coils`` birdcage coils (:func:`~unrolled3d.mri.birdcage_maps`) and undersampled by a
+    ``mask`` mask (:func:`~unrolled3d.mri.variable_density_mask`) of an acceleration drawn
+    uniformly in ``acceleration``, one of ``masks`` masks drawn once per run. ``[geometry] size``
+    is the volume's edge; ``[geometry] views`` does not apply. Validation scans
+    (``[train] val_every``) use one fixed mask of acceleration ``val_acceleration``.
+
+    Examples
+    --------
+    >>> from unrolled3d.training import MRIConfig
+    >>> MRIConfig.from_dict({"coils": 8, "acceleration": [4, 10]}).acceleration
+    (4.0, 10.0)
+    >>> MRIConfig(acceleration=0.5)
+    Traceback (most recent call last):
+        ...
+    ValueError: MRIConfig.acceleration must be an acceleration R >= 1 or a range [low, high] ..., got 0.5
+    """
+
+    SECTION = "mri"
+    coils: int = setting(8, integer_in(1, 256))
+    acceleration: tuple[float, float] = setting((4.0, 10.0), _accelerations)
+    mask: str = setting("poisson", one_of(("poisson", "random")))
+    masks: int = setting(100, integer_in(1, 10**6))
+    max_phase: float = setting(3.141592653589793, real_in(low=0, high=10))
+    val_acceleration: float = setting(8.0, real_in(low=1))
+    seed: int = setting(0, _seed)
+
+
 _SECTIONS: dict[str, type[Section]] = {"geometry": GeometryConfig, "phantoms": PhantomsConfig, "data": DataConfig,
-                                       "model": ModelConfig, "partition": PartitionConfig, "train": TrainConfig}
+                                       "model": ModelConfig, "partition": PartitionConfig, "train": TrainConfig,
+                                       "mri": MRIConfig}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,11 +329,12 @@ class RunConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     phantoms: PhantomsConfig | None = None
     data: DataConfig | None = None
+    mri: MRIConfig | None = None
 
     def __post_init__(self) -> None:
         for name, cls in _SECTIONS.items():
             value = getattr(self, name)
-            if not isinstance(value, cls) and not (value is None and name in ("phantoms", "data")):
+            if not isinstance(value, cls) and not (value is None and name in ("phantoms", "data", "mri")):
                 raise TypeError(f"RunConfig.{name} must be a {cls.__name__}, got {type(value).__name__}")
         if self.phantoms is not None and self.data is not None:
             raise ValueError("[phantoms] and [data] are exclusive: train on synthetic phantoms or on volume files, "
@@ -310,6 +358,9 @@ class RunConfig:
         unknown = [str(s)[:80] for s in values if s not in _SECTIONS and not (records and s in RECORDS)]
         if unknown:
             raise ValueError(f"unknown section [{unknown[0]}] (known: {', '.join(_SECTIONS)})")
+        if "mri" in values and isinstance(values.get("geometry"), Mapping) and "views" in values["geometry"]:
+            raise ValueError("[geometry] views is a CT setting: an MRI run ([mri]) samples k-space as [mri] says "
+                             "(remove views)")
         with table_names():
             sections = {name: cls_.from_dict(values[name]) for name, cls_ in _SECTIONS.items() if name in values}
             return cls(**sections)
@@ -338,6 +389,9 @@ class RunConfig:
         """The TOML tables (what a model file records; ``[train] out_dir`` left out)."""
         out = {name: getattr(self, name).to_dict() for name in ("geometry", "phantoms", "data", "model", "partition")
                if getattr(self, name) is not None}
+        if self.mri is not None:  # an MRI run: no views (the acquisition is [mri]'s)
+            out["geometry"].pop("views")
+            out["mri"] = self.mri.to_dict()
         out["train"] = {k: v for k, v in self.train.to_table().items() if k != "out_dir"}
         return out
 

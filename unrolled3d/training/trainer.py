@@ -5,6 +5,8 @@ data generator, the losses and validations so far. :meth:`Trainer.step` draws ``
 volumes, simulates ``y = A x + noise`` and takes one optimiser step on the patch loss with
 ground-truth context (:meth:`~unrolled3d.partition.PartitionedReconstructor.training_loss`, a
 random patch per volume); :meth:`Trainer.evaluate` reconstructs the validation volumes whole.
+A dataset item ``(x, params)`` (deepinv's convention) sets ``physics.update(**params)`` before
+``x`` is measured: an acquisition drawn per item, e.g. the sampling mask of an MRI scan.
 Every random draw of a step (volume index, noise, patch position) comes from one CPU
 ``torch.Generator`` seeded ``seed + rank``; :meth:`Trainer.state_dict` holds everything needed
 to continue bit for bit.
@@ -29,7 +31,7 @@ from ..protocols import PatchTrainable
 
 __all__ = ["Trainer", "evaluate"]
 
-ValData = Sequence[tuple[torch.Tensor, "torch.Tensor | None"]]
+ValData = Sequence[tuple]  # (x, y) or (x, y, physics parameters), see evaluate
 
 
 def _as_batch(x: torch.Tensor) -> torch.Tensor:
@@ -44,6 +46,19 @@ def _as_batch(x: torch.Tensor) -> torch.Tensor:
     if x.ndim != 5:
         raise ValueError(f"expected a volume (C, D, H, W) or [B, C, D, H, W], got shape {tuple(x.shape)}")
     return x
+
+
+def _with_parameters(item: Any, physics: Any) -> Any:
+    """The volume of a dataset item; an item ``(x, params)`` (deepinv's convention for acquisitions
+    that change from item to item, e.g. an MRI mask) first sets ``physics.update(**params)``."""
+    if not isinstance(item, (tuple, list)):
+        return item
+    if len(item) != 2 or not isinstance(item[1], dict):
+        raise TypeError("dataset items must be volumes or (volume, dict of physics parameters) pairs, got a "
+                        f"{type(item).__name__} of {len(item)}")
+    if item[1]:
+        physics.update(**item[1])
+    return item[0]
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -61,7 +76,8 @@ def evaluate(rec: torch.nn.Module, physics: Any, val_data: ValData,
     """Full (partitioned) reconstructions of ``val_data``: mean PSNR (dB) and MSE.
 
     ``val_data`` is a list of ``(x, y)``: ``x`` ``[1, C, D, H, W]`` (or ``(C, D, H, W)``) and its
-    measurements ``y`` (``None``: ``physics.A(x)``). ``metric(x_hat, x)`` replaces the PSNR over
+    measurements ``y`` (``None``: ``physics.A(x)``), or ``(x, y, params)`` where ``y`` was
+    measured with ``physics.update(**params)`` (e.g. a validation mask), set before it is used. ``metric(x_hat, x)`` replaces the PSNR over
     all channels (:func:`unrolled3d.metrics.psnr`), e.g. :func:`unrolled3d.metrics.magnitude_psnr`
     for complex MRI images; the MSE is over all channels.
     """
@@ -72,7 +88,9 @@ def evaluate(rec: torch.nn.Module, physics: Any, val_data: ValData,
     device = model_device(rec)
     psnrs, mses = [], []
     try:
-        for x, y in val_data:
+        for x, y, *params in val_data:
+            if params:  # (x, y, params): y was measured with these physics parameters
+                _with_parameters((x, *params), physics)
             x = _as_batch(x).to(device)
             y = physics.A(x) if y is None else y.to(device)
             x_hat = rec(y, physics)
@@ -158,7 +176,7 @@ class Trainer:
         total = 0.0
         for _ in range(cfg.batch_size):
             i = int(torch.randint(len(self.dataset), (1,), generator=self.generator))
-            x = _as_batch(self.dataset[i]).to(device=self.device, dtype=torch.float32)
+            x = _as_batch(_with_parameters(self.dataset[i], self.physics)).to(device=self.device, dtype=torch.float32)
             with torch.no_grad():
                 y = self.physics.A(x)
                 noise = torch.zeros_like(y)

@@ -230,9 +230,9 @@ def patched_stride(patch: Sequence[int], overlap: float = PATCHED_OVERLAP) -> tu
     return tuple(max(1, int(p) - int(round(overlap * int(p)))) for p in patch)
 
 
-def peak_model(peak_at: Callable[[int], int], n: int) -> tuple[float, float]:
+def peak_model(peak_at: Callable[[int], int], n: int, sizes: tuple[int, int] = (16, 32)) -> tuple[float, float]:
     """``(a, b)``: the peak of one group of ``p``^3 patches modelled as ``a + b p^3`` bytes from
-    trial patches of edge 16 and 32 (at most ``n``), ``peak_at(p)`` measuring one.
+    trial patches of edge ``sizes`` (at most ``n``), ``peak_at(p)`` measuring one.
 
     The first trial is run once unmeasured: a process's first solve allocates what later ones
     reuse (thread pools, oneDNN's primitives: 17 MiB against 2 MiB seen for 16^3), which made a
@@ -240,10 +240,10 @@ def peak_model(peak_at: Callable[[int], int], n: int) -> tuple[float, float]:
     A growth not seen (an allocator reusing memory) is looked for at twice the edge, and if still
     not seen, the peak of the largest trial is taken as all proportional to ``p^3`` (an upper
     bound: ``a = 0``, ``b = peak / p^3``)."""
-    p1 = min(16, n)
+    p1 = min(sizes[0], n)
     peak_at(p1)  # warm-up, not measured
     m1 = float(peak_at(p1))
-    p2 = min(32, n)
+    p2 = min(sizes[1], n)
     while p2 > p1:
         m2 = float(peak_at(p2))
         if m2 > m1:

@@ -210,9 +210,8 @@ def read_walnut(
     eps: float = DEFAULT_EPS,
     progress: bool = False,
 ) -> tuple[torch.Tensor, ConeBeamGeometry]:
-    """Read one Walnut orbit folder into line integrals and their cone-beam geometry.
-
-    See the module docstring for each convention and where it comes from.
+    """Read one Walnut orbit folder into line integrals and their cone-beam geometry (each
+    convention and where it comes from: the module docstring).
 
     Parameters
     ----------

@@ -386,6 +386,10 @@ def streamed_patch_peak(rec, physics: ConeBeamCT, p: int, measure=None) -> int:
         return measure(solve, device)
 
 
+#: float32 patch-sized arrays a patch holds while its share is blended into the stores (see streamed_patch)
+_BLEND_BUFFERS = 5
+
+
 def streamed_patch(rec, physics: ConeBeamCT, budget_bytes: int, patch_size: int | None = None, measure=None,
                    amp: bool | None = None, n_sweeps: int | None = None, overlap: float | None = None):
     """``rec`` on the largest patch whose streamed solve fits ``budget_bytes`` (the whole volume,
@@ -415,7 +419,12 @@ def streamed_patch(rec, physics: ConeBeamCT, budget_bytes: int, patch_size: int 
             raise ValueError(f"patch_size {p} is larger than the volume {shape}")
         return on_patches((p,) * 3)
     p1 = min(16, n)
-    a, b = peak_model(lambda p: streamed_patch_peak(rec, physics, p, measure), n)
+    # trials of 24^3 and 48^3: 16^3 and 32^3 extrapolated to a 176^3 patch under a 1 GiB budget
+    # grew the resident memory by about 1.3 GiB (a 512^3 scan)
+    a, b = peak_model(lambda p: streamed_patch_peak(rec, physics, p, measure), n, (24, 48))
+    # beside the solve, each patch of a group holds float32 copies of its size while it is blended
+    # in: its context, its blend window, and the sums and weights it reads and writes back
+    b += _BLEND_BUFFERS * 4 * rec.patch_batch_size
     if a + b * math.prod(shape) <= budget_bytes:
         return on_patches(shape)
     fits = [p for p in sorted({*range(p1, n + 1, 8), n}) if a + b * p**3 <= budget_bytes]

@@ -228,7 +228,8 @@ def reconstruct(y: Any, geometry_or_physics: Any = None, model: Any = None, meth
 #: the network's arithmetic: ``"auto"`` (bfloat16 where native), or as named
 PRECISIONS = ("auto", "float32", "bfloat16")
 
-_OPTIONS = ("patch_size", "n_sweeps", "overlap", "amp", "precision", "scale_check", "norm", "fdk_window", "device", "output_units", "out",
+_OPTIONS = ("patch_size", "n_sweeps", "overlap", "amp", "precision", "scale_check", "norm", "fdk_window", "device",
+            "output_units", "out",
             "force", "measure_memory", "scratch")
 
 

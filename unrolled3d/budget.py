@@ -312,9 +312,10 @@ def plan_inference(rec, y: torch.Tensor, physics, x_init: torch.Tensor, budget_b
     The network is fully convolutional, so the inference patch is a memory decision, not the
     training patch: the whole volume when its predicted peak fits the budget (one sweep: there
     is no context to refresh), else the largest cubic patch that fits, sharing
-    :data:`PATCHED_OVERLAP` of its edge with its neighbours, swept :data:`PATCHED_SWEEPS` times. ``amp`` (default: where bfloat16 is native, :func:`bf16_is_native`) runs the
+    :data:`PATCHED_OVERLAP` of its edge with its neighbours, swept :data:`PATCHED_SWEEPS` times.
+    ``amp`` (default: where bfloat16 is native, :func:`bf16_is_native`) runs the
     network in bfloat16 (the data step stays float32). Measured on held-out real heads with the
-    shipped ``heads_ct.pt`` (``bench/results/inference_speed*.json``): see the README.
+    shipped ``heads_ct.pt`` (``bench/results/scale_inference_cpu.json``, ``inference_knobs_96.log``).
 
     Parameters
     ----------

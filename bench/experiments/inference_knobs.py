@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     peak = float(x.max() - x.min())
     physics = ConeBeamCT(standard_cone_beam(n, 30), normalize=True)
     y = physics.A(x)
-    y = y + float(config["train"]["noise_std"]) * torch.randn(y.shape, generator=torch.Generator().manual_seed(args.seed))
+    noise = torch.randn(y.shape, generator=torch.Generator().manual_seed(args.seed))
+    y = y + float(config["train"]["noise_std"]) * noise
     with torch.no_grad():
         for window in ("hann", "ram-lak"):
             x0, c, w = _timed(lambda: physics.A_dagger(y, window=window))

@@ -396,8 +396,8 @@ def streamed_patch(rec, physics: ConeBeamCT, budget_bytes: int, patch_size: int 
     with one sweep, when it fits), or on ``patch_size`` when given; patches share ``overlap`` of
     their edge and are swept ``n_sweeps`` times (defaults :data:`unrolled3d.budget.PATCHED_OVERLAP`,
     :data:`~unrolled3d.budget.PATCHED_SWEEPS`, as in memory). The peak of a group is modelled as
-    ``a + b p^3`` from trial patches (:func:`unrolled3d.budget.peak_model`, :func:`streamed_patch_peak`). The network runs in
-    bfloat16 where it is native (``amp``: see :func:`unrolled3d.budget.plan_inference`)."""
+    ``a + b p^3`` from trial patches (:func:`unrolled3d.budget.peak_model`, :func:`streamed_patch_peak`).
+    The network runs in bfloat16 where it is native (``amp``: see :func:`unrolled3d.budget.plan_inference`)."""
     from ..budget import (PATCHED_OVERLAP, PATCHED_SWEEPS, bf16_is_native, network_precision, patched_stride,
                           peak_model)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -75,7 +77,11 @@ def test_bench_runs_every_suite_when_one_fails(tmp_path, capsys):
     assert not (results / "projector_cpu.json").exists()  # a failed suite writes no result file
     data = json.loads((results / "fused_cpu.json").read_text())
     env = data["machine_info"]["unrolled3d"]  # what ran the suite, recorded by bench/conftest.py
-    assert env["device"] == "cpu" and env["threads"] == torch.get_num_threads() and env["quick"] is False
+    # the suite ran in a fresh process: its threads are a fresh process's (this one's may have been set
+    # by an earlier test)
+    fresh = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                           capture_output=True, text=True, check=True)
+    assert env["device"] == "cpu" and env["threads"] == int(fresh.stdout) and env["quick"] is False
     assert env["torch"] == str(torch.__version__)
 
 

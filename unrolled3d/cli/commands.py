@@ -18,7 +18,8 @@ from ..errors import FileFormatError
 from .bench import bench_cmd
 from .output import emit
 from .preview import check_preview, write_preview
-from .scan_files import check_field_of_view, hu_to_attenuation, input_units, known_norm, output_spatial, source_meta
+from .scan_files import (check_field_of_view, hu_to_attenuation, input_units, known_norm, output_spatial,
+                         read_input_volume, source_meta)
 from .streamed import is_store_path, reconstruct_store, simulate_store
 
 __all__ = ["demo", "info", "simulate", "fit_normal", "reconstruct", "train_cmd", "import_walnut", "bench_cmd",
@@ -96,7 +97,6 @@ def info(args: argparse.Namespace) -> int:
 
 
 def simulate(args: argparse.Namespace) -> int:
-    from .._validation import check_finite
     from ..io import check_not_input, check_pt_name, resolve_output, save_measurements
     from ..ops import cone_project
     from ..physics import scan_for_volume, standard_cone_beam
@@ -118,15 +118,9 @@ def simulate(args: argparse.Namespace) -> int:
     scan = "short" if args.short_scan else "full"
     units, spatial = "attenuation", None
     if args.volume is not None:
-        from ..io import read_spatial, read_volume
+        from ..io import read_spatial
 
-        if args.phantom is not None or args.size is not None:
-            raise ValueError("--volume replaces --phantom and --size: give one or the other")
-        vol, voxel_size = read_volume(args.volume)
-        try:
-            check_finite(vol, "the volume")
-        except ValueError as exc:
-            raise FileFormatError(args.volume, str(exc)) from None
+        vol, voxel_size = read_input_volume(args)
         spatial = read_spatial(args.volume)  # its affine goes into the measurements, reconstruct writes it back
         units = _volume_units(args, float(vol.min()))
         g = scan_for_volume(tuple(vol.shape), voxel_size, views, scan)

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import torch
 
-from .._validation import check_device, check_finite, integer, real
+from .._validation import check_device, integer, real
 from ..errors import FileFormatError
 from .output import emit
 from .streamed import is_store_path
@@ -85,17 +85,11 @@ def _magnitude(args: argparse.Namespace, seed: int, phantom_volume: Callable[[st
                ) -> tuple[torch.Tensor, tuple[float, float, float], dict]:
     """The image's magnitude ``(D, H, W)``, its voxel size and where it came from (``phantom_volume``:
     CT's ``simulate --phantom`` maker, ``(kind, size, seed) -> (size,) * 3``, the same choices)."""
-    from ..io import read_volume
+    from .scan_files import read_input_volume
 
     if args.volume is not None:
-        if args.phantom is not None or args.size is not None:
-            raise ValueError("--volume replaces --phantom and --size: give one or the other")
-        vol, voxel_size = read_volume(args.volume)
-        try:
-            check_finite(vol, "the volume")
-        except ValueError as exc:
-            raise FileFormatError(args.volume, str(exc)) from None
-        return vol.to(torch.float32), tuple(voxel_size), {"volume": str(args.volume)}
+        vol, voxel_size = read_input_volume(args)
+        return vol.to(torch.float32), voxel_size, {"volume": str(args.volume)}
     size = 64 if args.size is None else integer("--size", args.size, 4)
     phantom = args.phantom or "shepp-logan"
     return phantom_volume(phantom, size, seed), (1.0, 1.0, 1.0), {"phantom": phantom}

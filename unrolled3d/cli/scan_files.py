@@ -27,13 +27,29 @@ import numpy as np
 
 from ..errors import FileFormatError
 
-__all__ = ["HU_BELOW", "UNITS", "input_units", "hu_to_attenuation", "source_meta", "output_spatial",
+__all__ = ["read_input_volume", "HU_BELOW", "UNITS", "input_units", "hu_to_attenuation", "source_meta", "output_spatial",
            "check_field_of_view", "known_norm"]
 
 #: a volume whose smallest value is below this is taken for Hounsfield units by ``--units auto``
 HU_BELOW = -500.0
 #: the choices of ``simulate --units``
 UNITS = ("auto", "attenuation", "hu")
+
+
+def read_input_volume(args: argparse.Namespace) -> tuple[Any, tuple[float, float, float]]:
+    """``simulate --volume``: the volume and its voxel size (mm), refused with ``--phantom``/``--size``
+    and, when it holds NaN or infinite values, as a bad file (CT and MRI alike)."""
+    from .._validation import check_finite
+    from ..io import read_volume
+
+    if args.phantom is not None or args.size is not None:
+        raise ValueError("--volume replaces --phantom and --size: give one or the other")
+    vol, voxel_size = read_volume(args.volume)
+    try:
+        check_finite(vol, "the volume")
+    except ValueError as exc:
+        raise FileFormatError(args.volume, str(exc)) from None
+    return vol, tuple(voxel_size)
 
 
 def input_units(declared: str, smallest: float) -> str:

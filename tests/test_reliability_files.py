@@ -281,6 +281,23 @@ def test_reconstruct_stopped_by_sigterm_removes_its_output_store_and_scratch(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "w.pt", "w.toml"]
 
 
+@pytest.mark.parametrize("entry", ["unrolled3d.cli.main:run", "python -m unrolled3d.cli"])
+def test_a_signal_while_the_program_exits_prints_no_traceback(tmp_path, entry):
+    """Ctrl-C (and SIGTERM) after the work is done, while the interpreter shuts down, exits 0 in silence.
+
+    The signals are sent from an ``atexit`` hook, that is during the shutdown, where they once interrupted
+    a torch finalizer and printed its traceback (seen in CI: Ctrl-C right after ``reconstruct`` finished)."""
+    hook = ("import atexit, os, signal, time\n"
+            "atexit.register(lambda: [os.kill(os.getpid(), s) or time.sleep(0.2) for s in (signal.SIGINT, signal.SIGTERM)])\n")
+    call = ("from unrolled3d.cli.main import run; run()" if entry.endswith(":run")
+            else "import runpy; runpy.run_module('unrolled3d.cli', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", hook + "import sys; sys.argv = ['unrolled3d', 'info']\n" + call],
+                          cwd=tmp_path, capture_output=True, text=True, env=env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr, proc.stderr
+    assert "version" in proc.stdout
+
+
 @pytest.mark.parametrize("what", ["scan", "store"])
 def test_interrupt_while_a_zarr_output_is_made_leaves_nothing(tmp_path, monkeypatch, what):
     """Ctrl-C/SIGTERM while a Zarr output is being created (before its writer can discard it) removes it."""

@@ -1,6 +1,6 @@
 """The input files the cases copy from (made once per session) and the helpers that spoil them.
 
-``make(folder)`` writes: measurements ``m.pt`` (8^3, 4 views), ``m32.pt``, ``m64.pt``; a model file
+``make(folder)`` writes: measurements ``m.pt`` (8^3, 4 views), ``m32.pt``, ``m64.pt``, ``m160.pt``; a model file
 ``model.pt``; fitted normal operators ``h.pt`` (8^3) and ``h16.pt``; a volume ``v.*`` in every format; a
 Walnut scan folder; a finished 2-step command-line run ``run2``. The reference runs of the kill -9
 cases (60 and 4 steps, fresh processes of the entry point) are made on first use (``reference``).
@@ -163,7 +163,7 @@ def make(folder: Path) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     _FOLDER[:] = [folder]
-    for size, views, name in [(8, 4, "m.pt"), (32, 16, "m32.pt"), (64, 32, "m64.pt")]:
+    for size, views, name in [(8, 4, "m.pt"), (32, 16, "m32.pt"), (64, 32, "m64.pt"), (160, 120, "m160.pt")]:
         g = standard_cone_beam(size, views)
         x = voxelize(shepp_logan_3d(0.45 * size), g.vol_shape)[None, None]
         save_measurements(folder / name, cone_project(x, g), g, x_true=x, meta={"phantom": "shepp-logan"})

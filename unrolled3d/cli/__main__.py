@@ -1,6 +1,4 @@
 """``python -m unrolled3d.cli``: the same as the ``unrolled3d`` command."""
-import sys
+from .main import run
 
-from .main import main
-
-sys.exit(main())
+run()

@@ -9,6 +9,10 @@ or file, a refused output, a diverged fit, an out-of-memory error); 130 and one 
 SIGHUP, handled alike: the temporary file of a write under way is removed, and ``train`` says
 how to resume; 1 and one line for anything else, which is a bug: ``--debug`` shows its traceback
 (and the traceback of any other failure).
+
+The installed ``unrolled3d`` program runs :func:`run`, which calls :func:`main` and then ignores
+Ctrl-C and SIGTERM while the interpreter shuts down: the work is done and written by then, and a
+signal arriving in that last second would otherwise print a traceback from a library's finalizer.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from typing import Any, Sequence
 
 from .bench import BENCH_SUITES
 
-__all__ = ["main", "build_parser", "FDK_WINDOWS", "PHANTOMS"]
+__all__ = ["main", "run", "build_parser", "FDK_WINDOWS", "PHANTOMS"]
 
 #: ``reconstruct --fdk-window``: the ramp filter's windows (:data:`unrolled3d.physics.fdk.FDK_WINDOWS`,
 #: restated so that the parser imports no torch; a test keeps the two equal)
@@ -330,3 +334,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.showwarning = shown  # main() may be called from a program: leave its warnings and
         for sig, handler in handlers.items():  # signal handlers as they were
             signal.signal(sig, handler)
+
+
+def run() -> None:
+    """The ``unrolled3d`` program: :func:`main` on ``sys.argv``, then exit with its status.
+
+    Once :func:`main` has returned, a Ctrl-C or SIGTERM has nothing left to stop: they are ignored
+    while the interpreter shuts down (a signal there would interrupt a library's finalizer and print
+    its traceback, measured with torch's operator registrations). A program calling :func:`main`
+    keeps its own handlers.
+    """
+    status = main()
+    for sig in (signal.SIGINT, *_TERMINATING):
+        signal.signal(sig, signal.SIG_IGN)
+    sys.exit(status)

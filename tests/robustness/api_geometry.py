@@ -122,8 +122,10 @@ def cases() -> list[Case]:  # noqa: C901 - a catalogue
     A("threads.project_1_vs_2", 8, "ok", "", threads(lambda: cone_project(xg, g8())), check=lambda d, r: torch.equal(*r))
     A("threads.backproject_1_vs_2", 8, "ok", "", threads(lambda: cone_backproject(cone_project(xg, g8()), g8())),
       check=lambda d, r: torch.equal(*r))
+    # FDK's ramp filter is torch.fft, which (MKL or pocketfft) splits its batch by thread count: the
+    # sums are taken in another order, so the results agree to float32 rounding, not bit for bit
     A("threads.fdk_1_vs_2", 8, "ok", "", threads(lambda: ConeBeamCT(g8()).A_dagger(cone_project(xg, g8()))),
-      check=lambda d, r: torch.equal(*r))
+      check=lambda d, r: bool((r[0] - r[1]).abs().max() <= 4 * torch.finfo(torch.float32).eps * r[0].abs().max()))
 
     # fdk
     for name, kw, needle in [("window_boxcar", {"window": "boxcar"}, "window"), ("scan_bad", {"scan": "third"}, "scan"),

@@ -29,13 +29,8 @@ PROMISES = {
 }
 
 #: outcomes left as they are, with the reason (bench/results/README.md): strict xfails, so that a fix
-#: shows up as an unexpected pass and the entry is removed
-KNOWN = {
-    "cli.import_walnut.--view-step_100000": "silent accept by design: a step past the orbit keeps the first view "
-                                            "alone, as tests/test_walnut.py::test_view_subsampling[12] asserts",
-    "api.threads.fdk_1_vs_2": "FDK differs by one float32 ulp between 1 and 2 threads: torch.fft (pocketfft) "
-                              "splits its work by thread count",
-}
+#: shows up as an unexpected pass and the entry is removed (none at present)
+KNOWN: dict[str, str] = {}
 
 # tiny training configuration (8^3, 4 views, one unrolled iteration of a 2-channel U-Net, 4^3 patches)
 _TINY = {"geometry": {"size": "8", "views": "4"}, "model": {"n_iter": "1", "base": "2", "depth": "1"},

@@ -116,7 +116,7 @@ def walnut_views(n_files: int, view_step: int = 1) -> list[tuple[int, int]]:
         Number of projection files ``scan_000000 .. scan_{n_files-1}`` (= geometry rows), the
         last one repeating the first view.
     view_step : int
-        Keep every ``view_step``-th view.
+        Keep every ``view_step``-th view; at least two views must be kept (a scan of one view keeps it).
 
     Returns
     -------
@@ -127,6 +127,10 @@ def walnut_views(n_files: int, view_step: int = 1) -> list[tuple[int, int]]:
     view_step = integer("view_step", view_step, 1)
     if n_files < 2:
         raise ValueError(f"a Walnut scan needs at least 2 projections (the last repeats the first), got {n_files}")
+    n_views = n_files - 1
+    if n_views >= 2 and view_step > n_views - 1:  # one view is a radiograph: nothing to reconstruct from
+        raise ValueError(f"view_step={view_step} keeps 1 of the scan's {n_views} views; a reconstruction needs at "
+                         f"least 2: use a step of at most {n_views - 1}")
     return [(k, n_files - 1 - k) for k in range(0, n_files - 1, view_step)]
 
 

@@ -312,12 +312,26 @@ class ZarrStore(ArrayStore):
     ('ZarrStore', 'v.zarr', [1, 1, 1], 128.0)
     """
 
+    #: chunks Zarr reads or writes at once for one region (its default is 10). Each chunk in flight holds
+    #: its encoded and decoded bytes outside the memory plan: with 10, FDK of a 256^3 scan under a
+    #: 16.9 MiB budget grew the process by 18-22 MiB; with 2 by 9.5 MiB, in the same CPU time
+    #: (tests/test_streamed.py::test_streamed_reconstruction_stays_within_the_budget)
+    CONCURRENCY = 2
+
     def __init__(self, array: Any, path: str | os.PathLike | None = None) -> None:
         super().__init__(array, path)
 
     @property
     def attrs(self) -> dict[str, Any]:
         return dict(self._array.attrs)
+
+    def _get(self, region: tuple[slice, ...]) -> Any:
+        with _zarr().config.set({"async.concurrency": self.CONCURRENCY}):
+            return self._array[region]
+
+    def _set(self, region: tuple[slice, ...], block: np.ndarray) -> None:
+        with _zarr().config.set({"async.concurrency": self.CONCURRENCY}):
+            self._array[region] = block
 
     def _reopen(self) -> None:
         zarr = _zarr()

@@ -71,7 +71,7 @@ def _affine(value: Any, where: str) -> Affine:
     # independent columns, whatever their scale (a denormal voxel size is a voxel size, not a singularity)
     if not np.all(norms > 0) or abs(np.linalg.det(a[:3, :3] / norms)) < 1e-9:
         raise ValueError(f"{where} is singular (its 3 x 3 part maps the volume onto a plane)")
-    return tuple(tuple(float(v) for v in row) for row in a)  # type: ignore[return-value]
+    return tuple((float(r[0]), float(r[1]), float(r[2]), float(r[3])) for r in a)  # 4 x 4, checked above
 
 
 @dataclasses.dataclass(frozen=True)

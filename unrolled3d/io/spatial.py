@@ -53,7 +53,7 @@ def _voxel_size(value: Any, where: str) -> tuple[float, float, float]:
         raise TypeError(f"{where} must be a number or 3 numbers (sz, sy, sx) in mm, got {value!r}") from None
     if len(vs) != 3 or not all(math.isfinite(v) and v > 0 for v in vs):
         raise ValueError(f"{where} must be 3 finite positive numbers (sz, sy, sx) in mm, got {value!r}")
-    return vs  # type: ignore[return-value]
+    return vs  # a 3-tuple: its length is checked above
 
 
 def _affine(value: Any, where: str) -> Affine:

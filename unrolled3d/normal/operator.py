@@ -162,7 +162,8 @@ class DiagCirculantNormal(torch.nn.Module):
     @property
     def grid(self) -> tuple[int, int, int]:
         """The FFT grid of the whole volume: the doubled grid ``2 (D, H, W)``."""
-        return tuple(2 * s for s in self.img_shape)  # type: ignore[return-value]
+        D, H, W = self.img_shape
+        return 2 * D, 2 * H, 2 * W
 
     @property
     def device(self) -> torch.device:

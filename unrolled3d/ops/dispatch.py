@@ -21,8 +21,8 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..kernels import INTERPRETED  # fixed when the kernels were imported
 from .._build import BACKENDS, backend_word, extension_status
+from ..kernels import INTERPRETED  # fixed when the kernels were imported
 from ._extension import op_schemas
 
 __all__ = ["set_backend", "get_backend", "use_backend", "triton_enabled_for", "use_triton", "implementation",

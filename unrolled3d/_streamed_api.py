@@ -123,7 +123,7 @@ def reconstruct_streamed_store(y: Any, geometry_or_physics: Any, model: Any, met
                                         options)
         path = out.commit() if ours else None
     except BaseException:
-        if ours:
+        if ours and out is not None:  # ours: out was made here (so it exists)
             out.discard()
         raise
     if path is not None:

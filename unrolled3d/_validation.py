@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, overload
 
 import torch
 
@@ -112,6 +112,16 @@ def _sequence(name: str, value: Any, n: int, what: str, allow_scalar: bool, scal
     return seq
 
 
+# n = 2 or 3 (pairs and triples): typed as such, so that callers get fixed-length tuples
+@overload
+def int_tuple(name: str, value: Any, n: Literal[2], minimum: int | None = 1, allow_scalar: bool = False
+              ) -> tuple[int, int]: ...
+@overload
+def int_tuple(name: str, value: Any, n: Literal[3], minimum: int | None = 1, allow_scalar: bool = False
+              ) -> tuple[int, int, int]: ...
+@overload
+def int_tuple(name: str, value: Any, n: int, minimum: int | None = 1, allow_scalar: bool = False
+              ) -> tuple[int, ...]: ...
 def int_tuple(name: str, value: Any, n: int, minimum: int | None = 1, allow_scalar: bool = False) -> tuple[int, ...]:
     """``n`` integers (each at least ``minimum``); one integer is repeated ``n`` times if
     ``allow_scalar``. Floats and bools are refused, not truncated."""
@@ -129,9 +139,18 @@ def int_tuple(name: str, value: Any, n: int, minimum: int | None = 1, allow_scal
 
 def int_triple(name: str, value: Any, allow_scalar: bool = False) -> tuple[int, int, int]:
     """Three positive integers (``(D, H, W)``-like)."""
-    return int_tuple(name, value, 3, 1, allow_scalar)  # type: ignore[return-value]
+    return int_tuple(name, value, 3, 1, allow_scalar)
 
 
+@overload
+def real_tuple(name: str, value: Any, n: Literal[2], positive: bool = False, allow_scalar: bool = False
+               ) -> tuple[float, float]: ...
+@overload
+def real_tuple(name: str, value: Any, n: Literal[3], positive: bool = False, allow_scalar: bool = False
+               ) -> tuple[float, float, float]: ...
+@overload
+def real_tuple(name: str, value: Any, n: int, positive: bool = False, allow_scalar: bool = False
+               ) -> tuple[float, ...]: ...
 def real_tuple(name: str, value: Any, n: int, positive: bool = False, allow_scalar: bool = False
                ) -> tuple[float, ...]:
     """``n`` finite real numbers (positive if asked); one number is repeated if ``allow_scalar``."""
@@ -157,7 +176,7 @@ def check_patch(offset: Any, shape: Any, vol_shape: Sequence[int], axes: str = "
     for o, p, n, axis in zip(off, shape, vol_shape, axes):
         if o < 0 or o + p > n:
             raise ValueError(f"patch [{o}, {o + p}) along {axis} lies outside the volume of size {n}")
-    return off, shape  # type: ignore[return-value]
+    return off, shape
 
 
 def check_tensor(t: Any, name: str, ndim: int | None = None, dtypes: Sequence[torch.dtype] = REAL_DTYPES) -> None:

@@ -371,7 +371,8 @@ class _Planned:
         self.measure, self.progress = bool(options.get("measure_memory", False)), progress
         self.info: dict[str, Any] | None = None
         self.planned = False
-        self.seconds, self.peak = 0.0, None
+        self.seconds = 0.0
+        self.peak: int | None = None  # bytes, measured with options["measure_memory"]
 
     def _plan(self, y: torch.Tensor, physics: Any, x0: torch.Tensor, H: Any) -> None:
         from .budget import bf16_is_native, network_precision, parse_bytes, plan_inference

@@ -74,7 +74,8 @@ class DiskFullError(OSError):
         super().__init__(errno.ENOSPC, text, self.path)
 
     def __str__(self) -> str:
-        return self.strerror
+        # always the text given to OSError.__init__ above (typeshed types strerror as optional)
+        return self.strerror or ""
 
     def __reduce__(self):
         return (type(self), (self.path, self.detail))

@@ -23,7 +23,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -408,10 +408,11 @@ class ConeBeamGeometry:
             Patch shape ``(pd, ph, pw)``; the patch must lie inside the volume.
         """
         off, shape = check_patch(offset, shape, self.vol_shape, axes="zyx")
-        centre = tuple(
+        cz, cy, cx = (
             oo + (o + 0.5 * (p - 1) - 0.5 * (n - 1)) * s
             for o, p, n, s, oo in zip(off, shape, self.vol_shape, self.voxel_size, self.vol_offset)
         )
+        centre = (cz, cy, cx)
         # Cheap on purpose (it runs once per patch): Python arithmetic on the validated ints, no
         # numpy, no tensor. The views are not copied or re-validated: they are this geometry's,
         # read-only and already checked (a sub-volume lies between source and detector wherever
@@ -621,7 +622,8 @@ class ConeBeamGeometry:
             and np.array_equal(self.vectors, other.vectors)
         )
 
-    __hash__ = None  # mutable caches inside; compare with == or fingerprint()
+    # unhashable (mutable caches inside; compare with == or fingerprint()); typeshed's own spelling of it
+    __hash__: ClassVar[None] = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         kind = f"circular {self.trajectory.scan} scan" if self.trajectory else "vector"

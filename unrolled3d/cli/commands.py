@@ -312,6 +312,7 @@ def reconstruct(args: argparse.Namespace) -> int:
     write_volume(args.out, out_volume, force=args.force, spatial=spatial)
     payload = {"out": args.out, "seconds": round(result.seconds, 3), "method": args.method}
     units = "attenuation (1/mm)" if not unrolled else result.model_units
+    assert units is not None  # an unrolled result records its model's normalization (its units)
     if write_preview(args, out_volume, g.vol_shape, units) is not None:
         payload["preview"] = args.preview
     if unrolled:
@@ -463,9 +464,10 @@ def train_cmd(args: argparse.Namespace) -> int:
     run = training.RunConfig.from_toml(args.config)
     file_data = _file_data(run, args.config)  # the files and the start are checked before the folder is touched
     initial = _initial_weights(run, Path(args.config))
-    if args.out_dir is None and run.train.out_dir is None:
+    out_dir_given = args.out_dir if args.out_dir is not None else run.train.out_dir
+    if out_dir_given is None:
         raise ValueError("give --out-dir (or out_dir in the config's [train] section)")
-    out_dir = Path(args.out_dir if args.out_dir is not None else run.train.out_dir)
+    out_dir = Path(out_dir_given)
     training.RunFolder.check_start(args.resume, args.overwrite)
     folder = training.RunFolder(out_dir, checkpoints="checkpoints", outputs=("model.pt",))
     command = shlex.join(["unrolled3d", *args.argv])

@@ -135,7 +135,8 @@ def simulate_mri(args: argparse.Namespace, phantom_volume: Callable[[str, int, i
     check_not_input([out], [args.volume])
     resolve_output(out, args.force)
     magnitude, voxel_size, source = _magnitude(args, seed, phantom_volume)
-    shape = tuple(int(s) for s in magnitude.shape)
+    d, h, w = (int(s) for s in magnitude.shape)  # (D, H, W): read_volume refuses other than 3-D
+    shape = (d, h, w)
     mask = _mask(shape, r, seed, kind)
     maps = birdcage_maps(coils, shape)
     phase = smooth_phase(shape, torch.Generator().manual_seed(seed), max_phase=MAX_PHASE, dtype=torch.float64)

@@ -22,10 +22,13 @@ item. The validation scans use one mask of ``val_acceleration`` and their own ph
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch.utils.data import Dataset
+
+if TYPE_CHECKING:  # annotations only: this module imports the package's parts where they are used
+    from ..data.complex_phantoms import IndexedVolumes
 
 __all__ = ["MRITrainingSet", "mri_physics", "validation_mask", "validation_scans", "mri_training_setup", "VAL_MASK_SEED"]
 
@@ -58,7 +61,7 @@ class MRITrainingSet(Dataset):
     (torch.Size([2, 8, 8, 8]), torch.Size([8, 8, 8]))
     """
 
-    def __init__(self, magnitudes: Dataset, masks: Any, seed: int = 0, max_phase: float = torch.pi) -> None:
+    def __init__(self, magnitudes: IndexedVolumes, masks: Any, seed: int = 0, max_phase: float = torch.pi) -> None:
         from ..data import ComplexPhantomDataset
 
         self.magnitudes, self.masks = magnitudes, masks
@@ -131,7 +134,7 @@ def mri_training_setup(run: Any, file_data: Any, note: Callable[[str], None]) ->
     return physics, dataset, val_data, recorded
 
 
-def validation_scans(physics: Any, volumes: Dataset, noise_std: float, seed: int) -> list:
+def validation_scans(physics: Any, volumes: IndexedVolumes, noise_std: float, seed: int) -> list:
     """``(x, y, {"mask": physics.mask})`` of each volume: measured with the physics' current mask and
     the training noise (drawn once, from ``seed``)."""
     gen = torch.Generator().manual_seed(seed)

@@ -49,7 +49,8 @@ def read_input_volume(args: argparse.Namespace) -> tuple[Any, tuple[float, float
         check_finite(vol, "the volume")
     except ValueError as exc:
         raise FileFormatError(args.volume, str(exc)) from None
-    return vol, tuple(voxel_size)
+    sz, sy, sx = voxel_size  # a tuple, whatever sequence the reader gave
+    return vol, (sz, sy, sx)
 
 
 def input_units(declared: str, smallest: float) -> str:

@@ -48,6 +48,8 @@ def simulate_store(args: argparse.Namespace, geometry, slab_source: Callable[[in
     scan = None
     try:  # the store is made inside: an interrupt at any point after it exists removes it
         scan = create_scan(args.out, geometry, with_truth=True, meta=meta, force=args.force)
+        truth = scan.x_true
+        assert truth is not None  # with_truth=True
         y = torch.zeros(geometry.sino_shape, dtype=torch.float32)
         d = geometry.vol_shape[0]
         step = slab_depth(physics, 256 * 2**20)  # slab buffers of at most 256 MiB
@@ -55,7 +57,7 @@ def simulate_store(args: argparse.Namespace, geometry, slab_source: Callable[[in
             s = min(step, d - z0)
             x = slab_source(z0, s).to(torch.float32)
             check_finite(x, "the volume")
-            scan.x_true.write((z0, 0, 0), x)
+            truth.write((z0, 0, 0), x)
             op = physics.slab(z0, s)
             y[:, op.row0:op.row0 + op.geometry.det_shape[0], :] += op.A(x[None, None])[0, 0]
         # the same draws as the in-memory path ([1, 1, V, R, C] and (V, R, C) hold them in one order)
@@ -141,6 +143,7 @@ def reconstruct_store(args: argparse.Namespace) -> int:
         from .preview import write_preview
 
         units = "attenuation (1/mm)" if not unrolled else result.model_units
+        assert units is not None  # an unrolled result records its model's normalization (its units)
         payload["preview"] = str(write_preview(args, open_store(path), g.vol_shape, units))
     if x_true is not None:
         from ..io.stores import open_store

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-from typing import Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -64,6 +64,15 @@ def smooth_phase(shape: Sequence[int], generator: torch.Generator | None = None,
     return phase.to(dtype)
 
 
+class IndexedVolumes(Protocol):
+    """What :class:`ComplexPhantomDataset` reads its magnitudes from: a length and items by
+    index (a map-style ``Dataset`` with ``__len__``, or a list of tensors)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> Any: ...
+
+
 class ComplexPhantomDataset(Dataset):
     r"""Complex volumes ``|x| exp(i phi)``: magnitudes of a real dataset, random smooth phases.
 
@@ -91,13 +100,17 @@ class ComplexPhantomDataset(Dataset):
     torch.Size([2, 8, 8, 8])
     """
 
-    def __init__(self, magnitudes: Dataset, seed: int = 0, max_phase: float = math.pi, degree: int = 2) -> None:
+    def __init__(self, magnitudes: IndexedVolumes, seed: int = 0, max_phase: float = math.pi, degree: int = 2
+                 ) -> None:
         if not hasattr(magnitudes, "__getitem__") or not hasattr(magnitudes, "__len__"):
             raise TypeError(f"magnitudes must be an indexable dataset with a length, got {type(magnitudes).__name__}")
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         smooth_phase((1, 1, 1), torch.Generator(), max_phase, degree)  # validates max_phase and degree
-        self.magnitudes, self.seed, self.max_phase, self.degree = magnitudes, int(seed), float(max_phase), int(degree)
+        self.magnitudes: IndexedVolumes = magnitudes
+        self.seed: int = int(seed)
+        self.max_phase: float = float(max_phase)
+        self.degree: int = int(degree)
 
     def __len__(self) -> int:
         return len(self.magnitudes)

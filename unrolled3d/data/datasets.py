@@ -246,7 +246,7 @@ class VolumeFileDataset(Dataset):
                 "vol_shape": None if self.vol_shape is None else list(self.vol_shape)}
 
     # ----------------------------------------------------------------- npy
-    def _inspect_npy(self, path: Path) -> np.memmap:
+    def _inspect_npy(self, path: Path) -> np.ndarray:  # a read-only memory map
         arr = _npy_map(path)  # a truncated file fails to map: caught here, naming it
         _check_volume(path, arr.shape, arr.dtype, self.vol_shape)
         return arr

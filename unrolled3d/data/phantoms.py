@@ -158,7 +158,8 @@ def _half_extents(e: Ellipsoid) -> tuple[float, float, float]:
     """Half widths of the axis-aligned bounding box along world ``(x, y, z)``, mm."""
     r = _rotation_rows(e.angles)
     s = e.semi_axes
-    return tuple(math.sqrt(sum((r[i][k] * s[k]) ** 2 for k in range(3))) for i in range(3))  # type: ignore[return-value]
+    hx, hy, hz = (math.sqrt(sum((r[i][k] * s[k]) ** 2 for k in range(3))) for i in range(3))
+    return hx, hy, hz
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,7 +325,7 @@ def random_ellipsoids(
         norm = math.sqrt(sum(x * x for x in gk)) or 1.0
         centre = tuple(rc * x / norm for x in gk)
         value = lo + (hi - lo) * uk[7]
-        out.append(Ellipsoid(value=value, centre=centre, semi_axes=semi, angles=(phi, theta, psi)))  # type: ignore[arg-type]
+        out.append(Ellipsoid(value=value, centre=centre, semi_axes=semi, angles=(phi, theta, psi)))
     return out
 
 

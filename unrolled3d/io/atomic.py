@@ -180,7 +180,8 @@ def no_space_left(exc: BaseException, target: str | os.PathLike) -> DiskFullErro
     fail at inline_container.cc]") are recognised by the device's free space (under 1 MiB, measured
     while the partial file still occupies its space).
     """
-    seen, e = set(), exc
+    seen: set[int] = set()
+    e: BaseException | None = exc
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -127,11 +127,11 @@ def save_kspace(path: str | os.PathLike, y: torch.Tensor, mask: torch.Tensor, co
         written: a file its own reader refuses would only fail later, in another command).
     """
     path = check_pt_name(path, "k-space")
-    voxel_size = tuple(float(v) for v in voxel_size) if isinstance(voxel_size, (list, tuple)) else voxel_size
-    problem = _problems(y, mask, coil_maps, x_true, voxel_size)
+    vs = tuple(float(v) for v in voxel_size) if isinstance(voxel_size, (list, tuple)) else voxel_size
+    problem = _problems(y, mask, coil_maps, x_true, vs)
     if problem is not None:
         raise ValueError(f"not saved: {problem}")
-    geometry = {"shape": list(mask.shape), "voxel_size": list(voxel_size), "coils": int(coil_maps.shape[0])}
+    geometry = {"shape": list(mask.shape), "voxel_size": list(vs), "coils": int(coil_maps.shape[0])}
     state = {"format": KSPACE_FORMAT, "y": y.detach().cpu(), "mask": mask.detach().cpu(),
              "coil_maps": coil_maps.detach().cpu(), "geometry": json.dumps(geometry), "meta": json.dumps(meta or {})}
     if x_true is not None:
@@ -181,10 +181,11 @@ def load_kspace(path: str | os.PathLike) -> KspaceScan:
     if not isinstance(geometry, dict) or not isinstance(meta, dict):
         raise FileFormatError(path, "entries 'geometry' and 'meta' must be JSON objects")
     x_true = state.get("x_true")
-    voxel_size = geometry.get("voxel_size")
+    voxel_size: Any = geometry.get("voxel_size")  # the file's JSON, checked by _problems below
     problem = _problems(y, mask, coil_maps, x_true, voxel_size)
     if problem is None and list(geometry.get("shape", [])) != list(mask.shape):
         problem = f"the geometry's shape {geometry.get('shape')} is not the mask's {list(mask.shape)}"
     if problem is not None:
         raise FileFormatError(path, problem)
-    return KspaceScan(y, mask, coil_maps, tuple(float(v) for v in voxel_size), x_true, meta)  # type: ignore[arg-type]
+    sz, sy, sx = (float(v) for v in voxel_size)  # 3 numbers (_problems)
+    return KspaceScan(y, mask, coil_maps, (sz, sy, sx), x_true, meta)

@@ -53,7 +53,8 @@ def _check_header(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> tuple[
         raise FileFormatError(path, f"expected a 3D volume (D, H, W), got {len(shape)} dimensions {tuple(shape)}")
     if 0 in shape:
         raise FileFormatError(path, f"the volume is empty, shape {tuple(shape)}")
-    return tuple(int(n) for n in shape)  # type: ignore[return-value]
+    d, h, w = shape  # 3 entries, checked above
+    return int(d), int(h), int(w)
 
 
 # --------------------------------------------------------------------------- per format: header, region
@@ -277,14 +278,15 @@ class LazyVolume:
         ``start`` ``(z0, y0, x0)`` and ``size`` ``(d, h, w)`` in voxels; the block must lie
         inside the volume (``ValueError`` otherwise: nothing is clipped or padded here).
         """
-        start = int_tuple("start", start, 3, minimum=0)  # type: ignore[assignment]
-        size = int_triple("size", size)  # type: ignore[assignment]
+        start = int_tuple("start", start, 3, minimum=0)
+        size = int_triple("size", size)
         for axis, s0, n, full in zip("zyx", start, size, self.shape):
             if s0 < 0 or n < 1 or s0 + n > full:
                 raise ValueError(f"the block start={tuple(start)} size={tuple(size)} leaves the volume {self.shape} "
                                  f"of {self.path} (axis {axis})")
-        region = tuple(slice(s0, s0 + n) for s0, n in zip(start, size))
-        return _REGIONS[self.format](self.path, self.key, region)  # type: ignore[arg-type]
+        (z0, y0, x0), (d, h, w) = start, size
+        region = (slice(z0, z0 + d), slice(y0, y0 + h), slice(x0, x0 + w))
+        return _REGIONS[self.format](self.path, self.key, region)
 
     def sample(self, max_voxels: int = 2**21) -> np.ndarray:
         """A regular sub-sample of the whole volume (every ``k``-th voxel on each axis, the
@@ -304,4 +306,4 @@ class LazyVolume:
         while int(np.prod([-(-n // k) for n in self.shape])) > max_voxels:
             k += 1
         region = (slice(None, None, k),) * 3
-        return _REGIONS[self.format](self.path, self.key, region)  # type: ignore[arg-type]
+        return _REGIONS[self.format](self.path, self.key, region)

@@ -205,7 +205,7 @@ def write_pair(path: str | os.PathLike, arr: np.ndarray, record: dict[str, Any],
         # the file's SHA-256 from its header and the array's memory: the bytes just written, not read back
         with open(tmp, "rb") as f:
             digest = hashlib.sha256(f.read(os.path.getsize(tmp) - arr.nbytes))
-        digest.update(memoryview(arr).cast("B"))
+        digest.update(arr.data.cast("B"))  # arr.data: the memoryview of the (C-contiguous) array
         # the sidecar lands first, naming both the new data and the old: a crash before the data's
         # rename leaves the old volume with its own record
         write_sidecar(path, record, data_file=tmp, sha256=digest.hexdigest(), force=force)

@@ -33,7 +33,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from ..errors import FileFormatError, first_line
 from ..geometry import ConeBeamGeometry
@@ -155,17 +155,24 @@ def open_scan(path: str | os.PathLike) -> tuple[ArrayStore, ConeBeamGeometry, Ar
         raise FileFormatError(p, f"not an unrolled3d measurements store (format {attrs.get('format')!r}, expected "
                                  f"{MEAS_STORE_FORMAT!r})")
     try:
-        geometry = ConeBeamGeometry.from_dict(attrs.get("geometry"))
+        description: Any = attrs.get("geometry")  # the store's JSON: from_dict checks it
+        geometry = ConeBeamGeometry.from_dict(description)
     except (TypeError, ValueError, KeyError) as exc:
         raise FileFormatError(p, f"invalid geometry ({exc})") from None
     meta = attrs.get("meta", {})
     if not isinstance(meta, dict):
         raise FileFormatError(p, f"attribute 'meta' must be a JSON object, got {type(meta).__name__}")
-    y = _member(group, p, "y", geometry.sino_shape, "the geometry's (n_views, rows, cols)")
-    x_true = _member(group, p, "x_true", geometry.vol_shape, "the geometry's volume", optional=True)
-    return y, geometry, x_true, meta
+    y_store = _member(group, p, "y", geometry.sino_shape, "the geometry's (n_views, rows, cols)")
+    x_store = _member(group, p, "x_true", geometry.vol_shape, "the geometry's volume", optional=True)
+    return y_store, geometry, x_store, meta
 
 
+@overload
+def _member(group: Any, path: Path, name: str, shape: tuple[int, ...], what: str,
+            optional: Literal[False] = False) -> ArrayStore: ...
+@overload
+def _member(group: Any, path: Path, name: str, shape: tuple[int, ...], what: str,
+            optional: bool) -> ArrayStore | None: ...
 def _member(group: Any, path: Path, name: str, shape: tuple[int, ...], what: str,
             optional: bool = False) -> ArrayStore | None:
     try:

@@ -53,7 +53,7 @@ def _voxel_size(value: Any, where: str) -> tuple[float, float, float]:
         raise TypeError(f"{where} must be a number or 3 numbers (sz, sy, sx) in mm, got {value!r}") from None
     if len(vs) != 3 or not all(math.isfinite(v) and v > 0 for v in vs):
         raise ValueError(f"{where} must be 3 finite positive numbers (sz, sy, sx) in mm, got {value!r}")
-    return vs  # type: ignore[return-value]
+    return vs  # a 3-tuple: its length is checked above
 
 
 def _affine(value: Any, where: str) -> Affine:
@@ -71,7 +71,7 @@ def _affine(value: Any, where: str) -> Affine:
     # independent columns, whatever their scale (a denormal voxel size is a voxel size, not a singularity)
     if not np.all(norms > 0) or abs(np.linalg.det(a[:3, :3] / norms)) < 1e-9:
         raise ValueError(f"{where} is singular (its 3 x 3 part maps the volume onto a plane)")
-    return tuple(tuple(float(v) for v in row) for row in a)  # type: ignore[return-value]
+    return tuple((float(r[0]), float(r[1]), float(r[2]), float(r[3])) for r in a)  # 4 x 4, checked above
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,7 +44,7 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -270,19 +270,23 @@ class NpyStore(ArrayStore):
         write_npy_sidecar(final, None, self.shape, force=True, spatial=self.spatial, data_file=self.path)
 
     @staticmethod
-    def _map(path: Path, mode: str) -> np.ndarray:
+    def _map(path: Path, mode: Literal["r", "r+"]) -> np.memmap:
         try:
             arr = np.load(path, mmap_mode=mode, allow_pickle=False)
         except FileNotFoundError:
             raise
         except Exception as exc:  # truncated, corrupt header, object dtype
             raise FileFormatError(path, f"not a readable .npy array ({first_line(exc)})") from None
-        if not isinstance(arr, np.ndarray):
+        if not isinstance(arr, np.memmap):  # np.load maps a .npy file as a memmap (an .npz is no array)
             raise FileFormatError(path, "not a single .npy array")
         return arr
 
+    def _file(self) -> Path:
+        assert self.path is not None  # an NpyStore is its file: constructed from it, moved by commit()
+        return self.path
+
     def _get(self, region: tuple[slice, ...]) -> np.ndarray:
-        arr = self._map(self.path, "r")
+        arr = self._map(self._file(), "r")
         try:
             return np.array(arr[region], dtype=np.float32)
         finally:
@@ -291,7 +295,7 @@ class NpyStore(ArrayStore):
     def _set(self, region: tuple[slice, ...], block: np.ndarray) -> None:
         if not self.writable:
             raise PermissionError(f"{self.path} is open for reading only")
-        arr = self._map(self.path, "r+")
+        arr = self._map(self._file(), "r+")
         try:
             arr[region] = block
             arr.flush()

@@ -133,7 +133,7 @@ def _check_voxel_size(voxel_size: Any, where: str = "voxel_size") -> VoxelSize:
         raise ValueError(f"{where} must have 3 entries (sz, sy, sx), got {len(vs)}")
     if not all(math.isfinite(v) and v > 0 for v in vs):
         raise ValueError(f"{where} must be finite and positive, got {vs}")
-    return vs  # type: ignore[return-value]
+    return vs  # a 3-tuple: its length is checked above
 
 
 def _file_voxel_size(path: Path, value: Any, what: str) -> VoxelSize:

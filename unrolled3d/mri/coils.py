@@ -134,7 +134,8 @@ def estimate_coil_maps(kspace: torch.Tensor, calib: Sequence[int], threshold: fl
     win = (_hann(calib[0], rdtype, k.device)[:, None, None] * _hann(calib[1], rdtype, k.device)[None, :, None]
            * _hann(calib[2], rdtype, k.device)[None, None, :])
     low = torch.zeros_like(k)
-    low[(..., *sl)] = k[(..., *sl)] * win
+    region = (Ellipsis,) + sl
+    low[region] = k[region] * win
     dims = (-3, -2, -1)
     img = torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(low, dim=dims), dim=dims, norm="ortho"), dim=dims)
     rss = root_sum_of_squares(img, dim=1)[:, None]  # (B, 1, D, H, W)

@@ -289,21 +289,23 @@ class _MRICore(LinearPhysics):
         smaps, kmask, _ = self._operands(yc.real.dtype)
         kconj = kmask.conj() if kmask.is_complex() else kmask
         inplace = owned and not self._grad_mode(yc)
-        out = None
+        out: torch.Tensor | None = None
         for c0, c1 in _chunks(smaps.shape[0], self.coil_chunk):
             z = torch.fft.ifftn(self._apply_kmask(yc[:, c0:c1], kconj, inplace=inplace), dim=_DIMS, norm="ortho")
             part = self._combine(self._crop(z, offset, shape), self._crop(smaps[c0:c1], offset, shape))
             out = self._accumulate(out, part)
+        assert out is not None  # at least one chunk: coil_maps holds at least one coil
         return out
 
     def _normal(self, xc: torch.Tensor, offset=None, shape=None) -> torch.Tensor:
         smaps, _, mask2 = self._operands(xc.real.dtype)
-        out = None
+        out: torch.Tensor | None = None
         for c0, c1 in _chunks(smaps.shape[0], self.coil_chunk):
             k = torch.fft.fftn(self._coil_images(xc, smaps, c0, c1, offset, shape), dim=_DIMS, norm="ortho")
             z = torch.fft.ifftn(self._apply_kmask(k, mask2, inplace=True), dim=_DIMS, norm="ortho")
             part = self._combine(self._crop(z, offset, shape), self._crop(smaps[c0:c1], offset, shape))
             out = self._accumulate(out, part)
+        assert out is not None  # at least one chunk: coil_maps holds at least one coil
         return out
 
     def noise(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -353,6 +355,8 @@ class MultiCoilMRI3D(_MRICore):
     True
     """
 
+    mask: torch.Tensor  # a buffer (D, H, W), real: M (set by _set)
+
     def __init__(self, mask: torch.Tensor, coil_maps: torch.Tensor, device: torch.device | str = "cpu",
                  noise_model: NoiseModel | None = None, coil_chunk: int | None = None, **kwargs) -> None:
         mask, coil_maps = _check_mask(mask), _check_coil_maps(coil_maps)
@@ -360,7 +364,8 @@ class MultiCoilMRI3D(_MRICore):
             raise ValueError(f"mask has shape {tuple(mask.shape)} but coil_maps has spatial shape "
                              f"{tuple(coil_maps.shape[1:])}; both must be (D, H, W)")
         coil_chunk = None if coil_chunk is None else integer("coil_chunk", coil_chunk, 1)
-        self._vol_shape = tuple(int(s) for s in mask.shape)
+        d, h, w = (int(s) for s in mask.shape)  # 3-D (_check_mask)
+        self._vol_shape = (d, h, w)
         super().__init__(img_size=(2, *self._vol_shape),
                          noise_model=noise_model if noise_model is not None else ZeroNoise(), device=device, **kwargs)
         self.coil_chunk = coil_chunk
@@ -530,7 +535,8 @@ class MultiCoilMRI3DPatch(_MRICore):
     def __init__(self, parent: MultiCoilMRI3D, offset: tuple[int, int, int], shape: tuple[int, int, int]) -> None:
         super().__init__(img_size=(2, *shape), noise_model=ZeroNoise(), device=parent._smaps.device)
         object.__setattr__(self, "_parent", parent)  # not a registered submodule: no state_dict duplication
-        self.offset, self.shape = tuple(offset), tuple(shape)
+        (oz, oy, ox), (d, h, w) = offset, shape  # tuples also when given as lists
+        self.offset, self.shape = (oz, oy, ox), (d, h, w)
         self.coil_chunk = parent.coil_chunk
 
     def _core(self) -> MultiCoilMRI3D:

@@ -29,8 +29,9 @@ __all__ = ["FILE_FORMAT", "save_normal", "load_normal", "load_parameters", "read
 #: the ``format`` entry of a saved operator file
 FILE_FORMAT = "unrolled3d.DiagCirculant/1"
 
-_STATE_KEYS = {"spatial_mask": torch.Tensor, "fourier_filter": torch.Tensor, "img_shape": list, "scaling": (int, float),
-               "variant": str}
+_STATE_KEYS: dict[str, type | tuple[type, ...]] = {
+    "spatial_mask": torch.Tensor, "fourier_filter": torch.Tensor, "img_shape": list, "scaling": (int, float),
+    "variant": str}
 _WHAT = "a DiagCirculantWrapper file from save()"
 
 

@@ -70,7 +70,7 @@ def init_from_psf(H: DiagCirculantNormal, physics: Any) -> DiagCirculantNormal:
     _check(H, physics)
     delta = torch.zeros((1, H.channels, *H.img_shape), dtype=H.dtype, device=H.device)
     c = tuple(s // 2 for s in H.img_shape)
-    delta[(0, 0, *c)] = 1.0
+    delta[(0, 0) + c] = 1.0
     out = exact_normal(physics, delta, H.scaling)
     psf = torch.complex(out[0, 0], out[0, 1]) if H.complex_images else out[0, 0]
     grid = torch.zeros(H.grid, dtype=psf.dtype, device=psf.device)
@@ -186,7 +186,7 @@ def fit_normal(H: DiagCirculantNormal, physics: Any, n_iter: int = 200, batch_si
             if bank is None:
                 x, t = draw(batch_size)
             else:
-                idx = torch.randperm(n_probes, generator=gen)[:batch_size].to(H.device)
+                idx = torch.randperm(len(bank[0]), generator=gen)[:batch_size].to(H.device)  # n_probes
                 x, t = bank[0][idx], bank[1][idx]
             with torch.enable_grad():
                 opt.zero_grad(set_to_none=True)

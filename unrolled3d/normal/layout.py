@@ -98,9 +98,10 @@ def check_kernel_radius(radius: Any, shape: Sequence[int]) -> tuple[int, int, in
     """
     if radius is None:
         return None
-    r = int_tuple("kernel_radius", radius, 3, minimum=0, allow_scalar=True)
-    r = tuple(min(v, n - 1) for v, n in zip(r, shape))
-    return None if r == tuple(n - 1 for n in shape) else r  # type: ignore[return-value]
+    given = int_tuple("kernel_radius", radius, 3, minimum=0, allow_scalar=True)
+    rz, ry, rx = (min(v, n - 1) for v, n in zip(given, shape))
+    r = (rz, ry, rx)
+    return None if r == tuple(n - 1 for n in shape) else r
 
 
 def acquisition_of(physics: Any) -> str | None:

@@ -162,7 +162,8 @@ class DiagCirculantNormal(torch.nn.Module):
     @property
     def grid(self) -> tuple[int, int, int]:
         """The FFT grid of the whole volume: the doubled grid ``2 (D, H, W)``."""
-        return tuple(2 * s for s in self.img_shape)  # type: ignore[return-value]
+        D, H, W = self.img_shape
+        return 2 * D, 2 * H, 2 * W
 
     @property
     def device(self) -> torch.device:
@@ -222,12 +223,12 @@ class DiagCirculantNormal(torch.nn.Module):
 
     def _kernel_of(self, lam: torch.Tensor) -> torch.Tensor:
         k = torch.fft.ifftn(lam) if self.complex_images else torch.fft.irfftn(lam, s=self.grid)
-        return k if self.kernel_radius is None else k * self._lag_window(k)
+        return k if self.kernel_radius is None else k * self._lag_window(k, self.kernel_radius)
 
-    def _lag_window(self, like: torch.Tensor) -> torch.Tensor:
+    def _lag_window(self, like: torch.Tensor, radius: tuple[int, int, int]) -> torch.Tensor:
         """0/1 box over the doubled grid: 1 at lags ``|l_i| <= r_i`` (negative lags at the end)."""
         axes = []
-        for n, r in zip(self.img_shape, self.kernel_radius):
+        for n, r in zip(self.img_shape, radius):
             lag = torch.arange(2 * n, device=like.device)
             lag = torch.minimum(lag, 2 * n - lag)  # |lag| of each FFT index
             axes.append((lag <= r).to(like.real.dtype))
@@ -262,7 +263,9 @@ class DiagCirculantNormal(torch.nn.Module):
                                "or DiagCirculantWrapper.fit()), load it or call set_parameters()")
 
     # ----------------------------------------------------------------- apply
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
+    # H x, the public name of the operator's action (kept): a deliberate override of torch's Module.apply(fn),
+    # so a parent module's .apply(fn) must not reach an H
+    def apply(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """``scaling * H x`` for ``x`` of shape ``[B, C, D, H, W]`` (``C = 2`` for complex images).
 
         Differentiable in ``x`` (and in ``m``, ``lam`` when they require grad), also under
@@ -303,7 +306,8 @@ class DiagCirculantNormal(torch.nn.Module):
         """
         filters: dict[tuple[int, int, int], torch.Tensor] = {}
         for op in patches:
-            shape = tuple(op.mask.shape)
+            d, h, w = op.mask.shape  # a patch's mask is (D, H, W)
+            shape = (d, h, w)
             if shape not in filters:
                 filters[shape] = self.patch_filter(shape)
             op.mask = self._mask_crop(op.offset, shape)
@@ -312,7 +316,8 @@ class DiagCirculantNormal(torch.nn.Module):
     def patch_grid(self, shape: Sequence[int]) -> tuple[int, int, int]:
         """FFT grid of a ``shape`` patch: ``2p`` per axis, or, with ``kernel_radius``, the smallest
         2-3-5-smooth size ``>= p + min(r, p - 1) + 1`` (no lag of the patch wraps onto another)."""
-        return tuple(smooth_size(p + r + 1) for p, r in zip(shape, self._patch_radius(shape)))  # type: ignore
+        gz, gy, gx = (smooth_size(p + r + 1) for p, r in zip(shape, self._patch_radius(shape)))
+        return gz, gy, gx
 
     def _patch_radius(self, shape: Sequence[int]) -> list[int]:
         """Largest lag of the kernel a ``shape`` patch uses, per axis."""
@@ -328,7 +333,8 @@ class DiagCirculantNormal(torch.nn.Module):
         version counter and storage) and no gradient to ``lam`` is being recorded: a partitioned
         sweep then pays the full-grid inverse FFT of the kernel once, not once per patch.
         """
-        shape = tuple(shape)
+        d, h, w = shape  # the cache's key: a tuple, also when given a list or a torch.Size
+        shape = (d, h, w)
         if torch.compiler.is_compiling():
             # traced code cannot key a cache on storage pointers; the spectrum is tensor work, so a
             # compiled caller recomputes it (once per call, shared by all its patches)

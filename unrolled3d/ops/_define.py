@@ -40,7 +40,7 @@ there why).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union, cast
 
 import torch
 from torch import Tensor
@@ -236,7 +236,7 @@ class _Plan(_Signature):
                      for o, (shape, dtype, device) in zip(outs, ctx.u3d_outputs))
 
 
-def _function(plan: _Plan, class_name: str) -> type:
+def _function(plan: _Plan, class_name: str) -> type[torch.autograd.Function]:
     """The ``autograd.Function`` over the raw op (tensors in schema order, then one Static)."""
     single = plan.n_outputs == 1
 
@@ -256,7 +256,8 @@ def _function(plan: _Plan, class_name: str) -> type:
 
     body = {"generate_vmap_rule": True, "forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
             "backward": staticmethod(backward), "jvp": staticmethod(jvp), "__module__": __name__}
-    return type(class_name, (torch.autograd.Function,), body)
+    # type() with Function as the only base builds a Function subclass (mypy sees a plain type)
+    return cast("type[torch.autograd.Function]", type(class_name, (torch.autograd.Function,), body))
 
 
 def _register_autograd(op, plan: _Plan) -> None:
@@ -295,7 +296,8 @@ class RegisteredOp:
     'SpectralFilterFunctionBackward'
     """
 
-    def __init__(self, opdef, raw, function: Optional[type], like_pos: Sequence[Optional[int]]) -> None:
+    def __init__(self, opdef, raw, function: Optional[type[torch.autograd.Function]],
+                 like_pos: Sequence[Optional[int]]) -> None:
         self._opdef = opdef  # torch.library's CustomOpDef, kept with the op
         self.raw = raw
         self._function = function

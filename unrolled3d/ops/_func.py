@@ -100,7 +100,7 @@ def register_folding_vmap(qualname: str, batch_args: Sequence[int], batch_output
     """
     op = getattr(getattr(torch.ops, qualname.split("::")[0]), qualname.split("::")[1]).default
     single = isinstance(batch_outputs, bool)
-    flags = (batch_outputs,) if single else tuple(batch_outputs)
+    flags = (batch_outputs,) if isinstance(batch_outputs, bool) else tuple(batch_outputs)
 
     def rule(info, in_dims, *args):
         in_dims = _dims(in_dims)

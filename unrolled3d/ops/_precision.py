@@ -17,6 +17,8 @@ for graphs captured by ``torch.compile``/``torch.export``.
 """
 from __future__ import annotations
 
+from typing import overload
+
 import torch
 
 from .._validation import LOW_PRECISION_DTYPES
@@ -44,6 +46,12 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
+@overload
+def upcast(t: torch.Tensor) -> torch.Tensor: ...
+@overload
+def upcast(t: None) -> None: ...
+@overload
+def upcast(t: torch.Tensor | None) -> torch.Tensor | None: ...
 def upcast(t: torch.Tensor | None) -> torch.Tensor | None:
     """``t`` in its compute dtype (differentiable; no copy when it is already there)."""
     if t is None:

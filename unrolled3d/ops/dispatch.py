@@ -21,8 +21,8 @@ from typing import Callable, Iterator
 
 import torch
 
-from .. import kernels
 from .._build import BACKENDS, backend_word, extension_status
+from ..kernels import INTERPRETED  # fixed when the kernels were imported
 from ._extension import op_schemas
 
 __all__ = ["set_backend", "get_backend", "use_backend", "triton_enabled_for", "use_triton", "implementation",
@@ -69,7 +69,7 @@ def triton_enabled_for(device: torch.device) -> bool:
     if device.type == "cuda":
         return True
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
-        if kernels.INTERPRETED:
+        if INTERPRETED:
             return True
         if not _warned_interp:
             warnings.warn("TRITON_INTERPRET=1 was set after unrolled3d.kernels was imported, so its kernels were "
@@ -124,7 +124,7 @@ def backend_table() -> dict[str, dict[str, str]]:
         fused_cpu = fused_cuda = "PyTorch twin (backend 'reference')"
     else:
         # Triton runs CUDA tensors; CPU tensors only under its interpreter, else the twins
-        interpreted = os.environ.get("TRITON_INTERPRET") == "1" and kernels.INTERPRETED
+        interpreted = os.environ.get("TRITON_INTERPRET") == "1" and INTERPRETED
         fused_cpu = ("Triton (CPU interpreter, TRITON_INTERPRET=1)" if interpreted
                      else "PyTorch twin (Triton runs only on CUDA tensors, or under TRITON_INTERPRET=1)")
         fused_cuda = "Triton"

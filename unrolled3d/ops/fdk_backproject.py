@@ -89,8 +89,9 @@ def fdk_backproject(images: torch.Tensor, table: torch.Tensor, vol_geom: Sequenc
     n_views = images.shape[1]
     if not progress or torch.compiler.is_compiling():
         return op(images, table, list(vol_geom), D, H, W)
-    out = None
+    out: torch.Tensor | None = None
     for v0 in tqdm(range(0, n_views, FDK_PROGRESS_VIEWS), desc="FDK backprojection", unit="step", leave=False):
         part = op(images[:, v0 : v0 + FDK_PROGRESS_VIEWS], table[v0 : v0 + FDK_PROGRESS_VIEWS], list(vol_geom), D, H, W)
         out = part if out is None else out.add_(part)
+    assert out is not None  # n_views >= 1: a geometry has at least one view
     return out

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .._validation import FLOAT_DTYPES, check_like, check_tensor, int_tuple
 from ..kernels import masked_gather as _kernel
-from ._define import Fold, define_bilinear_backward, define_op, or_empty, product_rule
+from ._define import Fold, RegisteredOp, define_bilinear_backward, define_op, or_empty, product_rule
 from ._precision import companions
 from .dispatch import implementation
 
@@ -75,9 +75,10 @@ def _gather_vjp(a, need, grad):
 
 
 # vmap: the vmapped dimension joins B, except where the mask's gradient sums over B
-_GATHER = define_op("masked_gather", _gather, fake=_gather_fake, saves=("volume", "mask"), vjp=_gather_vjp,
-                    jvp=lambda a, t: (product_rule(_GATHER, a, t, "volume", "mask"),), vmap=Fold(("volume",)),
-                    outputs_like=("volume",))
+_GATHER: RegisteredOp = define_op(
+    "masked_gather", _gather, fake=_gather_fake, saves=("volume", "mask"), vjp=_gather_vjp,
+    jvp=lambda a, t: (product_rule(_GATHER, a, t, "volume", "mask"),), vmap=Fold(("volume",)),
+    outputs_like=("volume",))
 _GATHER_BACKWARD = define_bilinear_backward(
     "masked_gather_backward", _gather_backward, fake=_gather_backward_fake, pair=("volume", "mask"),
     forward=lambda a, volume, mask: _GATHER(volume, a.offset, a.patch_shape, list(a.grad_out.shape[2:]), mask),

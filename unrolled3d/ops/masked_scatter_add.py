@@ -236,7 +236,7 @@ def _add_low_precision_(dest, src, offset, patch, mask, window, weight) -> None:
     lo = [o + a for o, (a, _) in zip(offset, ov)]
     region = tuple(slice(o + a, o + b) for o, (a, b) in zip(offset, ov))
     rel = [o - start for o, start in zip(offset, lo)]  # the patch's offset in the region (<= 0)
-    d_view = dest[(Ellipsis, *region)]
+    d_view = dest[(Ellipsis,) + region]
     d32 = upcast(d_view)
     w_view = weight[region] if weight is not None else None
     w32 = upcast(w_view)

@@ -13,7 +13,7 @@ baseline of ``bench/test_bench_projector.py``. This module imports nothing of th
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -194,7 +194,7 @@ def fdk_backproject_raw(images: torch.Tensor, table: torch.Tensor, vol_geom: Seq
     # step-sized images) hold a slab of voxels for a chunk of views, so the memory is the output
     # plus a bounded step -- the same per-voxel arithmetic in any slab size.
     slab = max(1, min(D, slab_voxels // (_VIEW_CHUNK * H * W)))
-    chunks = range(0, n_views, _VIEW_CHUNK)
+    chunks: Iterable[int] = range(0, n_views, _VIEW_CHUNK)
     if progress and not torch.compiler.is_compiling():
         chunks = tqdm(chunks, desc="FDK backprojection", unit="chunk", leave=False)
     for p0 in chunks:

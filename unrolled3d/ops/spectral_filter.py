@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .._validation import check_tensor
 from ..kernels import spectral_filter as _kernel
-from ._define import Fold, define_bilinear_backward, define_op, or_empty, product_rule
+from ._define import Fold, RegisteredOp, define_bilinear_backward, define_op, or_empty, product_rule
 from ._precision import COMPLEX_LOW_PRECISION, LOW_PRECISION
 from .dispatch import implementation
 
@@ -65,9 +65,10 @@ def _filter_vjp(a, need, grad):
 
 
 # vmap: the vmapped dimension joins B, except where lam's gradient sums over B
-_FILTER = define_op("spectral_filter", _filter, fake=_filter_fake, saves=("spec", "lam"), vjp=_filter_vjp,
-                    jvp=lambda a, t: (product_rule(_FILTER, a, t, "spec", "lam"),), vmap=Fold(("spec",)),
-                    outputs_like=("spec",))
+_FILTER: RegisteredOp = define_op(
+    "spectral_filter", _filter, fake=_filter_fake, saves=("spec", "lam"), vjp=_filter_vjp,
+    jvp=lambda a, t: (product_rule(_FILTER, a, t, "spec", "lam"),), vmap=Fold(("spec",)),
+    outputs_like=("spec",))
 _FILTER_BACKWARD = define_bilinear_backward(
     "spectral_filter_backward", _filter_backward, fake=_filter_backward_fake, pair=("spec", "lam"),
     forward=lambda a, spec, lam: _FILTER(spec, lam, a.scale), saves=("grad_out", "spec", "lam"),

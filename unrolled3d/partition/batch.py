@@ -55,10 +55,11 @@ class PatchBatch(LinearPhysics):
         # zero-padded at the end of each axis to the group's largest, so that they stack. The
         # padding is zero in both A x and the cropped data, so every data step is unchanged.
         shapes = [getattr(op, "measurement_shape", None) for op in operators]
-        self._shapes = None
-        if all(sh is not None for sh in shapes) and len({tuple(sh) for sh in shapes}) > 1:
-            self._shapes = [tuple(sh) for sh in shapes]
-            self._padded = tuple(max(d) for d in zip(*self._shapes))
+        known = [tuple(sh) for sh in shapes if sh is not None]
+        self._shapes: list[tuple[int, ...]] | None = None
+        if len(known) == len(shapes) and len(set(known)) > 1:
+            self._shapes = known
+            self._padded = tuple(max(d) for d in zip(*known))
         self.complex_images = bool(getattr(operators[0], "complex_images", False))
 
     @staticmethod
@@ -95,7 +96,7 @@ class PatchBatch(LinearPhysics):
         parts = self._split(y, "the measurements")
         if self._shapes is None:
             return list(parts)
-        return [part[(..., *(slice(0, n) for n in shape))] for part, shape in zip(parts, self._shapes)]
+        return [part[(Ellipsis,) + tuple(slice(0, n) for n in shape)] for part, shape in zip(parts, self._shapes)]
 
     def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         """``A_g x_g`` for each patch ``g``, stacked."""

@@ -41,7 +41,8 @@ class PatchTrainingModel(Reconstructor):
     Parameters
     ----------
     model : PartitionedReconstructor
-        The reconstructor (shared, not copied: its ``state_dict`` is this module's under ``model.``).
+        The reconstructor, or one wrapped by ``torch.compile`` or data parallelism (shared, not
+        copied: its ``state_dict`` is this module's under ``model.``).
 
     Examples
     --------
@@ -57,7 +58,7 @@ class PatchTrainingModel(Reconstructor):
     (True, True)
     """
 
-    def __init__(self, model: PartitionedReconstructor) -> None:
+    def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         if not isinstance(_unwrapped(model), PartitionedReconstructor):
             raise TypeError(f"model must be a PartitionedReconstructor, got {type(model).__name__}")

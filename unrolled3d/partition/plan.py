@@ -180,7 +180,7 @@ def build_plan(physics: LinearPhysics, normal: NormalApproximation | None, img_s
     window = blend_window(patch_shape, stride, dtype=like.dtype, device=like.device)
     groups = []
     for i in range(0, len(mine), patch_batch_size):
-        offs = tuple(tuple(int(v) for v in o) for o in mine[i:i + patch_batch_size])
+        offs = tuple((int(o[0]), int(o[1]), int(o[2])) for o in mine[i:i + patch_batch_size])
         ops = tuple(patch_operator(physics, normal, img_shape, o, patch_shape) for o in offs)
         groups.append(PatchGroup(offs, group_physics(ops, normal), ops))
     return SweepPlan(physics, normal, like.device, like.dtype, window, groups, rank, world)

@@ -44,7 +44,7 @@ from deepinv.models import Reconstructor
 from deepinv.physics import LinearPhysics
 from tqdm.auto import tqdm
 
-from .._validation import boolean, check_nonempty, choice, int_triple, integer
+from .._validation import boolean, check_nonempty, choice, int_triple, int_tuple, integer
 from ..protocols import NormalApproximation
 from ..ops import masked_scatter_add, masked_scatter_add_
 from ..physics.patch import crop, patch_measurements, patch_start
@@ -139,13 +139,13 @@ class PartitionedReconstructor(Reconstructor):
     torch.Size([1, 1, 8, 8, 8])
     """
 
-    def __init__(self, base_reconstructor: torch.nn.Module, img_size: Sequence[int], patch_size: Sequence[int],
-                 stride: Sequence[int] | None = None, n_sweeps: int = 2, progress: bool = False,
-                 sweep_start: str = "initial", patch_batch_size: int = 1) -> None:
+    def __init__(self, base_reconstructor: torch.nn.Module, img_size: Sequence[int] | int,
+                 patch_size: Sequence[int] | int, stride: Sequence[int] | int | None = None, n_sweeps: int = 2,
+                 progress: bool = False, sweep_start: str = "initial", patch_batch_size: int = 1) -> None:
         super().__init__()
         base = as_base_reconstructor(base_reconstructor)
         size = img_size
-        if not isinstance(size, (str, bytes)) and hasattr(size, "__len__") and len(size) == 4:
+        if not isinstance(size, (int, str, bytes)) and hasattr(size, "__len__") and len(size) == 4:
             size = tuple(size)[1:]  # (C, D, H, W): the channels are the base's business
         self.img_shape = int_triple("img_size", size, allow_scalar=True)
         self.patch_shape = int_triple("patch_size", patch_size, allow_scalar=True)
@@ -321,13 +321,13 @@ class PartitionedReconstructor(Reconstructor):
         ``residual`` and ``x_start`` (stacked like the output) as in :meth:`reconstruct_patch`.
         """
         shape = self.patch_shape
-        offsets = [tuple(int(v) for v in o) for o in offsets]
-        if not offsets:
+        offs = [int_tuple("offsets", [int(v) for v in o], 3, minimum=None) for o in offsets]
+        if not offs:
             raise ValueError("offsets must name at least one patch")
         physics, normal = resolve_normal(exact_physics(physics), normal)
-        ops = [patch_operator(physics, normal, self.img_shape, o, shape) for o in offsets]
+        ops = [patch_operator(physics, normal, self.img_shape, o, shape) for o in offs]
         group = group_physics(ops, normal)
-        ctx = _stack(x_ctx, offsets, shape)
+        ctx = _stack(x_ctx, offs, shape)
         start = ctx if x_start is None else x_start
         if normal is None:
             if residual is None:
@@ -335,7 +335,7 @@ class PartitionedReconstructor(Reconstructor):
             return self.solve_patches(group, len(ops), residual, ctx, start, None)
         if residual is None:
             residual = physics.A_adjoint(y - physics.A(x_ctx))
-        return self.solve_patches(group, len(ops), _stack(residual, offsets, shape), ctx, start, normal)
+        return self.solve_patches(group, len(ops), _stack(residual, offs, shape), ctx, start, normal)
 
     # ----------------------------------------------------------------- inference
     def forward(self, y: torch.Tensor, physics: LinearPhysics, fourier_filter: torch.Tensor | None = None,
@@ -411,7 +411,9 @@ class PartitionedReconstructor(Reconstructor):
             parts = (x_g,) if group.size == 1 else x_g.chunk(group.size)
             for offset, x_p in zip(group.offsets, parts):
                 if torch.is_grad_enabled() and x_p.requires_grad:
-                    out, weight = masked_scatter_add(out, x_p, offset, shape, window=plan.window, weight=weight)
+                    out, added = masked_scatter_add(out, x_p, offset, shape, window=plan.window, weight=weight)
+                    assert added is not None  # the weight given, returned with the patch's window added
+                    weight = added
                 else:
                     masked_scatter_add_(out, x_p.detach(), offset, shape, window=plan.window, weight=weight)
             if bar is not None:
@@ -425,8 +427,9 @@ class PartitionedReconstructor(Reconstructor):
     @torch.compiler.disable
     def random_offset(self, generator: torch.Generator | None = None) -> tuple[int, int, int]:
         """A uniformly random patch position inside the volume."""
-        return tuple(int(torch.randint(0, n - p + 1, (1,), generator=generator))
-                     for n, p in zip(self.img_shape, self.patch_shape))
+        z, y, x = (int(torch.randint(0, n - p + 1, (1,), generator=generator))
+                   for n, p in zip(self.img_shape, self.patch_shape))
+        return z, y, x
 
     def training_loss(self, y: torch.Tensor, physics: LinearPhysics, x_true: torch.Tensor,
                       generator: torch.Generator | None = None, offset: Sequence[int] | None = None,

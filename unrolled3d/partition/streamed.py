@@ -109,7 +109,7 @@ def _tensor(block: np.ndarray, dtype: torch.dtype, device: torch.device) -> torc
 
 
 def fdk_streamed(y: ArrayStore, physics: ConeBeamCT, out: ArrayStore, slab: int, dtype: torch.dtype = torch.float32,
-                 window: str | None = None, progress: Callable[[int], None] | None = None,
+                 window: str | None = None, progress: Callable[[int], object] | None = None,
                  budget_bytes: int | None = None) -> None:
     """``out = physics.A_dagger(y)`` (FDK, in the physics' units) written slab by slab.
 
@@ -145,7 +145,7 @@ def fdk_streamed(y: ArrayStore, physics: ConeBeamCT, out: ArrayStore, slab: int,
 
 
 def residual_streamed(y: ArrayStore, physics: ConeBeamCT, x: ArrayStore, out: ArrayStore, slab: int,
-                      dtype: torch.dtype = torch.float32, progress: Callable[[int], None] | None = None) -> None:
+                      dtype: torch.dtype = torch.float32, progress: Callable[[int], object] | None = None) -> None:
     """``out = y - A x``, the projection summed slab by slab (each on its band of detector rows)."""
     device = physics.operator_norm.device
     views = y.shape[0]
@@ -220,12 +220,14 @@ class _Sweep:
             if self.bar is not None:
                 self.bar.update(len(offsets))
 
-    def blend(self, sums: ArrayStore, weights: ArrayStore, out: ArrayStore) -> None:
-        """``out = sums / weights`` slab by slab (rank 0, after adding the other ranks' sums)."""
+    def blend(self, sums: ArrayStore, weights: ArrayStore, out: ArrayStore | None) -> None:
+        """``out = sums / weights`` slab by slab (rank 0, after adding the other ranks' sums; the
+        other ranks pass ``None``)."""
         d, h, w = self.rec.img_shape
         if self.world > 1:
             dist.barrier()
         if self.rank == 0:
+            assert out is not None  # rank 0 blends into the output or its scratch store, never None
             for z0, s in _slabs(d, self.slab):
                 num = sums.read((z0, 0, 0), (s, h, w))
                 den = weights.read((z0, 0, 0), (s, h, w))
@@ -298,10 +300,10 @@ def reconstruct_streamed(rec, y: Any, physics: ConeBeamCT, out: Any, *, normal=N
             run.bar = bar
             step = bar.update
             if x_init is None:
-                first = run.scratch_store("x0", physics.img_shape) if rank == 0 else None
-                if rank == 0:
-                    fdk_streamed(y, physics, first, slab, dtype, progress=step, budget_bytes=memory_budget)
-                first = _shared(first, folder / "x0.zarr", world)
+                x0 = run.scratch_store("x0", physics.img_shape) if rank == 0 else None
+                if x0 is not None:  # rank 0
+                    fdk_streamed(y, physics, x0, slab, dtype, progress=step, budget_bytes=memory_budget)
+                first = _shared(x0, folder / "x0.zarr", world)
             else:
                 first = as_store(x_init, "x_init", physics.img_shape)
             context = first
@@ -313,10 +315,11 @@ def reconstruct_streamed(rec, y: Any, physics: ConeBeamCT, out: Any, *, normal=N
                 if world > 1:
                     dist.barrier()  # every rank's stores exist before rank 0 may read them
                 run.solve(residual, context, first, sums, weights)
-                target = out if sweep == sweeps - 1 else (run.scratch_store(f"x{sweep + 1}", physics.img_shape)
-                                                         if rank == 0 else None)
+                last = sweep == sweeps - 1
+                target = out if last else (run.scratch_store(f"x{sweep + 1}", physics.img_shape)
+                                           if rank == 0 else None)
                 run.blend(sums, weights, target)
-                context = _shared(target, folder / f"x{sweep + 1}.zarr", world) if target is not out else out
+                context = out if last else _shared(target, folder / f"x{sweep + 1}.zarr", world)
                 bar.update(d)
     return out
 
@@ -345,12 +348,13 @@ class _scratch_folder:
             self.given.mkdir(parents=True, exist_ok=True)
             return self.given
         rank, world = rank_and_world()
-        name = [None]
+        name: list[str | None] = [None]
         if rank == 0:
             self._tmp = tempfile.TemporaryDirectory(prefix="unrolled3d-stream-")
             name = [self._tmp.name]
         if world > 1:
             dist.broadcast_object_list(name, src=0)
+        assert name[0] is not None  # rank 0 made the folder and the other ranks received its name
         return Path(name[0])
 
     def __exit__(self, *exc) -> None:

@@ -272,14 +272,15 @@ class TomographyWithAstra(ConeBeamCT):
                    normalize=normalize, device=device, **kwargs)
 
     # deepinv's defaults: A_dagger is least squares unless fbp=True
-    def A_dagger(self, y: torch.Tensor, fbp: bool = False, **kwargs) -> torch.Tensor:
-        """Least squares (deepinv's solver, keywords pass through) or, with ``fbp=True``, FDK."""
+    def A_dagger(self, y: torch.Tensor, fbp: bool | None = False, **kwargs) -> torch.Tensor:
+        """Least squares (deepinv's solver, keywords pass through) or, with ``fbp=True``, FDK
+        (``fbp=None``: :meth:`ConeBeamCT.A_dagger`'s choice, FDK unless a solver keyword is given)."""
         return super().A_dagger(y, fbp=fbp, **kwargs)
 
     def A_dagger_patch(self, y: torch.Tensor, offset, shape) -> torch.Tensor:
         """``S A_dagger(y)`` with deepinv's default (least squares, a whole-volume solve)."""
         sl = tuple(slice(o, o + p) for o, p in zip(offset, shape))
-        return self.A_dagger(y)[(..., *sl)]
+        return self.A_dagger(y)[(Ellipsis,) + sl]
 
     # ------------------------------------------------------------------ deepinv's read-only properties
     @property
@@ -316,7 +317,8 @@ class TomographyWithAstra(ConeBeamCT):
     @property
     def pixel_spacing(self) -> tuple[float, float, float]:
         """Voxel ``(x, y, z)`` size."""
-        return tuple(reversed(self.geometry.voxel_size))
+        sz, sy, sx = self.geometry.voxel_size
+        return sx, sy, sz
 
     @property
     def bounding_box(self) -> tuple[float, ...]:

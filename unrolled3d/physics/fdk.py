@@ -157,13 +157,14 @@ class _Tables:
 
     __slots__ = ("u_mm", "v_mm", "d_sd", "column_weight", "views", "warning")
 
-    def __init__(self, u_mm, v_mm, d_sd, column_weight, views, warning):
+    def __init__(self, u_mm: torch.Tensor, v_mm: torch.Tensor, d_sd: torch.Tensor, column_weight: torch.Tensor,
+                 views: torch.Tensor, warning: str | None) -> None:
         self.u_mm, self.v_mm, self.d_sd, self.column_weight, self.views = u_mm, v_mm, d_sd, column_weight, views
         self.warning = warning
 
     def to(self, device: torch.device) -> "_Tables":
-        return _Tables(*(t.to(device) for t in (self.u_mm, self.v_mm, self.d_sd, self.column_weight, self.views)),
-                       self.warning)
+        return _Tables(self.u_mm.to(device), self.v_mm.to(device), self.d_sd.to(device),
+                       self.column_weight.to(device), self.views.to(device), self.warning)
 
 
 def _build_tables(geometry: ConeBeamGeometry, scan: str | None) -> _Tables:

@@ -82,8 +82,11 @@ def scan_noise(geometry: Any, y_max: float, noise_std: float | None = None, rela
         norm = known_operator_norm(geometry)
     else:
         noise_std = real("noise_std", noise_std, nonnegative=True)
-        norm = cached_operator_norm(geometry, progress=progress) if noise_std > 0 else known_operator_norm(geometry)
-        raw = noise_std * norm if noise_std > 0 else 0.0
+        if noise_std > 0:
+            exact = cached_operator_norm(geometry, progress=progress)
+            norm, raw = exact, noise_std * exact
+        else:
+            norm, raw = known_operator_norm(geometry), 0.0
     record = {"noise_std": raw / norm if norm else None, "noise_relative": raw / y_max if y_max > 0 else None,
               "noise_convention": NOISE_CONVENTION, "operator_norm": norm_record(geometry, norm) if norm else None}
     return raw, record

@@ -60,7 +60,7 @@ _CACHE_FOLDER = "operator_norms"
 
 
 def largest_eigenvalue_of_normal(geometry: ConeBeamGeometry, device: torch.device | str = "cpu", max_iter: int = 60,
-                                 rtol: float = 1e-9, step: Callable[[], None] | None = None) -> float:
+                                 rtol: float = 1e-9, step: Callable[[], object] | None = None) -> float:
     """``||A||^2`` of the raw (unnormalised) projector of ``geometry``: the largest eigenvalue of
     ``A^T A`` by Lanczos, started from a constant volume.
 

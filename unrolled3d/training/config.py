@@ -28,7 +28,7 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from .._config import Section, short_repr, flag, integer_in, one_of, optional, real_in, setting, table_names, text
 from .._validation import check_allocation, real_tuple
@@ -191,7 +191,7 @@ def _paths(name: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _intensity(name: str, value: Any) -> bool | tuple[float, float]:
+def _intensity(name: str, value: Any) -> Literal[False] | tuple[float, float]:
     if value is False:
         return False
     if value is True:
@@ -233,7 +233,7 @@ class DataConfig(Section):
     val_crops: int = setting(2, integer_in(1, 10**4))
     flip: bool = setting(True, flag)
     rot90: bool = setting(True, flag)
-    intensity: bool | tuple[float, float] = setting(False, _intensity)
+    intensity: Literal[False] | tuple[float, float] = setting(False, _intensity)  # true is refused
     pad: bool = setting(False, flag)
 
     def check(self) -> None:

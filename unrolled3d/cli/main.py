@@ -154,7 +154,7 @@ def _add_other_commands(sub) -> None:
                         "(the output back), 'ignore' (default %(default)s)")
     p.add_argument("--memory-budget", metavar="SIZE",
                    help="memory the reconstruction may use, e.g. 512M, 2G (GPU memory on a GPU, resident memory on "
-                        "the CPU; default half of what is available): sizes the patch (measured on trial patches) "
+                        "the CPU beyond what the loaded libraries hold; default half of what is available): sizes the patch (measured on trial patches) "
                         "and, for Zarr stores, the slabs")
     p.add_argument("--overlap", type=float, metavar="FRACTION",
                    help="share of the patch edge that neighbouring patches overlap, in [0, 1) (default 0.25; "
@@ -180,7 +180,8 @@ def _add_other_commands(sub) -> None:
                                              "-> measurements file (.pt)")
     p.add_argument("folder", help="folder with di000000.tif, io00000[01].tif, scan_NNNNNN.tif and the .geom files")
     p.add_argument("--output", "--out", dest="out", required=True, metavar="FILE", help="measurements file (.pt)")
-    p.add_argument("--view-step", type=int, default=1, help="keep every N-th view (default 1: all 1200)")
+    p.add_argument("--view-step", type=int, default=1,
+                   help="keep every N-th view (default 1: all 1200; at most 1199, which keeps two)")
     p.add_argument("--vol-shape", type=int, nargs=3, default=[501, 501, 501], metavar=("D", "H", "W"),
                    help="reconstruction volume in voxels (default 501 501 501, as the data set's authors)")
     p.add_argument("--voxel-size", type=float, default=0.1, metavar="S", help="cubic voxel edge in mm (default 0.1)")

@@ -284,6 +284,21 @@ def test_the_patch_operators_declare_the_normal_equation_protocol():
     assert isinstance(H.restrict((0, 0, 0), (2, 2, 2)), NormalEquationPhysics)
 
 
+def test_a_parent_modules_apply_reaches_h_as_module_apply():
+    """``H.apply(x)`` is H x; a model holding an H keeps torch's ``model.apply(fn)`` (once a TypeError)."""
+    H = DiagCirculantNormal((4, 4, 4), spatial_mask=torch.rand(4, 4, 4, generator=torch.Generator().manual_seed(0)),
+                            fourier_filter=torch.ones(8, 8, 5))
+    parent = torch.nn.Sequential(torch.nn.Conv3d(1, 1, 3, padding=1), H)
+    seen: list[torch.nn.Module] = []
+    assert parent.apply(seen.append) is parent
+    assert seen == [parent[0], H, parent]  # children first, as Module.apply visits them
+    assert H.apply(seen.append) is H
+    x = torch.rand(1, 1, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(H.apply(x), H(x), rtol=0, atol=0)
+    # with lam = 1 the circulant part is the identity (zero padding to 8^3 and cropping back): H x = m^2 x
+    torch.testing.assert_close(H.apply(x), H.spatial_mask**2 * x, rtol=1e-6, atol=1e-7)
+
+
 def test_bad_input_of_the_operator():
     with pytest.raises(ValueError, match="img_size"):
         DiagCirculantNormal((6, 7))

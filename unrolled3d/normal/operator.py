@@ -15,7 +15,7 @@ cost of FFTs on the patch grid instead of the volume grid.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, overload
 
 import torch
 
@@ -263,14 +263,23 @@ class DiagCirculantNormal(torch.nn.Module):
                                "or DiagCirculantWrapper.fit()), load it or call set_parameters()")
 
     # ----------------------------------------------------------------- apply
-    # H x, the public name of the operator's action (kept): a deliberate override of torch's Module.apply(fn),
-    # so a parent module's .apply(fn) must not reach an H
-    def apply(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    # H x is the public name of the operator's action, which shadows torch's Module.apply(fn); a parent
+    # module's .apply(fn) calls it on every child with a function, which goes to Module.apply
+    @overload
+    def apply(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    @overload
+    def apply(self, x: Callable[[torch.nn.Module], None]) -> "DiagCirculantNormal": ...
+
+    def apply(self, x):
         """``scaling * H x`` for ``x`` of shape ``[B, C, D, H, W]`` (``C = 2`` for complex images).
 
         Differentiable in ``x`` (and in ``m``, ``lam`` when they require grad), also under
-        ``torch.func`` (``grad``, ``vmap``, ``jvp``).
+        ``torch.func`` (``grad``, ``vmap``, ``jvp``). Given a function instead of a tensor, it is
+        :meth:`torch.nn.Module.apply` (what ``parent.apply(init_fn)`` calls on its children).
         """
+        if callable(x):  # tensors are not callable: Module.apply(fn), reached from a parent module
+            return super().apply(x)
         self.require_fitted()
         check_image(x, self.spatial_mask, self.complex_images)
         return diag_circulant(x, self.spatial_mask, self.effective_filter(), self.variant, self.scaling,

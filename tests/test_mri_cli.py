@@ -228,6 +228,7 @@ def test_mri_section_is_checked(tmp_path):
      "--acceleration 100: the 4x4 calibration block"),
     (["simulate", "--modality", "mri", "--views", "10", "--out", "y.pt"], "--views applies to cone-beam CT"),
     (["simulate", "--modality", "mri", "--short-scan", "--out", "y.pt"], "--short-scan applies to cone-beam CT"),
+    (["simulate", "--modality", "mri", "--units", "hu", "--out", "y.pt"], "--units applies to cone-beam CT"),
     (["simulate", "--coils", "4", "--mask", "random", "--out", "y.pt"], "--coils, --mask apply to --modality mri"),
     (["simulate", "--modality", "mri", "--coils", "0", "--out", "y.pt"], "--coils must be a positive integer"),
     (["simulate", "--modality", "mri", "--out", "y.zarr"], "not a Zarr store"),

@@ -119,6 +119,8 @@ def simulate_mri(args: argparse.Namespace, phantom_volume: Callable[[str, int, i
     from ..mri import MultiCoilMRI3D, acceleration, birdcage_maps
 
     ct_only = _given(args, {"views": "--views", "short_scan": "--short-scan"})
+    if getattr(args, "units", "auto") != "auto":  # HU and attenuation are CT's: a magnitude image has neither
+        ct_only.append("--units")
     if ct_only:
         raise ValueError(f"{_listed(ct_only)} to cone-beam CT, not to --modality mri")
     if getattr(args, "noise_relative", None) is not None:  # MRI's --noise is relative to the image already

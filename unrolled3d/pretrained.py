@@ -96,10 +96,10 @@ class PretrainedModel:
         self.path, self.name = Path(path), name
         state, self.config = load_model(self.path)
         self.sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
-        self.normalization = _normalization(self.config, self.path)
+        self.normalization = file_normalization(self.config, self.path)
         self.scan = _scan_recipe(self.config)
         self.patch = int(self.config["partition"].get("patch", 24))
-        self.base = _build_base(self.config, state, self.path, self.patch)
+        self.base = build_from_file(self.config, state, self.path, (self.patch,) * 3).base
         self.base.to(check_device("device", device))
         self._scale: Any = _UNKNOWN
 
@@ -161,7 +161,9 @@ _UNKNOWN = _Unknown()
 
 
 # ---------------------------------------------------------------------------------- reading a file
-def _normalization(config: dict, path: Path) -> Any:
+def file_normalization(config: dict, path: str | os.PathLike) -> Any:
+    """The intensity normalisation a model file records (:class:`~unrolled3d.data.IntensityNormalization`;
+    attenuation where none is); an invalid entry is a :class:`FileFormatError` naming ``path``."""
     from .data.normalization import IntensityNormalization
 
     try:  # files before [data] trained on values as they are
@@ -181,12 +183,16 @@ def _scan_recipe(config: dict) -> dict[str, Any]:
     return out
 
 
-def _build_base(config: dict, state: dict, path: Path, patch: int) -> torch.nn.Module:
-    """The configured network with the file's weights (errors name the file)."""
+def build_from_file(config: dict, state: dict, path: str | os.PathLike, img_shape: Sequence[int],
+                    patch: int | None = None) -> Any:
+    """The :class:`~unrolled3d.partition.PartitionedReconstructor` a model file describes, on volumes
+    of ``img_shape`` (``patch``: :func:`~unrolled3d.models.build_model`'s), with the file's weights, in
+    eval mode; a configuration that cannot be built or weights that do not fit it are a
+    :class:`FileFormatError` naming ``path``."""
     from .models import build_model
 
     try:  # the configuration is read and costed before anything is allocated
-        rec = build_model(config, (patch,) * 3)
+        rec = build_model(config, img_shape, patch=patch)
     except (TypeError, ValueError) as exc:
         raise FileFormatError(path, f"its model configuration cannot be built: {exc}") from None
     try:
@@ -194,7 +200,7 @@ def _build_base(config: dict, state: dict, path: Path, patch: int) -> torch.nn.M
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:
         raise FileFormatError(path, f"the weights do not fit the model its configuration describes "
                                     f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
-    return rec.base.eval()
+    return rec.eval()
 
 
 # ---------------------------------------------------------------------------------- training scale

@@ -258,31 +258,18 @@ def load_mri_model(args: argparse.Namespace, vol_shape: tuple[int, int, int]) ->
     """``(rec, normalisation)``: the MRI model of ``--weights`` on volumes of ``vol_shape`` (patch
     ``--patch-size`` or the whole-volume plan), and how its training volumes were scaled; a CT
     model is refused."""
-    from ..data import IntensityNormalization
     from ..io import load_model
-    from ..models import build_model
+    from ..pretrained import build_from_file, file_normalization
 
     state, config = load_model(args.weights)
     if config.get("mri") is None:
         raise FileFormatError(args.weights, _OTHER_MODALITY["ct"])
-    try:
-        norm = IntensityNormalization.from_dict(config.get("normalization", {"kind": "attenuation"}))
-    except (TypeError, ValueError) as exc:
-        raise FileFormatError(args.weights, f"invalid normalisation entry ({exc})") from None
+    norm = file_normalization(config, args.weights)
     if args.patch_size is not None:
         integer("--patch-size", args.patch_size, 1)
         if any(args.patch_size > n for n in vol_shape):
             raise ValueError(f"--patch-size {args.patch_size} is larger than the volume {tuple(vol_shape)}")
-    try:  # the configuration is read and costed before anything is allocated
-        rec = build_model(config, vol_shape, patch=args.patch_size)
-    except (TypeError, ValueError) as exc:
-        raise FileFormatError(args.weights, f"its model configuration cannot be built: {exc}") from None
-    try:
-        rec.load_state_dict(state)
-    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
-        raise FileFormatError(args.weights, f"the weights do not fit the model its configuration describes "
-                                            f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
-    return rec.eval(), norm
+    return build_from_file(config, state, args.weights, vol_shape, patch=args.patch_size), norm
 
 
 def reconstruct_mri(args: argparse.Namespace) -> int:

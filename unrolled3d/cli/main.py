@@ -154,8 +154,8 @@ def _add_other_commands(sub) -> None:
                         "(the output back), 'ignore' (default %(default)s)")
     p.add_argument("--memory-budget", metavar="SIZE",
                    help="memory the reconstruction may use, e.g. 512M, 2G (GPU memory on a GPU, resident memory on "
-                        "the CPU beyond what the loaded libraries hold; default half of what is available): sizes the patch (measured on trial patches) "
-                        "and, for Zarr stores, the slabs")
+                        "the CPU beyond what the loaded libraries hold; default half of what is available): sizes "
+                        "the patch (measured on trial patches) and, for Zarr stores, the slabs")
     p.add_argument("--overlap", type=float, metavar="FRACTION",
                    help="share of the patch edge that neighbouring patches overlap, in [0, 1) (default 0.25; "
                         "unused when the whole volume is one patch)")

@@ -317,6 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_flush_denormal(True)
         return getattr(commands, args.command_name)(args)
     except KeyboardInterrupt as exc:
+        from ..io.atomic import remove_own_temporaries
+
+        remove_own_temporaries()  # of a write the signal caught just after its temporary file was made
         if args.debug:
             raise
         return _interrupted(args, exc)

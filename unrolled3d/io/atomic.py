@@ -33,7 +33,7 @@ import os
 import re
 import shutil
 import stat
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -41,7 +41,7 @@ from typing import Iterable, Iterator
 from ..errors import DiskFullError
 
 __all__ = ["atomic_path", "fsync_folder", "resolve_output", "check_not_input", "stale_temporaries",
-           "remove_stale_temporaries", "remove_stale_leftovers", "no_space_left", "put_in_place", "TEMP_MARK",
+           "remove_stale_temporaries", "remove_stale_leftovers", "remove_own_temporaries", "no_space_left", "put_in_place", "TEMP_MARK",
            "LEFTOVER_MARKS"]
 
 #: what every temporary file's name holds after the target's name: ``.<name>.tmp-...``
@@ -146,16 +146,14 @@ def atomic_path(path: str | os.PathLike, replace_read_only: bool = False) -> Ite
     else:
         umask = os.umask(0)
         os.umask(umask)
-        mode = 0o666 & ~umask  # what a plain open() would give (mkstemp makes the file 0600)
+        mode = 0o666 & ~umask  # what a plain open() would give (the temporary file is made 0600)
     remove_stale_leftovers(target)  # of writers of this target that were killed
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}{TEMP_MARK}{os.getpid()}-", suffix=target.suffix,
-                                   dir=target.parent)
+        tmp = _new_temporary(target)
     except PermissionError:
         raise PermissionError(f"cannot write {path}: the folder {target.parent} is not writable") from None
     except OSError as exc:
         raise no_space_left(exc, target) or exc
-    os.close(fd)
     try:
         yield Path(tmp)
         _fsync_file(tmp)  # the bytes first ...
@@ -169,6 +167,46 @@ def atomic_path(path: str | os.PathLike, replace_read_only: bool = False) -> Ite
         if full is not None:
             raise full from None
         raise
+    finally:
+        _OWN_TEMPORARIES.discard(tmp)
+
+
+#: the temporary files this process has created and not yet renamed or removed. A signal (Ctrl-C,
+#: SIGTERM) can land between two bytecodes where no ``except`` of :func:`atomic_path` covers the file
+#: yet (just after its creation): :func:`remove_own_temporaries` removes what such a signal left.
+_OWN_TEMPORARIES: set[str] = set()
+
+
+def _new_temporary(target: Path) -> str:
+    """Create an empty temporary file beside ``target`` (mode 0600) and return its name, which is
+    registered in :data:`_OWN_TEMPORARIES` *before* the file exists."""
+    while True:
+        name = str(target.parent / f".{target.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}{target.suffix}")
+        _OWN_TEMPORARIES.add(name)
+        try:
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            return name
+        except FileExistsError:  # not ours: a name drawn twice (or left by a dead process of our id)
+            _OWN_TEMPORARIES.discard(name)
+        except OSError:  # not created (a folder not writable, a full disk)
+            _OWN_TEMPORARIES.discard(name)
+            raise
+        # an interrupt (KeyboardInterrupt, Terminated) leaves the name registered: the file may exist
+
+
+def remove_own_temporaries() -> list[str]:
+    """Remove the temporary files of :func:`atomic_path` that this process left behind (an interrupt
+    that landed just after one was created); returns their names. The command line calls it when a
+    command is stopped by Ctrl-C, SIGTERM or SIGHUP."""
+    removed = []
+    for name in sorted(_OWN_TEMPORARIES):
+        try:
+            os.unlink(name)
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+        _OWN_TEMPORARIES.discard(name)
+    return removed
 
 
 def no_space_left(exc: BaseException, target: str | os.PathLike) -> DiskFullError | None:

@@ -14,6 +14,7 @@ from unrolled3d.budget import parse_bytes
 import torch
 
 from unrolled3d.cli import main
+from unrolled3d.cli.demo import DEFAULT_WEIGHTS as DEMO_WEIGHTS
 from unrolled3d.io import load_measurements, load_model
 from unrolled3d.normal import DiagCirculantWrapper
 from unrolled3d.physics import ConeBeamCT
@@ -207,16 +208,23 @@ def test_demo_quick(tmp_path):
     (["fit-normal", "{m}", "--kernel-radius", "-2", "--out", "h.pt"], "kernel_radius must be >= 0"),
     (["reconstruct", "{m}", "--method", "unrolled", "--weights", "{model}", "--normal", "{model}",
       "--out", "x.pt"], "not a DiagCirculantWrapper file"),
+    # a model file whose weights are not the network its configuration describes (demo: an internal error once)
+    (["demo", "--weights", "{misfit}", "--quick", "--out", "d.png"], "the weights do not fit the model"),
+    (["reconstruct", "{m}", "--method", "unrolled", "--weights", "{misfit}", "--out", "x.npy"],
+     "the weights do not fit the model"),
 ])
 def test_failures_exit_non_zero_with_a_reason(workdir, tmp_path, capsys, argv, message):
     (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage")
     (tmp_path / "bad.toml").write_text("[train]\nstepz = 3\n")
-    subst = {"{corrupt}": str(tmp_path / "corrupt.pt"), "{m}": str(workdir / "m.pt"),
+    misfit = torch.load(DEMO_WEIGHTS, map_location="cpu", weights_only=True)
+    misfit["config"] = json.dumps({**json.loads(misfit["config"]), "model": {"n_iter": 5, "base": 6, "depth": 2}})
+    torch.save(misfit, tmp_path / "misfit.pt")
+    subst = {"{misfit}": str(tmp_path / "misfit.pt"), "{corrupt}": str(tmp_path / "corrupt.pt"), "{m}": str(workdir / "m.pt"),
              "{model}": str(workdir / "run" / "model.pt"), "{badcfg}": str(tmp_path / "bad.toml"),
              "{vol}": str(workdir / "phantom.h5"), "{walnut}": str(workdir / "Walnut1" / "Projections" / "tubeV2"),
              "{badwalnut}": str(workdir / "bad_walnut")}
     argv = [subst.get(a, a) for a in argv]
-    argv = [a if not a.endswith(("x.npy", "x.xyz", "x.pt")) else str(tmp_path / a) for a in argv]
+    argv = [a if not a.endswith(("x.npy", "x.xyz", "x.pt", "d.png")) else str(tmp_path / a) for a in argv]
     code = main(argv)
     err = capsys.readouterr().err
     assert code != 0 and message in err, (code, err)

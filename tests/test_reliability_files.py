@@ -291,11 +291,41 @@ def test_a_signal_while_the_program_exits_prints_no_traceback(tmp_path, entry):
             "atexit.register(lambda: [os.kill(os.getpid(), s) or time.sleep(0.2) for s in (signal.SIGINT, signal.SIGTERM)])\n")
     call = ("from unrolled3d.cli.main import run; run()" if entry.endswith(":run")
             else "import runpy; runpy.run_module('unrolled3d.cli', run_name='__main__')")
-    proc = subprocess.run([sys.executable, "-c", hook + "import sys; sys.argv = ['unrolled3d', 'info']\n" + call],
+    # a command that writes (``info`` ends without the teardown, so without atexit hooks: see the next test)
+    argv = ['unrolled3d', 'simulate', '--size', '8', '--views', '4', '--out', 'm.pt', '--quiet']
+    proc = subprocess.run([sys.executable, "-c", hook + f"import sys; sys.argv = {argv!r}\n" + call],
                           cwd=tmp_path, capture_output=True, text=True, env=env(), timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr, proc.stderr
-    assert "version" in proc.stdout
+    assert (tmp_path / "m.pt").is_file()
+
+
+def test_only_commands_that_write_nothing_skip_the_teardown(tmp_path):
+    """``info`` ends with ``os._exit`` (0.45 s of torch's teardown saved, ``bench/test_bench_cli.py``);
+    a command that writes a file keeps the ordinary exit, with its atexit hooks."""
+    hook = "import atexit; atexit.register(lambda: print('ATEXIT RAN'))\n"
+    for argv, ran in ((['unrolled3d', 'info'], False),
+                      (['unrolled3d', 'simulate', '--size', '8', '--views', '4', '--out', 'm.pt', '--quiet'], True)):
+        proc = subprocess.run([sys.executable, "-c", hook + f"import sys; sys.argv = {argv!r}\n"
+                               "from unrolled3d.cli.main import run; run()"],
+                              cwd=tmp_path, capture_output=True, text=True, env=env(), timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert ("ATEXIT RAN" in proc.stdout) == ran, (argv, proc.stdout)
+        if not ran:  # its output was flushed before the fast exit, to a pipe (block-buffered)
+            assert proc.stdout.startswith("version") and "backend switches" in proc.stdout, proc.stdout
+    assert (tmp_path / "m.pt").is_file()
+
+
+def test_a_reader_that_leaves_early_ends_the_command_in_silence(tmp_path):
+    """``unrolled3d info | head -1`` printed "error: [Errno 32] Broken pipe" (exit 2): the reader of
+    stdout left, which is no error of the command's. It now ends in silence with 141 (128 + SIGPIPE,
+    what a shell shows for ``cat`` in the same place)."""
+    proc = subprocess.Popen([sys.executable, "-m", "unrolled3d.cli", "info"], cwd=tmp_path, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == ""
 
 
 @pytest.mark.parametrize("what", ["scan", "store"])

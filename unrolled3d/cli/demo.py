@@ -23,7 +23,7 @@ from ..data import PhantomDataset
 from ..io import load_model
 from ..memory import PeakRSS
 from ..metrics import psnr, ssim
-from ..models import build_model
+from ..pretrained import build_from_file
 from ..physics import ConeBeamCT, standard_cone_beam
 
 __all__ = ["DemoResult", "run_demo", "save_slices_png", "check_png_name", "result_table", "DEFAULT_WEIGHTS"]
@@ -120,12 +120,7 @@ def run_demo(weights: str | Path | None = None, size: int | None = None, n_volum
     patch = min(patch_trained, size)
     physics = ConeBeamCT(standard_cone_beam(size, views), normalize=True, progress=progress)
     cfg = {**config, "partition": {**config["partition"], "patch": patch}}
-    try:  # read and costed before anything is allocated
-        rec = build_model(cfg, (size,) * 3)
-    except (TypeError, ValueError) as exc:
-        raise FileFormatError(path, f"its model configuration cannot be built: {exc}") from None
-    rec.load_state_dict(state)
-    rec.eval()
+    rec = build_from_file(cfg, state, path, (size,) * 3)  # costed first; weights that do not fit refused
     rec.progress = progress
     phantoms = PhantomDataset(n_volumes, (size,) * 3, kind=kind, seed=phantom_seed + HELD_OUT_SEED_OFFSET)
     gen = torch.Generator().manual_seed(seed)

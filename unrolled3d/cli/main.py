@@ -7,16 +7,19 @@ Exit status: 0 on success; 2 and one line on stderr for every expected failure (
 or file, a refused output, a diverged fit, an out-of-memory error); 130 and one line on Ctrl-C
 (SIGINT), 143 on SIGTERM (what schedulers, ``timeout`` and container stops send) and 129 on
 SIGHUP, handled alike: the temporary file of a write under way is removed, and ``train`` says
-how to resume; 1 and one line for anything else, which is a bug: ``--debug`` shows its traceback
-(and the traceback of any other failure).
+how to resume; 141, in silence, when the reader of stdout has gone (``unrolled3d info | head -1``);
+1 and one line for anything else, which is a bug: ``--debug`` shows its traceback (and the
+traceback of any other failure).
 
 The installed ``unrolled3d`` program runs :func:`run`, which calls :func:`main` and then ignores
 Ctrl-C and SIGTERM while the interpreter shuts down: the work is done and written by then, and a
 signal arriving in that last second would otherwise print a traceback from a library's finalizer.
+A command that writes nothing (``info``) ends there with ``os._exit``, without the teardown.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -303,6 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
+    global _last_command
+    _last_command = args.command_name
     shown = warnings.showwarning
     if not args.debug:
         warnings.showwarning = _one_line_warnings(args.command)
@@ -323,6 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         return _interrupted(args, exc)
+    except BrokenPipeError:  # the reader of stdout left (`unrolled3d info | head -1`): nobody to tell
+        return _BROKEN_PIPE
     except _EXPECTED as exc:
         if args.debug:
             raise
@@ -351,4 +358,27 @@ def run() -> None:
     status = main()
     for sig in (signal.SIGINT, *_TERMINATING):
         signal.signal(sig, signal.SIG_IGN)
+    flushed = True
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:  # the reader left (`unrolled3d info | head -1`): as cat, stop in silence
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())  # the exit's own flush must not fail
+            status = status or _BROKEN_PIPE
+        except OSError:  # a full disk under a redirected stream: the ordinary exit reports it
+            flushed = False
+    if flushed and _last_command in _WRITE_NOTHING:
+        os._exit(status)
     sys.exit(status)
+
+
+#: commands that write no file and leave nothing to flush but stdout and stderr: :func:`run` ends
+#: them without the interpreter's teardown, which frees torch's objects one by one and unloads its
+#: libraries: 0.45 s of the 2.0 s ``info`` took (measured: ``import torch`` alone 1.8 s as a whole
+#: process, 1.3 s when it ends with ``os._exit``). Commands that write keep the ordinary exit, with
+#: its ``atexit`` hooks and finalizers.
+_WRITE_NOTHING = frozenset({"info"})
+#: the exit status when the reader of stdout has gone, as a program killed by SIGPIPE (128 + 13)
+_BROKEN_PIPE = 128 + 13
+#: the command :func:`main` ran last (for :func:`run`)
+_last_command: str | None = None

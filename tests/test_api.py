@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,6 +107,17 @@ def test_load_pretrained_takes_a_path_and_refuses_what_is_not_a_model(model_file
         unrolled3d.load_pretrained(tmp_path / "junk.pt")
     with pytest.raises(TypeError, match="name_or_path"):
         unrolled3d.load_pretrained(3)
+
+
+def test_an_mri_model_is_refused_by_the_ct_api_with_the_way_to_run_it(tmp_path):
+    """The shipped MRI model loaded as a CT model and failed deep inside ("UNet3D expects 2 input
+    channels, got 1"); it is refused at once, naming the file and the command that runs it."""
+    mri = Path(unrolled3d.__file__).parent / "weights" / "mri_heads.pt"
+    with pytest.raises(FileFormatError, match=r"mri_heads\.pt.*is an MRI model.*--method unrolled"):
+        unrolled3d.load_pretrained(mri)
+    g = standard_cone_beam(16, 8)
+    with pytest.raises(FileFormatError, match="is an MRI model"):
+        unrolled3d.reconstruct(torch.zeros(g.sino_shape), g, model=str(mri), progress=False)
 
 
 def test_a_phantom_model_without_a_recorded_scale_gets_it_from_its_recipe(tmp_path, model_file):

@@ -18,6 +18,10 @@ Shipped models, by name:
                (``unrolled3d/weights/heads_ct.toml``)
 =============  ===================================================================================
 
+These are cone-beam CT models, as :func:`unrolled3d.reconstruct` is a CT reconstruction: an MRI model
+file (``unrolled3d/weights/mri_heads.pt``, an ``[mri]`` section) is refused with the command that runs
+it (``unrolled3d reconstruct KSPACE.pt --method unrolled --weights FILE``).
+
 Model files written before they recorded their training scale get it from
 ``unrolled3d/weights/training_scales.json`` (the shipped files, by SHA-256; measured by
 ``bench/experiments/training_scales.py``), or, for models trained on phantoms, from their recipe
@@ -43,11 +47,17 @@ import torch
 from ._validation import check_device, int_triple
 from .errors import FileFormatError
 
-__all__ = ["PretrainedModel", "PRETRAINED", "WEIGHTS_DIR", "TRAINING_SCALES_FILE"]
+__all__ = ["PretrainedModel", "PRETRAINED", "WEIGHTS_DIR", "TRAINING_SCALES_FILE", "OTHER_MODALITY"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: the shipped models: name -> file in :data:`WEIGHTS_DIR`
 PRETRAINED = {"demo_ct": "demo_ct.pt", "heads_ct": "heads_ct.pt"}
+#: why a model of one modality is refused on data of the other (key: what the model was trained for)
+OTHER_MODALITY = {
+    "mri": "is an MRI model (trained on multi-coil k-space: its configuration has [mri]), the measurements are "
+           "cone-beam CT: use a CT model (e.g. heads_ct)",
+    "ct": "is a CT model (trained on cone-beam scans), the file holds MRI k-space: use an MRI model "
+          "(e.g. unrolled3d/weights/mri_heads.pt)"}
 #: training scales of model files written before files recorded them (SHA-256 -> TrainingScale dict)
 TRAINING_SCALES_FILE = WEIGHTS_DIR / "training_scales.json"
 
@@ -95,6 +105,9 @@ class PretrainedModel:
 
         self.path, self.name = Path(path), name
         state, self.config = load_model(self.path)
+        if self.config.get("mri") is not None:  # this class and unrolled3d.reconstruct serve cone-beam CT
+            raise FileFormatError(self.path, f"{OTHER_MODALITY['mri']}. An MRI model reconstructs k-space with "
+                                             f"`unrolled3d reconstruct KSPACE.pt --method unrolled --weights FILE`")
         self.sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
         self.normalization = file_normalization(self.config, self.path)
         self.scan = _scan_recipe(self.config)

@@ -31,6 +31,7 @@ import torch
 
 from .._validation import check_device, integer, real
 from ..errors import FileFormatError
+from ..pretrained import OTHER_MODALITY
 from .output import emit
 from .streamed import is_store_path
 
@@ -237,21 +238,13 @@ def unrolled_mri(rec: Any, norm: Any, y: torch.Tensor, physics: Any, budget_byte
     return x / scale, info
 
 
-#: why a model of one modality is refused on data of the other (key: what the model was trained for)
-_OTHER_MODALITY = {
-    "mri": "is an MRI model (trained on multi-coil k-space: its configuration has [mri]), the measurements are "
-           "cone-beam CT: use a CT model (e.g. heads_ct)",
-    "ct": "is a CT model (trained on cone-beam scans), the file holds MRI k-space: use an MRI model "
-          "(e.g. unrolled3d/weights/mri_heads.pt)"}
-
-
 def refuse_mri_model(weights: str | None) -> None:
     """A model file trained for MRI (an ``[mri]`` section) given for cone-beam data: one clear line
     (shipped names such as ``heads_ct`` are CT models)."""
     from ..io import load_model
 
     if weights is not None and Path(weights).is_file() and load_model(weights)[1].get("mri") is not None:
-        raise FileFormatError(weights, _OTHER_MODALITY["mri"])
+        raise FileFormatError(weights, OTHER_MODALITY["mri"])
 
 
 def load_mri_model(args: argparse.Namespace, vol_shape: tuple[int, int, int]) -> tuple[Any, Any]:
@@ -263,7 +256,7 @@ def load_mri_model(args: argparse.Namespace, vol_shape: tuple[int, int, int]) ->
 
     state, config = load_model(args.weights)
     if config.get("mri") is None:
-        raise FileFormatError(args.weights, _OTHER_MODALITY["ct"])
+        raise FileFormatError(args.weights, OTHER_MODALITY["ct"])
     norm = file_normalization(config, args.weights)
     if args.patch_size is not None:
         integer("--patch-size", args.patch_size, 1)

@@ -47,13 +47,13 @@ import torch
 from ._validation import check_device, int_triple
 from .errors import FileFormatError
 
-__all__ = ["PretrainedModel", "PRETRAINED", "WEIGHTS_DIR", "TRAINING_SCALES_FILE", "OTHER_MODALITY"]
+__all__ = ["PretrainedModel", "PRETRAINED", "WEIGHTS_DIR", "TRAINING_SCALES_FILE", "check_modality"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: the shipped models: name -> file in :data:`WEIGHTS_DIR`
 PRETRAINED = {"demo_ct": "demo_ct.pt", "heads_ct": "heads_ct.pt"}
 #: why a model of one modality is refused on data of the other (key: what the model was trained for)
-OTHER_MODALITY = {
+_OTHER_MODALITY = {
     "mri": "is an MRI model (trained on multi-coil k-space: its configuration has [mri]), the measurements are "
            "cone-beam CT: use a CT model (e.g. heads_ct)",
     "ct": "is a CT model (trained on cone-beam scans), the file holds MRI k-space: use an MRI model "
@@ -105,9 +105,7 @@ class PretrainedModel:
 
         self.path, self.name = Path(path), name
         state, self.config = load_model(self.path)
-        if self.config.get("mri") is not None:  # this class and unrolled3d.reconstruct serve cone-beam CT
-            raise FileFormatError(self.path, f"{OTHER_MODALITY['mri']}. An MRI model reconstructs k-space with "
-                                             f"`unrolled3d reconstruct KSPACE.pt --method unrolled --weights FILE`")
+        check_modality(self.config, self.path, "ct")  # this class and unrolled3d.reconstruct serve cone-beam CT
         self.sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
         self.normalization = file_normalization(self.config, self.path)
         self.scan = _scan_recipe(self.config)
@@ -174,6 +172,18 @@ _UNKNOWN = _Unknown()
 
 
 # ---------------------------------------------------------------------------------- reading a file
+def check_modality(config: dict, path: str | os.PathLike, expected: str) -> None:
+    """Refuse a model file trained for the other modality than ``expected`` (``"ct"`` or ``"mri"``;
+    an MRI model's configuration has an ``[mri]`` section): a :class:`FileFormatError` naming ``path``
+    and saying what to use instead."""
+    trained = "mri" if config.get("mri") is not None else "ct"
+    if trained == expected:
+        return
+    hint = (". An MRI model reconstructs k-space with `unrolled3d reconstruct KSPACE.pt --method unrolled "
+            "--weights FILE`") if trained == "mri" else ""
+    raise FileFormatError(path, _OTHER_MODALITY[trained] + hint)
+
+
 def file_normalization(config: dict, path: str | os.PathLike) -> Any:
     """The intensity normalisation a model file records (:class:`~unrolled3d.data.IntensityNormalization`;
     attenuation where none is); an invalid entry is a :class:`FileFormatError` naming ``path``."""

@@ -30,8 +30,7 @@ from typing import Any, Callable
 import torch
 
 from .._validation import check_device, integer, real
-from ..errors import FileFormatError
-from ..pretrained import OTHER_MODALITY
+from ..pretrained import check_modality
 from .output import emit
 from .streamed import is_store_path
 
@@ -243,8 +242,8 @@ def refuse_mri_model(weights: str | None) -> None:
     (shipped names such as ``heads_ct`` are CT models)."""
     from ..io import load_model
 
-    if weights is not None and Path(weights).is_file() and load_model(weights)[1].get("mri") is not None:
-        raise FileFormatError(weights, OTHER_MODALITY["mri"])
+    if weights is not None and Path(weights).is_file():
+        check_modality(load_model(weights)[1], weights, "ct")
 
 
 def load_mri_model(args: argparse.Namespace, vol_shape: tuple[int, int, int]) -> tuple[Any, Any]:
@@ -255,8 +254,7 @@ def load_mri_model(args: argparse.Namespace, vol_shape: tuple[int, int, int]) ->
     from ..pretrained import build_from_file, file_normalization
 
     state, config = load_model(args.weights)
-    if config.get("mri") is None:
-        raise FileFormatError(args.weights, OTHER_MODALITY["ct"])
+    check_modality(config, args.weights, "mri")
     norm = file_normalization(config, args.weights)
     if args.patch_size is not None:
         integer("--patch-size", args.patch_size, 1)

@@ -24,6 +24,7 @@ from unrolled3d.models import build_model
 from unrolled3d.models.scale import TrainingScale, measure_training_scale
 from unrolled3d.normal import DiagCirculantNormal, fit_normal, save_normal
 from unrolled3d.partition import PartitionedReconstructor
+from unrolled3d.pretrained import check_modality
 from unrolled3d.physics import ConeBeamCT, fdk, standard_cone_beam
 
 S, VIEWS = 16, 8
@@ -118,6 +119,8 @@ def test_an_mri_model_is_refused_by_the_ct_api_with_the_way_to_run_it(tmp_path):
     g = standard_cone_beam(16, 8)
     with pytest.raises(FileFormatError, match="is an MRI model"):
         unrolled3d.reconstruct(torch.zeros(g.sino_shape), g, model=str(mri), progress=False)
+    with pytest.raises(ValueError, match=r"expected must be one of 'mri', 'ct', got 'pet'"):
+        check_modality({}, mri, "pet")
 
 
 def test_a_phantom_model_without_a_recorded_scale_gets_it_from_its_recipe(tmp_path, model_file):

@@ -44,7 +44,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ._validation import check_device, int_triple
+from ._validation import check_device, choice, int_triple
 from .errors import FileFormatError
 
 __all__ = ["PretrainedModel", "PRETRAINED", "WEIGHTS_DIR", "TRAINING_SCALES_FILE", "check_modality"]
@@ -177,7 +177,7 @@ def check_modality(config: dict, path: str | os.PathLike, expected: str) -> None
     an MRI model's configuration has an ``[mri]`` section): a :class:`FileFormatError` naming ``path``
     and saying what to use instead."""
     trained = "mri" if config.get("mri") is not None else "ct"
-    if trained == expected:
+    if trained == choice("expected", expected, tuple(_OTHER_MODALITY)):
         return
     hint = (". An MRI model reconstructs k-space with `unrolled3d reconstruct KSPACE.pt --method unrolled "
             "--weights FILE`") if trained == "mri" else ""

@@ -52,9 +52,9 @@ def test_second_model_trained_on_real_anatomy_loads_and_matches_its_recipe():
     """heads_ct.pt (issues 17, 28): safe and small like the demo's; its config is the shipped TOML's
     (the recipe copies that TOML beside the training volumes under another name, so the command
     names the copy: the check is on the content) plus what training from files records: the
-    normalisation and the training files, none held out. Stage 3 was cut by a machine restart and
-    continued with ``--resume`` (bit for bit the uninterrupted run: tests/test_train.py); the recipe
-    says so, so the recorded command may carry ``--resume`` only where the recipe gives it."""
+    normalisation and the training files, none held out. A run cut short may be continued with
+    ``--resume`` (bit for bit the uninterrupted run: tests/test_train.py), as stage 3 was; the recorded
+    command may carry ``--resume`` only where the recipe gives it."""
     raw = torch.load(HEADS, map_location="cpu", weights_only=True)
     assert raw["format"] == "unrolled3d.model/1" and HEADS.stat().st_size < 5 * 2**20
     state, config = load_model(HEADS)
@@ -75,24 +75,28 @@ def test_second_model_trained_on_real_anatomy_loads_and_matches_its_recipe():
     assert config["data_files"]["held_out"] == []
 
 
-def test_second_model_was_fine_tuned_at_scale_from_the_stage_two_model_its_recipe_names():
-    """heads_ct.pt is stage 3 (issue 28): it records the SHA-256 of the file it started from, and that
-    is the stage-2 model heads_ct_stage2.toml describes, itself fine-tuned from the stage-1 model
-    heads_ct_stage1.toml describes (whose SHA-256 the stage-2 recipe's start file has). One network
-    throughout; stage 3 trains on larger blocks (96^3, patch 48) of the same anatomy."""
+def test_second_model_was_fine_tuned_at_scale_from_the_stage_three_model_its_recipe_names():
+    """heads_ct.pt is stage 4 (issue 28): it records the SHA-256 of the file it started from, and that
+    is the stage-3 model heads_ct_stage3.toml describes; each earlier stage's recipe gives the SHA-256
+    of the file the next one started from (stage 1's model in heads_ct_stage2.toml's start file, and so
+    on). One network throughout; stages 3 and 4 train on larger blocks (96^3, patch 48) of the same
+    anatomy."""
     _, config = load_model(HEADS)
-    stage1_toml, stage2_toml = HEADS.with_name("heads_ct_stage1.toml"), HEADS.with_name("heads_ct_stage2.toml")
-    assert config["init"]["sha256"] in stage2_toml.read_text()
-    assert config["init"]["sha256"] not in stage1_toml.read_text()
+    stage_tomls = [HEADS.with_name(f"heads_ct_stage{k}.toml") for k in (1, 2, 3)]
+    assert config["init"]["sha256"] in stage_tomls[2].read_text()
+    assert all(config["init"]["sha256"] not in t.read_text() for t in stage_tomls[:2])
     assert config["init"]["sha256"] != hashlib.sha256(HEADS.read_bytes()).hexdigest()
-    stage1, stage2 = load_train_config(stage1_toml), load_train_config(stage2_toml)
-    stage3 = load_train_config(HEADS.with_suffix(".toml"))
-    assert "init" not in stage1["model"] and stage2["model"]["init"].endswith("heads_ct.pt")
-    assert "init" in stage3["model"]
-    for later in (stage2, stage3):
+    stages = [load_train_config(t) for t in stage_tomls] + [load_train_config(HEADS.with_suffix(".toml"))]
+    stage1 = stages[0]
+    assert "init" not in stage1["model"] and stages[1]["model"]["init"].endswith("heads_ct.pt")
+    assert stages[3]["model"]["init"] == "heads_ct_stage3.pt"
+    for later in stages[1:]:
+        assert "init" in later["model"]
         assert {k: v for k, v in later["model"].items() if k != "init"} == stage1["model"]
         assert {k: v for k, v in later["data"].items() if k != "seed"} == {
             k: v for k, v in stage1["data"].items() if k != "seed"}
-    assert stage1["partition"] == stage2["partition"] and stage1["geometry"] == stage2["geometry"]
-    assert (stage3["geometry"]["size"], stage3["partition"]["patch"]) == (96, 48)
-    assert stage3["geometry"]["views"] == stage1["geometry"]["views"]
+    assert len({s["data"]["seed"] for s in stages}) == 4  # new draws at each stage
+    assert stage1["partition"] == stages[1]["partition"] and stage1["geometry"] == stages[1]["geometry"]
+    for at_scale in stages[2:]:
+        assert (at_scale["geometry"]["size"], at_scale["partition"]["patch"]) == (96, 48)
+        assert at_scale["geometry"]["views"] == stage1["geometry"]["views"]

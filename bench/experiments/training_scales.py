@@ -3,7 +3,7 @@ r"""The training scale of the shipped model files that were written before model
 ``unrolled3d train`` now records in each model file the scale of its training scans
 (:class:`unrolled3d.models.scale.TrainingScale`: percentiles of the training volumes, of their
 FDK and of their normalised measurements), which :func:`unrolled3d.api.check_measurement_scale`
-compares new scans with. The shipped ``demo_ct.pt`` and ``heads_ct.pt`` predate that; this script
+compares new scans with. The shipped ``demo_ct.pt`` (and ``heads_ct.pt`` before its stage 4) predate that; this script
 measures their training scans the same way (:func:`unrolled3d.models.scale.measure_training_scale`:
 16 training items, the training noise) and writes ``unrolled3d/weights/training_scales.json``,
 keyed by the model file's SHA-256 (a replaced file is not matched).
@@ -58,7 +58,8 @@ def main() -> None:
             continue
         path = WEIGHTS_DIR / file
         _, config = load_model(path)
-        if "training_scale" in config:
+        if "training_scale" in config:  # an entry of an earlier file of that name is stale
+            table = {k: v for k, v in table.items() if v.get("model") != name}
             print(f"{name}: the file records its training scale")
             continue
         dataset, what = training_set(config, args.data_root)

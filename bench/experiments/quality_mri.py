@@ -20,8 +20,9 @@ once with the fitted complex diagonal-circulant ``H``; the same network, seed an
 chosen over 1e-3 in a 400-step pilot scored on the validation volumes, not the test set). Test
 volumes: phantom seed 999, phase seed 999; training: seed 0.
 
-**Real heads** (issue 28, ``--test``; ``bench/results/quality_mri_heads.json``): a trained MRI
-model file (``--weights``, default the shipped ``unrolled3d/weights/mri_heads.pt``) against
+**Real heads** (issue 28, ``--test``; ``bench/results/quality_mri_heads.json``): trained MRI
+model files (``--weights``, default the shipped ``unrolled3d/weights/mri_heads.pt``; with several,
+the best on the validation volumes is the one scored on the held-out ones) against
 zero-filled and CG-SENSE on real anatomy. Each volume file is zoomed so its longest axis spans
 ``size - 2 margin`` voxels, divided by its 99.5th percentile (the rule of the training files,
 ``real_volumes.py --training-set``) and centred in a ``size``^3 cube of air; its magnitude gets a
@@ -29,8 +30,8 @@ smooth random phase (seed per volume) and is measured by 8 birdcage coils throug
 mask of R ``--accel`` (seed per volume, none of the training bank's), with noise std ``--noise``
 per real channel on the sampled k-space (the training noise). Choices are made on the
 validation volumes (``--val``: MNI152 and INIA19, the training anatomy) only: CG-SENSE's
-iterations and Tikhonov weight (grid :data:`HEAD_CG_ITERS` x :data:`HEAD_CG_LAMS`) and the model's
-inference (the whole volume as one patch, or the training patch with half overlap and two
+iterations and Tikhonov weight (grid :data:`HEAD_CG_ITERS` x :data:`HEAD_CG_LAMS`), the model file
+and its inference (the whole volume as one patch, or the training patch with half overlap and two
 sweeps); then the held-out volumes (``--test``: Colin 27 and dipy's head, other subjects) are
 scored once, each method with its chosen settings. The model runs through the command line's
 own function (:func:`unrolled3d.cli.mri.unrolled_mri`: k-space scaled from the zero-filled
@@ -45,7 +46,8 @@ Run: ``nice -n 10 .venv/bin/python bench/experiments/quality_mri.py --size 32 --
 
     OMP_NUM_THREADS=1 python bench/experiments/quality_mri.py --size 64 --accel 8 \
         --val data/real_mri/mni152.npy data/real_mri/inia19.npy \
-        --test /work/data/real_volumes/colin27.npy /work/data/real_volumes/dipy_aniso.npy
+        --test /work/data/real_volumes/colin27.npy /work/data/real_volumes/dipy_aniso.npy \
+        --weights unrolled3d/weights/mri_heads.pt data/real_mri/runs/mri_s2/model.pt --scored-before 1
 
 Writes its JSON atomically.
 """
@@ -69,9 +71,15 @@ from unrolled3d.data import ComplexPhantomDataset, IntensityNormalization, smoot
 from unrolled3d.data.datasets import PhantomDataset
 from unrolled3d.io import atomic_path, load_model
 from unrolled3d.metrics import magnitude_psnr, ssim
-from unrolled3d.models import build_model
-from unrolled3d.models import UNet3D, UnrolledPGD
-from unrolled3d.mri import MultiCoilMRI3D, acceleration, birdcage_maps, cg_sense, variable_density_mask, zero_filled
+from unrolled3d.models import UNet3D, UnrolledPGD, build_model
+from unrolled3d.mri import (
+    MultiCoilMRI3D,
+    acceleration,
+    birdcage_maps,
+    cg_sense,
+    variable_density_mask,
+    zero_filled,
+)
 from unrolled3d.normal import DiagCirculantWrapper
 from unrolled3d.partition import PartitionedReconstructor
 from unrolled3d.train import TrainConfig, train
@@ -237,14 +245,15 @@ def load_mri_model(path: str, n: int, patch: int | None):
     return rec.eval(), norm, config
 
 
-def run_model(scans: list[dict[str, Any]], args: argparse.Namespace, inference: str) -> list[dict[str, Any]]:
-    """The model on each scan, ``inference`` = ``"whole"`` (the command line's default plan) or
-    ``"patches"`` (the training patch, half overlap, two sweeps); per-volume scores and times."""
-    _, config = load_model(args.weights)
+def run_model(scans: list[dict[str, Any]], args: argparse.Namespace, weights: str, inference: str) -> list[dict[str, Any]]:
+    """The model file ``weights`` on each scan, ``inference`` = ``"whole"`` (the command line's
+    default plan) or ``"patches"`` (the training patch, half overlap, two sweeps); per-volume scores
+    and times."""
+    _, config = load_model(weights)
     patch = None if inference == "whole" else config["partition"]["patch"]
     out = []
     for s in scans:
-        rec, norm, _ = load_mri_model(args.weights, args.size, patch)
+        rec, norm, _ = load_mri_model(weights, args.size, patch)
         t0 = time.perf_counter()
         x_hat, info = unrolled_mri(rec, norm, s["y"], s["physics"], patch=patch)
         out.append({"volume": s["name"], **head_scores(x_hat, s["x"]), "seconds": time.perf_counter() - t0,
@@ -272,21 +281,23 @@ def run_heads(args: argparse.Namespace) -> None:
     best = max(table, key=table.get)
     it, lam = int(best.split(",")[0].split("=")[1]), float(best.split(",")[1].split("=")[1])
     print(f"CG-SENSE chosen on validation: {it} iterations, lam {lam} ({table[best]:.2f} dB)", flush=True)
-    inference = {name: _summary(run_model(val, args, name)) for name in ("whole", "patches")}
-    chosen = max(inference, key=lambda k: inference[k]["mean_psnr"])
-    print("validation: " + ", ".join(f"{k} {v['mean_psnr']:.2f} dB" for k, v in inference.items())
-          + f"; chosen: {chosen}", flush=True)
+    # every candidate model file with each inference, on the validation volumes only
+    candidates = {(w, name): _summary(run_model(val, args, w, name)) for w in args.weights for name in ("whole", "patches")}
+    weights, chosen = max(candidates, key=lambda k: candidates[k]["mean_psnr"])
+    print("validation: " + ", ".join(f"{Path(w).name} {k} {v['mean_psnr']:.2f} dB" for (w, k), v in candidates.items())
+          + f"; chosen: {Path(weights).name}, {chosen}", flush=True)
+    inference = {k: v for (w, k), v in candidates.items() if w == weights}
     validation = {**_classical(val, it, lam), "model": inference}
     held_out = _classical(test, it, lam)  # the held-out volumes: scored once, with the chosen settings
-    held_out["model"] = {**_summary(run_model(test, args, chosen)), "inference": chosen}
+    held_out["model"] = {**_summary(run_model(test, args, weights, chosen)), "inference": chosen}
     cg = held_out["CG-SENSE"]
     gains = [m["psnr"] - c["psnr"] for m, c in zip(held_out["model"]["per_volume"], cg["per_volume"])]
-    _, config = load_model(args.weights)
+    _, config = load_model(weights)
     results = {
         "experiment": "shipped MRI model vs zero-filled and CG-SENSE on real heads (issue 28, item 3)",
-        "weights": {"path": str(Path(args.weights).resolve().relative_to(ROOT)) if Path(args.weights).resolve()
-                    .is_relative_to(ROOT) else args.weights,
-                    "sha256": hashlib.sha256(Path(args.weights).read_bytes()).hexdigest(),
+        "weights": {"path": str(Path(weights).resolve().relative_to(ROOT)) if Path(weights).resolve()
+                    .is_relative_to(ROOT) else weights,
+                    "sha256": hashlib.sha256(Path(weights).read_bytes()).hexdigest(),
                     "config": {k: v for k, v in config.items() if k != "data_files"},
                     "training_files": [Path(p).name for p in config.get("data_files", {}).get("train", [])]},
         "scan": {"size": args.size, "coils": args.coils, "acceleration": args.accel, "mask": "poisson",
@@ -296,11 +307,15 @@ def run_heads(args: argparse.Namespace) -> None:
         "psnr_definition": "magnitude images: 10 log10(max|x|^2 / mean((|x_hat| - |x|)^2)) over the whole volume, "
                            "peak = max |x| of the truth, per volume; SSIM of the magnitudes with the same peak",
         "selection": {"cg_sense_validation_table": table, "cg_sense_chosen": {"n_iter": it, "lam": lam},
-                      "model_inference_chosen": chosen},
+                      "model_inference_chosen": chosen,
+                      "model_candidates": [{"file": Path(w).name, "sha256": hashlib.sha256(Path(w).read_bytes()).hexdigest(),
+                                            "inference": k, "validation_mean_psnr": v["mean_psnr"]}
+                                           for (w, k), v in candidates.items()]},
         "validation": validation, "held_out": held_out,
         "gain_over_cg_sense_dB": {"mean": float(np.mean(gains)), "per_volume": dict(zip([s["name"] for s in test], gains))},
         "target": "shipped MRI model >= CG-SENSE (validation-tuned) + 3 dB on the held-out heads",
-        "models_scored_on_held_out": 1,
+        # this run scores one model on the held-out volumes; earlier runs' scored models are counted in
+        "models_scored_on_held_out": args.scored_before + 1,
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "load_average": list(os.getloadavg())},
         "total_seconds": time.perf_counter() - t_start,
@@ -331,8 +346,10 @@ def main() -> None:
                                   "with --test)")
     ap.add_argument("--val", nargs="+", help="real heads: validation volume files (settings are chosen on these)")
     ap.add_argument("--test", nargs="+", help="real heads: held-out volume files (scored once)")
-    ap.add_argument("--weights", default=str(ROOT / "unrolled3d" / "weights" / "mri_heads.pt"),
-                    help="real heads: the MRI model file scored")
+    ap.add_argument("--weights", nargs="+", default=[str(ROOT / "unrolled3d" / "weights" / "mri_heads.pt")],
+                    help="real heads: candidate MRI model files (the best on validation is scored on --test)")
+    ap.add_argument("--scored-before", type=int, default=0,
+                    help="real heads: how many models earlier runs scored on the same held-out volumes")
     ap.add_argument("--margin", type=int, default=1, help="real heads: voxels of air around a head")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

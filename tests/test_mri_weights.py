@@ -55,20 +55,26 @@ def test_mri_weights_match_their_recipe():
     assert config["data_files"]["held_out"] == []
 
 
-def test_mri_weights_were_fine_tuned_from_the_stage_one_model_its_recipe_names():
-    """mri_heads.pt is stage 2: it records the SHA-256 of the file it started from, the stage-1 model
-    mri_heads_stage1.toml gives; the same network, scan, coils and mask bank, new draws."""
+def test_mri_weights_were_fine_tuned_from_the_stage_two_model_its_recipe_names():
+    """mri_heads.pt is stage 3: it records the SHA-256 of the file it started from, the stage-2 model
+    mri_heads_stage2.toml gives, itself fine-tuned from the stage-1 model mri_heads_stage1.toml gives
+    (stage 2's start file). The same network, scan, coils and mask bank throughout, new draws."""
     _, config = load_model(WEIGHTS)
-    stage1_toml = WEIGHTS.with_name("mri_heads_stage1.toml")
-    assert config["init"]["sha256"] in stage1_toml.read_text()
+    stage_tomls = [WEIGHTS.with_name(f"mri_heads_stage{k}.toml") for k in (1, 2)]
+    assert config["init"]["sha256"] in stage_tomls[1].read_text()
+    assert config["init"]["sha256"] not in stage_tomls[0].read_text()
     assert config["init"]["sha256"] != hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()
-    stage1, stage2 = load_train_config(stage1_toml), load_train_config(WEIGHTS.with_suffix(".toml"))
-    assert "init" not in stage1["model"] and stage2["model"]["init"] == "mri_heads_stage1.pt"
-    assert {k: v for k, v in stage2["model"].items() if k != "init"} == stage1["model"]
-    for section in ("geometry", "mri", "partition"):
-        assert stage2[section] == stage1[section], section
-    assert {k: v for k, v in stage2["data"].items() if k != "seed"} == {k: v for k, v in stage1["data"].items() if k != "seed"}
-    assert stage2["data"]["seed"] != stage1["data"]["seed"] and stage2["train"]["seed"] != stage1["train"]["seed"]
+    stages = [load_train_config(t) for t in stage_tomls] + [load_train_config(WEIGHTS.with_suffix(".toml"))]
+    stage1 = stages[0]
+    assert "init" not in stage1["model"]
+    assert [s["model"]["init"] for s in stages[1:]] == ["mri_heads_stage1.pt", "mri_heads_stage2.pt"]
+    for later in stages[1:]:
+        assert {k: v for k, v in later["model"].items() if k != "init"} == stage1["model"]
+        for section in ("geometry", "mri", "partition"):
+            assert later[section] == stage1[section], section
+        assert {k: v for k, v in later["data"].items() if k != "seed"} == {
+            k: v for k, v in stage1["data"].items() if k != "seed"}
+    assert len({s["data"]["seed"] for s in stages}) == len({s["train"]["seed"] for s in stages}) == 3
 
 
 def test_the_result_file_scores_these_weights_on_held_out_heads_only():
@@ -82,7 +88,7 @@ def test_the_result_file_scores_these_weights_on_held_out_heads_only():
     # chosen on validation among the candidates the run names: the best, and it is the shipped file
     best = max(res["selection"]["model_candidates"], key=lambda c: c["validation_mean_psnr"])
     assert best["sha256"] == res["weights"]["sha256"] and best["inference"] == res["held_out"]["model"]["inference"]
-    assert res["models_scored_on_held_out"] == 2  # stage 1 (an earlier run), then this file
+    assert res["models_scored_on_held_out"] == 3  # stages 1 and 2 (earlier runs), then this file
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -293,11 +293,12 @@ def run_heads(args: argparse.Namespace) -> None:
     cg = held_out["CG-SENSE"]
     gains = [m["psnr"] - c["psnr"] for m, c in zip(held_out["model"]["per_volume"], cg["per_volume"])]
     _, config = load_model(weights)
+    digests = {w: hashlib.sha256(Path(w).read_bytes()).hexdigest() for w in args.weights}
     results = {
         "experiment": "shipped MRI model vs zero-filled and CG-SENSE on real heads (issue 28, item 3)",
         "weights": {"path": str(Path(weights).resolve().relative_to(ROOT)) if Path(weights).resolve()
                     .is_relative_to(ROOT) else weights,
-                    "sha256": hashlib.sha256(Path(weights).read_bytes()).hexdigest(),
+                    "sha256": digests[weights],
                     "config": {k: v for k, v in config.items() if k != "data_files"},
                     "training_files": [Path(p).name for p in config.get("data_files", {}).get("train", [])]},
         "scan": {"size": args.size, "coils": args.coils, "acceleration": args.accel, "mask": "poisson",
@@ -308,7 +309,7 @@ def run_heads(args: argparse.Namespace) -> None:
                            "peak = max |x| of the truth, per volume; SSIM of the magnitudes with the same peak",
         "selection": {"cg_sense_validation_table": table, "cg_sense_chosen": {"n_iter": it, "lam": lam},
                       "model_inference_chosen": chosen,
-                      "model_candidates": [{"file": Path(w).name, "sha256": hashlib.sha256(Path(w).read_bytes()).hexdigest(),
+                      "model_candidates": [{"file": Path(w).name, "sha256": digests[w],
                                             "inference": k, "validation_mean_psnr": v["mean_psnr"]}
                                            for (w, k), v in candidates.items()]},
         "validation": validation, "held_out": held_out,

@@ -58,8 +58,8 @@ def main() -> None:
             continue
         path = WEIGHTS_DIR / file
         _, config = load_model(path)
-        if "training_scale" in config:  # an entry of an earlier file of that name is stale
-            table = {k: v for k, v in table.items() if v.get("model") != name}
+        table = {k: v for k, v in table.items() if v.get("model") != name}  # one entry per shipped name, or none
+        if "training_scale" in config:  # the file's own record; an earlier file's entry would be stale
             print(f"{name}: the file records its training scale")
             continue
         dataset, what = training_set(config, args.data_root)
@@ -67,7 +67,6 @@ def main() -> None:
                              normalize=True)
         scale = measure_training_scale(dataset, physics, float(config["train"]["noise_std"]))
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        table = {k: v for k, v in table.items() if v.get("model") != name}  # one entry per shipped name
         table[digest] = {"model": name, "training_scale": scale.to_dict(), "training_items": what,
                          "measured_with": shlex.join(["python", *sys.argv])}
         print(f"{name}: FDK p{scale.percentile:g} {scale.fdk:.4f} (range {scale.fdk_range[0]:.4f}-"

@@ -100,3 +100,43 @@ def test_a_longer_training_fits_better(physics):
 def test_bad_arguments_are_named(net, window, match):
     with pytest.raises(TypeError, match=match):
         PostProcessing(net, window=window)
+
+
+def test_patch_training_loss_is_the_block_mse_at_the_drawn_position(physics):
+    """With ``patch``, the loss is the network on one block of the whole volume's FDK, scored on the
+    same block of the truth; the block's corner is the generator's next three draws."""
+    torch.manual_seed(0)
+    rec = PostProcessing(UNet3D(base=2, depth=1), patch=4)
+    x = torch.rand(1, 1, N, N, N, generator=torch.Generator().manual_seed(5))
+    y = physics.A(x)
+    loss = rec.training_loss(y, physics, x, generator=torch.Generator().manual_seed(6))
+    draws = torch.Generator().manual_seed(6)
+    z, r, c = (int(torch.randint(0, N - 4 + 1, (1,), generator=draws)) for _ in range(3))
+    with torch.no_grad():
+        fdk = physics.A_dagger(y, window="hann")
+        block = (..., slice(z, z + 4), slice(r, r + 4), slice(c, c + 4))
+        assert torch.equal(loss, ((rec.net(fdk[block]) - x[block]) ** 2).mean())
+    loss.backward()
+    assert sum(float(p.grad.abs().sum()) for p in rec.parameters()) > 0
+
+
+def test_patch_training_covers_every_position():
+    rec = PostProcessing(UNet3D(base=2, depth=1), patch=3)
+    gen = torch.Generator().manual_seed(0)
+    corners = {rec.random_offset((5, 4, 3), gen) for _ in range(400)}
+    assert corners == {(z, r, 0) for z in range(3) for r in range(2)}
+
+
+def test_patch_larger_than_the_volume_is_refused(physics):
+    rec = PostProcessing(UNet3D(base=2, depth=1), patch=N + 1)
+    x = torch.rand(1, 1, N, N, N)
+    with pytest.raises(ValueError, match=f"patch {N + 1} does not fit"):
+        rec.training_loss(physics.A(x), physics, x)
+
+
+@pytest.mark.parametrize("patch, error, match", [(2.0, TypeError, "patch must be an int"),
+                                                 (True, TypeError, "patch must be an int"),
+                                                 (0, ValueError, "patch must be at least 1")])
+def test_bad_patch_is_named(patch, error, match):
+    with pytest.raises(error, match=match):
+        PostProcessing(UNet3D(base=2, depth=1), patch=patch)

@@ -113,3 +113,27 @@ def test_score_on_val_refuses_the_peers_and_files_before_the_new_options_still_a
     assert {"tiny.pt (unrolled, partitioned)", "tiny.pt (unrolled, planned inference)"} <= set(methods)
     with pytest.raises(SystemExit, match="another problem"):
         peers.main(_argv(files, out, "--score-on-val"))  # validation scores never mix with held-out ones
+
+
+def test_post_models_are_scored_as_their_network_on_the_whole_fdk(peers, files, tmp_path, one_thread):
+    from quality_real import held_out_volume, scores
+    from train_post import build_post, save_post
+
+    from unrolled3d.data import IntensityNormalization
+    from unrolled3d.physics import ConeBeamCT, standard_cone_beam
+
+    post = build_post(2, 1, patch=8)
+    config = {"geometry": {"size": 12, "views": 6}, "train": {"steps": 3}, "parameters": 7,
+              "post": {"base": 2, "depth": 1, "window": "hann", "patch": 8}}
+    save_post(tmp_path / "post.pt", post, config)
+    out = tmp_path / "post.json"
+    peers.main(_argv(files, out, "--score-on-val", "--post-models", str(tmp_path / "post.pt")))
+    got = json.loads(out.read_text())["views"]["6"]["methods"]["post.pt (post-processing UNet3D on FDK Hann)"]
+    assert got["trained_steps"] == 3 and got["post"]["patch"] == 8
+    norm = IntensityNormalization("percentile", percentile=99.5, value=1.0)
+    vals = [held_out_volume(str(files[n]), 12, 1, norm) for n in ("val_a", "val_b")]
+    physics = ConeBeamCT(standard_cone_beam(12, 6), normalize=True)
+    with torch.no_grad():
+        expected = [scores(post.eval().net(physics.A_dagger(y, window="hann")), x, 12)["psnr_whole"]
+                    for x, y in zip(vals, peers.noisy(physics, vals, 0.02, peers.VAL_SEED))]
+    assert [v["psnr_whole"] for v in got["per_volume"]] == pytest.approx(expected, abs=1e-9)

@@ -19,8 +19,9 @@ held-out ones, with their own noise draws, seed 321), never on the held-out ones
   when ``--snr-relative`` is set;
 - **TV**: deepinv's PGD with its 3D TV prior on our physics, from FDK (Hann): a grid of
   ``--tv-lambda`` x ``--tv-iterations`` (one run per lambda, scored at each iteration count);
-- the **unrolled models** (``--models``: model files, default inference) and FDK (ram-lak, Hann)
-  need no choice.
+- the **unrolled models** (``--models``: model files, default inference), the **post-processing
+  baselines** (``--post-models``: ``train_post.py`` files, the network on the whole FDK (Hann)) and
+  FDK (ram-lak, Hann) need no choice.
 
 Times: wall and CPU seconds per volume (one thread: torch, and the peer pinned to one CPU with XLA
 on one thread). ``--params-from`` takes the chosen parameters from an earlier result file (same view
@@ -57,14 +58,17 @@ from unrolled3d.physics.presets import standard_cone_beam
 if __package__:  # imported as unrolled3d.bench.experiments.quality_peers (the tests)
     from .baselines import MbirjaxPeer, TVPGD
     from .quality_real import held_out_volume, machine, scores, summarise
+    from .train_post import load_post
 else:  # run as a script: this folder, bench/experiments/, is on the path
     from baselines import MbirjaxPeer, TVPGD
     from quality_real import held_out_volume, machine, scores, summarise
+    from train_post import load_post
 
 TEST_SEED, VAL_SEED = 123, 321  # quality_real.py's held-out noise draws; the validation set's own
 
 #: settings of a run that may differ between runs appended to one file
-_PER_RUN = ("views", "out", "methods", "params_from", "models", "reference", "mbirjax_python", "inference")
+_PER_RUN = ("views", "out", "methods", "params_from", "models", "post_models", "reference", "mbirjax_python",
+            "inference")
 #: settings added later, with the value files written before them had
 _ADDED = {"inference": "training-patch", "score_on_val": False}
 
@@ -195,6 +199,9 @@ def run_views(views: int, args, tests, vals, earlier: dict | None, peer: Mbirjax
             with torch.no_grad():
                 run(yt[0])
         m[label] = {**score_all(run, tests, yt, args.slab), **info}
+    for path in args.post_models if "models" in args.methods else []:
+        label, run, info = post_model(path, physics)
+        m[label] = {**score_all(run, tests, yt, args.slab), **info}
     for name, r in m.items():
         print(f"  {views} views, {name}: PSNR {r['mean_psnr_whole']:.2f} dB, SSIM {r['mean_ssim_whole']:.3f}, "
               f"{r['cpu_seconds']:.1f} CPU s / volume", flush=True)
@@ -248,6 +255,17 @@ def unrolled_model(path: str, n: int, physics: ConeBeamCT,
         return planned["rec"](y, physics, x_init=x0)
 
     return label, run, info
+
+
+def post_model(path: str, physics: ConeBeamCT) -> tuple[str, Callable, dict[str, Any]]:
+    """A post-processing baseline file (``train_post.py``) as a reconstruction: its network on the
+    FDK (Hann) of the whole volume."""
+    rec, config = load_post(path)
+    label = f"{Path(path).name} (post-processing UNet3D on FDK Hann)"
+    info = {"weights": str(path), "trained_size": int(config["geometry"]["size"]),
+            "trained_views": int(config["geometry"]["views"]), "trained_steps": int(config["train"]["steps"]),
+            "parameters": int(config["parameters"]), "post": config["post"]}
+    return label, (lambda y: rec(y, physics)), info
 
 
 # ------------------------------------------------------------------------------------------- files
@@ -304,6 +322,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--slab", type=int, default=12)
     ap.add_argument("--methods", nargs="+", default=["tv", "mbir", "models"], choices=["tv", "mbir", "models"])
     ap.add_argument("--models", nargs="*", default=[], help="unrolled model files to score")
+    ap.add_argument("--post-models", nargs="*", default=[],
+                    help="post-processing baseline files (bench/experiments/train_post.py) to score")
     ap.add_argument("--inference", choices=["training-patch", "planned"], default="training-patch",
                     help="the models' inference: their training patch (half overlap, 2 sweeps) or what "
                          "`unrolled3d reconstruct` plans by default (whole volume when it fits, bfloat16 network)")

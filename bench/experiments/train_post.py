@@ -6,7 +6,8 @@ The paper's baseline is a DRUNet-3D applied to the FDK reconstruction. Here it i
 :func:`unrolled3d.train.train` on exactly the data the configuration's ``[data]`` section gives
 ``unrolled3d train`` (same files, normalisation, augmentation, crop and noise draws, seed, Adam,
 cosine schedule; checkpoints and ``--resume`` as there). Only the steps may differ (``--steps``,
-default the configuration's): the comparison in ``quality_real.py --post-weights`` is at equal
+default the configuration's) and ``--patch`` (train on random blocks of the whole volume's FDK,
+as the unrolled network trains on patches: memory and time per step flat in the volume's size): the comparison in ``quality_real.py --post-weights`` is at equal
 *training time*, and one post-processing step costs less than one unrolled step. ``--init post.pt``
 fine-tunes a baseline (same ``--base`` and ``--depth``), as ``[model] init`` does the unrolled network.
 
@@ -39,10 +40,10 @@ from unrolled3d.train import TrainConfig, train
 FORMAT = "unrolled3d-post-processing-1"
 
 
-def build_post(base: int, depth: int, window: str = "hann") -> PostProcessing:
-    """The baseline's architecture (randomly initialised, seed 0)."""
+def build_post(base: int, depth: int, window: str = "hann", patch: int | None = None) -> PostProcessing:
+    """The baseline's architecture (randomly initialised, seed 0); ``patch``: its training block."""
     torch.manual_seed(0)
-    return PostProcessing(UNet3D(base=base, depth=depth, residual=True), window=window)
+    return PostProcessing(UNet3D(base=base, depth=depth, residual=True), window=window, patch=patch)
 
 
 def save_post(path: Path, rec: PostProcessing, config: dict[str, Any]) -> None:
@@ -69,6 +70,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the configuration's)")
     ap.add_argument("--base", type=int, default=16, help="channels of the UNet3D's first level")
     ap.add_argument("--depth", type=int, default=2)
+    ap.add_argument("--patch", type=int, default=None,
+                    help="train on random patch^3 blocks of the whole volume's FDK (default: the whole volume)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--init", help="start from this post.pt (same --base and --depth) instead of random weights")
     ap.add_argument("--threads", type=int, default=1)
@@ -86,7 +89,7 @@ def main() -> None:
     if args.steps is not None:
         train_cfg["steps"] = args.steps
     out = Path(args.out_dir)
-    rec = build_post(args.base, args.depth)
+    rec = build_post(args.base, args.depth, patch=args.patch)
     init = None
     if args.init is not None:  # fine-tuning, as `[model] init` for the unrolled network
         start, start_cfg = load_post(args.init)
@@ -100,7 +103,8 @@ def main() -> None:
                 resume=args.resume)
     seconds = time.perf_counter() - t0
     config = {**cfg, "train": train_cfg, "normalization": norm.to_dict(),
-              "post": {"base": args.base, "depth": args.depth, "window": "hann"},
+              "post": {"base": args.base, "depth": args.depth, "window": "hann",
+                       "patch": args.patch},
               "parameters": sum(p.numel() for p in rec.parameters()), "init": init}
     save_post(out / "post.pt", rec, config)
     with atomic_path(out / "post.json") as tmp:

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from deepinv.models import Reconstructor
 
+from ..partition.grid import random_patch_offset
+
 
 class PostProcessing(Reconstructor):
     r"""``x_hat = net(A^dagger y)``: one network pass on the pseudo-inverse (FDK for cone-beam CT).
@@ -98,4 +100,4 @@ class PostProcessing(Reconstructor):
         """A uniformly random corner of a ``patch^3`` block inside a volume of spatial ``shape``."""
         if self.patch is None or any(self.patch > n for n in shape):
             raise ValueError(f"patch {self.patch} does not fit a volume of shape {tuple(shape)}")
-        return tuple(int(torch.randint(0, n - self.patch + 1, (1,), generator=generator)) for n in shape)
+        return random_patch_offset(shape, (self.patch,) * len(shape), generator)

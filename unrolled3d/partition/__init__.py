@@ -9,12 +9,13 @@
 """
 from .base import StartPointAdapter, as_base_reconstructor
 from .batch import NormalPatchBatch, PatchBatch
-from .grid import blend_window, patch_grid
+from .grid import blend_window, patch_grid, random_patch_offset
 from .loss import PartitionedLoss, PatchTrainingModel
 from .plan import SweepPlan
 from .reconstructor import PartitionedReconstructor, patch_measurement
 
 __all__ = [
-    "PartitionedReconstructor", "patch_grid", "blend_window", "patch_measurement", "StartPointAdapter",
+    "PartitionedReconstructor", "patch_grid", "random_patch_offset", "blend_window", "patch_measurement",
+    "StartPointAdapter",
     "as_base_reconstructor", "PatchBatch", "NormalPatchBatch", "SweepPlan", "PartitionedLoss", "PatchTrainingModel",
 ]

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["patch_grid", "blend_window"]
+__all__ = ["patch_grid", "random_patch_offset", "blend_window"]
 
 
 def patch_grid(img_shape: Sequence[int], patch_shape: Sequence[int], stride: Sequence[int]) -> list[tuple[int, int, int]]:
@@ -26,6 +26,23 @@ def patch_grid(img_shape: Sequence[int], patch_shape: Sequence[int], stride: Seq
             starts.append(n - p)
         axes.append(starts)
     return [(a, b, c) for a in axes[0] for b in axes[1] for c in axes[2]]
+
+
+def random_patch_offset(img_shape: Sequence[int], patch_shape: Sequence[int],
+                        generator: torch.Generator | None = None) -> tuple[int, ...]:
+    """A uniformly random start offset of a patch inside the volume: one ``torch.randint`` per axis,
+    in axis order (training draws patch positions with it, so a seeded generator repeats them).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from unrolled3d.partition import random_patch_offset
+    >>> random_patch_offset((10, 4, 4), (4, 4, 4), torch.Generator().manual_seed(0))[1:]
+    (0, 0)
+    """
+    if len(img_shape) != len(patch_shape) or any(p > n for n, p in zip(img_shape, patch_shape)):
+        raise ValueError(f"a patch of shape {tuple(patch_shape)} does not fit a volume of shape {tuple(img_shape)}")
+    return tuple(int(torch.randint(0, n - p + 1, (1,), generator=generator)) for n, p in zip(img_shape, patch_shape))
 
 
 def blend_window(patch_shape: Sequence[int], stride: Sequence[int], dtype=torch.float32, device="cpu") -> torch.Tensor:

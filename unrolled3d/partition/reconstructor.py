@@ -49,7 +49,7 @@ from ..protocols import NormalApproximation
 from ..ops import masked_scatter_add, masked_scatter_add_
 from ..physics.patch import crop, patch_measurements, patch_start
 from .base import as_base_reconstructor
-from .grid import patch_grid
+from .grid import patch_grid, random_patch_offset
 from .plan import SweepPlan, build_plan, exact_physics, group_physics, patch_operator, resolve_normal
 
 __all__ = ["PartitionedReconstructor", "patch_measurement"]
@@ -427,8 +427,7 @@ class PartitionedReconstructor(Reconstructor):
     @torch.compiler.disable
     def random_offset(self, generator: torch.Generator | None = None) -> tuple[int, int, int]:
         """A uniformly random patch position inside the volume."""
-        z, y, x = (int(torch.randint(0, n - p + 1, (1,), generator=generator))
-                   for n, p in zip(self.img_shape, self.patch_shape))
+        z, y, x = random_patch_offset(self.img_shape, self.patch_shape, generator)
         return z, y, x
 
     def training_loss(self, y: torch.Tensor, physics: LinearPhysics, x_true: torch.Tensor,

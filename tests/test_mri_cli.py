@@ -162,6 +162,19 @@ def test_unrolled_reconstruction_with_an_mri_model(workdir, capsys):
         assert out.shape == (N, N, N) and bool(torch.isfinite(out).all()) and bool((out >= 0).all())
 
 
+def test_the_self_ensemble_of_an_mri_model_averages_flips_and_conjugates(workdir, capsys):
+    """``--self-ensemble flips+conj``: reported, and a different volume from the plain model's (16 network
+    answers averaged; ``tests/test_self_ensemble.py`` checks the average itself)."""
+    outs = {}
+    for name in ("none", "flips+conj"):
+        code, res = _run(["reconstruct", str(workdir / "noisy.pt"), "--method", "unrolled", "--weights",
+                          str(workdir / "run" / "model.pt"), "--self-ensemble", name,
+                          "--output", str(workdir / f"e_{name}.npy")], capsys)
+        assert code == 0 and res["self_ensemble"] == name and math.isfinite(res["psnr"])
+        outs[name] = read_volume(workdir / f"e_{name}.npy")[0]
+    assert float((outs["none"] - outs["flips+conj"]).abs().max()) > 1e-4 * float(outs["none"].abs().max())
+
+
 # -------------------------------------------------------------------------------- training
 def test_training_items_carry_their_mask_and_the_trainer_sets_it(workdir):
     from unrolled3d.data.datasets import PhantomDataset
@@ -208,6 +221,8 @@ def test_mri_section_is_checked(tmp_path):
     (["reconstruct", "{k}", "--method", "zero-filled", "--cg-iters", "3", "--out", "x.npy"],
      "--cg-iters applies to --method cg-sense"),
     (["reconstruct", "{k}", "--weights", "{model}", "--out", "x.npy"], "--weights applies to --method unrolled"),
+    (["reconstruct", "{k}", "--self-ensemble", "flips", "--out", "x.npy"],
+     "--self-ensemble applies to --method unrolled, not to cg-sense"),
     (["reconstruct", "{k}", "--normal", "{model}", "--out", "x.npy"], "--normal applies to cone-beam CT"),
     (["reconstruct", "{k}", "--precision", "bfloat16", "--out", "x.npy"], "MRI reconstructions run in float32"),
     (["reconstruct", "{k}", "--preview", "p.png", "--out", "x.npy"], "--preview applies to cone-beam CT"),

@@ -53,6 +53,7 @@ from ._scan_rules import (ERROR_FACTOR, METHODS, SCALE_CHECKS, WARN_FACTOR, Reco
                           ScaleMismatchWarning, in_physics_units, judge, measurements, normal_operator,
                           normalised_physics, note, scan_of, shaped)
 from ._validation import choice
+from .models.ensemble import SELF_ENSEMBLES, with_self_ensemble
 from .pretrained import PRETRAINED, WEIGHTS_DIR, PretrainedModel
 
 __all__ = ["reconstruct", "reconstruct_detailed", "load_pretrained", "Reconstructor", "check_measurement_scale",
@@ -211,7 +212,10 @@ def reconstruct(y: Any, geometry_or_physics: Any = None, model: Any = None, meth
         device runs it natively; the data step is float32; ``amp=True``/``False`` is the same as
         ``"bfloat16"``/``"float32"``), ``scale_check`` (:data:`SCALE_CHECKS`,
         default ``"check"``), ``norm`` (``||A||`` of the raw projector, when known),
-        ``fdk_window``, ``device``, ``output_units`` (``"input"`` or ``"model"``), ``out`` (the
+        ``self_ensemble`` (:data:`unrolled3d.models.ensemble.SELF_ENSEMBLES`: ``"none"``, the default;
+        ``"flips"`` averages the network's answers over the 8 flips of the volume's axes: +0.09 dB
+        for ``heads_ct`` on held-out heads, for 8x the network's time), ``fdk_window``, ``device``,
+        ``output_units`` (``"input"`` or ``"model"``), ``out`` (the
         output store of a streamed reconstruction: a path ending ``.zarr``/``.npy``, or an
         ArrayStore), ``force`` (replace an existing ``out``), ``measure_memory``.
 
@@ -228,8 +232,8 @@ def reconstruct(y: Any, geometry_or_physics: Any = None, model: Any = None, meth
 #: the network's arithmetic: ``"auto"`` (bfloat16 where native), or as named
 PRECISIONS = ("auto", "float32", "bfloat16")
 
-_OPTIONS = ("patch_size", "n_sweeps", "overlap", "amp", "precision", "scale_check", "norm", "fdk_window", "device",
-            "output_units", "out",
+_OPTIONS = ("patch_size", "n_sweeps", "overlap", "amp", "precision", "self_ensemble", "scale_check", "norm",
+            "fdk_window", "device", "output_units", "out",
             "force", "measure_memory", "scratch")
 
 
@@ -246,12 +250,16 @@ def reconstruct_detailed(y: Any, geometry_or_physics: Any = None, model: Any = N
     progress = boolean("progress", progress)
     choice("scale_check", options.get("scale_check", "check"), SCALE_CHECKS)
     choice("output_units", options.get("output_units", "input"), ("input", "model"))
+    if choice("self_ensemble", options.get("self_ensemble", "none"), SELF_ENSEMBLES) == "flips+conj":
+        raise ValueError("self_ensemble='flips+conj' is for complex (MRI) images; cone-beam CT volumes are real: "
+                         "use 'flips'")
     if method == "unrolled" and model is None:
         raise ValueError("method='unrolled' needs a model (a shipped name such as 'heads_ct', or a model file)")
     options["amp"] = network_amp(options.get("precision"), options.get("amp"))
     if method == "fdk":
         given = [k for k, v in (("model", model), ("normal", normal), ("patch_size", options.get("patch_size")),
-                                ("precision/amp", options["amp"] is not None)) if v]
+                                ("precision/amp", options["amp"] is not None),
+                                ("self_ensemble", options.get("self_ensemble", "none") != "none")) if v]
         if given:
             raise ValueError(f"{', '.join(given)} apply to method='unrolled', not to FDK")
     if _is_streamed(y, options.get("out")):
@@ -359,6 +367,8 @@ class _Planned:
         if self.patch_size is not None and memory_budget is not None:
             raise ValueError("give either patch_size or memory_budget, not both")
         self.rec = model.reconstructor(vol_shape, self.patch_size)
+        if options.get("self_ensemble", "none") != "none":
+            self.rec = self.rec.with_base(with_self_ensemble(self.rec.base, options["self_ensemble"]))
         self.rec.progress = progress
         self.n_sweeps = None if options.get("n_sweeps") is None else integer("n_sweeps", options["n_sweeps"], 1)
         self.overlap = options.get("overlap")

@@ -245,17 +245,18 @@ def load_mri_model(path: str, n: int, patch: int | None):
     return rec.eval(), norm, config
 
 
-def run_model(scans: list[dict[str, Any]], args: argparse.Namespace, weights: str, inference: str) -> list[dict[str, Any]]:
+def run_model(scans: list[dict[str, Any]], args: argparse.Namespace, weights: str, inference: str,
+              self_ensemble: str = "none") -> list[dict[str, Any]]:
     """The model file ``weights`` on each scan, ``inference`` = ``"whole"`` (the command line's
-    default plan) or ``"patches"`` (the training patch, half overlap, two sweeps); per-volume scores
-    and times."""
+    default plan) or ``"patches"`` (the training patch, half overlap, two sweeps), with the command
+    line's ``--self-ensemble``; per-volume scores and times."""
     _, config = load_model(weights)
     patch = None if inference == "whole" else config["partition"]["patch"]
     out = []
     for s in scans:
         rec, norm, _ = load_mri_model(weights, args.size, patch)
         t0 = time.perf_counter()
-        x_hat, info = unrolled_mri(rec, norm, s["y"], s["physics"], patch=patch)
+        x_hat, info = unrolled_mri(rec, norm, s["y"], s["physics"], patch=patch, self_ensemble=self_ensemble)
         out.append({"volume": s["name"], **head_scores(x_hat, s["x"]), "seconds": time.perf_counter() - t0,
                     "scale": info["scale"], "patch": info["patch"], "sweeps": info["sweeps"]})
     return out
@@ -282,14 +283,17 @@ def run_heads(args: argparse.Namespace) -> None:
     it, lam = int(best.split(",")[0].split("=")[1]), float(best.split(",")[1].split("=")[1])
     print(f"CG-SENSE chosen on validation: {it} iterations, lam {lam} ({table[best]:.2f} dB)", flush=True)
     # every candidate model file with each inference, on the validation volumes only
-    candidates = {(w, name): _summary(run_model(val, args, w, name)) for w in args.weights for name in ("whole", "patches")}
-    weights, chosen = max(candidates, key=lambda k: candidates[k]["mean_psnr"])
-    print("validation: " + ", ".join(f"{Path(w).name} {k} {v['mean_psnr']:.2f} dB" for (w, k), v in candidates.items())
-          + f"; chosen: {Path(weights).name}, {chosen}", flush=True)
-    inference = {k: v for (w, k), v in candidates.items() if w == weights}
+    candidates = {(w, name, e): _summary(run_model(val, args, w, name, e))
+                  for w in args.weights for name in args.inferences for e in args.self_ensembles}
+    weights, chosen, ensemble = max(candidates, key=lambda k: candidates[k]["mean_psnr"])
+    print("validation: " + ", ".join(f"{Path(w).name} {k} {e} {v['mean_psnr']:.2f} dB"
+                                     for (w, k, e), v in candidates.items())
+          + f"; chosen: {Path(weights).name}, {chosen}, self-ensemble {ensemble}", flush=True)
+    inference = {f"{k}, self-ensemble {e}": v for (w, k, e), v in candidates.items() if w == weights}
     validation = {**_classical(val, it, lam), "model": inference}
     held_out = _classical(test, it, lam)  # the held-out volumes: scored once, with the chosen settings
-    held_out["model"] = {**_summary(run_model(test, args, weights, chosen)), "inference": chosen}
+    held_out["model"] = {**_summary(run_model(test, args, weights, chosen, ensemble)), "inference": chosen,
+                         "self_ensemble": ensemble}
     cg = held_out["CG-SENSE"]
     gains = [m["psnr"] - c["psnr"] for m, c in zip(held_out["model"]["per_volume"], cg["per_volume"])]
     _, config = load_model(weights)
@@ -308,10 +312,10 @@ def run_heads(args: argparse.Namespace) -> None:
         "psnr_definition": "magnitude images: 10 log10(max|x|^2 / mean((|x_hat| - |x|)^2)) over the whole volume, "
                            "peak = max |x| of the truth, per volume; SSIM of the magnitudes with the same peak",
         "selection": {"cg_sense_validation_table": table, "cg_sense_chosen": {"n_iter": it, "lam": lam},
-                      "model_inference_chosen": chosen,
-                      "model_candidates": [{"file": Path(w).name, "sha256": digests[w],
-                                            "inference": k, "validation_mean_psnr": v["mean_psnr"]}
-                                           for (w, k), v in candidates.items()]},
+                      "model_inference_chosen": chosen, "model_self_ensemble_chosen": ensemble,
+                      "model_candidates": [{"file": Path(w).name, "sha256": digests[w], "inference": k,
+                                            "self_ensemble": e, "validation_mean_psnr": v["mean_psnr"]}
+                                           for (w, k, e), v in candidates.items()]},
         "validation": validation, "held_out": held_out,
         "gain_over_cg_sense_dB": {"mean": float(np.mean(gains)), "per_volume": dict(zip([s["name"] for s in test], gains))},
         "target": "shipped MRI model >= CG-SENSE (validation-tuned) + 3 dB on the held-out heads",
@@ -349,6 +353,10 @@ def main() -> None:
     ap.add_argument("--test", nargs="+", help="real heads: held-out volume files (scored once)")
     ap.add_argument("--weights", nargs="+", default=[str(ROOT / "unrolled3d" / "weights" / "mri_heads.pt")],
                     help="real heads: candidate MRI model files (the best on validation is scored on --test)")
+    ap.add_argument("--inferences", nargs="+", choices=["whole", "patches"], default=["whole", "patches"],
+                    help="real heads: the models' inferences compared on validation")
+    ap.add_argument("--self-ensembles", nargs="+", choices=["none", "flips", "flips+conj"], default=["none"],
+                    help="real heads: the models' self-ensembles (reconstruct's --self-ensemble) compared on validation")
     ap.add_argument("--scored-before", type=int, default=0,
                     help="real heads: how many models earlier runs scored on the same held-out volumes")
     ap.add_argument("--margin", type=int, default=1, help="real heads: voxels of air around a head")

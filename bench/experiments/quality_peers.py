@@ -52,6 +52,7 @@ import torch
 from unrolled3d.data import IntensityNormalization
 from unrolled3d.io import atomic_path, load_model
 from unrolled3d.models import build_model
+from unrolled3d.models.ensemble import with_self_ensemble
 from unrolled3d.physics import ConeBeamCT
 from unrolled3d.physics.presets import standard_cone_beam
 
@@ -68,9 +69,9 @@ TEST_SEED, VAL_SEED = 123, 321  # quality_real.py's held-out noise draws; the va
 
 #: settings of a run that may differ between runs appended to one file
 _PER_RUN = ("views", "out", "methods", "params_from", "models", "post_models", "reference", "mbirjax_python",
-            "inference")
+            "inference", "self_ensemble")
 #: settings added later, with the value files written before them had
-_ADDED = {"inference": "training-patch", "score_on_val": False}
+_ADDED = {"inference": "training-patch", "score_on_val": False, "self_ensemble": ["none"]}
 
 
 def noisy(physics: ConeBeamCT, volumes: list[torch.Tensor], noise: float, seed: int) -> list[torch.Tensor]:
@@ -193,8 +194,8 @@ def run_views(views: int, args, tests, vals, earlier: dict | None, peer: Mbirjax
         out["tuning"]["MBIR"] = mb
         m["MBIR (mbirjax, validation-tuned)"] = score_mbir(peer, tests, yt, args.slab, mb["chosen"]["snr_db"],
                                                            mb["chosen"]["sharpness"], args.mbir_iterations)
-    for path in args.models if "models" in args.methods else []:
-        label, run, info = unrolled_model(path, n, physics, args.inference)
+    for path, ensemble in [(p, e) for p in args.models for e in args.self_ensemble] if "models" in args.methods else []:
+        label, run, info = unrolled_model(path, n, physics, args.inference, ensemble)
         if args.inference == "planned":  # planned (untimed) before the timed runs
             with torch.no_grad():
                 run(yt[0])
@@ -220,8 +221,8 @@ def projector_match(peer: MbirjaxPeer, physics: ConeBeamCT, x: torch.Tensor) -> 
             "use_ror_mask": False}
 
 
-def unrolled_model(path: str, n: int, physics: ConeBeamCT,
-                   inference: str = "training-patch") -> tuple[str, Callable, dict[str, Any]]:
+def unrolled_model(path: str, n: int, physics: ConeBeamCT, inference: str = "training-patch",
+                   self_ensemble: str = "none") -> tuple[str, Callable, dict[str, Any]]:
     """A model file as a reconstruction with what it was trained on.
 
     ``inference="training-patch"``: the model's training patch, half overlap, two sweeps (the
@@ -229,20 +230,24 @@ def unrolled_model(path: str, n: int, physics: ConeBeamCT,
     default (:func:`unrolled3d.budget.plan_inference`: the whole volume as one patch when it fits
     the memory, the network in bfloat16 where the CPU has it natively), planned once on the first
     volume (same shape for all) and recorded in ``info["plan"]``; the planning's trial runs are not
-    timed, as ``reconstruct`` does not time them.
+    timed, as ``reconstruct`` does not time them. ``self_ensemble``: ``reconstruct``'s option of
+    that name (the label says which, when not ``"none"``).
     """
     state, config = load_model(path)
     rec = build_model(config, (n, n, n))
     rec.load_state_dict(state)
     rec.eval()
+    if self_ensemble != "none":
+        rec = rec.with_base(with_self_ensemble(rec.base, self_ensemble))
     geo = config["geometry"]
-    label = f"{Path(path).name} (unrolled, partitioned)"
+    extra = "" if self_ensemble == "none" else f", self-ensemble {self_ensemble}"
+    label = f"{Path(path).name} (unrolled, partitioned{extra})"
     info = {"weights": str(path), "trained_size": int(geo["size"]), "trained_views": int(geo["views"]),
             "trained_steps": int(config["train"]["steps"]), "patch": config["partition"]["patch"],
-            "inference": inference}
+            "inference": inference, "self_ensemble": self_ensemble}
     if inference == "training-patch":
         return label, (lambda y: rec(y, physics)), info
-    label = f"{Path(path).name} (unrolled, planned inference)"
+    label = f"{Path(path).name} (unrolled, planned inference{extra})"
     planned: dict[str, Any] = {}
 
     def run(y: torch.Tensor) -> torch.Tensor:
@@ -327,6 +332,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--inference", choices=["training-patch", "planned"], default="training-patch",
                     help="the models' inference: their training patch (half overlap, 2 sweeps) or what "
                          "`unrolled3d reconstruct` plans by default (whole volume when it fits, bfloat16 network)")
+    ap.add_argument("--self-ensemble", nargs="+", choices=["none", "flips"], default=["none"],
+                    help="the models' self-ensembles (reconstruct's --self-ensemble), each scored")
     ap.add_argument("--score-on-val", action="store_true",
                     help="score the methods on the --val volumes (their noise draws) instead of --test: choosing "
                          "between models without touching the held-out volumes (no tuning, no --reference)")

@@ -303,7 +303,8 @@ def reconstruct(args: argparse.Namespace) -> int:
         device=device, norm=norm, measure_memory=unrolled and
         args.patch_size is None, scale_check=getattr(args, "scale_check", "check"),
         fdk_window=getattr(args, "fdk_window", None), precision=getattr(args, "precision", "auto") if unrolled else None,
-        n_sweeps=args.sweeps if unrolled else None, overlap=args.overlap if unrolled else None)
+        n_sweeps=args.sweeps if unrolled else None, overlap=args.overlap if unrolled else None,
+        self_ensemble=getattr(args, "self_ensemble", "none"))
     x = result.volume
     if not unrolled and bool(y.any()) and not bool(x.any()):
         check_field_of_view(0.0, args.measurements)  # measurements, but nothing of them reaches the volume
@@ -316,6 +317,7 @@ def reconstruct(args: argparse.Namespace) -> int:
     if write_preview(args, out_volume, g.vol_shape, units) is not None:
         payload["preview"] = args.preview
     if unrolled:
+        payload.update(self_ensemble=getattr(args, "self_ensemble", "none"))
         payload.update(normalization=result.normalization, units=result.model_units,
                        scale_check=result.scale.to_dict() if result.scale else None)
     if result.plan:
@@ -334,7 +336,8 @@ def _check_reconstruct_options(args: argparse.Namespace) -> bool:
     if args.method == "fdk":
         given = [f for f, v in (("--weights", args.weights), ("--normal", args.normal),
                                 ("--patch-size", args.patch_size), ("--overlap", args.overlap is not None),
-                                ("--sweeps", args.sweeps is not None)) if v]
+                                ("--sweeps", args.sweeps is not None),
+                                ("--self-ensemble", getattr(args, "self_ensemble", "none") != "none")) if v]
         if given:
             raise ValueError(f"{', '.join(given)} apply to --method unrolled, not to FDK")
         return False

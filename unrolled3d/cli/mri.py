@@ -176,6 +176,8 @@ def _check_options(args: argparse.Namespace, method: str) -> None:
                          "(give --precision auto or float32)")
     if method != "unrolled":
         given = _given(args, {"weights": "--weights", "patch_size": "--patch-size", "memory_budget": "--memory-budget"})
+        if getattr(args, "self_ensemble", "none") != "none":
+            given.append("--self-ensemble")
         if given:
             raise ValueError(f"{_listed(given)} to --method unrolled, not to {method}")
     if method != "cg-sense":
@@ -211,18 +213,22 @@ def magnitude(x: torch.Tensor) -> torch.Tensor:
 
 
 def unrolled_mri(rec: Any, norm: Any, y: torch.Tensor, physics: Any, budget_bytes: int | None = None,
-                 patch: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+                 patch: int | None = None, self_ensemble: str = "none") -> tuple[torch.Tensor, dict[str, Any]]:
     """The MRI model's reconstruction of k-space ``y``: ``(x (B, 2, D, H, W), what was run)``.
 
     ``y`` is scaled to the model's training units (``norm.measurement_scale`` of the zero-filled
     magnitude), reconstructed from the zero-filled start, and the output scaled back. Without
     ``patch`` the whole volume is one patch if it fits ``budget_bytes``, else the largest patch
     that does (:func:`unrolled3d.budget.plan_inference`, network in float32); with ``patch``, that
-    patch, half overlap, two sweeps.
+    patch, half overlap, two sweeps. ``self_ensemble``: the denoisers' answers averaged over
+    symmetries (:data:`unrolled3d.models.ensemble.SELF_ENSEMBLES`; ``"flips+conj"`` for complex images).
     """
     from ..budget import plan_inference
+    from ..models.ensemble import with_self_ensemble
     from ..mri import zero_filled
 
+    if self_ensemble != "none":
+        rec = rec.with_base(with_self_ensemble(rec.base, self_ensemble))
     with torch.no_grad():
         x0 = zero_filled(y, physics)
     scale = norm.measurement_scale(magnitude(x0))
@@ -233,7 +239,8 @@ def unrolled_mri(rec: Any, norm: Any, y: torch.Tensor, physics: Any, budget_byte
         info.update(plan.to_dict())
     with torch.no_grad():
         x = rec(y_n, physics, x_init=x0)
-    info.update(patch=list(rec.patch_shape), sweeps=rec.n_sweeps, patches=len(rec.patches()))
+    info.update(patch=list(rec.patch_shape), sweeps=rec.n_sweeps, patches=len(rec.patches()),
+                self_ensemble=self_ensemble)
     return x / scale, info
 
 
@@ -296,7 +303,8 @@ def reconstruct_mri(args: argparse.Namespace) -> int:
         rec.progress = not (args.quiet or args.json)
         budget = parse_bytes(args.memory_budget) if args.memory_budget is not None else None
         _note(args, f"partitioned unrolled reconstruction of a {scan.shape} volume")
-        x, info = unrolled_mri(rec, norm, y, physics, budget_bytes=budget, patch=args.patch_size)
+        x, info = unrolled_mri(rec, norm, y, physics, budget_bytes=budget, patch=args.patch_size,
+                               self_ensemble=args.self_ensemble)
     seconds = time.perf_counter() - t0
     if not bool(torch.isfinite(x).all()):
         raise FloatingPointError("the reconstruction holds NaN or infinite values: not written")

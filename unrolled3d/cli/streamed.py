@@ -127,7 +127,8 @@ def reconstruct_store(args: argparse.Namespace) -> int:
             output_units="model", scale_check=getattr(args, "scale_check", "check"),
             fdk_window=getattr(args, "fdk_window", None),
             precision=getattr(args, "precision", "auto") if unrolled else None,
-            n_sweeps=args.sweeps if unrolled else None, overlap=args.overlap if unrolled else None)
+            n_sweeps=args.sweeps if unrolled else None, overlap=args.overlap if unrolled else None,
+            self_ensemble=getattr(args, "self_ensemble", "none"))
         path = out.commit()
     except BaseException:
         if out is not None:

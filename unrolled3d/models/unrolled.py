@@ -12,8 +12,9 @@ from deepinv.models import Reconstructor
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from .._validation import boolean, integer, real
+from .._validation import boolean, choice, integer, real
 from ..protocols import NormalEquationPhysics
+from . import ensemble
 from .unet3d import UNet3D
 
 __all__ = ["UnrolledPGD", "SigmaAdapter", "deepinv_denoiser"]
@@ -144,6 +145,11 @@ class UnrolledPGD(Reconstructor):
         data step stays in the input precision. On the CPU, oneDNN's bfloat16 conv3d weight
         gradient (torch 2.14) has returned non-finite entries for 2x2x2 feature maps; train on
         the CPU in float32, or with ``torch.backends.mkldnn.flags(enabled=False)``.
+    self_ensemble : str
+        average each denoiser's answers over symmetries of the training data
+        (:mod:`unrolled3d.models.ensemble`): ``"none"`` (default), ``"flips"`` (8 network calls per
+        denoiser call) or ``"flips+conj"`` (16, two-channel complex images). An inference option: it
+        is not saved with the weights.
 
     Shapes: ``y`` as ``physics`` measures, ``x`` ``[B, C, D, H, W]``.
 
@@ -160,7 +166,7 @@ class UnrolledPGD(Reconstructor):
 
     def __init__(self, denoiser: nn.Module | Sequence[nn.Module] | None = None, n_iter: int = 5,
                  step_size: float = 1.0, shared: bool = True, learn_step: bool = True,
-                 checkpoint: bool = False, amp: bool | torch.dtype = False) -> None:
+                 checkpoint: bool = False, amp: bool | torch.dtype = False, self_ensemble: str = "none") -> None:
         super().__init__()
         self.n_iter = integer("n_iter", n_iter, 1)
         step_size = real("step_size", step_size, positive=True)
@@ -193,6 +199,7 @@ class UnrolledPGD(Reconstructor):
             self.register_buffer("step_param", theta)
         self.checkpoint = bool(checkpoint)
         self.amp = amp
+        self.self_ensemble = choice("self_ensemble", self_ensemble, ensemble.SELF_ENSEMBLES)
 
     # ------------------------------------------------------------------ pieces
     @property
@@ -213,6 +220,12 @@ class UnrolledPGD(Reconstructor):
         return physics.A_adjoint(physics.A(x) - y)
 
     def _denoise(self, k: int, z: torch.Tensor) -> torch.Tensor:
+        if self.self_ensemble != "none":
+            group = ensemble.symmetries(self.self_ensemble, z.shape[1])
+            return ensemble.self_ensemble(lambda v: self._network(k, v), z, group)
+        return self._network(k, z)
+
+    def _network(self, k: int, z: torch.Tensor) -> torch.Tensor:
         net = self.denoiser(k)
         if self.amp is False:
             return net(z)

@@ -57,15 +57,16 @@ def test_mri_weights_match_their_recipe():
 
 
 def test_mri_weights_were_fine_tuned_from_the_stage_two_model_its_recipe_names():
-    """mri_heads.pt is stage 3: it records the SHA-256 of the file it started from, the stage-2 model
-    mri_heads_stage2.toml gives, itself fine-tuned from the stage-1 model mri_heads_stage1.toml gives
-    (stage 2's start file). The same network, scan, coils and mask bank throughout, new draws."""
-    stages = stage_recipes(WEIGHTS, [WEIGHTS.with_name(f"mri_heads_stage{k}.toml") for k in (1, 2)])
-    assert [s["model"]["init"] for s in stages[1:]] == ["mri_heads_stage1.pt", "mri_heads_stage2.pt"]
+    """mri_heads.pt is stage 4: it records the SHA-256 of the file it started from, the stage-3 model
+    mri_heads_stage3.toml gives, itself fine-tuned from stage 2, and stage 2 from stage 1 (each
+    earlier recipe gives the file the next one started from). The same network, scan, coils and mask
+    bank throughout, new draws."""
+    stages = stage_recipes(WEIGHTS, [WEIGHTS.with_name(f"mri_heads_stage{k}.toml") for k in (1, 2, 3)])
+    assert [s["model"]["init"] for s in stages[1:]] == [f"mri_heads_stage{k}.pt" for k in (1, 2, 3)]
     for later in stages[1:]:
         for section in ("geometry", "mri", "partition"):
             assert later[section] == stages[0][section], section
-    assert len({s["train"]["seed"] for s in stages}) == 3
+    assert len({s["train"]["seed"] for s in stages}) == 4
 
 
 def test_the_result_file_scores_these_weights_on_held_out_heads_only():
@@ -79,7 +80,9 @@ def test_the_result_file_scores_these_weights_on_held_out_heads_only():
     # chosen on validation among the candidates the run names: the best, and it is the shipped file
     best = max(res["selection"]["model_candidates"], key=lambda c: c["validation_mean_psnr"])
     assert best["sha256"] == res["weights"]["sha256"] and best["inference"] == res["held_out"]["model"]["inference"]
-    assert res["models_scored_on_held_out"] == 3  # stages 1 and 2 (earlier runs), then this file
+    assert best["self_ensemble"] == res["held_out"]["model"]["self_ensemble"] == "flips+conj"
+    # stages 1, 2 and 3, stage 3 with flips+conj (earlier runs), then this file
+    assert res["models_scored_on_held_out"] == 5
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -267,6 +267,52 @@ def test_simulate_stopped_by_a_signal_says_so_and_leaves_nothing(tmp_path, sig, 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("maker", ["scan", "zarr", "npy"])
+def test_a_store_the_signal_caught_before_its_caller_held_it_is_removed(tmp_path, maker):
+    """A signal can land just after a temporary store is made, before its maker's caller holds it (so no
+    ``discard`` can run; the SIGTERM test above once left ``.m.zarr.tmp-<pid>`` under load). Such stores are
+    registered before they exist, and the command line's clean-up removes them; committed or discarded
+    ones are not touched."""
+    from unrolled3d.io.scan_stores import create_scan
+    from unrolled3d.io.stores import remove_own_temporary_stores
+    from unrolled3d.physics import standard_cone_beam
+
+    def make(name):
+        if maker == "scan":
+            return create_scan(tmp_path / f"{name}.zarr", standard_cone_beam(8, 4))
+        return create_store(tmp_path / f"{name}.{maker}", (4, 4, 4))
+
+    make("lost")  # the caller never got it
+    kept, dropped = make("kept"), make("dropped")
+    kept.commit()
+    dropped.discard()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert before == sorted([f".lost.{'zarr' if maker == 'scan' else maker}.tmp-{os.getpid()}",
+                             f"kept.{'zarr' if maker == 'scan' else maker}", *(["kept.json"] if maker == "npy" else [])])
+    removed = remove_own_temporary_stores()
+    assert [Path(p).name for p in removed] == [before[0]] and not Path(removed[0]).exists()
+    assert remove_own_temporary_stores() == []  # nothing twice
+    assert sorted(p.name for p in tmp_path.iterdir()) == before[1:]  # the committed store is kept
+
+
+def test_simulate_interrupted_just_after_its_store_is_made_leaves_nothing(tmp_path, monkeypatch, capsys):
+    """The window itself, through the command line: create_scan returns, and the interrupt lands before
+    simulate holds the store."""
+    from unrolled3d.cli import main
+    from unrolled3d.io import scan_stores
+
+    real = scan_stores.create_scan
+
+    def made_then_interrupted(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt  # as Python raises it for a Ctrl-C between two bytecodes
+
+    monkeypatch.setattr(scan_stores, "create_scan", made_then_interrupted)
+    assert main(["simulate", "--size", "16", "--views", "6", "--output", str(tmp_path / "m.zarr")]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_reconstruct_stopped_by_sigterm_removes_its_output_store_and_scratch(tmp_path):
     """SIGTERM during a streamed unrolled reconstruct: one line, exit 143, no temporary output or scratch left."""
     m = measurements(tmp_path / "m.pt", size=48, views=30)

@@ -330,8 +330,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return getattr(commands, args.command_name)(args)
     except KeyboardInterrupt as exc:
         from ..io.atomic import remove_own_temporaries
+        from ..io.stores import remove_own_temporary_stores
 
         remove_own_temporaries()  # of a write the signal caught just after its temporary file was made
+        remove_own_temporary_stores()  # and of a store the signal caught before its maker's caller held it
         if args.debug:
             raise
         return _interrupted(args, exc)

@@ -38,7 +38,8 @@ from typing import Any, Literal, overload
 from ..errors import FileFormatError, first_line
 from ..geometry import ConeBeamGeometry
 from .atomic import no_space_left, put_in_place, remove_stale_leftovers
-from .stores import ArrayStore, ZarrStore, _check_target, _sync_tree, _zarr, settle_pending_writes, store_kind
+from .stores import (_OWN_TEMPORARY_STORES, ArrayStore, ZarrStore, _check_target, _sync_tree, _zarr, settle_pending_writes,
+                     store_kind)
 
 __all__ = ["MEAS_STORE_FORMAT", "ScanStore", "create_scan", "open_scan"]
 
@@ -71,6 +72,7 @@ class ScanStore:
         """Sync the store, then rename it into place (replacing an old store when allowed)."""
         _sync_tree(self.path)
         put_in_place(self.path, self.final)  # swapped with an old store in one step: never neither
+        _OWN_TEMPORARY_STORES.discard(self.path)
         return self.final
 
     def discard(self) -> None:
@@ -78,6 +80,7 @@ class ScanStore:
         :func:`~unrolled3d.io.stores.settle_pending_writes`)."""
         settle_pending_writes()
         shutil.rmtree(self.path, ignore_errors=True)
+        _OWN_TEMPORARY_STORES.discard(self.path)
 
     def set_meta(self, meta: dict[str, Any]) -> None:
         """Replace the store's ``meta`` attribute (what is known only once the scan is made,
@@ -99,6 +102,7 @@ def create_scan(path: str | os.PathLike, geometry: ConeBeamGeometry, with_truth:
     remove_stale_leftovers(final)  # what killed writers of this store left beside it
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    _OWN_TEMPORARY_STORES.add(tmp)  # before it exists: an interrupt just after create_scan returns leaves it there
     zarr = _zarr()
     attrs = {"format": MEAS_STORE_FORMAT, "geometry": geometry.to_dict(), "meta": json.loads(json.dumps(meta or {}))}
     try:  # an interrupt while the store is made removes what was made (the caller has no store to discard yet)
@@ -112,6 +116,7 @@ def create_scan(path: str | os.PathLike, geometry: ConeBeamGeometry, with_truth:
     except BaseException as exc:
         settle_pending_writes()
         shutil.rmtree(tmp, ignore_errors=True)
+        _OWN_TEMPORARY_STORES.discard(tmp)
         if isinstance(exc, OSError):
             raise no_space_left(exc, final) or exc
         raise

@@ -55,7 +55,7 @@ from .atomic import fsync_folder, no_space_left, put_in_place, remove_stale_left
 from .spatial import Spatial
 
 __all__ = ["ArrayStore", "AffineStore", "NpyStore", "ZarrStore", "open_store", "create_store", "store_kind", "STORE_ENDINGS",
-           "default_chunks", "settle_pending_writes"]
+           "default_chunks", "settle_pending_writes", "remove_own_temporary_stores"]
 
 #: file endings of the stores that :func:`open_store` and :func:`create_store` handle by name
 STORE_ENDINGS = (".zarr", ".npy")
@@ -189,6 +189,7 @@ class ArrayStore:
         final = self._final
         self._before_rename(final)
         put_in_place(self.path, final)  # create_store checked that an old one may be replaced
+        _OWN_TEMPORARY_STORES.discard(self.path)
         self.path, self._final = final, None
         self._reopen()
         return final
@@ -199,6 +200,7 @@ class ArrayStore:
         if self._final is not None and self.path is not None:
             settle_pending_writes()
             _remove(self.path)
+            _OWN_TEMPORARY_STORES.discard(self.path)
             self._final = None
 
     def _reopen(self) -> None:
@@ -367,6 +369,28 @@ def settle_pending_writes(timeout: float = 120.0) -> None:
     asyncio.run_coroutine_threadsafe(others_done(), loop).result(timeout + 5.0)
 
 
+#: the temporary stores (:func:`create_store` with ``temporary``, ``create_scan``) this process has made
+#: and neither committed nor discarded. A signal can land where no ``except`` covers a new one yet (just
+#: after it is made, before its caller holds it): :func:`remove_own_temporary_stores` removes what such a
+#: signal left.
+_OWN_TEMPORARY_STORES: set[Path] = set()
+
+
+def remove_own_temporary_stores() -> list[str]:
+    """Remove this process's temporary stores that were neither committed nor discarded, once Zarr's
+    pending writes are done; returns their names. The command line calls it when a command is stopped by
+    Ctrl-C, SIGTERM or SIGHUP (as :func:`~unrolled3d.io.atomic.remove_own_temporaries` for files)."""
+    removed = []
+    if _OWN_TEMPORARY_STORES:
+        settle_pending_writes()
+    for path in sorted(_OWN_TEMPORARY_STORES):
+        if path.exists() or path.is_symlink():
+            _remove(path)
+            removed.append(str(path))
+        _OWN_TEMPORARY_STORES.discard(path)
+    return removed
+
+
 def _zarr():
     try:
         import zarr
@@ -456,6 +480,7 @@ def create_store(path: str | os.PathLike, shape: Sequence[int], chunks: Sequence
     target = final.with_name(f".{final.name}.tmp-{os.getpid()}") if temporary else final
     if temporary:
         remove_stale_leftovers(final)  # what killed writers of this output left
+        _OWN_TEMPORARY_STORES.add(target)  # before it exists: see remove_own_temporary_stores
     _remove(target)
     if kind == "npy":
         if attrs:
@@ -475,6 +500,7 @@ def create_store(path: str | os.PathLike, shape: Sequence[int], chunks: Sequence
         except BaseException as exc:  # an interrupt too: the caller has no store to discard yet
             settle_pending_writes()
             _remove(target)
+            _OWN_TEMPORARY_STORES.discard(target)
             if isinstance(exc, OSError):
                 raise no_space_left(exc, final) or exc
             raise

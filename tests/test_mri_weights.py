@@ -57,16 +57,16 @@ def test_mri_weights_match_their_recipe():
 
 
 def test_mri_weights_were_fine_tuned_from_the_stage_two_model_its_recipe_names():
-    """mri_heads.pt is stage 4: it records the SHA-256 of the file it started from, the stage-3 model
-    mri_heads_stage3.toml gives, itself fine-tuned from stage 2, and stage 2 from stage 1 (each
-    earlier recipe gives the file the next one started from). The same network, scan, coils and mask
-    bank throughout, new draws."""
-    stages = stage_recipes(WEIGHTS, [WEIGHTS.with_name(f"mri_heads_stage{k}.toml") for k in (1, 2, 3)])
-    assert [s["model"]["init"] for s in stages[1:]] == [f"mri_heads_stage{k}.pt" for k in (1, 2, 3)]
+    """mri_heads.pt is stage 5: it records the SHA-256 of the file it started from, the stage-4 model
+    mri_heads_stage4.toml gives, itself fine-tuned from stage 3, and so on to stage 1 (each earlier
+    recipe gives the file the next one started from). The same network, scan, coils and mask bank
+    throughout, new draws."""
+    stages = stage_recipes(WEIGHTS, [WEIGHTS.with_name(f"mri_heads_stage{k}.toml") for k in (1, 2, 3, 4)])
+    assert [s["model"]["init"] for s in stages[1:]] == [f"mri_heads_stage{k}.pt" for k in (1, 2, 3, 4)]
     for later in stages[1:]:
         for section in ("geometry", "mri", "partition"):
             assert later[section] == stages[0][section], section
-    assert len({s["train"]["seed"] for s in stages}) == 4
+    assert len({s["train"]["seed"] for s in stages}) == 5
 
 
 def test_the_result_file_scores_these_weights_on_held_out_heads_only():
@@ -81,8 +81,8 @@ def test_the_result_file_scores_these_weights_on_held_out_heads_only():
     best = max(res["selection"]["model_candidates"], key=lambda c: c["validation_mean_psnr"])
     assert best["sha256"] == res["weights"]["sha256"] and best["inference"] == res["held_out"]["model"]["inference"]
     assert best["self_ensemble"] == res["held_out"]["model"]["self_ensemble"] == "flips+conj"
-    # stages 1, 2 and 3, stage 3 with flips+conj (earlier runs), then this file
-    assert res["models_scored_on_held_out"] == 5
+    # stages 1, 2 and 3, stages 3 and 4 with flips+conj (earlier runs), then this file
+    assert res["models_scored_on_held_out"] == 6
 
 
 @pytest.mark.usefixtures("one_thread")

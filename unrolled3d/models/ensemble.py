@@ -12,7 +12,7 @@ Cost: ``|G|`` network evaluations per denoiser call (8 for ``"flips"``, 16 for
 ``"flips+conj"``); memory: one more output-sized buffer. The data steps are unchanged. Measured
 (``bench/results/README.md``, "Self-ensembles"): ``heads_ct`` at 96^3, 30 views, ``"flips"``: +0.25 dB
 on the validation heads (its training anatomy), +0.09 dB on held-out volumes (+0.02 to +0.12 per
-volume), for 6x the CPU time (35 against 5.5 s); ``mri_heads`` at 64^3, R = 8, ``"flips+conj"``:
+volume), for 6x the CPU time (35 against 5.5 s); ``mri_heads`` (stage 3) at 64^3, R = 8, ``"flips+conj"``:
 +0.36 dB on validation, +0.10 dB on held-out heads. A small, sure gain where time is cheap.
 
 Examples

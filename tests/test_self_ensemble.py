@@ -20,7 +20,8 @@ from unrolled3d.cli.main import SELF_ENSEMBLES as CLI_ENSEMBLES
 from unrolled3d.data import PhantomDataset
 from unrolled3d.io import save_model
 from unrolled3d.models import UNet3D, UnrolledPGD, build_model
-from unrolled3d.models.ensemble import SELF_ENSEMBLES, Symmetry, self_ensemble, symmetries, with_self_ensemble
+from unrolled3d.models.ensemble import (SELF_ENSEMBLES, Symmetry, ensembled, self_ensemble, symmetries,
+                                        with_self_ensemble)
 from unrolled3d.physics import ConeBeamCT, standard_cone_beam
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in conftest.py
@@ -79,6 +80,7 @@ def test_with_self_ensemble_copies_shallowly_and_leaves_the_model_alone():
     assert ens is not net and net.self_ensemble == "none" and ens.self_ensemble == "flips"
     assert all(a is b for a, b in zip(ens.parameters(), net.parameters()))  # the same weights, not copies
     assert with_self_ensemble(net, "none") is net
+    assert ensembled(net, "none") is net  # no reconstructor is rebuilt for "none"
     assert set(ens.state_dict()) == set(net.state_dict())  # an inference setting, not saved with the weights
 
 
@@ -88,6 +90,7 @@ def test_with_self_ensemble_copies_shallowly_and_leaves_the_model_alone():
     (lambda: symmetries(None, 1), TypeError, "self_ensemble must be one of"),
     (lambda: UnrolledPGD(UNet3D(base=2, depth=1), self_ensemble="all"), ValueError, "self_ensemble must be one of"),
     (lambda: with_self_ensemble(torch.nn.Identity(), "flips"), ValueError, "needs an UnrolledPGD"),
+    (lambda: ensembled(None, "all"), ValueError, "self_ensemble must be one of"),
 ])
 def test_bad_settings_are_refused_naming_the_option(call, error, match):
     with pytest.raises(error, match=match):

@@ -18,7 +18,7 @@ import torch
 
 from ._validation import choice
 from ._scan_rules import Reconstruction, check_field_of_view, judge, note, scan_of
-from .models.ensemble import with_self_ensemble
+from .models.ensemble import ensembled
 
 __all__ = ["reconstruct_streamed_store", "open_measurements_store", "sample_percentile_scale"]
 
@@ -157,9 +157,7 @@ def _unrolled_streamed(y: Any, physics: Any, out: Any, model: Any, budget: int, 
         scale, sample = sample_percentile_scale(model.normalization, x0, slab)
         check = judge(percentile_of(torch.from_numpy(sample) * scale), model, options.get("scale_check", "check"))
         total = scale * check.factor  # the model's units: y / ||A||, times the percentile and rescale factors
-        rec = model.reconstructor(g.vol_shape)
-        if options.get("self_ensemble", "none") != "none":
-            rec = rec.with_base(with_self_ensemble(rec.base, options["self_ensemble"]))
+        rec = ensembled(model.reconstructor(g.vol_shape), options.get("self_ensemble", "none"))
         rec = streamed_patch(rec, physics, budget, options.get("patch_size"),
                              amp=options.get("amp"),  # None: bfloat16 where native
                              n_sweeps=options.get("n_sweeps"), overlap=options.get("overlap"))

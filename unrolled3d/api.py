@@ -53,7 +53,7 @@ from ._scan_rules import (ERROR_FACTOR, METHODS, SCALE_CHECKS, WARN_FACTOR, Reco
                           ScaleMismatchWarning, in_physics_units, judge, measurements, normal_operator,
                           normalised_physics, note, scan_of, shaped)
 from ._validation import choice
-from .models.ensemble import SELF_ENSEMBLES, with_self_ensemble
+from .models.ensemble import SELF_ENSEMBLES, ensembled
 from .pretrained import PRETRAINED, WEIGHTS_DIR, PretrainedModel
 
 __all__ = ["reconstruct", "reconstruct_detailed", "load_pretrained", "Reconstructor", "check_measurement_scale",
@@ -367,8 +367,7 @@ class _Planned:
         if self.patch_size is not None and memory_budget is not None:
             raise ValueError("give either patch_size or memory_budget, not both")
         self.rec = model.reconstructor(vol_shape, self.patch_size)
-        if options.get("self_ensemble", "none") != "none":
-            self.rec = self.rec.with_base(with_self_ensemble(self.rec.base, options["self_ensemble"]))
+        self.rec = ensembled(self.rec, options.get("self_ensemble", "none"))
         self.rec.progress = progress
         self.n_sweeps = None if options.get("n_sweeps") is None else integer("n_sweeps", options["n_sweeps"], 1)
         self.overlap = options.get("overlap")

@@ -52,7 +52,7 @@ import torch
 from unrolled3d.data import IntensityNormalization
 from unrolled3d.io import atomic_path, load_model
 from unrolled3d.models import build_model
-from unrolled3d.models.ensemble import with_self_ensemble
+from unrolled3d.models.ensemble import ensembled
 from unrolled3d.physics import ConeBeamCT
 from unrolled3d.physics.presets import standard_cone_beam
 
@@ -237,8 +237,7 @@ def unrolled_model(path: str, n: int, physics: ConeBeamCT, inference: str = "tra
     rec = build_model(config, (n, n, n))
     rec.load_state_dict(state)
     rec.eval()
-    if self_ensemble != "none":
-        rec = rec.with_base(with_self_ensemble(rec.base, self_ensemble))
+    rec = ensembled(rec, self_ensemble)
     geo = config["geometry"]
     extra = "" if self_ensemble == "none" else f", self-ensemble {self_ensemble}"
     label = f"{Path(path).name} (unrolled, partitioned{extra})"

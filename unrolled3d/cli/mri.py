@@ -224,11 +224,10 @@ def unrolled_mri(rec: Any, norm: Any, y: torch.Tensor, physics: Any, budget_byte
     symmetries (:data:`unrolled3d.models.ensemble.SELF_ENSEMBLES`; ``"flips+conj"`` for complex images).
     """
     from ..budget import plan_inference
-    from ..models.ensemble import with_self_ensemble
+    from ..models.ensemble import ensembled
     from ..mri import zero_filled
 
-    if self_ensemble != "none":
-        rec = rec.with_base(with_self_ensemble(rec.base, self_ensemble))
+    rec = ensembled(rec, self_ensemble)
     with torch.no_grad():
         x0 = zero_filled(y, physics)
     scale = norm.measurement_scale(magnitude(x0))

@@ -36,7 +36,7 @@ import torch
 
 from .._validation import choice
 
-__all__ = ["SELF_ENSEMBLES", "Symmetry", "symmetries", "self_ensemble", "with_self_ensemble"]
+__all__ = ["SELF_ENSEMBLES", "Symmetry", "symmetries", "self_ensemble", "with_self_ensemble", "ensembled"]
 
 #: the self-ensembles by name: none; the 8 flips of the axes z, y, x; those times conjugation
 #: (two-channel real/imaginary images only)
@@ -120,3 +120,11 @@ def with_self_ensemble(base: torch.nn.Module, name: str) -> torch.nn.Module:
     copied: Any = copy.copy(base)  # nn.Module's attribute types do not include a plain string
     copied.self_ensemble = name
     return copied
+
+
+def ensembled(rec: Any, name: str) -> Any:
+    """A partitioned reconstructor (``with_base``) whose base is self-ensembled over ``name``
+    (:func:`with_self_ensemble`); ``rec`` itself for ``"none"``."""
+    if choice("self_ensemble", name, SELF_ENSEMBLES) == "none":
+        return rec
+    return rec.with_base(with_self_ensemble(rec.base, name))

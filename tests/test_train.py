@@ -104,6 +104,28 @@ def test_resume_continues_identically(physics, dataset, tmp_path):
     assert again["resumed_from"] == 6 and again["losses"] == resumed["losses"]
 
 
+def test_a_cosine_run_resumed_with_more_steps_anneals_over_the_new_length(physics, dataset):
+    """The scheduler's state carries its length: resumed with ``steps`` 8 after 2 of 4, it kept
+    ``T_max`` 4 and its rate climbed back to the peak over steps 5-8. It goes on along the cosine
+    over 8 steps instead, ending at ``min_lr``."""
+    from unrolled3d.training import Trainer
+
+    cfg = dict(lr=1e-2, min_lr=1e-4, seed=0, progress=False)
+    short = Trainer(make_rec(), physics, dataset, TrainConfig(steps=4, **cfg))
+    short.start()
+    for _ in range(2):
+        short.step()
+    longer = Trainer(make_rec(), physics, dataset, TrainConfig(steps=8, **cfg))
+    longer.start(short.state_dict())
+    rates = [longer.optimizer.param_groups[0]["lr"]]
+    for _ in range(6):
+        longer.step()
+        rates.append(longer.optimizer.param_groups[0]["lr"])
+    expected = [1e-4 + (1e-2 - 1e-4) * (1 + math.cos(math.pi * k / 8)) / 2 for k in range(2, 9)]
+    assert rates == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert longer.scheduler.get_last_lr() == pytest.approx([expected[-1]], rel=1e-12)
+
+
 def test_other_seed_gives_another_run(physics, dataset):
     cfg = dict(steps=2, lr=1e-3, progress=False)
     a = train(make_rec(), physics, dataset, TrainConfig(seed=0, **cfg))["losses"]

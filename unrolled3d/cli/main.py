@@ -172,7 +172,7 @@ def _add_other_commands(sub) -> None:
                         "natively (auto, the default: no loss measured on held-out real volumes), or as given")
     p.add_argument("--self-ensemble", choices=list(SELF_ENSEMBLES), default="none",
                    help="method unrolled: average the network's answers over the 8 flips of the volume's axes "
-                        "('flips': +0.09 dB for heads_ct on held-out heads, 8x the network's time), times complex "
+                        "('flips': +0.11 dB for heads_ct on held-out heads, 8x the network's time), times complex "
                         "conjugation for MRI ('flips+conj': +0.10 dB for mri_heads stage 3, 16x); default %(default)s")
     p.add_argument("--normal", help="operator file from `unrolled3d fit-normal`: use H on the patches")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default %(default)s)")
